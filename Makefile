@@ -1,0 +1,40 @@
+# The two commands that matter: `make run` and `make test`. Both build their own venv.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.PHONY: run test test-unit lint bench clean check-config
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "memwarden needs Python 3.11+"' \
+	  || { echo "memwarden needs Python 3.11 or newer (python3 --version)"; exit 1; }
+	@$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: apt-get install python3-venv"; exit 1; }
+	$(PIP) install --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(PIP) install -e .
+	@touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install -e '.[test]' ruff
+	@touch $@
+
+run: $(VENV)/.installed
+	$(BIN)/memwardend $(ARGS)
+
+check-config: $(VENV)/.installed
+	$(BIN)/memwardend --check-config $(ARGS)
+
+test: $(VENV)/.installed-test
+	$(BIN)/ruff check daemon tests bench
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: $(VENV)/.installed-test
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed-test
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) build dist daemon/*.egg-info

@@ -1,0 +1,57 @@
+"""memwardend: the daemon's entry point. Runs in the foreground; systemd supervises it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from memwarden import __version__
+from memwarden.config import ConfigError, locate_and_load
+from memwarden.logs import configure_logging, get_logger
+from memwarden.state.db import StateError
+
+EX_CONFIG = 78  # sysexits.h; the unit's RestartPreventExitStatus= stops a restart loop on a bad config
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="memwardend", description=__doc__)
+    p.add_argument("--config", type=Path, help="config file (default: $MEMWARDEN_CONFIG, "
+                   "/etc/memwarden/memwarden.toml as root, else ~/.config/memwarden/memwarden.toml)")
+    p.add_argument("--check-config", action="store_true", help="validate the config and exit")
+    p.add_argument("--log-format", choices=("auto", "console", "json", "journal"),
+                   help="override daemon.log_format")
+    p.add_argument("--version", action="version", version=f"memwardend {__version__}")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = locate_and_load(args.config)
+    except ConfigError as exc:
+        print(f"memwardend: invalid configuration ({len(exc.problems)} problem"
+              f"{'s' if len(exc.problems) != 1 else ''}):", file=sys.stderr)
+        print(str(exc), file=sys.stderr)
+        return EX_CONFIG
+    if args.check_config:
+        print(f"{config.source or 'embedded defaults'}: OK")
+        return 0
+    configure_logging(config.daemon.log_level, args.log_format or config.daemon.log_format)
+    from memwarden.daemon import Daemon
+
+    try:
+        return asyncio.run(Daemon(config, config_arg=args.config).run())
+    except StateError as exc:
+        get_logger().error("cannot open state", error=str(exc))
+        return 1
+    except OSError as exc:
+        get_logger().error("cannot start", error=str(exc))
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

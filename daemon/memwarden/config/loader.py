@@ -1,0 +1,120 @@
+"""TOML file → validated, frozen Config. Every error names its key path and the file (borgmatic style)."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from memwarden import paths
+from memwarden.config.schema import SECTIONS, Config, section_fields
+
+
+class ConfigError(Exception):
+    """All problems found in one config file; str() lists each on its own line."""
+
+    def __init__(self, source: Path | None, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        where = str(source) if source else "embedded defaults"
+        super().__init__("\n".join(f"{where}: {p}" for p in problems))
+
+
+def _unknown(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(sorted(known))}"
+    return f"unknown key{hint}"
+
+
+def _build_section(name: str, section_type: type, raw: Any, problems: list[str]) -> Any:
+    if not isinstance(raw, dict):
+        problems.append(f"at '{name}': expected a table [{name}], got {type(raw).__name__}")
+        return section_type()
+    known = {f.name: f for f in section_fields(section_type)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        f = known.get(key)
+        if f is None:
+            problems.append(f"at '{name}.{key}': {_unknown(key, list(known))}")
+            continue
+        try:
+            values[key] = f.metadata["parse"](value)
+        except ValueError as exc:
+            problems.append(f"at '{name}.{key}': {exc}")
+    return section_type(**values)
+
+
+def _cross_checks(config: Config, problems: list[str]) -> None:
+    h = config.host
+    for metric, warn, crit in (
+        ("ram", h.ram_warn_percent, h.ram_crit_percent),
+        ("swap", h.swap_warn_percent, h.swap_crit_percent),
+        ("psi", h.psi_warn_avg10, h.psi_crit_avg10),
+    ):
+        suffix = "avg10" if metric == "psi" else "percent"
+        if warn >= crit:
+            problems.append(
+                f"at 'host.{metric}_warn_{suffix}': must be below 'host.{metric}_crit_{suffix}' "
+                f"({warn:g} >= {crit:g})")
+
+
+def resolve_paths(config: Config, env: Mapping[str, str], uid: int) -> Config:
+    d = config.daemon
+    return replace(config, daemon=replace(
+        d,
+        state_dir=d.state_dir or paths.default_state_dir(env),
+        socket=d.socket or paths.default_socket(env, uid),
+    ))
+
+
+def parse_config(data: dict[str, Any], source: Path | None = None,
+                 env: Mapping[str, str] | None = None, uid: int | None = None) -> Config:
+    env = os.environ if env is None else env
+    uid = os.getuid() if uid is None else uid
+    problems: list[str] = []
+    sections: dict[str, Any] = {}
+    for name, raw in data.items():
+        section_type = SECTIONS.get(name)
+        if section_type is None:
+            close = difflib.get_close_matches(name, list(SECTIONS), n=1)
+            hint = f"; did you mean [{close[0]}]?" if close else f"; known sections: {', '.join(SECTIONS)}"
+            problems.append(f"at '{name}': unknown section{hint}")
+            continue
+        sections[name] = _build_section(name, section_type, raw, problems)
+    config = Config(**sections, source=source)
+    _cross_checks(config, problems)
+    if problems:
+        raise ConfigError(source, problems)
+    return resolve_paths(config, env, uid)
+
+
+def load_config(path: Path | None, must_exist: bool = True,
+                env: Mapping[str, str] | None = None, uid: int | None = None) -> Config:
+    """Read and validate a config file. With no file (or an absent optional one) use the embedded defaults."""
+    if path is None or (not must_exist and not path.exists()):
+        return parse_config({}, None, env, uid)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(path, [f"cannot read: {exc.strerror or exc}"]) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, [f"not UTF-8 text: {exc.reason} at byte {exc.start}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, [f"not valid TOML: {exc}"]) from None
+    return parse_config(data, path, env, uid)
+
+
+def locate_and_load(explicit: Path | None, env: Mapping[str, str] | None = None,
+                    uid: int | None = None) -> Config:
+    env = os.environ if env is None else env
+    uid = os.getuid() if uid is None else uid
+    if explicit is not None:
+        return load_config(explicit, True, env, uid)
+    path, must_exist = paths.config_candidates(env, uid)
+    return load_config(path, must_exist, env, uid)

@@ -1,0 +1,171 @@
+"""The one config schema: frozen sections whose fields carry their parser, default and doc.
+
+The loader walks these dataclasses, so a key exists exactly when a field does; etc/memwarden.toml and the
+README's key table are checked against this module by the test suite.
+"""
+
+from __future__ import annotations
+
+import grp
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from memwarden.units import parse_duration, parse_size
+
+Parser = Callable[[Any], Any]
+
+
+def setting(default: Any, parse: Parser, doc: str) -> Any:
+    return field(default=default, metadata={"parse": parse, "doc": doc})
+
+
+# Parsers: each takes the raw TOML value and returns the typed value or raises ValueError naming what is wrong.
+
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def number(lo: float | None = None, hi: float | None = None) -> Parser:
+    def parse(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"expected a number, got {value!r}")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise ValueError(f"expected a number from {lo} to {hi}, got {value!r}")
+        return float(value)
+    return parse
+
+
+def integer(lo: int, hi: int) -> Parser:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected a whole number, got {value!r}")
+        if not lo <= value <= hi:
+            raise ValueError(f"expected a whole number from {lo} to {hi}, got {value!r}")
+        return value
+    return parse
+
+
+def size(value: Any) -> int:
+    return parse_size(value)
+
+
+def duration(lo: float = 0.0) -> Parser:
+    def parse(value: Any) -> float:
+        seconds = parse_duration(value)
+        if seconds < lo:
+            raise ValueError(f"must be at least {lo:g}s, got {value!r}")
+        return seconds
+    return parse
+
+
+def choice(*options: str) -> Parser:
+    def parse(value: Any) -> str:
+        if value not in options:
+            raise ValueError(f"expected one of {', '.join(repr(o) for o in options)}, got {value!r}")
+        return value
+    return parse
+
+
+def text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value
+
+
+def optional_path(value: Any) -> Path | None:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a path string, got {value!r}")
+    if value == "":
+        return None
+    if not value.startswith("/"):
+        raise ValueError(f"expected an absolute path, got {value!r}")
+    return Path(value)
+
+
+def http_url(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a URL string, got {value!r}")
+    if value == "":
+        return value
+    parsed = urlparse(value)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    return value
+
+
+def group_name(value: Any) -> str:
+    name = text(value)
+    if name:
+        try:
+            grp.getgrnam(name)
+        except KeyError:
+            raise ValueError(f"no such group {name!r} on this machine") from None
+    return name
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    state_dir: Path | None = setting(
+        None, optional_path,
+        "Where the SQLite state lives. Empty: $STATE_DIRECTORY (systemd), else $XDG_STATE_HOME/memwarden.")
+    socket: Path | None = setting(
+        None, optional_path,
+        "Control socket path. Empty: $RUNTIME_DIRECTORY/control.sock (systemd), "
+        "else $XDG_RUNTIME_DIR/memwarden/control.sock. Ignored when systemd passes the socket.")
+    sample_interval: float = setting(2.0, duration(0.1), "How often every probe is read (a sample pass).")
+    dry_run: bool = setting(False, boolean, "Log every decision but take no action that changes the machine.")
+    log_level: str = setting("info", choice("debug", "info", "warning", "error"), "Lowest level logged.")
+    log_format: str = setting(
+        "auto", choice("auto", "console", "json", "journal"),
+        "auto: native journald entries when stderr is the journal, else readable console lines.")
+    socket_group: str = setting(
+        "", group_name, "Group that owns the control socket and may call read methods (empty: the daemon's).")
+    admin_group: str = setting(
+        "", group_name, "Members may call state-changing methods; root and the daemon's own user always may.")
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    ram_warn_percent: float = setting(85.0, number(1, 100), "RAM used (100 − MemAvailable %) that warns.")
+    ram_crit_percent: float = setting(95.0, number(1, 100), "RAM used that is critical.")
+    swap_warn_percent: float = setting(50.0, number(1, 100), "Swap used that warns.")
+    swap_crit_percent: float = setting(90.0, number(1, 100), "Swap used that is critical.")
+    psi_warn_avg10: float = setting(10.0, number(0, 100), "Memory pressure (PSI some avg10, %) that warns.")
+    psi_crit_avg10: float = setting(40.0, number(0, 100), "Memory pressure (PSI some avg10, %) that is critical.")
+    hysteresis_percent: float = setting(
+        5.0, number(0, 50), "A level clears only once the value is this many points below its threshold.")
+    hold: float = setting(10.0, duration(), "A level must persist this long before it is raised or cleared.")
+    reserve: int = setting(
+        1024**3, size, "RAM kept for critical services: admission checks never plan to use it.")
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    webhook: str = setting("", http_url, "URL that receives every alert event as a JSON POST (empty: off).")
+    exec: Path | None = setting(
+        None, optional_path, "Program run for every alert event with MEMWARDEN_ALERT_* variables (empty: off).")
+    renotify_interval: float = setting(3600.0, duration(1), "Re-send an alert that is still active this often.")
+    webhook_timeout: float = setting(5.0, duration(0.1), "Time-out of one webhook POST.")
+    webhook_retries: int = setting(3, integer(0, 20), "Retries of a failed POST, with exponential backoff.")
+    exec_timeout: float = setting(10.0, duration(0.1), "The exec hook is killed after this long.")
+    history_retention: float = setting(30 * 86400.0, duration(3600), "Resolved alerts older than this are pruned.")
+
+
+@dataclass(frozen=True)
+class Config:
+    daemon: DaemonConfig = DaemonConfig()
+    host: HostConfig = HostConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    source: Path | None = None  # the file it was read from; None = embedded defaults
+
+
+SECTIONS: dict[str, type] = {"daemon": DaemonConfig, "host": HostConfig, "alerts": AlertsConfig}
+
+
+def section_fields(section: type) -> list:
+    return [f for f in fields(section) if "parse" in f.metadata]

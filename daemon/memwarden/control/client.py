@@ -1,0 +1,57 @@
+"""A small blocking JSON-RPC client for memwardenctl, scripts and tests."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+from memwarden.control.protocol import MAX_LINE, RpcError, request_line
+
+
+class ConnectError(Exception):
+    pass
+
+
+class Client:
+    def __init__(self, path: Path, timeout: float | None = 30.0):
+        self.path = Path(path)
+        self._ids = itertools.count(1)
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
+        try:
+            self._sock.connect(str(self.path))
+        except FileNotFoundError:
+            self._sock.close()
+            raise ConnectError(f"no control socket at {self.path} (is memwardend running?)") from None
+        except ConnectionRefusedError:
+            self._sock.close()
+            raise ConnectError(f"nothing listens on {self.path} (memwardend stopped?)") from None
+        except PermissionError:
+            self._sock.close()
+            raise ConnectError(f"permission denied on {self.path} (join the socket's group)") from None
+        self._file = self._sock.makefile("rb")
+
+    def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        req_id = next(self._ids)
+        self._sock.sendall(request_line(method, params, req_id))
+        line = self._file.readline(MAX_LINE + 1)
+        if not line:
+            raise ConnectError("the daemon closed the connection without answering")
+        reply = json.loads(line)
+        if "error" in reply:
+            err = reply["error"]
+            raise RpcError(err.get("code", 0), err.get("message", "unknown error"), err.get("data"))
+        return reply["result"]
+
+    def close(self) -> None:
+        self._file.close()
+        self._sock.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

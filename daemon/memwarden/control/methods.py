@@ -1,0 +1,98 @@
+"""The daemon's RPC methods. Read methods are open to the socket's group; `admin` ones need SO_PEERCRED
+of root, the daemon's own user or the admin group."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from memwarden import __version__
+from memwarden.control.protocol import InvalidParams
+from memwarden.policies.host_memory import admittable_bytes, metric_values, thresholds
+
+if TYPE_CHECKING:
+    from memwarden.daemon import Daemon
+
+
+def _jsonable_config(daemon: Daemon) -> dict[str, Any]:
+    data = asdict(daemon.config)
+    data.pop("source", None)
+    return {section: {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in values.items()}
+            for section, values in data.items()}
+
+
+def register_all(daemon: Daemon) -> None:
+    reg = daemon.registry
+
+    async def status() -> dict[str, Any]:
+        """Daemon version, uptime, config, last sample and active alerts."""
+        cfg = daemon.config
+        assert daemon.dispatcher is not None
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "started_at": daemon.started_at,
+            "uptime_s": round(time.time() - daemon.started_at, 3),
+            "config": str(cfg.source) if cfg.source else None,
+            "state_dir": str(cfg.daemon.state_dir),
+            "dry_run": cfg.daemon.dry_run,
+            "ready": daemon.ready,
+            "summary": daemon.status_line(),
+            "last_sample": {
+                "at": daemon.last_sample_at,
+                "duration_ms": None if daemon.last_sample_ms is None else round(daemon.last_sample_ms, 3),
+                "count": daemon.samples,
+                "interval_s": daemon.effective_interval(),
+            },
+            "degraded": dict(daemon.degraded),
+            "active_alerts": daemon.dispatcher.active_list(),
+        }
+
+    async def host() -> dict[str, Any]:
+        """The last host-memory sample, each metric's level and the admission reserve."""
+        snap = daemon.last_host
+        if snap is None:
+            return {"sampled": False, "error": daemon.degraded.get("host")}
+        cfg = daemon.config.host
+        limits = thresholds(cfg)
+        values = metric_values(snap)
+        return {
+            "sampled": True,
+            **snap.to_dict(),
+            "psi_available": snap.pressure is not None,
+            "reserve": cfg.reserve,
+            "admittable_bytes": admittable_bytes(snap, cfg),
+            "levels": {m: {"value": None if values[m] is None else round(values[m], 2),
+                           "level": daemon.host_state.tracks[m].level.label,
+                           "warn": limits[m].warn, "crit": limits[m].crit} for m in values},
+        }
+
+    async def alerts(limit: int = 50) -> dict[str, Any]:
+        """Active alerts and the most recent ones from history."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10000:
+            raise InvalidParams(f"'limit' must be a whole number from 1 to 10000, got {limit!r}")
+        assert daemon.dispatcher is not None
+        return {"active": daemon.dispatcher.active_list(), "recent": daemon.dispatcher.history.recent(limit)}
+
+    async def config_show() -> dict[str, Any]:
+        """The configuration in effect, with defaults filled in."""
+        cfg = daemon.config
+        return {"source": str(cfg.source) if cfg.source else None, "config": _jsonable_config(daemon)}
+
+    async def config_reload() -> dict[str, Any]:
+        """Re-read the config file; a bad file is refused and the running config kept."""
+        return await daemon.reload("control socket")
+
+    async def methods() -> list[dict[str, Any]]:
+        """Every method with its one-line doc and whether it changes state."""
+        return [{"name": m.name, "admin": m.admin, "doc": m.doc} for m in sorted(
+            reg.methods.values(), key=lambda m: m.name)]
+
+    reg.add("status", status)
+    reg.add("host", host)
+    reg.add("alerts", alerts)
+    reg.add("config.show", config_show)
+    reg.add("config.reload", config_reload, admin=True)
+    reg.add("methods", methods)

@@ -1,0 +1,43 @@
+"""Named RPC methods: their handler, whether they change state, and a one-line doc."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from memwarden.control.protocol import METHOD_NOT_FOUND, PERMISSION_DENIED, InvalidParams, RpcError
+
+Handler = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    handler: Handler
+    admin: bool
+    doc: str
+
+
+class Registry:
+    def __init__(self) -> None:
+        self.methods: dict[str, Method] = {}
+
+    def add(self, name: str, handler: Handler, admin: bool = False, doc: str = "") -> None:
+        if name in self.methods:
+            raise ValueError(f"method {name!r} registered twice")
+        self.methods[name] = Method(name, handler, admin, doc or (handler.__doc__ or "").strip().split("\n")[0])
+
+    async def call(self, name: str, params: dict[str, Any], may_change_state: bool) -> Any:
+        method = self.methods.get(name)
+        if method is None:
+            raise RpcError(METHOD_NOT_FOUND, f"method not found: {name!r} (try 'methods')")
+        if method.admin and not may_change_state:
+            raise RpcError(PERMISSION_DENIED,
+                           f"permission denied: {name!r} changes state; run as root or the admin group")
+        try:
+            inspect.signature(method.handler).bind(**params)
+        except TypeError as exc:
+            raise InvalidParams(f"{name}: {exc}") from None
+        return await method.handler(**params)

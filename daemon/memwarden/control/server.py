@@ -1,0 +1,143 @@
+"""The control socket server: many concurrent clients, each a sequence of request lines."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import grp
+import os
+import socket
+from pathlib import Path
+
+from memwarden.control.peer import may_change_state, peer_of
+from memwarden.control.protocol import (
+    BUSY,
+    INTERNAL_ERROR,
+    LINE_TOO_LONG,
+    MAX_LINE,
+    RpcError,
+    error_line,
+    parse_request,
+    result_line,
+)
+from memwarden.control.registry import Registry
+from memwarden.logs import get_logger
+
+log = get_logger()
+
+WRITE_TIMEOUT = 10.0
+
+
+class SocketInUse(Exception):
+    pass
+
+
+def bind_unix(path: Path, group: str = "") -> socket.socket:
+    """Bind the control socket at `path` (0660), replacing a stale one but never a live daemon's."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    if path.exists() or path.is_symlink():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError as exc:
+            if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+                raise
+            path.unlink(missing_ok=True)
+        else:
+            raise SocketInUse(f"another memwardend is already listening on {path}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o117)  # the socket is born 0660: no window where others may connect
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o660)
+    if group:
+        os.chown(path, -1, grp.getgrnam(group).gr_gid)
+    sock.listen(128)
+    return sock
+
+
+class ControlServer:
+    def __init__(self, registry: Registry, admin_group: str = "", max_clients: int = 512):
+        self.registry = registry
+        self.admin_group = admin_group
+        self.max_clients = max_clients
+        self.clients = 0
+        self.served = 0
+        self._server: asyncio.AbstractServer | None = None
+        self._owned_path: Path | None = None
+
+    async def start(self, sock: socket.socket, owned_path: Path | None) -> None:
+        sock.setblocking(False)
+        self._owned_path = owned_path
+        self._server = await asyncio.start_unix_server(self._handle, sock=sock, limit=MAX_LINE)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+        if self._owned_path is not None:
+            self._owned_path.unlink(missing_ok=True)
+
+    async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        writer.write(data)
+        await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.clients += 1
+        try:
+            if self.clients > self.max_clients:
+                await self._send(writer, error_line(None, RpcError(BUSY, "too many clients; try again")))
+                return
+            sock = writer.get_extra_info("socket")
+            admin = may_change_state(peer_of(sock), self.admin_group)
+            await self._serve(reader, writer, admin)
+        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
+            pass  # the client went away or stopped reading; nothing to answer
+        finally:
+            self.clients -= 1
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, admin: bool) -> None:
+        while True:
+            try:
+                line = await reader.readline()
+            except ValueError:
+                await self._send(writer, error_line(None, RpcError(
+                    LINE_TOO_LONG, f"request line exceeds {MAX_LINE} bytes; connection closed")))
+                return
+            if not line:
+                return
+            if not line.endswith(b"\n"):
+                return  # half a line and then a hang-up: there is nobody to answer
+            if not line.strip():
+                continue
+            reply = await self._dispatch(line, admin)
+            if reply is not None:
+                await self._send(writer, reply)
+
+    async def _dispatch(self, line: bytes, admin: bool) -> bytes | None:
+        try:
+            request = parse_request(line)
+        except RpcError as err:
+            req_id = err.data.get("id") if isinstance(err.data, dict) else None
+            err.data = None
+            return error_line(req_id, err)
+        try:
+            result = await self.registry.call(request.method, request.params, admin)
+        except RpcError as err:
+            reply = error_line(None if request.is_notification else request.id, err)
+        except Exception as exc:  # noqa: BLE001 - one bad call must never take the daemon down
+            log.exception("control method failed", method=request.method)
+            reply = error_line(request.id, RpcError(INTERNAL_ERROR, f"internal error in {request.method}: {exc!r}"))
+        else:
+            self.served += 1
+            reply = result_line(request.id, result)
+        return None if request.is_notification else reply

@@ -1,0 +1,241 @@
+"""The daemon: one asyncio loop that owns all state; apscheduler drives the sample passes.
+
+Each pass runs sense → decide → act: probes (in worker threads, so a slow read never stalls the socket)
+return snapshots, pure policies turn them into conditions and decisions, and the alert effector acts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from memwarden import __version__
+from memwarden.alerts.dispatch import AlertDispatcher
+from memwarden.config import Config, ConfigError, locate_and_load
+from memwarden.control.registry import Registry
+from memwarden.control.server import ControlServer, bind_unix
+from memwarden.logs import configure_logging, get_logger
+from memwarden.policies.host_memory import HostPolicyState, evaluate
+from memwarden.probes.host import HostProbe
+from memwarden.snapshots import HostSnapshot
+from memwarden.state.alert_history import AlertHistory
+from memwarden.state.db import open_state
+from memwarden.sysd.activation import listen_fds, unix_listener
+from memwarden.sysd.notify import Notifier
+from memwarden.units import format_size
+
+log = get_logger()
+
+# Keys that are read once at start: a reload reports them as needing a restart instead of applying them.
+RESTART_KEYS = ("daemon.state_dir", "daemon.socket", "daemon.socket_group")
+
+
+def changed_keys(old: Config, new: Config) -> list[str]:
+    a, b = asdict(old), asdict(new)
+    return sorted(f"{section}.{key}" for section in a if isinstance(a[section], dict)
+                  for key in a[section] if a[section][key] != b[section][key])
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        config_arg: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        host_probe: HostProbe | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.config = config
+        self.config_arg = config_arg
+        self.env = os.environ if env is None else env
+        self.host_probe = host_probe or HostProbe()
+        self.clock = clock
+        self.notifier = Notifier(self.env)
+        self.started_at = time.time()
+        self.registry = Registry()
+        self.host_state = HostPolicyState()
+        self.last_host: HostSnapshot | None = None
+        self.last_sample_at: float | None = None
+        self.last_sample_ms: float | None = None
+        self.samples = 0
+        self.ready = False
+        self.degraded: dict[str, str] = {}
+        self._stop = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="probe")
+        self.scheduler: AsyncIOScheduler | None = None
+        self.server: ControlServer | None = None
+        self.dispatcher: AlertDispatcher | None = None
+        self.db: Any = None
+
+    # ---- lifecycle -------------------------------------------------------------------------------------
+
+    def effective_interval(self) -> float:
+        interval = self.config.daemon.sample_interval
+        if self.notifier.watchdog_usec:
+            # A pass must complete (and ping) at least twice per watchdog period.
+            interval = min(interval, self.notifier.watchdog_usec / 1e6 / 2)
+        return interval
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
+        loop.add_signal_handler(signal.SIGINT, self.request_stop, "SIGINT")
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload("SIGHUP")))
+        cfg = self.config
+        self.db = open_state(cfg.daemon.state_dir)
+        self.dispatcher = AlertDispatcher(AlertHistory(self.db), cfg.alerts)
+        from memwarden.control.methods import register_all
+
+        register_all(self)
+        self.server = ControlServer(self.registry, cfg.daemon.admin_group)
+        activated = unix_listener(listen_fds())
+        if activated is not None:
+            await self.server.start(activated, owned_path=None)
+            socket_desc = f"fd {activated.fileno()} (socket activation)"
+        else:
+            await self.server.start(bind_unix(cfg.daemon.socket, cfg.daemon.socket_group), cfg.daemon.socket)
+            socket_desc = str(cfg.daemon.socket)
+        interval = self.effective_interval()
+        log.info("memwardend starting", version=__version__, pid=os.getpid(),
+                 config=str(cfg.source or "embedded defaults"), socket=socket_desc,
+                 state_dir=str(cfg.daemon.state_dir), sample_interval_s=interval, dry_run=cfg.daemon.dry_run,
+                 watchdog_usec=self.notifier.watchdog_usec)
+        self.scheduler = AsyncIOScheduler(event_loop=loop)
+        self.scheduler.add_job(self.sample_pass, "interval", seconds=interval, id="sample",
+                               max_instances=1, coalesce=True, next_run_time=_now_dt(),
+                               misfire_grace_time=None)
+        self.scheduler.add_job(self.housekeeping, "interval", hours=1, id="housekeeping",
+                               max_instances=1, coalesce=True)
+        self.scheduler.start()
+        await self._stop.wait()
+        await self.shutdown()
+        return 0
+
+    def request_stop(self, why: str = "request") -> None:
+        if not self._stop.is_set():
+            log.info("memwardend stopping", reason=why)
+            self.notifier.stopping()
+            self._stop.set()
+
+    async def shutdown(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
+        if self.server is not None:
+            await self.server.close()
+        if self.dispatcher is not None:
+            await self.dispatcher.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self.db is not None:
+            self.db.close()
+        log.info("memwardend stopped", uptime_s=round(time.time() - self.started_at, 1))
+
+    # ---- sense → decide → act --------------------------------------------------------------------------
+
+    async def _read(self, probe: Any) -> Any:
+        """Run one probe in a worker thread; a failure marks it degraded instead of failing the pass."""
+        try:
+            snapshot = await asyncio.get_running_loop().run_in_executor(self._executor, probe.read)
+        except Exception as exc:  # noqa: BLE001 - a probe error is a degraded state, never a crash
+            if self.degraded.get(probe.name) != str(exc):
+                log.error("probe failed", probe=probe.name, error=repr(exc))
+            self.degraded[probe.name] = str(exc)
+            return None
+        if self.degraded.pop(probe.name, None) is not None:
+            log.info("probe recovered", probe=probe.name)
+        return snapshot
+
+    async def sample_pass(self) -> None:
+        started = time.perf_counter()
+        snap = await self._read(self.host_probe)
+        if snap is not None:
+            self.act_on_host(snap)
+        self.samples += 1
+        self.last_sample_at = time.time()
+        self.last_sample_ms = (time.perf_counter() - started) * 1000
+        status = self.status_line()
+        if not self.ready:
+            self.ready = True
+            self.notifier.ready(status)
+            log.info("ready", status=status, first_sample_ms=round(self.last_sample_ms, 2))
+        else:
+            self.notifier.status(status)
+        # Only a completed pass feeds the watchdog: a probe stuck in the kernel gets us restarted.
+        self.notifier.watchdog()
+
+    def act_on_host(self, snap: HostSnapshot) -> None:
+        now = self.clock()
+        verdict = evaluate(snap, self.host_state, self.config.host, now)
+        self.host_state = verdict.state
+        self.last_host = snap
+        for change in verdict.changes:
+            log.info("decision: host level changed", decision="host.level", previous=change.previous.label,
+                     level=change.level.label, dry_run=self.config.daemon.dry_run, **change.inputs)
+        assert self.dispatcher is not None
+        self.dispatcher.update("host", verdict.conditions, time.time())
+
+    async def housekeeping(self) -> None:
+        assert self.dispatcher is not None
+        cutoff = time.time() - self.config.alerts.history_retention
+        pruned = self.dispatcher.history.prune(cutoff)
+        if pruned:
+            log.info("pruned alert history", rows=pruned)
+
+    def status_line(self) -> str:
+        parts = []
+        snap = self.last_host
+        if snap is not None:
+            parts.append(f"RAM {snap.ram_used_percent:.0f}% used ({format_size(snap.mem_available)} free)")
+            if snap.swap_total:
+                parts.append(f"swap {snap.swap_used_percent:.0f}%")
+            if snap.pressure is not None:
+                parts.append(f"PSI {snap.pressure.some_avg10:.1f}")
+        active = len(self.dispatcher.active) if self.dispatcher else 0
+        parts.append(f"{active} alert{'s' if active != 1 else ''}")
+        if self.degraded:
+            parts.append("degraded: " + ", ".join(sorted(self.degraded)))
+        return "; ".join(parts)
+
+    # ---- reload ----------------------------------------------------------------------------------------
+
+    async def reload(self, trigger: str) -> dict[str, Any]:
+        async with self._reload_lock:
+            self.notifier.reloading()
+            try:
+                new = locate_and_load(self.config_arg, self.env)
+            except ConfigError as exc:
+                log.error("config reload failed; keeping the running config", trigger=trigger,
+                          config=str(exc.source), errors=exc.problems)
+                self.notifier.ready(self.status_line())
+                return {"reloaded": False, "config": str(exc.source), "errors": exc.problems}
+            changed = changed_keys(self.config, new)
+            restart = [k for k in changed if k in RESTART_KEYS]
+            old, self.config = self.config, new
+            if new.daemon.log_level != old.daemon.log_level or new.daemon.log_format != old.daemon.log_format:
+                configure_logging(new.daemon.log_level, new.daemon.log_format)
+            assert self.dispatcher is not None and self.scheduler is not None
+            await self.dispatcher.reconfigure(new.alerts)
+            if self.server is not None:
+                self.server.admin_group = new.daemon.admin_group
+            if new.daemon.sample_interval != old.daemon.sample_interval:
+                self.scheduler.reschedule_job("sample", trigger="interval", seconds=self.effective_interval())
+            log.info("config reloaded", trigger=trigger, config=str(new.source or "embedded defaults"),
+                     changed=changed, restart_required=restart)
+            self.notifier.ready(self.status_line())
+            return {"reloaded": True, "config": str(new.source) if new.source else None,
+                    "changed": changed, "restart_required": restart}
+
+
+def _now_dt() -> Any:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc)

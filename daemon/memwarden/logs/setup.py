@@ -1,0 +1,48 @@
+"""structlog set-up: journald native entries under systemd, else console lines or JSON."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+from memwarden.logs.journald import JournalLogger, journal_fields, stderr_is_journal
+
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def resolve_format(fmt: str) -> str:
+    if fmt == "auto":
+        return "journal" if stderr_is_journal() else "console"
+    return fmt
+
+
+def configure_logging(level: str = "info", fmt: str = "auto", journal_send: Any = None) -> str:
+    """(Re)configure structlog; returns the format in effect."""
+    fmt = resolve_format(fmt)
+    shared = [structlog.contextvars.merge_contextvars, structlog.processors.add_log_level]
+    if fmt == "journal":
+        processors = [*shared, structlog.processors.format_exc_info, journal_fields]
+        factory: Any = lambda *_: JournalLogger(journal_send)  # noqa: E731
+    elif fmt == "json":
+        processors = [*shared, structlog.processors.TimeStamper(fmt="iso", utc=True),
+                      structlog.processors.format_exc_info,
+                      structlog.processors.JSONRenderer(default=str)]
+        factory = structlog.PrintLoggerFactory(sys.stderr)
+    else:
+        processors = [*shared, structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S", utc=False),
+                      structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty(), sort_keys=False)]
+        factory = structlog.PrintLoggerFactory(sys.stderr)
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
+        logger_factory=factory,
+        cache_logger_on_first_use=False,
+    )
+    return fmt
+
+
+def get_logger(name: str = "memwarden") -> Any:
+    return structlog.get_logger(name)

@@ -1,0 +1,1 @@
+"""Durable state: one SQLite file (WAL) in daemon.state_dir with versioned migrations."""

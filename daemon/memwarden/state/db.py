@@ -1,0 +1,78 @@
+"""Open the state database, enable WAL and bring its schema up to date."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import sqlite_utils
+
+DB_NAME = "memwarden.db"
+
+
+class StateError(Exception):
+    """The state database cannot be used; the message says which file and why."""
+
+
+def _m1_alert_history(db: sqlite_utils.Database) -> None:
+    db["alert_history"].create({
+        "id": int, "kind": str, "key": str, "severity": str, "message": str, "fields": str,
+        "raised_at": float, "last_event_at": float, "resolved_at": float, "notify_count": int,
+    }, pk="id", not_null={"kind", "key", "severity", "message", "raised_at"})
+    db["alert_history"].create_index(["kind", "key", "resolved_at"])
+    db["alert_history"].create_index(["raised_at"])
+
+
+# Append only: a migration, once released, never changes; the next one fixes what it got wrong.
+MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
+    (1, "alert history", _m1_alert_history),
+]
+
+
+def schema_version(db: sqlite_utils.Database) -> int:
+    if "schema_migrations" not in db.table_names():
+        return 0
+    row = db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+    return row[0] or 0
+
+
+def migrate(db: sqlite_utils.Database, migrations=MIGRATIONS) -> list[int]:
+    """Apply what is missing, each migration in its own transaction. Returns the versions applied."""
+    if "schema_migrations" not in db.table_names():
+        db["schema_migrations"].create({"version": int, "name": str, "applied_at": float}, pk="version")
+    current = schema_version(db)
+    newest = max(v for v, _, _ in migrations)
+    if current > newest:
+        raise StateError(
+            f"{db.conn.execute('PRAGMA database_list').fetchone()[2]}: schema version {current} is newer "
+            f"than this memwarden understands ({newest}); refusing to touch it")
+    applied = []
+    for version, name, apply in migrations:
+        if version <= current:
+            continue
+        with db.conn:
+            apply(db)
+            db["schema_migrations"].insert({"version": version, "name": name, "applied_at": time.time()})
+        applied.append(version)
+    return applied
+
+
+def open_state(state_dir: Path, migrations=MIGRATIONS) -> sqlite_utils.Database:
+    path = state_dir / DB_NAME
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        conn = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
+        db = sqlite_utils.Database(conn)
+        db.execute("PRAGMA busy_timeout = 5000")
+        db.enable_wal()
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.execute("PRAGMA foreign_keys = ON")
+        migrate(db, migrations)
+    except sqlite3.DatabaseError as exc:
+        raise StateError(f"{path}: {exc} (is it a memwarden state database? move it aside to start fresh)") \
+            from None
+    except OSError as exc:
+        raise StateError(f"{path}: {exc.strerror or exc}") from None
+    return db

@@ -1,0 +1,85 @@
+"""Human sizes ("4GiB") and durations ("1h30m") to bytes and seconds, and back."""
+
+from __future__ import annotations
+
+import re
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000, "kb": 1000, "kib": 1024,
+    "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+    "g": 1000**3, "gb": 1000**3, "gib": 1024**3,
+    "t": 1000**4, "tb": 1000**4, "tib": 1024**4,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+
+
+def parse_size(value: str | int | float) -> int:
+    """Bytes from an int or a string like "512MiB", "4GiB", "1.5GB", "1048576"."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as '4GiB', got a boolean")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"size must not be negative, got {value}")
+        return int(value)
+    if not isinstance(value, str):
+        raise ValueError(f"expected a size such as '4GiB', got {type(value).__name__}")
+    match = _SIZE_RE.match(value)
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"expected a size such as '512MiB' or '4GiB', got {value!r}")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def parse_duration(value: str | int | float) -> float:
+    """Seconds from a number or a string like "30s", "5m", "1h30m", "250ms"."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as '30s', got a boolean")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"duration must not be negative, got {value}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"expected a duration such as '30s', got {type(value).__name__}")
+    text = value.strip().lower()
+    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+        return float(text)
+    pos, total = 0, 0.0
+    for part in _DURATION_PART_RE.finditer(text):
+        if part.start() != pos:
+            break
+        total += float(part.group(1)) * _DURATION_UNITS[part.group(2)]
+        pos = part.end()
+    if pos != len(text) or not text:
+        raise ValueError(f"expected a duration such as '30s', '5m' or '1h30m', got {value!r}")
+    return total
+
+
+def format_size(nbytes: int | float | None) -> str:
+    if nbytes is None:
+        return "-"
+    value = float(nbytes)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    whole = int(round(seconds))
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if whole >= size:
+            parts.append(f"{whole // size}{unit}")
+            whole %= size
+    if whole or not parts:
+        parts.append(f"{whole}s")
+    return "".join(parts)
