@@ -20,6 +20,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", type=Path, help="config file (default: $MEMWARDEN_CONFIG, "
                    "/etc/memwarden/memwarden.toml as root, else ~/.config/memwarden/memwarden.toml)")
     p.add_argument("--check-config", action="store_true", help="validate the config and exit")
+    p.add_argument("--print-default-config", action="store_true",
+                   help="print the documented default config (etc/memwarden.toml) and exit")
     p.add_argument("--log-format", choices=("auto", "console", "json", "journal"),
                    help="override daemon.log_format")
     p.add_argument("--version", action="version", version=f"memwardend {__version__}")
@@ -28,6 +30,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.print_default_config:
+        from memwarden.config.template import render_template
+
+        print(render_template(), end="")
+        return 0
     try:
         config = locate_and_load(args.config)
     except ConfigError as exc:

@@ -18,8 +18,9 @@ from memwarden.units import parse_duration, parse_size
 Parser = Callable[[Any], Any]
 
 
-def setting(default: Any, parse: Parser, doc: str) -> Any:
-    return field(default=default, metadata={"parse": parse, "doc": doc})
+def setting(raw: Any, parse: Parser, doc: str) -> Any:
+    """A key whose default is written as a user would write it in TOML (`raw`), parsed like user input."""
+    return field(default=parse(raw), metadata={"parse": parse, "doc": doc, "raw": raw})
 
 
 # Parsers: each takes the raw TOML value and returns the typed value or raises ValueError naming what is wrong.
@@ -111,13 +112,13 @@ def group_name(value: Any) -> str:
 @dataclass(frozen=True)
 class DaemonConfig:
     state_dir: Path | None = setting(
-        None, optional_path,
+        "", optional_path,
         "Where the SQLite state lives. Empty: $STATE_DIRECTORY (systemd), else $XDG_STATE_HOME/memwarden.")
     socket: Path | None = setting(
-        None, optional_path,
+        "", optional_path,
         "Control socket path. Empty: $RUNTIME_DIRECTORY/control.sock (systemd), "
         "else $XDG_RUNTIME_DIR/memwarden/control.sock. Ignored when systemd passes the socket.")
-    sample_interval: float = setting(2.0, duration(0.1), "How often every probe is read (a sample pass).")
+    sample_interval: float = setting("2s", duration(0.1), "How often every probe is read (a sample pass).")
     dry_run: bool = setting(False, boolean, "Log every decision but take no action that changes the machine.")
     log_level: str = setting("info", choice("debug", "info", "warning", "error"), "Lowest level logged.")
     log_format: str = setting(
@@ -131,29 +132,29 @@ class DaemonConfig:
 
 @dataclass(frozen=True)
 class HostConfig:
-    ram_warn_percent: float = setting(85.0, number(1, 100), "RAM used (100 − MemAvailable %) that warns.")
-    ram_crit_percent: float = setting(95.0, number(1, 100), "RAM used that is critical.")
-    swap_warn_percent: float = setting(50.0, number(1, 100), "Swap used that warns.")
-    swap_crit_percent: float = setting(90.0, number(1, 100), "Swap used that is critical.")
-    psi_warn_avg10: float = setting(10.0, number(0, 100), "Memory pressure (PSI some avg10, %) that warns.")
-    psi_crit_avg10: float = setting(40.0, number(0, 100), "Memory pressure (PSI some avg10, %) that is critical.")
+    ram_warn_percent: float = setting(85, number(1, 100), "RAM used (100 − MemAvailable %) that warns.")
+    ram_crit_percent: float = setting(95, number(1, 100), "RAM used that is critical.")
+    swap_warn_percent: float = setting(50, number(1, 100), "Swap used that warns.")
+    swap_crit_percent: float = setting(90, number(1, 100), "Swap used that is critical.")
+    psi_warn_avg10: float = setting(10, number(0, 100), "Memory pressure (PSI some avg10, %) that warns.")
+    psi_crit_avg10: float = setting(40, number(0, 100), "Memory pressure (PSI some avg10, %) that is critical.")
     hysteresis_percent: float = setting(
-        5.0, number(0, 50), "A level clears only once the value is this many points below its threshold.")
-    hold: float = setting(10.0, duration(), "A level must persist this long before it is raised or cleared.")
+        5, number(0, 50), "A level clears only once the value is this many points below its threshold.")
+    hold: float = setting("10s", duration(), "A level must persist this long before it is raised or cleared.")
     reserve: int = setting(
-        1024**3, size, "RAM kept for critical services: admission checks never plan to use it.")
+        "1GiB", size, "RAM kept for critical services: admission checks never plan to use it.")
 
 
 @dataclass(frozen=True)
 class AlertsConfig:
     webhook: str = setting("", http_url, "URL that receives every alert event as a JSON POST (empty: off).")
     exec: Path | None = setting(
-        None, optional_path, "Program run for every alert event with MEMWARDEN_ALERT_* variables (empty: off).")
-    renotify_interval: float = setting(3600.0, duration(1), "Re-send an alert that is still active this often.")
-    webhook_timeout: float = setting(5.0, duration(0.1), "Time-out of one webhook POST.")
+        "", optional_path, "Program run for every alert event with MEMWARDEN_ALERT_* variables (empty: off).")
+    renotify_interval: float = setting("1h", duration(1), "Re-send an alert that is still active this often.")
+    webhook_timeout: float = setting("5s", duration(0.1), "Time-out of one webhook POST.")
     webhook_retries: int = setting(3, integer(0, 20), "Retries of a failed POST, with exponential backoff.")
-    exec_timeout: float = setting(10.0, duration(0.1), "The exec hook is killed after this long.")
-    history_retention: float = setting(30 * 86400.0, duration(3600), "Resolved alerts older than this are pruned.")
+    exec_timeout: float = setting("10s", duration(0.1), "The exec hook is killed after this long.")
+    history_retention: float = setting("30d", duration(3600), "Resolved alerts older than this are pruned.")
 
 
 @dataclass(frozen=True)

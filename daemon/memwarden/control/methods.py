@@ -15,6 +15,9 @@ from memwarden.policies.host_memory import admittable_bytes, metric_values, thre
 if TYPE_CHECKING:
     from memwarden.daemon import Daemon
 
+# Only the trainer subprocess may import these; the daemon reports if any slipped in.
+HEAVY_MODULES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
+
 
 def _jsonable_config(daemon: Daemon) -> dict[str, Any]:
     data = asdict(daemon.config)
@@ -85,6 +88,27 @@ def register_all(daemon: Daemon) -> None:
         """Re-read the config file; a bad file is refused and the running config kept."""
         return await daemon.reload("control socket")
 
+    async def diagnostics() -> dict[str, Any]:
+        """The daemon's own footprint: RSS, threads, open fds, clients, and proof it never loaded torch & co."""
+        import sys
+
+        import psutil
+
+        me = psutil.Process()
+        with me.oneshot():
+            mem, cpu, threads, fds = me.memory_info(), me.cpu_times(), me.num_threads(), me.num_fds()
+        return {
+            "rss_bytes": mem.rss,
+            "cpu_user_s": cpu.user,
+            "cpu_system_s": cpu.system,
+            "threads": threads,
+            "open_fds": fds,
+            "clients": daemon.server.clients if daemon.server else 0,
+            "requests_served": daemon.server.served if daemon.server else 0,
+            "python": sys.version.split()[0],
+            "heavy_modules_loaded": sorted(m for m in HEAVY_MODULES if m in sys.modules),
+        }
+
     async def methods() -> list[dict[str, Any]]:
         """Every method with its one-line doc and whether it changes state."""
         return [{"name": m.name, "admin": m.admin, "doc": m.doc} for m in sorted(
@@ -95,4 +119,5 @@ def register_all(daemon: Daemon) -> None:
     reg.add("alerts", alerts)
     reg.add("config.show", config_show)
     reg.add("config.reload", config_reload, admin=True)
+    reg.add("diagnostics", diagnostics)
     reg.add("methods", methods)

@@ -1,0 +1,1 @@
+"""Helpers shared by integration/e2e tests and the benchmarks."""

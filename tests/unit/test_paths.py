@@ -1,0 +1,58 @@
+from pathlib import Path
+
+from memwarden import paths
+
+
+def test_config_candidates_explicit_env_must_exist():
+    assert paths.config_candidates({"MEMWARDEN_CONFIG": "/x/y.toml"}, 1000) == (Path("/x/y.toml"), True)
+    assert paths.config_candidates({"MEMWARDEN_CONFIG": "/x/y.toml"}, 0) == (Path("/x/y.toml"), True)
+
+
+def test_config_candidates_root_uses_system_file_optionally():
+    assert paths.config_candidates({}, 0) == (Path("/etc/memwarden/memwarden.toml"), False)
+
+
+def test_config_candidates_user_prefers_xdg_config_home():
+    got = paths.config_candidates({"XDG_CONFIG_HOME": "/cfg", "HOME": "/home/u"}, 1000)
+    assert got == (Path("/cfg/memwarden/memwarden.toml"), False)
+
+
+def test_config_candidates_user_falls_back_to_home_dot_config():
+    got = paths.config_candidates({"HOME": "/home/u"}, 1000)
+    assert got == (Path("/home/u/.config/memwarden/memwarden.toml"), False)
+
+
+def test_empty_memwarden_config_is_ignored():
+    got = paths.config_candidates({"MEMWARDEN_CONFIG": "", "HOME": "/home/u"}, 1000)
+    assert got == (Path("/home/u/.config/memwarden/memwarden.toml"), False)
+
+
+def test_default_state_dir_from_systemd_takes_first_of_list():
+    assert paths.default_state_dir({"STATE_DIRECTORY": "/var/lib/a:/var/lib/b"}) == Path("/var/lib/a")
+    assert paths.default_state_dir({"STATE_DIRECTORY": "/var/lib/memwarden",
+                                    "XDG_STATE_HOME": "/ignored"}) == Path("/var/lib/memwarden")
+
+
+def test_default_state_dir_xdg_then_home():
+    assert paths.default_state_dir({"XDG_STATE_HOME": "/st", "HOME": "/h"}) == Path("/st/memwarden")
+    assert paths.default_state_dir({"HOME": "/h"}) == Path("/h/.local/state/memwarden")
+
+
+def test_default_socket_resolution_order():
+    assert paths.default_socket({"RUNTIME_DIRECTORY": "/run/mw:/run/other", "XDG_RUNTIME_DIR": "/run/user/1"},
+                                1000) == Path("/run/mw/control.sock")
+    assert paths.default_socket({"XDG_RUNTIME_DIR": "/run/user/1000"}, 1000) == \
+        Path("/run/user/1000/memwarden/control.sock")
+    assert paths.default_socket({}, 0) == Path("/run/memwarden/control.sock")
+    assert paths.default_socket({}, 1234) == Path("/tmp/memwarden-1234/control.sock")
+
+
+def test_client_socket_explicit_env_wins():
+    assert paths.client_socket({"MEMWARDEN_SOCKET": "/s.sock", "XDG_RUNTIME_DIR": "/r"}, 1000) == Path("/s.sock")
+
+
+def test_client_socket_own_socket_when_it_exists(tmp_path):
+    own = tmp_path / "memwarden" / "control.sock"
+    own.parent.mkdir()
+    own.touch()
+    assert paths.client_socket({"XDG_RUNTIME_DIR": str(tmp_path)}, 1000) == own
