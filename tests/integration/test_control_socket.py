@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -17,15 +18,12 @@ def raw(daemon, payload: bytes, shutdown_write: bool = True) -> list[dict]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(10)
         s.connect(str(daemon.socket_path))
-        try:
+        # The daemon may close on us mid-send (the long-line case): then read what it said.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             s.sendall(payload)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the daemon closed on us mid-send (the long-line case): read what it said
         if shutdown_write:
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
         data = b""
         while True:
             try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from enum import Enum
+from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
@@ -36,7 +36,7 @@ class ActiveAlert:
     notify_count: int = 1
 
 
-class EventType(str, Enum):
+class EventType(StrEnum):
     RAISED = "raised"
     CHANGED = "changed"  # severity moved while active
     RENOTIFIED = "renotified"

@@ -134,7 +134,7 @@ class ControlServer:
             result = await self.registry.call(request.method, request.params, admin)
         except RpcError as err:
             reply = error_line(None if request.is_notification else request.id, err)
-        except Exception as exc:  # noqa: BLE001 - one bad call must never take the daemon down
+        except Exception as exc:
             log.exception("control method failed", method=request.method)
             reply = error_line(request.id, RpcError(INTERNAL_ERROR, f"internal error in {request.method}: {exc!r}"))
         else:

@@ -1,0 +1,116 @@
+"""Shared helpers for the bench scripts: tables, percentiles, JSON output and clean exits.
+
+Every figure is printed next to a baseline measured in the same run and their ratio: the machines these
+run on are noisy, so the ratio is the number worth comparing between runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+MIB = 1024 * 1024
+
+
+def parser(description: str | None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--json", action="store_true",
+                   help="after the table, print the results as one JSON object on the last line")
+    return p
+
+
+def exit_cleanly_on_sigterm() -> None:
+    """SIGTERM (e.g. from a CI timeout) unwinds like Ctrl-C, so every `finally` stops what it started."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty sample."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def ratio(value: float | None, baseline: float | None) -> float | None:
+    if value is None or baseline is None or baseline == 0:
+        return None
+    return value / baseline
+
+
+def fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def fmt_ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}×"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+
+    def line(row: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
+
+    out = [line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out.extend(line(r) for r in cells[1:])
+    return "\n".join(out)
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for row in subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines():
+            if row.startswith("Model name:"):
+                model = row.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        cores = int(subprocess.run(["nproc"], capture_output=True, text=True, check=False).stdout.strip())
+    except (OSError, ValueError):
+        cores = None
+    return {
+        "cpu_model": model or platform.processor() or "unknown",
+        "cores": cores,
+        "python": sys.version.split()[0],
+        "kernel": platform.release(),
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def emit(title: str, text: str, results: dict[str, Any], as_json: bool) -> None:
+    print(f"### {title}\n")
+    print(text)
+    print(flush=True)
+    if as_json:
+        print(json.dumps({"benchmark": title, "machine": machine(), **results}, sort_keys=True), flush=True)
+
+
+def kill_process(proc: subprocess.Popen | None, timeout: float = 5.0) -> None:
+    """Stop a child this script started: SIGTERM, then SIGKILL; always reaped."""
+    if proc is None:
+        return
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,162 @@
+"""memwardend's resting footprint: RSS and CPU % of one core with daemon.sample_interval = "1s".
+
+Counting starts once the daemon has sent READY=1 (startup is bench/startup.py's figure). Over the window the
+daemon's RSS is read from /proc (psutil) every --poll seconds, and its CPU time is read at both ends.
+Baseline, measured over the same window: an idle `python -c "import time; time.sleep(...)"` of the same
+interpreter, i.e. what the bare interpreter costs before memwarden imports anything.
+
+Goals: RSS ≤ 45 MB (10^6 bytes), CPU ≤ 0.5 % of one core.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+from _common import (
+    exit_cleanly_on_sigterm,
+    fmt,
+    fmt_ratio,
+    kill_process,
+    parser,
+    ratio,
+    table,
+)
+from _common import emit as emit_results
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from support.daemon import DaemonProcess  # noqa: E402
+
+MB = 1_000_000
+GOAL_RSS_MB = 45.0
+GOAL_CPU_PERCENT = 0.5
+
+
+class Watch:
+    """RSS samples and CPU time of one process over a window."""
+
+    def __init__(self, pid: int):
+        self.proc = psutil.Process(pid)
+        self.rss: list[int] = []
+        self.t0 = time.monotonic()
+        self.cpu0 = self._cpu()
+        self.t1 = self.t0
+        self.cpu1 = self.cpu0
+        self.end: dict[str, int] = {}
+
+    def _cpu(self) -> float:
+        t = self.proc.cpu_times()
+        return t.user + t.system
+
+    def sample(self) -> None:
+        self.rss.append(self.proc.memory_info().rss)
+
+    def finish(self) -> None:
+        self.t1 = time.monotonic()
+        self.cpu1 = self._cpu()
+        with self.proc.oneshot():
+            full = self.proc.memory_full_info()
+            self.end = {"rss": full.rss, "uss": full.uss, "pss": full.pss,
+                        "threads": self.proc.num_threads(), "fds": self.proc.num_fds()}
+        self.rss.append(full.rss)
+
+    @property
+    def cpu_percent(self) -> float:
+        return 100 * (self.cpu1 - self.cpu0) / (self.t1 - self.t0)
+
+    def summary(self) -> dict[str, float | int]:
+        return {
+            "window_s": round(self.t1 - self.t0, 3),
+            "cpu_s": round(self.cpu1 - self.cpu0, 3),
+            "cpu_percent": round(self.cpu_percent, 4),
+            "rss_max_bytes": max(self.rss),
+            "rss_end_bytes": self.end["rss"],
+            "uss_end_bytes": self.end["uss"],
+            "pss_end_bytes": self.end["pss"],
+            "threads": self.end["threads"],
+            "open_fds": self.end["fds"],
+            "rss_samples": len(self.rss),
+        }
+
+
+def main() -> int:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=60.0, help="measurement window after READY (default 60)")
+    p.add_argument("--poll", type=float, default=0.5, help="RSS sampling period in seconds (default 0.5)")
+    args = p.parse_args()
+    exit_cleanly_on_sigterm()
+
+    sleeper: subprocess.Popen | None = None
+    daemon: DaemonProcess | None = None
+    try:
+        # The baseline starts first so that it has long finished starting up when the window opens.
+        sleeper = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({args.seconds + 600:.0f})"])
+        daemon = DaemonProcess({"daemon": {"sample_interval": "1s", "log_level": "info"}})
+        daemon.start()  # returns once READY=1 has arrived on the notify socket
+        base, mine = Watch(sleeper.pid), Watch(daemon.pid)
+        deadline = mine.t0 + args.seconds
+        while (now := time.monotonic()) < deadline:
+            mine.sample()
+            base.sample()
+            time.sleep(min(args.poll, deadline - now))
+        mine.finish()
+        base.finish()
+        # Only after the window, so these calls cost the measured CPU nothing.
+        status = daemon.call("status")
+        diag = daemon.call("diagnostics")
+        if daemon.proc is not None and daemon.proc.poll() is not None:
+            raise RuntimeError(f"memwardend exited during the window:\n{daemon.log()}")
+    finally:
+        if daemon is not None:
+            try:
+                daemon.stop()
+            finally:
+                daemon.cleanup()
+        kill_process(sleeper)
+
+    d, b = mine.summary(), base.summary()
+    rss_max_mb, rss_end_mb = d["rss_max_bytes"] / MB, d["rss_end_bytes"] / MB
+    rss_ok = rss_max_mb <= GOAL_RSS_MB
+    cpu_ok = d["cpu_percent"] <= GOAL_CPU_PERCENT
+
+    def row(label: str, key: str, scale: float = MB, goal: str = "", met: str = "") -> list[str]:
+        return [label, fmt(d[key] / scale), fmt(b[key] / scale), fmt_ratio(ratio(d[key], b[key])), goal, met]
+
+    rows = [
+        row("RSS max (MB)", "rss_max_bytes", goal=f"≤ {GOAL_RSS_MB:g}", met="yes" if rss_ok else "**no**"),
+        row("RSS at end (MB)", "rss_end_bytes"),
+        row("USS at end (MB)", "uss_end_bytes"),
+        ["CPU (% of one core)", fmt(d["cpu_percent"], 3), fmt(b["cpu_percent"], 3), "—",
+         f"≤ {GOAL_CPU_PERCENT:g}", "yes" if cpu_ok else "**no**"],
+        ["CPU time in window (s)", fmt(d["cpu_s"], 2), fmt(b["cpu_s"], 2), "—", "", ""],
+        ["threads", d["threads"], b["threads"], fmt_ratio(ratio(d["threads"], b["threads"])), "", ""],
+        ["open fds", d["open_fds"], b["open_fds"], fmt_ratio(ratio(d["open_fds"], b["open_fds"])), "", ""],
+    ]
+    text = table(["metric", "memwardend", "baseline: idle python", "ratio", "goal", "met"], rows)
+    text += (f"\n\nWindow {d['window_s']:.1f} s after READY=1, sample_interval 1s "
+             f"({status['last_sample']['count']} sample passes by the end, last one "
+             f"{status['last_sample']['duration_ms']} ms); RSS polled every {args.poll:g} s "
+             f"({d['rss_samples']} readings). MB = 10^6 bytes. Python {diag['python']}; "
+             f"heavy modules loaded: {diag['heavy_modules_loaded'] or 'none'}.")
+    results = {
+        "seconds": args.seconds,
+        "sample_interval_s": 1.0,
+        "daemon": d,
+        "baseline_idle_python": b,
+        "rss_ratio_max": round(d["rss_max_bytes"] / b["rss_max_bytes"], 4),
+        "rss_ratio_end": round(d["rss_end_bytes"] / b["rss_end_bytes"], 4),
+        "goals": {"rss_mb": GOAL_RSS_MB, "cpu_percent": GOAL_CPU_PERCENT},
+        "met": {"rss": rss_ok, "cpu": cpu_ok},
+        "rss_end_mb": round(rss_end_mb, 2),
+        "sample_passes": status["last_sample"]["count"],
+        "diagnostics": diag,
+    }
+    emit_results("Daemon footprint (sample_interval 1s)", text, results, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
