@@ -7,14 +7,16 @@ run on are noisy, so the ratio is the number worth comparing between runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import platform
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 MIB = 1024 * 1024
@@ -87,12 +89,29 @@ def machine() -> dict[str, Any]:
     except (OSError, ValueError):
         cores = None
     return {
+        **source_revision(),
         "cpu_model": model or platform.processor() or "unknown",
         "cores": cores,
         "python": sys.version.split()[0],
         "kernel": platform.release(),
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def source_revision() -> dict[str, Any]:
+    """The commit measured, and whether the daemon's source differed from it (read-only git calls)."""
+    root = __file__.rsplit("/bench/", 1)[0]
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", "-C", root, *args], capture_output=True, text=True,
+                                  check=False).stdout.strip()
+        except OSError:
+            return ""
+
+    commit = git("rev-parse", "--short", "HEAD")
+    return {"commit": commit or None,
+            "daemon_source_modified": bool(git("status", "--porcelain", "--", "daemon")) if commit else None}
 
 
 def emit(title: str, text: str, results: dict[str, Any], as_json: bool) -> None:
@@ -114,3 +133,62 @@ def kill_process(proc: subprocess.Popen | None, timeout: float = 5.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+class NotifyDrain(threading.Thread):
+    """Reads the daemon's sd_notify datagrams for as long as it runs, as systemd does.
+
+    support.daemon's NotifyListener reads only inside wait_for(). Once READY=1 has arrived nobody would read
+    the STATUS= datagram the daemon sends every sample pass, and net.unix.max_dgram_qlen (10 here) datagrams
+    later the daemon's blocking sendto() stalls its event loop: no more control calls, no more SIGTERM
+    (see BENCHMARKS.md). A benchmark that outlives that must play systemd's part."""
+
+    def __init__(self, sock: Any):
+        super().__init__(name="notify-drain", daemon=True)
+        self.sock = sock
+        self.received = 0
+        self.last = b""
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        self.sock.settimeout(0.1)
+        while not self._halt.is_set():
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.received += 1
+            self.last = data
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(5)
+
+
+@contextlib.contextmanager
+def managed(daemon: Any) -> Iterator[NotifyDrain]:
+    """Start `daemon` (a support.daemon.DaemonProcess) and wait for READY=1, keep its notify socket drained,
+    and whatever happens stop it, kill it if SIGTERM is not enough, and remove its temp dir."""
+    drain: NotifyDrain | None = None
+    try:
+        daemon.start()
+        drain = NotifyDrain(daemon.notify.sock)
+        drain.start()
+        yield drain
+    except Exception:
+        tail = daemon.log().splitlines()[-30:]
+        print("memwardend log (last 30 lines):", *tail, sep="\n", file=sys.stderr)
+        raise
+    finally:
+        try:
+            if daemon.proc is not None:
+                try:
+                    daemon.stop()
+                except subprocess.TimeoutExpired:
+                    raise RuntimeError("memwardend ignored SIGTERM for 20 s; killed it") from None
+        finally:
+            if drain is not None:
+                drain.stop()
+            daemon.cleanup()

@@ -11,23 +11,31 @@ import os
 import signal
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from datetime import UTC
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from memwarden import __version__
 from memwarden.alerts.dispatch import AlertDispatcher
+from memwarden.alerts.model import Condition
+from memwarden.arbiter.arbiter import GpuArbiter
 from memwarden.config import Config, ConfigError, locate_and_load
 from memwarden.control.registry import Registry
 from memwarden.control.server import ControlServer, bind_unix
 from memwarden.logs import configure_logging, get_logger
+from memwarden.ollama.client import OllamaClient
+from memwarden.ollama.service import ServiceControl
+from memwarden.policies import gpu_health
 from memwarden.policies.host_memory import HostPolicyState, evaluate
+from memwarden.probes.gpu import make_gpu_probe
 from memwarden.probes.host import HostProbe
-from memwarden.snapshots import HostSnapshot
+from memwarden.probes.ollama import OllamaProbe
+from memwarden.probes.runner import ProbeRunner
+from memwarden.snapshots import GpuSnapshot, HostSnapshot, OllamaSnapshot
 from memwarden.state.alert_history import AlertHistory
 from memwarden.state.db import open_state
 from memwarden.sysd.activation import listen_fds, unix_listener
@@ -37,7 +45,8 @@ from memwarden.units import format_size
 log = get_logger()
 
 # Keys that are read once at start: a reload reports them as needing a restart instead of applying them.
-RESTART_KEYS = ("daemon.state_dir", "daemon.socket", "daemon.socket_group")
+RESTART_KEYS = ("daemon.state_dir", "daemon.socket", "daemon.socket_group", "gpu.backend", "gpu.sim_file",
+                "ollama.url", "ollama.service", "proxy.enabled", "proxy.listen", "proxy.upstream")
 
 
 def changed_keys(old: Config, new: Config) -> list[str]:
@@ -53,30 +62,44 @@ class Daemon:
         config_arg: Path | None = None,
         env: Mapping[str, str] | None = None,
         host_probe: HostProbe | None = None,
+        gpu_probe: Any = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.config = config
         self.config_arg = config_arg
         self.env = os.environ if env is None else env
-        self.host_probe = host_probe or HostProbe()
         self.clock = clock
+        timeout = config.daemon.probe_timeout
+        self.ollama = OllamaClient(config.ollama.url, config.ollama.timeout) if config.ollama.url else None
+        self.runners: dict[str, ProbeRunner] = {
+            "host": ProbeRunner(host_probe or HostProbe(), timeout),
+            "gpu": ProbeRunner(gpu_probe or make_gpu_probe(config.gpu), timeout),
+        }
+        if self.ollama is not None:
+            self.runners["ollama"] = ProbeRunner(OllamaProbe(self.ollama), timeout)
+        self.gpu_state = gpu_health.GpuPolicyState()
         self.notifier = Notifier(self.env)
         self.started_at = time.time()
         self.registry = Registry()
         self.host_state = HostPolicyState()
         self.last_host: HostSnapshot | None = None
+        self.last_gpu: GpuSnapshot | None = None
+        self.last_ollama: OllamaSnapshot | None = None
         self.last_sample_at: float | None = None
         self.last_sample_ms: float | None = None
         self.samples = 0
         self.ready = False
-        self.degraded: dict[str, str] = {}
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="probe")
         self.scheduler: AsyncIOScheduler | None = None
         self.server: ControlServer | None = None
         self.dispatcher: AlertDispatcher | None = None
         self.db: Any = None
+        self.arbiter: GpuArbiter | None = None
+
+    @property
+    def degraded(self) -> dict[str, str]:
+        return {name: r.error for name, r in self.runners.items() if r.error is not None}
 
     # ---- lifecycle -------------------------------------------------------------------------------------
 
@@ -95,6 +118,9 @@ class Daemon:
         cfg = self.config
         self.db = open_state(cfg.daemon.state_dir)
         self.dispatcher = AlertDispatcher(AlertHistory(self.db), cfg.alerts)
+        service = ServiceControl(cfg.ollama.service) if cfg.ollama.service else None
+        self.arbiter = GpuArbiter(cfg, self.db, self.runners["gpu"], self.ollama, service)
+        await self.arbiter.resume_interrupted()
         from memwarden.control.methods import register_all
 
         register_all(self)
@@ -110,7 +136,8 @@ class Daemon:
         log.info("memwardend starting", version=__version__, pid=os.getpid(),
                  config=str(cfg.source or "embedded defaults"), socket=socket_desc,
                  state_dir=str(cfg.daemon.state_dir), sample_interval_s=interval, dry_run=cfg.daemon.dry_run,
-                 watchdog_usec=self.notifier.watchdog_usec)
+                 watchdog_usec=self.notifier.watchdog_usec, gpu_backend=self.runners["gpu"].probe.backend,
+                 ollama=cfg.ollama.url or None, leases=len(self.arbiter.leases))
         self.scheduler = AsyncIOScheduler(event_loop=loop)
         self.scheduler.add_job(self.sample_pass, "interval", seconds=interval, id="sample",
                                max_instances=1, coalesce=True, next_run_time=_now_dt(),
@@ -135,31 +162,28 @@ class Daemon:
             await self.server.close()
         if self.dispatcher is not None:
             await self.dispatcher.close()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        for runner in self.runners.values():
+            runner.close()
+        if self.ollama is not None:
+            await self.ollama.close()
         if self.db is not None:
             self.db.close()
         log.info("memwardend stopped", uptime_s=round(time.time() - self.started_at, 1))
 
     # ---- sense → decide → act --------------------------------------------------------------------------
 
-    async def _read(self, probe: Any) -> Any:
-        """Run one probe in a worker thread; a failure marks it degraded instead of failing the pass."""
-        try:
-            snapshot = await asyncio.get_running_loop().run_in_executor(self._executor, probe.read)
-        except Exception as exc:  # noqa: BLE001 - a probe error is a degraded state, never a crash
-            if self.degraded.get(probe.name) != str(exc):
-                log.error("probe failed", probe=probe.name, error=repr(exc))
-            self.degraded[probe.name] = str(exc)
-            return None
-        if self.degraded.pop(probe.name, None) is not None:
-            log.info("probe recovered", probe=probe.name)
-        return snapshot
-
     async def sample_pass(self) -> None:
         started = time.perf_counter()
-        snap = await self._read(self.host_probe)
-        if snap is not None:
-            self.act_on_host(snap)
+        names = list(self.runners)
+        results = dict(zip(names, await asyncio.gather(*(self.runners[n].sample() for n in names)), strict=True))
+        if results["host"] is not None:
+            self.act_on_host(results["host"])
+        if results["gpu"] is not None:
+            self.act_on_gpu(results["gpu"])
+        if results.get("ollama") is not None:
+            self.last_ollama = results["ollama"]
+        await self.act_on_leases(results["gpu"], results.get("ollama"))
+        self.act_on_degraded()
         self.samples += 1
         self.last_sample_at = time.time()
         self.last_sample_ms = (time.perf_counter() - started) * 1000
@@ -170,8 +194,33 @@ class Daemon:
             log.info("ready", status=status, first_sample_ms=round(self.last_sample_ms, 2))
         else:
             self.notifier.status(status)
-        # Only a completed pass feeds the watchdog: a probe stuck in the kernel gets us restarted.
-        self.notifier.watchdog()
+        # Only a pass with no probe stuck feeds the watchdog: a call hung in the kernel gets us restarted.
+        if not any(r.hung for r in self.runners.values()):
+            self.notifier.watchdog()
+
+    def act_on_gpu(self, snap: GpuSnapshot) -> None:
+        verdict = gpu_health.evaluate(snap, self.gpu_state, self.config.gpu, self.config.host, self.clock())
+        self.gpu_state = verdict.state
+        self.last_gpu = snap
+        for what, before, after, inputs in verdict.changes:
+            log.info("decision: gpu level changed", decision="gpu.level", what=what, previous=before.label,
+                     level=after.label, **inputs)
+        assert self.dispatcher is not None
+        self.dispatcher.update("gpu", verdict.conditions, time.time())
+
+    async def act_on_leases(self, gpu: GpuSnapshot | None, ollama: OllamaSnapshot | None) -> None:
+        assert self.arbiter is not None
+        if ollama is not None and gpu is not None and not self.arbiter.lock.locked():
+            await self.arbiter._locate(list(ollama.loaded), gpu)
+            self.arbiter.observe(list(ollama.loaded), gpu)
+        await self.arbiter.reap()
+
+    def act_on_degraded(self) -> None:
+        conditions = [Condition("probe.degraded", name, "warning", f"{name} probe degraded: {error}",
+                                MappingProxyType({"probe": name, "error": error}))
+                      for name, error in self.degraded.items()]
+        assert self.dispatcher is not None
+        self.dispatcher.update("probe", conditions, time.time())
 
     def act_on_host(self, snap: HostSnapshot) -> None:
         now = self.clock()
@@ -200,6 +249,10 @@ class Daemon:
                 parts.append(f"swap {snap.swap_used_percent:.0f}%")
             if snap.pressure is not None:
                 parts.append(f"PSI {snap.pressure.some_avg10:.1f}")
+        for g in self.last_gpu.gpus if self.last_gpu else ():
+            parts.append(f"GPU{g.index} {format_size(g.free_bytes)} free")
+        if self.arbiter is not None and self.arbiter.leases:
+            parts.append(f"{len(self.arbiter.leases)} lease{'s' if len(self.arbiter.leases) != 1 else ''}")
         active = len(self.dispatcher.active) if self.dispatcher else 0
         parts.append(f"{active} alert{'s' if active != 1 else ''}")
         if self.degraded:
@@ -225,6 +278,8 @@ class Daemon:
                 configure_logging(new.daemon.log_level, new.daemon.log_format)
             assert self.dispatcher is not None and self.scheduler is not None
             await self.dispatcher.reconfigure(new.alerts)
+            if self.arbiter is not None:
+                self.arbiter.config = new
             if self.server is not None:
                 self.server.admin_group = new.daemon.admin_group
             if new.daemon.sample_interval != old.daemon.sample_interval:

@@ -44,3 +44,83 @@ class HostSnapshot:
         out["ram_available_percent"] = round(100.0 - self.ram_used_percent, 2)
         out["swap_used_percent"] = round(self.swap_used_percent, 2)
         return out
+
+
+@dataclass(frozen=True)
+class GpuProcess:
+    pid: int
+    used_bytes: int | None  # None: the driver cannot tell (NVML_VALUE_NOT_AVAILABLE)
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class Gpu:
+    index: int
+    name: str
+    total_bytes: int
+    used_bytes: int
+    temperature_c: float | None = None
+    utilization_percent: float | None = None
+    processes: tuple[GpuProcess, ...] | None = None  # None: per-process use unknown
+    uuid: str | None = None
+
+    @property
+    def free_bytes(self) -> int:
+        return max(0, self.total_bytes - self.used_bytes)
+
+    @property
+    def used_percent(self) -> float:
+        return 100.0 * self.used_bytes / self.total_bytes if self.total_bytes else 0.0
+
+
+@dataclass(frozen=True)
+class GpuSnapshot:
+    backend: str  # "nvml", "sim" or "none"
+    gpus: tuple[Gpu, ...]
+    taken_at: float
+    error: str | None = None  # set when the backend is degraded (driver error, GPU lost, bad sim file)
+
+    def gpu(self, index: int) -> Gpu | None:
+        return next((g for g in self.gpus if g.index == index), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for g, d in zip(self.gpus, out["gpus"], strict=True):
+            d["free_bytes"] = g.free_bytes
+            d["used_percent"] = round(g.used_percent, 2)
+        return out
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model resident in Ollama (from /api/ps)."""
+
+    name: str
+    size: int
+    size_vram: int
+    expires_at: str | None = None
+    digest: str | None = None
+
+
+@dataclass(frozen=True)
+class InstalledModel:
+    """A model Ollama can load (from /api/tags)."""
+
+    name: str
+    size: int
+    digest: str | None = None
+    family: str | None = None
+
+
+@dataclass(frozen=True)
+class OllamaSnapshot:
+    url: str
+    reachable: bool
+    taken_at: float
+    loaded: tuple[LoadedModel, ...] = ()
+    installed: tuple[InstalledModel, ...] = ()
+    version: str | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

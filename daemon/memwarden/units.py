@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _SIZE_UNITS = {
@@ -23,6 +24,8 @@ def parse_size(value: str | int | float) -> int:
     if isinstance(value, bool):
         raise ValueError("expected a size such as '4GiB', got a boolean")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError(f"size must be a finite number, got {value}")
         if value < 0:
             raise ValueError(f"size must not be negative, got {value}")
         return int(value)
@@ -39,6 +42,8 @@ def parse_duration(value: str | int | float) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as '30s', got a boolean")
     if isinstance(value, int | float):
+        if math.isnan(value):
+            raise ValueError("duration must be a number, got nan")
         if value < 0:
             raise ValueError(f"duration must not be negative, got {value}")
         return float(value)
@@ -83,3 +88,34 @@ def format_duration(seconds: float | None) -> str:
     if whole or not parts:
         parts.append(f"{whole}s")
     return "".join(parts)
+
+
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_GO_PART_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+FOREVER = float("inf")
+
+
+def parse_go_duration(text: str) -> float:
+    """Seconds from a Go duration string ("10m", "1h2m3s", "-1m", "300ms", "0"), as Ollama reads keep_alive."""
+    s = text.strip()
+    sign = -1.0 if s.startswith("-") else 1.0
+    s = s.lstrip("+-")
+    if s == "0":
+        return 0.0
+    pos, total = 0, 0.0
+    for part in _GO_PART_RE.finditer(s):
+        if part.start() != pos:
+            break
+        total += float(part.group(1)) * _GO_UNITS[part.group(2)]
+        pos = part.end()
+    if not s or pos != len(s):
+        raise ValueError(f"time: invalid duration {text!r}")
+    return sign * total
+
+
+def parse_keep_alive(value: object) -> float:
+    """Ollama's keep_alive: a number of seconds or a Go duration string; negative means forever (inf)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"keep_alive must be a number of seconds or a duration string, got {value!r}")
+    seconds = float(value) if not isinstance(value, str) else parse_go_duration(value)
+    return FOREVER if seconds < 0 else seconds

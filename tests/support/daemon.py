@@ -72,7 +72,9 @@ class DaemonProcess:
         self.config_path = self.workdir / "memwarden.toml"
         sections: dict[str, dict[str, Any]] = {"daemon": {
             "state_dir": str(self.workdir / "state"), "socket": str(self.socket_path),
-            "sample_interval": "200ms", "log_format": "json", "log_level": "debug"}}
+            "sample_interval": "200ms", "log_format": "json", "log_level": "debug"},
+            # No GPU and no Ollama unless a test asks for them: their absence would be a degraded probe.
+            "gpu": {"backend": "none"}, "ollama": {"url": ""}}
         for name, values in (config or {}).items():
             sections.setdefault(name, {}).update(values)
         self.sections = sections

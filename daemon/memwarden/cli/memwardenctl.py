@@ -20,7 +20,11 @@ COMMANDS = {
     "host": ("host", render.host, "host RAM, swap and memory pressure with their levels"),
     "alerts": ("alerts", render.alerts, "active alerts and recent history"),
     "reload": ("config.reload", render.reload, "re-read the config file (admin)"),
+    "gpu": ("gpu", render.gpu, "each GPU's VRAM, temperature, processes and budgets; Ollama's models; leases"),
 }
+LEASE_VERBS = {"list": ("lease.list", render.leases), "release": ("lease.release", render.lease),
+               "preempt": ("lease.preempt", render.lease)}
+ADAPTER_VERBS = {"load": "adapters.load", "evict": "adapters.evict", "pin": "adapters.pin", "unpin": "adapters.unpin"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -34,6 +38,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         cmd = sub.add_parser(name, help=helptext, description=helptext)
         if name == "alerts":
             cmd.add_argument("--limit", type=int, default=50, help="how many recent alerts (default 50)")
+    lease = sub.add_parser("lease", help="SIZE [--gpu N|auto] [--wait D] -- CMD…: run a command under a VRAM "
+                           "lease; or: lease list | release ID | preempt ID", add_help=False)
+    lease.add_argument("rest", nargs=argparse.REMAINDER)
+    adapters = sub.add_parser("adapters", help="the scheduler's models; or: adapters load|evict|pin|unpin NAME")
+    adapters.add_argument("verb", nargs="?", choices=sorted(ADAPTER_VERBS))
+    adapters.add_argument("name", nargs="?")
     call = sub.add_parser("call", help="call any RPC method: call METHOD [JSON-PARAMS]")
     call.add_argument("method")
     call.add_argument("params", nargs="?", default=None, help="params as a JSON object")
@@ -49,7 +59,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sock = args.socket or paths.client_socket(os.environ, os.getuid())
     params: dict[str, Any] | None = None
-    if args.command == "call":
+    if args.command == "lease" and (not args.rest or args.rest[0] not in LEASE_VERBS):
+        from memwarden.cli import lease
+
+        return lease.main(sock, args.rest or ["--help"])
+    if args.command == "lease":
+        verb, rest = args.rest[0], args.rest[1:]
+        method, renderer = LEASE_VERBS[verb]
+        if verb != "list":
+            if len(rest) != 1:
+                return fail(f"usage: memwardenctl lease {verb} ID", 2)
+            params = {"id": rest[0]}
+    elif args.command == "adapters":
+        method, renderer = "adapters", render.adapters
+        if args.verb:
+            if not args.name:
+                return fail(f"usage: memwardenctl adapters {args.verb} NAME", 2)
+            method, renderer, params = ADAPTER_VERBS[args.verb], render.adapter_result, {"name": args.name}
+    elif args.command == "call":
         method, renderer = args.method, None
         if args.params is not None:
             try:

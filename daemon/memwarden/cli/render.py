@@ -85,3 +85,62 @@ def reload(r: dict[str, Any]) -> str:
     if r["restart_required"]:
         lines.append("takes effect after a restart: " + ", ".join(r["restart_required"]))
     return "\n".join(lines)
+
+
+def gpu(r: dict[str, Any]) -> str:
+    head = f"backend: {r['backend']}" + (f" (degraded: {r['error']})" if r["error"] else "")
+    rows = [[g["index"], g["name"], format_size(g["used_bytes"]), format_size(g["total_bytes"]),
+             f"{g['used_percent']:.0f}%", format_size(g["leasable_bytes"]), format_size(g["model_budget_bytes"]),
+             "-" if g["temperature_c"] is None else f"{g['temperature_c']:.0f}°C"] for g in r["gpus"]]
+    out = [head, table(rows, ["GPU", "NAME", "USED", "TOTAL", "USE", "LEASABLE", "MODEL BUDGET", "TEMP"])]
+    procs = [[g["index"], p["pid"], p.get("name") or "-", format_size(p["used_bytes"])]
+             for g in r["gpus"] for p in g.get("processes") or ()]
+    if procs:
+        out += ["", "processes:", table(procs, ["GPU", "PID", "NAME", "USED"])]
+    if r["ollama_error"]:
+        out += ["", f"ollama: unreachable ({r['ollama_error']})"]
+    elif r["ollama"] is not None:
+        models = [[m["name"], format_size(m["size"]), format_size(m["size_vram"]), m["expires_at"] or "-"]
+                  for m in r["ollama"]["loaded"]]
+        out += ["", f"ollama ({r['ollama']['url']}):", table(models, ["MODEL", "SIZE", "VRAM", "EXPIRES"])]
+    out += ["", "leases:", leases({"active": r["leases"], "recent": []}).split("\n\n")[0]]
+    return "\n".join(out)
+
+
+def _lease_row(x: dict[str, Any]) -> list[Any]:
+    return [x["id"], x["state"], x["gpu"], format_size(x["size"]), x["holder"][:40], x["pid"] or "-",
+            ago(x["granted_at"]), ", ".join(e["name"] for e in x["evicted"]) or "-",
+            "-" if x.get("downtime_s") is None else format_duration(x["downtime_s"])]
+
+
+def leases(r: dict[str, Any]) -> str:
+    headers = ["ID", "STATE", "GPU", "SIZE", "HOLDER", "PID", "GRANTED", "EVICTED", "DOWNTIME"]
+    out = "active:\n" + table([_lease_row(x) for x in r["active"]], headers)
+    if r["recent"]:
+        out += "\n\nrecent:\n" + table([_lease_row(x) for x in r["recent"]], headers)
+    return out
+
+
+def lease(r: dict[str, Any]) -> str:
+    restored = ", ".join(f"{x['name']} ({'ok' if x['ok'] else x.get('error')})" for x in r["restored"])
+    return (f"lease {r['id']}: {r['state']}" + (f"; restored {restored}" if restored else "")
+            + ("" if r.get("downtime_s") is None else f"; serving downtime {format_duration(r['downtime_s'])}"))
+
+
+def adapters(r: list[dict[str, Any]]) -> str:
+    rows = [[a["name"], "yes" if a["resident"] else "no", format_size(a["size"]) + ("" if a["size_measured"] else "*"),
+             ago(a["last_used"]), a["hits"], "yes" if a["pinned"] else "", "-" if a["gpu"] is None else a["gpu"]]
+            for a in r]
+    return table(rows, ["MODEL", "RESIDENT", "SIZE", "LAST USE", "HITS", "PINNED", "GPU"]) + (
+        "\n(* size estimated from /api/tags until the model is seen loaded)" if any(
+            not a["size_measured"] for a in r) else "")
+
+
+def adapter_result(r: dict[str, Any]) -> str:
+    if "pinned" in r:
+        return f"{r['model']}: {'pinned' if r['pinned'] else 'unpinned'}"
+    if "hit" in r:
+        if r["hit"]:
+            return f"{r['model']}: already resident"
+        return f"{r['model']}: loaded" + (f" (evicted {', '.join(r['evicted'])})" if r["evicted"] else "")
+    return f"{r['model']}: evicted"

@@ -12,6 +12,7 @@ from typing import Any
 
 from memwarden import paths
 from memwarden.config.schema import SECTIONS, Config, section_fields
+from memwarden.units import parse_keep_alive
 
 
 class ConfigError(Exception):
@@ -48,18 +49,32 @@ def _build_section(name: str, section_type: type, raw: Any, problems: list[str])
     return section_type(**values)
 
 
+# (section, warn key, crit key): each pair must be ordered warn < crit.
+ORDERED_PAIRS = (
+    ("host", "ram_warn_percent", "ram_crit_percent"),
+    ("host", "swap_warn_percent", "swap_crit_percent"),
+    ("host", "psi_warn_avg10", "psi_crit_avg10"),
+    ("gpu", "vram_warn_percent", "vram_crit_percent"),
+    ("gpu", "temp_warn_c", "temp_crit_c"),
+)
+
+
 def _cross_checks(config: Config, problems: list[str]) -> None:
-    h = config.host
-    for metric, warn, crit in (
-        ("ram", h.ram_warn_percent, h.ram_crit_percent),
-        ("swap", h.swap_warn_percent, h.swap_crit_percent),
-        ("psi", h.psi_warn_avg10, h.psi_crit_avg10),
-    ):
-        suffix = "avg10" if metric == "psi" else "percent"
+    for section, warn_key, crit_key in ORDERED_PAIRS:
+        values = getattr(config, section)
+        warn, crit = getattr(values, warn_key), getattr(values, crit_key)
         if warn >= crit:
-            problems.append(
-                f"at 'host.{metric}_warn_{suffix}': must be below 'host.{metric}_crit_{suffix}' "
-                f"({warn:g} >= {crit:g})")
+            problems.append(f"at '{section}.{warn_key}': must be below '{section}.{crit_key}' "
+                            f"({warn:g} >= {crit:g})")
+    g = config.gpu
+    if g.backend == "sim" and g.sim_file is None:
+        problems.append("at 'gpu.sim_file': required when gpu.backend is \"sim\"")
+    if config.proxy.enabled and not (config.proxy.upstream or config.ollama.url):
+        problems.append("at 'proxy.upstream': the proxy needs an upstream (or ollama.url)")
+    try:
+        parse_keep_alive(config.ollama.keep_alive)
+    except ValueError as exc:
+        problems.append(f"at 'ollama.keep_alive': {exc}")
 
 
 def resolve_paths(config: Config, env: Mapping[str, str], uid: int) -> Config:

@@ -33,7 +33,7 @@ def boolean(value: Any) -> bool:
 
 def number(lo: float | None = None, hi: float | None = None) -> Parser:
     def parse(value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
             raise ValueError(f"expected a number, got {value!r}")
         if (lo is not None and value < lo) or (hi is not None and value > hi):
             raise ValueError(f"expected a number from {lo} to {hi}, got {value!r}")
@@ -128,6 +128,9 @@ class DaemonConfig:
         "", group_name, "Group that owns the control socket and may call read methods (empty: the daemon's).")
     admin_group: str = setting(
         "", group_name, "Members may call state-changing methods; root and the daemon's own user always may.")
+    probe_timeout: float = setting(
+        "10s", duration(0.1),
+        "A probe call taking longer is reported stuck; the systemd watchdog then restarts the daemon.")
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,60 @@ class HostConfig:
     hold: float = setting("10s", duration(), "A level must persist this long before it is raised or cleared.")
     reserve: int = setting(
         "1GiB", size, "RAM kept for critical services: admission checks never plan to use it.")
+
+
+def host_port(value: Any) -> str:
+    value = text(value)
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT such as '127.0.0.1:11435', got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class GpuConfig:
+    backend: str = setting(
+        "auto", choice("auto", "nvml", "sim", "none"),
+        "auto: NVML when it initialises, else none. sim: read the simulated-GPU file gpu.sim_file.")
+    sim_file: Path | None = setting("", optional_path, "The simulated-GPU file (JSON) read when backend is sim.")
+    reserve: int = setting(
+        "512MiB", size, "VRAM per GPU never planned for (CUDA context, fragmentation): leases and loads leave it.")
+    vram_warn_percent: float = setting(90, number(1, 100), "VRAM used on a GPU that warns.")
+    vram_crit_percent: float = setting(98, number(1, 100), "VRAM used on a GPU that is critical.")
+    temp_warn_c: float = setting(85, number(1, 150), "GPU temperature (°C) that warns.")
+    temp_crit_c: float = setting(95, number(1, 150), "GPU temperature (°C) that is critical.")
+    evict_timeout: float = setting(
+        "30s", duration(0.1), "How long to wait for evicted models' VRAM to show free on the GPU before a lease.")
+    escalate: bool = setting(
+        False, boolean,
+        "Last resort when unloading does not free the VRAM in time: stop ollama.service, start it again on release.")
+    scheduler: str = setting(
+        "lru", choice("lru", "gdsf"),
+        "Which resident model to evict first: lru (least recently used) or gdsf (GreedyDual-Size-Frequency).")
+
+
+@dataclass(frozen=True)
+class OllamaConfig:
+    url: str = setting("http://127.0.0.1:11434", http_url, "Ollama's API (empty: no Ollama on this machine).")
+    service: str = setting(
+        "", text, "How to stop/start Ollama as a last resort: a systemd unit (ending in .service) or a "
+        "Docker container name. Empty: never.")
+    timeout: float = setting("10s", duration(0.1), "Time-out of one Ollama API call (loads get 10 times this).")
+    keep_alive: str = setting(
+        "5m", text, "keep_alive for models memwarden loads when it does not know theirs (an Ollama duration).")
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    enabled: bool = setting(False, boolean, "Serve an Ollama-compatible proxy on proxy.listen.")
+    listen: str = setting("127.0.0.1:11435", host_port, "Where the proxy listens (loopback by default).")
+    upstream: str = setting("", http_url, "The Ollama behind the proxy (empty: ollama.url).")
+    hold_timeout: float = setting(
+        "2m", duration(0), "While a lease holds the GPU, a request waits this long before a 503 with Retry-After.")
+    preempt: bool = setting(
+        False, boolean, "Serving has priority: a request preempts a preemptible lease instead of waiting.")
+    resume_after_idle: float = setting(
+        "2m", duration(0), "A preempted lease is granted again once serving has been idle this long.")
 
 
 @dataclass(frozen=True)
@@ -161,11 +218,17 @@ class AlertsConfig:
 class Config:
     daemon: DaemonConfig = DaemonConfig()
     host: HostConfig = HostConfig()
+    gpu: GpuConfig = GpuConfig()
+    ollama: OllamaConfig = OllamaConfig()
+    proxy: ProxyConfig = ProxyConfig()
     alerts: AlertsConfig = AlertsConfig()
     source: Path | None = None  # the file it was read from; None = embedded defaults
 
 
-SECTIONS: dict[str, type] = {"daemon": DaemonConfig, "host": HostConfig, "alerts": AlertsConfig}
+SECTIONS: dict[str, type] = {
+    "daemon": DaemonConfig, "host": HostConfig, "gpu": GpuConfig, "ollama": OllamaConfig, "proxy": ProxyConfig,
+    "alerts": AlertsConfig,
+}
 
 
 def section_fields(section: type) -> list:

@@ -114,6 +114,9 @@ def register_all(daemon: Daemon) -> None:
         return [{"name": m.name, "admin": m.admin, "doc": m.doc} for m in sorted(
             reg.methods.values(), key=lambda m: m.name)]
 
+    from memwarden.control.gpu_methods import register_gpu
+
+    register_gpu(daemon)
     reg.add("status", status)
     reg.add("host", host)
     reg.add("alerts", alerts)

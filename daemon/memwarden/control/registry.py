@@ -29,15 +29,20 @@ class Registry:
             raise ValueError(f"method {name!r} registered twice")
         self.methods[name] = Method(name, handler, admin, doc or (handler.__doc__ or "").strip().split("\n")[0])
 
-    async def call(self, name: str, params: dict[str, Any], may_change_state: bool) -> Any:
+    async def call(self, name: str, params: dict[str, Any], may_change_state: bool, peer: Any = None) -> Any:
+        """Handlers that declare a `peer` parameter get the caller's credentials; clients cannot pass it."""
         method = self.methods.get(name)
         if method is None:
             raise RpcError(METHOD_NOT_FOUND, f"method not found: {name!r} (try 'methods')")
         if method.admin and not may_change_state:
             raise RpcError(PERMISSION_DENIED,
                            f"permission denied: {name!r} changes state; run as root or the admin group")
+        if "peer" in params:
+            raise InvalidParams(f"{name}: 'peer' is set by the server, not the client")
+        wants_peer = "peer" in inspect.signature(method.handler).parameters
+        kwargs = {**params, "peer": peer} if wants_peer else params
         try:
-            inspect.signature(method.handler).bind(**params)
+            inspect.signature(method.handler).bind(**kwargs)
         except TypeError as exc:
             raise InvalidParams(f"{name}: {exc}") from None
-        return await method.handler(**params)
+        return await method.handler(**kwargs)

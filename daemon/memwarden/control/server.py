@@ -10,7 +10,7 @@ import os
 import socket
 from pathlib import Path
 
-from memwarden.control.peer import may_change_state, peer_of
+from memwarden.control.peer import Peer, may_change_state, peer_of
 from memwarden.control.protocol import (
     BUSY,
     INTERNAL_ERROR,
@@ -94,9 +94,8 @@ class ControlServer:
             if self.clients > self.max_clients:
                 await self._send(writer, error_line(None, RpcError(BUSY, "too many clients; try again")))
                 return
-            sock = writer.get_extra_info("socket")
-            admin = may_change_state(peer_of(sock), self.admin_group)
-            await self._serve(reader, writer, admin)
+            peer = peer_of(writer.get_extra_info("socket"))
+            await self._serve(reader, writer, peer)
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
             pass  # the client went away or stopped reading; nothing to answer
         finally:
@@ -105,7 +104,7 @@ class ControlServer:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, admin: bool) -> None:
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer) -> None:
         while True:
             try:
                 line = await reader.readline()
@@ -119,11 +118,11 @@ class ControlServer:
                 return  # half a line and then a hang-up: there is nobody to answer
             if not line.strip():
                 continue
-            reply = await self._dispatch(line, admin)
+            reply = await self._dispatch(line, peer)
             if reply is not None:
                 await self._send(writer, reply)
 
-    async def _dispatch(self, line: bytes, admin: bool) -> bytes | None:
+    async def _dispatch(self, line: bytes, peer: Peer) -> bytes | None:
         try:
             request = parse_request(line)
         except RpcError as err:
@@ -131,7 +130,9 @@ class ControlServer:
             err.data = None
             return error_line(req_id, err)
         try:
-            result = await self.registry.call(request.method, request.params, admin)
+            # Checked per request: a reload may change the admin group while a client stays connected.
+            admin = may_change_state(peer, self.admin_group)
+            result = await self.registry.call(request.method, request.params, admin, peer)
         except RpcError as err:
             reply = error_line(None if request.is_notification else request.id, err)
         except Exception as exc:

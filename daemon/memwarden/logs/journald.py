@@ -24,8 +24,7 @@ def message_id(kind: str) -> str:
 
 
 def field_name(key: str) -> str | None:
-    name = _BAD_CHARS.sub("_", key.upper()).lstrip("_")
-    name = name.lstrip("0123456789")
+    name = _BAD_CHARS.sub("_", key.upper()).lstrip("_0123456789")
     # Fields starting with "_" are journald's trusted fields; it drops them from clients.
     return name[:64] or None
 

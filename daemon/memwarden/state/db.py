@@ -25,9 +25,23 @@ def _m1_alert_history(db: sqlite_utils.Database) -> None:
     db["alert_history"].create_index(["raised_at"])
 
 
+def _m2_leases(db: sqlite_utils.Database) -> None:
+    db["leases"].create({
+        "id": str, "holder": str, "pid": int, "uid": int, "gpu": int, "size": int, "priority": int,
+        "preemptible": int, "state": str, "granted_at": float, "released_at": float, "release_reason": str,
+        "evicted": str, "escalated": int, "restored": str, "downtime_s": float,
+    }, pk="id", not_null={"holder", "gpu", "size", "state", "granted_at"})
+    db["leases"].create_index(["state"])
+    db["adapters"].create({
+        "name": str, "pinned": int, "size": int, "size_measured": int, "last_used": float, "hits": int,
+        "keep_alive": str,
+    }, pk="name")
+
+
 # Append only: a migration, once released, never changes; the next one fixes what it got wrong.
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "alert history", _m1_alert_history),
+    (2, "leases and adapters", _m2_leases),
 ]
 
 
@@ -52,7 +66,7 @@ def migrate(db: sqlite_utils.Database, migrations=MIGRATIONS) -> list[int]:
     for version, name, apply in migrations:
         if version <= current:
             continue
-        with db.conn:
+        with db.atomic():
             apply(db)
             db["schema_migrations"].insert({"version": version, "name": name, "applied_at": time.time()})
         applied.append(version)

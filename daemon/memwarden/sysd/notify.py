@@ -1,24 +1,42 @@
-"""sd_notify through the sdnotify package, plus the watchdog period systemd asked for."""
+"""sd_notify(3): datagrams of KEY=VALUE lines to $NOTIFY_SOCKET, and the watchdog period systemd asked for.
+
+Written here rather than taken from the sdnotify package: that one reads NOTIFY_SOCKET from the process
+environment only (tests and embedders cannot inject it), swallows every error and encodes as latin-1, which
+loses a non-ASCII STATUS= line. The protocol itself is one sendto().
+"""
 
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Mapping
 
-import sdnotify
+from memwarden.logs import get_logger
+
+log = get_logger()
 
 
 class Notifier:
     def __init__(self, env: Mapping[str, str] | None = None):
         env = os.environ if env is None else env
-        self.enabled = bool(env.get("NOTIFY_SOCKET"))
-        self._notifier = sdnotify.SystemdNotifier() if self.enabled else None
+        address = env.get("NOTIFY_SOCKET", "")
+        self.enabled = bool(address)
+        # A leading "@" names a socket in the abstract namespace.
+        self._address = "\0" + address[1:] if address.startswith("@") else address
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) if address else None
         self.watchdog_usec = _watchdog_usec(env)
+        self._warned = False
 
     def send(self, *lines: str) -> None:
-        if self._notifier is not None:
-            self._notifier.notify("\n".join(lines))
+        if self._sock is None:
+            return
+        try:
+            self._sock.sendto("\n".join(lines).encode(), self._address)
+        except OSError as exc:
+            if not self._warned:  # systemd gone or socket removed: say so once, keep running
+                log.warning("cannot notify systemd", notify_socket=self._address, error=str(exc))
+                self._warned = True
 
     def ready(self, status: str) -> None:
         self.send("READY=1", f"STATUS={status}")

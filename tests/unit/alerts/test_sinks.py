@@ -5,6 +5,7 @@ import os
 import signal
 import stat
 import time
+from types import SimpleNamespace
 
 import pytest
 from aiohttp import web
@@ -218,28 +219,35 @@ async def test_exec_sink_timeout_kills_hook(tmp_path):
 
 
 async def test_exec_sink_timeout_kills_the_hooks_children_too(tmp_path):
-    # The hook runs in its own session (start_new_session=True); on time-out the whole session must go,
-    # or a hook's stuck `curl` lives on, one per alert. The child holds a FIFO open: EOF means it is dead.
+    # The hook runs in its own session (start_new_session=True); on time-out the whole session must go.
+    # Otherwise a hook's stuck child (curl, say) lives on holding the stderr pipe, and deliver() waits for
+    # it, blocking every later alert. The child also holds a FIFO open: EOF on it means the child is dead.
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     program = script(tmp_path, f"exec 3>'{fifo}'\nsleep 300 &\necho $! >&3\nwait\n")
     rfd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    task = asyncio.ensure_future(ExecSink(program, timeout=0.5).deliver(EVENT))
     child_pid = None
     try:
-        task = asyncio.ensure_future(ExecSink(program, timeout=0.5).deliver(EVENT))
         await readable(rfd, 30)
         child_pid = int(os.read(rfd, 100).split()[0])
-        assert await asyncio.wait_for(task, 30) is False
-        await readable(rfd, 5)  # EOF once every writer (the hook's child) is gone
-        assert os.read(rfd, 100) == b""
-        child_pid = None
-    except TimeoutError:
-        pytest.fail(f"the hook's child process {child_pid} survived the time-out kill")
+        try:
+            result = await asyncio.wait_for(asyncio.shield(task), 10)
+        except TimeoutError:
+            pytest.fail("deliver() did not return within 10 s of its 0.5 s time-out: "
+                        f"the hook's child {child_pid} survived the kill and still holds the stderr pipe")
+        assert result is False
+        try:
+            await readable(rfd, 5)
+        except TimeoutError:
+            pytest.fail(f"the hook's child process {child_pid} survived the time-out kill")
+        assert os.read(rfd, 100) == b""  # EOF: no writer (the child) left
     finally:
         os.close(rfd)
         if child_pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child_pid, signal.SIGKILL)
+        await asyncio.wait_for(task, 30)
 
 
 # ---- WebhookSink -----------------------------------------------------------------------------------------
@@ -346,7 +354,8 @@ async def test_webhook_backoff_doubles(monkeypatch):
     async def fake_sleep(seconds):
         waits.append(seconds)
 
-    monkeypatch.setattr(webhook_mod.asyncio, "sleep", fake_sleep)
+    # Replace only the webhook module's view of asyncio: aiohttp itself keeps the real sleep.
+    monkeypatch.setattr(webhook_mod, "asyncio", SimpleNamespace(sleep=fake_sleep))
     async with Receiver([500, 500, 500, 200]) as rx:
         sink = WebhookSink(rx.url, timeout=10, retries=3, backoff=0.5)
         try:

@@ -13,6 +13,7 @@ from memwarden.config import (
     locate_and_load,
     parse_config,
 )
+from memwarden.config.schema import SECTIONS
 
 ENV = {"STATE_DIRECTORY": "/var/lib/memwarden", "RUNTIME_DIRECTORY": "/run/memwarden"}
 UID = 1000
@@ -201,7 +202,9 @@ def test_unknown_section_suggests_the_close_one():
 
 def test_unknown_section_without_close_match_lists_sections():
     err = problems_of({"zzzz": {}})
-    assert err.problems == ["at 'zzzz': unknown section; known sections: daemon, host, alerts"]
+    assert err.problems == [f"at 'zzzz': unknown section; known sections: {', '.join(SECTIONS)}"]
+    for name in ("daemon", "host", "alerts"):
+        assert name in err.problems[0]
 
 
 def test_section_that_is_not_a_table():

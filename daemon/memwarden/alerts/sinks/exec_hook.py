@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +49,9 @@ class ExecSink(QueuedSink):
         try:
             _, stderr = await asyncio.wait_for(proc.communicate(json.dumps(event).encode()), self.timeout)
         except TimeoutError:
-            proc.kill()
+            # The hook leads its own session: kill its children too, or one holding stderr blocks us.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
             log.warning("alert exec hook timed out and was killed", program=str(self.program),
                         timeout_s=self.timeout)

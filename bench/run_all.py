@@ -1,0 +1,77 @@
+"""Run every benchmark with its defaults; print their tables and write them to bench/results/latest.md.
+
+Each script runs in its own process (with --json, so bench/results/latest.json gets the raw figures too).
+Takes about 1.5 minutes: the footprint window alone is 60 s.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import exit_cleanly_on_sigterm, machine, parser
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+SCRIPTS = ("daemon_footprint.py", "status_latency.py", "startup.py")
+TIMEOUT = 240.0
+
+
+def run(script: str) -> tuple[str, dict[str, Any]]:
+    """The script's Markdown output and its JSON results."""
+    proc = subprocess.Popen([sys.executable, str(HERE / script), "--json"], stdout=subprocess.PIPE, text=True)
+    try:
+        out, _ = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)  # lets it stop its daemon and remove its temp dirs
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+        raise RuntimeError(f"{script} took longer than {TIMEOUT:.0f} s") from None
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{script} failed with exit status {proc.returncode}")
+    markdown, _, last = out.rstrip("\n").rpartition("\n")
+    return markdown.rstrip() + "\n", json.loads(last)
+
+
+def main() -> int:
+    p = parser(__doc__.splitlines()[0])
+    args = p.parse_args()
+    exit_cleanly_on_sigterm()
+
+    started = time.monotonic()
+    host = machine()
+    header = (f"# memwarden benchmarks\n\n{host['date_utc']} · {host['cores']} cores, {host['cpu_model']} · "
+              f"Python {host['python']} · kernel {host['kernel']} · commit {host['commit']}"
+              f"{' (daemon/ modified)' if host['daemon_source_modified'] else ''}\n")
+    print(header, flush=True)
+    sections, combined = [header], {"machine": host, "results": {}}
+    for script in SCRIPTS:
+        markdown, results = run(script)
+        command = f".venv/bin/python bench/{script}"
+        section = f"`{command}`\n\n{markdown}"
+        print(section, flush=True)
+        sections.append(section)
+        combined["results"][script.removesuffix(".py")] = results
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "latest.md").write_text("\n".join(sections))
+    (RESULTS / "latest.json").write_text(json.dumps(combined, indent=2, sort_keys=True) + "\n")
+    print(f"Wrote {RESULTS / 'latest.md'} and latest.json in {time.monotonic() - started:.0f} s.", flush=True)
+    if args.json:
+        print(json.dumps(combined, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""`memwardenctl lease SIZE [options] -- CMD ARGS…`: run any command under a VRAM lease.
+
+The lease is acquired (models evicted and the memory confirmed free), the command runs with
+CUDA_VISIBLE_DEVICES set to the granted GPU, and when it exits — or is interrupted — the lease is released and
+the evicted models are reloaded. While it runs, a second connection long-polls the lease: if the daemon asks
+the holder to yield (preemption), the command gets SIGTERM to checkpoint and exit; with --requeue it is started
+again once the lease can be granted again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from memwarden.control.client import Client, ConnectError
+from memwarden.control.protocol import RpcError
+from memwarden.units import format_duration, format_size, parse_duration
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="memwardenctl lease", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("size", help="VRAM to lease, e.g. 4GiB")
+    p.add_argument("--gpu", default="auto", help="GPU index, or auto for the one needing the least eviction")
+    p.add_argument("--wait", default="0", help="how long to wait for the room (e.g. 10m; default: do not wait)")
+    p.add_argument("--holder", help="a name for the lease (default: the command)")
+    p.add_argument("--priority", type=int, default=0)
+    p.add_argument("--preemptible", action="store_true",
+                   help="serving may ask this lease back: the command gets SIGTERM and must checkpoint")
+    p.add_argument("--requeue", action="store_true",
+                   help="after a preemption, wait for the lease again and rerun the command")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS…")
+    args = p.parse_args(argv)
+    if args.command and args.command[0] == "--":
+        args.command = args.command[1:]
+    if not args.command:
+        p.error("no command given: memwardenctl lease SIZE -- CMD ARGS…")
+    try:
+        args.wait_s = parse_duration(args.wait)
+    except ValueError as exc:
+        p.error(f"--wait: {exc}")
+    if args.gpu != "auto" and not args.gpu.isdigit():
+        p.error("--gpu must be a GPU index or auto")
+    return args
+
+
+def say(message: str) -> None:
+    print(f"memwardenctl: {message}", file=sys.stderr, flush=True)
+
+
+class Watcher(threading.Thread):
+    """Long-polls lease.watch on its own connection; on preemption, asks the command to stop."""
+
+    def __init__(self, sock: Path, lease_id: str, child: subprocess.Popen):
+        super().__init__(daemon=True)
+        self.sock, self.lease_id, self.child = sock, lease_id, child
+        self.preempted = False
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        try:
+            with Client(self.sock, timeout=None) as c:
+                while not self.done.is_set():
+                    state = c.call("lease.watch", {"id": self.lease_id, "timeout": 60})["state"]
+                    if state == "preempting":
+                        self.preempted = True
+                        say(f"lease {self.lease_id} preempted: serving needs the GPU; sending SIGTERM to the "
+                            "command so it checkpoints")
+                        if self.child.poll() is None:
+                            self.child.send_signal(signal.SIGTERM)
+                        return
+                    if state == "released":
+                        return
+        except (ConnectError, RpcError, OSError):
+            return
+
+
+def run_once(sock: Path, args: argparse.Namespace) -> tuple[int, bool]:
+    params: dict[str, Any] = {"size": args.size, "wait": args.wait_s,
+                              "holder": args.holder or " ".join(args.command)[:200], "priority": args.priority,
+                              "preemptible": args.preemptible, "pid": os.getpid()}
+    if args.gpu != "auto":
+        params["gpu"] = int(args.gpu)
+    with Client(sock, timeout=None) as c:
+        lease = c.call("lease.acquire", params)
+    evicted = ", ".join(e["name"] for e in lease["evicted"]) or "nothing"
+    say(f"lease {lease['id']}: {format_size(lease['size'])} on GPU {lease['gpu']} (evicted {evicted})")
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(lease["gpu"]), CUDA_DEVICE_ORDER="PCI_BUS_ID",
+               MEMWARDEN_LEASE_ID=lease["id"])
+    # Ctrl-C reaches the command through the terminal's process group; we only wait for it to finish.
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGQUIT)}
+    child: subprocess.Popen | None = None
+    watcher: Watcher | None = None
+    try:
+        try:
+            child = subprocess.Popen(args.command, env=env)
+        except OSError as exc:
+            say(f"cannot run {args.command[0]}: {exc.strerror or exc}")
+            return 127, False
+
+        def forward(signum: int, _frame: Any) -> None:
+            if child is not None and child.poll() is None:
+                child.send_signal(signum)
+
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGHUP, forward)
+        watcher = Watcher(sock, lease["id"], child)
+        watcher.start()
+        status = child.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if watcher is not None:
+            watcher.done.set()
+        with Client(sock, timeout=None) as c:
+            released = c.call("lease.release", {"id": lease["id"]})
+        restored = [f"{r['name']} ({'ok' if r['ok'] else r.get('error', 'failed')})" for r in released["restored"]]
+        down = released.get("downtime_s")
+        say(f"lease {lease['id']} released" + (f"; restored {', '.join(restored)}" if restored else "")
+            + (f"; serving downtime {format_duration(down)}" if down is not None else ""))
+    code = status if status >= 0 else 128 - status
+    return code, bool(watcher and watcher.preempted)
+
+
+def main(sock: Path, argv: list[str]) -> int:
+    args = parse(argv)
+    while True:
+        try:
+            code, preempted = run_once(sock, args)
+        except ConnectError as exc:
+            say(str(exc))
+            return 3
+        except RpcError as exc:
+            say(exc.message)
+            return 1
+        if not (preempted and args.requeue):
+            return code
+        say("requeued: waiting for the lease again")
+        args.wait_s = max(args.wait_s, 7 * 86400)

@@ -1,0 +1,107 @@
+"""Which resident model to evict: plain LRU, or GreedyDual-Size-Frequency (Cherkasova 1998).
+
+GDSF gives each model a priority H = L + frequency × cost / size and evicts the lowest H; L rises to the H of
+each victim, so models not used for a while age out. With cost = 1 it maximises the hit rate per byte of VRAM:
+a small specialist used often outranks a large model used as often. Pure functions over a frozen state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+
+POLICIES = ("lru", "gdsf")
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    size: int  # VRAM bytes: size_vram from /api/ps once seen, the /api/tags file size until then
+    size_measured: bool = False
+    resident: bool = False
+    pinned: bool = False
+    last_used: float = 0.0
+    hits: int = 0
+    priority: float = 0.0  # GDSF's H
+    gpu: int | None = None  # where it is resident, when known
+
+
+@dataclass(frozen=True)
+class CacheState:
+    entries: Mapping[str, Entry] = field(default_factory=lambda: MappingProxyType({}))
+    inflation: float = 0.0  # GDSF's L
+
+    def with_entry(self, entry: Entry) -> CacheState:
+        return replace(self, entries=MappingProxyType({**self.entries, entry.name: entry}))
+
+    def resident(self) -> list[Entry]:
+        return [e for e in self.entries.values() if e.resident]
+
+
+def _gdsf_priority(state: CacheState, hits: int, size: int) -> float:
+    return state.inflation + hits / max(size, 1)
+
+
+def touch(state: CacheState, name: str, now: float, size: int | None = None) -> CacheState:
+    """A request for `name`: one more use, now."""
+    prior = state.entries.get(name) or Entry(name, size or 0)
+    hits = prior.hits + 1
+    new_size = prior.size if size is None else size
+    entry = replace(prior, size=new_size, last_used=now, hits=hits,
+                    priority=_gdsf_priority(state, hits, new_size))
+    return state.with_entry(entry)
+
+
+def set_resident(state: CacheState, name: str, resident: bool, size: int | None = None,
+                 measured: bool = False, gpu: int | None = None) -> CacheState:
+    prior = state.entries.get(name) or Entry(name, size or 0)
+    entry = replace(prior, resident=resident, gpu=gpu if resident else None)
+    if size is not None and (measured or not prior.size_measured):
+        entry = replace(entry, size=size, size_measured=measured or prior.size_measured)
+    return state.with_entry(entry)
+
+
+def set_pinned(state: CacheState, name: str, pinned: bool) -> CacheState:
+    prior = state.entries.get(name) or Entry(name, 0)
+    return state.with_entry(replace(prior, pinned=pinned))
+
+
+def eviction_order(state: CacheState, policy: str, exclude: Iterable[str] = ()) -> list[Entry]:
+    """Resident, unpinned models, first victim first."""
+    skip = set(exclude)
+    candidates = [e for e in state.resident() if not e.pinned and e.name not in skip]
+    if policy == "gdsf":
+        return sorted(candidates, key=lambda e: (e.priority, e.last_used, e.name))
+    if policy == "lru":
+        return sorted(candidates, key=lambda e: (e.last_used, e.name))
+    raise ValueError(f"unknown scheduler policy {policy!r}; expected one of {POLICIES}")
+
+
+def evicted(state: CacheState, name: str, policy: str) -> CacheState:
+    """Mark `name` gone; under GDSF the inflation value rises to its priority."""
+    entry = state.entries[name]
+    new = set_resident(state, name, False)
+    if policy == "gdsf":
+        new = replace(new, inflation=max(state.inflation, entry.priority))
+    return new
+
+
+@dataclass(frozen=True)
+class RoomPlan:
+    victims: tuple[str, ...]
+    fits: bool
+    used_after: int
+    budget: int
+
+
+def plan_room(state: CacheState, name: str, need: int, budget: int, policy: str) -> RoomPlan:
+    """Victims to evict so `need` more bytes fit under `budget` next to what stays resident."""
+    used = sum(e.size for e in state.resident() if e.name != name)
+    victims: list[str] = []
+    for entry in eviction_order(state, policy, exclude=[name]):
+        if used + need <= budget:
+            break
+        victims.append(entry.name)
+        used -= entry.size
+    return RoomPlan(tuple(victims), used + need <= budget, used, budget)

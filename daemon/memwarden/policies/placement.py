@@ -1,0 +1,116 @@
+"""Where a VRAM lease goes and what must be evicted for it: a pure plan over a GPU snapshot.
+
+The GPU needing the least eviction wins (bytes evicted, then models evicted, then index). A lease that fits
+nowhere is refused with a reason naming what holds the memory on each GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from memwarden.snapshots import Gpu
+from memwarden.units import format_size
+
+
+@dataclass(frozen=True)
+class Resident:
+    """A model resident in Ollama, in eviction order. gpu None: it could not be placed on a GPU."""
+
+    name: str
+    size_vram: int
+    gpu: int | None = None
+    pinned: bool = False
+    runner_pids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Held:
+    """A granted lease: what it may still allocate (its size minus what its processes already use)."""
+
+    lease_id: str
+    holder: str
+    gpu: int
+    size: int
+    outstanding: int
+    pids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Plan:
+    gpu: int
+    evict: tuple[str, ...]
+    available_now: int
+    available_after: int
+    evicted_bytes: int
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: str
+    holders: tuple[str, ...]
+
+
+def available(gpu: Gpu, leases: Sequence[Held], reserve: int) -> int:
+    """Bytes a new lease could take on `gpu` right now without evicting anything."""
+    outstanding = sum(h.outstanding for h in leases if h.gpu == gpu.index)
+    return gpu.free_bytes - reserve - outstanding
+
+
+def holders_on(gpu: Gpu, residents: Sequence[Resident], leases: Sequence[Held]) -> list[str]:
+    """Everything that holds memory on `gpu`, largest first, in words."""
+    items: list[tuple[int, str]] = []
+    accounted: set[int] = set()
+    for r in residents:
+        if r.gpu in (gpu.index, None):
+            pinned = ", pinned" if r.pinned else ""
+            items.append((r.size_vram, f"model {r.name} {format_size(r.size_vram)}{pinned}"))
+            accounted.update(r.runner_pids)
+    for h in leases:
+        if h.gpu == gpu.index:
+            items.append((h.size, f"lease {h.lease_id} ({h.holder}) {format_size(h.size)}"))
+            accounted.update(h.pids)
+    for p in gpu.processes or ():
+        if p.pid not in accounted:
+            used = p.used_bytes or 0
+            label = f"pid {p.pid}{' ' + p.name if p.name else ''} {format_size(used) if p.used_bytes else '?'}"
+            items.append((used, label))
+    return [label for _, label in sorted(items, key=lambda i: -i[0])]
+
+
+def _plan_on(gpu: Gpu, size: int, residents: Sequence[Resident], leases: Sequence[Held],
+             reserve: int) -> Plan | None:
+    avail = available(gpu, leases, reserve)
+    evict: list[str] = []
+    freed = 0
+    for r in residents:  # already in eviction order
+        if avail + freed >= size:
+            break
+        if r.pinned or r.gpu not in (gpu.index, None):
+            continue
+        evict.append(r.name)
+        freed += r.size_vram
+    if avail + freed < size:
+        return None
+    return Plan(gpu.index, tuple(evict), avail, avail + freed, freed)
+
+
+def plan_lease(size: int, gpus: Sequence[Gpu], residents: Sequence[Resident], leases: Sequence[Held],
+               reserve: int, gpu: int | None = None) -> Plan | Refusal:
+    candidates = [g for g in gpus if gpu is None or g.index == gpu]
+    if not gpus:
+        return Refusal("no GPU is visible (gpu.backend is none, or the GPU probe is degraded)", ())
+    if not candidates:
+        return Refusal(f"there is no GPU {gpu}; GPUs: {', '.join(str(g.index) for g in gpus)}", ())
+    plans = [p for g in candidates if (p := _plan_on(g, size, residents, leases, reserve)) is not None]
+    if plans:
+        return min(plans, key=lambda p: (p.evicted_bytes, len(p.evict), p.gpu))
+    parts, all_holders = [], []
+    for g in candidates:
+        holders = holders_on(g, residents, leases)
+        all_holders += holders
+        usable = g.total_bytes - reserve
+        parts.append(f"GPU {g.index} ({g.name}) has {format_size(usable)} usable after the "
+                     f"{format_size(reserve)} reserve; held by: {', '.join(holders) or 'nothing visible'}")
+    where = f"GPU {gpu}" if gpu is not None else "any GPU"
+    return Refusal(f"cannot lease {format_size(size)} on {where}: " + "; ".join(parts), tuple(all_holders))
