@@ -96,6 +96,7 @@ class Daemon:
         self.dispatcher: AlertDispatcher | None = None
         self.db: Any = None
         self.arbiter: GpuArbiter | None = None
+        self.proxy: Any = None
 
     @property
     def degraded(self) -> dict[str, str]:
@@ -132,6 +133,11 @@ class Daemon:
         else:
             await self.server.start(bind_unix(cfg.daemon.socket, cfg.daemon.socket_group), cfg.daemon.socket)
             socket_desc = str(cfg.daemon.socket)
+        if cfg.proxy.enabled:
+            from memwarden.proxy.server import OllamaProxy
+
+            self.proxy = OllamaProxy(self.arbiter, cfg.proxy, cfg.proxy.upstream or cfg.ollama.url)
+            await self.proxy.start()
         interval = self.effective_interval()
         log.info("memwardend starting", version=__version__, pid=os.getpid(),
                  config=str(cfg.source or "embedded defaults"), socket=socket_desc,
@@ -160,6 +166,8 @@ class Daemon:
             self.scheduler.shutdown(wait=False)
         if self.server is not None:
             await self.server.close()
+        if self.proxy is not None:
+            await self.proxy.close()
         if self.dispatcher is not None:
             await self.dispatcher.close()
         for runner in self.runners.values():
@@ -214,6 +222,7 @@ class Daemon:
             await self.arbiter._locate(list(ollama.loaded), gpu)
             self.arbiter.observe(list(ollama.loaded), gpu)
         await self.arbiter.reap()
+        self.arbiter.flush()
 
     def act_on_degraded(self) -> None:
         conditions = [Condition("probe.degraded", name, "warning", f"{name} probe degraded: {error}",
@@ -280,6 +289,8 @@ class Daemon:
             await self.dispatcher.reconfigure(new.alerts)
             if self.arbiter is not None:
                 self.arbiter.config = new
+            if self.proxy is not None:
+                self.proxy.cfg = new.proxy
             if self.server is not None:
                 self.server.admin_group = new.daemon.admin_group
             if new.daemon.sample_interval != old.daemon.sample_interval:

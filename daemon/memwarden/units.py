@@ -97,9 +97,10 @@ FOREVER = float("inf")
 
 def parse_go_duration(text: str) -> float:
     """Seconds from a Go duration string ("10m", "1h2m3s", "-1m", "300ms", "0"), as Ollama reads keep_alive."""
-    s = text.strip()
-    sign = -1.0 if s.startswith("-") else 1.0
-    s = s.lstrip("+-")
+    s = text
+    sign = -1.0 if s[:1] == "-" else 1.0
+    if s[:1] in ("-", "+"):
+        s = s[1:]
     if s == "0":
         return 0.0
     pos, total = 0, 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -36,31 +38,51 @@ def toml(sections: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 class NotifyListener:
-    """The systemd side of sd_notify: a datagram socket collecting KEY=VALUE messages."""
+    """The systemd side of sd_notify: a datagram socket whose KEY=VALUE messages a thread keeps reading,
+    as PID 1 does, so the daemon never meets a full queue."""
 
     def __init__(self, path: Path):
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
         self.messages: list[Notification] = []
+        self._cursor = 0
+        self._arrived = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
-    def wait_for(self, predicate: Callable[[Notification], bool], timeout: float = 20.0) -> Notification:
-        deadline = time.monotonic() + timeout
+    def _read(self) -> None:
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"no matching notification in {timeout}s; got {self.messages}")
-            self.sock.settimeout(remaining)
             try:
                 data = self.sock.recv(65536)
-            except TimeoutError:
-                continue
+            except OSError:
+                return
+            if not data:
+                return  # shut down
             msg = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
-            self.messages.append(msg)
-            if predicate(msg):
-                return msg
+            with self._arrived:
+                self.messages.append(msg)
+                self._arrived.notify_all()
+
+    def wait_for(self, predicate: Callable[[Notification], bool], timeout: float = 20.0) -> Notification:
+        """The next message (after those already matched) satisfying `predicate`."""
+        deadline = time.monotonic() + timeout
+        with self._arrived:
+            while True:
+                while self._cursor < len(self.messages):
+                    msg = self.messages[self._cursor]
+                    self._cursor += 1
+                    if predicate(msg):
+                        return msg
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"no matching notification in {timeout}s; got {self.messages}")
+                self._arrived.wait(remaining)
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the reader's recv()
+        self._reader.join(5)
         self.sock.close()
 
 

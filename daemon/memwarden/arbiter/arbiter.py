@@ -59,6 +59,8 @@ class GpuArbiter:
         self.lock = asyncio.Lock()
         self.changed = asyncio.Condition()
         self.stats = {"hits": 0, "misses": 0, "evictions": 0, "grants": 0, "refusals": 0}
+        self._dirty: set[str] = set()
+        self.serving_busy_until = 0.0  # preemptible leases wait until serving has been idle (proxy.preempt)
 
     # ---- inputs ----------------------------------------------------------------------------------------
 
@@ -191,6 +193,9 @@ class GpuArbiter:
 
     async def _try_grant(self, size: int, holder: str, pid: int | None, uid: int | None, gpu: int | None,
                          priority: int, preemptible: bool) -> Lease | Refusal:
+        if preemptible and self.clock() < self.serving_busy_until:
+            return Refusal("serving has priority over preemptible leases: it must be idle for another "
+                           f"{self.serving_busy_until - self.clock():.0f}s", ())
         snap = await self.gpu_snapshot()
         loaded = await self.loaded()
         if loaded is not None:
@@ -392,6 +397,27 @@ class GpuArbiter:
         return [lease.to_dict() for lease in sorted(self.leases.values(), key=lambda x: x.granted_at)]
 
     # ---- the adapter scheduler -------------------------------------------------------------------------
+
+    def resident(self, name: str) -> bool:
+        entry = self.cache.entries.get(name)
+        return bool(entry and entry.resident)
+
+    def note_use(self, name: str, keep_alive: str | None) -> None:
+        """A served request for a resident model: an in-memory touch, written to SQLite by flush()."""
+        self.cache = cache.touch(self.cache, name, self.clock())
+        if keep_alive is not None:
+            self.keep_alive[name] = keep_alive
+        self.stats["hits"] += 1
+        self._dirty.add(name)
+
+    def mark_resident(self, name: str) -> None:
+        if not self.resident(name):
+            self.cache = cache.set_resident(self.cache, name, True)
+
+    def flush(self) -> None:
+        for name in self._dirty:
+            self._save_entry(name)
+        self._dirty.clear()
 
     def budget(self, snap: GpuSnapshot, index: int) -> int:
         """VRAM the scheduler may fill with models on GPU `index`: total − reserve − leases."""

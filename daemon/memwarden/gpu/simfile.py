@@ -43,9 +43,10 @@ def validate(data: Any, path: Path | str = "sim-GPU file") -> dict[str, Any]:
         if not isinstance(procs, list):
             raise bad(f"gpus[{i}].processes must be a list")
         for j, proc in enumerate(procs):
-            if not (isinstance(proc, dict) and isinstance(proc.get("pid"), int)
-                    and isinstance(proc.get("used_bytes"), int) and proc["used_bytes"] >= 0):
-                raise bad(f"gpus[{i}].processes[{j}] needs a whole-number pid and used_bytes >= 0")
+            pid, used = (proc.get("pid"), proc.get("used_bytes")) if isinstance(proc, dict) else (None, None)
+            if not (isinstance(pid, int) and not isinstance(pid, bool) and pid > 0
+                    and isinstance(used, int) and not isinstance(used, bool) and used >= 0):
+                raise bad(f"gpus[{i}].processes[{j}] needs a pid > 0 and used_bytes >= 0 (whole numbers)")
         for key in ("temperature_c", "utilization_percent"):
             if key in gpu and gpu[key] is not None and not isinstance(gpu[key], int | float):
                 raise bad(f"gpus[{i}].{key} must be a number")
@@ -71,24 +72,34 @@ def read(path: Path) -> dict[str, Any]:
 @contextlib.contextmanager
 def edit(path: Path) -> Iterator[dict[str, Any]]:
     """Lock the file exclusively, yield its data for changing, write it back."""
-    fd = os.open(path, os.O_RDWR)
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError as exc:
+        raise SimFileError(f"{path}: {exc.strerror or exc}") from None
     with os.fdopen(fd, "r+b") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
-        data = validate(json.loads(f.read() or b'{"gpus": []}'), path)
+        try:
+            data = validate(json.loads(f.read() or b'{"gpus": []}'), path)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise SimFileError(f"{path}: not valid JSON: {exc}") from None
         yield data
-        f.seek(0)
-        f.truncate()
-        f.write(json.dumps(data, indent=1).encode())
-        f.flush()
+        _rewrite(f, data)
+
+
+def _rewrite(f: Any, data: dict[str, Any]) -> None:
+    f.seek(0)
+    f.truncate()
+    f.write(json.dumps(data, indent=1).encode())
+    f.flush()
 
 
 def create(path: Path, gpus: list[dict[str, Any]]) -> None:
     """Write a fresh sim file: gpus as [{"index", "name", "total_bytes", ...}]."""
     data = validate({"gpus": [{"processes": [], **g} for g in gpus]}, path)
-    path.touch()
-    with edit(path) as current:
-        current.clear()
-        current.update(data)
+    # Whatever was there (even a corrupt file) is replaced, under the same lock writers take.
+    with os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o666), "r+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        _rewrite(f, data)
 
 
 def _gpu(data: dict[str, Any], index: int, path: Path) -> dict[str, Any]:

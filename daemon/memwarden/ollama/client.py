@@ -1,4 +1,4 @@
-"""An async client for the few Ollama endpoints memwarden needs (aiohttp, one shared session).
+"""An async client for the few Ollama endpoints memwarden needs.
 
 Ollama facts it respects: an unload (keep_alive 0) answers 200 before the VRAM is free; loads are slow and
 serialized; /api/ps does not say which GPU a model is on.
@@ -6,8 +6,14 @@ serialized; /api/ps does not say which GPU a model is on.
 
 from __future__ import annotations
 
+import asyncio
+import http.client
+import json
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 from memwarden.snapshots import InstalledModel, LoadedModel
 
@@ -33,37 +39,69 @@ def keep_alive_value(seconds: float) -> int | str:
 
 
 class OllamaClient:
+    """Blocking http.client calls run in a small thread pool, one keep-alive connection per thread.
+
+    Not aiohttp: the daemon talks to Ollama on every sample pass, and aiohttp would add ~10 MB of RSS to a
+    daemon that otherwise needs none of it (the proxy, which does need it, is opt-in).
+    """
+
     def __init__(self, url: str, timeout: float = 10.0):
         self.url = url.rstrip("/")
         self.timeout = timeout
-        self._session: Any = None
+        parts = urlsplit(self.url)
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or (443 if self._https else 80)
+        self._base = parts.path.rstrip("/")
+        self._local = threading.local()
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ollama")
 
-    async def session(self) -> Any:
-        if self._session is None or self._session.closed:
-            import aiohttp
+    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            conn = cls(self._host, self._port, timeout=timeout)
+            self._local.conn = conn
+        conn.timeout = timeout
+        if conn.sock is not None:
+            conn.sock.settimeout(timeout)
+        return conn
 
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=30),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout))
-        return self._session
+    def _call(self, method: str, path: str, payload: Any, timeout: float) -> tuple[int, str, bytes]:
+        body = None if payload is None else json.dumps(payload).encode()
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        for attempt in (1, 2):
+            conn = self._connection(timeout)
+            try:
+                conn.request(method, self._base + path, body=body, headers=headers)
+                resp = conn.getresponse()
+                return resp.status, resp.getheader("Content-Type") or "", resp.read()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                conn.close()  # a kept-alive connection the server dropped: one fresh try
+                self._local.conn = None
+                if attempt == 2:
+                    raise
+            except BaseException:
+                conn.close()
+                self._local.conn = None
+                raise
+        raise AssertionError("unreachable")
 
-    async def _request(self, method: str, path: str, json: Any = None, timeout: float | None = None) -> Any:
-        import aiohttp
-
-        session = await self.session()
+    async def _request(self, method: str, path: str, json_body: Any = None, timeout: float | None = None) -> Any:
+        loop = asyncio.get_running_loop()
         try:
-            async with session.request(method, self.url + path, json=json,
-                                       timeout=aiohttp.ClientTimeout(total=timeout or self.timeout)) as resp:
-                if resp.content_type == "application/json":
-                    body = await resp.json()
-                else:
-                    body = await resp.text()
-                if resp.status >= 400:
-                    detail = body.get("error") if isinstance(body, dict) else str(body)[:200]
-                    raise OllamaError(f"Ollama {method} {path}: HTTP {resp.status}: {detail}", resp.status)
-                return body
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            status, ctype, raw = await loop.run_in_executor(
+                self._pool, self._call, method, path, json_body, timeout or self.timeout)
+        except (OSError, http.client.HTTPException) as exc:
             raise OllamaError(f"Ollama at {self.url} unreachable: {exc!r}") from None
+        try:
+            body: Any = json.loads(raw) if ctype.startswith("application/json") else raw.decode(errors="replace")
+        except ValueError:
+            body = raw.decode(errors="replace")
+        if status >= 400:
+            detail = body.get("error") if isinstance(body, dict) else str(body)[:200]
+            raise OllamaError(f"Ollama {method} {path}: HTTP {status}: {detail}", status)
+        return body
 
     async def version(self) -> str:
         return (await self._request("GET", "/api/version"))["version"]
@@ -85,7 +123,7 @@ class OllamaClient:
     async def load(self, name: str, keep_alive: int | str) -> None:
         """An empty prompt loads the model (done_reason "load"); loads can take long, so a longer time-out."""
         await self._request("POST", "/api/generate", {"model": name, "prompt": "", "stream": False,
-                                                      "keep_alive": keep_alive}, timeout=self.timeout * 10)
+                                                      "keep_alive": keep_alive}, self.timeout * 10)
 
     async def unload(self, name: str) -> None:
         """Ask for an unload. Returns when Ollama accepted it, which is BEFORE its VRAM is free."""
@@ -93,8 +131,7 @@ class OllamaClient:
                                                       "keep_alive": 0})
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 _FROM_RE = re.compile(r"^FROM\s+(\S+)", re.M)

@@ -58,7 +58,10 @@ def set_resident(state: CacheState, name: str, resident: bool, size: int | None 
     prior = state.entries.get(name) or Entry(name, size or 0)
     entry = replace(prior, resident=resident, gpu=gpu if resident else None)
     if size is not None and (measured or not prior.size_measured):
-        entry = replace(entry, size=size, size_measured=measured or prior.size_measured)
+        # GDSF's H = L + hits/size was computed with the old size; re-base it on the one learned now.
+        priority = prior.priority - prior.hits / max(prior.size, 1) + prior.hits / max(size, 1)
+        entry = replace(entry, size=size, size_measured=measured or prior.size_measured,
+                        priority=priority if prior.hits else prior.priority)
     return state.with_entry(entry)
 
 

@@ -25,14 +25,24 @@ class Notifier:
         # A leading "@" names a socket in the abstract namespace.
         self._address = "\0" + address[1:] if address.startswith("@") else address
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) if address else None
+        if self._sock is not None:
+            # Never block the loop on a receiver that does not read (a stalled PID 1, a test harness):
+            # a full queue drops this message, and the next pass sends a fresh one.
+            self._sock.setblocking(False)
         self.watchdog_usec = _watchdog_usec(env)
         self._warned = False
+        self.dropped = 0
 
     def send(self, *lines: str) -> None:
         if self._sock is None:
             return
         try:
             self._sock.sendto("\n".join(lines).encode(), self._address)
+        except BlockingIOError:
+            self.dropped += 1
+            if not self._warned:
+                log.warning("systemd is not reading notifications; dropping them", notify_socket=self._address)
+                self._warned = True
         except OSError as exc:
             if not self._warned:  # systemd gone or socket removed: say so once, keep running
                 log.warning("cannot notify systemd", notify_socket=self._address, error=str(exc))

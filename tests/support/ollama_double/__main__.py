@@ -14,8 +14,8 @@ from memwarden.gpu.simfile import SimFileError
 
 from .goformat import DurationError, parse_env_keep_alive
 from .models import Registry
-from .server import Double, check_gpu, serve, setup_logging
 from .scheduler import Settings
+from .server import Double, check_gpu, serve, setup_logging
 
 
 def _env(name: str, default: str) -> str:

@@ -5,16 +5,15 @@ as Ollama's runners do: PR_SET_PDEATHSIG(SIGKILL), plus EOF on stdin (the server
 Started as `ollama -I -S _runner.py runner --model … --port …` (argv[0] "ollama"), so `ps` looks like Ollama's.
 """
 
+import contextlib
 import ctypes
 import os
 import signal
 
 
 def main() -> None:
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
     parent = int(os.environ.get("OLLAMA_DOUBLE_SERVER_PID", "0") or 0)
     if parent and os.getppid() != parent:
         return  # the server died before prctl took effect

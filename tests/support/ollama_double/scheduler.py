@@ -213,7 +213,10 @@ class Scheduler:
                             continue
                         await self._retire(r)
                     started = time.monotonic_ns()
-                    r = await self._load(spec, keep_alive_ns, ctx)
+                    try:
+                        r = await self._load(spec, keep_alive_ns, ctx)
+                    except simfile.SimFileError as exc:
+                        raise LoadError(f"reading the GPU's free memory: {exc}") from None
                     return r, time.monotonic_ns() - started
         finally:
             self.pending -= 1
@@ -349,6 +352,8 @@ class Scheduler:
         return r
 
     async def _start_runner(self, r: Runner) -> None:
+        if self.closing:
+            raise LoadError("server shutting down")
         blob = self.registry.blob_path(r.spec.weights_digest)
         argv = ["ollama", "-I", "-S", str(RUNNER_SCRIPT), "runner", "--model", str(blob),
                 "--ctx-size", str(r.num_ctx), "--port", "0"]
@@ -369,7 +374,7 @@ class Scheduler:
         r.exited.set()
         self.processes.discard(r)
         await self._unbook(r.pid)
-        if r.state == "loaded":
+        if r.state == "loaded" and not self.closing:
             self.counters["runner_crashes"] += 1
             self.event("runner_died", model=r.spec.name, pid=r.pid, returncode=rc)
         self._notify()

@@ -63,7 +63,7 @@ def field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], struct
     if value is None:
         return default
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
         want = _GO_TYPES.get(kinds[0], "value")
         raise BadRequest(f"json: cannot unmarshal {_go_type(value)} into Go struct field {struct}.{name} "
                          f"of type {want}")
@@ -216,9 +216,10 @@ class Double:
 
         if empty and keep_alive == 0:
             # expireRunner: answered at once; the unload starts after the answer, once in-flight requests end.
-            resp = await self.send_json(request, empty_answer("unload"))
-            self.sched.expire(spec.name)
-            return resp
+            try:
+                return await self.send_json(request, empty_answer("unload"))
+            finally:
+                self.sched.expire(spec.name)
         try:
             runner, load_ns = await self.sched.acquire(spec, keep_alive, num_ctx)
         except Busy as exc:
