@@ -34,8 +34,9 @@ def world(make_daemon):
     """A 12 GiB sim GPU, the Ollama double booking into it, and a factory for daemons watching both."""
     made: dict = {}
 
-    def start(gpus=None, config=None, double_gpu=0, with_double=True, **double_kw):
-        d = make_daemon()
+    def start(gpus=None, config=None, double_gpu=0, with_double=True, env_path=None, **double_kw):
+        env = {"PATH": f"{env_path}:{os.environ['PATH']}"} if env_path else None
+        d = make_daemon(env=env)
         sim = d.workdir / "gpu.json"
         sim_gpu(sim, 12 * GiB, extra_gpus=gpus or ())
         double = None
@@ -251,3 +252,58 @@ def test_the_scheduler_evicts_least_recently_used_and_respects_pins(world):
     d.call("adapters.pin", {"name": "small-a"})
     again = d.call("adapters.load", {"name": "small-b"})
     assert again["evicted"] == [BIG], "the pinned model stays"
+
+
+def test_leases_survive_a_daemon_restart_and_still_restore(world):
+    d, double, _ = world()
+    double.load(BIG)
+    wait_resident(d, BIG)
+    granted = lease(d, "4GiB")  # held by this test process, which stays alive across the restart
+    assert d.stop() == 0
+    d.start()
+    active = d.call("lease.list")["active"]
+    assert [x["id"] for x in active] == [granted["id"]]
+    assert active[0]["evicted"][0]["name"] == BIG
+    released = d.call("lease.release", {"id": granted["id"]})
+    assert released["restored"][0]["ok"] is True
+    assert [m["name"] for m in double.ps()] == [BIG]
+
+
+def test_the_gpu_view_shows_budgets_processes_and_models(world):
+    d, double, _ = world()
+    double.load(BIG)
+    wait_resident(d, BIG)
+    view = d.call("gpu")
+    gpu0 = view["gpus"][0]
+    assert view["backend"] == "sim" and gpu0["total_bytes"] == 12 * GiB
+    assert gpu0["used_bytes"] == 6 * GiB
+    assert gpu0["leasable_bytes"] == 6 * GiB - int(2.5 * GiB)
+    assert [p["pid"] for p in gpu0["processes"]] == double.runner_pids()
+    assert [m["name"] for m in view["ollama"]["loaded"]] == [BIG]
+    table = subprocess.run([BIN / "memwardenctl", "--socket", d.socket_path, "gpu"], capture_output=True,
+                           text=True, timeout=30)
+    assert table.returncode == 0 and "LEASABLE" in table.stdout and BIG in table.stdout
+
+
+def test_escalation_stops_and_restarts_the_ollama_service_when_vram_never_frees(world, tmp_path):
+    """A runner that keeps its VRAM far past the unload (ollama issues #16336, #9782): with gpu.escalate and
+    ollama.service set, the service is stopped as a last resort and started again when the lease ends."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    calls = tmp_path / "systemctl.calls"
+    d, double, sim = world(config={"gpu": {"escalate": True, "evict_timeout": "1s"},
+                                   "ollama": {"service": "ollama.service"}},
+                           env_path=str(fake_bin))
+    # A stand-in systemctl for the unit: "stop" kills this double's runners (what stopping Ollama does).
+    (fake_bin / "systemctl").write_text(
+        f"#!/bin/sh\necho \"$@\" >> {calls}\n"
+        f"[ \"$1\" = stop ] && pkill -KILL -f '_runner.py runner --model {double.models_dir}' ; exit 0\n")
+    (fake_bin / "systemctl").chmod(0o755)
+    double.configure(unload_linger=3600)
+    double.load(BIG)
+    wait_resident(d, BIG)
+    granted = lease(d, "4GiB")
+    assert granted["escalated"] is True
+    assert calls.read_text().split("\n")[0] == "stop ollama.service"
+    d.call("lease.release", {"id": granted["id"]})
+    assert calls.read_text().split("\n")[1] == "start ollama.service"

@@ -35,6 +35,9 @@ def configure_logging(level: str = "info", fmt: str = "auto", journal_send: Any 
         processors = [*shared, structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S", utc=False),
                       structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty(), sort_keys=False)]
         factory = structlog.PrintLoggerFactory(sys.stderr)
+    # apscheduler reports a skipped run (a pass still busy) through stdlib logging; the probe runner already
+    # says which probe is stuck, in structured form, so only its errors are worth passing on.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
