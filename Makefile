@@ -17,7 +17,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	@touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install -e '.[test]' ruff
+	$(PIP) install -e '.[test]' 'ruff==0.17.5'
 	@touch $@
 
 run: $(VENV)/.installed

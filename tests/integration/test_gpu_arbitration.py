@@ -291,7 +291,7 @@ def test_escalation_stops_and_restarts_the_ollama_service_when_vram_never_frees(
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
     calls = tmp_path / "systemctl.calls"
-    d, double, sim = world(config={"gpu": {"escalate": True, "evict_timeout": "1s"},
+    d, double, _ = world(config={"gpu": {"escalate": True, "evict_timeout": "1s"},
                                    "ollama": {"service": "ollama.service"}},
                            env_path=str(fake_bin))
     # A stand-in systemctl for the unit: "stop" kills this double's runners (what stopping Ollama does).

@@ -28,6 +28,7 @@ class ProbeRunner:
         self.last: Any = None
         self.last_ok_at: float | None = None
         self._pending: asyncio.Future | None = None
+        self._started = 0.0
         self._executor: ThreadPoolExecutor | None = None
         self._is_async = inspect.iscoroutinefunction(probe.read)
 
@@ -43,23 +44,29 @@ class ProbeRunner:
         return asyncio.get_running_loop().run_in_executor(self._executor, self.probe.read)
 
     async def sample(self) -> Any:
-        """The new snapshot, or None when the probe failed or is still stuck in an earlier call."""
+        """The new snapshot, or None when the probe failed or is still stuck in an earlier call.
+
+        Callers that arrive while a read is in flight (a sample pass and a lease confirming free VRAM) share
+        that read rather than starting another.
+        """
         if self._pending is not None and not self._pending.done():
-            self._fail(f"{self.name} probe call stuck for more than {self.timeout:g}s")
-            return None
-        self._pending = self._start()
-        started = time.monotonic()
+            if self.hung_since is not None:
+                self._fail(f"{self.name} probe call stuck for more than {self.timeout:g}s")
+                return None
+            pending, started = self._pending, self._started
+        else:
+            pending = self._pending = self._start()
+            started = self._started = time.monotonic()
         try:
-            snapshot = await asyncio.wait_for(asyncio.shield(self._pending), self.timeout)
+            remaining = max(0.0, self.timeout - (time.monotonic() - started))
+            snapshot = await asyncio.wait_for(asyncio.shield(pending), remaining)
         except TimeoutError:
             self.hung_since = started
             self._fail(f"{self.name} probe call stuck for more than {self.timeout:g}s")
             return None
         except Exception as exc:  # noqa: BLE001 - a probe error is a degraded state, never a crash
-            self._pending = None
             self._fail(str(exc) or repr(exc))
             return None
-        self._pending = None
         self.hung_since = None
         if self.error is not None:
             log.info("probe recovered", probe=self.name, after_error=self.error)
