@@ -17,7 +17,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	@touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install -e '.[test]' 'ruff==0.17.5'
+	$(PIP) install -e '.[test]' 'ruff==0.17.6'
 	@touch $@
 
 run: $(VENV)/.installed
