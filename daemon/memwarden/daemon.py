@@ -24,6 +24,8 @@ from memwarden.alerts.dispatch import AlertDispatcher
 from memwarden.alerts.model import Condition
 from memwarden.arbiter.arbiter import GpuArbiter
 from memwarden.config import Config, ConfigError, locate_and_load
+from memwarden.containers.restart import docker_restarter
+from memwarden.containers.watch import ContainerWatch
 from memwarden.control.registry import Registry
 from memwarden.control.server import ControlServer, bind_unix
 from memwarden.logs import configure_logging, get_logger
@@ -31,6 +33,7 @@ from memwarden.ollama.client import OllamaClient
 from memwarden.ollama.service import ServiceControl
 from memwarden.policies import gpu_health
 from memwarden.policies.host_memory import HostPolicyState, evaluate
+from memwarden.probes.containers import ContainerProbe
 from memwarden.probes.gpu import make_gpu_probe
 from memwarden.probes.host import HostProbe
 from memwarden.probes.ollama import OllamaProbe
@@ -46,7 +49,8 @@ log = get_logger()
 
 # Keys that are read once at start: a reload reports them as needing a restart instead of applying them.
 RESTART_KEYS = ("daemon.state_dir", "daemon.socket", "daemon.socket_group", "gpu.backend", "gpu.sim_file",
-                "ollama.url", "ollama.service", "proxy.enabled", "proxy.listen", "proxy.upstream")
+                "ollama.url", "ollama.service", "proxy.enabled", "proxy.listen", "proxy.upstream",
+                "containers.enabled", "containers.docker_url")
 
 
 def changed_keys(old: Config, new: Config) -> list[str]:
@@ -63,6 +67,7 @@ class Daemon:
         env: Mapping[str, str] | None = None,
         host_probe: HostProbe | None = None,
         gpu_probe: Any = None,
+        container_probe: Any = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.config = config
@@ -77,6 +82,9 @@ class Daemon:
         }
         if self.ollama is not None:
             self.runners["ollama"] = ProbeRunner(OllamaProbe(self.ollama), timeout)
+        if config.containers.enabled:
+            self.runners["containers"] = ProbeRunner(
+                container_probe or ContainerProbe(config.containers.docker_url, timeout=timeout), timeout)
         self.gpu_state = gpu_health.GpuPolicyState()
         self.notifier = Notifier(self.env)
         self.started_at = time.time()
@@ -97,6 +105,7 @@ class Daemon:
         self.db: Any = None
         self.arbiter: GpuArbiter | None = None
         self.proxy: Any = None
+        self.containers: ContainerWatch | None = None
 
     @property
     def degraded(self) -> dict[str, str]:
@@ -122,6 +131,8 @@ class Daemon:
         service = ServiceControl(cfg.ollama.service) if cfg.ollama.service else None
         self.arbiter = GpuArbiter(cfg, self.db, self.runners["gpu"], self.ollama, service)
         await self.arbiter.resume_interrupted()
+        if cfg.containers.enabled:
+            self.containers = ContainerWatch(cfg, self.db, docker_restarter(cfg.containers.docker_url))
         from memwarden.control.methods import register_all
 
         register_all(self)
@@ -172,6 +183,10 @@ class Daemon:
             await self.dispatcher.close()
         for runner in self.runners.values():
             runner.close()
+            if hasattr(runner.probe, "close"):
+                runner.probe.close()
+        if self.containers is not None:
+            await self.containers.close()
         if self.ollama is not None:
             await self.ollama.close()
         if self.db is not None:
@@ -191,6 +206,8 @@ class Daemon:
         if results.get("ollama") is not None:
             self.last_ollama = results["ollama"]
         await self.act_on_leases(results["gpu"], results.get("ollama"))
+        if results.get("containers") is not None:
+            await self.act_on_containers(results["containers"])
         self.act_on_degraded()
         self.samples += 1
         self.last_sample_at = time.time()
@@ -223,6 +240,12 @@ class Daemon:
             self.arbiter.observe(list(ollama.loaded), gpu)
         await self.arbiter.reap()
         self.arbiter.flush()
+
+    async def act_on_containers(self, snap: Any) -> None:
+        assert self.containers is not None and self.dispatcher is not None
+        host_available = self.last_host.mem_available if self.last_host else None
+        conditions = await self.containers.act(snap, host_available)
+        self.dispatcher.update("container", conditions, time.time())
 
     def act_on_degraded(self) -> None:
         conditions = [Condition("probe.degraded", name, "warning", f"{name} probe degraded: {error}",
@@ -291,6 +314,8 @@ class Daemon:
                 self.arbiter.config = new
             if self.proxy is not None:
                 self.proxy.cfg = new.proxy
+            if self.containers is not None:
+                self.containers.config = new
             if self.server is not None:
                 self.server.admin_group = new.daemon.admin_group
             if new.daemon.sample_interval != old.daemon.sample_interval:

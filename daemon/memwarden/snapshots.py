@@ -124,3 +124,29 @@ class OllamaSnapshot:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class ContainerMemory:
+    id: str
+    name: str
+    image: str
+    working_set: int  # usage − inactive_file, as `docker stats` and cAdvisor report it
+    usage: int
+    limit: int  # HostConfig.Memory; 0 = no limit
+    rss: int | None = None  # anon/rss where the cgroup reports it
+    restart_count: int = 0
+    compose_service: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    started_at: str | None = None
+    source: str = "cgroup"  # "cgroup" files or the Docker "api"
+
+    def label(self, key: str, default: str | None = None) -> str | None:
+        return dict(self.labels).get(key, default)
+
+
+@dataclass(frozen=True)
+class ContainersSnapshot:
+    taken_at: float
+    containers: tuple[ContainerMemory, ...]
+    cgroup_version: int | None = None

@@ -21,6 +21,8 @@ COMMANDS = {
     "alerts": ("alerts", render.alerts, "active alerts and recent history"),
     "reload": ("config.reload", render.reload, "re-read the config file (admin)"),
     "gpu": ("gpu", render.gpu, "each GPU's VRAM, temperature, processes and budgets; Ollama's models; leases"),
+    "leaks": ("leaks", render.leaks, "containers that leak or hold memory idle, with slope and projection"),
+    "restart-history": ("restart_history", render.restart_history, "container restarts and whether they helped"),
 }
 LEASE_VERBS = {"list": ("lease.list", render.leases), "release": ("lease.release", render.lease),
                "preempt": ("lease.preempt", render.lease)}
@@ -41,6 +43,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     lease = sub.add_parser("lease", help="SIZE [--gpu N|auto] [--wait D] -- CMD…: run a command under a VRAM "
                            "lease; or: lease list | release ID | preempt ID", add_help=False)
     lease.add_argument("rest", nargs=argparse.REMAINDER)
+    containers = sub.add_parser("containers", help="memory per container; or: containers restart NAME (admin)")
+    containers.add_argument("verb", nargs="?", choices=["restart"])
+    containers.add_argument("name", nargs="?")
     adapters = sub.add_parser("adapters", help="the scheduler's models; or: adapters load|evict|pin|unpin NAME")
     adapters.add_argument("verb", nargs="?", choices=sorted(ADAPTER_VERBS))
     adapters.add_argument("name", nargs="?")
@@ -70,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
             if len(rest) != 1:
                 return fail(f"usage: memwardenctl lease {verb} ID", 2)
             params = {"id": rest[0]}
+    elif args.command == "containers":
+        method, renderer = "containers", render.containers
+        if args.verb:
+            if not args.name:
+                return fail("usage: memwardenctl containers restart NAME", 2)
+            method, renderer, params = "containers.restart", render.restarted, {"name": args.name}
     elif args.command == "adapters":
         method, renderer = "adapters", render.adapters
         if args.verb:

@@ -202,6 +202,47 @@ class ProxyConfig:
         "2m", duration(0), "A preempted lease is granted again once serving has been idle this long.")
 
 
+def rate(value: Any) -> float:
+    """Bytes per second from "1MiB/min", "10MB/h", "512KiB/s"."""
+    value = text(value)
+    amount, sep, per = value.partition("/")
+    seconds = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hour": 3600.0, "d": 86400.0}
+    if not sep or per.strip() not in seconds:
+        raise ValueError(f"expected a rate such as '1MiB/min', '10MB/h' or '512KiB/s', got {value!r}")
+    nbytes = size(amount.strip())
+    if nbytes <= 0:
+        raise ValueError(f"rate must be more than 0, got {value!r}")
+    return nbytes / seconds[per.strip()]
+
+
+def docker_url(value: Any) -> str:
+    value = text(value)
+    if not value.startswith(("unix://", "tcp://", "http://", "https://", "ssh://")):
+        raise ValueError(f"expected a Docker URL such as 'unix:///var/run/docker.sock', got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class ContainersConfig:
+    enabled: bool = setting(False, boolean, "Watch Docker containers' memory for leaks.")
+    docker_url: str = setting("unix:///var/run/docker.sock", docker_url, "The Docker engine's API.")
+    leak_window: float = setting("10m", duration(5), "The span of samples a leak verdict is based on.")
+    leak_min_rate: float = setting(
+        "1MiB/min", rate, "Growth of the working set's lower envelope that counts as a leak (per s, min or h).")
+    action: str = setting(
+        "alert", choice("alert", "restart"),
+        "What a leak gets: alert, or restart (graceful stop, then verify). A container's memwarden.action label "
+        "(alert, restart, ignore) overrides it.")
+    max_restarts_per_hour: int = setting(3, integer(0, 60), "Restart budget per container per hour.")
+    restart_cooldown: float = setting(
+        "10m", duration(0), "Wait after a restart before the next; doubled for each restart that did not help.")
+    stop_timeout: float = setting("10s", duration(0), "Graceful stop time-out of a restart (then SIGKILL).")
+    verify_after: float = setting(
+        "30s", duration(0), "When to check that a restart brought the working set down (by at least half).")
+    idle_leak_threshold: int = setting(
+        "2GiB", size, "A serving container (Ollama) holding this much with no model loaded is an idle leak.")
+
+
 @dataclass(frozen=True)
 class AlertsConfig:
     webhook: str = setting("", http_url, "URL that receives every alert event as a JSON POST (empty: off).")
@@ -221,13 +262,14 @@ class Config:
     gpu: GpuConfig = GpuConfig()
     ollama: OllamaConfig = OllamaConfig()
     proxy: ProxyConfig = ProxyConfig()
+    containers: ContainersConfig = ContainersConfig()
     alerts: AlertsConfig = AlertsConfig()
     source: Path | None = None  # the file it was read from; None = embedded defaults
 
 
 SECTIONS: dict[str, type] = {
     "daemon": DaemonConfig, "host": HostConfig, "gpu": GpuConfig, "ollama": OllamaConfig, "proxy": ProxyConfig,
-    "alerts": AlertsConfig,
+    "containers": ContainersConfig, "alerts": AlertsConfig,
 }
 
 

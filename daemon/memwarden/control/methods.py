@@ -117,6 +117,9 @@ def register_all(daemon: Daemon) -> None:
     from memwarden.control.gpu_methods import register_gpu
 
     register_gpu(daemon)
+    from memwarden.control.container_methods import register_containers
+
+    register_containers(daemon)
     reg.add("status", status)
     reg.add("host", host)
     reg.add("alerts", alerts)

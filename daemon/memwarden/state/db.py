@@ -38,10 +38,19 @@ def _m2_leases(db: sqlite_utils.Database) -> None:
     }, pk="name")
 
 
+def _m3_restarts(db: sqlite_utils.Database) -> None:
+    db["container_restarts"].create({
+        "id": int, "container": str, "container_id": str, "at": float, "reason": str,
+        "working_set_before": int, "working_set_after": int, "effective": int, "dry_run": int, "error": str,
+    }, pk="id", not_null={"container", "at", "reason"})
+    db["container_restarts"].create_index(["container", "at"])
+
+
 # Append only: a migration, once released, never changes; the next one fixes what it got wrong.
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "alert history", _m1_alert_history),
     (2, "leases and adapters", _m2_leases),
+    (3, "container restarts", _m3_restarts),
 ]
 
 

@@ -1,0 +1,270 @@
+"""Latency the memwarden Ollama proxy adds to /api/generate, against the same Ollama double reached directly.
+
+One warm model (loaded first, keep_alive forever, chunk_delay 0) in the Ollama double; memwardend with
+proxy.enabled in front of it on a free loopback port. Measured with one persistent http.client connection per
+target and the same client code for all:
+  non-streamed  POST /api/generate {"stream": false}: the whole round trip;
+  streamed      POST /api/generate {"stream": true}: time to the first NDJSON line (the rest is read untimed).
+Targets, in the same run, taking turns in blocks so drift hits them alike:
+  direct        the double itself (the baseline every ratio is taken against);
+  memwarden     memwardend's proxy (admission: the scheduler's hit path, then an unbuffered aiohttp forward);
+  aiohttp fwd   a bare aiohttp pass-through proxy (same interpreter, no admission): what the extra hop alone costs;
+  BASTION       bastion-broker 0.6.0 (FastAPI) in front of the same double, from a separate venv (--bastion), with
+                its defaults plus what it needs without nvidia-smi; and once more with its scheduler timers
+                tuned down. Reported as unavailable when its executable is missing or it does not start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from http.client import HTTPConnection
+from pathlib import Path
+from typing import Any
+
+from _arbitration import GiB, arbitration_world, free_port, http_ready, wait_until
+from _common import emit, exit_cleanly_on_sigterm, fmt, fmt_ratio, kill_process, parser, percentile, ratio, table
+
+MODEL = "m:1b"
+MODELS = [{"name": MODEL, "size": 2 * GiB, "family": "llama", "parameter_size": "1.2B", "context_length": 4096}]
+PROMPT = "Why is the sky blue?"
+HEADERS = {"Content-Type": "application/json"}
+DEFAULT_BASTION = os.environ.get("BASTION_BIN", "/tmp/bastion-venv/bin/bastion")
+
+FORWARDER = r"""
+import asyncio, sys
+import aiohttp
+from aiohttp import web
+
+HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
+       "transfer-encoding", "upgrade", "host", "content-length"}
+
+async def main(port, upstream):
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
+                                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+                                    auto_decompress=False)
+
+    async def handle(request):
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP}
+        async with session.request(request.method, upstream + request.rel_url.raw_path_qs, data=body or None,
+                                   headers=headers) as up:
+            resp = web.StreamResponse(status=up.status, reason=up.reason,
+                                      headers={k: v for k, v in up.headers.items() if k.lower() not in HOP})
+            await resp.prepare(request)
+            async for chunk in up.content.iter_any():
+                await resp.write(chunk)
+            await resp.write_eof()
+            return resp
+
+    app = web.Application(client_max_size=1024**3)
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await asyncio.Event().wait()
+
+asyncio.run(main(int(sys.argv[1]), sys.argv[2]))
+"""
+
+BASTION_TUNED = {"loop_interval_seconds": 0.01, "concurrent_dispatch_delay_seconds": 0.0, "cooldown_seconds": 0.0}
+
+
+def bastion_config(path: Path, double_port: int, port: int, tuned: bool) -> None:
+    lines = ["ollama:", '  host: "127.0.0.1"', f"  port: {double_port}",
+             "server:", '  host: "127.0.0.1"', f"  port: {port}",
+             # No nvidia-smi here: the VRAM total (and power limit) must be given, else it assumes 8 GB.
+             "gpu:", "  total_vram_gb: 24", "  max_power_watts: 300",
+             "models:", f'  "{MODEL}":', "    vram_gb: 2.0", "    default_num_ctx: 4096"]
+    if tuned:
+        lines.append("scheduler:")
+        lines.extend(f"  {k}: {v}" for k, v in BASTION_TUNED.items())
+    path.write_text("\n".join(lines) + "\n")
+
+
+@contextlib.contextmanager
+def bastion(binary: str, double_port: int, tuned: bool, stack: contextlib.ExitStack) -> Any:
+    """Start BASTION in front of the double; yields its port, or a string saying why it is unavailable."""
+    if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
+        yield f"no executable at {binary} (install bastion-broker==0.6.0 into a throwaway venv; see BENCHMARKS.md)"
+        return
+    home = Path(tempfile.mkdtemp(prefix="mwbench-bastion", dir="/tmp"))
+    stack.callback(shutil.rmtree, home, ignore_errors=True)
+    port = free_port()
+    bastion_config(home / "broker.yaml", double_port, port, tuned)
+    # Every file it writes (audit log, VRAM journal, token) goes under the temp dir, never under ~.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BASTION_", "OLLAMA_"))}
+    env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / "config"), XDG_DATA_HOME=str(home / "data"),
+               BASTION_CONFIG_DIR=str(home / "config"), BASTION_DATA_DIR=str(home / "data"))
+    log = (home / "bastion.log").open("wb")
+    stack.callback(log.close)
+    proc = subprocess.Popen([binary, "--config", str(home / "broker.yaml"), "--log-level", "WARNING"],
+                            cwd=home, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    stack.callback(kill_process, proc, 15.0)
+    try:
+        wait_until(lambda: proc.poll() is not None or http_ready(port), 30, "BASTION to answer")
+    except TimeoutError:
+        pass
+    if proc.poll() is not None or not http_ready(port):
+        tail = (home / "bastion.log").read_text(errors="replace").strip().splitlines()[-3:]
+        yield f"BASTION did not start (exit {proc.poll()}): {' / '.join(tail)[:300]}"
+        return
+    yield port
+
+
+def start_forwarder(upstream: str, stack: contextlib.ExitStack) -> int:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", FORWARDER, str(port), upstream], stdin=subprocess.DEVNULL)
+    stack.callback(kill_process, proc)
+    wait_until(lambda: proc.poll() is not None or http_ready(port), 20, "the aiohttp forwarder")
+    if proc.poll() is not None:
+        raise RuntimeError(f"the aiohttp forwarder exited with {proc.returncode}")
+    return port
+
+
+def one_request(conn: HTTPConnection, body: bytes, stream: bool) -> float:
+    """µs to the whole answer (stream=False) or to the first NDJSON line (stream=True)."""
+    t0 = time.perf_counter_ns()
+    conn.request("POST", "/api/generate", body=body, headers=HEADERS)
+    resp = conn.getresponse()
+    if stream:
+        first = resp.readline()
+        t1 = time.perf_counter_ns()
+        resp.read()  # drain untimed, so the connection can carry the next request
+        if resp.status != 200 or not first.strip():
+            raise RuntimeError(f"streamed /api/generate: HTTP {resp.status}: {first[:200]!r}")
+    else:
+        data = resp.read()
+        t1 = time.perf_counter_ns()
+        if resp.status != 200:
+            raise RuntimeError(f"/api/generate: HTTP {resp.status}: {data[:200]!r}")
+    return (t1 - t0) / 1000
+
+
+def measure(targets: dict[str, int], counts: dict[str, int], warmup: dict[str, int], stream: bool,
+            blocks: int) -> dict[str, list[float]]:
+    body = json.dumps({"model": MODEL, "prompt": PROMPT, "stream": stream}).encode()
+    conns = {name: HTTPConnection("127.0.0.1", port, timeout=30) for name, port in targets.items()}
+    samples: dict[str, list[float]] = {name: [] for name in targets}
+    try:
+        for name, conn in conns.items():
+            for _ in range(warmup[name]):
+                one_request(conn, body, stream)
+        for b in range(blocks):
+            for name, conn in conns.items():
+                per = counts[name] // blocks
+                n = per if b < blocks - 1 else counts[name] - per * (blocks - 1)
+                out = samples[name]
+                for _ in range(n):
+                    out.append(one_request(conn, body, stream))
+    finally:
+        for conn in conns.values():
+            conn.close()
+    return samples
+
+
+def stats(values: list[float]) -> dict[str, Any]:
+    return {"n": len(values), "p50_us": round(percentile(values, 50), 1), "p99_us": round(percentile(values, 99), 1),
+            "min_us": round(min(values), 1), "max_us": round(max(values), 1)}
+
+
+LABELS = {"direct": "direct to the double (baseline)", "memwarden": "memwarden proxy",
+          "forwarder": "bare aiohttp forwarder", "bastion": "BASTION 0.6.0, defaults",
+          "bastion_tuned": "BASTION 0.6.0, timers tuned"}
+
+
+def render(results: dict[str, Any], mode: str, title: str) -> str:
+    rows = []
+    base = results[mode]["direct"]
+    for name in LABELS:
+        if name not in results[mode]:
+            continue
+        s = results[mode][name]
+        row = [LABELS[name], fmt(s["p50_us"]), fmt(s["p99_us"])]
+        if name == "direct":
+            row += ["—", "—", "1.00×", "1.00×", s["n"]]
+        else:
+            row += [fmt(round(s["p50_us"] - base["p50_us"], 1)), fmt(round(s["p99_us"] - base["p99_us"], 1)),
+                    fmt_ratio(ratio(s["p50_us"], base["p50_us"])), fmt_ratio(ratio(s["p99_us"], base["p99_us"])),
+                    s["n"]]
+        rows.append(row)
+    return table([title, "p50 (µs)", "p99 (µs)", "added p50 (µs)", "added p99 (µs)", "ratio p50", "ratio p99",
+                  "n"], rows)
+
+
+def main() -> int:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--requests", type=int, default=1000, help="timed requests per mode for direct/memwarden/"
+                                                              "forwarder (default 1000)")
+    p.add_argument("--bastion-requests", type=int, default=200,
+                   help="timed requests per mode for each BASTION variant (default 200: its scheduler adds tens "
+                        "of ms per request)")
+    p.add_argument("--warmup", type=int, default=50, help="untimed requests per target and mode (default 50)")
+    p.add_argument("--blocks", type=int, default=10, help="interleaving blocks (default 10)")
+    p.add_argument("--bastion", default=DEFAULT_BASTION,
+                   help=f"BASTION's executable, in its own venv (default $BASTION_BIN or {DEFAULT_BASTION}); "
+                        "'' to skip it")
+    args = p.parse_args()
+    exit_cleanly_on_sigterm()
+
+    results: dict[str, Any] = {"requests": args.requests, "bastion_requests": args.bastion_requests,
+                               "warmup": args.warmup, "blocks": args.blocks, "bastion": {}}
+    double_kw = {"unload_linger": 0.05, "load_seconds": 0.01, "chunk_delay": 0.0, "keep_alive": "1h"}
+    with contextlib.ExitStack() as stack:
+        world = stack.enter_context(arbitration_world(MODELS, [MODEL], total_bytes=24 * GiB, double_kw=double_kw,
+                                                      proxy=True))
+        assert world.proxy_port is not None
+        targets = {"direct": world.double.port, "memwarden": world.proxy_port,
+                   "forwarder": start_forwarder(world.double.url, stack)}
+        for key, tuned in (("bastion", False), ("bastion_tuned", True)):
+            if not args.bastion:
+                results["bastion"][key] = "skipped (--bastion '')"
+                continue
+            got = stack.enter_context(bastion(args.bastion, world.double.port, tuned, stack))
+            if isinstance(got, str):
+                results["bastion"][key] = got
+            else:
+                targets[key] = got
+                results["bastion"][key] = "measured"
+        counts = {name: args.bastion_requests if name.startswith("bastion") else args.requests for name in targets}
+        warmup = {name: min(args.warmup, 20) if name.startswith("bastion") else args.warmup for name in targets}
+        for mode, stream in (("generate", False), ("ttfc", True)):
+            samples = measure(targets, counts, warmup, stream, args.blocks)
+            results[mode] = {name: stats(v) for name, v in samples.items()}
+        state = world.double.state()
+        results["double_loads"] = state["counters"].get("loads")
+        results["daemon_hits"] = world.daemon.call("gpu").get("scheduler", {}).get("hits")
+
+    m, d = results["generate"]["memwarden"], results["generate"]["direct"]
+    mt, dt = results["ttfc"]["memwarden"], results["ttfc"]["direct"]
+    results["memwarden_added_p50_us"] = round(m["p50_us"] - d["p50_us"], 1)
+    results["memwarden_added_ttfc_p50_us"] = round(mt["p50_us"] - dt["p50_us"], 1)
+    results["goal_added_p50_le_1ms_met"] = results["memwarden_added_p50_us"] <= 1000
+    text = render(results, "generate", "/api/generate, stream:false, round trip")
+    text += "\n\n" + render(results, "ttfc", "/api/generate, stream:true, first NDJSON line")
+    notes = [f"Goal: memwarden adds ≤ 1000 µs at p50 (non-streamed): "
+             f"{'met' if results['goal_added_p50_le_1ms_met'] else 'NOT met'} "
+             f"({results['memwarden_added_p50_us']:.1f} µs; time to first chunk "
+             f"+{results['memwarden_added_ttfc_p50_us']:.1f} µs)."]
+    for key, status in results["bastion"].items():
+        if status != "measured":
+            notes.append(f"{LABELS[key]}: unavailable: {status}.")
+    notes.append(f"{args.requests} timed requests per mode (BASTION: {args.bastion_requests}) after "
+                 f"{args.warmup} warm-up requests (BASTION: {min(args.warmup, 20)}), targets interleaved in "
+                 f"{args.blocks} blocks, one persistent http.client connection each. Double: chunk_delay 0, "
+                 f"model {MODEL} resident throughout (loads during the run: {results['double_loads']}); "
+                 f"memwardend sample_interval 1s, log_level info; scheduler hits it counted: "
+                 f"{results['daemon_hits']}.")
+    emit("proxy latency", text + "\n\n" + "\n".join(notes), results, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

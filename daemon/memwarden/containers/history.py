@@ -1,0 +1,38 @@
+"""Restart history in SQLite, so the budget and backoff survive a daemon restart."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlite_utils
+
+from memwarden.policies.remediation import Restart
+
+
+class RestartHistory:
+    def __init__(self, db: sqlite_utils.Database):
+        self._db = db
+        self._table = db["container_restarts"]
+
+    def add(self, container: str, container_id: str, at: float, reason: str, before: int, dry_run: bool,
+            error: str | None = None) -> int:
+        return self._table.insert({
+            "container": container, "container_id": container_id, "at": at, "reason": reason,
+            "working_set_before": before, "dry_run": int(dry_run), "error": error}).last_pk
+
+    def verify(self, row_id: int, after: int, effective: bool) -> None:
+        self._table.update(row_id, {"working_set_after": after, "effective": int(effective)})
+
+    def of(self, container: str, since: float) -> list[Restart]:
+        rows = self._db.query(
+            "SELECT * FROM container_restarts WHERE container = ? AND at >= ? AND error IS NULL ORDER BY at",
+            [container, since])
+        return [Restart(r["at"], r["working_set_before"], r["working_set_after"],
+                        None if r["effective"] is None else bool(r["effective"]), bool(r["dry_run"])) for r in rows]
+
+    def pending(self) -> list[dict[str, Any]]:
+        return list(self._db.query(
+            "SELECT * FROM container_restarts WHERE effective IS NULL AND error IS NULL AND dry_run = 0"))
+
+    def recent(self, limit: int = 50) -> list[dict[str, Any]]:
+        return list(self._db.query("SELECT * FROM container_restarts ORDER BY at DESC LIMIT ?", [limit]))

@@ -1,0 +1,248 @@
+"""Per-container watch: samples over the leak window, verdicts, and the remediation ladder carried out.
+
+The daemon calls `act()` once per sample pass with a fresh ContainersSnapshot. Verdicts come from the pure
+policies (policies/leak.py, policies/remediation.py); this class keeps their inputs (a bounded series per
+container, the restart history in SQLite), logs each decision with them, and restarts containers through the
+Docker API when a decision says so — or only logs it under daemon.dry_run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from memwarden.alerts.model import Condition
+from memwarden.config.schema import Config
+from memwarden.containers.history import RestartHistory
+from memwarden.logs import get_logger
+from memwarden.ollama.client import OllamaClient, OllamaError
+from memwarden.policies import leak, remediation
+from memwarden.snapshots import ContainerMemory, ContainersSnapshot
+from memwarden.units import format_duration, format_size
+
+log = get_logger()
+
+HOUR = 3600.0
+MAX_SAMPLES = 4096  # per container; the window is trimmed by time first, this only bounds a tiny interval
+
+
+@dataclass
+class Series:
+    container_id: str
+    samples: deque = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))
+    verdict: leak.LeakVerdict | None = None
+    idle_leak: bool = False
+    models_loaded: int | None = None
+
+
+def serving_url(c: ContainerMemory, default_url: str) -> str | None:
+    """The Ollama API of a serving container: its memwarden.ollama_url label, or ollama.url for an Ollama image."""
+    url = c.label("memwarden.ollama_url")
+    if url:
+        return url
+    if "ollama" in c.image.lower() and default_url:
+        return default_url
+    return None
+
+
+class ContainerWatch:
+    def __init__(self, config: Config, db: Any, restart: Callable[[str, float], None],
+                 clock: Callable[[], float] = time.time):
+        self.config = config
+        self.history = RestartHistory(db)
+        self._restart = restart  # blocking: docker restart (id, stop timeout)
+        self.clock = clock
+        self.series: dict[str, Series] = {}
+        self.last: ContainersSnapshot | None = None
+        self._clients: dict[str, OllamaClient] = {}
+        self._busy: set[str] = set()
+        self._tasks: set[asyncio.Task] = set()
+
+    def _client(self, url: str) -> OllamaClient:
+        if url not in self._clients:
+            self._clients[url] = OllamaClient(url, self.config.ollama.timeout)
+        return self._clients[url]
+
+    async def _models_loaded(self, c: ContainerMemory) -> int | None:
+        url = serving_url(c, self.config.ollama.url)
+        if url is None:
+            return None
+        try:
+            return len(await self._client(url).ps())
+        except OllamaError:
+            return None
+
+    def _record(self, c: ContainerMemory, now: float) -> Series:
+        s = self.series.get(c.name)
+        if s is None or s.container_id != c.id:
+            s = self.series[c.name] = Series(c.id)  # a new container (or a recreated one) starts a new series
+        s.samples.append(leak.Sample(now, c.working_set))
+        cutoff = now - self.config.containers.leak_window
+        while s.samples and s.samples[0].t < cutoff:
+            s.samples.popleft()
+        return s
+
+    async def act(self, snap: ContainersSnapshot, host_available: int | None) -> list[Condition]:
+        cfg = self.config.containers
+        now = snap.taken_at
+        self.last = snap
+        present = {c.name for c in snap.containers}
+        for gone in set(self.series) - present:
+            del self.series[gone]
+        conditions: list[Condition] = []
+        loaded = await asyncio.gather(*(self._models_loaded(c) for c in snap.containers))
+        for c, models in zip(snap.containers, loaded, strict=True):
+            s = self._record(c, now)
+            previous = s.verdict.verdict if s.verdict else None
+            s.verdict = leak.assess(list(s.samples), cfg.leak_window, cfg.leak_min_rate, c.limit, host_available)
+            s.models_loaded = models
+            s.idle_leak = leak.idle_leak(c.working_set, models, cfg.idle_leak_threshold)
+            inputs = self._inputs(c, s)
+            if s.verdict.verdict != previous and s.verdict.verdict != "warming":
+                log.info("decision: container verdict", decision="container.verdict", container=c.name,
+                         verdict=s.verdict.verdict, previous=previous, **inputs)
+            action, complaint = remediation.container_action(c.label("memwarden.action"), cfg.action)
+            if complaint:
+                log.warning("bad container label", container=c.name, problem=complaint)
+            problem = self._problem(c, s)
+            if problem is not None and action != "ignore":
+                conditions.append(self._condition(c, s, problem, inputs))
+            await self._remediate(c, s, problem, action, inputs, now)
+        await self._verify(snap, now)
+        conditions += [cond for c in snap.containers if (cond := self._ineffective(c, now)) is not None]
+        return conditions
+
+    def _problem(self, c: ContainerMemory, s: Series) -> str | None:
+        if s.verdict is not None and s.verdict.leaking:
+            return "leak"
+        if s.idle_leak:
+            return "idle leak"
+        return None
+
+    def _inputs(self, c: ContainerMemory, s: Series) -> dict[str, Any]:
+        v = s.verdict
+        assert v is not None
+        return {"working_set": c.working_set, "limit": c.limit, "slope_bps": round(v.slope, 1),
+                "recent_slope_bps": round(v.recent_slope, 1), "window_s": self.config.containers.leak_window,
+                "samples": v.samples, "span_s": round(v.span, 1), "drops": v.drops,
+                "exhaustion_in_s": None if v.exhaustion_in is None else round(v.exhaustion_in),
+                "exhaustion_of": v.exhaustion_of, "models_loaded": s.models_loaded,
+                "min_rate_bps": round(self.config.containers.leak_min_rate, 1)}
+
+    def _condition(self, c: ContainerMemory, s: Series, problem: str, inputs: dict[str, Any]) -> Condition:
+        v = s.verdict
+        assert v is not None
+        limit = format_size(c.limit) if c.limit else "no memory limit"
+        if problem == "leak":
+            eta = "" if v.exhaustion_in is None else (
+                f"; {'its limit' if v.exhaustion_of == 'limit' else 'host RAM'} exhausted in "
+                f"~{format_duration(v.exhaustion_in)}")
+            message = (f"container {c.name} leaking {format_size(v.slope * 60)}/min "
+                       f"(working set {format_size(c.working_set)}, {limit}){eta}")
+            critical = v.exhaustion_in is not None and v.exhaustion_in < HOUR
+            return Condition("container.leak", c.name, "critical" if critical else "warning", message,
+                             MappingProxyType(inputs))
+        message = (f"container {c.name} holds {format_size(c.working_set)} with no model loaded "
+                   f"({limit})")
+        return Condition("container.idle_leak", c.name, "warning", message, MappingProxyType(inputs))
+
+    async def _remediate(self, c: ContainerMemory, s: Series, problem: str | None, action: str,
+                         inputs: dict[str, Any], now: float) -> None:
+        if problem is None or c.name in self._busy:
+            return
+        cfg = self.config.containers
+        decision = remediation.decide(problem, action, self.history.of(c.name, now - 24 * HOUR), now,
+                                      cfg.max_restarts_per_hour, cfg.restart_cooldown)
+        if decision.action != "restart":
+            return
+        # In the background: a graceful stop can take stop_timeout, and the pass (alerts first) must go on.
+        self._busy.add(c.name)
+        task = asyncio.get_running_loop().create_task(self._restart_quietly(c, decision.reason, inputs))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _restart_quietly(self, c: ContainerMemory, reason: str, inputs: dict[str, Any]) -> None:
+        try:
+            with contextlib.suppress(Exception):  # restart() logged and recorded the failure
+                await self.restart(c, reason, inputs)
+        finally:
+            self._busy.discard(c.name)
+
+    async def restart(self, c: ContainerMemory, reason: str, inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Restart a container (gracefully), record it, and schedule the check that it helped."""
+        dry = self.config.daemon.dry_run
+        now = self.clock()
+        log.warning("decision: restart container", decision="container.restart", container=c.name, reason=reason,
+                    dry_run=dry, stop_timeout_s=self.config.containers.stop_timeout, **(inputs or {}))
+        if dry:
+            row = self.history.add(c.name, c.id, now, reason, c.working_set, True)
+            return {"container": c.name, "restarted": False, "dry_run": True, "id": row}
+        self._busy.add(c.name)
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                None, self._restart, c.id, self.config.containers.stop_timeout)
+        except Exception as exc:
+            # Recorded, logged and re-raised to the caller (the pass logs it); never fatal to the daemon.
+            log.error("container restart failed", container=c.name, error=repr(exc))
+            self.history.add(c.name, c.id, now, reason, c.working_set, False, error=repr(exc))
+            raise
+        finally:
+            self._busy.discard(c.name)
+        row = self.history.add(c.name, c.id, now, reason, c.working_set, False)
+        self.series.pop(c.name, None)  # a new process: its growth starts from scratch
+        return {"container": c.name, "restarted": True, "dry_run": False, "id": row}
+
+    async def _verify(self, snap: ContainersSnapshot, now: float) -> None:
+        by_name = {c.name: c for c in snap.containers}
+        for row in self.history.pending():
+            if now - row["at"] < self.config.containers.verify_after:
+                continue
+            c = by_name.get(row["container"])
+            if c is None:
+                continue  # not running (yet): check again next pass
+            ok = remediation.effective(row["working_set_before"], c.working_set)
+            self.history.verify(row["id"], c.working_set, ok)
+            log.info("restart verified" if ok else "restart did not help", container=c.name,
+                     working_set_before=row["working_set_before"], working_set_after=c.working_set, effective=ok)
+
+    def _ineffective(self, c: ContainerMemory, now: float) -> Condition | None:
+        """An alert while the container's last restart, within the hour, did not bring its memory down."""
+        history = self.history.of(c.name, now - HOUR)
+        last = history[-1] if history else None
+        if last is None or last.effective is not False:
+            return None
+        return Condition("container.restart_ineffective", c.name, "warning",
+                         f"restarting {c.name} did not help: working set {format_size(last.working_set_before)} "
+                         f"before, {format_size(last.working_set_after or 0)} after",
+                         MappingProxyType({"working_set_before": last.working_set_before,
+                                           "working_set_after": last.working_set_after, "restarted_at": last.at}))
+
+    def rows(self) -> list[dict[str, Any]]:
+        out = []
+        for c in self.last.containers if self.last else ():
+            s = self.series.get(c.name)
+            v = s.verdict if s else None
+            action, _ = remediation.container_action(c.label("memwarden.action"), self.config.containers.action)
+            out.append({
+                "name": c.name, "id": c.id[:12], "image": c.image, "compose_service": c.compose_service,
+                "working_set": c.working_set, "usage": c.usage, "rss": c.rss, "limit": c.limit,
+                "no_limit": c.limit == 0, "restart_count": c.restart_count, "action": action,
+                "verdict": "idle leak" if s and s.idle_leak else (v.verdict if v else "warming"),
+                "slope_bps": None if v is None else v.slope,
+                "exhaustion_in_s": None if v is None else v.exhaustion_in,
+                "exhaustion_of": None if v is None else v.exhaustion_of,
+                "models_loaded": s.models_loaded if s else None,
+                "source": c.source})
+        return out
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for client in self._clients.values():
+            await client.close()
