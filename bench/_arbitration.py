@@ -23,7 +23,9 @@ from _common import managed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from support.daemon import DaemonProcess, short_tmpdir
-from support.ollama_double import OllamaDouble, sim_gpu
+from support.ollama_double import OllamaDouble, gpu_used, sim_gpu
+
+__all__ = ["GiB", "World", "arbitration_world", "free_port", "gpu_used", "http_ready", "wait_until"]
 
 GiB = 1024**3
 

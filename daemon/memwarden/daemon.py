@@ -236,7 +236,7 @@ class Daemon:
     async def act_on_leases(self, gpu: GpuSnapshot | None, ollama: OllamaSnapshot | None) -> None:
         assert self.arbiter is not None
         if ollama is not None and gpu is not None and not self.arbiter.lock.locked():
-            await self.arbiter._locate(list(ollama.loaded), gpu)
+            await self.arbiter.locate_models(list(ollama.loaded), gpu)
             self.arbiter.observe(list(ollama.loaded), gpu)
         await self.arbiter.reap()
         self.arbiter.flush()

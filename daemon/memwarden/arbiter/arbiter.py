@@ -94,7 +94,7 @@ class GpuArbiter:
             log.warning("Ollama unreachable; planning on free VRAM alone", error=str(exc))
             return None
 
-    async def _locate(self, loaded: list[LoadedModel], snap: GpuSnapshot) -> None:
+    async def locate_models(self, loaded: list[LoadedModel], snap: GpuSnapshot) -> None:
         if self.ollama is None:
             return
         for model in loaded:
@@ -199,7 +199,7 @@ class GpuArbiter:
         snap = await self.gpu_snapshot()
         loaded = await self.loaded()
         if loaded is not None:
-            await self._locate(loaded, snap)
+            await self.locate_models(loaded, snap)
             self.observe(loaded, snap)
         residents = self.residents(loaded)
         held = self.held(snap)
@@ -445,7 +445,7 @@ class GpuArbiter:
             now = self.clock()
             loaded = await self.ollama.ps()
             snap = await self.gpu_snapshot()
-            await self._locate(loaded, snap)
+            await self.locate_models(loaded, snap)
             self.observe(loaded, snap)
             self.cache = cache.touch(self.cache, name, now)
             if any(normalize(m.name) == name for m in loaded):
