@@ -16,8 +16,11 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(PIP) install -e .
 	@touch $@
 
+# torch first, pinned: the CPU build of this version lies on the machine's disk, and with it installed no other
+# package pulls a multi-GB CUDA build in.
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install -e '.[test]' 'ruff==0.17.6'
+	$(PIP) install 'torch==2.13.0'
+	$(PIP) install -e '.[test,train]' 'ruff==0.17.6'
 	@touch $@
 
 run: $(VENV)/.installed

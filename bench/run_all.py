@@ -1,7 +1,9 @@
 """Run every benchmark with its defaults; print their tables and write them to bench/results/latest.md.
 
 Each script runs in its own process (with --json, so bench/results/latest.json gets the raw figures too).
-Takes about 1.5 minutes: the footprint window alone is 60 s.
+Takes about 4 minutes: the footprint window alone is 60 s, the GPU-arbitration scripts about 2.5 minutes together.
+proxy_latency.py also measures BASTION when its executable is at $BASTION_BIN (default
+/tmp/bastion-venv/bin/bastion), and reports it as unavailable otherwise.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from _common import exit_cleanly_on_sigterm, machine, parser
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-SCRIPTS = ("daemon_footprint.py", "status_latency.py", "startup.py")
+SCRIPTS = ("daemon_footprint.py", "status_latency.py", "startup.py", "proxy_latency.py", "scheduler_hitrate.py",
+           "decision_time.py", "lease_latency.py")
 TIMEOUT = 240.0
 
 

@@ -59,7 +59,12 @@ def zipf_trace(n_models: int, length: int, s: float, rng: random.Random) -> Trac
 Result = tuple[int, int]  # hits, bytes loaded
 
 
-def run_memwarden(policy: str) -> Callable[[Trace, Sizes, list[str], int], Result]:
+def run_memwarden(policy: str, ollama_cap: int | None = None,
+                  cap_by_policy: bool = False) -> Callable[[Trace, Sizes, list[str], int], Result]:
+    """memwarden's scheduler. With `ollama_cap`, Ollama also holds at most that many models (its
+    OLLAMA_MAX_LOADED_MODELS): left alone, Ollama itself evicts the first resident by name when one more loads,
+    and memwarden learns it from /api/ps (set_resident False, as GpuArbiter.observe does); with `cap_by_policy`
+    memwarden plans the cap too, evicting in its own policy's order."""
     def run(trace: Trace, sizes: Sizes, names: list[str], budget: int) -> Result:
         state = cache.CacheState()
         hits = loaded = 0
@@ -77,6 +82,15 @@ def run_memwarden(policy: str) -> Callable[[Trace, Sizes, list[str], int], Resul
                 raise RuntimeError(f"{name} ({size} B) does not fit a {budget} B budget")
             for victim in room.victims:
                 state = cache.evicted(state, victim, policy)
+            if ollama_cap is not None:
+                if cap_by_policy:
+                    order = cache.eviction_order(state, policy, exclude=[name])
+                    while len(state.resident()) >= ollama_cap:
+                        state = cache.evicted(state, order.pop(0).name, policy)
+                else:
+                    while len(state.resident()) >= ollama_cap:
+                        first = min(e.name for e in state.resident())
+                        state = cache.set_resident(state, first, False)
             state = cache.set_resident(state, name, True, size, measured=True)
             loaded += size
         return hits, loaded
@@ -138,6 +152,9 @@ POLICIES: dict[str, Callable[[Trace, Sizes, list[str], int], Result]] = {
     "memwarden lru": run_memwarden("lru"),
     "Ollama order, VRAM budget only": run_ollama(None),
     "Ollama default (also ≤ 3 loaded)": run_ollama(3),
+    "memwarden gdsf + Ollama's default cap of 3": run_memwarden("gdsf", 3),
+    "memwarden lru + Ollama's default cap of 3": run_memwarden("lru", 3),
+    "memwarden gdsf planning the cap of 3 itself": run_memwarden("gdsf", 3, cap_by_policy=True),
 }
 
 

@@ -71,6 +71,8 @@ def _cross_checks(config: Config, problems: list[str]) -> None:
         problems.append("at 'gpu.sim_file': required when gpu.backend is \"sim\"")
     if config.proxy.enabled and not (config.proxy.upstream or config.ollama.url):
         problems.append("at 'proxy.upstream': the proxy needs an upstream (or ollama.url)")
+    if config.learning.enabled and not config.learning.base_model:
+        problems.append("at 'learning.base_model': required when learning.enabled is true")
     try:
         parse_keep_alive(config.ollama.keep_alive)
     except ValueError as exc:

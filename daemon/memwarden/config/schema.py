@@ -243,6 +243,93 @@ class ContainersConfig:
         "2GiB", size, "A serving container (Ollama) holding this much with no model loaded is an idle leak.")
 
 
+def cron(value: Any) -> str:
+    value = text(value)
+    if value == "":
+        return value
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(value)
+    except ValueError as exc:
+        raise ValueError(f"expected a crontab line such as '0 2 * * *' (minute hour day month weekday): {exc}") \
+            from None
+    return value
+
+
+def routes(value: Any) -> tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...]:
+    """[[learning.routes]] tables {adapter, profiles = [...], kinds = [...]} → (adapter, profiles, kinds)."""
+    if not isinstance(value, list):
+        raise ValueError("expected a list of tables [[learning.routes]] with adapter, profiles and kinds")
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or not isinstance(item.get("adapter"), str) or not item["adapter"]:
+            raise ValueError(f"route {i + 1}: needs adapter = \"name\"")
+        unknown = set(item) - {"adapter", "profiles", "kinds"}
+        if unknown:
+            raise ValueError(f"route {i + 1}: unknown key(s) {sorted(unknown)}; expected adapter, profiles, kinds")
+        lists = []
+        for key in ("profiles", "kinds"):
+            v = item.get(key, [])
+            if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
+                raise ValueError(f"route {i + 1}: {key} must be a list of names ([] = any)")
+            lists.append(tuple(v))
+        out.append((item["adapter"], lists[0], lists[1]))
+    return tuple(out)
+
+
+def model_dir(value: Any) -> str:
+    value = text(value)
+    if value and not value.startswith("/"):
+        raise ValueError(f"expected an absolute path to a Hugging Face model directory, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class LearningConfig:
+    enabled: bool = setting(False, boolean, "Turn memories into LoRA adapters when their importance adds up.")
+    base_model: str = setting(
+        "", model_dir, "The base model to train on: a local Hugging Face directory (config, weights, tokenizer).")
+    ollama_base: str = setting(
+        "", text, "The Ollama model the adapter is served on (FROM in /api/create); empty: no export.")
+    method: str = setting("lora", choice("lora", "qlora", "full"), "lora, qlora (4-bit base) or full fine-tune.")
+    device: str = setting(
+        "auto", choice("auto", "cpu", "cuda"), "auto: cuda under a VRAM lease when a GPU is visible, else cpu.")
+    importance_threshold: float = setting(
+        150, number(1, 1e9), "A run is due when an adapter's unconsolidated memories sum to this importance.")
+    min_interval: float = setting("6h", duration(0), "At least this long between two runs of one adapter.")
+    window: str = setting(
+        "", cron, "When due runs may start (crontab, e.g. '0 2 * * *'); empty: as soon as they are due.")
+    routes: tuple = setting(
+        [], routes, "[[learning.routes]] {adapter, profiles, kinds}: which memories feed which adapter; "
+        "unrouted memories feed the adapter named after their profile.")
+    dual: bool = setting(
+        False, boolean, "Also train each memory with user and assistant turns swapped (the dual mode).")
+    max_samples: int = setting(2000, integer(10, 10_000_000), "At most this many training pairs per run.")
+    holdout_fraction: float = setting(0.1, number(0.01, 0.5), "Share of new pairs kept out to evaluate on.")
+    replay_fraction: float = setting(
+        0.1, number(0, 0.9), "Share of the training set drawn from memories consolidated before (replay).")
+    forgetting_epsilon: float = setting(
+        0.05, number(0, 10), "Promote only if the loss on earlier memories rose by at most this fraction.")
+    ewc_lambda: float = setting(0.4, number(0, 1e6), "Online EWC strength (0: off).")
+    lr: float = setting(2e-4, number(1e-8, 1), "Learning rate (a full fine-tune is clamped to [1e-5, 5e-5]).")
+    rank: int = setting(8, integer(1, 1024), "LoRA rank r.")
+    alpha: int = setting(16, integer(1, 4096), "LoRA alpha (an integer: Ollama reads it as one).")
+    dropout: float = setting(0.05, number(0, 0.9), "LoRA dropout.")
+    micro_batch: int = setting(4, integer(1, 1024), "Sequences per forward pass (halved on out-of-memory).")
+    grad_accum: int = setting(4, integer(1, 1024), "Micro-batches per optimizer step (doubled on out-of-memory).")
+    max_steps: int = setting(200, integer(1, 10_000_000), "Optimizer steps per run.")
+    warmup_steps: int = setting(20, integer(0, 1_000_000), "Linear warm-up before the cosine decay.")
+    max_seq_len: int = setting(512, integer(16, 131072), "Tokens per training sequence.")
+    seed: int = setting(42, integer(0, 2**31 - 1), "Random seed of a run.")
+    checkpoint_steps: int = setting(50, integer(1, 1_000_000), "Checkpoint every this many steps ...")
+    checkpoint_interval: float = setting("10m", duration(1), "... or this long, whichever comes first.")
+    dry_run_steps: int = setting(10, integer(0, 1000), "Steps of the pre-flight run before a long run (0: none).")
+    lease_size: int = setting(
+        0, size, "VRAM to lease for a GPU run (0: estimated from the model size and method).")
+    keep_versions: int = setting(5, integer(1, 1000), "Adapter versions kept per adapter (rollback targets).")
+
+
 @dataclass(frozen=True)
 class AlertsConfig:
     webhook: str = setting("", http_url, "URL that receives every alert event as a JSON POST (empty: off).")
@@ -263,13 +350,14 @@ class Config:
     ollama: OllamaConfig = OllamaConfig()
     proxy: ProxyConfig = ProxyConfig()
     containers: ContainersConfig = ContainersConfig()
+    learning: LearningConfig = LearningConfig()
     alerts: AlertsConfig = AlertsConfig()
     source: Path | None = None  # the file it was read from; None = embedded defaults
 
 
 SECTIONS: dict[str, type] = {
     "daemon": DaemonConfig, "host": HostConfig, "gpu": GpuConfig, "ollama": OllamaConfig, "proxy": ProxyConfig,
-    "containers": ContainersConfig, "alerts": AlertsConfig,
+    "containers": ContainersConfig, "learning": LearningConfig, "alerts": AlertsConfig,
 }
 
 

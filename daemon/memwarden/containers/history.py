@@ -23,12 +23,16 @@ class RestartHistory:
     def verify(self, row_id: int, after: int, effective: bool) -> None:
         self._table.update(row_id, {"working_set_after": after, "effective": int(effective)})
 
-    def of(self, container: str, since: float) -> list[Restart]:
+    def of(self, container: str, since: float, include_failed: bool = False) -> list[Restart]:
+        """Restarts since `since`, oldest first. With include_failed, attempts that errored count too (as
+        ineffective): a restart that keeps failing must spend the budget and back off like any other."""
+        failed = "" if include_failed else " AND error IS NULL"
         rows = self._db.query(
-            "SELECT * FROM container_restarts WHERE container = ? AND at >= ? AND error IS NULL ORDER BY at",
+            f"SELECT * FROM container_restarts WHERE container = ? AND at >= ?{failed} ORDER BY at",
             [container, since])
         return [Restart(r["at"], r["working_set_before"], r["working_set_after"],
-                        None if r["effective"] is None else bool(r["effective"]), bool(r["dry_run"])) for r in rows]
+                        False if r["error"] else (None if r["effective"] is None else bool(r["effective"])),
+                        bool(r["dry_run"])) for r in rows]
 
     def pending(self) -> list[dict[str, Any]]:
         return list(self._db.query(

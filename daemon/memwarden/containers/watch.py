@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable
@@ -39,6 +40,7 @@ class Series:
     verdict: leak.LeakVerdict | None = None
     idle_leak: bool = False
     models_loaded: int | None = None
+    withheld: str | None = None  # why the last restart decision was "alert" (logged when it changes)
 
 
 def serving_url(c: ContainerMemory, default_url: str) -> str | None:
@@ -49,6 +51,11 @@ def serving_url(c: ContainerMemory, default_url: str) -> str | None:
     if "ollama" in c.image.lower() and default_url:
         return default_url
     return None
+
+
+def withheld_restart(decision: remediation.Decision) -> bool:
+    """A restart was due but the budget or the cooldown held it back (not: the action is only to alert)."""
+    return decision.action == "alert" and not decision.reason.endswith("action is alert")
 
 
 class ContainerWatch:
@@ -111,9 +118,9 @@ class ContainerWatch:
             if complaint:
                 log.warning("bad container label", container=c.name, problem=complaint)
             problem = self._problem(c, s)
+            decision = await self._remediate(c, s, problem, action, inputs, now)
             if problem is not None and action != "ignore":
-                conditions.append(self._condition(c, s, problem, inputs))
-            await self._remediate(c, s, problem, action, inputs, now)
+                conditions.append(self._condition(c, s, problem, inputs, decision))
         await self._verify(snap, now)
         conditions += [cond for c in snap.containers if (cond := self._ineffective(c, now)) is not None]
         return conditions
@@ -135,37 +142,57 @@ class ContainerWatch:
                 "exhaustion_of": v.exhaustion_of, "models_loaded": s.models_loaded,
                 "min_rate_bps": round(self.config.containers.leak_min_rate, 1)}
 
-    def _condition(self, c: ContainerMemory, s: Series, problem: str, inputs: dict[str, Any]) -> Condition:
+    def _condition(self, c: ContainerMemory, s: Series, problem: str, inputs: dict[str, Any],
+                   decision: remediation.Decision | None = None) -> Condition:
         v = s.verdict
         assert v is not None
+        # Why a restart was withheld (budget spent, cooling down) used to reach neither the alert nor the log:
+        # the alert read the same whether memwarden was about to restart the container or had given up on it.
+        withheld = ""
+        if decision is not None and withheld_restart(decision):
+            withheld = "; no restart: " + decision.reason.removeprefix(f"{problem}; ")
+            inputs = {**inputs, "remediation": decision.reason}
         limit = format_size(c.limit) if c.limit else "no memory limit"
         if problem == "leak":
             eta = "" if v.exhaustion_in is None else (
                 f"; {'its limit' if v.exhaustion_of == 'limit' else 'host RAM'} exhausted in "
                 f"~{format_duration(v.exhaustion_in)}")
             message = (f"container {c.name} leaking {format_size(v.slope * 60)}/min "
-                       f"(working set {format_size(c.working_set)}, {limit}){eta}")
+                       f"(working set {format_size(c.working_set)}, {limit}){eta}{withheld}")
             critical = v.exhaustion_in is not None and v.exhaustion_in < HOUR
             return Condition("container.leak", c.name, "critical" if critical else "warning", message,
                              MappingProxyType(inputs))
         message = (f"container {c.name} holds {format_size(c.working_set)} with no model loaded "
-                   f"({limit})")
+                   f"({limit}){withheld}")
         return Condition("container.idle_leak", c.name, "warning", message, MappingProxyType(inputs))
 
     async def _remediate(self, c: ContainerMemory, s: Series, problem: str | None, action: str,
-                         inputs: dict[str, Any], now: float) -> None:
+                         inputs: dict[str, Any], now: float) -> remediation.Decision | None:
         if problem is None or c.name in self._busy:
-            return
+            return None
         cfg = self.config.containers
-        decision = remediation.decide(problem, action, self.history.of(c.name, now - 24 * HOUR), now,
-                                      cfg.max_restarts_per_hour, cfg.restart_cooldown)
+        history = self.history.of(c.name, now - 24 * HOUR, include_failed=True)
+        if self.config.daemon.dry_run:
+            # A dry run restarts nothing, so nothing ever spent the budget or started a cooldown, and the same
+            # restart was logged and recorded again on every pass (twice a second at a 500ms interval). Count
+            # the logged restarts as if they had happened: the dry run then says what a real run would do.
+            history = [dataclasses.replace(r, dry_run=False) for r in history]
+        decision = remediation.decide(problem, action, history, now, cfg.max_restarts_per_hour,
+                                      cfg.restart_cooldown)
         if decision.action != "restart":
-            return
+            withheld = decision.reason.split(" (")[0] if withheld_restart(decision) else None
+            if withheld is not None and withheld != s.withheld:  # logged once per reason, not every pass
+                log.info("decision: restart withheld", decision="container.withheld", container=c.name,
+                         reason=decision.reason, dry_run=self.config.daemon.dry_run, **inputs)
+            s.withheld = withheld
+            return decision
+        s.withheld = None
         # In the background: a graceful stop can take stop_timeout, and the pass (alerts first) must go on.
         self._busy.add(c.name)
         task = asyncio.get_running_loop().create_task(self._restart_quietly(c, decision.reason, inputs))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return decision
 
     async def _restart_quietly(self, c: ContainerMemory, reason: str, inputs: dict[str, Any]) -> None:
         try:

@@ -7,11 +7,13 @@ serialized; /api/ps does not say which GPU a model is on.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import http.client
 import json
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -68,11 +70,17 @@ class OllamaClient:
         return conn
 
     def _call(self, method: str, path: str, payload: Any, timeout: float) -> tuple[int, str, bytes]:
-        body = None if payload is None else json.dumps(payload).encode()
-        headers = {"Content-Type": "application/json"} if body is not None else {}
+        if isinstance(payload, Path):  # a blob upload: the file is streamed, never read whole into memory
+            body: Any = payload.open("rb")
+            headers = {"Content-Length": str(payload.stat().st_size), "Content-Type": "application/octet-stream"}
+        else:
+            body = None if payload is None else json.dumps(payload).encode()
+            headers = {"Content-Type": "application/json"} if body is not None else {}
         for attempt in (1, 2):
             conn = self._connection(timeout)
             try:
+                if hasattr(body, "seek"):
+                    body.seek(0)
                 conn.request(method, self._base + path, body=body, headers=headers)
                 resp = conn.getresponse()
                 return resp.status, resp.getheader("Content-Type") or "", resp.read()
@@ -130,8 +138,45 @@ class OllamaClient:
         await self._request("POST", "/api/generate", {"model": name, "prompt": "", "stream": False,
                                                       "keep_alive": 0})
 
+    async def has_blob(self, digest: str) -> bool:
+        try:
+            await self._request("HEAD", f"/api/blobs/{digest}")
+        except OllamaError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def push_blob(self, path: Path) -> str:
+        """Upload a file as a blob (unless Ollama has it already); returns its "sha256:<hex>" digest."""
+        digest = "sha256:" + await asyncio.get_running_loop().run_in_executor(self._pool, _sha256, path)
+        if not await self.has_blob(digest):
+            await self._request("POST", f"/api/blobs/{digest}", path, self.timeout * 30)
+        return digest
+
+    async def create(self, model: str, base: str, adapters: dict[str, str]) -> None:
+        """/api/create a model FROM `base` with an adapter (files → digests); Ollama takes one adapter."""
+        body = await self._request("POST", "/api/create", {"model": model, "from": base, "adapters": adapters,
+                                                           "stream": False}, self.timeout * 30)
+        if isinstance(body, dict) and body.get("status") not in (None, "success"):
+            raise OllamaError(f"Ollama create {model}: {body.get('status')}")
+
+    async def copy(self, source: str, destination: str) -> None:
+        await self._request("POST", "/api/copy", {"source": source, "destination": destination})
+
+    async def delete(self, model: str) -> None:
+        await self._request("DELETE", "/api/delete", {"model": model})
+
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 _FROM_RE = re.compile(r"^FROM\s+(\S+)", re.M)

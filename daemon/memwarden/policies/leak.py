@@ -1,20 +1,28 @@
-"""Is a container leaking? A robust slope of its working set's lower envelope over a window.
+"""Is a container leaking? A robust slope of its working set's floor over a window.
 
-The lower envelope at time t is the smallest working set from t to now (a suffix minimum). A leak raises it
-steadily; a garbage collector's sawtooth does not (its troughs stay level), nor does noise. The slope is
-Theil–Sen (the median of pairwise slopes), so a few outliers move nothing. A warm-up that has levelled off
-shows growth over the window but none in its recent half: a plateau, not a leak.
+Two shapes of growth are told apart:
+- with sharp drops (a garbage collector's sawtooth, a cache flush), the troughs after each drop are what a leak
+  raises: a leak is troughs that climb (Theil–Sen over the segment minima, at least three of them); level
+  troughs are a sawtooth, however tall the teeth;
+- without drops, the floor is a trailing minimum over an eighth of the window (noise cannot raise it, a leak
+  raises it at its own rate), fitted with Theil–Sen (the median of pairwise slopes, so outliers move nothing).
+  Growth over the window that has stopped in its recent half is a warm-up *plateau*, not a leak.
+A drop must stand out from the series' own jitter (eight times the median step), so noise is never a sawtooth.
 """
 
 from __future__ import annotations
 
 import itertools
 import statistics
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-MAX_POINTS = 24  # the envelope is resampled to this many points before Theil–Sen (O(n²) pairs)
+MAX_POINTS = 24  # the floor is resampled to this many points before Theil–Sen (O(n²) pairs)
 COVERAGE = 0.8  # the samples must span this much of the window before any verdict but "warming"
+FLOOR_SPAN = 1 / 8  # the trailing minimum looks back this share of the window
+JITTER_FACTOR = 8  # a drop is at least this many median steps
+MIN_TROUGHS = 2  # a leak under a sawtooth needs this many troughs (drops) to show their climb
 
 
 @dataclass(frozen=True)
@@ -45,13 +53,17 @@ def theil_sen(points: Sequence[tuple[float, float]]) -> float:
     return statistics.median(slopes) if slopes else 0.0
 
 
-def lower_envelope(samples: Sequence[Sample]) -> list[tuple[float, float]]:
+def trailing_floor(samples: Sequence[Sample], span: float) -> list[tuple[float, float]]:
+    """At each sample, the smallest working set of the `span` seconds before it (a monotonic deque: O(n))."""
     out: list[tuple[float, float]] = []
-    low = float("inf")
-    for s in reversed(samples):
-        low = min(low, s.working_set)
-        out.append((s.t, low))
-    out.reverse()
+    window: deque[Sample] = deque()
+    for s in samples:
+        while window and window[-1].working_set >= s.working_set:
+            window.pop()
+        window.append(s)
+        while window[0].t < s.t - span:
+            window.popleft()
+        out.append((s.t, window[0].working_set))
     return out
 
 
@@ -62,35 +74,60 @@ def resample(points: Sequence[tuple[float, float]], n: int = MAX_POINTS) -> list
     return [points[round(i * step)] for i in range(n)]
 
 
-def count_drops(samples: Sequence[Sample]) -> int:
-    if len(samples) < 3:
-        return 0
+def drop_indices(samples: Sequence[Sample]) -> list[int]:
+    """Indices i where the working set falls sharply from sample i to i+1: by a quarter of the series' range,
+    at least 1 MiB, and at least eight times its typical step (the largest jump of Gaussian jitter over a few
+    hundred samples is about five times its median, so jitter never counts)."""
     values = [s.working_set for s in samples]
-    amplitude = max(values) - min(values)
-    threshold = max(amplitude * 0.25, 1 << 20)
-    return sum(1 for a, b in itertools.pairwise(values) if a - b >= threshold)
+    if len(values) < 3:
+        return []
+    steps = [abs(b - a) for a, b in itertools.pairwise(values)]
+    threshold = max((max(values) - min(values)) * 0.25, 1 << 20, JITTER_FACTOR * statistics.median(steps))
+    return [i for i, (a, b) in enumerate(itertools.pairwise(values)) if a - b >= threshold]
+
+
+def troughs(samples: Sequence[Sample], drops: Sequence[int]) -> list[tuple[float, float]]:
+    """The lowest sample after each drop, up to the next one. The stretch before the first drop is left out: the
+    window may have begun halfway up a tooth, and its lowest point is no trough."""
+    bounds = [*(i + 1 for i in drops), len(samples)]
+    out = []
+    for lo, hi in itertools.pairwise(bounds):
+        if hi > lo:
+            low = min(samples[lo:hi], key=lambda s: s.working_set)
+            out.append((low.t, float(low.working_set)))
+    return out
+
+
+def is_spike(samples: Sequence[Sample], drop: int) -> bool:
+    """A drop that ends a short excursion (at most two samples high) rather than a tooth grown over time."""
+    before = samples[: drop + 1]
+    base = min(s.working_set for s in before)
+    height = samples[drop].working_set - samples[drop + 1].working_set
+    return sum(1 for s in before if s.working_set > base + height / 2) <= 2
 
 
 def assess(samples: Sequence[Sample], window: float, min_rate: float, limit: int = 0,
            host_available: int | None = None) -> LeakVerdict:
     """samples: oldest first, already trimmed to the window."""
     span = samples[-1].t - samples[0].t if len(samples) > 1 else 0.0
-    drops = count_drops(samples)
+    drops = drop_indices(samples)
     if len(samples) < 5 or span < window * COVERAGE:
-        return LeakVerdict("warming", 0.0, 0.0, len(samples), span, drops)
-    envelope = lower_envelope(samples)
-    slope = theil_sen(resample(envelope))
-    half = samples[-1].t - span / 2
-    recent = [p for p in envelope if p[0] >= half]
-    recent_slope = theil_sen(resample(recent))
-    if slope >= min_rate and recent_slope >= min_rate / 2:
-        verdict = "leak"
-    elif slope >= min_rate:
-        verdict = "plateau"
-    elif drops >= 2:
-        verdict = "sawtooth"
-    else:
-        verdict = "steady"
+        return LeakVerdict("warming", 0.0, 0.0, len(samples), span, len(drops))
+    if len(drops) >= MIN_TROUGHS or (len(drops) == 1 and not is_spike(samples, drops[0])):
+        points = troughs(samples, drops)
+        slope = recent_slope = theil_sen(points)
+        verdict = "leak" if slope >= min_rate and len(points) >= MIN_TROUGHS else "sawtooth"
+    else:  # no drops, or a lone spike the trailing floor looks past
+        floor = trailing_floor(samples, window * FLOOR_SPAN)
+        slope = theil_sen(resample(floor))
+        half = samples[-1].t - span / 2
+        recent_slope = theil_sen(resample([p for p in floor if p[0] >= half]))
+        if slope >= min_rate and recent_slope >= min_rate / 2:
+            verdict = "leak"
+        elif slope >= min_rate:
+            verdict = "plateau"
+        else:
+            verdict = "steady"
     exhaustion_in = exhaustion_of = None
     if verdict == "leak" and slope > 0:
         current = samples[-1].working_set
@@ -101,7 +138,7 @@ def assess(samples: Sequence[Sample], window: float, min_rate: float, limit: int
             options.append((max(0.0, host_available / slope), "host"))
         if options:
             exhaustion_in, exhaustion_of = min(options)
-    return LeakVerdict(verdict, slope, recent_slope, len(samples), span, drops, exhaustion_in, exhaustion_of)
+    return LeakVerdict(verdict, slope, recent_slope, len(samples), span, len(drops), exhaustion_in, exhaustion_of)
 
 
 def idle_leak(working_set: int, models_loaded: int | None, threshold: int) -> bool:

@@ -22,7 +22,11 @@ from memwarden.snapshots import ContainerMemory, ContainersSnapshot
 
 log = get_logger()
 
-GONE_EVENTS = {"die", "stop", "kill", "destroy", "oom"}
+# Only events that mean the container is no longer running. "kill" is any signal sent through Docker (`docker kill
+# -s HUP`) and "oom" any process of the container OOM-killed: both often leave it running, and dropping it then
+# would stop the watch on exactly the container in memory trouble until its next start. When the container does
+# stop, "die" follows.
+GONE_EVENTS = {"die", "stop", "destroy"}
 RETRY_S = 2.0
 
 
@@ -76,6 +80,7 @@ class ContainerProbe:
         self._synced = False
         self._error: str | None = "not connected to Docker yet"
         self._stop = threading.Event()
+        self._attempted = threading.Event()  # the events thread's first connection attempt is over
         self._client: Any = None
         self._stream: Any = None
         self._thread: threading.Thread | None = None
@@ -96,6 +101,7 @@ class ContainerProbe:
 
     def close(self) -> None:
         self._stop.set()
+        self._attempted.set()  # no read() waits for a first attempt that will not come
         for closable in (self._stream, self._client):
             if closable is not None:
                 # Closing a broken connection may fail too; we are leaving anyway.
@@ -109,6 +115,7 @@ class ContainerProbe:
                 # The events request is sent here, before the list: no start can fall between the two.
                 stream = self._stream = self._client.events(decode=True, filters={"type": "container"})
                 self._relist()
+                self._attempted.set()
                 for event in stream:
                     if self._stop.is_set():
                         break
@@ -124,6 +131,7 @@ class ContainerProbe:
                     if self._client is not None:
                         self._client.close()
                 self._client = None
+                self._attempted.set()
                 self._stop.wait(RETRY_S)
 
     def _relist(self) -> None:
@@ -164,6 +172,9 @@ class ContainerProbe:
 
     def read(self) -> ContainersSnapshot:
         self.start()
+        # The daemon's first pass comes right after start(): without this wait it always found the list not
+        # fetched yet, and every daemon start raised (and a pass later resolved) a probe.degraded alert.
+        self._attempted.wait(min(self._timeout / 2, 5.0))
         with self._lock:
             if not self._synced:
                 raise DockerUnavailable(self._error or "Docker not reachable")

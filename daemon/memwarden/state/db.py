@@ -46,11 +46,49 @@ def _m3_restarts(db: sqlite_utils.Database) -> None:
     db["container_restarts"].create_index(["container", "at"])
 
 
+def _m4_memories_runs(db: sqlite_utils.Database) -> None:
+    # Raw SQL for what sqlite-utils cannot declare: AUTOINCREMENT (a memory id, once recorded in a run's
+    # memory_ids, is never reused), the importance CHECK, and the trigger that makes consolidation final.
+    db.execute("""
+        CREATE TABLE memories (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            profile TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            content TEXT NOT NULL,
+            response TEXT,
+            importance INTEGER NOT NULL CHECK (importance BETWEEN 1 AND 10),
+            created_at REAL NOT NULL,
+            adapter TEXT NOT NULL,
+            consolidated_run TEXT,
+            consolidated_at REAL
+        )""")
+    db.execute("CREATE INDEX idx_memories_adapter_consolidated_run ON memories (adapter, consolidated_run)")
+    db.execute("CREATE INDEX idx_memories_profile ON memories (profile)")
+    # A memory consolidated by one run can never be claimed by another (it may only be set back to NULL).
+    db.execute("""
+        CREATE TRIGGER memories_consolidated_once BEFORE UPDATE OF consolidated_run ON memories
+        WHEN OLD.consolidated_run IS NOT NULL AND NEW.consolidated_run IS NOT NULL
+             AND NEW.consolidated_run != OLD.consolidated_run
+        BEGIN SELECT RAISE(ABORT, 'memory already consolidated by another run'); END""")
+    db["runs"].create({
+        "id": str, "adapter": str, "profile": str, "state": str, "trigger": str, "created_at": float,
+        "started_at": float, "finished_at": float, "method": str, "memory_ids": str, "spec_path": str,
+        "output_dir": str, "eval": str, "promoted": int, "reason": str, "version": int, "error": str,
+    }, pk="id", not_null={"adapter", "profile", "state", "created_at"}, defaults={"promoted": 0})
+    db["runs"].create_index(["adapter", "created_at"])
+    db["runs"].create_index(["state"])
+    db["adapter_versions"].create({
+        "adapter": str, "version": int, "run_id": str, "path": str, "created_at": float, "active": int,
+        "ollama_model": str,
+    }, pk=("adapter", "version"), not_null={"path", "created_at"}, defaults={"active": 0})
+
+
 # Append only: a migration, once released, never changes; the next one fixes what it got wrong.
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "alert history", _m1_alert_history),
     (2, "leases and adapters", _m2_leases),
     (3, "container restarts", _m3_restarts),
+    (4, "memories, runs and adapter versions", _m4_memories_runs),
 ]
 
 

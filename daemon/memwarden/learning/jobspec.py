@@ -1,0 +1,102 @@
+"""The contract between the daemon and the trainer subprocess (`python -m memwarden.training JOB.json`).
+
+The daemon writes a JobSpec as JSON; the trainer writes one JSON object per line to stdout (a Progress
+event), checkpoints under `output_dir/checkpoints/`, and on success leaves `output_dir/final/`
+(adapter_model.safetensors + adapter_config.json for lora/qlora, or the full model for `full`), the EWC Fisher
+beside the adapter (`fisher.safetensors`), and `output_dir/eval.json`. Exit status: 0 done, 75 preempted
+(checkpoint written, resumable with the same spec), 1 failed. Plain data only: no torch here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+EXIT_DONE = 0
+EXIT_FAILED = 1
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: try again later
+
+FULL_FT_LR_RANGE = (1e-5, 5e-5)  # a full fine-tune outside this either cannot learn or forgets everything
+
+
+@dataclass(frozen=True)
+class Hyper:
+    lr: float = 2e-4
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    micro_batch: int = 4
+    grad_accum: int = 4
+    max_steps: int = 100
+    warmup_steps: int = 10
+    max_seq_len: int = 256
+    seed: int = 42
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    eval_every: int = 100  # steps between holdout evaluations during training
+
+
+@dataclass(frozen=True)
+class Ewc:
+    """Online EWC (Schwarz et al. 2018): penalty λ/2 Σ F (θ − θ*)², F decayed by γ and accumulated per run."""
+
+    lam: float = 0.0  # 0 = off
+    decay: float = 0.9  # γ
+    fisher_samples: int = 64
+    prior_fisher: str | None = None  # fisher.safetensors of the version this run starts from
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    run_id: str
+    adapter: str
+    base_model: str  # a local Hugging Face model directory (config, weights, tokenizer)
+    method: str  # lora | qlora | full
+    output_dir: str
+    train_file: str  # JSONL of {"messages": [{"role", "content"}, ...]}
+    holdout_file: str
+    probe_file: str | None = None  # earlier memories: loss before/after measures forgetting
+    init_adapter: str | None = None  # the promoted version this run continues from
+    hyper: Hyper = field(default_factory=Hyper)
+    ewc: Ewc = field(default_factory=Ewc)
+    device: str = "cpu"  # cpu | cuda
+    checkpoint_every_steps: int = 50
+    checkpoint_every_seconds: float = 600.0
+    dry_run_steps: int = 0  # run this many steps first and stop (a pre-flight of a long run)
+    inject_oom_at_step: int | None = None  # test hook: raise a CUDA-style OOM once at this step
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    def write(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(self.to_json())
+        tmp.replace(path)
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> JobSpec:
+        data = dict(data)
+        hyper = dict(data.pop("hyper", {}) or {})
+        if "target_modules" in hyper:
+            hyper["target_modules"] = tuple(hyper["target_modules"])
+        return JobSpec(hyper=Hyper(**hyper), ewc=Ewc(**(data.pop("ewc", {}) or {})), **data)
+
+    @staticmethod
+    def read(path: Path) -> JobSpec:
+        return JobSpec.from_dict(json.loads(Path(path).read_text()))
+
+
+# Progress events, one JSON object per line on the trainer's stdout. Every event has "event" and "t" (wall
+# clock); the others carry what their name says:
+#   start       {run_id, method, device, steps, micro_batch, grad_accum, resumed_from_step}
+#   clamp       {what: "lr", requested, used, range}                   (full fine-tune lr outside the range)
+#   step        {step, loss, lr, grad_norm, tokens_per_s, memory_bytes}
+#   eval        {step, holdout_loss}
+#   checkpoint  {step, path}
+#   oom_retry   {step, micro_batch, grad_accum}                        (halved / doubled, same effective batch)
+#   preempted   {step, checkpoint}                                      (then exit 75)
+#   done        {step, final_dir, eval: {holdout_loss_before, holdout_loss_after, probe_loss_before,
+#                probe_loss_after}, tokens_per_s}
+#   error       {message}
+EVENTS = ("start", "clamp", "step", "eval", "checkpoint", "oom_retry", "preempted", "done", "error")

@@ -1,0 +1,524 @@
+"""The memory store: memories in the state database (`memories` table), routed to adapters at insert.
+
+A memory has a profile, a kind (conversation, inner_dialogue, reflection, dream, journal, observation, … any
+string), content, an optional response, an importance 1–10, created_at, the adapter it feeds and, once a
+promoted run has learned it, that run (`consolidated_run`, `consolidated_at`).
+
+Routing. `learning.routes` is a tuple of (adapter, profiles, kinds); an empty tuple matches any; the first
+route that matches a memory's (profile, kind) names its adapter; a memory no route matches feeds the adapter
+named after its profile. The adapter is decided once, at insert: changing the routes later moves nothing.
+
+Profile isolation: every adapter's memories come from ONE profile, whatever the routes say. A route cannot
+mix profiles into one adapter because the adapter name is qualified by profile whenever it could:
+
+- a route's adapter name N is used as is only when N is *owned* by one profile P — every route naming N
+  lists exactly `profiles = [P]`; otherwise (a route with `profiles = []`, several profiles, or another route
+  naming N for another profile) a memory of profile Q routed there feeds `N@Q`;
+- an unrouted memory of profile P feeds `P`, unless some route's adapter name is `P` and that name is not
+  owned by P itself; then it feeds `P@P`.
+
+Profile names and route adapter names may not contain `@` (PROFILE_RE), so a qualified name `N@Q` can only
+hold profile Q's memories and an unqualified name only its owner's: no two profiles ever share an adapter.
+This is done here, at routing time, rather than by refusing such routes when the config is read, so that a
+route like `{adapter = "dreams", kinds = ["dream"]}` simply gives every profile its own dreams adapter.
+
+Imports are all or nothing: every line is validated first, every bad line is reported with its line number
+(ImportRejected), and only a clean file is inserted, in one transaction. Over the control socket, whose
+requests are limited to 1 MiB, an import is staged in chunks in a TEMP table of the daemon's connection
+(begin_import / stage / commit_import / abort_import) and copied into `memories` in one transaction at
+commit; a session with any bad line can only be aborted.
+
+Consolidation is final: mark_consolidated() only touches memories not yet consolidated, and a trigger in the
+schema refuses to hand a consolidated memory to another run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import secrets
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlite_utils
+
+Route = tuple[str, tuple[str, ...], tuple[str, ...]]
+
+PROFILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+QUALIFIER = "@"
+MAX_KIND = 64
+MAX_TEXT = 200_000  # characters of content, and of response
+FIELDS = ("profile", "kind", "content", "response", "importance", "created_at")
+REQUIRED = ("profile", "kind", "content", "importance")
+COLUMNS = ("profile", "kind", "content", "response", "importance", "created_at", "adapter")
+BATCH = 5000  # rows per executemany
+MAX_REPORTED = 1000  # bad lines kept with their message per import session (the rest are counted)
+IMPORT_IDLE_TIMEOUT = 600.0  # a staged import untouched this long is dropped
+MAX_IMPORTS = 4  # import sessions staged at once
+
+_INSERT = f"INSERT INTO memories ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+
+
+class BadRecord(ValueError):
+    """One memory record is invalid; the message names each bad field."""
+
+    def __init__(self, line_no: int | None, problems: Sequence[str]):
+        self.line_no = line_no
+        self.problems = list(problems)
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        return "; ".join(self.problems)
+
+    def __str__(self) -> str:
+        return self.message if self.line_no is None else f"line {self.line_no}: {self.message}"
+
+
+class ImportRejected(Exception):
+    """An import had bad lines and nothing was imported. `errors` is [(line_no, message)], in line order
+    (possibly only the first MAX_REPORTED of `bad_count` for a staged import)."""
+
+    def __init__(self, errors: Sequence[tuple[int, str]], bad_count: int | None = None):
+        self.errors = list(errors)
+        self.bad_count = len(self.errors) if bad_count is None else bad_count
+        shown = "; ".join(f"line {n}: {m}" for n, m in self.errors[:5])
+        more = f"; … {self.bad_count - 5} more" if self.bad_count > 5 else ""
+        super().__init__(f"{self.bad_count} bad line{'s' if self.bad_count != 1 else ''}, nothing imported: "
+                         f"{shown}{more}")
+
+
+class MemoryNotFound(KeyError):
+    def __str__(self) -> str:
+        return f"no memory with id {self.args[0]}"
+
+
+class ImportSessionError(Exception):
+    """An import session is unknown, expired, out of order or incomplete."""
+
+
+class RouteError(ValueError):
+    """A learning.routes entry cannot be used (names a profile or adapter that can never be valid)."""
+
+
+# ---- validation ------------------------------------------------------------------------------------------
+
+def _profile_problem(value: Any) -> str | None:
+    if not isinstance(value, str) or not PROFILE_RE.match(value):
+        return (f"profile must be 1–64 letters, digits, '_', '.' or '-', starting with a letter or digit, "
+                f"got {_short(value)}")
+    return None
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _importance_ok(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if isinstance(value, float) and not value.is_integer():  # also NaN and infinities
+        return False
+    return 1 <= value <= 10
+
+
+def _timestamp(value: Any) -> float:
+    """created_at: seconds since the epoch, or an ISO 8601 string (without an offset: UTC)."""
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, int | float):
+        ts = float(value)
+    elif isinstance(value, str):
+        dt = datetime.fromisoformat(value.strip())
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        ts = dt.timestamp()
+    else:
+        raise ValueError
+    if not math.isfinite(ts) or ts < 0 or ts > 253402300799:  # 1970 … 9999-12-31
+        raise ValueError
+    return ts
+
+
+def validate_record(record: Any, line_no: int | None = None, now: float | None = None) -> dict[str, Any]:
+    """A clean memory dict {profile, kind, content, response, importance, created_at}, or BadRecord listing
+    every bad field by name. A missing created_at becomes `now` (default: the current time)."""
+    if not isinstance(record, dict):
+        raise BadRecord(line_no, [f"expected a JSON object, got {type(record).__name__}"])
+    problems: list[str] = []
+    unknown = sorted(set(record) - set(FIELDS))
+    if unknown:
+        problems.append(f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+                        f"(expected {', '.join(FIELDS)})")
+    for name in REQUIRED:
+        if record.get(name) is None:
+            problems.append(f"{name} is missing")
+    profile, kind, content = record.get("profile"), record.get("kind"), record.get("content")
+    response, importance, created_at = record.get("response"), record.get("importance"), record.get("created_at")
+    if profile is not None and (problem := _profile_problem(profile)):
+        problems.append(problem)
+    if kind is not None and (not isinstance(kind, str) or not kind.strip() or len(kind) > MAX_KIND
+                             or not kind.isprintable()):
+        problems.append(f"kind must be a non-empty string of at most {MAX_KIND} printable characters, "
+                        f"got {_short(kind)}")
+    if content is not None and (not isinstance(content, str) or not content.strip()):
+        problems.append(f"content must be a non-empty string, got {_short(content)}")
+    elif isinstance(content, str) and len(content) > MAX_TEXT:
+        problems.append(f"content is longer than {MAX_TEXT:,} characters ({len(content):,})")
+    if response is not None and not isinstance(response, str):
+        problems.append(f"response must be a string or null, got {_short(response)}")
+    elif isinstance(response, str) and len(response) > MAX_TEXT:
+        problems.append(f"response is longer than {MAX_TEXT:,} characters ({len(response):,})")
+    if importance is not None and not _importance_ok(importance):
+        problems.append(f"importance must be a whole number 1–10, got {_short(importance)}")
+    ts = None
+    if created_at is not None:
+        try:
+            ts = _timestamp(created_at)
+        except (ValueError, OverflowError):
+            problems.append(f"created_at must be seconds since 1970 or an ISO 8601 date-time, "
+                            f"got {_short(created_at)}")
+    if problems:
+        raise BadRecord(line_no, problems)
+    return {
+        "profile": profile, "kind": kind, "content": content,
+        "response": response if response else None,  # "" is no response
+        "importance": int(importance),
+        "created_at": ts if ts is not None else (time.time() if now is None else now),
+    }
+
+
+def parse_line(line: str | bytes | None, line_no: int, now: float | None = None) -> dict[str, Any] | None:
+    """One JSONL line → a clean memory dict; None for a blank line; BadRecord otherwise."""
+    if line is None:
+        raise BadRecord(line_no, ["line not sent: longer than the control socket's 1 MiB limit or not UTF-8"])
+    if isinstance(line, bytes):
+        try:
+            line = line.decode()
+        except UnicodeDecodeError as exc:
+            raise BadRecord(line_no, [f"not valid UTF-8 ({exc.reason} at byte {exc.start})"]) from None
+    if not line.strip():
+        return None
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise BadRecord(line_no, [f"not valid JSON: {exc.msg} at column {exc.colno}"]) from None
+    return validate_record(obj, line_no, now)
+
+
+# ---- routing ---------------------------------------------------------------------------------------------
+
+def check_routes(routes: Iterable[Route]) -> tuple[Route, ...]:
+    """The routes as a tuple, or RouteError naming the first route that can never be used."""
+    out = []
+    for i, (adapter, profiles, kinds) in enumerate(routes, 1):
+        if not isinstance(adapter, str) or not PROFILE_RE.match(adapter):
+            raise RouteError(f"learning.routes[{i}]: adapter must be 1–64 letters, digits, '_', '.' or '-' "
+                             f"(no '{QUALIFIER}'), got {adapter!r}")
+        for p in profiles:
+            if _profile_problem(p):
+                raise RouteError(f"learning.routes[{i}]: {p!r} can never be a profile name")
+        out.append((adapter, tuple(profiles), tuple(kinds)))
+    return tuple(out)
+
+
+def _owners(routes: Sequence[Route]) -> dict[str, str | None]:
+    """adapter name → the one profile owning it, or None when routes share it between profiles (or any)."""
+    owners: dict[str, str | None] = {}
+    for adapter, profiles, _ in routes:
+        owner = profiles[0] if len(profiles) == 1 else None
+        owners[adapter] = owner if owners.get(adapter, owner) == owner else None
+    return owners
+
+
+def adapter_for(profile: str, kind: str, routes: Sequence[Route]) -> str:
+    """The adapter a memory of (profile, kind) feeds under `routes` (see the module doc): first match wins,
+    unrouted memories feed the profile's own adapter, and a name shared between profiles is qualified."""
+    owners = _owners(routes)
+    for adapter, profiles, kinds in routes:
+        if (not profiles or profile in profiles) and (not kinds or kind in kinds):
+            return adapter if owners[adapter] == profile else f"{adapter}{QUALIFIER}{profile}"
+    if profile in owners and owners[profile] != profile:
+        return f"{profile}{QUALIFIER}{profile}"
+    return profile
+
+
+# ---- the store -------------------------------------------------------------------------------------------
+
+@dataclass
+class _Session:
+    token: str
+    table: str
+    started: float
+    touched: float
+    next_line: int = 1
+    staged: int = 0
+    bad_count: int = 0
+    errors: list[tuple[int, str]] = field(default_factory=list)
+    by_adapter: Counter = field(default_factory=Counter)
+
+
+class MemoryStore:
+    def __init__(self, db: sqlite_utils.Database, routes: Iterable[Route] = (), clock=time.time):
+        self.db = db
+        self.clock = clock
+        self._routes: tuple[Route, ...] = ()
+        self._route_cache: dict[tuple[str, str], str] = {}
+        self.routes = routes  # type: ignore[assignment]
+        self._sessions: dict[str, _Session] = {}
+
+    @property
+    def routes(self) -> tuple[Route, ...]:
+        return self._routes
+
+    @routes.setter
+    def routes(self, routes: Iterable[Route]) -> None:
+        checked = check_routes(routes)
+        if checked != self._routes:
+            self._routes = checked
+            self._route_cache = {}
+
+    def adapter_for(self, profile: str, kind: str) -> str:
+        key = (profile, kind)
+        adapter = self._route_cache.get(key)
+        if adapter is None:
+            adapter = self._route_cache[key] = adapter_for(profile, kind, self._routes)
+        return adapter
+
+    def _row(self, m: Mapping[str, Any]) -> tuple:
+        return (m["profile"], m["kind"], m["content"], m["response"], m["importance"], m["created_at"],
+                self.adapter_for(m["profile"], m["kind"]))
+
+    # ---- ingest --------------------------------------------------------------------------------------
+
+    def add(self, profile: str, kind: str, content: str, response: str | None = None, *, importance: int,
+            created_at: float | str | None = None) -> int:
+        """Insert one memory (validated like an imported line; BadRecord otherwise). Returns its id."""
+        record = {"profile": profile, "kind": kind, "content": content, "response": response,
+                  "importance": importance, "created_at": created_at}
+        clean = validate_record({k: v for k, v in record.items() if v is not None}, None, self.clock())
+        with self.db.atomic():
+            cur = self.db.conn.execute(_INSERT, self._row(clean))
+        return cur.lastrowid
+
+    def import_lines(self, lines: Iterable[str | bytes], first_line: int = 1) -> dict[str, Any]:
+        """Validate every line, then insert them all in one transaction. Blank lines are skipped (and
+        counted in the numbering). ImportRejected lists every bad line; nothing is inserted then."""
+        now = self.clock()
+        rows: list[tuple] = []
+        errors: list[tuple[int, str]] = []
+        for n, line in enumerate(lines, first_line):
+            try:
+                clean = parse_line(line, n, now)
+            except BadRecord as exc:
+                errors.append((n, exc.message))
+                continue
+            if clean is not None and not errors:
+                rows.append(self._row(clean))
+        if errors:
+            raise ImportRejected(errors)
+        self._insert(rows)
+        return {"imported": len(rows), "by_adapter": dict(Counter(r[-1] for r in rows))}
+
+    def _insert(self, rows: Sequence[tuple]) -> None:
+        with self.db.atomic():
+            for i in range(0, len(rows), BATCH):
+                self.db.conn.executemany(_INSERT, rows[i:i + BATCH])
+
+    # ---- staged imports (the control socket's chunks) ---------------------------------------------------
+
+    def _expire(self, now: float) -> None:
+        for token in [t for t, s in self._sessions.items() if now - s.touched > IMPORT_IDLE_TIMEOUT]:
+            self._drop(token)
+
+    def _drop(self, token: str) -> None:
+        session = self._sessions.pop(token, None)
+        if session is not None:
+            self.db.conn.execute(f"DROP TABLE IF EXISTS temp.{session.table}")
+
+    def _session(self, token: Any) -> _Session:
+        self._expire(self.clock())
+        session = self._sessions.get(token) if isinstance(token, str) else None
+        if session is None:
+            raise ImportSessionError(f"no import in progress with token {token!r} (finished, aborted, or idle "
+                                     f"for more than {IMPORT_IDLE_TIMEOUT:.0f}s)")
+        session.touched = self.clock()
+        return session
+
+    def begin_import(self) -> str:
+        """Start a staged import; returns its token."""
+        now = self.clock()
+        self._expire(now)
+        if len(self._sessions) >= MAX_IMPORTS:
+            raise ImportSessionError(f"{MAX_IMPORTS} imports are already in progress; try again later")
+        token = secrets.token_hex(8)
+        table = f"memory_import_{token}"
+        self.db.conn.execute(
+            f"CREATE TEMP TABLE {table} (profile TEXT, kind TEXT, content TEXT, response TEXT, importance INTEGER, "
+            f"created_at REAL, adapter TEXT)")
+        self._sessions[token] = _Session(token, table, now, now)
+        return token
+
+    def stage(self, token: str, lines: Sequence[str | None], first_line: int) -> dict[str, Any]:
+        """Validate a chunk of lines (line numbers from `first_line`, which must follow the previous chunk)
+        and stage the good ones. Returns this chunk's bad lines (within MAX_REPORTED per session)."""
+        session = self._session(token)
+        if first_line != session.next_line:
+            raise ImportSessionError(f"chunk starts at line {first_line}, expected line {session.next_line}")
+        now = self.clock()
+        rows: list[tuple] = []
+        bad: list[tuple[int, str]] = []
+        for n, line in enumerate(lines, first_line):
+            try:
+                clean = parse_line(line, n, now)
+            except BadRecord as exc:
+                session.bad_count += 1
+                if len(session.errors) < MAX_REPORTED:
+                    session.errors.append((n, exc.message))
+                    bad.append((n, exc.message))
+                continue
+            if clean is not None and not session.bad_count:
+                rows.append(self._row(clean))
+        session.next_line = first_line + len(lines)
+        if session.bad_count:
+            rows = []  # the import can only be aborted now: stop staging, keep validating
+        if rows:
+            insert = f"INSERT INTO temp.{session.table} VALUES ({', '.join('?' * len(COLUMNS))})"
+            with self.db.atomic():
+                self.db.conn.executemany(insert, rows)
+            session.staged += len(rows)
+            session.by_adapter.update(r[-1] for r in rows)
+        return {"lines": len(lines), "staged": session.staged, "bad": bad, "bad_count": session.bad_count}
+
+    def commit_import(self, token: str, total_lines: int | None = None) -> dict[str, Any]:
+        """Insert everything staged in one transaction, or ImportRejected (the session is dropped either way).
+        With `total_lines`, refuse unless exactly that many lines were staged (no chunk lost)."""
+        session = self._session(token)
+        try:
+            if session.bad_count:
+                raise ImportRejected(session.errors, session.bad_count)
+            if total_lines is not None and session.next_line - 1 != total_lines:
+                raise ImportSessionError(f"{session.next_line - 1} lines were sent, not {total_lines}; "
+                                         f"nothing imported")
+            cols = ", ".join(COLUMNS)
+            with self.db.atomic():
+                self.db.conn.execute(
+                    f"INSERT INTO memories ({cols}) SELECT {cols} FROM temp.{session.table} ORDER BY rowid")
+            return {"imported": session.staged, "by_adapter": dict(session.by_adapter)}
+        finally:
+            self._drop(token)
+
+    def abort_import(self, token: str) -> dict[str, Any]:
+        """Drop a staged import; nothing of it is imported."""
+        session = self._session(token)
+        self._drop(token)
+        return {"aborted": True, "staged": session.staged, "bad_count": session.bad_count}
+
+    # ---- reading ---------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _where(profile: str | None = None, kind: str | None = None, adapter: str | None = None,
+               consolidated: bool | None = None) -> tuple[str, list[Any]]:
+        clauses, params = [], []
+        for name, value in (("profile", profile), ("kind", kind), ("adapter", adapter)):
+            if value is not None:
+                clauses.append(f"{name} = ?")
+                params.append(value)
+        if consolidated is not None:
+            clauses.append(f"consolidated_run IS {'NOT ' if consolidated else ''}NULL")
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+    def list(self, profile: str | None = None, kind: str | None = None, adapter: str | None = None,
+             consolidated: bool | None = None, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+        """Memories matching every filter given, newest first."""
+        where, params = self._where(profile, kind, adapter, consolidated)
+        return list(self.db.query(f"SELECT * FROM memories{where} ORDER BY created_at DESC, id DESC "
+                                  f"LIMIT ? OFFSET ?", [*params, limit, offset]))
+
+    def total(self, profile: str | None = None, kind: str | None = None, adapter: str | None = None,
+              consolidated: bool | None = None) -> int:
+        where, params = self._where(profile, kind, adapter, consolidated)
+        return self.db.execute(f"SELECT COUNT(*) FROM memories{where}", params).fetchone()[0]
+
+    def count(self, profile: str | None = None, kind: str | None = None,
+              adapter: str | None = None) -> dict[str, Any]:
+        """Totals and one group per (profile, adapter, kind): memories, unconsolidated ones, and the
+        unconsolidated importance."""
+        where, params = self._where(profile, kind, adapter)
+        groups = [dict(r) for r in self.db.query(
+            f"SELECT profile, adapter, kind, COUNT(*) AS memories, "
+            f"SUM(consolidated_run IS NULL) AS unconsolidated, "
+            f"COALESCE(SUM(CASE WHEN consolidated_run IS NULL THEN importance END), 0) AS importance "
+            f"FROM memories{where} GROUP BY profile, adapter, kind ORDER BY profile, adapter, kind", params)]
+        return {
+            "total": sum(g["memories"] for g in groups),
+            "unconsolidated": sum(g["unconsolidated"] for g in groups),
+            "groups": groups,
+        }
+
+    def show(self, memory_id: int) -> dict[str, Any]:
+        rows = list(self.db.query("SELECT * FROM memories WHERE id = ?", [memory_id]))
+        if not rows:
+            raise MemoryNotFound(memory_id)
+        return rows[0]
+
+    def unconsolidated_importance(self) -> dict[str, dict[str, Any]]:
+        """adapter → {profile, importance, count} over its unconsolidated memories (the trigger's input)."""
+        return {r["adapter"]: {"profile": r["profile"], "importance": r["importance"], "count": r["count"]}
+                for r in self.db.query(
+                    "SELECT adapter, MIN(profile) AS profile, SUM(importance) AS importance, COUNT(*) AS count "
+                    "FROM memories WHERE consolidated_run IS NULL GROUP BY adapter ORDER BY adapter")}
+
+    def adapters(self) -> dict[str, str]:
+        """Every adapter with memories → its profile."""
+        return {r["adapter"]: r["profile"] for r in self.db.query(
+            "SELECT adapter, MIN(profile) AS profile FROM memories GROUP BY adapter ORDER BY adapter")}
+
+    def mixed_adapters(self) -> dict[str, list[str]]:
+        """Adapters fed by more than one profile: always empty (the isolation invariant, for checks)."""
+        out: dict[str, list[str]] = {}
+        for r in self.db.query("SELECT DISTINCT adapter, profile FROM memories ORDER BY adapter, profile"):
+            out.setdefault(r["adapter"], []).append(r["profile"])
+        return {a: ps for a, ps in out.items() if len(ps) > 1}
+
+    def for_adapter(self, adapter: str, consolidated: bool) -> list[dict[str, Any]]:
+        """Every memory of one adapter, new (unconsolidated) or learned before: the curator's input."""
+        where, params = self._where(adapter=adapter, consolidated=consolidated)
+        return list(self.db.query(f"SELECT * FROM memories{where} ORDER BY id", params))
+
+    # ---- consolidation ---------------------------------------------------------------------------------
+
+    def mark_consolidated(self, memory_ids: Iterable[int], run_id: str, at: float | None = None,
+                          conn: sqlite3.Connection | sqlite_utils.Database | None = None) -> int:
+        """Record that `run_id` consolidated these memories; those already consolidated keep their run.
+        Returns how many were marked.
+
+        With `conn` (the connection, or Database, whose transaction records the promoted run) it runs inside
+        that transaction and neither begins nor commits; without, in a transaction of its own."""
+        ids = sorted({int(i) for i in memory_ids})
+        at = self.clock() if at is None else at
+        if conn is None:
+            with self.db.atomic():
+                return self._mark(self.db.conn, ids, run_id, at)
+        target = conn.conn if isinstance(conn, sqlite_utils.Database) else conn
+        return self._mark(target, ids, run_id, at)
+
+    @staticmethod
+    def _mark(conn: sqlite3.Connection, ids: Sequence[int], run_id: str, at: float) -> int:
+        if not isinstance(run_id, str) or not run_id:
+            raise ValueError("run_id must be a non-empty string")
+        marked = 0
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            cur = conn.execute(
+                f"UPDATE memories SET consolidated_run = ?, consolidated_at = ? "
+                f"WHERE consolidated_run IS NULL AND id IN ({', '.join('?' * len(chunk))})", [run_id, at, *chunk])
+            marked += cur.rowcount
+        return marked

@@ -1,0 +1,137 @@
+"""A tiny offline base model: a randomly initialised Llama and a byte-level BPE tokenizer trained on the spot.
+
+It lets the whole memory → training → adapter cycle run on any laptop and in the tests, with no network and no
+download: `python -m memwarden.training.demo_model DIR` (or `build_demo_model(DIR)`) writes config.json,
+model.safetensors, generation_config.json and the tokenizer files (with a chat template) into DIR, loadable with
+AutoModelForCausalLM / AutoTokenizer.from_pretrained(DIR, local_files_only=True).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+BOS = "<|begin_of_text|>"
+EOS = "<|eot|>"  # end of turn: generation stops here
+PAD = "<|pad|>"
+START_HEADER = "<|start_header|>"
+END_HEADER = "<|end_header|>"
+SPECIAL_TOKENS = (BOS, EOS, PAD, START_HEADER, END_HEADER, "<|end_of_text|>")
+
+# Llama-3 style turns. Each message ends with the end-of-turn token, so an assistant turn teaches the model to stop.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "<|start_header|>{{ message['role'] }}<|end_header|>\n\n{{ message['content'] | trim }}<|eot|>"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header|>assistant<|end_header|>\n\n{% endif %}"
+)
+
+CORPUS = (
+    "The daemon watches host memory, swap and pressure, and the GPU's memory and temperature.",
+    "A training job takes a lease on the GPU; the models that were serving are unloaded and reloaded afterwards.",
+    "Important memories become weights: a small adapter is trained on them and served next to the base model.",
+    "user: What did we talk about yesterday? assistant: We planned the garden and the trip to the coast.",
+    "user: Remind me what I like to drink in the morning. assistant: Black coffee, no sugar, before eight.",
+    "user: Who is Mira? assistant: Mira is your sister; she lives in Lisbon and plays the cello.",
+    "I wrote in my journal that the rain kept me inside, so I read about elastic weight consolidation.",
+    "A reflection: the last run forgot less when old memories were replayed with the new ones.",
+    "In a dream I walked through a library where every book was a conversation I had once.",
+    "The inner dialogue went back and forth: train now, or wait until the GPU is free tonight?",
+    "Checkpoints are written atomically, so a crash in the middle of a write leaves the previous one intact.",
+    "When memory runs out, the micro batch is halved and the accumulation doubled, and the step is tried again.",
+    "The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs.",
+    "One, two, three, four, five, six, seven, eight, nine, ten; 0123456789 and 3.14159 and 2.71828.",
+    "Monday, Tuesday, Wednesday, Thursday, Friday, Saturday and Sunday make a week of memories.",
+    "Hello! How are you today? I am fine, thank you. What would you like to remember?",
+    "Loss went down from three and a half to under two, and the holdout agreed with the training set.",
+    "The adapter is small: a few megabytes of low-rank matrices, named default, with an integer alpha.",
+    "Questions, answers, notes and observations: every kind of memory can become a training pair.",
+    "system: You are a helpful assistant who remembers what matters to the user.",
+)
+
+
+def build_demo_model(
+    directory: str | Path,
+    *,
+    vocab_size: int = 512,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 128,
+    max_positions: int = 1024,
+    seed: int = 0,
+) -> Path:
+    """Build the tiny model and its tokenizer into `directory` (created if needed) and return it."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=1,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(CORPUS, trainer=trainer)
+    bos_id = bpe.token_to_id(BOS)
+    # `tokenizer(text)` prepends BOS, as Llama's does; the chat template writes its own BOS.
+    bpe.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        model_max_length=max_positions,
+        padding_side="right",
+        clean_up_tokenization_spaces=False,
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=max_positions,
+        rms_norm_eps=1e-5,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.to(torch.float32)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m memwarden.training.demo_model", description=__doc__.split("\n")[0])
+    parser.add_argument("directory", help="where to write the model (created if needed)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vocab-size", type=int, default=512)
+    args = parser.parse_args(argv)
+    out = build_demo_model(args.directory, seed=args.seed, vocab_size=args.vocab_size)
+    print(json.dumps({"directory": str(out), "files": sorted(p.name for p in out.iterdir())}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
