@@ -31,7 +31,9 @@ from memwarden.units import format_size, parse_keep_alive
 
 log = get_logger()
 
-CONFIRM_POLL = 0.25  # how often the GPU is re-read while waiting for evicted VRAM to show free
+# How often the GPU is re-read while waiting for evicted VRAM to show free: often at first (most runners let go
+# within a second), then at Ollama's own 250 ms.
+CONFIRM_POLL_FAST, CONFIRM_POLL, CONFIRM_FAST_FOR = 0.05, 0.25, 2.0
 FOREVER_AFTER = 100 * 365 * 86400  # an expires_at further out than this means keep_alive < 0
 
 
@@ -65,12 +67,9 @@ class GpuArbiter:
     # ---- inputs ----------------------------------------------------------------------------------------
 
     def _load_cache(self) -> cache.CacheState:
-        state = cache.CacheState()
-        for row in self._db["adapters"].rows:
-            state = state.with_entry(cache.Entry(
-                row["name"], row["size"] or 0, bool(row["size_measured"]), False, bool(row["pinned"]),
-                row["last_used"] or 0.0, row["hits"] or 0))
-        return state
+        return cache.CacheState.of(cache.Entry(
+            row["name"], row["size"] or 0, bool(row["size_measured"]), False, bool(row["pinned"]),
+            row["last_used"] or 0.0, row["hits"] or 0) for row in self._db["adapters"].rows)
 
     def _save_entry(self, name: str) -> None:
         e = self.cache.entries[name]
@@ -284,9 +283,10 @@ class GpuArbiter:
                 pids_gone = g.processes is None or not runner_pids & {p.pid for p in g.processes}
                 if pids_gone and available(g, self.held(snap), self.config.gpu.reserve) >= size:
                     return time.monotonic() - started
-            if time.monotonic() - started >= timeout:
+            elapsed = time.monotonic() - started
+            if elapsed >= timeout:
                 return None
-            await asyncio.sleep(CONFIRM_POLL)
+            await asyncio.sleep(CONFIRM_POLL_FAST if elapsed < CONFIRM_FAST_FOR else CONFIRM_POLL)
 
     async def release(self, lease_id: str, reason: str = "released by holder") -> dict[str, Any]:
         async with self.lock:
@@ -484,6 +484,11 @@ class GpuArbiter:
             self._save_entry(name)
             return {"model": name, "hit": False, "evicted": list(room.victims), "loaded": load}
 
+    def max_loaded(self, snap: GpuSnapshot) -> int:
+        """Ollama's OLLAMA_MAX_LOADED_MODELS as configured here; 0 there means 3 per GPU."""
+        cap = self.config.ollama.max_loaded_models
+        return cap if cap > 0 else 3 * max(1, len(snap.gpus))
+
     def _target_gpu(self, snap: GpuSnapshot) -> int:
         return max(snap.gpus, key=lambda g: self.budget(snap, g.index)).index if snap.gpus else 0
 
@@ -493,13 +498,15 @@ class GpuArbiter:
             return cache.RoomPlan((), True, 0, 0)  # no GPU: Ollama runs on the CPU, nothing to arbitrate
         if len(snap.gpus) == 1 or any(e.gpu is None for e in self.cache.resident()):
             budget = sum(self.budget(snap, g.index) for g in snap.gpus)
-            return cache.plan_room(self.cache, name, need, budget, self.config.gpu.scheduler)
+            return cache.plan_room(self.cache, name, need, budget, self.config.gpu.scheduler,
+                                   self.max_loaded(snap))
         plans = []
         for g in snap.gpus:
             state = cache.CacheState(
                 {n: e for n, e in self.cache.entries.items() if e.gpu in (g.index, None) or not e.resident},
                 self.cache.inflation)
-            plans.append(cache.plan_room(state, name, need, self.budget(snap, g.index), self.config.gpu.scheduler))
+            plans.append(cache.plan_room(state, name, need, self.budget(snap, g.index), self.config.gpu.scheduler,
+                                         self.max_loaded(snap)))
         return min(plans, key=lambda p: (not p.fits, len(p.victims)))
 
     async def evict(self, name: str) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -12,7 +13,7 @@ from typing import Any
 from memwarden import __version__, paths
 from memwarden.cli import render
 from memwarden.control.client import Client, ConnectError
-from memwarden.control.protocol import RpcError
+from memwarden.control.protocol import MAX_LINE, RpcError
 
 # command → (RPC method, renderer, help)
 COMMANDS = {
@@ -27,6 +28,11 @@ COMMANDS = {
 LEASE_VERBS = {"list": ("lease.list", render.leases), "release": ("lease.release", render.lease),
                "preempt": ("lease.preempt", render.lease)}
 ADAPTER_VERBS = {"load": "adapters.load", "evict": "adapters.evict", "pin": "adapters.pin", "unpin": "adapters.unpin"}
+MEMORY_VERBS = {"add": ("memories.add", render.memory_added), "list": ("memories.list", render.memories),
+                "count": ("memories.count", render.memory_counts), "show": ("memories.show", render.memory)}
+# An import is sent in chunks that keep each request under the socket's line limit.
+CHUNK_BYTES = MAX_LINE - 8192  # JSON-encoded lines per request, leaving room for the envelope
+CHUNK_LINES = 10000
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -49,10 +55,123 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     adapters = sub.add_parser("adapters", help="the scheduler's models; or: adapters load|evict|pin|unpin NAME")
     adapters.add_argument("verb", nargs="?", choices=sorted(ADAPTER_VERBS))
     adapters.add_argument("name", nargs="?")
+    add_memories_parser(sub)
     call = sub.add_parser("call", help="call any RPC method: call METHOD [JSON-PARAMS]")
     call.add_argument("method")
     call.add_argument("params", nargs="?", default=None, help="params as a JSON object")
     return p.parse_args(argv)
+
+
+def add_memories_parser(sub: Any) -> None:
+    memories = sub.add_parser("memories", help="the memory store: add | import FILE.jsonl | list | count | show ID",
+                              description="the memory store: memories that become LoRA adapters")
+    verbs = memories.add_subparsers(dest="verb", required=True, metavar="VERB")
+    add = verbs.add_parser("add", help="add one memory (admin)")
+    add.add_argument("--profile", required=True, help="whose memory it is")
+    add.add_argument("--kind", required=True, help="conversation, inner_dialogue, reflection, dream, journal, …")
+    add.add_argument("--importance", required=True, type=int, help="1 to 10")
+    add.add_argument("--response", help="the reply, for a conversation")
+    add.add_argument("--created-at", help="seconds since 1970 or an ISO 8601 date-time (default: now)")
+    add.add_argument("content", help="the memory's text ('-': read it from stdin)")
+    imp = verbs.add_parser("import", help="import a JSONL file: all lines or none, bad lines reported (admin)")
+    imp.add_argument("file", type=Path, help="one JSON object per line: profile, kind, content, importance, "
+                     "and optionally response and created_at ('-': stdin)")
+    lst = verbs.add_parser("list", help="memories, newest first")
+    for name in ("profile", "kind", "adapter"):
+        lst.add_argument(f"--{name}", help=f"only this {name}")
+    state = lst.add_mutually_exclusive_group()
+    state.add_argument("--consolidated", dest="consolidated", action="store_true", default=None,
+                       help="only memories already learned by a run")
+    state.add_argument("--unconsolidated", dest="consolidated", action="store_false",
+                       help="only memories not learned yet")
+    lst.add_argument("--limit", type=int, default=50, help="how many (default 50)")
+    lst.add_argument("--offset", type=int, default=0, help="skip this many of the newest")
+    count = verbs.add_parser("count", help="memories per profile, adapter and kind; importance per adapter")
+    for name in ("profile", "kind", "adapter"):
+        count.add_argument(f"--{name}", help=f"only this {name}")
+    show = verbs.add_parser("show", help="one memory in full")
+    show.add_argument("id", type=int)
+
+
+def memory_params(args: argparse.Namespace) -> dict[str, Any]:
+    if args.verb == "add":
+        content = sys.stdin.read() if args.content == "-" else args.content
+        created: Any = args.created_at
+        if created is not None:
+            with contextlib.suppress(ValueError):  # else an ISO 8601 date-time: the daemon parses it
+                created = float(created)
+        return {k: v for k, v in {"profile": args.profile, "kind": args.kind, "content": content,
+                                  "importance": args.importance, "response": args.response,
+                                  "created_at": created}.items() if v is not None}
+    if args.verb == "show":
+        return {"id": args.id}
+    names = ("profile", "kind", "adapter") + (("consolidated", "limit", "offset") if args.verb == "list" else ())
+    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+
+
+def _chunks(stream: Any, local_errors: dict[int, str]) -> Any:
+    """(first_line, lines) chunks of the file, each under CHUNK_BYTES once JSON-encoded. A line that cannot be
+    sent (not UTF-8, or too long for one request) goes as null, with its reason in local_errors."""
+    chunk: list[str | None] = []
+    size, first = 0, 1
+    for n, raw in enumerate(stream, 1):
+        try:
+            line: str | None = raw.decode().rstrip("\r\n")
+            cost = len(json.dumps(line)) + 1
+        except UnicodeDecodeError as exc:
+            local_errors[n] = f"not valid UTF-8 ({exc.reason} at byte {exc.start})"
+            line, cost = None, 5
+        if line is not None and cost > CHUNK_BYTES:
+            local_errors[n] = (f"{len(raw):,} bytes is too long to send (the control socket takes requests of "
+                               f"at most {MAX_LINE // 1024} KiB)")
+            line, cost = None, 5
+        if chunk and (size + cost > CHUNK_BYTES or len(chunk) >= CHUNK_LINES):
+            yield first, chunk
+            first, chunk, size = n, [], 0
+        chunk.append(line)
+        size += cost
+    if chunk:
+        yield first, chunk
+
+
+def import_memories(sock: Path, path: Path, timeout: float, as_json: bool) -> int:
+    """Stream a JSONL file to the daemon in chunks; commit only when no line was bad."""
+    try:
+        stream = sys.stdin.buffer if str(path) == "-" else path.open("rb")
+    except OSError as exc:
+        return fail(f"{path}: {exc.strerror or exc}", 2)
+    errors: dict[int, str] = {}
+    local: dict[int, str] = {}
+    bad_count = total = 0
+    with stream, Client(sock, timeout=timeout) as client:
+        token = client.call("memories.import_begin")["token"]
+        committed = False
+        try:
+            for first, lines in _chunks(stream, local):
+                res = client.call("memories.import_chunk", {"token": token, "lines": lines, "first_line": first})
+                errors.update((n, m) for n, m in res["bad"])
+                bad_count = res["bad_count"]
+                total = first + len(lines) - 1
+            if not bad_count:
+                committed = True
+                result = client.call("memories.import_commit", {"token": token, "total_lines": total})
+        finally:
+            if not committed:
+                with contextlib.suppress(RpcError, OSError):  # else the daemon drops an idle import itself
+                    client.call("memories.import_abort", {"token": token})
+    if not bad_count:
+        print(json.dumps(result, indent=2) if as_json else render.imported(result))
+        return 0
+    errors.update(local)  # the client's own reason beats the daemon's generic one
+    if as_json:
+        print(json.dumps({"imported": 0, "bad_count": bad_count, "bad_lines": sorted(errors.items())}, indent=2))
+    else:
+        for n in sorted(errors):
+            print(f"line {n}: {errors[n]}", file=sys.stderr)
+        more = bad_count - len(errors)
+        print(f"memwardenctl: {path}: {bad_count} bad line{'s' if bad_count != 1 else ''}"
+              f"{f' ({more} not shown)' if more > 0 else ''}; nothing imported", file=sys.stderr)
+    return 1
 
 
 def fail(message: str, code: int = 1) -> int:
@@ -87,6 +206,20 @@ def main(argv: list[str] | None = None) -> int:
             if not args.name:
                 return fail(f"usage: memwardenctl adapters {args.verb} NAME", 2)
             method, renderer, params = ADAPTER_VERBS[args.verb], render.adapter_result, {"name": args.name}
+    elif args.command == "memories":
+        if args.verb == "import":
+            try:
+                return import_memories(sock, args.file, args.timeout, args.json)
+            except ConnectError as exc:
+                return fail(str(exc), 3)
+            except RpcError as exc:
+                return fail(exc.message)
+            except TimeoutError:
+                return fail(f"no answer from {sock} within {args.timeout:g}s")
+            except OSError as exc:
+                return fail(f"{exc.filename or sock}: {exc.strerror or exc}", 3)
+        method, renderer = MEMORY_VERBS[args.verb]
+        params = memory_params(args)
     elif args.command == "call":
         method, renderer = args.method, None
         if args.params is not None:

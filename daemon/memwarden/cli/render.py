@@ -181,3 +181,54 @@ def restart_history(r: list[dict[str, Any]]) -> str:
 
 def restarted(r: dict[str, Any]) -> str:
     return f"{r['container']}: " + ("restart logged (dry run)" if r["dry_run"] else "restarted; verifying")
+
+
+def _one_line(text: str | None, width: int = 60) -> str:
+    if not text:
+        return "-"
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+def memory_added(r: dict[str, Any]) -> str:
+    return (f"added memory {r['id']} ({r['profile']}, {r['kind']}, importance {r['importance']}) "
+            f"→ adapter {r['adapter']}")
+
+
+def imported(r: dict[str, Any]) -> str:
+    n = r["imported"]
+    per = ", ".join(f"{a}: {c}" for a, c in sorted(r["by_adapter"].items()))
+    return f"imported {n} memor{'y' if n == 1 else 'ies'}" + (f" ({per})" if per else "")
+
+
+def memories(r: dict[str, Any]) -> str:
+    rows = [[m["id"], m["profile"], m["kind"], m["adapter"], m["importance"], _when(m["created_at"]),
+             m["consolidated_run"] or "-", _one_line(m["content"])] for m in r["memories"]]
+    out = table(rows, ["ID", "PROFILE", "KIND", "ADAPTER", "IMP", "CREATED", "CONSOLIDATED BY", "CONTENT"])
+    return out + (f"\n({len(r['memories'])} of {r['total']})" if r["total"] > len(r["memories"]) else "")
+
+
+def memory_counts(r: dict[str, Any]) -> str:
+    groups = [[g["profile"], g["adapter"], g["kind"], g["memories"], g["unconsolidated"], g["importance"]]
+              for g in r["groups"]]
+    adapters = [[a["adapter"], a["profile"], a["count"], f"{a['importance']:g} / {r['threshold']:g}",
+                 "yes" if a["importance"] >= r["threshold"] else "no"] for a in r["adapters"]]
+    return (f"{r['total']} memories, {r['unconsolidated']} not consolidated yet\n\n"
+            + table(groups, ["PROFILE", "ADAPTER", "KIND", "MEMORIES", "UNCONSOLIDATED", "IMPORTANCE"])
+            + "\n\nunconsolidated importance per adapter:\n"
+            + table(adapters, ["ADAPTER", "PROFILE", "MEMORIES", "IMPORTANCE / THRESHOLD", "REACHED"]))
+
+
+def memory(r: dict[str, Any]) -> str:
+    pairs = [("id", r["id"]), ("profile", r["profile"]), ("kind", r["kind"]), ("adapter", r["adapter"]),
+             ("importance", r["importance"]), ("created", f"{_when(r['created_at'])} ({ago(r['created_at'])})"),
+             ("consolidated", "no" if r["consolidated_run"] is None else
+              f"by run {r['consolidated_run']}, {_when(r['consolidated_at'])}")]
+    out = kv(pairs) + "\n\ncontent:\n" + r["content"]
+    if r["response"] is not None:
+        out += "\n\nresponse:\n" + r["response"]
+    return out

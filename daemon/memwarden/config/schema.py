@@ -187,6 +187,9 @@ class OllamaConfig:
     timeout: float = setting("10s", duration(0.1), "Time-out of one Ollama API call (loads get 10 times this).")
     keep_alive: str = setting(
         "5m", text, "keep_alive for models memwarden loads when it does not know theirs (an Ollama duration).")
+    max_loaded_models: int = setting(
+        0, integer(0, 10000), "Ollama's OLLAMA_MAX_LOADED_MODELS, so the scheduler evicts before Ollama would "
+        "(0: Ollama's default, 3 per GPU). Raise both to keep many small specialists resident.")
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,9 @@ def register_all(daemon: Daemon) -> None:
     from memwarden.control.container_methods import register_containers
 
     register_containers(daemon)
+    from memwarden.control.memory_methods import register_memories
+
+    register_memories(daemon)
     reg.add("status", status)
     reg.add("host", host)
     reg.add("alerts", alerts)

@@ -1,0 +1,191 @@
+"""RPC methods of the memory store and the learning trigger: add, staged import, list, count, show, due.
+
+An import larger than one request (the socket takes lines of at most 1 MiB) is staged: `memories.import_begin`
+gives a token, `memories.import_chunk` validates and stages consecutive chunks of lines (numbered from
+`first_line`, so bad lines are reported with their line number in the file), and `memories.import_commit`
+inserts everything in one transaction — or, when any line was bad, refuses with all of them and imports
+nothing (`memories.import_abort` drops a session; an idle one is dropped after 10 minutes).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from memwarden.control.params import bool_param, int_param, str_param
+from memwarden.control.protocol import ApplicationError, InvalidParams
+from memwarden.learning.store import (
+    MAX_REPORTED,
+    BadRecord,
+    ImportRejected,
+    ImportSessionError,
+    MemoryNotFound,
+    MemoryStore,
+    RouteError,
+)
+from memwarden.learning.trigger import due_adapters, next_window_start
+from memwarden.logs import get_logger
+
+if TYPE_CHECKING:
+    from memwarden.daemon import Daemon
+
+log = get_logger()
+
+
+def _rejected(exc: ImportRejected) -> ApplicationError:
+    shown = exc.errors[:MAX_REPORTED]
+    return ApplicationError(str(exc), {"bad_lines": [list(e) for e in shown], "bad_count": exc.bad_count})
+
+
+def _opt_str(name: str, value: Any) -> str | None:
+    return None if value is None else str_param(name, value)
+
+
+def _lines_param(lines: Any) -> list[str | None]:
+    if not isinstance(lines, list):
+        raise InvalidParams("'lines' must be a list of strings (the file's lines, in order)")
+    for i, line in enumerate(lines):
+        if line is not None and not isinstance(line, str):
+            raise InvalidParams(f"'lines'[{i}] must be a string (or null for a line the client could not send)")
+    return lines
+
+
+def last_run_times(db: Any) -> dict[str, float]:
+    """adapter → when its most recent run started (or was created, if it never started)."""
+    return {r["adapter"]: r["t"] for r in db.query(
+        "SELECT adapter, MAX(COALESCE(started_at, created_at)) AS t FROM runs GROUP BY adapter")}
+
+
+def active_run_adapters(db: Any) -> set[str]:
+    """Adapters with a run scheduled or in progress: any run not finished."""
+    return {r["adapter"] for r in db.query("SELECT DISTINCT adapter FROM runs WHERE finished_at IS NULL")}
+
+
+def register_memories(daemon: Daemon) -> None:
+    reg = daemon.registry
+    store: MemoryStore | None = getattr(daemon, "memories", None)
+    if store is None:
+        try:
+            store = MemoryStore(daemon.db, daemon.config.learning.routes)
+        except RouteError as exc:
+            log.error("learning.routes unusable; memories can be read but not added", error=str(exc))
+            store = MemoryStore(daemon.db)
+        daemon.memories = store  # type: ignore[attr-defined]
+
+    def writable() -> MemoryStore:
+        """The store with the routes in effect now (a reload may have changed them)."""
+        try:
+            store.routes = daemon.config.learning.routes
+        except RouteError as exc:
+            raise ApplicationError(str(exc)) from None
+        return store
+
+    async def memories_add(profile: Any = None, kind: Any = None, content: Any = None, response: Any = None,
+                           importance: Any = None, created_at: Any = None) -> dict[str, Any]:
+        """Add one memory: profile, kind, content, importance 1–10, optional response and created_at (admin)."""
+        try:
+            memory_id = writable().add(profile, kind, content, response, importance=importance,
+                                       created_at=created_at)
+        except BadRecord as exc:
+            raise InvalidParams(exc.message) from None
+        row = store.show(memory_id)
+        log.info("memory added", id=memory_id, profile=row["profile"], kind=row["kind"], adapter=row["adapter"],
+                 importance=row["importance"])
+        return row
+
+    async def memories_import(lines: Any) -> dict[str, Any]:
+        """Import JSONL lines given in one request: all or nothing, bad lines reported by number (admin)."""
+        try:
+            result = writable().import_lines(_lines_param(lines))
+        except ImportRejected as exc:
+            raise _rejected(exc) from None
+        log.info("memories imported", **result)
+        return result
+
+    async def import_begin() -> dict[str, Any]:
+        """Start a staged import; returns the token for import_chunk / import_commit (admin)."""
+        try:
+            token = writable().begin_import()
+        except ImportSessionError as exc:
+            raise ApplicationError(str(exc)) from None
+        return {"token": token, "max_reported": MAX_REPORTED}
+
+    async def import_chunk(token: Any, lines: Any, first_line: Any = 1) -> dict[str, Any]:
+        """Validate and stage the next chunk of lines, numbered from first_line; returns its bad lines (admin)."""
+        first = int_param("first_line", first_line, 1, 2**53)
+        try:
+            return writable().stage(token, _lines_param(lines), first)
+        except ImportSessionError as exc:
+            raise ApplicationError(str(exc)) from None
+
+    async def import_commit(token: Any, total_lines: Any = None) -> dict[str, Any]:
+        """Insert everything staged in one transaction, or refuse with every bad line (admin)."""
+        total = int_param("total_lines", total_lines, 0, 2**53, optional=True)
+        started = time.perf_counter()
+        try:
+            result = writable().commit_import(token, total)
+        except ImportRejected as exc:
+            raise _rejected(exc) from None
+        except ImportSessionError as exc:
+            raise ApplicationError(str(exc)) from None
+        log.info("memories imported", **result, commit_ms=round((time.perf_counter() - started) * 1000, 1))
+        return result
+
+    async def import_abort(token: Any) -> dict[str, Any]:
+        """Drop a staged import: nothing of it is imported (admin)."""
+        try:
+            return store.abort_import(token)
+        except ImportSessionError as exc:
+            raise ApplicationError(str(exc)) from None
+
+    async def memories_list(profile: Any = None, kind: Any = None, adapter: Any = None, consolidated: Any = None,
+                            limit: Any = 50, offset: Any = 0) -> dict[str, Any]:
+        """Memories matching the filters, newest first, and how many match in all."""
+        filters = {"profile": _opt_str("profile", profile), "kind": _opt_str("kind", kind),
+                   "adapter": _opt_str("adapter", adapter),
+                   "consolidated": None if consolidated is None else bool_param("consolidated", consolidated)}
+        rows = store.list(**filters, limit=int_param("limit", limit, 1, 10000),
+                          offset=int_param("offset", offset, 0, 2**53))
+        return {"total": store.total(**filters), "memories": rows}
+
+    async def memories_count(profile: Any = None, kind: Any = None, adapter: Any = None) -> dict[str, Any]:
+        """Memories per profile, adapter and kind; unconsolidated importance per adapter against the threshold."""
+        out = store.count(_opt_str("profile", profile), _opt_str("kind", kind), _opt_str("adapter", adapter))
+        out["threshold"] = daemon.config.learning.importance_threshold
+        out["adapters"] = [{"adapter": a, **v} for a, v in store.unconsolidated_importance().items()]
+        return out
+
+    async def memories_show(id: Any) -> dict[str, Any]:
+        """One memory, in full."""
+        try:
+            return store.show(int_param("id", id, 1, 2**63 - 1))
+        except MemoryNotFound as exc:
+            raise ApplicationError(str(exc)) from None
+
+    async def learning_due() -> dict[str, Any]:
+        """Per adapter: is a training run due, and if not, why not (below threshold, min_interval, running)."""
+        cfg = daemon.config.learning
+        now = time.time()
+        sums = store.unconsolidated_importance()
+        profiles = store.adapters()
+        decisions = due_adapters({a: 0.0 for a in profiles} | {a: v["importance"] for a, v in sums.items()},
+                                 last_run_times(daemon.db), active_run_adapters(daemon.db), cfg, now)
+        start = next_window_start(cfg.window, now) if any(d.due for d in decisions) else None
+        return {
+            "enabled": cfg.enabled, "threshold": cfg.importance_threshold, "min_interval": cfg.min_interval,
+            "window": cfg.window, "now": now, "window_start": start,
+            "adapters": [{**d.to_dict(), "profile": profiles.get(d.adapter),
+                          "unconsolidated": sums.get(d.adapter, {}).get("count", 0),
+                          "starts_at": start if d.due else None} for d in decisions],
+        }
+
+    reg.add("memories.add", memories_add, admin=True)
+    reg.add("memories.import", memories_import, admin=True)
+    reg.add("memories.import_begin", import_begin, admin=True)
+    reg.add("memories.import_chunk", import_chunk, admin=True)
+    reg.add("memories.import_commit", import_commit, admin=True)
+    reg.add("memories.import_abort", import_abort, admin=True)
+    reg.add("memories.list", memories_list)
+    reg.add("memories.count", memories_count)
+    reg.add("memories.show", memories_show)
+    reg.add("learning.due", learning_due)

@@ -1,0 +1,49 @@
+"""`python -m memwarden.training JOB.json`: train as the JobSpec says, progress as JSON lines on stdout.
+
+Exit status: 0 done, 75 preempted (checkpoint written; run again with the same spec to resume), 1 failed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Offline, always: the base model is a local directory and nothing may be fetched. Set before transformers loads.
+_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+USAGE = "usage: python -m memwarden.training JOB.json"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or args[0] in ("-h", "--help"):
+        print(USAGE, file=sys.stderr)
+        return 0 if args and args[0] in ("-h", "--help") else 2
+    os.environ.update(_ENV)
+
+    from memwarden.learning.jobspec import EXIT_FAILED, JobSpec
+    from memwarden.training.events import Emitter
+    from memwarden.training.stop import StopFlag
+
+    emit = Emitter.claim_stdout()
+    stop = StopFlag().install()  # before the heavy imports: a SIGTERM while torch loads is still a preemption
+    try:
+        spec = JobSpec.read(args[0])
+    except Exception as exc:  # noqa: BLE001 - any unreadable spec is one clear error line
+        emit.emit("error", message=f"cannot read job spec {args[0]}: {type(exc).__name__}: {exc}")
+        return EXIT_FAILED
+
+    from memwarden.training.trainer import Trainer
+
+    return Trainer(spec, emit, stop).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,533 @@
+"""The training loop — plain PyTorch, not HF Trainer, so that every step is ours to checkpoint, retry or stop.
+
+One optimizer step consumes `effective batch = micro_batch × grad_accum` examples, in micro-batches of
+`micro_batch`. The loss is the sum of token losses over the whole step divided by the step's assistant-token
+count, so the gradient does not depend on how the step is split: after an OOM the micro-batch is halved and the
+accumulation doubled and the very same step is retried with the same gradient. AdamW, cosine schedule with linear
+warmup, gradient clipping at 1.0 (the pre-clip norm is reported), online EWC added into the gradient.
+
+Checkpoints are written every `checkpoint_every_steps` steps or `checkpoint_every_seconds`, and at the end of
+training; a run starts from the newest complete one. SIGTERM/SIGINT: the current micro-step finishes, the step in
+progress is abandoned (or completed, if it was its last micro-step), a checkpoint of the last completed step is
+written and the trainer exits 75. Evaluation before training is done once and kept in the checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from memwarden.learning.adapter_check import check_adapter
+from memwarden.learning.jobspec import EXIT_DONE, EXIT_FAILED, EXIT_PREEMPTED, JobSpec
+from memwarden.training import checkpoint
+from memwarden.training.data import IGNORE, DataError, Order, Split, collate, load_split
+from memwarden.training.events import Emitter
+from memwarden.training.ewc import EwcPenalty, combine, compute_fisher, load_fisher
+from memwarden.training.export import FISHER_FILE, write_final
+from memwarden.training.model import METHODS, build
+from memwarden.training.stop import StopFlag
+
+CLIP_NORM = 1.0
+MAX_NONFINITE_STEPS = 5  # consecutive steps with a NaN/inf loss or gradient (skipped) before giving up
+
+
+class Preempted(Exception):
+    """SIGTERM/SIGINT seen: checkpoint and exit 75."""
+
+
+class GiveUp(Exception):
+    """A clear reason to fail (exit 1) without a traceback."""
+
+
+def is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of next-token cross-entropy over the labelled (assistant) positions."""
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:]
+    return F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
+
+
+def validate(spec: JobSpec) -> None:
+    h, problems = spec.hyper, []
+    if spec.method not in METHODS:
+        problems.append(f"method must be one of {list(METHODS)}, got {spec.method!r}")
+    if not (Path(spec.base_model) / "config.json").is_file():
+        problems.append(f"base_model {spec.base_model} is not a model directory (no config.json)")
+    for name in ("train_file", "holdout_file", "probe_file", "init_adapter"):
+        value = getattr(spec, name)
+        if value is not None and not Path(value).exists():
+            problems.append(f"{name} {value} does not exist")
+    for name, value, low in (
+        ("micro_batch", h.micro_batch, 1),
+        ("grad_accum", h.grad_accum, 1),
+        ("max_steps", h.max_steps, 1),
+        ("warmup_steps", h.warmup_steps, 0),
+        ("max_seq_len", h.max_seq_len, 2),
+        ("rank", h.rank, 1),
+        ("eval_every", h.eval_every, 0),
+    ):
+        if not isinstance(value, int) or value < low:
+            problems.append(f"hyper.{name} must be an integer ≥ {low}, got {value!r}")
+    if not (h.lr > 0 and math.isfinite(h.lr)):
+        problems.append(f"hyper.lr must be positive, got {h.lr!r}")
+    if not 0 <= h.dropout < 1:
+        problems.append(f"hyper.dropout must be in [0, 1), got {h.dropout!r}")
+    if spec.ewc.lam < 0 or not 0 <= spec.ewc.decay <= 1 or spec.ewc.fisher_samples < 0:
+        problems.append("ewc: lam ≥ 0, 0 ≤ decay ≤ 1 and fisher_samples ≥ 0 are required")
+    if spec.dry_run_steps < 0 or spec.checkpoint_every_steps < 0 or spec.checkpoint_every_seconds < 0:
+        problems.append("dry_run_steps, checkpoint_every_steps and checkpoint_every_seconds must not be negative")
+    if problems:
+        raise GiveUp("invalid job spec: " + "; ".join(problems))
+
+
+def memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+class Trainer:
+    def __init__(self, spec: JobSpec, emit: Emitter, stop: StopFlag | None = None):
+        h = spec.hyper
+        self.spec, self.emit, self.stop = spec, emit, stop or StopFlag()
+        self.out = Path(spec.output_dir)
+        self.ckpt_root = self.out / "checkpoints"
+        self.dry = spec.dry_run_steps > 0
+        self.target = min(spec.dry_run_steps, h.max_steps) if self.dry else h.max_steps
+        self.effective = h.micro_batch * h.grad_accum
+        self.micro_batch, self.grad_accum = h.micro_batch, h.grad_accum
+        self.step = 0
+        self.cursor = 0  # samples consumed so far (over epochs)
+        self.tokens = 0
+        self.train_seconds = 0.0
+        self.eval_before: dict[str, float | None] | None = None
+        self.oom_injected = False
+        self.nonfinite = 0
+        self.last_ckpt: tuple[int, Path] | None = None
+        self.last_ckpt_time = time.monotonic()
+        self.anchor: dict[str, torch.Tensor] | None = None
+        self.prior: dict[str, torch.Tensor] | None = None
+        self.ewc: EwcPenalty | None = None
+
+    # ------------------------------------------------------------------ entry
+
+    def run(self) -> int:
+        try:
+            return self._run()
+        except Preempted:
+            return self._preempted()
+        except (GiveUp, DataError) as exc:
+            self.emit.emit("error", message=str(exc))
+            return EXIT_FAILED
+        except Exception as exc:  # noqa: BLE001 - the daemon gets one line, the log the traceback
+            traceback.print_exc(file=sys.stderr)
+            message = f"{type(exc).__name__}: {exc}"
+            if is_oom(exc):
+                message = f"out of memory outside a training step: {message}"
+            self.emit.emit("error", message=message)
+            return EXIT_FAILED
+
+    def check_stop(self) -> None:
+        if self.stop.requested:
+            raise Preempted()
+
+    # ------------------------------------------------------------------ setup
+
+    def _run(self) -> int:
+        spec, h = self.spec, self.spec.hyper
+        validate(spec)
+        self.out.mkdir(parents=True, exist_ok=True)
+        if not self.dry and (done := self._already_done()) is not None:
+            self.emit.emit("done", **done, already_done=True)
+            return EXIT_DONE
+        self.check_stop()
+
+        from transformers import get_cosine_schedule_with_warmup, set_seed
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        set_seed(h.seed)
+        self.b = build(spec)
+        tok = self.b.tokenizer
+        self.pad_id = tok.pad_token_id
+        self.train = load_split("train", spec.train_file, tok, h.max_seq_len)
+        self.holdout = load_split("holdout", spec.holdout_file, tok, h.max_seq_len)
+        self.probe = load_split("probe", spec.probe_file, tok, h.max_seq_len)
+        if not self.train.examples:
+            raise GiveUp(f"no usable training example in {spec.train_file} ({self.train.lines} lines, "
+                         f"{self.train.dropped} with no assistant token within max_seq_len {h.max_seq_len})")
+        self.order = Order(len(self.train.examples), h.seed)
+        self.params = self.b.params
+        self.optimizer = torch.optim.AdamW(list(self.params.values()), lr=self.b.lr, weight_decay=0.0)
+        self.scheduler = get_cosine_schedule_with_warmup(
+            self.optimizer, num_warmup_steps=min(h.warmup_steps, h.max_steps), num_training_steps=h.max_steps
+        )
+        resumed = 0
+        if not self.dry:
+            checkpoint.clean_temp(self.ckpt_root)
+            resumed = self._resume()
+        ewc_state = self._setup_ewc(resumed_anchor=resumed > 0)
+        self.emit.emit(
+            "start",
+            run_id=spec.run_id,
+            method=spec.method,
+            device=str(self.b.device),
+            steps=self.target,
+            max_steps=h.max_steps,
+            micro_batch=self.micro_batch,
+            grad_accum=self.grad_accum,
+            resumed_from_step=resumed,
+            dry_run=self.dry,
+            lr=self.b.lr,
+            trainable_params=sum(p.numel() for p in self.params.values()),
+            total_params=sum(p.numel() for p in self.b.model.parameters()),
+            examples={"train": len(self.train.examples), "holdout": len(self.holdout.examples),
+                      "probe": len(self.probe.examples), "dropped": self.train.dropped + self.holdout.dropped
+                      + self.probe.dropped, "truncated": self.train.truncated},
+            ewc=ewc_state,
+            notes=self.b.notes,
+        )
+        if self.b.clamp:
+            self.emit.emit("clamp", **self.b.clamp)
+        self.check_stop()
+        if self.eval_before is None:
+            self.eval_before = {"holdout_loss": self.evaluate(self.holdout), "probe_loss": self.evaluate(self.probe)}
+        self._loop()
+        return self._finish()
+
+    def _already_done(self) -> dict[str, Any] | None:
+        """A run that already finished (final/ and eval.json in place) is reported again, not retrained."""
+        path = self.out / "eval.json"
+        if not (path.is_file() and (self.out / "final").is_dir()):
+            return None
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        if data.get("run_id") != self.spec.run_id:
+            return None
+        return {k: data.get(k) for k in ("step", "final_dir", "eval", "tokens_per_s")}
+
+    def _resume(self) -> int:
+        for step, path in checkpoint.complete(self.ckpt_root):
+            try:
+                ck = checkpoint.load(path)
+            except Exception as exc:  # noqa: BLE001 - a damaged checkpoint: fall back to the one before
+                print(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); trying an older one",
+                      file=sys.stderr)
+                continue
+            meta = ck["meta"]
+            if (
+                meta.get("method") != self.spec.method
+                or sorted(meta.get("keys", [])) != sorted(self.params)
+                or meta.get("effective_batch") != self.effective
+            ):
+                raise GiveUp(
+                    f"checkpoint {path} was written by a different job (method, trainable tensors or effective "
+                    f"batch differ); remove {self.ckpt_root} to start this job over"
+                )
+            with torch.no_grad():
+                for key, p in self.params.items():
+                    p.copy_(ck["trainable"][key].to(p.device, p.dtype))
+            self.optimizer.load_state_dict(ck["state"]["optimizer"])
+            self.scheduler.load_state_dict(ck["state"]["scheduler"])
+            checkpoint.restore_rng(ck["state"]["rng"])
+            self.step, self.cursor = int(meta["step"]), int(meta["cursor"])
+            self.micro_batch, self.grad_accum = int(meta["micro_batch"]), int(meta["grad_accum"])
+            self.tokens, self.train_seconds = int(meta["tokens"]), float(meta["train_seconds"])
+            self.eval_before = meta["eval_before"]
+            self.oom_injected = bool(meta.get("oom_injected"))
+            if ck["anchor"] is not None:
+                self.anchor = {k: v.to(self.b.device) for k, v in ck["anchor"].items()}
+            self.last_ckpt = (step, path)
+            return step
+        return 0
+
+    def _setup_ewc(self, resumed_anchor: bool) -> dict[str, Any]:
+        ewc = self.spec.ewc
+        prior_path = Path(ewc.prior_fisher) if ewc.prior_fisher else None
+        if prior_path is not None and prior_path.is_file():
+            self.prior = load_fisher(prior_path)
+        state: dict[str, Any] = {"lam": ewc.lam, "prior_fisher": str(prior_path) if prior_path else None}
+        if ewc.lam <= 0:
+            return {**state, "active": False, "reason": "lam is 0"}
+        if self.prior is None:
+            return {**state, "active": False, "reason": "no prior fisher" + (f" at {prior_path}" if prior_path else "")}
+        if self.anchor is None or not resumed_anchor:
+            self.anchor = {k: p.detach().clone().float() for k, p in self.params.items()}
+        self.ewc = EwcPenalty(ewc.lam, self.params, self.prior, self.anchor)
+        return {**state, "active": len(self.ewc) > 0, "tensors": len(self.ewc), "unfit": len(self.ewc.unfit)}
+
+    # ------------------------------------------------------------------ loop
+
+    def _loop(self) -> None:
+        h = self.spec.hyper
+        while self.step < self.target:
+            self.check_stop()
+            lr = self.optimizer.param_groups[0]["lr"]
+            started = time.perf_counter()
+            loss, tokens, penalty, grad_norm, skipped = self._train_step()
+            elapsed = time.perf_counter() - started
+            self.tokens += tokens
+            self.train_seconds += elapsed
+            fields: dict[str, Any] = {
+                "step": self.step,
+                "loss": loss,
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "tokens_per_s": round(tokens / elapsed, 1) if elapsed > 0 else None,
+                "memory_bytes": memory_bytes(self.b.device),
+            }
+            if penalty is not None:
+                fields["ewc_penalty"] = penalty
+            if skipped:
+                fields["skipped"] = "loss or gradient not finite: no update"
+            self.emit.emit("step", **fields)
+            if h.eval_every and self.step % h.eval_every == 0 and self.step < self.target:
+                self.emit.emit("eval", step=self.step, holdout_loss=self.evaluate(self.holdout))
+            if not self.dry and self.step < self.target and self._checkpoint_due():
+                self._checkpoint()
+
+    def _checkpoint_due(self) -> bool:
+        every = self.spec.checkpoint_every_steps
+        if every and self.step % every == 0:
+            return True
+        seconds = self.spec.checkpoint_every_seconds
+        return bool(seconds) and time.monotonic() - self.last_ckpt_time >= seconds
+
+    def _train_step(self) -> tuple[float, int, float | None, float, bool]:
+        examples = [self.train.examples[i] for i in self.order.indices(self.cursor, self.effective)]
+        targets = sum(e.n_targets for e in examples)
+        rng = checkpoint.capture_rng()
+        while True:
+            oom = None
+            try:
+                loss_sum, tokens = self._accumulate(examples, targets)
+                break
+            except Preempted:
+                self.optimizer.zero_grad(set_to_none=True)
+                checkpoint.restore_rng(rng)  # the checkpoint is of the last completed step
+                raise
+            except Exception as exc:
+                if not is_oom(exc):
+                    raise
+                oom = f"{type(exc).__name__}: {exc}"
+            # outside the except block, so the traceback's frames (and their tensors) are already released
+            self.optimizer.zero_grad(set_to_none=True)
+            gc.collect()
+            if self.b.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if self.micro_batch <= 1:
+                raise GiveUp(f"out of memory at step {self.step + 1} even with micro_batch 1: {oom}")
+            self.micro_batch //= 2
+            self.grad_accum = math.ceil(self.effective / self.micro_batch)
+            self.emit.emit(
+                "oom_retry", step=self.step + 1, micro_batch=self.micro_batch, grad_accum=self.grad_accum, error=oom
+            )
+            checkpoint.restore_rng(rng)
+
+        params = list(self.params.values())
+        penalty = self.ewc.add_to_grad() if self.ewc else None
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, CLIP_NORM))
+        loss = loss_sum / targets
+        skipped = not (math.isfinite(loss) and math.isfinite(grad_norm))
+        if skipped:
+            self.nonfinite += 1
+            if self.nonfinite >= MAX_NONFINITE_STEPS:
+                raise GiveUp(f"loss or gradient not finite for {self.nonfinite} steps in a row (step {self.step + 1})")
+        else:
+            self.nonfinite = 0
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.cursor += self.effective
+        self.step += 1
+        return loss, tokens, penalty, grad_norm, skipped
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.b.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.b.device.type, dtype=self.b.autocast_dtype)
+
+    def _accumulate(self, examples: list, targets: int) -> tuple[float, int]:
+        model, device = self.b.model, self.b.device
+        loss_sum = torch.zeros((), device=device)
+        tokens = 0
+        chunks = [examples[i : i + self.micro_batch] for i in range(0, len(examples), self.micro_batch)]
+        for n, chunk in enumerate(chunks):
+            if self.spec.inject_oom_at_step == self.step + 1 and not self.oom_injected:
+                self.oom_injected = True
+                raise torch.OutOfMemoryError(
+                    f"CUDA out of memory (synthetic, inject_oom_at_step={self.spec.inject_oom_at_step})"
+                )
+            batch = collate(chunk, self.pad_id, device)
+            with self._autocast():
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            s = token_loss_sum(logits, batch["labels"])
+            (s / targets).backward()
+            loss_sum += s.detach()
+            tokens += batch["tokens"]
+            del logits, s, batch
+            if n < len(chunks) - 1:
+                self.check_stop()  # after the step's last micro-step the step is completed first
+        return float(loss_sum), tokens
+
+    @torch.no_grad()
+    def evaluate(self, split: Split) -> float | None:
+        if not split.examples:
+            return None
+        model = self.b.model
+        model.eval()
+        try:
+            ordered = sorted(split.examples, key=len)
+            total, targets = torch.zeros((), device=self.b.device), 0
+            size = max(1, self.micro_batch)
+            for i in range(0, len(ordered), size):
+                self.check_stop()
+                chunk = ordered[i : i + size]
+                batch = collate(chunk, self.pad_id, self.b.device)
+                with self._autocast():
+                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                total += token_loss_sum(logits, batch["labels"])
+                targets += sum(e.n_targets for e in chunk)
+            return float(total) / targets
+        finally:
+            model.train()
+
+    # ------------------------------------------------------------------ checkpoints, preemption, the end
+
+    def _checkpoint(self, emit: bool = True) -> Path:
+        meta = {
+            "format": 1,
+            "run_id": self.spec.run_id,
+            "method": self.spec.method,
+            "cursor": self.cursor,
+            "micro_batch": self.micro_batch,
+            "grad_accum": self.grad_accum,
+            "effective_batch": self.effective,
+            "eval_before": self.eval_before,
+            "tokens": self.tokens,
+            "train_seconds": self.train_seconds,
+            "oom_injected": self.oom_injected,
+            "lr": self.b.lr,
+            "keys": sorted(self.params),
+        }
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": checkpoint.capture_rng(),
+        }
+        path = checkpoint.save(
+            self.ckpt_root,
+            self.step,
+            trainable={k: p.detach() for k, p in self.params.items()},
+            anchor=self.anchor if self.ewc else None,
+            state=state,
+            meta=meta,
+        )
+        self.last_ckpt, self.last_ckpt_time = (self.step, path), time.monotonic()
+        if emit:
+            self.emit.emit("checkpoint", step=self.step, path=str(path))
+        return path
+
+    def _preempted(self) -> int:
+        path = None
+        try:
+            if self.last_ckpt is not None and self.last_ckpt[0] == self.step:
+                path = self.last_ckpt[1]
+            elif not self.dry and self.eval_before is not None:
+                path = self._checkpoint(emit=True)
+        except Exception as exc:  # noqa: BLE001 - still say we stopped; the older checkpoint remains
+            traceback.print_exc(file=sys.stderr)
+            self.emit.emit("error", message=f"preempted, but the checkpoint failed: {type(exc).__name__}: {exc}")
+            return EXIT_FAILED
+        self.emit.emit("preempted", step=self.step, checkpoint=str(path) if path else None, signal=self.stop.signum)
+        return EXIT_PREEMPTED
+
+    def _fisher_losses(self):
+        """Per-example token-mean losses for the Fisher: training examples in seeded order, then holdout ones."""
+        want = self.spec.ewc.fisher_samples
+        pool = [self.train.examples[i] for i in Order(len(self.train.examples), self.spec.hyper.seed + 1).indices(
+            0, min(want, len(self.train.examples)))]
+        pool += self.holdout.examples[: max(0, want - len(pool))]
+        model = self.b.model
+        model.eval()  # no dropout: the Fisher of the model as it will be served
+        try:
+            for ex in pool:
+                batch = collate([ex], self.pad_id, self.b.device)
+                with self._autocast():
+                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                yield token_loss_sum(logits, batch["labels"]) / ex.n_targets
+        finally:
+            model.train()
+
+    def _finish(self) -> int:
+        tokens_per_s = round(self.tokens / self.train_seconds, 1) if self.train_seconds > 0 else None
+        if self.dry:
+            result = self._eval_dict()
+            self.emit.emit("done", step=self.step, final_dir=None, eval=result, tokens_per_s=tokens_per_s,
+                           dry_run=True)
+            return EXIT_DONE
+        if self.last_ckpt is None or self.last_ckpt[0] != self.step:
+            self._checkpoint()  # a crash or preemption from here on resumes straight into this final phase
+        result = self._eval_dict()
+        fisher, samples = None, 0
+        if self.spec.ewc.fisher_samples > 0:
+            new, samples = compute_fisher(self.params, self._fisher_losses, self.check_stop)
+            fisher = combine(new, self.prior, self.spec.ewc.decay) if samples else None
+        self.check_stop()
+        final = write_final(self.out, self.b.model, self.b.tokenizer, self.spec.method, fisher)
+        export: dict[str, Any] = {"ok": None, "problems": []}
+        if self.spec.method != "full":
+            report = check_adapter(final, self.spec.base_model)
+            export = {"ok": report.ok, "problems": report.problems}
+        record = {
+            "run_id": self.spec.run_id,
+            "adapter": self.spec.adapter,
+            "method": self.spec.method,
+            "step": self.step,
+            "final_dir": str(final),
+            "eval": result,
+            "tokens_per_s": tokens_per_s,
+            "lr": self.b.lr,
+            "fisher": str(final / FISHER_FILE) if fisher else None,
+            "fisher_samples": samples,
+            "fisher_combined_with_prior": bool(fisher and self.prior),
+            "export": export,
+        }
+        tmp = self.out / f".eval.json.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, self.out / "eval.json")
+        self.emit.emit("done", step=self.step, final_dir=str(final), eval=result, tokens_per_s=tokens_per_s,
+                       fisher=record["fisher"], export=export)
+        checkpoint.remove_all(self.ckpt_root)  # the adapter ships alone; checkpoints were only for resuming
+        return EXIT_DONE
+
+    def _eval_dict(self) -> dict[str, float | None]:
+        before = self.eval_before or {}
+        return {
+            "holdout_loss_before": before.get("holdout_loss"),
+            "holdout_loss_after": self.evaluate(self.holdout),
+            "probe_loss_before": before.get("probe_loss"),
+            "probe_loss_after": self.evaluate(self.probe),
+        }

@@ -1,0 +1,207 @@
+"""The curator: every kind becomes pairs, dual mode, dedup, the cap, holdout, replay and probe sets."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from memwarden.learning.curator import (
+    PROMPTS,
+    Pair,
+    content_key,
+    curate,
+    pairs_of,
+    synthetic_prompt,
+    write_jsonl,
+)
+
+KINDS = ("conversation", "inner_dialogue", "reflection", "dream", "journal", "observation")
+
+
+def mem(i, kind="journal", content=None, response=None, importance=5, created_at=None, profile="alice",
+        adapter="alice", consolidated=None):
+    return {"id": i, "profile": profile, "kind": kind, "content": content or f"memory number {i}",
+            "response": response, "importance": importance, "created_at": float(i if created_at is None else
+                                                                                   created_at),
+            "adapter": adapter, "consolidated_run": consolidated}
+
+
+def all_pairs(c):
+    return c.train + c.holdout
+
+
+# ---- pairs -----------------------------------------------------------------------------------------------
+
+def test_every_kind_becomes_a_pair():
+    memories = [mem(1, "conversation", "how are you?", "fine, thanks")] + [
+        mem(i, kind) for i, kind in enumerate((*KINDS[1:], "gratitude", "conversation"), start=2)]
+    c = curate(memories, holdout_fraction=0.01, replay_fraction=0)
+    assert len(all_pairs(c)) == len(memories)
+    assert {k: v["pairs"] for k, v in c.by_kind.items()} == {
+        "conversation": 2, "inner_dialogue": 1, "reflection": 1, "dream": 1, "journal": 1, "observation": 1,
+        "gratitude": 1}
+    by_id = {p.memory_id: p for p in all_pairs(c)}
+    assert by_id[1].to_json() == {"messages": [{"role": "user", "content": "how are you?"},
+                                               {"role": "assistant", "content": "fine, thanks"}]}
+    assert not by_id[1].synthetic
+    for i in range(2, 8):
+        p = by_id[i]
+        assert p.synthetic and p.assistant == f"memory number {i}"
+    assert by_id[4].user in PROMPTS["dream"]
+    assert by_id[5].user in PROMPTS["journal"]
+    assert "gratitude" in by_id[7].user  # the generic prompt names an unknown kind
+    assert by_id[8].user in PROMPTS["conversation"]  # a conversation without a response
+
+
+def test_story_4_all_2181_memories_are_used_not_79():
+    memories = [mem(i, "conversation", response=f"reply {i}") for i in range(79)]
+    memories += [mem(i, KINDS[1 + i % 5]) for i in range(79, 2181)]
+    c = curate(memories, max_samples=10_000, replay_fraction=0)
+    assert len(c.train_ids) + len(c.holdout_ids) == 2181
+    assert c.stats["synthetic_pairs"] == 2181 - 79
+    assert c.capped_ids == [] and c.duplicate_ids == []
+
+
+def test_synthetic_prompts_are_deterministic_and_vary_within_a_kind():
+    assert synthetic_prompt("dream", "a") == synthetic_prompt("dream", "a")
+    assert len({synthetic_prompt("dream", f"dream {i}") for i in range(50)}) == len(PROMPTS["dream"])
+    assert synthetic_prompt("weekly_summary", "x").count("weekly summary") == 1
+
+
+def test_dual_mode_flips_real_exchanges_only():
+    ps = pairs_of(mem(1, "conversation", "question", "answer"), dual=True)
+    assert [(p.user, p.assistant, p.flipped) for p in ps] == [("question", "answer", False),
+                                                              ("answer", "question", True)]
+    assert len(pairs_of(mem(2, "dream"), dual=True)) == 1
+    c = curate([mem(i, "conversation", response=f"r{i}") for i in range(10)] + [mem(10, "dream")], dual=True,
+               replay_fraction=0)
+    assert len(all_pairs(c)) == 21 and c.stats["flipped_pairs"] == 10
+
+
+# ---- dedup and the cap -----------------------------------------------------------------------------------
+
+def test_duplicates_are_dropped_keeping_the_most_important():
+    memories = [mem(1, content="The  River\n", importance=3), mem(2, content="the river", importance=8),
+                mem(3, content="THE RIVER ", importance=8, created_at=0), mem(4, content="the sea")]
+    c = curate(memories, replay_fraction=0)
+    kept = {p.memory_id for p in all_pairs(c)}
+    assert kept == {2, 4}
+    assert c.duplicate_ids == [1, 3]
+    assert content_key(memories[0]) == content_key(memories[1])
+    assert content_key(mem(5, content="x", response="a")) != content_key(mem(6, content="x", response="b"))
+
+
+def test_a_repeat_of_a_learned_memory_is_a_duplicate_and_consolidated():
+    previous = [mem(1, content="old news", consolidated="run-1")]
+    c = curate([mem(2, content="Old  news"), mem(3), mem(4)], previous, replay_fraction=0)
+    assert c.duplicate_ids == [2]
+    assert 2 in c.consolidate_ids and 2 not in c.train_ids + c.holdout_ids
+
+
+def test_max_samples_keeps_the_most_important_then_newest():
+    memories = [mem(i, importance=1 + i % 10, created_at=i) for i in range(100)]
+    c = curate(memories, max_samples=20, replay_fraction=0, holdout_fraction=0.1)
+    kept = sorted(c.train_ids + c.holdout_ids)
+    expected = sorted(m["id"] for m in sorted(memories, key=lambda m: (-m["importance"], -m["created_at"]))[:20])
+    assert kept == expected
+    assert len(c.capped_ids) == 80 and not set(c.capped_ids) & set(kept)
+    assert curate(list(reversed(memories)), max_samples=20, replay_fraction=0).train_ids == c.train_ids
+
+
+def test_max_samples_leaves_room_for_replay():
+    previous = [mem(1000 + i, consolidated="r") for i in range(200)]
+    c = curate([mem(i) for i in range(100)], previous, max_samples=50, replay_fraction=0.2, probe_size=8)
+    assert len(c.train) <= 50
+    assert len(c.train_ids) + len(c.holdout_ids) == 40  # 50 × (1 − 0.2)
+
+
+# ---- holdout ---------------------------------------------------------------------------------------------
+
+def test_holdout_fraction_whole_memories_deterministic_by_seed():
+    memories = [mem(i, "conversation", response=f"r{i}") for i in range(50)]
+    c = curate(memories, dual=True, holdout_fraction=0.1, replay_fraction=0, seed=7)
+    assert len(c.holdout_ids) == 5 and len(c.train_ids) == 45
+    assert {p.memory_id for p in c.holdout} == set(c.holdout_ids)
+    assert not {p.memory_id for p in c.train} & set(c.holdout_ids)  # a flipped pair never leaks
+    again = curate(memories, dual=True, holdout_fraction=0.1, replay_fraction=0, seed=7)
+    assert again.holdout_ids == c.holdout_ids and again.train == c.train
+    others = {tuple(curate(memories, holdout_fraction=0.1, replay_fraction=0, seed=s).holdout_ids)
+              for s in range(5)}
+    assert len(others) > 1
+
+
+@pytest.mark.parametrize(("n", "holdout"), [(1, 0), (2, 1), (3, 1), (30, 3)])
+def test_at_least_one_holdout_and_never_all(n, holdout):
+    c = curate([mem(i) for i in range(n)], holdout_fraction=0.01 if n < 30 else 0.1, replay_fraction=0)
+    assert len(c.holdout) == holdout and len(c.train) == n - holdout
+
+
+def test_a_lone_exchange_in_dual_mode_holds_out_its_flipped_pair():
+    c = curate([mem(1, "conversation", "q", "a")], dual=True, replay_fraction=0)
+    assert [p.flipped for p in c.train] == [False] and [p.flipped for p in c.holdout] == [True]
+    assert c.train_ids == [1] and c.holdout_ids == []
+
+
+# ---- replay and probe ------------------------------------------------------------------------------------
+
+def test_no_replay_and_no_probe_on_the_first_run():
+    c = curate([mem(i) for i in range(20)])
+    assert c.replay_ids == [] and c.probe == [] and c.stats["replay_pairs"] == 0
+
+
+def test_replay_share_comes_from_earlier_memories_and_spares_the_probe():
+    previous = [mem(1000 + i, consolidated="run-1") for i in range(300)]
+    new = [mem(i) for i in range(100)]
+    c = curate(new, previous, replay_fraction=0.1, holdout_fraction=0.1, probe_size=32)
+    new_train = len(c.train) - c.stats["replay_pairs"]
+    assert new_train == 90
+    assert c.stats["replay_pairs"] == 10  # 10 % of the 100 training pairs
+    assert set(c.replay_ids) <= {m["id"] for m in previous}
+    assert len(c.probe_ids) == 32 and not set(c.probe_ids) & set(c.replay_ids)
+    assert {p.memory_id for p in c.probe} == set(c.probe_ids)
+    assert not set(c.consolidate_ids) & {m["id"] for m in previous}
+
+
+def test_the_probe_set_is_stable_as_the_adapter_grows():
+    previous = [mem(1000 + i, consolidated="r") for i in range(200)]
+    first = curate([mem(1)], previous, probe_size=16).probe_ids
+    grown = curate([mem(2)], previous + [mem(2000 + i, consolidated="r") for i in range(20)],
+                   probe_size=16).probe_ids
+    assert len(set(first) & set(grown)) >= 12
+    assert curate([mem(3)], previous[:6], probe_size=16).probe_ids.__len__() == 3  # at most half
+
+
+def test_profiles_never_mix():
+    with pytest.raises(ValueError, match="profiles alice, bob would mix"):
+        curate([mem(1), mem(2, profile="bob", adapter="alice")])
+    with pytest.raises(ValueError, match="profiles alice, bob would mix"):
+        curate([mem(1)], [mem(2, profile="bob", adapter="bob", consolidated="r")])
+    with pytest.raises(ValueError, match="adapters"):
+        curate([mem(1), mem(2, adapter="other")])
+
+
+def test_curation_is_deterministic():
+    previous = [mem(1000 + i, KINDS[i % 6], consolidated="r") for i in range(80)]
+    new = [mem(i, KINDS[i % 6], response="r" if i % 4 == 0 else None) for i in range(60)]
+    a = curate(new, previous, dual=True, seed=3)
+    b = curate(list(reversed(new)), list(reversed(previous)), dual=True, seed=3)
+    assert a == b
+
+
+# ---- write_jsonl -----------------------------------------------------------------------------------------
+
+def test_write_jsonl_atomically(tmp_path):
+    path = tmp_path / "data" / "train.jsonl"
+    pairs = [Pair(1, "dream", "Tell me about a dream.", "Über den Wolken"),
+             {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}]
+    assert write_jsonl(path, pairs) == 2
+    rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
+    assert rows[0]["messages"][1]["content"] == "Über den Wolken"
+    assert rows[1]["messages"][0] == {"role": "user", "content": "a"}
+    assert "Über" in path.read_text(encoding="utf-8")  # not \u-escaped
+    with pytest.raises(TypeError):
+        write_jsonl(path, [Pair(2, "x", "u", "a"), {"messages": [{"content": object()}]}])
+    assert len(path.read_text().splitlines()) == 2  # the old file is intact
+    assert os.listdir(path.parent) == ["train.jsonl"]  # no temp file left behind

@@ -1,0 +1,346 @@
+"""The memory store: validation, all-or-nothing imports, routing with profile isolation, consolidation."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from memwarden.learning import store as store_mod
+from memwarden.learning.store import (
+    BadRecord,
+    ImportRejected,
+    ImportSessionError,
+    MemoryNotFound,
+    MemoryStore,
+    RouteError,
+    adapter_for,
+    check_routes,
+    parse_line,
+    validate_record,
+)
+from memwarden.state.db import open_state
+
+
+class Clock:
+    def __init__(self, t: float = 1_000_000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def db(tmp_path):
+    database = open_state(tmp_path)
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def store(db, clock):
+    return MemoryStore(db, clock=clock)
+
+
+def rec(**kw):
+    base = {"profile": "alice", "kind": "journal", "content": "walked by the river", "importance": 5}
+    base.update(kw)
+    return base
+
+
+def line(**kw):
+    return json.dumps(rec(**kw))
+
+
+# ---- validation ------------------------------------------------------------------------------------------
+
+def test_a_good_record_is_normalised(clock):
+    clean = validate_record(rec(response="", created_at="2026-01-02T03:04:05"), 1)
+    assert clean["response"] is None  # "" is no response
+    assert clean["created_at"] == 1767323045.0  # naive ISO 8601 is UTC
+    assert clean["importance"] == 5
+    assert validate_record(rec(importance=7.0, created_at=12.5))["importance"] == 7
+    assert validate_record(rec(), now=42.0)["created_at"] == 42.0
+
+
+@pytest.mark.parametrize(("change", "field", "words"), [
+    ({"importance": 11}, "importance", "importance must be a whole number 1–10, got 11"),
+    ({"importance": 0}, "importance", "1–10"),
+    ({"importance": 2.5}, "importance", "got 2.5"),
+    ({"importance": True}, "importance", "got true"),
+    ({"importance": "5"}, "importance", "importance must be"),
+    ({"profile": "a b"}, "profile", "profile must be 1–64 letters"),
+    ({"profile": "x@y"}, "profile", "profile must be"),
+    ({"kind": ""}, "kind", "kind must be a non-empty string"),
+    ({"kind": 3}, "kind", "kind must be"),
+    ({"content": "   "}, "content", "content must be a non-empty string"),
+    ({"response": 5}, "response", "response must be a string or null"),
+    ({"created_at": "yesterday"}, "created_at", "created_at must be seconds since 1970 or an ISO 8601"),
+    ({"created_at": -5}, "created_at", "created_at must be"),
+    ({"importnace": 5}, "importnace", "unknown field 'importnace'"),
+])
+def test_each_bad_field_is_named(change, field, words):
+    with pytest.raises(BadRecord) as info:
+        validate_record(rec(**change), 12)
+    assert field in str(info.value) and words in str(info.value)
+    assert str(info.value).startswith("line 12: ")
+
+
+def test_every_problem_of_a_record_is_reported_at_once():
+    with pytest.raises(BadRecord) as info:
+        validate_record({"kind": "dream", "importance": 99, "extra": 1}, 3)
+    problems = info.value.problems
+    assert any("unknown field 'extra'" in p for p in problems)
+    assert "profile is missing" in problems and "content is missing" in problems
+    assert any(p.startswith("importance must be") for p in problems)
+
+
+def test_content_too_long_is_refused():
+    with pytest.raises(BadRecord, match="content is longer than 200,000 characters"):
+        validate_record(rec(content="x" * (store_mod.MAX_TEXT + 1)))
+
+
+def test_parse_line_cases():
+    assert parse_line("   \n", 4) is None
+    assert parse_line(line().encode(), 1)["profile"] == "alice"
+    with pytest.raises(BadRecord, match=r"line 2: not valid JSON: .* at column 2"):
+        parse_line("{oops", 2)
+    with pytest.raises(BadRecord, match="line 3: expected a JSON object, got list"):
+        parse_line("[1, 2]", 3)
+    with pytest.raises(BadRecord, match="line 4: not valid UTF-8"):
+        parse_line(b'{"content": "\xff"}', 4)
+    with pytest.raises(BadRecord, match="line 5: line not sent"):
+        parse_line(None, 5)
+
+
+# ---- add, list, count, show ------------------------------------------------------------------------------
+
+def test_add_and_show(store, clock):
+    mid = store.add("alice", "conversation", "hello?", "hi!", importance=4)
+    row = store.show(mid)
+    assert row == {"id": mid, "profile": "alice", "kind": "conversation", "content": "hello?", "response": "hi!",
+                   "importance": 4, "created_at": clock.t, "adapter": "alice", "consolidated_run": None,
+                   "consolidated_at": None}
+    with pytest.raises(MemoryNotFound, match="no memory with id 999"):
+        store.show(999)
+    with pytest.raises(BadRecord, match="importance must be"):
+        store.add("alice", "dream", "x", importance=12)
+    assert store.total() == 1
+
+
+def test_list_filters_orders_and_pages(store, clock):
+    for i in range(6):
+        clock.t = 100.0 + i
+        store.add("alice" if i % 2 else "bob", "dream" if i < 3 else "journal", f"m{i}", importance=1 + i)
+    assert [m["content"] for m in store.list()] == ["m5", "m4", "m3", "m2", "m1", "m0"]
+    assert [m["content"] for m in store.list(profile="alice")] == ["m5", "m3", "m1"]
+    assert [m["content"] for m in store.list(profile="alice", kind="dream")] == ["m1"]
+    assert [m["content"] for m in store.list(limit=2, offset=1)] == ["m4", "m3"]
+    assert store.total(adapter="bob") == 3
+    counts = store.count()
+    assert counts["total"] == 6 and counts["unconsolidated"] == 6
+    by = {(g["profile"], g["kind"]): g for g in counts["groups"]}
+    assert by[("alice", "journal")]["memories"] == 2
+    assert by[("alice", "journal")]["importance"] == 4 + 6
+    assert store.count(profile="bob")["total"] == 3
+    assert store.unconsolidated_importance() == {
+        "alice": {"profile": "alice", "importance": 2 + 4 + 6, "count": 3},
+        "bob": {"profile": "bob", "importance": 1 + 3 + 5, "count": 3}}
+
+
+# ---- imports ---------------------------------------------------------------------------------------------
+
+def test_import_validates_every_line_first_and_reports_all_bad_ones(store):
+    lines = [line(), line(importance=11), "", "{broken", line(profile=None), line()]
+    with pytest.raises(ImportRejected) as info:
+        store.import_lines(lines)
+    assert [n for n, _ in info.value.errors] == [2, 4, 5]
+    assert info.value.errors[0][1] == "importance must be a whole number 1–10, got 11"
+    assert "profile is missing" in info.value.errors[2][1]
+    assert "3 bad lines, nothing imported" in str(info.value)
+    assert store.total() == 0
+
+
+def test_import_inserts_everything_in_file_order(store):
+    lines = [line(content=f"memory {i}", profile="alice" if i % 3 else "bob") for i in range(50)]
+    result = store.import_lines([*lines[:10], "", *lines[10:]])
+    assert result == {"imported": 50, "by_adapter": {"alice": 33, "bob": 17}}
+    rows = store.for_adapter("alice", consolidated=False) + store.for_adapter("bob", consolidated=False)
+    assert [r["content"] for r in sorted(rows, key=lambda r: r["id"])] == [f"memory {i}" for i in range(50)]
+
+
+def test_a_failure_during_insert_leaves_nothing_half_imported(store, db, monkeypatch):
+    monkeypatch.setattr(store_mod, "BATCH", 2)
+    db.execute("CREATE TEMP TRIGGER boom BEFORE INSERT ON memories WHEN NEW.content = 'boom' "
+               "BEGIN SELECT RAISE(ABORT, 'boom'); END")
+    lines = [line(content=f"m{i}") for i in range(7)] + [line(content="boom")]
+    with pytest.raises(sqlite3.IntegrityError, match="boom"):
+        store.import_lines(lines)
+    assert store.total() == 0
+
+
+def test_staged_import_across_chunks(store, db):
+    token = store.begin_import()
+    assert store.stage(token, [line(content="a"), ""], 1)["staged"] == 1
+    assert store.total() == 0  # staged is not imported
+    res = store.stage(token, [line(content="b", profile="bob"), line(content="c")], 3)
+    assert res == {"lines": 2, "staged": 3, "bad": [], "bad_count": 0}
+    assert store.commit_import(token, total_lines=4) == {"imported": 3, "by_adapter": {"alice": 2, "bob": 1}}
+    assert [m["content"] for m in store.list()][::-1] == ["a", "b", "c"]
+    assert not [r for r in db.execute("SELECT name FROM sqlite_temp_master WHERE type = 'table'")]
+    with pytest.raises(ImportSessionError, match="no import in progress"):
+        store.stage(token, [line()], 5)
+
+
+def test_staged_import_with_a_bad_line_reports_file_line_numbers_and_imports_nothing(store):
+    token = store.begin_import()
+    store.stage(token, [line(), line()], 1)
+    res = store.stage(token, [line(), line(importance=0), line(kind="")], 3)
+    assert res["bad"] == [(4, "importance must be a whole number 1–10, got 0"),
+                          (5, "kind must be a non-empty string of at most 64 printable characters, got ''")]
+    assert res["bad_count"] == 2
+    store.stage(token, [line()], 6)
+    with pytest.raises(ImportRejected) as info:
+        store.commit_import(token)
+    assert [n for n, _ in info.value.errors] == [4, 5]
+    assert store.total() == 0
+    with pytest.raises(ImportSessionError):
+        store.commit_import(token)  # the session is gone
+
+
+def test_staged_import_refuses_gaps_and_missing_chunks(store):
+    token = store.begin_import()
+    store.stage(token, [line(), line()], 1)
+    with pytest.raises(ImportSessionError, match="chunk starts at line 5, expected line 3"):
+        store.stage(token, [line()], 5)
+    with pytest.raises(ImportSessionError, match="2 lines were sent, not 3; nothing imported"):
+        store.commit_import(token, total_lines=3)
+    assert store.total() == 0
+
+
+def test_staged_imports_abort_expire_and_are_limited(store, clock, monkeypatch):
+    token = store.begin_import()
+    store.stage(token, [line()], 1)
+    assert store.abort_import(token) == {"aborted": True, "staged": 1, "bad_count": 0}
+    assert store.total() == 0
+    monkeypatch.setattr(store_mod, "MAX_IMPORTS", 2)
+    store.begin_import()
+    store.begin_import()
+    with pytest.raises(ImportSessionError, match="2 imports are already in progress"):
+        store.begin_import()
+    clock.t += store_mod.IMPORT_IDLE_TIMEOUT + 1
+    store.begin_import()  # the idle ones were dropped
+    assert len(store._sessions) == 1
+
+
+def test_staged_errors_are_capped_but_counted(store, monkeypatch):
+    monkeypatch.setattr(store_mod, "MAX_REPORTED", 3)
+    token = store.begin_import()
+    res = store.stage(token, ["x"] * 5, 1)
+    assert len(res["bad"]) == 3 and res["bad_count"] == 5
+    with pytest.raises(ImportRejected) as info:
+        store.commit_import(token)
+    assert info.value.bad_count == 5 and len(info.value.errors) == 3
+
+
+# ---- routing and profile isolation -----------------------------------------------------------------------
+
+ROUTES = check_routes([
+    ("alice-dreams", ("alice",), ("dream",)),  # owned by alice
+    ("dreams", (), ("dream",)),  # any profile: qualified
+    ("shared", ("bob", "carol"), ()),  # two profiles: qualified
+    ("dave", ("erin",), ()),  # owned by erin, named like another profile
+])
+
+
+@pytest.mark.parametrize(("profile", "kind", "adapter"), [
+    ("alice", "dream", "alice-dreams"),  # first match wins
+    ("alice", "journal", "alice"),  # unrouted: the profile's own
+    ("zed", "dream", "dreams@zed"),
+    ("bob", "dream", "dreams@bob"),
+    ("bob", "journal", "shared@bob"),
+    ("carol", "reflection", "shared@carol"),
+    ("erin", "journal", "dave"),
+    ("dave", "journal", "dave@dave"),  # would have shared erin's adapter
+])
+def test_routing(profile, kind, adapter):
+    assert adapter_for(profile, kind, ROUTES) == adapter
+
+
+def test_routes_that_cannot_work_are_refused():
+    with pytest.raises(RouteError, match=r"learning.routes\[1\]: adapter must be"):
+        check_routes([("a@b", (), ())])
+    with pytest.raises(RouteError, match="can never be a profile name"):
+        check_routes([("ok", ("has space",), ())])
+
+
+def test_two_routes_naming_one_adapter_for_two_profiles_are_qualified():
+    routes = check_routes([("x", ("alice",), ("dream",)), ("x", ("bob",), ())])
+    assert adapter_for("alice", "dream", routes) == "x@alice"
+    assert adapter_for("bob", "dream", routes) == "x@bob"
+
+
+names = st.sampled_from(["alice", "bob", "carol", "dreams", "x", "alice-dreams"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(routes=st.lists(st.tuples(names, st.lists(names, max_size=3).map(tuple),
+                                 st.lists(st.sampled_from(["dream", "journal"]), max_size=2).map(tuple)),
+                       max_size=5),
+       memories=st.lists(st.tuples(names, st.sampled_from(["dream", "journal", "reflection"])), max_size=30))
+def test_no_adapter_ever_mixes_profiles(routes, memories):
+    owner: dict[str, str] = {}
+    for profile, kind in memories:
+        adapter = adapter_for(profile, kind, routes)
+        assert owner.setdefault(adapter, profile) == profile
+
+
+def test_routes_apply_at_insert_and_the_store_keeps_profiles_apart(store):
+    store.routes = ROUTES
+    store.import_lines([line(profile=p, kind=k) for p in ("alice", "bob", "carol", "dave", "erin")
+                        for k in ("dream", "journal")])
+    assert store.mixed_adapters() == {}
+    assert set(store.adapters()) == {"alice-dreams", "alice", "dreams@bob", "shared@bob", "dreams@carol",
+                                     "shared@carol", "dreams@dave", "dave@dave", "dreams@erin", "dave"}
+    store.routes = ()  # changing the routes moves nothing already stored
+    assert store.total(adapter="alice-dreams") == 1
+    assert store.show(store.add("alice", "dream", "new", importance=1))["adapter"] == "alice"
+
+
+# ---- consolidation ---------------------------------------------------------------------------------------
+
+def test_mark_consolidated_only_once(store, db, clock):
+    ids = [store.add("alice", "dream", f"d{i}", importance=10) for i in range(4)]
+    assert store.mark_consolidated(ids[:2], "run-1") == 2
+    assert store.mark_consolidated(ids, "run-2") == 2  # the first two keep run-1
+    assert [store.show(i)["consolidated_run"] for i in ids] == ["run-1", "run-1", "run-2", "run-2"]
+    assert store.show(ids[0])["consolidated_at"] == clock.t
+    assert store.mark_consolidated(ids, "run-3") == 0
+    with pytest.raises(sqlite3.IntegrityError, match="already consolidated by another run"):
+        db.execute("UPDATE memories SET consolidated_run = 'run-9' WHERE id = ?", [ids[0]])
+    assert store.unconsolidated_importance() == {}
+    assert store.total(consolidated=True) == 4
+
+
+def test_mark_consolidated_inside_the_callers_transaction(store, db):
+    ids = [store.add("alice", "dream", f"d{i}", importance=10) for i in range(3)]
+    with pytest.raises(RuntimeError), db.atomic():
+        db["runs"].insert({"id": "run-1", "adapter": "alice", "profile": "alice", "state": "promoted",
+                           "created_at": 1.0, "promoted": 1})
+        assert store.mark_consolidated(ids, "run-1", at=5.0, conn=db) == 3
+        raise RuntimeError("promotion failed after marking")
+    assert store.total(consolidated=True) == 0 and db["runs"].count == 0  # rolled back together
+    with db.atomic():
+        db["runs"].insert({"id": "run-1", "adapter": "alice", "profile": "alice", "state": "promoted",
+                           "created_at": 1.0, "promoted": 1})
+        assert store.mark_consolidated(ids, "run-1", at=5.0, conn=db.conn) == 3
+    assert store.total(consolidated=True) == 3
+    assert store.unconsolidated_importance() == {}
