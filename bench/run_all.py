@@ -1,7 +1,8 @@
 """Run every benchmark with its defaults; print their tables and write them to bench/results/latest.md.
 
 Each script runs in its own process (with --json, so bench/results/latest.json gets the raw figures too).
-Takes about 4 minutes: the footprint window alone is 60 s, the GPU-arbitration scripts about 2.5 minutes together.
+Takes about 4.5 minutes: the footprint window alone is 60 s, the GPU-arbitration scripts about 2.5 minutes together,
+memory ingest about 30 s.
 proxy_latency.py also measures BASTION when its executable is at $BASTION_BIN (default
 /tmp/bastion-venv/bin/bastion), and reports it as unavailable otherwise.
 """
@@ -21,7 +22,7 @@ from _common import exit_cleanly_on_sigterm, machine, parser
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 SCRIPTS = ("daemon_footprint.py", "status_latency.py", "startup.py", "proxy_latency.py", "scheduler_hitrate.py",
-           "decision_time.py", "lease_latency.py")
+           "decision_time.py", "lease_latency.py", "memory_ingest.py")
 TIMEOUT = 240.0
 
 

@@ -28,6 +28,8 @@ from memwarden.containers.restart import docker_restarter
 from memwarden.containers.watch import ContainerWatch
 from memwarden.control.registry import Registry
 from memwarden.control.server import ControlServer, bind_unix
+from memwarden.learning.store import MemoryStore
+from memwarden.learning.supervisor import LearningSupervisor
 from memwarden.logs import configure_logging, get_logger
 from memwarden.ollama.client import OllamaClient
 from memwarden.ollama.service import ServiceControl
@@ -106,6 +108,8 @@ class Daemon:
         self.arbiter: GpuArbiter | None = None
         self.proxy: Any = None
         self.containers: ContainerWatch | None = None
+        self.memories: MemoryStore | None = None
+        self.learning: LearningSupervisor | None = None
 
     @property
     def degraded(self) -> dict[str, str]:
@@ -133,6 +137,9 @@ class Daemon:
         await self.arbiter.resume_interrupted()
         if cfg.containers.enabled:
             self.containers = ContainerWatch(cfg, self.db, docker_restarter(cfg.containers.docker_url))
+        self.memories = MemoryStore(self.db, cfg.learning.routes)
+        self.learning = LearningSupervisor(cfg, self.db, self.memories, self.arbiter, self.ollama,
+                                           cfg.daemon.state_dir, self.runners["gpu"].probe.backend)
         from memwarden.control.methods import register_all
 
         register_all(self)
@@ -175,6 +182,8 @@ class Daemon:
     async def shutdown(self) -> None:
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
+        if self.learning is not None:
+            await self.learning.close()
         if self.server is not None:
             await self.server.close()
         if self.proxy is not None:
@@ -208,6 +217,7 @@ class Daemon:
         await self.act_on_leases(results["gpu"], results.get("ollama"))
         if results.get("containers") is not None:
             await self.act_on_containers(results["containers"])
+        await self.act_on_learning()
         self.act_on_degraded()
         self.samples += 1
         self.last_sample_at = time.time()
@@ -246,6 +256,11 @@ class Daemon:
         host_available = self.last_host.mem_available if self.last_host else None
         conditions = await self.containers.act(snap, host_available)
         self.dispatcher.update("container", conditions, time.time())
+
+    async def act_on_learning(self) -> None:
+        assert self.learning is not None and self.dispatcher is not None
+        await self.learning.tick()
+        self.dispatcher.update("training", self.learning.conditions(), time.time())
 
     def act_on_degraded(self) -> None:
         conditions = [Condition("probe.degraded", name, "warning", f"{name} probe degraded: {error}",
@@ -316,6 +331,9 @@ class Daemon:
                 self.proxy.cfg = new.proxy
             if self.containers is not None:
                 self.containers.config = new
+            if self.learning is not None and self.memories is not None:
+                self.learning.config = new
+                self.memories.routes = new.learning.routes
             if self.server is not None:
                 self.server.admin_group = new.daemon.admin_group
             if new.daemon.sample_interval != old.daemon.sample_interval:

@@ -92,7 +92,8 @@ def test_an_unreadable_file_or_line_is_refused(daemon):
     missing = ctl(daemon, "memories", "import", daemon.workdir / "absent.jsonl")
     assert missing.returncode == 2 and "No such file" in missing.stderr
     path = daemon.workdir / "latin1.jsonl"
-    path.write_bytes(record(1).encode() + b"\n" + record(2, content="caf\xe9").encode("latin-1") + b"\n")
+    latin1 = '{"profile": "alice", "kind": "journal", "content": "café", "importance": 5}'.encode("latin-1")
+    path.write_bytes(record(1).encode() + b"\n" + latin1 + b"\n")
     out = ctl(daemon, "memories", "import", path)
     assert out.returncode == 1
     assert out.stderr.startswith("line 2: not valid UTF-8")

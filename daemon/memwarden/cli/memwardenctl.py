@@ -27,7 +27,9 @@ COMMANDS = {
 }
 LEASE_VERBS = {"list": ("lease.list", render.leases), "release": ("lease.release", render.lease),
                "preempt": ("lease.preempt", render.lease)}
-ADAPTER_VERBS = {"load": "adapters.load", "evict": "adapters.evict", "pin": "adapters.pin", "unpin": "adapters.unpin"}
+ADAPTER_VERBS = {"load": "adapters.load", "evict": "adapters.evict", "pin": "adapters.pin", "unpin": "adapters.unpin",
+                 "rollback": "adapters.rollback"}
+TRAIN_VERBS = {"start": "train.start", "status": "train.status", "history": "train.history", "cancel": "train.cancel"}
 MEMORY_VERBS = {"add": ("memories.add", render.memory_added), "list": ("memories.list", render.memories),
                 "count": ("memories.count", render.memory_counts), "show": ("memories.show", render.memory)}
 # An import is sent in chunks that keep each request under the socket's line limit.
@@ -56,6 +58,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     adapters.add_argument("verb", nargs="?", choices=sorted(ADAPTER_VERBS))
     adapters.add_argument("name", nargs="?")
     add_memories_parser(sub)
+    train = sub.add_parser("train", help="training runs: train start ADAPTER | status | history | cancel ADAPTER")
+    train.add_argument("verb", choices=list(TRAIN_VERBS))
+    train.add_argument("adapter", nargs="?")
+    train.add_argument("--limit", type=int, default=20)
+    model = sub.add_parser("model", help="model init-demo DIR: build a tiny offline Llama base model to learn on")
+    model.add_argument("verb", choices=["init-demo"])
+    model.add_argument("dir", type=Path)
     call = sub.add_parser("call", help="call any RPC method: call METHOD [JSON-PARAMS]")
     call.add_argument("method")
     call.add_argument("params", nargs="?", default=None, help="params as a JSON object")
@@ -179,6 +188,16 @@ def fail(message: str, code: int = 1) -> int:
     return code
 
 
+def init_demo(directory: Path) -> int:
+    """Build the demo base model in this process's Python (it needs the `train` extra: torch, tokenizers)."""
+    import subprocess
+
+    try:
+        return subprocess.call([sys.executable, "-m", "memwarden.training.demo_model", str(directory)])
+    except OSError as exc:
+        return fail(f"cannot run the demo model builder: {exc}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sock = args.socket or paths.client_socket(os.environ, os.getuid())
@@ -200,12 +219,26 @@ def main(argv: list[str] | None = None) -> int:
             if not args.name:
                 return fail("usage: memwardenctl containers restart NAME", 2)
             method, renderer, params = "containers.restart", render.restarted, {"name": args.name}
+    elif args.command == "model":
+        return init_demo(args.dir)
+    elif args.command == "train":
+        method = TRAIN_VERBS[args.verb]
+        renderer = {"start": render.run, "status": render.train_status, "history": render.runs,
+                    "cancel": render.run}[args.verb]
+        if args.verb in ("start", "cancel"):
+            if not args.adapter:
+                return fail(f"usage: memwardenctl train {args.verb} ADAPTER", 2)
+            params = {"adapter": args.adapter}
+        elif args.verb == "history":
+            params = {"limit": args.limit, **({"adapter": args.adapter} if args.adapter else {})}
     elif args.command == "adapters":
         method, renderer = "adapters", render.adapters
         if args.verb:
             if not args.name:
                 return fail(f"usage: memwardenctl adapters {args.verb} NAME", 2)
             method, renderer, params = ADAPTER_VERBS[args.verb], render.adapter_result, {"name": args.name}
+            if args.verb == "rollback":
+                renderer = render.rollback
     elif args.command == "memories":
         if args.verb == "import":
             try:

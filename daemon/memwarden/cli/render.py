@@ -232,3 +232,48 @@ def memory(r: dict[str, Any]) -> str:
     if r["response"] is not None:
         out += "\n\nresponse:\n" + r["response"]
     return out
+
+
+def run(r: dict[str, Any]) -> str:
+    return f"run {r['id']} of {r['adapter']}: {r['state']}" + (f" ({r['reason']})" if r.get("reason") and
+                                                                  r["state"] in ("rejected", "promoted") else "")
+
+
+def runs(r: list[dict[str, Any]]) -> str:
+    def ev(x: dict[str, Any]) -> str:
+        e = x.get("eval") or {}
+        if "holdout_loss_after" not in e:
+            return "-"
+        return f"{e['holdout_loss_before']:.3f}→{e['holdout_loss_after']:.3f}"
+
+    rows = [[x["id"], x["adapter"], x["state"], x["trigger"], ago(x["created_at"]), x["memory_ids"], ev(x),
+             "-" if x.get("version") is None else f"v{x['version']}",
+             (x.get("error") or (x.get("reason") if x["state"] in ("rejected", "promoted") else "") or "")[:60]]
+            for x in r]
+    return table(rows, ["RUN", "ADAPTER", "STATE", "TRIGGER", "CREATED", "MEMORIES", "HOLDOUT", "VERSION", "NOTE"])
+
+
+def train_status(r: dict[str, Any]) -> str:
+    cur = r["current"]
+    lines = [f"learning: {'enabled' if r['enabled'] else 'disabled (learning.enabled = false)'}"]
+    if cur:
+        last = cur["last"] or {}
+        step = (f"step {last.get('step')}, loss {last.get('loss')}, {last.get('tokens_per_s')} tokens/s"
+                if last.get("event") == "step" else last.get("event", "starting"))
+        lines.append(f"running: {cur['run_id']} ({cur['adapter']}), {cur['state']}: {step}")
+    else:
+        lines.append("running: none")
+    if r["pending"]:
+        lines.append("pending: " + ", ".join(r["pending"]))
+    due = [[d["adapter"], f"{d['importance']:g}/{d['threshold']:g}", "yes" if d["due"] else "no", d["message"]]
+           for d in r["due"]]
+    lines += ["", table(due, ["ADAPTER", "IMPORTANCE", "DUE", "WHY"])]
+    versions = [[v["adapter"], f"v{v['version']}", "active" if v["active"] else "", v["ollama_model"] or "-",
+                 ago(v["created_at"])] for v in r["versions"]]
+    if versions:
+        lines += ["", table(versions, ["ADAPTER", "VERSION", "", "OLLAMA MODEL", "CREATED"])]
+    return "\n".join(lines)
+
+
+def rollback(r: dict[str, Any]) -> str:
+    return f"{r['adapter']}: v{r['active']} active again (was v{r['was']})"

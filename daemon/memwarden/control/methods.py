@@ -123,6 +123,9 @@ def register_all(daemon: Daemon) -> None:
     from memwarden.control.memory_methods import register_memories
 
     register_memories(daemon)
+    from memwarden.control.learning_methods import register_learning
+
+    register_learning(daemon)
     reg.add("status", status)
     reg.add("host", host)
     reg.add("alerts", alerts)

@@ -1,0 +1,362 @@
+"""The trainer as the daemon runs it: `python -m memwarden.training JOB.json`, a real subprocess, real torch on
+CPU, on the tiny demo model built once for the session. Progress is read from its stdout, line by line."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from memwarden.learning.adapter_check import check_adapter, read_safetensors_header
+from memwarden.learning.jobspec import EXIT_DONE, EXIT_PREEMPTED, FULL_FT_LR_RANGE, Ewc, Hyper, JobSpec
+
+pytestmark = pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in ("torch", "transformers", "peft", "bitsandbytes")),
+    reason="the train extra (torch, transformers, peft, bitsandbytes) is not installed",
+)
+
+RUN_TIMEOUT = 240
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+FACTS = [
+    ("Who is Mira?", "Mira is your sister; she lives in Lisbon and plays the cello."),
+    ("What do I drink in the morning?", "Black coffee, no sugar, before eight."),
+    ("Where did we plan to go?", "To the coast, after the garden is done."),
+    ("What is my cat called?", "Your cat is called Pepper and she is afraid of the vacuum."),
+    ("When is the concert?", "The concert is on Friday at seven in the old church."),
+    ("What did I dream about?", "A library where every book was a conversation."),
+    ("Which train do I take?", "The 8:12 to the city, platform two."),
+    ("Where is the wifi password?", "It is written on the card under the lamp."),
+]
+PROBE = [("Say hello.", "Hello! How are you today?"), ("Count to five.", "One, two, three, four, five.")]
+
+
+def _conversation(question: str, answer: str, system: bool = False) -> str:
+    messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    if system:
+        messages.insert(0, {"role": "system", "content": "You remember what matters."})
+    return json.dumps({"messages": messages})
+
+
+@pytest.fixture(scope="session")
+def demo_base(tmp_path_factory) -> Path:
+    """The tiny offline Llama, built through its command line (no network, no Hub)."""
+    out = tmp_path_factory.mktemp("demo") / "base"
+    proc = subprocess.run(
+        [sys.executable, "-m", "memwarden.training.demo_model", str(out)],
+        capture_output=True, text=True, timeout=RUN_TIMEOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["directory"] == str(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("data")
+    files = {
+        "train": [_conversation(q, a, i % 3 == 0) for i, (q, a) in enumerate(FACTS * 2)],
+        "holdout": [_conversation(q, a) for q, a in FACTS[:4]],
+        "probe": [_conversation(q, a) for q, a in PROBE],
+    }
+    paths = {}
+    for name, lines in files.items():
+        paths[name] = root / f"{name}.jsonl"
+        paths[name].write_text("\n".join(lines) + "\n")
+    return paths
+
+
+@pytest.fixture(scope="session")
+def base_spec(demo_base, data) -> JobSpec:
+    """Long enough (120 steps) that a kill or a SIGTERM lands mid-run; checkpoints every 10 steps."""
+    return JobSpec(
+        run_id="run-1",
+        adapter="memories",
+        base_model=str(demo_base),
+        method="lora",
+        output_dir="",
+        train_file=str(data["train"]),
+        holdout_file=str(data["holdout"]),
+        probe_file=str(data["probe"]),
+        hyper=Hyper(lr=2e-2, micro_batch=4, grad_accum=1, max_steps=120, warmup_steps=5, max_seq_len=128,
+                    eval_every=40, target_modules=ALL_LINEAR),
+        ewc=Ewc(fisher_samples=8),
+        checkpoint_every_steps=10,
+    )
+
+
+def _spec_at(spec: JobSpec, out: Path, **changes: Any) -> tuple[JobSpec, Path]:
+    spec = replace(spec, output_dir=str(out / "run"), **changes)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "job.json"
+    spec.write(path)
+    return spec, path
+
+
+class Trainer:
+    """The subprocess, its stdout read line by line (as the daemon reads it)."""
+
+    def __init__(self, job: Path):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "memwarden.training", str(job)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.events: list[dict[str, Any]] = []
+
+    def until(self, predicate) -> dict[str, Any]:
+        """Read events until one satisfies predicate; fail if the trainer ends first."""
+        deadline = time.monotonic() + RUN_TIMEOUT
+        for line in self.proc.stdout:
+            event = json.loads(line)
+            self.events.append(event)
+            if predicate(event):
+                return event
+            assert time.monotonic() < deadline, "trainer too slow"
+        self.proc.wait()
+        pytest.fail(f"trainer ended (rc={self.proc.returncode}) first: {self.events[-3:]} {self.proc.stderr.read()}")
+
+    def finish(self) -> tuple[int, list[dict[str, Any]], str]:
+        out, err = self.proc.communicate(timeout=RUN_TIMEOUT)
+        self.events += [json.loads(line) for line in out.splitlines()]
+        return self.proc.returncode, self.events, err
+
+
+def run(job: Path) -> tuple[int, list[dict[str, Any]], str]:
+    return Trainer(job).finish()
+
+
+def of(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [e for e in events if e["event"] == kind]
+
+
+def assert_done(rc: int, events: list[dict[str, Any]], err: str) -> dict[str, Any]:
+    assert rc == EXIT_DONE, (of(events, "error"), err[-3000:])
+    assert of(events, "error") == []
+    done = of(events, "done")
+    assert len(done) == 1 and events[-1] is done[0]
+    return done[0]
+
+
+@pytest.fixture(scope="session")
+def reference(base_spec, tmp_path_factory) -> dict[str, Any]:
+    """One uninterrupted LoRA run of base_spec: the other tests compare against it."""
+    spec, job = _spec_at(base_spec, tmp_path_factory.mktemp("reference"))
+    rc, events, err = run(job)
+    return {"spec": spec, "rc": rc, "events": events, "err": err, "done": assert_done(rc, events, err)}
+
+
+def test_lora_run_learns_and_ships_the_adapter_alone(reference):
+    events, done, spec = reference["events"], reference["done"], reference["spec"]
+    start = of(events, "start")[0]
+    assert start["resumed_from_step"] == 0 and start["method"] == "lora" and start["device"] == "cpu"
+    steps = of(events, "step")
+    assert [s["step"] for s in steps] == list(range(1, 121))
+    for s in steps:
+        assert {"loss", "lr", "grad_norm", "tokens_per_s", "memory_bytes"} <= s.keys()
+        assert s["memory_bytes"] > 0 and s["tokens_per_s"] > 0
+    assert max(s["lr"] for s in steps) == pytest.approx(2e-2)
+    assert steps[-1]["lr"] < steps[60]["lr"] < 2e-2  # cosine decay after the warmup
+    assert [e["step"] for e in of(events, "eval")] == [40, 80]
+    assert [c["step"] for c in of(events, "checkpoint")] == [10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120]
+
+    ev = done["eval"]
+    assert ev["holdout_loss_after"] < ev["holdout_loss_before"] - 1.0, ev  # a tiny repeated dataset is learnt
+    assert sum(s["loss"] for s in steps[-10:]) < sum(s["loss"] for s in steps[:10]) - 10
+    assert ev["probe_loss_before"] is not None and ev["probe_loss_after"] is not None
+
+    out = Path(spec.output_dir)
+    final = Path(done["final_dir"])
+    assert final == out / "final"
+    assert sorted(p.name for p in final.iterdir()) == [
+        "adapter_config.json", "adapter_model.safetensors", "fisher.safetensors"]
+    cfg = json.loads((final / "adapter_config.json").read_text())
+    assert type(cfg["lora_alpha"]) is int and cfg["lora_alpha"] == 16 and cfg["r"] == 8
+    assert cfg["peft_type"] == "LORA" and not cfg["use_dora"] and not cfg["modules_to_save"]
+    names = [k for k in read_safetensors_header(final / "adapter_model.safetensors") if k != "__metadata__"]
+    assert names and all(k.endswith((".lora_A.weight", ".lora_B.weight")) for k in names)  # named default
+    assert sorted(read_safetensors_header(final / "fisher.safetensors")) == sorted([*names, "__metadata__"])
+    assert check_adapter(final, spec.base_model).ok
+    assert done["export"] == {"ok": True, "problems": []}
+    assert not (out / "checkpoints").exists()  # checkpoints were for resuming; they do not ship
+    assert json.loads((out / "eval.json").read_text())["eval"] == ev
+
+
+def test_a_finished_run_is_reported_again_not_retrained(reference, tmp_path):
+    job = tmp_path / "job.json"
+    reference["spec"].write(job)
+    rc, events, err = run(job)
+    done = assert_done(rc, events, err)
+    assert done["already_done"] is True and of(events, "step") == []
+    assert done["eval"] == reference["done"]["eval"]
+
+
+def test_qlora_trains_on_a_4bit_base_on_cpu(base_spec, tmp_path):
+    spec, job = _spec_at(base_spec, tmp_path, method="qlora",
+                         hyper=replace(base_spec.hyper, max_steps=8, eval_every=0))
+    rc, events, err = run(job)
+    done = assert_done(rc, events, err)
+    assert len(of(events, "step")) == 8
+    assert done["eval"]["holdout_loss_after"] < done["eval"]["holdout_loss_before"]
+    final = Path(done["final_dir"])
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in final.iterdir()}
+    assert check_adapter(final, spec.base_model).ok  # fp32 LoRA matrices, not quantized tensors
+
+
+def test_full_fine_tune_clamps_a_too_small_lr(base_spec, tmp_path):
+    spec, job = _spec_at(base_spec, tmp_path, method="full",
+                         hyper=replace(base_spec.hyper, lr=5e-6, max_steps=3, warmup_steps=0, eval_every=0))
+    rc, events, err = run(job)
+    done = assert_done(rc, events, err)
+    (clamp,) = of(events, "clamp")
+    assert clamp["what"] == "lr" and clamp["requested"] == 5e-6 and clamp["used"] == 1e-5
+    assert clamp["range"] == list(FULL_FT_LR_RANGE)
+    assert max(s["lr"] for s in of(events, "step")) == pytest.approx(1e-5)
+    names = {p.name for p in Path(done["final_dir"]).iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= names
+    assert not any(n.startswith(("optimizer", "checkpoint", "adapter")) for n in names)
+
+
+def test_kill_9_mid_run_resumes_from_the_last_checkpoint(base_spec, reference, tmp_path):
+    spec, job = _spec_at(base_spec, tmp_path)
+    first = Trainer(job)
+    first.until(lambda e: e["event"] == "checkpoint" and e["step"] >= 30)
+    first.proc.kill()  # SIGKILL: no handler runs, maybe in the middle of the next checkpoint's write
+    first.proc.wait()
+    assert of(first.events, "done") == []
+    ckpts = Path(spec.output_dir) / "checkpoints"
+    kept = sorted(p.name for p in ckpts.iterdir() if p.name.startswith("step-"))
+    assert 1 <= len(kept) <= 2  # the last two are kept
+
+    rc, events, err = run(job)
+    done = assert_done(rc, events, err)
+    start = of(events, "start")[0]
+    assert start["resumed_from_step"] >= 30
+    assert of(events, "step")[0]["step"] == start["resumed_from_step"] + 1
+    # the resumed run is the uninterrupted run: same weights, optimizer, schedule, data order and RNG
+    for key, value in reference["done"]["eval"].items():
+        assert done["eval"][key] == pytest.approx(value, rel=1e-5), key
+
+
+def test_sigterm_checkpoints_within_a_step_exits_75_and_resumes(base_spec, tmp_path):
+    # 2 micro-steps per step, so the signal usually lands inside a step: that step is abandoned, not half-applied
+    spec, job = _spec_at(base_spec, tmp_path, hyper=replace(base_spec.hyper, micro_batch=2, grad_accum=2))
+    first = Trainer(job)
+    signalled = first.until(lambda e: e["event"] == "step" and e["step"] >= 15)["step"]
+    sent = time.monotonic()
+    first.proc.send_signal(signal.SIGTERM)
+    pre = first.until(lambda e: e["event"] == "preempted")
+    latency = time.monotonic() - sent
+    rc, events, err = first.finish()
+    assert rc == EXIT_PREEMPTED, err[-2000:]
+    assert events[-1] is pre and pre["signal"] == signal.SIGTERM
+    last_step = of(events, "step")[-1]["step"]
+    assert pre["step"] == last_step >= signalled  # the checkpoint is of the last completed step
+    assert latency < 10, latency
+    assert Path(pre["checkpoint"]).name == f"step-{pre['step']}"
+    assert (Path(pre["checkpoint"]) / "meta.json").is_file()
+
+    rc, events, err = run(job)
+    done = assert_done(rc, events, err)
+    start = of(events, "start")[0]
+    assert start["resumed_from_step"] == pre["step"]
+    assert (start["micro_batch"], start["grad_accum"]) == (2, 2)
+    assert [s["step"] for s in of(events, "step")] == list(range(pre["step"] + 1, 121))
+    assert done["step"] == 120
+    assert done["eval"]["holdout_loss_after"] < done["eval"]["holdout_loss_before"] - 1.0
+
+
+def test_an_oom_halves_the_micro_batch_doubles_accumulation_and_retries(base_spec, tmp_path):
+    spec, job = _spec_at(base_spec, tmp_path, inject_oom_at_step=3,
+                         hyper=replace(base_spec.hyper, max_steps=6, eval_every=0))
+    rc, events, err = run(job)
+    assert_done(rc, events, err)
+    (oom,) = of(events, "oom_retry")
+    assert (oom["step"], oom["micro_batch"], oom["grad_accum"]) == (3, 2, 2)
+    assert [s["step"] for s in of(events, "step")] == [1, 2, 3, 4, 5, 6]  # step 3 retried, not skipped
+    kinds = [e["event"] for e in events]
+    assert kinds.index("oom_retry") == kinds.index("step") + 2  # after step 2, before step 3
+
+
+def test_an_oom_at_micro_batch_1_gives_up(base_spec, tmp_path):
+    spec, job = _spec_at(base_spec, tmp_path, inject_oom_at_step=1,
+                         hyper=replace(base_spec.hyper, micro_batch=1, grad_accum=4, max_steps=2))
+    rc, events, _ = run(job)
+    assert rc == 1
+    (error,) = of(events, "error")
+    assert "micro_batch 1" in error["message"] and of(events, "oom_retry") == []
+
+
+def test_ewc_with_a_prior_fisher_continues_the_adapter_and_combines_the_fisher(base_spec, reference, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    prior_dir = Path(reference["done"]["final_dir"])
+    spec, job = _spec_at(
+        base_spec, tmp_path, init_adapter=str(prior_dir),
+        ewc=Ewc(lam=50.0, decay=0.9, fisher_samples=8, prior_fisher=str(prior_dir / "fisher.safetensors")),
+        hyper=replace(base_spec.hyper, max_steps=10, eval_every=0),
+    )
+    rc, events, err = run(job)
+    done = assert_done(rc, events, err)
+    ewc = of(events, "start")[0]["ewc"]
+    assert ewc["active"] is True and ewc["tensors"] == 28 and ewc["unfit"] == 0
+    steps = of(events, "step")
+    assert steps[0]["ewc_penalty"] == 0.0  # θ* is where this run starts
+    assert steps[-1]["ewc_penalty"] > 0.0
+    # it started from the promoted adapter: before-loss is the reference's after-loss
+    assert done["eval"]["holdout_loss_before"] == pytest.approx(reference["done"]["eval"]["holdout_loss_after"])
+    prior = load_file(str(prior_dir / "fisher.safetensors"))
+    combined = load_file(str(Path(done["final_dir"]) / "fisher.safetensors"))
+    assert combined.keys() == prior.keys()
+    for key, tensor in combined.items():
+        assert torch.all(tensor >= 0.9 * prior[key] - 1e-12), key  # γ·F_prior + F_new, F_new ≥ 0
+    assert any(torch.any(combined[k] > 0.9 * prior[k] + 1e-12) for k in combined)
+    assert json.loads((Path(spec.output_dir) / "eval.json").read_text())["fisher_combined_with_prior"] is True
+
+
+def test_ewc_holds_the_weights_closer_to_where_they_started(base_spec, reference, tmp_path):
+    """λ large: the adapter barely moves from the promoted one, compared with the same run without EWC."""
+    from safetensors.torch import load_file
+
+    prior_dir = Path(reference["done"]["final_dir"])
+    start = load_file(str(prior_dir / "adapter_model.safetensors"))
+    moved = {}
+    for lam in (0.0, 1e6):
+        spec, job = _spec_at(
+            base_spec, tmp_path / f"lam{lam}", init_adapter=str(prior_dir),
+            ewc=Ewc(lam=lam, fisher_samples=4, prior_fisher=str(prior_dir / "fisher.safetensors")),
+            hyper=replace(base_spec.hyper, max_steps=6, eval_every=0, warmup_steps=0),
+        )
+        assert_done(*run(job))
+        end = load_file(str(Path(spec.output_dir) / "final" / "adapter_model.safetensors"))
+        moved[lam] = sum(float((end[k] - start[k]).pow(2).sum()) for k in start)
+    assert moved[1e6] < 0.5 * moved[0.0], moved
+
+
+def test_dry_run_stops_after_n_steps_and_exports_nothing(base_spec, tmp_path):
+    spec, job = _spec_at(base_spec, tmp_path, dry_run_steps=3)
+    rc, events, err = run(job)
+    done = assert_done(rc, events, err)
+    assert [s["step"] for s in of(events, "step")] == [1, 2, 3]
+    assert done["dry_run"] is True and done["final_dir"] is None and done["step"] == 3
+    assert of(events, "start")[0]["steps"] == 3
+    out = Path(spec.output_dir)
+    assert not (out / "final").exists() and not (out / "eval.json").exists() and not (out / "checkpoints").exists()
+
+
+def test_a_bad_spec_is_one_error_line_and_exit_1(base_spec, tmp_path):
+    spec, job = _spec_at(base_spec, tmp_path, method="prefix", train_file=str(tmp_path / "missing.jsonl"))
+    rc, events, _ = run(job)
+    assert rc == 1
+    (error,) = events
+    assert error["event"] == "error"
+    assert "method must be one of" in error["message"] and "missing.jsonl does not exist" in error["message"]
