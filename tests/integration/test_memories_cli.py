@@ -97,6 +97,10 @@ def test_an_unreadable_file_or_line_is_refused(daemon):
     out = ctl(daemon, "memories", "import", path)
     assert out.returncode == 1
     assert out.stderr.startswith("line 2: not valid UTF-8")
+    huge = write(daemon, "huge.jsonl", [record(1), record(2, content="x" * (1024 * 1024 + 10)), record(3)])
+    out = ctl(daemon, "memories", "import", huge)
+    assert out.returncode == 1
+    assert out.stderr.startswith("line 2: 1,048,") and "too long to send" in out.stderr
     assert ctl_json(daemon, "memories", "count")["total"] == 0
 
 

@@ -65,6 +65,7 @@ class LearningSupervisor:
         self._failed: dict[str, Condition] = {}
         self._window_logged: set[str] = set()
         self._waiting_reason: dict[str, str] = {}
+        self._closing = False
         for row in self.db.query(f"SELECT id FROM runs WHERE state IN ({', '.join('?' * 2)})", ["running", "curating"]):
             self._set(row["id"], state="interrupted")  # the daemon died mid-run: resume from the checkpoint
         self._kill_orphans()
@@ -120,7 +121,7 @@ class LearningSupervisor:
     async def tick(self) -> None:
         """Called every sample pass: resume a pending run, or start one for a due adapter in its window."""
         cfg = self.config.learning
-        if not cfg.enabled or (self.task is not None and not self.task.done()):
+        if not cfg.enabled or self._closing or (self.task is not None and not self.task.done()):
             return
         pending = list(self.db.query(
             "SELECT id FROM runs WHERE state IN ('queued', 'waiting', 'preempted', 'interrupted') "
@@ -218,6 +219,9 @@ class LearningSupervisor:
                 if lease:
                     with contextlib.suppress(Exception):
                         await self.arbiter.release(lease["id"], "training run ended")
+            if self._closing:
+                self._set(run_id, state="interrupted")
+                return  # the daemon is stopping: the run resumes from its checkpoint after the restart
             if code == EXIT_DONE:
                 break
             if code == EXIT_PREEMPTED:
@@ -347,7 +351,8 @@ class LearningSupervisor:
         if kind == "step":
             cur["steps"].append(event)
         elif kind in ("clamp", "oom_retry", "preempted", "error", "checkpoint"):
-            log.info(f"trainer: {kind}", run=cur["run_id"], **{k: v for k, v in event.items() if k != "event"})
+            fields = {k: v for k, v in event.items() if k not in ("event", "run", "run_id", "adapter", "level")}
+            log.info(f"trainer: {kind}", run=cur["run_id"], adapter=cur["adapter"], **fields)
 
     # ---- promotion and export ------------------------------------------------------------------------------
 
@@ -357,11 +362,14 @@ class LearningSupervisor:
         return rows[0] if rows else None
 
     async def _finish(self, run_id: str, adapter: str, out: Path) -> None:
-        ev = json.loads((out / "eval.json").read_text())
+        report = json.loads((out / "eval.json").read_text())
+        ev = {**report.get("eval", {}), **{k: report[k] for k in ("tokens_per_s", "step", "fisher_combined_with_prior")
+                                           if k in report}}
         verdict = promotion.judge(ev, self.config.learning.forgetting_epsilon)
         log.info("decision: promote" if verdict.promote else "decision: keep the current version",
                  decision="learning.promote", run=run_id, adapter=adapter, promote=verdict.promote,
-                 reason=verdict.reason, epsilon=self.config.learning.forgetting_epsilon, **ev)
+                 reason=verdict.reason, epsilon=self.config.learning.forgetting_epsilon,
+                 **{k: v for k, v in ev.items() if k.endswith("_loss_before") or k.endswith("_loss_after")})
         now = self.clock()
         if not verdict.promote:
             self._set(run_id, state="rejected", eval=json.dumps(ev), reason=verdict.reason, finished_at=now)
@@ -395,7 +403,7 @@ class LearningSupervisor:
             return
         from memwarden.learning.adapter_check import check_adapter
 
-        problems = check_adapter(path, Path(self.config.learning.base_model))
+        problems = check_adapter(path, Path(self.config.learning.base_model)).problems
         if problems:
             log.warning("adapter not exported: Ollama cannot take it", adapter=adapter, version=version,
                         problems=problems)
@@ -474,6 +482,7 @@ class LearningSupervisor:
                 pidfile.unlink(missing_ok=True)
 
     async def close(self) -> None:
+        self._closing = True
         cur = self.current
         if cur is not None and cur.get("trainer") is not None:
             cur["trainer"].preempt()  # checkpoint now; the run resumes after the restart

@@ -347,7 +347,9 @@ class Double:
             base = self.registry.get(base_name)
             if base is None:
                 return error(404, f"model '{base_name}' not found")
-        if len(adapters) > 1:
+        # One adapter may come as several files (a safetensors adapter is its weights plus adapter_config.json,
+        # which Ollama's converter reads): what counts is the weights files.
+        if sum(1 for f in adapters if not f.endswith(".json")) > 1:
             return error(400, "only one adapter is currently supported")
         statuses = []
         for kind, mapping in (("files", files), ("adapters", adapters)):

@@ -1,0 +1,253 @@
+"""The whole learning cycle under the real daemon: memories imported past the threshold → a run scheduled →
+the trainer subprocess trains (real torch on CPU, the tiny demo model) under a preemptible lease on the sim
+GPU → evaluated → promoted → exported into the Ollama double → memories consolidated, once."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+
+import pytest
+from support.daemon import BIN
+from support.ollama_double import OllamaDouble
+from support.ollama_double.manager import sim_gpu, wait_until
+
+pytestmark = pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in ("torch", "transformers", "peft", "bitsandbytes")),
+    reason="the train extra (torch, transformers, peft, bitsandbytes) is not installed",
+)
+
+GiB = 1024**3
+RUN_TIMEOUT = 300
+BASE = "demo:tiny"
+FACTS = [
+    ("conversation", "Who is Mira?", "Mira is your sister; she lives in Lisbon and plays the cello."),
+    ("conversation", "What do I drink in the morning?", "Black coffee, no sugar, before eight."),
+    ("conversation", "What is my cat called?", "Your cat is called Pepper and she is afraid of the vacuum."),
+    ("conversation", "When is the concert?", "The concert is on Friday at seven in the old church."),
+    ("reflection", "I was too hard on myself about the deadline.", None),
+    ("dream", "A library where every book was a conversation.", None),
+    ("journal", "Walked to the harbour, bought bread, called Mira.", None),
+    ("inner_dialogue", "Maybe the garden can wait until the rain stops.", None),
+    ("observation", "The 8:12 train is always late on Mondays.", None),
+    ("conversation", "Where is the wifi password?", "It is written on the card under the lamp."),
+]
+
+
+@pytest.fixture(scope="module")
+def demo_base(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "base"
+    run = subprocess.run([BIN / "memwardenctl", "model", "init-demo", str(out)], capture_output=True, text=True,
+                         timeout=RUN_TIMEOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 0, run.stderr
+    assert (out / "config.json").exists()
+    return out
+
+
+def memories_file(path, profile, importance=5, repeat=2):
+    lines = []
+    for i in range(repeat):
+        for kind, content, response in FACTS:
+            lines.append(json.dumps({"profile": profile, "kind": kind, "content": f"{content} ({i})" if i else content,
+                                     "response": response, "importance": importance}))
+    path.write_text("\n".join(lines) + "\n")
+    return len(lines)
+
+
+@pytest.fixture
+def learning(make_daemon, demo_base):
+    started = []
+
+    def start(extra=None, with_double=True):
+        d = make_daemon()
+        sim = d.workdir / "gpu.json"
+        sim_gpu(sim, 12 * GiB)
+        double = None
+        if with_double:
+            double = OllamaDouble(sim, [{"name": BASE, "size": GiB, "family": "llama"}], unload_linger=0.2,
+                                  workdir=d.workdir / "od").start()
+            started.append(double)
+        sections = {k: dict(v) for k, v in d.sections.items()}
+        sections["daemon"]["sample_interval"] = "300ms"
+        sections["gpu"] = {"backend": "sim", "sim_file": str(sim), "reserve": "512MiB"}
+        sections["ollama"] = {"url": double.url if double else ""}
+        sections["learning"] = {
+            "enabled": True, "base_model": str(demo_base), "ollama_base": BASE, "method": "lora",
+            "importance_threshold": 50, "min_interval": "0s", "lr": 3e-3, "rank": 4, "alpha": 8, "max_steps": 24,
+            "warmup_steps": 2, "micro_batch": 2, "grad_accum": 1, "max_seq_len": 64, "dry_run_steps": 2,
+            "checkpoint_steps": 4, "forgetting_epsilon": 10.0, "lease_size": "2GiB", "device": "auto"}
+        for name, values in (extra or {}).items():
+            sections.setdefault(name, {}).update(values)
+        d.write_config(sections)
+        d.sections = sections
+        return d.start(), double
+
+    yield start
+    for double in started:
+        double.cleanup()
+
+
+def ctl(d, *args):
+    return subprocess.run([BIN / "memwardenctl", "--socket", d.socket_path, *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def runs(d):
+    return d.call("train.history", {"limit": 50})
+
+
+def wait_for_run(d, states=("promoted", "rejected", "failed"), timeout=RUN_TIMEOUT):
+    return wait_until(lambda: next((r for r in runs(d) if r["state"] in states), None), timeout=timeout,
+                      interval=0.5, message=lambda: f"a run in {states}; runs: {runs(d)}; log tail: {d.log()[-3000:]}")
+
+
+def consolidated(d):
+    return [m for m in d.call("memories.list", {"limit": 1000})["memories"] if m["consolidated_run"]]
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_memories_past_the_threshold_become_a_promoted_exported_adapter(learning, tmp_path, method):
+    d, double = learning({"learning": {"method": method}})
+    n = memories_file(tmp_path / "alice.jsonl", "alice")
+    imported = ctl(d, "memories", "import", str(tmp_path / "alice.jsonl"))
+    assert imported.returncode == 0, imported.stderr
+
+    run = wait_for_run(d)
+    assert run["state"] == "promoted", run
+    assert run["trigger"] == "threshold" and run["adapter"] == "alice"
+    assert run["eval"]["holdout_loss_after"] < run["eval"]["holdout_loss_before"]
+
+    status = d.call("train.status")
+    assert [(v["adapter"], v["version"], v["active"]) for v in status["versions"]] == [("alice", 1, 1)]
+    learned = consolidated(d)
+    assert learned and all(m["consolidated_run"] == run["id"] for m in learned)
+    assert len(learned) <= n
+    # The run trained under a preemptible lease on the (sim) GPU, released when it ended.
+    leases = d.call("lease.list")
+    assert leases["active"] == []
+    assert any(x["holder"].startswith("training alice") and x["preemptible"] for x in leases["recent"])
+    # Exported: the adapter alone, as a versioned model and a stable alias.
+    names = {m["name"] for m in double.tags()}
+    assert {"memwarden/alice:v1", "memwarden/alice:latest"} <= names
+    version_dir = d.workdir / "state" / "adapters" / "alice" / "v1"
+    assert sorted(p.name for p in version_dir.iterdir()) == [
+        "adapter_config.json", "adapter_model.safetensors", "fisher.safetensors"]
+
+
+def test_a_bad_import_line_imports_nothing_and_starts_nothing(learning, tmp_path):
+    d, _ = learning()
+    memories_file(tmp_path / "m.jsonl", "alice")
+    lines = (tmp_path / "m.jsonl").read_text().splitlines()
+    lines[3] = lines[3].replace('"importance": 5', '"importance": 11')
+    (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
+    out = ctl(d, "memories", "import", str(tmp_path / "m.jsonl"))
+    assert out.returncode == 1 and "line 4" in (out.stdout + out.stderr)
+    assert d.call("memories.count")["total"] == 0
+    assert runs(d) == []
+
+
+def test_preemption_checkpoints_releases_the_lease_and_resumes(learning, tmp_path):
+    d, _ = learning({"learning": {"max_steps": 60, "dry_run_steps": 0}})
+    memories_file(tmp_path / "m.jsonl", "alice")
+    assert ctl(d, "memories", "import", str(tmp_path / "m.jsonl")).returncode == 0
+    lease = wait_until(lambda: next(iter(d.call("lease.list")["active"]), None), timeout=RUN_TIMEOUT, interval=0.2,
+                       message="the training lease")
+    wait_until(lambda: (d.call("train.status")["current"] or {}).get("steps_seen", 0) >= 2, timeout=RUN_TIMEOUT,
+               interval=0.2, message="training steps")
+    d.call("lease.preempt", {"id": lease["id"]})
+    preempted = wait_until(lambda: next((e for e in d.log_events() if e.get("event") == "trainer: preempted"), None),
+                           timeout=60, message="the trainer's preempted event")
+    assert preempted["checkpoint"]
+    wait_until(lambda: all(x["id"] != lease["id"] for x in d.call("lease.list")["active"]), timeout=30,
+               message="the preempted lease released")
+    run = wait_for_run(d)
+    assert run["state"] == "promoted"
+    resumed = [e for e in d.log_events() if e.get("event") == "trainer exited"]
+    assert [e["code"] for e in resumed if not e["dry_run"]][:2] == [75, 0]
+
+
+def test_killing_the_daemon_mid_run_loses_nothing_and_trains_nothing_twice(learning, tmp_path):
+    d, _ = learning({"learning": {"max_steps": 60, "dry_run_steps": 0}})
+    memories_file(tmp_path / "m.jsonl", "alice")
+    assert ctl(d, "memories", "import", str(tmp_path / "m.jsonl")).returncode == 0
+    wait_until(lambda: any(e.get("event") == "trainer: checkpoint" for e in d.log_events()), timeout=RUN_TIMEOUT,
+               interval=0.2, message="a first checkpoint")
+    d.proc.send_signal(signal.SIGKILL)
+    d.proc.wait()
+    d.start()
+    run = wait_for_run(d)
+    assert run["state"] == "promoted"
+    all_runs = runs(d)
+    assert [r["state"] for r in all_runs] == ["promoted"], "the interrupted run resumed; no second run"
+    learned = consolidated(d)
+    assert learned and {m["consolidated_run"] for m in learned} == {run["id"]}
+
+
+def test_killing_the_trainer_resumes_from_its_checkpoint(learning, tmp_path):
+    d, _ = learning({"learning": {"max_steps": 60, "dry_run_steps": 0}})
+    memories_file(tmp_path / "m.jsonl", "alice")
+    assert ctl(d, "memories", "import", str(tmp_path / "m.jsonl")).returncode == 0
+    wait_until(lambda: any(e.get("event") == "trainer: checkpoint" for e in d.log_events()), timeout=RUN_TIMEOUT,
+               interval=0.2, message="a first checkpoint")
+    pid = d.call("train.status")["current"]["trainer_pid"]
+    os.kill(pid, signal.SIGKILL)
+    run = wait_for_run(d)
+    assert run["state"] == "promoted"
+    exits = [e["code"] for e in d.log_events() if e.get("event") == "trainer exited"]
+    assert exits == [-9, 0]
+
+
+def test_a_run_that_forgets_too_much_is_not_promoted(learning, tmp_path):
+    d, _ = learning({"learning": {"forgetting_epsilon": 0.0}})
+    memories_file(tmp_path / "a.jsonl", "alice")
+    assert ctl(d, "memories", "import", str(tmp_path / "a.jsonl")).returncode == 0
+    first = wait_for_run(d)
+    assert first["state"] == "promoted"
+    # New memories on unrelated text, learned hard: the loss on the earlier ones must rise, and ε is 0.
+    lines = [json.dumps({"profile": "alice", "kind": "journal", "importance": 10,
+                         "content": f"Zebra quartz {i} vortex kelp {i * 7} umbra {i * 13}."}) for i in range(30)]
+    (tmp_path / "b.jsonl").write_text("\n".join(lines) + "\n")
+    sections = {k: dict(v) for k, v in d.sections.items()}
+    sections["learning"].update(lr=2e-2, max_steps=40, ewc_lambda=0.0, replay_fraction=0.0)
+    d.write_config(sections)
+    assert d.call("config.reload")["reloaded"]
+    assert ctl(d, "memories", "import", str(tmp_path / "b.jsonl")).returncode == 0
+    second = wait_until(lambda: next((r for r in runs(d) if r["id"] != first["id"]
+                                      and r["state"] in ("promoted", "rejected", "failed")), None),
+                        timeout=RUN_TIMEOUT, interval=0.5, message="the second run")
+    assert second["state"] == "rejected", second
+    assert "forgot too much" in second["reason"]
+    assert [v["version"] for v in d.call("train.status")["versions"] if v["active"]] == [1]
+    new_ids = {m["id"] for m in d.call("memories.list", {"limit": 1000})["memories"] if "Zebra" in m["content"]}
+    assert not any(m["id"] in new_ids for m in consolidated(d)), "a rejected run consolidates nothing"
+
+
+def test_rollback_makes_the_previous_version_active(learning, tmp_path):
+    d, double = learning()
+    memories_file(tmp_path / "a.jsonl", "alice")
+    assert ctl(d, "memories", "import", str(tmp_path / "a.jsonl")).returncode == 0
+    assert wait_for_run(d)["state"] == "promoted"
+    memories_file(tmp_path / "b.jsonl", "alice", repeat=3)
+    assert ctl(d, "memories", "import", str(tmp_path / "b.jsonl")).returncode == 0
+    wait_until(lambda: sum(r["state"] == "promoted" for r in runs(d)) == 2, timeout=RUN_TIMEOUT, interval=0.5,
+               message="a second promoted run")
+    out = ctl(d, "adapters", "rollback", "alice")
+    assert out.returncode == 0 and "v1 active again (was v2)" in out.stdout
+    assert [v["version"] for v in d.call("train.status")["versions"] if v["active"]] == [1]
+
+
+def test_train_start_runs_now_and_full_fine_tune_clamps_the_learning_rate(learning, tmp_path):
+    d, _ = learning({"learning": {"method": "full", "lr": 5e-6, "importance_threshold": 10_000}})
+    memories_file(tmp_path / "a.jsonl", "alice")
+    assert ctl(d, "memories", "import", str(tmp_path / "a.jsonl")).returncode == 0
+    assert runs(d) == [], "below the threshold nothing starts by itself"
+    started = ctl(d, "train", "start", "alice")
+    assert started.returncode == 0, started.stderr
+    run = wait_for_run(d)
+    assert run["trigger"] == "manual"
+    clamps = [e for e in d.log_events() if e.get("event") == "trainer: clamp"]
+    assert clamps and clamps[0]["requested"] == 5e-6 and clamps[0]["used"] == 1e-5
+    assert d.call("diagnostics")["heavy_modules_loaded"] == []
