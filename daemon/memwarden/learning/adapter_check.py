@@ -117,10 +117,7 @@ def check_base_model(base_model_dir: str | Path) -> tuple[str | None, str | None
     archs = cfg.get("architectures") or []
     arch = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
     model_type = cfg.get("model_type") if isinstance(cfg.get("model_type"), str) else None
-    if arch is not None:
-        ok = arch in SUPPORTED_ARCHITECTURES
-    else:
-        ok = model_type in SUPPORTED_MODEL_TYPES
+    ok = arch in SUPPORTED_ARCHITECTURES if arch is not None else model_type in SUPPORTED_MODEL_TYPES
     problems = []
     if not ok:
         problems.append(
@@ -143,10 +140,8 @@ def check_adapter(adapter_dir: str | Path, base_model_dir: str | Path | None = N
     if not cfg_path.is_file():
         problems.append(f"{ADAPTER_CONFIG} is missing")
     if not weights_path.is_file():
-        problems.append(
-            f"{ADAPTER_WEIGHTS} is missing"
-            + (" (adapter_model.bin is not accepted: save with safetensors)" if (root / "adapter_model.bin").exists() else "")
-        )
+        bin_note = " (adapter_model.bin is not accepted: save with safetensors)"
+        problems.append(f"{ADAPTER_WEIGHTS} is missing" + (bin_note if (root / "adapter_model.bin").exists() else ""))
     if problems:
         return report
 
@@ -211,7 +206,8 @@ def check_adapter(adapter_dir: str | Path, base_model_dir: str | Path | None = N
         problems.append(f"modules_to_save tensors present ({len(copied)}, e.g. {copied[0]}): not supported by Ollama")
     if named:
         problems.append(
-            f"tensors carry an adapter name ({len(named)}, e.g. {named[0]}): save the adapter as 'default' at the top level"
+            f"tensors carry an adapter name ({len(named)}, e.g. {named[0]}): "
+            "save the adapter as 'default' at the top level"
         )
     if foreign:
         problems.append(f"tensors that are not LoRA A/B matrices ({len(foreign)}, e.g. {foreign[0]})")

@@ -23,6 +23,11 @@ COVERAGE = 0.8  # the samples must span this much of the window before any verdi
 FLOOR_SPAN = 1 / 8  # the trailing minimum looks back this share of the window
 JITTER_FACTOR = 8  # a drop is at least this many median steps
 MIN_TROUGHS = 2  # a leak under a sawtooth needs this many troughs (drops) to show their climb
+# ... and they must climb at least this much in all: the same floor under which a fall is no drop. On a real
+# engine a trough moves by a few hundred KiB from one tooth to the next (the process that just freed the memory
+# exiting, page tables, kernel accounting), and with two troughs half a window apart that alone exceeded the
+# default 1MiB/min: a level-trough sawtooth (period ≈ window / 2) was called a leak about once a period.
+MIN_TROUGH_CLIMB = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -116,7 +121,9 @@ def assess(samples: Sequence[Sample], window: float, min_rate: float, limit: int
     if len(drops) >= MIN_TROUGHS or (len(drops) == 1 and not is_spike(samples, drops[0])):
         points = troughs(samples, drops)
         slope = recent_slope = theil_sen(points)
-        verdict = "leak" if slope >= min_rate and len(points) >= MIN_TROUGHS else "sawtooth"
+        climb = slope * (points[-1][0] - points[0][0]) if points else 0.0
+        verdict = ("leak" if slope >= min_rate and len(points) >= MIN_TROUGHS and climb >= MIN_TROUGH_CLIMB
+                   else "sawtooth")
     else:  # no drops, or a lone spike the trailing floor looks past
         floor = trailing_floor(samples, window * FLOOR_SPAN)
         slope = theil_sen(resample(floor))

@@ -122,6 +122,8 @@ class ContainerProbe:
                     self._apply(event)
                 raise DockerUnavailable("the Docker events stream ended")
             except Exception as exc:  # noqa: BLE001 - any failure here means "Docker unreachable"; retry
+                if self._stop.is_set():
+                    break  # close() ended the stream: not Docker going away (no warning at every daemon stop)
                 with self._lock:
                     if self._error != f"Docker at {self.docker_url} unreachable: {exc}":
                         log.warning("Docker unreachable", docker_url=self.docker_url, error=repr(exc))

@@ -98,9 +98,14 @@ def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str
             upto = _render(tokenizer, messages[: i + 1], False)
         except Exception:  # noqa: BLE001 - some templates refuse a prefix (e.g. no user turn yet): fall back
             before = upto = None
-        if before is not None and upto is not None and full.startswith(upto) and upto.startswith(before):
-            if len(before) < len(upto) and len(before) >= cursor:
-                span = (len(before), len(upto))
+        if (
+            before is not None
+            and upto is not None
+            and full.startswith(upto)
+            and upto.startswith(before)
+            and cursor <= len(before) < len(upto)
+        ):
+            span = (len(before), len(upto))
         if span is None:
             content = msg["content"].strip()
             pos = full.find(content, cursor) if content else -1

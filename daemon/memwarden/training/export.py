@@ -41,6 +41,8 @@ def _write_adapter(model: Any, out: Path) -> None:
     alpha = data.get("lora_alpha")
     if isinstance(alpha, float) and alpha.is_integer():
         data["lora_alpha"] = int(alpha)
+    if isinstance(data.get("target_modules"), list):
+        data["target_modules"] = sorted(data["target_modules"])
     data["inference_mode"] = True
     path.write_text(json.dumps(data, indent=2, sort_keys=True))
 
