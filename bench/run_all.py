@@ -1,8 +1,9 @@
-"""Run every benchmark with its defaults; print their tables and write them to bench/results/latest.md.
+"""Run every benchmark (the container ones shortened: ARGS); print the tables, write bench/results/latest.md.
 
 Each script runs in its own process (with --json, so bench/results/latest.json gets the raw figures too).
-Takes about 4.5 minutes: the footprint window alone is 60 s, the GPU-arbitration scripts about 2.5 minutes together,
-memory ingest about 30 s.
+Takes about 8.5 minutes: the footprint window alone is 60 s, the GPU-arbitration scripts about 2.5 minutes together,
+memory ingest about 30 s, the container benchmarks (a private dockerd; skipped without root, dockerd or a static
+/bin/busybox) about 4 minutes.
 proxy_latency.py also measures BASTION when its executable is at $BASTION_BIN (default
 /tmp/bastion-venv/bin/bastion), and reports it as unavailable otherwise.
 """
@@ -22,13 +23,17 @@ from _common import exit_cleanly_on_sigterm, machine, parser
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 SCRIPTS = ("daemon_footprint.py", "status_latency.py", "startup.py", "proxy_latency.py", "scheduler_hitrate.py",
-           "decision_time.py", "lease_latency.py", "memory_ingest.py")
+           "decision_time.py", "lease_latency.py", "memory_ingest.py", "container_sample_cost.py",
+           "leak_detection.py")
+# Shorter than their defaults, to keep `make bench` short; BENCHMARKS.md records the full-length runs.
+ARGS = {"container_sample_cost.py": ("--api-passes", "1"), "leak_detection.py": ("--minutes", "2", "--window", "30s")}
 TIMEOUT = 240.0
 
 
 def run(script: str) -> tuple[str, dict[str, Any]]:
     """The script's Markdown output and its JSON results."""
-    proc = subprocess.Popen([sys.executable, str(HERE / script), "--json"], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, str(HERE / script), *ARGS.get(script, ()), "--json"],
+                            stdout=subprocess.PIPE, text=True)
     try:
         out, _ = proc.communicate(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -63,7 +68,7 @@ def main() -> int:
     sections, combined = [header], {"machine": host, "results": {}}
     for script in SCRIPTS:
         markdown, results = run(script)
-        command = f".venv/bin/python bench/{script}"
+        command = " ".join([".venv/bin/python", f"bench/{script}", *ARGS.get(script, ())])
         section = f"`{command}`\n\n{markdown}"
         print(section, flush=True)
         sections.append(section)

@@ -23,6 +23,7 @@ from memwarden.learning.store import (
     MemoryStore,
     RouteError,
 )
+from memwarden.learning.supervisor import active_run_adapters, last_run_times
 from memwarden.learning.trigger import due_adapters, next_window_start
 from memwarden.logs import get_logger
 
@@ -48,17 +49,6 @@ def _lines_param(lines: Any) -> list[str | None]:
         if line is not None and not isinstance(line, str):
             raise InvalidParams(f"'lines'[{i}] must be a string (or null for a line the client could not send)")
     return lines
-
-
-def last_run_times(db: Any) -> dict[str, float]:
-    """adapter → when its most recent run started (or was created, if it never started)."""
-    return {r["adapter"]: r["t"] for r in db.query(
-        "SELECT adapter, MAX(COALESCE(started_at, created_at)) AS t FROM runs GROUP BY adapter")}
-
-
-def active_run_adapters(db: Any) -> set[str]:
-    """Adapters with a run scheduled or in progress: any run not finished."""
-    return {r["adapter"] for r in db.query("SELECT DISTINCT adapter FROM runs WHERE finished_at IS NULL")}
 
 
 def register_memories(daemon: Daemon) -> None:

@@ -43,6 +43,17 @@ GiB = 1024**3
 METHOD_FACTOR = {"lora": 1.2, "qlora": 0.45, "full": 4.0}  # VRAM per byte of base weights, with activations
 
 
+def last_run_times(db: Any) -> dict[str, float]:
+    """adapter → when its most recent run started (or was created, if it never started)."""
+    return {r["adapter"]: r["t"] for r in db.query(
+        "SELECT adapter, MAX(COALESCE(started_at, created_at)) AS t FROM runs GROUP BY adapter")}
+
+
+def active_run_adapters(db: Any) -> set[str]:
+    """Adapters with a run queued, waiting, preempted or in progress: any run not finished."""
+    return {r["adapter"] for r in db.query("SELECT DISTINCT adapter FROM runs WHERE finished_at IS NULL")}
+
+
 def ollama_name(adapter: str) -> str:
     """An Ollama model name for an adapter (lower case; '@' of profile-qualified adapters becomes '-')."""
     return "memwarden/" + re.sub(r"[^a-z0-9._-]+", "-", adapter.lower()).strip("-.")
@@ -113,10 +124,8 @@ class LearningSupervisor:
 
     def due(self, now: float) -> list[trigger.Decision]:
         sums = {a: v["importance"] for a, v in self.store.unconsolidated_importance().items()}
-        last = {r["adapter"]: r["last"] for r in self.db.query(
-            "SELECT adapter, MAX(created_at) AS last FROM runs GROUP BY adapter")}
-        running = {self.current["adapter"]} if self.current else set()
-        return trigger.due_adapters(sums, last, running, self.config.learning, now)
+        return trigger.due_adapters(sums, last_run_times(self.db), active_run_adapters(self.db),
+                                    self.config.learning, now)
 
     async def tick(self) -> None:
         """Called every sample pass: resume a pending run, or start one for a due adapter in its window."""

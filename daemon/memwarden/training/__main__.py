@@ -40,7 +40,20 @@ def main(argv: list[str] | None = None) -> int:
         emit.emit("error", message=f"cannot read job spec {args[0]}: {type(exc).__name__}: {exc}")
         return EXIT_FAILED
 
-    from memwarden.training.trainer import Trainer
+    from memwarden.learning.jobspec import EXIT_DONE
+    from memwarden.training.preflight import GiveUp, already_done, validate
+
+    try:
+        validate(spec)
+        done = already_done(spec)
+    except GiveUp as exc:
+        emit.emit("error", message=str(exc))
+        return EXIT_FAILED
+    if done is not None:
+        emit.emit("done", **done, already_done=True)
+        return EXIT_DONE
+
+    from memwarden.training.trainer import Trainer  # torch from here on
 
     return Trainer(spec, emit, stop).run()
 

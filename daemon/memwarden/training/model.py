@@ -12,8 +12,8 @@ from typing import Any
 import torch
 
 from memwarden.learning.jobspec import FULL_FT_LR_RANGE, JobSpec
+from memwarden.training.preflight import METHODS
 
-METHODS = ("lora", "qlora", "full")
 ADAPTER_NAME = "default"
 _ADAPTER_SEGMENT = re.compile(rf"\.{ADAPTER_NAME}(?=\.)")
 

@@ -35,7 +35,8 @@ from memwarden.training.data import IGNORE, DataError, Order, Split, collate, lo
 from memwarden.training.events import Emitter
 from memwarden.training.ewc import EwcPenalty, combine, compute_fisher, load_fisher
 from memwarden.training.export import FISHER_FILE, write_final
-from memwarden.training.model import METHODS, build
+from memwarden.training.model import build
+from memwarden.training.preflight import GiveUp, already_done, validate
 from memwarden.training.stop import StopFlag
 
 CLIP_NORM = 1.0
@@ -44,10 +45,6 @@ MAX_NONFINITE_STEPS = 5  # consecutive steps with a NaN/inf loss or gradient (sk
 
 class Preempted(Exception):
     """SIGTERM/SIGINT seen: checkpoint and exit 75."""
-
-
-class GiveUp(Exception):
-    """A clear reason to fail (exit 1) without a traceback."""
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -63,39 +60,6 @@ def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(
         shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
     )
-
-
-def validate(spec: JobSpec) -> None:
-    h, problems = spec.hyper, []
-    if spec.method not in METHODS:
-        problems.append(f"method must be one of {list(METHODS)}, got {spec.method!r}")
-    if not (Path(spec.base_model) / "config.json").is_file():
-        problems.append(f"base_model {spec.base_model} is not a model directory (no config.json)")
-    for name in ("train_file", "holdout_file", "probe_file", "init_adapter"):
-        value = getattr(spec, name)
-        if value is not None and not Path(value).exists():
-            problems.append(f"{name} {value} does not exist")
-    for name, value, low in (
-        ("micro_batch", h.micro_batch, 1),
-        ("grad_accum", h.grad_accum, 1),
-        ("max_steps", h.max_steps, 1),
-        ("warmup_steps", h.warmup_steps, 0),
-        ("max_seq_len", h.max_seq_len, 2),
-        ("rank", h.rank, 1),
-        ("eval_every", h.eval_every, 0),
-    ):
-        if not isinstance(value, int) or value < low:
-            problems.append(f"hyper.{name} must be an integer ≥ {low}, got {value!r}")
-    if not (h.lr > 0 and math.isfinite(h.lr)):
-        problems.append(f"hyper.lr must be positive, got {h.lr!r}")
-    if not 0 <= h.dropout < 1:
-        problems.append(f"hyper.dropout must be in [0, 1), got {h.dropout!r}")
-    if spec.ewc.lam < 0 or not 0 <= spec.ewc.decay <= 1 or spec.ewc.fisher_samples < 0:
-        problems.append("ewc: lam ≥ 0, 0 ≤ decay ≤ 1 and fisher_samples ≥ 0 are required")
-    if spec.dry_run_steps < 0 or spec.checkpoint_every_steps < 0 or spec.checkpoint_every_seconds < 0:
-        problems.append("dry_run_steps, checkpoint_every_steps and checkpoint_every_seconds must not be negative")
-    if problems:
-        raise GiveUp("invalid job spec: " + "; ".join(problems))
 
 
 def memory_bytes(device: torch.device) -> int:
@@ -157,7 +121,7 @@ class Trainer:
         spec, h = self.spec, self.spec.hyper
         validate(spec)
         self.out.mkdir(parents=True, exist_ok=True)
-        if not self.dry and (done := self._already_done()) is not None:
+        if (done := already_done(spec)) is not None:
             self.emit.emit("done", **done, already_done=True)
             return EXIT_DONE
         self.check_stop()
@@ -214,19 +178,6 @@ class Trainer:
             self.eval_before = {"holdout_loss": self.evaluate(self.holdout), "probe_loss": self.evaluate(self.probe)}
         self._loop()
         return self._finish()
-
-    def _already_done(self) -> dict[str, Any] | None:
-        """A run that already finished (final/ and eval.json in place) is reported again, not retrained."""
-        path = self.out / "eval.json"
-        if not (path.is_file() and (self.out / "final").is_dir()):
-            return None
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
-        if data.get("run_id") != self.spec.run_id:
-            return None
-        return {k: data.get(k) for k in ("step", "final_dir", "eval", "tokens_per_s")}
 
     def _resume(self) -> int:
         for step, path in checkpoint.complete(self.ckpt_root):

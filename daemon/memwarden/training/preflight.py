@@ -1,0 +1,80 @@
+"""What can be decided before torch is imported (2+ s): is the spec valid, and is this run already done?
+
+`python -m memwarden.training` calls both first, so a bad spec is refused, and a finished run reported again,
+within a fraction of a second. No torch here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from memwarden.learning.jobspec import JobSpec
+
+METHODS = ("lora", "qlora", "full")
+
+
+class GiveUp(Exception):
+    """A clear reason to fail (exit 1) without a traceback."""
+
+
+def validate(spec: JobSpec) -> None:
+    """Raises GiveUp naming every problem of the spec."""
+    h, problems = spec.hyper, []
+    if spec.method not in METHODS:
+        problems.append(f"method must be one of {list(METHODS)}, got {spec.method!r}")
+    if not (Path(spec.base_model) / "config.json").is_file():
+        problems.append(f"base_model {spec.base_model} is not a model directory (no config.json)")
+    for name in ("train_file", "holdout_file", "probe_file", "init_adapter"):
+        value = getattr(spec, name)
+        if value is not None and not Path(value).exists():
+            problems.append(f"{name} {value} does not exist")
+    if spec.device != "cpu" and not spec.device.startswith("cuda"):
+        problems.append(f"device must be cpu or cuda, got {spec.device!r}")
+    for name, value, low in (
+        ("micro_batch", h.micro_batch, 1),
+        ("grad_accum", h.grad_accum, 1),
+        ("max_steps", h.max_steps, 1),
+        ("warmup_steps", h.warmup_steps, 0),
+        ("max_seq_len", h.max_seq_len, 2),
+        ("rank", h.rank, 1),
+        ("alpha", h.alpha, 1),
+        ("eval_every", h.eval_every, 0),
+        ("seed", h.seed, 0),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            problems.append(f"hyper.{name} must be an integer ≥ {low}, got {value!r}")
+    if not (isinstance(h.lr, int | float) and h.lr > 0 and math.isfinite(h.lr)):
+        problems.append(f"hyper.lr must be positive, got {h.lr!r}")
+    if not (isinstance(h.dropout, int | float) and 0 <= h.dropout < 1):
+        problems.append(f"hyper.dropout must be in [0, 1), got {h.dropout!r}")
+    if not h.target_modules and spec.method != "full":
+        problems.append("hyper.target_modules is empty")
+    if spec.ewc.lam < 0 or not 0 <= spec.ewc.decay <= 1 or spec.ewc.fisher_samples < 0:
+        problems.append("ewc: lam ≥ 0, 0 ≤ decay ≤ 1 and fisher_samples ≥ 0 are required")
+    if spec.dry_run_steps < 0 or spec.checkpoint_every_steps < 0 or spec.checkpoint_every_seconds < 0:
+        problems.append("dry_run_steps, checkpoint_every_steps and checkpoint_every_seconds must not be negative")
+    if problems:
+        raise GiveUp("invalid job spec: " + "; ".join(problems))
+
+
+def already_done(spec: JobSpec) -> dict[str, Any] | None:
+    """The "done" fields of a run that already finished (final/ and eval.json in place, same run_id), else None.
+
+    eval.json is written last, after final/ is renamed into place, so its presence means the run is complete.
+    """
+    if spec.dry_run_steps > 0:
+        return None
+    out = Path(spec.output_dir)
+    path = out / "eval.json"
+    if not (path.is_file() and (out / "final").is_dir()):
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(data, dict) or data.get("run_id") != spec.run_id:
+        return None
+    return {k: data.get(k) for k in ("step", "final_dir", "eval", "tokens_per_s")}
