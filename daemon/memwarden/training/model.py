@@ -28,6 +28,7 @@ class Built:
     lr: float
     clamp: dict[str, Any] | None = None  # the lr clamp applied to a full fine-tune, for the "clamp" event
     notes: list[str] = field(default_factory=list)
+    quantized_layers: int = 0  # bitsandbytes Linear4bit modules in the base (qlora)
 
     @property
     def is_peft(self) -> bool:
@@ -143,5 +144,12 @@ def build(spec: JobSpec) -> Built:
     if not params:
         raise RuntimeError("the model has no trainable parameters (do target_modules name modules of this model?)")
     lr, clamp = clamp_lr(spec.method, hyper.lr)
+    quantized = 0
+    if spec.method == "qlora":
+        import bitsandbytes as bnb
+
+        quantized = sum(1 for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
+        if not quantized:
+            raise RuntimeError("qlora: bitsandbytes quantized no layer of the base model to 4 bits")
     model.train()
-    return Built(model, tokenizer, device, autocast, params, lr, clamp, notes)
+    return Built(model, tokenizer, device, autocast, params, lr, clamp, notes, quantized)

@@ -169,6 +169,7 @@ class Trainer:
                       "probe": len(self.probe.examples), "dropped": self.train.dropped + self.holdout.dropped
                       + self.probe.dropped, "truncated": self.train.truncated},
             ewc=ewc_state,
+            quantized_layers=self.b.quantized_layers,
             notes=self.b.notes,
         )
         if self.b.clamp:
@@ -189,13 +190,14 @@ class Trainer:
                 continue
             meta = ck["meta"]
             if (
-                meta.get("method") != self.spec.method
+                meta.get("run_id") != self.spec.run_id
+                or meta.get("method") != self.spec.method
                 or sorted(meta.get("keys", [])) != sorted(self.params)
                 or meta.get("effective_batch") != self.effective
             ):
                 raise GiveUp(
-                    f"checkpoint {path} was written by a different job (method, trainable tensors or effective "
-                    f"batch differ); remove {self.ckpt_root} to start this job over"
+                    f"checkpoint {path} was written by a different job (run_id, method, trainable tensors or "
+                    f"effective batch differ); remove {self.ckpt_root} to start this job over"
                 )
             with torch.no_grad():
                 for key, p in self.params.items():

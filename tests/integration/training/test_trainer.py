@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -207,6 +208,9 @@ def test_qlora_trains_on_a_4bit_base_on_cpu(base_spec, tmp_path):
     rc, events, err = run(job)
     done = assert_done(rc, events, err)
     assert len(of(events, "step")) == 8
+    start = of(events, "start")[0]
+    assert start["quantized_layers"] == 14  # every linear layer of the 2 blocks is NF4 (lm_head stays fp32)
+    assert start["trainable_params"] == 16384  # the LoRA matrices only
     assert done["eval"]["holdout_loss_after"] < done["eval"]["holdout_loss_before"]
     final = Path(done["final_dir"])
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in final.iterdir()}
@@ -344,3 +348,58 @@ def test_a_bad_spec_is_one_error_line_and_exit_1(base_spec, tmp_path):
     (error,) = events
     assert error["event"] == "error"
     assert "method must be one of" in error["message"] and "missing.jsonl does not exist" in error["message"]
+
+
+# ---------------------------------------------------------------- the data path, in process (no trainer run)
+
+
+def test_the_loss_is_on_assistant_tokens_only_turn_markers_included(demo_base):
+    from memwarden.training.data import IGNORE, encode
+    from memwarden.training.model import load_tokenizer
+
+    tok = load_tokenizer(demo_base)
+    messages = [
+        {"role": "system", "content": "You remember what matters."},
+        {"role": "user", "content": "Who is Mira?"},
+        {"role": "assistant", "content": "Your sister."},
+        {"role": "user", "content": "Where does she live?"},
+        {"role": "assistant", "content": "In Lisbon."},
+    ]
+    example, truncated = encode(tok, messages, 256)
+    assert not truncated and example.input_ids[0] == tok.bos_token_id
+    learnt = [t for t, lab in zip(example.input_ids, example.labels, strict=True) if lab != IGNORE]
+    assert tok.decode(learnt) == "Your sister.<|eot|>In Lisbon.<|eot|>"  # the end of turn too: it learns to stop
+    assert example.n_targets == len(learnt)
+    assert all(lab in (IGNORE, t) for t, lab in zip(example.input_ids, example.labels, strict=True))
+
+    cut, truncated = encode(tok, messages, 40)
+    assert truncated and len(cut) == 40 and 0 < cut.n_targets < example.n_targets
+    none, truncated = encode(tok, messages, 10)  # nothing of an assistant turn survives
+    assert none is None and truncated
+
+
+def test_bad_lines_are_named_by_file_and_line(tmp_path):
+    from memwarden.training.data import DataError, read_conversations
+
+    good = _conversation("q", "a")
+    for bad, why in (
+        ("{not json", "not JSON"),
+        ('{"messages": []}', "non-empty 'messages'"),
+        ('{"messages": [{"role": "tool", "content": "x"}]}', "messages[0] must be"),
+        ('{"messages": [{"role": "user", "content": "only a question"}]}', "no assistant message"),
+    ):
+        path = tmp_path / "train.jsonl"
+        path.write_text(f"{good}\n\n{bad}\n")
+        with pytest.raises(DataError, match=rf"train\.jsonl:3: .*{re.escape(why)}"):
+            read_conversations(path)
+
+
+def test_the_order_is_a_seeded_permutation_per_epoch():
+    from memwarden.training.data import Order
+
+    order = Order(10, seed=42)
+    first, second = order.indices(0, 10), order.indices(10, 10)
+    assert sorted(first) == sorted(second) == list(range(10)) and first != second
+    assert order.indices(7, 6) == first[7:] + second[:3]  # a step across the epoch boundary
+    assert Order(10, seed=42).indices(0, 20) == first + second
+    assert Order(10, seed=43).indices(0, 10) != first
