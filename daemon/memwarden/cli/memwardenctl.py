@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +189,20 @@ def fail(message: str, code: int = 1) -> int:
     return code
 
 
+def guarded(sock: Path, timeout: float, action: Callable[[], Any]) -> tuple[bool, Any]:
+    """(True, what `action` returned), or (False, the exit status) after a one-line reason on stderr."""
+    try:
+        return True, action()
+    except ConnectError as exc:
+        return False, fail(str(exc), 3)
+    except RpcError as exc:
+        return False, fail(exc.message)
+    except TimeoutError:
+        return False, fail(f"no answer from {sock} within {timeout:g}s")
+    except OSError as exc:
+        return False, fail(f"{exc.filename or sock}: {exc.strerror or exc}", 3)
+
+
 def init_demo(directory: Path) -> int:
     """Build the demo base model in this process's Python (it needs the `train` extra: torch, tokenizers)."""
     import subprocess
@@ -241,16 +256,8 @@ def main(argv: list[str] | None = None) -> int:
                 renderer = render.rollback
     elif args.command == "memories":
         if args.verb == "import":
-            try:
-                return import_memories(sock, args.file, args.timeout, args.json)
-            except ConnectError as exc:
-                return fail(str(exc), 3)
-            except RpcError as exc:
-                return fail(exc.message)
-            except TimeoutError:
-                return fail(f"no answer from {sock} within {args.timeout:g}s")
-            except OSError as exc:
-                return fail(f"{exc.filename or sock}: {exc.strerror or exc}", 3)
+            _, code = guarded(sock, args.timeout, lambda: import_memories(sock, args.file, args.timeout, args.json))
+            return code
         method, renderer = MEMORY_VERBS[args.verb]
         params = memory_params(args)
     elif args.command == "call":
@@ -266,17 +273,13 @@ def main(argv: list[str] | None = None) -> int:
         method, renderer, _ = COMMANDS[args.command]
         if args.command == "alerts":
             params = {"limit": args.limit}
-    try:
+    def call() -> Any:
         with Client(sock, timeout=args.timeout) as client:
-            result = client.call(method, params)
-    except ConnectError as exc:
-        return fail(str(exc), 3)
-    except RpcError as exc:
-        return fail(exc.message)
-    except TimeoutError:
-        return fail(f"no answer from {sock} within {args.timeout:g}s")
-    except OSError as exc:
-        return fail(f"{sock}: {exc.strerror or exc}", 3)
+            return client.call(method, params)
+
+    ok, result = guarded(sock, args.timeout, call)
+    if not ok:
+        return result
     if args.json or renderer is None:
         print(json.dumps(result, indent=2, default=str))
     else:
