@@ -11,6 +11,7 @@ import signal
 import subprocess
 
 import pytest
+
 from support.daemon import BIN
 from support.ollama_double import OllamaDouble
 from support.ollama_double.manager import sim_gpu, wait_until
@@ -226,7 +227,7 @@ def test_a_run_that_forgets_too_much_is_not_promoted(learning, tmp_path):
 
 
 def test_rollback_makes_the_previous_version_active(learning, tmp_path):
-    d, double = learning()
+    d, _ = learning()
     memories_file(tmp_path / "a.jsonl", "alice")
     assert ctl(d, "memories", "import", str(tmp_path / "a.jsonl")).returncode == 0
     assert wait_for_run(d)["state"] == "promoted"

@@ -8,6 +8,8 @@ import sqlite_utils
 
 from memwarden.policies.remediation import Restart
 
+MANUAL = "manual restart"
+
 
 class RestartHistory:
     def __init__(self, db: sqlite_utils.Database):
@@ -27,9 +29,10 @@ class RestartHistory:
         """Restarts since `since`, oldest first. With include_failed, attempts that errored count too (as
         ineffective): a restart that keeps failing must spend the budget and back off like any other."""
         failed = "" if include_failed else " AND error IS NULL"
+        # An operator's restart is theirs: it neither spends the automatic budget nor counts as ineffective.
         rows = self._db.query(
-            f"SELECT * FROM container_restarts WHERE container = ? AND at >= ?{failed} ORDER BY at",
-            [container, since])
+            f"SELECT * FROM container_restarts WHERE container = ? AND at >= ?{failed} "
+            f"AND reason != '{MANUAL}' ORDER BY at", [container, since])
         return [Restart(r["at"], r["working_set_before"], r["working_set_after"],
                         False if r["error"] else (None if r["effective"] is None else bool(r["effective"])),
                         bool(r["dry_run"])) for r in rows]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from memwarden.containers.history import MANUAL
 from memwarden.control.params import int_param, str_param
 from memwarden.control.protocol import ApplicationError
 
@@ -41,7 +42,7 @@ def register_containers(daemon: Daemon) -> None:
         if not match:
             raise ApplicationError(f"no running container {name!r} (see `memwardenctl containers`)")
         try:
-            return await w.restart(match[0], "manual restart")
+            return await w.restart(match[0], MANUAL)
         except Exception as exc:  # noqa: BLE001 - reported to the caller in words
             raise ApplicationError(f"restart of {name} failed: {exc}") from None
 
