@@ -89,6 +89,8 @@ def main() -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=60.0, help="measurement window after READY (default 60)")
     p.add_argument("--poll", type=float, default=0.5, help="RSS sampling period in seconds (default 0.5)")
+    p.add_argument("--with-ollama", action="store_true",
+                   help="the daemon also watches the Ollama double (one model loaded) on a 12 GiB sim GPU")
     args = p.parse_args()
     exit_cleanly_on_sigterm()
 
@@ -96,8 +98,18 @@ def main() -> int:
         # The baseline starts first so that it has long finished starting up when the window opens.
         sleeper = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({args.seconds + 600:.0f})"])
         stack.callback(kill_process, sleeper)
-        daemon = DaemonProcess({"daemon": {"sample_interval": "1s", "log_level": "info"}},
-                               workdir=short_tmpdir("mwbench"))
+        config: dict = {"daemon": {"sample_interval": "1s", "log_level": "info"}}
+        workdir = short_tmpdir("mwbench")
+        if args.with_ollama:
+            from support.ollama_double import OllamaDouble
+            from support.ollama_double.manager import sim_gpu
+
+            sim = sim_gpu(workdir / "gpu.json", 12 * 1024**3)
+            double = OllamaDouble(sim, [{"name": "m:1b", "size": 1024**3}], workdir=workdir / "od").start()
+            stack.callback(double.cleanup)
+            double.load("m:1b", keep_alive=-1)
+            config.update(gpu={"backend": "sim", "sim_file": str(sim)}, ollama={"url": double.url})
+        daemon = DaemonProcess(config, workdir=workdir)
         drain = stack.enter_context(managed(daemon))  # returns once READY=1 has arrived
         base, mine = Watch(sleeper.pid), Watch(daemon.pid)
         notified0 = drain.received

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
+# sqlite-utils imports numpy whenever it can (for numpy column types), and the `train` extra puts numpy in the
+# same environment: ~20 MB of RSS the daemon never uses. Only the trainer subprocess may load it.
+sys.modules.setdefault("numpy", None)  # before sqlite_utils is first imported, hence the late imports below
+
 import argparse
 import asyncio
-import sys
 from pathlib import Path
 
 from memwarden import __version__

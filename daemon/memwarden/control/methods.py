@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from memwarden.daemon import Daemon
 
 # Only the trainer subprocess may import these; the daemon reports if any slipped in.
-HEAVY_MODULES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
+HEAVY_MODULES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "numpy")
 
 
 def _jsonable_config(daemon: Daemon) -> dict[str, Any]:
@@ -106,7 +106,7 @@ def register_all(daemon: Daemon) -> None:
             "clients": daemon.server.clients if daemon.server else 0,
             "requests_served": daemon.server.served if daemon.server else 0,
             "python": sys.version.split()[0],
-            "heavy_modules_loaded": sorted(m for m in HEAVY_MODULES if m in sys.modules),
+            "heavy_modules_loaded": sorted(m for m in HEAVY_MODULES if sys.modules.get(m) is not None),
         }
 
     async def methods() -> list[dict[str, Any]]:
