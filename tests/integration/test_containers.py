@@ -167,10 +167,10 @@ def test_leaks_are_found_restarted_verified_and_held_to_the_budget_while_steady_
     until(lambda: time.time() - t0 >= 2 * WINDOW + 1, 2 * WINDOW + 5, "two windows of samples")
     for name, expected in (("steady", "steady"), ("sawtooth", "sawtooth")):
         logged = verdicts_logged(d, name)
-        assert logged and logged[0] == expected, (name, logged)
-        assert "leak" not in logged, (name, logged)
         # A sawtooth whose last drop has left the window reads as steady for a while: neither is a leak.
-        assert rows(d)[name]["verdict"] in ("steady", expected)
+        allowed = {"steady", expected}
+        assert logged and set(logged) <= allowed, (name, logged)
+        assert rows(d)[name]["verdict"] in allowed
         assert alerts(d, key=name) == []
     assert d.proc.poll() is None
 

@@ -112,8 +112,11 @@ class ContainerWatch:
             s.idle_leak = leak.idle_leak(c.working_set, models, cfg.idle_leak_threshold)
             inputs = self._inputs(c, s)
             if s.verdict.verdict != previous and s.verdict.verdict != "warming":
-                log.info("decision: container verdict", decision="container.verdict", container=c.name,
-                         verdict=s.verdict.verdict, previous=previous, **inputs)
+                # steady ↔ sawtooth flips as drops enter and leave the window: worth a debug line, no more.
+                benign = {s.verdict.verdict, previous} <= {"steady", "sawtooth"}
+                (log.debug if benign else log.info)(
+                    "decision: container verdict", decision="container.verdict", container=c.name,
+                    verdict=s.verdict.verdict, previous=previous, **inputs)
             action, complaint = remediation.container_action(c.label("memwarden.action"), cfg.action)
             if complaint:
                 log.warning("bad container label", container=c.name, problem=complaint)
