@@ -16,9 +16,10 @@ final adapter are measured afterwards in one process: task A (all of A's pairs, 
 replayed), and task B. Forgetting = task-A loss after B − task-A loss before B (A's adapter). Goal: forgetting of
 (b) ≤ 0.5 × forgetting of (a), with (b)'s task-B loss at most 5 % above (a)'s.
 
---tune chooses λ: the same runs on tuning tasks drawn with --seed + 1000 (other names, objects and answers)
-for each λ of --grid with replay, and picks the λ with the least task-A forgetting whose task-B loss is within 5 %
-of plain LoRA's. The default --lam is what that gave (see BENCHMARKS.md).
+--tune chooses λ and the replay share: the same runs on tuning tasks drawn with --seed + 1000 (other names,
+objects and answers) for each replay count of --grid-replay × each λ of --grid, and picks the pair with the least
+task-A forgetting whose task-B loss is within 5 % of plain LoRA's; the test runs then use it. The defaults
+(--replay 2, --lam 30) are what `--tune` chose (see BENCHMARKS.md); `--tune --tune-only` prints just that table.
 """
 
 from __future__ import annotations
@@ -127,19 +128,15 @@ def child(argv: list[str]) -> str:
 class Experiment:
     """One pair of tasks in `root`: train A, then B in several variants from A's adapter; evaluate."""
 
-    def __init__(self, root: Path, base: Path, seed: int, args: Any):
+    def __init__(self, root: Path, base: Path, seed: int, args: Any, replays: list[int]):
+        """`replays`: the numbers of A's pairs that B runs may replay (the first r of A's pairs)."""
         self.root, self.base, self.args = root, base, args
         root.mkdir(parents=True)
         self.a, self.b = tasks(seed, args.facts)
-        self.replayed = self.a[: args.replay]
-        self.files = {
-            "a": write_pairs(root / "a.jsonl", self.a),
-            "a_not_replayed": write_pairs(root / "a_not_replayed.jsonl", self.a[args.replay :]),
-            "b": write_pairs(root / "b.jsonl", self.b),
-            "b_replay": write_pairs(root / "b_replay.jsonl", self.b + self.replayed),
-        }
-        if self.replayed:
-            self.files["a_replayed"] = write_pairs(root / "a_replayed.jsonl", self.replayed)
+        self.files = {"a": write_pairs(root / "a.jsonl", self.a), "b": write_pairs(root / "b.jsonl", self.b)}
+        for r in replays:
+            self.files[f"b_replay{r}"] = write_pairs(root / f"b_replay{r}.jsonl", self.b + self.a[:r])
+            self.files[f"a_not_replayed{r}"] = write_pairs(root / f"a_not_replayed{r}.jsonl", self.a[r:])
         self.runs: dict[str, dict[str, Any]] = {}
 
     def train(self, name: str, train: str, holdout: str, steps: int, init: bool = False, lam: float = 0.0,
@@ -183,60 +180,66 @@ class Experiment:
 
 def variants(args: Any, lam: float, ablations: bool) -> list[tuple[str, str, str, float, bool]]:
     """(key, label, train file, λ, prior fisher) of the B runs."""
+    r = args.replay
     out = [("plain", "(a) plain LoRA: λ 0, no replay", "b", 0.0, False),
-           ("ewc_replay", f"(b) EWC λ {lam:g} + replay {args.replay}/{args.facts} of A", "b_replay", lam, True)]
+           ("ewc_replay", f"(b) EWC λ {lam:g} + replay {r}/{args.facts} of A", f"b_replay{r}", lam, True)]
     if ablations:
-        out += [("replay_only", f"replay {args.replay}/{args.facts} of A only (λ 0)", "b_replay", 0.0, False),
+        out += [("replay_only", f"replay {r}/{args.facts} of A only (λ 0)", f"b_replay{r}", 0.0, False),
                 ("ewc_only", f"EWC λ {lam:g} only (no replay)", "b", lam, True)]
     return out
 
 
-def figures(losses: dict[str, dict[str, float]], key: str) -> dict[str, Any]:
+def figures(losses: dict[str, dict[str, float]], key: str, replay: int) -> dict[str, Any]:
+    """Task-A loss before (A's adapter) and after B (run `key`), on all of A and on the A pairs not replayed."""
     before, after = losses["A"], losses[key]
-    out = {"a_before": before["a"], "a_after": after["a"], "forgetting": after["a"] - before["a"],
-           "a_not_replayed_before": before["a_not_replayed"], "a_not_replayed_after": after["a_not_replayed"],
-           "forgetting_not_replayed": after["a_not_replayed"] - before["a_not_replayed"],
-           "b_before": before["b"], "b_after": after["b"]}
-    return out
+    rest = f"a_not_replayed{replay}"
+    return {"a_before": before["a"], "a_after": after["a"], "forgetting": after["a"] - before["a"],
+            "a_not_replayed_before": before[rest], "a_not_replayed_after": after[rest],
+            "forgetting_not_replayed": after[rest] - before[rest], "b_before": before["b"], "b_after": after["b"]}
+
+
+def relative(f: dict[str, Any], plain: dict[str, Any]) -> dict[str, Any]:
+    """f's forgetting and task-B loss relative to plain LoRA's; plain's forgetting on the same A pairs."""
+    return {**f, "forgetting_ratio": ratio(f["forgetting"], plain["forgetting"]),
+            "forgetting_not_replayed_ratio": ratio(f["forgetting_not_replayed"], plain["forgetting_not_replayed"]),
+            "b_ratio": ratio(f["b_after"], plain["b_after"])}
 
 
 def tune(args: Any, base: Path, tmp: Path) -> dict[str, Any]:
-    exp = Experiment(tmp / "tune", base, args.seed + 1000, args)
+    exp = Experiment(tmp / "tune", base, args.seed + 1000, args, args.grid_replay)
     exp.train("A", "a", "a", args.steps_a)
     exp.train("plain", "b", "b", args.steps_b, init=True)
-    for lam in args.grid:
-        exp.train(f"lam-{lam:g}", "b_replay", "b", args.steps_b, init=True, lam=lam, prior=lam > 0)
+    cells = [(r, lam) for r in args.grid_replay for lam in args.grid]
+    for r, lam in cells:
+        exp.train(f"r{r}-lam{lam:g}", f"b_replay{r}", "b", args.steps_b, init=True, lam=lam, prior=lam > 0)
     losses = exp.evaluate()
-    plain = figures(losses, "plain")
-    rows, grid = [], {}
-    for lam in args.grid:
-        f = figures(losses, f"lam-{lam:g}")
-        f["forgetting_ratio"] = ratio(f["forgetting"], plain["forgetting"])
-        f["forgetting_not_replayed_ratio"] = ratio(f["forgetting_not_replayed"], plain["forgetting_not_replayed"])
-        f["b_ratio"] = ratio(f["b_after"], plain["b_after"])
-        grid[lam] = f
-    ok = [lam for lam in args.grid if grid[lam]["b_ratio"] <= GOAL_NEW_TASK]
-    chosen = min(ok, key=lambda lam: grid[lam]["forgetting"]) if ok else None
-    for lam, f in [(None, plain), *grid.items()]:
-        label = "plain LoRA (λ 0, no replay)" if lam is None else f"λ {lam:g} + replay {args.replay}/{args.facts}"
-        rows.append([label + (" ← chosen" if lam is not None and lam == chosen else ""), fmt(f["a_after"], 3),
-                     fmt(f["forgetting"], 3), fmt_ratio(f.get("forgetting_ratio")),
-                     fmt(f["forgetting_not_replayed"], 3), fmt_ratio(f.get("forgetting_not_replayed_ratio")),
-                     fmt(f["b_after"], 3), fmt_ratio(f.get("b_ratio"))])
-    text = table(["tuning tasks (seed " + str(args.seed + 1000) + ")", "task-A loss after B", "forgetting",
-                  "÷ plain", "forgetting, A not replayed", "÷ plain", "task-B loss after", "÷ plain"], rows)
-    text += (f"\n\nTask-A loss before B (A's adapter): {plain['a_before']:.3f} (not replayed: "
-             f"{plain['a_not_replayed_before']:.3f}); base model: {losses['base']['a']:.3f}. Rule: the λ with the "
-             f"least forgetting whose task-B loss is ≤ {GOAL_NEW_TASK:.2f}× plain LoRA's → "
-             f"{'none' if chosen is None else f'λ {chosen:g}'}.")
-    return {"text": text, "chosen": chosen, "grid": {str(k): v for k, v in grid.items()}, "plain": plain,
-            "runs": exp.runs, "losses": losses}
+    grid = {}
+    for r, lam in cells:
+        grid[(r, lam)] = relative(figures(losses, f"r{r}-lam{lam:g}", r), figures(losses, "plain", r))
+    ok = [c for c in cells if grid[c]["b_ratio"] <= GOAL_NEW_TASK]
+    chosen = min(ok, key=lambda c: grid[c]["forgetting"]) if ok else None
+    plain = figures(losses, "plain", args.grid_replay[0])
+    rows = [["plain LoRA (λ 0, no replay)", fmt(plain["a_after"], 3), fmt(plain["forgetting"], 3), "1.00×", "",
+             fmt(plain["b_after"], 3), "1.00×"]]
+    for (r, lam), f in grid.items():
+        rows.append([f"replay {r}/{args.facts}, λ {lam:g}" + (" ← chosen" if (r, lam) == chosen else ""),
+                     fmt(f["a_after"], 3), fmt(f["forgetting"], 3), fmt_ratio(f["forgetting_ratio"]),
+                     fmt_ratio(f["forgetting_not_replayed_ratio"]), fmt(f["b_after"], 3), fmt_ratio(f["b_ratio"])])
+    text = table([f"tuning tasks (facts seed {args.seed + 1000})", "task-A loss after B", "forgetting", "÷ plain",
+                  "÷ plain, A pairs not replayed", "task-B loss after", "÷ plain"], rows)
+    text += (f"\n\nTask-A loss before B (A's adapter): {plain['a_before']:.3f}; base model: {losses['base']['a']:.3f}. "
+             f"Rule: the least forgetting (all of A) with task-B loss ≤ {GOAL_NEW_TASK:.2f}× plain LoRA's → "
+             f"{'none' if chosen is None else f'replay {chosen[0]}, λ {chosen[1]:g}'}. A {args.steps_a} steps, each "
+             f"B {args.steps_b} steps, lr {args.lr:g}.")
+    return {"text": text, "chosen": chosen, "grid": {f"r{r}-lam{lam:g}": v for (r, lam), v in grid.items()},
+            "plain": plain, "runs": exp.runs, "losses": losses}
 
 
 def main() -> int:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--lam", type=float, default=100.0, help="EWC λ of run (b) (default 100, chosen with --tune)")
-    p.add_argument("--replay", type=int, default=4, help="pairs of task A mixed into (b)'s train file (default 4)")
+    p.add_argument("--lam", type=float, default=30.0, help="EWC λ of run (b) (default 30, chosen by --tune)")
+    p.add_argument("--replay", type=int, default=2,
+                   help="pairs of task A mixed into (b)'s train file (default 2 of 16, chosen by --tune)")
     p.add_argument("--facts", type=int, default=16, help="facts per task (default 16)")
     p.add_argument("--steps-a", type=int, default=60, help="steps of the task-A run (default 60)")
     p.add_argument("--steps-b", type=int, default=60, help="steps of each task-B run (default 60)")
@@ -245,8 +248,10 @@ def main() -> int:
     p.add_argument("--no-ablations", action="store_true", help="skip the replay-only and EWC-only runs")
     p.add_argument("--tune", action="store_true", help="choose λ on tuning tasks first (see the docstring)")
     p.add_argument("--tune-only", action="store_true", help="with --tune: stop after the tuning table")
-    p.add_argument("--grid", type=float, nargs="+", default=[0, 10, 30, 100, 300, 1000],
-                   help="λ values tried by --tune (default 0 10 30 100 300 1000)")
+    p.add_argument("--grid", type=float, nargs="+", default=[0, 30, 100, 300],
+                   help="λ values tried by --tune (default 0 30 100 300)")
+    p.add_argument("--grid-replay", type=int, nargs="+", default=[2, 3, 4],
+                   help="replay counts tried by --tune (default 2 3 4)")
     p.add_argument("--evaluate", metavar="REQUEST", help=argparse_hidden())
     args = p.parse_args()
     if args.evaluate:
@@ -264,8 +269,10 @@ def main() -> int:
         if tuned and args.tune_only:
             emit("forgetting: choosing λ", tuned["text"], {k: v for k, v in tuned.items() if k != "text"}, args.json)
             return 0
-        lam = tuned["chosen"] if tuned and tuned["chosen"] is not None else args.lam
-        exp = Experiment(tmp / "test", base, args.seed, args)
+        if tuned and tuned["chosen"] is not None:
+            args.replay, args.lam = tuned["chosen"]
+        lam = args.lam
+        exp = Experiment(tmp / "test", base, args.seed, args, [args.replay])
         exp.train("A", "a", "a", args.steps_a)
         for key, _label, train, lam_v, prior in variants(args, lam, not args.no_ablations):
             exp.train(key, train, "b", args.steps_b, init=True, lam=lam_v, prior=prior)
@@ -273,12 +280,9 @@ def main() -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    results = {key: figures(losses, key) for key, *_ in variants(args, lam, not args.no_ablations)}
-    plain = results["plain"]
-    for f in results.values():
-        f["forgetting_ratio"] = ratio(f["forgetting"], plain["forgetting"])
-        f["forgetting_not_replayed_ratio"] = ratio(f["forgetting_not_replayed"], plain["forgetting_not_replayed"])
-        f["b_ratio"] = ratio(f["b_after"], plain["b_after"])
+    plain = figures(losses, "plain", args.replay)
+    results = {key: relative(figures(losses, key, args.replay), plain)
+               for key, *_ in variants(args, lam, not args.no_ablations)}
     b = results["ewc_replay"]
     met_all = b["forgetting_ratio"] <= GOAL_RATIO and b["b_ratio"] <= GOAL_NEW_TASK
     met_not_replayed = b["forgetting_not_replayed_ratio"] <= GOAL_RATIO and b["b_ratio"] <= GOAL_NEW_TASK
@@ -299,8 +303,13 @@ def main() -> int:
             f"{fmt_ratio(b['b_ratio'])} task-B loss); {'met' if met_not_replayed else 'NOT met'} on the A pairs not "
             f"replayed ({fmt_ratio(b['forgetting_not_replayed_ratio'])}).")
     base_l = losses["base"]
-    how = "chosen by --tune in this run" if tuned and tuned["chosen"] is not None else "given by --lam"
-    text += (f"\n\n{goal} λ {lam:g} ({how}); replay "
+    if tuned and tuned["chosen"] is not None:
+        how = "both chosen by --tune in this run"
+    elif (lam, args.replay) == (30.0, 2):
+        how = "the defaults: what --tune chose on the tuning tasks"
+    else:
+        how = "as given"
+    text += (f"\n\n{goal} λ {lam:g}, replay {args.replay}/{args.facts} ({how}); replay "
              f"{args.replay} of A's {args.facts} pairs ({args.replay / (args.facts + args.replay):.0%} of (b)'s train "
              f"file). Losses: token-mean cross-entropy over assistant tokens; base model (no adapter): task A "
              f"{base_l['a']:.3f}, task B {base_l['b']:.3f}; A's adapter on task B {plain['b_before']:.3f}. Runs: A "

@@ -3,13 +3,16 @@
 Each script runs in its own process (with --json, so bench/results/latest.json gets the raw figures too).
 Takes about 8.5 minutes: the footprint window alone is 60 s, the GPU-arbitration scripts about 2.5 minutes together,
 memory ingest about 30 s, the container benchmarks (a private dockerd; skipped without root, dockerd or a static
-/bin/busybox) about 4 minutes.
+/bin/busybox) about 4 minutes. The three continual-learning ones (trainer throughput, forgetting, preemption
+latency: the trainer subprocess with real torch on the CPU) add about 8 minutes more, and are skipped, with a line
+saying so, when the train extra (torch, transformers, peft) is not installed.
 proxy_latency.py also measures BASTION when its executable is at $BASTION_BIN (default
 /tmp/bastion-venv/bin/bastion), and reports it as unavailable otherwise.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import signal
 import subprocess
@@ -24,18 +27,27 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 SCRIPTS = ("daemon_footprint.py", "status_latency.py", "startup.py", "proxy_latency.py", "scheduler_hitrate.py",
            "decision_time.py", "lease_latency.py", "memory_ingest.py", "container_sample_cost.py",
-           "leak_detection.py")
+           "leak_detection.py", "trainer_throughput.py", "forgetting.py", "preemption_latency.py")
 # Shorter than their defaults, to keep `make bench` short; BENCHMARKS.md records the full-length runs.
 ARGS = {"container_sample_cost.py": ("--api-passes", "1"), "leak_detection.py": ("--minutes", "2", "--window", "30s")}
 TIMEOUT = 240.0
+TIMEOUTS = {"trainer_throughput.py": 480.0, "forgetting.py": 480.0, "preemption_latency.py": 360.0}
+TRAIN_EXTRA = ("torch", "transformers", "peft")
+NEEDS_TRAIN_EXTRA = {"trainer_throughput.py", "forgetting.py", "preemption_latency.py"}
 
 
 def run(script: str) -> tuple[str, dict[str, Any]]:
     """The script's Markdown output and its JSON results."""
+    if script in NEEDS_TRAIN_EXTRA:
+        missing = [m for m in TRAIN_EXTRA if importlib.util.find_spec(m) is None]
+        if missing:
+            return (f"Skipped: the train extra is not installed (no {', '.join(missing)}).\n",
+                    {"skipped": f"missing {', '.join(missing)}"})
+    timeout = TIMEOUTS.get(script, TIMEOUT)
     proc = subprocess.Popen([sys.executable, str(HERE / script), *ARGS.get(script, ()), "--json"],
                             stdout=subprocess.PIPE, text=True)
     try:
-        out, _ = proc.communicate(timeout=TIMEOUT)
+        out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGTERM)  # lets it stop its daemon and remove its temp dirs
         try:
@@ -43,7 +55,7 @@ def run(script: str) -> tuple[str, dict[str, Any]]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()
-        raise RuntimeError(f"{script} took longer than {TIMEOUT:.0f} s") from None
+        raise RuntimeError(f"{script} took longer than {timeout:.0f} s") from None
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

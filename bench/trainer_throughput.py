@@ -220,9 +220,9 @@ def summarise(kind: str, events: list[dict[str, Any]], tokens: dict[int, int], s
 
 def main() -> int:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--runs", type=int, default=4, help="runs of each side, alternating (default 4)")
-    p.add_argument("--steps", type=int, default=30, help="optimizer steps per run (default 30)")
-    p.add_argument("--skip", type=int, default=5, help="first steps of each run left out (default 5)")
+    p.add_argument("--runs", type=int, default=5, help="runs of each side, alternating (default 5)")
+    p.add_argument("--steps", type=int, default=24, help="optimizer steps per run (default 24)")
+    p.add_argument("--skip", type=int, default=4, help="first steps of each run left out (default 4)")
     p.add_argument("--hidden", type=int, default=256, help="demo model hidden size (default 256)")
     p.add_argument("--layers", type=int, default=4, help="demo model layers (default 4)")
     p.add_argument("--micro-batch", type=int, default=4)
