@@ -4,7 +4,7 @@ Each script runs in its own process (with --json, so bench/results/latest.json g
 Takes about 8.5 minutes: the footprint window alone is 60 s, the GPU-arbitration scripts about 2.5 minutes together,
 memory ingest about 30 s, the container benchmarks (a private dockerd; skipped without root, dockerd or a static
 /bin/busybox) about 4 minutes. The three continual-learning ones (trainer throughput, forgetting, preemption
-latency: the trainer subprocess with real torch on the CPU) add about 8 minutes more, and are skipped, with a line
+latency: the trainer subprocess with real torch on the CPU) add about 6 minutes more, and are skipped, with a line
 saying so, when the train extra (torch, transformers, peft) is not installed.
 proxy_latency.py also measures BASTION when its executable is at $BASTION_BIN (default
 /tmp/bastion-venv/bin/bastion), and reports it as unavailable otherwise.
