@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: run test test-unit lint bench clean check-config
+.PHONY: run test test-unit lint bench clean check-config deb
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "memwarden needs Python 3.11+"' \
@@ -41,3 +41,7 @@ bench: $(VENV)/.installed-test
 
 clean:
 	rm -rf $(VENV) build dist daemon/*.egg-info
+
+# dist/memwarden_<version>-1_<arch>.deb: the app in its own venv under /opt/memwarden (packaging/deb/build.sh).
+deb:
+	packaging/deb/build.sh

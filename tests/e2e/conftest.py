@@ -1,0 +1,28 @@
+"""The e2e machine: `make deb`'s package installed into a Debian 12 container booted with real systemd."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support.nspawn import Machine, base_rootfs, build_deb, missing_means
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    why = missing_means()
+    if why:
+        pytest.skip(why)
+    return build_deb(REPO, tmp_path_factory.mktemp("deb"))
+
+
+@pytest.fixture(scope="module")
+def machine(deb: Path) -> Iterator[Machine]:
+    """A freshly booted machine with the package installed the way an admin does it: dpkg -i with systemd
+    running, so postinst enables and starts the units."""
+    with Machine(base_rootfs(), binds=[(deb.parent, "/mnt/deb")]) as m:
+        m.run("dpkg", "-i", f"/mnt/deb/{deb.name}", timeout=300)
+        yield m

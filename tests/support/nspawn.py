@@ -1,0 +1,194 @@
+"""A Debian 12 machine booted with `systemd-nspawn -b`: real systemd as PID 1, real journald, real dpkg.
+
+The rootfs is made once by debootstrap and cached (MEMWARDEN_E2E_CACHE); each Machine boots a copy of it, so
+what one run installs never leaks into the next. Commands run inside through nsenter, which needs no
+systemd-machined on the host (this host's PID 1 need not be systemd at all).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from support.ollama_double.manager import wait_until
+
+SUITE = "bookworm"
+MIRROR = os.environ.get("MEMWARDEN_E2E_MIRROR", "http://deb.debian.org/debian")
+# What a Debian 12 server running memwarden has: systemd as init, python3 for the venv, dbus for systemctl
+# talking to PID 1, procps/util-linux (flock) for the tests' own probing.
+PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "procps", "util-linux", "iproute2")
+CACHE = Path(os.environ.get("MEMWARDEN_E2E_CACHE", "/var/cache/memwarden-e2e"))
+INSIDE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class MachineError(RuntimeError):
+    pass
+
+
+def missing_means() -> str | None:
+    """Why this host cannot boot a test machine, or None when it can."""
+    if os.geteuid() != 0:
+        return "booting a container with systemd-nspawn needs root"
+    for tool in ("systemd-nspawn", "debootstrap", "nsenter", "dpkg-deb"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (.ci/run installs it: apt-get install systemd-container debootstrap)"
+    return None
+
+
+def base_rootfs() -> Path:
+    """The debootstrapped rootfs, built on first use and kept for later runs (keyed by suite and packages)."""
+    key = hashlib.sha256(f"{SUITE} {MIRROR} {' '.join(PACKAGES)}".encode()).hexdigest()[:12]
+    root = CACHE / f"{SUITE}-{key}"
+    if (root / ".complete").exists():
+        return root
+    CACHE.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f"{SUITE}-", dir=CACHE))
+    log = CACHE / "debootstrap.log"
+    with open(log, "wb") as out:
+        done = subprocess.run(
+            ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(partial), MIRROR],
+            stdout=out, stderr=subprocess.STDOUT, check=False)
+    if done.returncode != 0:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise MachineError(f"debootstrap failed with status {done.returncode}; see {log}")
+    # mkdtemp made the future "/" 0700: system users (messagebus, memwarden) could not reach anything.
+    partial.chmod(0o755)
+    (partial / "etc/hostname").write_text("mwtest\n")
+    (partial / ".complete").touch()
+    shutil.rmtree(root, ignore_errors=True)
+    partial.rename(root)
+    return root
+
+
+class Machine:
+    """One booted container. Use as a context manager; it powers off (or is killed) on exit."""
+
+    def __init__(self, base: Path, binds: Sequence[tuple[Path, str]] = ()):
+        self.dir = Path(tempfile.mkdtemp(prefix="mw-machine-", dir="/var/tmp"))
+        self.root = self.dir / "rootfs"
+        self.binds = binds
+        self.console = self.dir / "console.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.leader: int | None = None
+        subprocess.run(["cp", "-a", "--reflink=auto", str(base), str(self.root)], check=True)
+
+    def __enter__(self) -> Machine:
+        try:
+            self.boot()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.poweroff()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def boot(self, timeout: float = 120) -> None:
+        args = ["systemd-nspawn", "--quiet", "--boot", f"--directory={self.root}", "--machine=mwtest",
+                # No systemd-machined or system bus on the host side: run unregistered, in our own cgroup.
+                "--register=no", "--keep-unit", "--console=pipe", "--private-network"]
+        args += [f"--bind-ro={src}:{dst}" for src, dst in self.binds]
+        with open(self.console, "wb") as out:
+            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        self.leader = wait_until(self._find_leader, timeout=30, message=self._why_not_booted)
+        # is-system-running --wait returns once boot is over, whatever the outcome ("running" or "degraded").
+        state = self.run("systemctl", "is-system-running", "--wait", check=False, timeout=timeout).stdout.strip()
+        if state not in ("running", "degraded"):
+            raise MachineError(f"boot ended in state {state!r}; console: {self.console.read_text()[-2000:]}")
+
+    def _find_leader(self) -> int | None:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise MachineError(f"systemd-nspawn exited with {self.proc.returncode}: {self._console_tail()}")
+        try:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        except OSError:
+            return None
+        if not children:
+            return None
+        pid = int(children[0])
+        # PID 1 inside must be systemd itself, not the nspawn helper that still execs it.
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "systemd":
+                return pid
+        return None
+
+    def _console_tail(self) -> str:
+        with contextlib.suppress(OSError):
+            return self.console.read_text(errors="replace")[-2000:]
+        return ""
+
+    def _why_not_booted(self) -> str:
+        return f"the container's systemd to start; console: {self._console_tail()}"
+
+    def run(self, *argv: str, input: str | None = None, check: bool = True, timeout: float = 60,
+            ) -> subprocess.CompletedProcess[str]:
+        """Run argv inside the machine as root, in all its namespaces, with a clean environment."""
+        assert self.leader is not None
+        cmd = ["nsenter", f"--target={self.leader}", "--all", "--root", "--wd=/",
+               "env", "-i", f"PATH={INSIDE_PATH}", "LANG=C.UTF-8", "SYSTEMD_PAGER=", "SYSTEMD_COLORS=0", *argv]
+        done = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout, check=False)
+        if check and done.returncode != 0:
+            raise MachineError(f"{' '.join(argv)} exited with {done.returncode}:\n{done.stdout}{done.stderr}")
+        return done
+
+    def sh(self, script: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return self.run("sh", "-c", script, check=check, timeout=timeout)
+
+    def write(self, path: str, text: str, mode: int = 0o644) -> None:
+        """Write a file inside the machine (through its root, so ownership is root's)."""
+        self.run("sh", "-c", f"umask 022; mkdir -p \"$(dirname {path})\"; cat > {path}; chmod {mode:o} {path}",
+                 input=text)
+
+    def read(self, path: str) -> str:
+        return self.run("cat", path).stdout
+
+    # ---- systemd views --------------------------------------------------------------------------------
+
+    def show(self, unit: str, *props: str) -> dict[str, str]:
+        out = self.run("systemctl", "show", unit, *(f"--property={p}" for p in props)).stdout
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def is_active(self, unit: str) -> str:
+        return self.run("systemctl", "is-active", unit, check=False).stdout.strip()
+
+    def main_pid(self, unit: str = "memwarden.service") -> int:
+        return int(self.show(unit, "MainPID")["MainPID"])
+
+    def journal(self, *args: str) -> list[dict[str, object]]:
+        out = self.run("journalctl", "--no-pager", "-o", "json", *args).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def poweroff(self, timeout: float = 60) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        # nspawn turns SIGTERM into an orderly shutdown of the container's systemd.
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def build_deb(repo: Path, out: Path) -> Path:
+    """`make deb`'s script, into `out`; returns the .deb."""
+    done = subprocess.run([str(repo / "packaging/deb/build.sh")], env={**os.environ, "OUT": str(out)},
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise MachineError(f"packaging/deb/build.sh exited with {done.returncode}:\n{done.stderr[-3000:]}")
+    debs = sorted(out.glob("memwarden_*.deb"))
+    if len(debs) != 1:
+        raise MachineError(f"expected one .deb in {out}, found {[d.name for d in debs]}")
+    return debs[0]
+
