@@ -1,4 +1,4 @@
-"""The daemon: one asyncio loop that owns all state; apscheduler drives the sample passes.
+"""The daemon: one asyncio loop that owns all state and runs the sample passes on its monotonic clock.
 
 Each pass runs sense → decide → act: probes (in worker threads, so a slow read never stalls the socket)
 return snapshots, pure policies turn them into conditions and decisions, and the alert effector acts.
@@ -7,17 +7,16 @@ return snapshots, pure policies turn them into conditions and decisions, and the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
-from datetime import UTC
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
-
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from memwarden import __version__
 from memwarden.alerts.dispatch import AlertDispatcher
@@ -42,17 +41,20 @@ from memwarden.probes.ollama import OllamaProbe
 from memwarden.probes.runner import ProbeRunner
 from memwarden.snapshots import GpuSnapshot, HostSnapshot, OllamaSnapshot
 from memwarden.state.alert_history import AlertHistory
-from memwarden.state.db import open_state
+from memwarden.state.db import DB_NAME, open_state
+from memwarden.state.health import StateHealth
 from memwarden.sysd.activation import listen_fds, unix_listener
 from memwarden.sysd.notify import Notifier
 from memwarden.units import format_size
 
 log = get_logger()
 
+HOUSEKEEPING_INTERVAL = 3600.0  # seconds between two prunes of the alert history
+
 # Keys that are read once at start: a reload reports them as needing a restart instead of applying them.
 RESTART_KEYS = ("daemon.state_dir", "daemon.socket", "daemon.socket_group", "gpu.backend", "gpu.sim_file",
                 "ollama.url", "ollama.service", "proxy.enabled", "proxy.listen", "proxy.upstream",
-                "containers.enabled", "containers.docker_url")
+                "containers.enabled", "containers.docker_url", "metrics.enabled", "metrics.listen")
 
 
 def changed_keys(old: Config, new: Config) -> list[str]:
@@ -71,11 +73,13 @@ class Daemon:
         gpu_probe: Any = None,
         container_probe: Any = None,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ):
         self.config = config
         self.config_arg = config_arg
         self.env = os.environ if env is None else env
-        self.clock = clock
+        self.clock = clock  # monotonic: holds, hysteresis, anything timed
+        self.wall = wall  # what is shown and kept: alert times, last sample, housekeeping's cutoff
         timeout = config.daemon.probe_timeout
         self.ollama = OllamaClient(config.ollama.url, config.ollama.timeout) if config.ollama.url else None
         self.runners: dict[str, ProbeRunner] = {
@@ -89,7 +93,8 @@ class Daemon:
                 container_probe or ContainerProbe(config.containers.docker_url, timeout=timeout), timeout)
         self.gpu_state = gpu_health.GpuPolicyState()
         self.notifier = Notifier(self.env)
-        self.started_at = time.time()
+        self.started_at = wall()
+        self.started_mono = time.monotonic()  # uptime: a wall-clock step made it negative
         self.registry = Registry()
         self.host_state = HostPolicyState()
         self.last_host: HostSnapshot | None = None
@@ -101,12 +106,15 @@ class Daemon:
         self.ready = False
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
-        self.scheduler: AsyncIOScheduler | None = None
+        self._sampler: asyncio.Task | None = None
+        self._rescheduled = asyncio.Event()
+        self.state: StateHealth | None = None
         self.server: ControlServer | None = None
         self.dispatcher: AlertDispatcher | None = None
         self.db: Any = None
         self.arbiter: GpuArbiter | None = None
         self.proxy: Any = None
+        self.metrics: Any = None  # memwarden.metrics.server.MetricsServer, imported only when enabled
         self.containers: ContainerWatch | None = None
         self.memories: MemoryStore | None = None
         self.learning: LearningSupervisor | None = None
@@ -131,7 +139,9 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload("SIGHUP")))
         cfg = self.config
         self.db = open_state(cfg.daemon.state_dir)
-        self.dispatcher = AlertDispatcher(AlertHistory(self.db), cfg.alerts)
+        self.state = StateHealth(cfg.daemon.state_dir / DB_NAME, self.db, clock=self.wall)
+        self.dispatcher = AlertDispatcher(AlertHistory(self.db), cfg.alerts, mono=self.clock)
+        self.dispatcher.on_record_error = self._state_failed("alert history")
         service = ServiceControl(cfg.ollama.service) if cfg.ollama.service else None
         self.arbiter = GpuArbiter(cfg, self.db, self.runners["gpu"], self.ollama, service)
         await self.arbiter.resume_interrupted()
@@ -143,7 +153,7 @@ class Daemon:
         from memwarden.control.methods import register_all
 
         register_all(self)
-        self.server = ControlServer(self.registry, cfg.daemon.admin_group)
+        self.server = ControlServer(self.registry, cfg.daemon.admin_group, on_state_error=self.state.failed)
         activated = unix_listener(listen_fds())
         if activated is not None:
             await self.server.start(activated, owned_path=None)
@@ -156,19 +166,19 @@ class Daemon:
 
             self.proxy = OllamaProxy(self.arbiter, cfg.proxy, cfg.proxy.upstream or cfg.ollama.url)
             await self.proxy.start()
+        if cfg.metrics.enabled:
+            from memwarden.metrics.server import MetricsServer
+
+            # A port in use is no reason to stop guarding the machine: the pass retries it and alerts meanwhile.
+            self.metrics = MetricsServer(self, cfg.metrics.listen)
+            await self.metrics.start()
         interval = self.effective_interval()
         log.info("memwardend starting", version=__version__, pid=os.getpid(),
                  config=str(cfg.source or "embedded defaults"), socket=socket_desc,
                  state_dir=str(cfg.daemon.state_dir), sample_interval_s=interval, dry_run=cfg.daemon.dry_run,
                  watchdog_usec=self.notifier.watchdog_usec, gpu_backend=self.runners["gpu"].probe.backend,
                  ollama=cfg.ollama.url or None, leases=len(self.arbiter.leases))
-        self.scheduler = AsyncIOScheduler(event_loop=loop)
-        self.scheduler.add_job(self.sample_pass, "interval", seconds=interval, id="sample",
-                               max_instances=1, coalesce=True, next_run_time=_now_dt(),
-                               misfire_grace_time=None)
-        self.scheduler.add_job(self.housekeeping, "interval", hours=1, id="housekeeping",
-                               max_instances=1, coalesce=True)
-        self.scheduler.start()
+        self._sampler = loop.create_task(self._sample_loop(), name="sample passes")
         await self._stop.wait()
         await self.shutdown()
         return 0
@@ -180,14 +190,18 @@ class Daemon:
             self._stop.set()
 
     async def shutdown(self) -> None:
-        if self.scheduler is not None:
-            self.scheduler.shutdown(wait=False)
+        if self._sampler is not None:
+            self._sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sampler
         if self.learning is not None:
             await self.learning.close()
         if self.server is not None:
             await self.server.close()
         if self.proxy is not None:
             await self.proxy.close()
+        if self.metrics is not None:
+            await self.metrics.close()
         if self.dispatcher is not None:
             await self.dispatcher.close()
         for runner in self.runners.values():
@@ -200,7 +214,50 @@ class Daemon:
             await self.ollama.close()
         if self.db is not None:
             self.db.close()
-        log.info("memwardend stopped", uptime_s=round(time.time() - self.started_at, 1))
+        log.info("memwardend stopped", uptime_s=round(self.uptime(), 1))
+
+    def uptime(self) -> float:
+        return time.monotonic() - self.started_mono
+
+    async def _sample_loop(self) -> None:
+        """A sample pass every effective_interval() and housekeeping every hour, timed by the event loop's
+        monotonic clock. (apscheduler's interval trigger keeps wall-clock times: after the clock stepped back a
+        day it ran no pass, and fed no watchdog, for a day.) A pass that overruns is followed at once by the
+        next, never by a burst."""
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        housekeeping_due = due + HOUSEKEEPING_INTERVAL
+        while True:
+            try:
+                await self.sample_pass()
+                if loop.time() >= housekeeping_due:
+                    housekeeping_due = loop.time() + HOUSEKEEPING_INTERVAL
+                    await self.housekeeping()
+            except Exception:
+                log.exception("sample pass failed")
+            due = max(due + self.effective_interval(), loop.time())
+            while (wait := due - loop.time()) > 0:
+                try:
+                    await asyncio.wait_for(self._rescheduled.wait(), wait)
+                except TimeoutError:
+                    break
+                self._rescheduled.clear()  # a reload changed the interval: the next pass is one new interval away
+                due = loop.time() + self.effective_interval()
+
+    def _state_failed(self, what: str) -> Callable[[Exception], None]:
+        def failed(exc: Exception) -> None:
+            if isinstance(exc, sqlite3.Error) and self.state is not None:
+                self.state.failed(exc, what)
+        return failed
+
+    async def _guarded(self, what: str, step: Any) -> None:
+        """A step of the pass that uses the state database. Full, locked or corrupt fails that step, never the
+        pass: the other steps still run, the watchdog is still fed, and act_on_state() alerts with the cause."""
+        try:
+            await step
+        except sqlite3.Error as exc:
+            assert self.state is not None
+            log.error("sample pass step failed on the state database", step=what, error=self.state.failed(exc, what))
 
     # ---- sense → decide → act --------------------------------------------------------------------------
 
@@ -214,13 +271,15 @@ class Daemon:
             self.act_on_gpu(results["gpu"])
         if results.get("ollama") is not None:
             self.last_ollama = results["ollama"]
-        await self.act_on_leases(results["gpu"], results.get("ollama"))
+        await self._guarded("leases", self.act_on_leases(results["gpu"], results.get("ollama")))
         if results.get("containers") is not None:
-            await self.act_on_containers(results["containers"])
-        await self.act_on_learning()
+            await self._guarded("containers", self.act_on_containers(results["containers"]))
+        await self._guarded("learning", self.act_on_learning())
         self.act_on_degraded()
+        self.act_on_state()
+        await self.act_on_metrics()
         self.samples += 1
-        self.last_sample_at = time.time()
+        self.last_sample_at = self.wall()
         self.last_sample_ms = (time.perf_counter() - started) * 1000
         status = self.status_line()
         if not self.ready:
@@ -241,7 +300,7 @@ class Daemon:
             log.info("decision: gpu level changed", decision="gpu.level", what=what, previous=before.label,
                      level=after.label, **inputs)
         assert self.dispatcher is not None
-        self.dispatcher.update("gpu", verdict.conditions, time.time())
+        self.dispatcher.update("gpu", verdict.conditions, self.wall())
 
     async def act_on_leases(self, gpu: GpuSnapshot | None, ollama: OllamaSnapshot | None) -> None:
         assert self.arbiter is not None
@@ -255,19 +314,25 @@ class Daemon:
         assert self.containers is not None and self.dispatcher is not None
         host_available = self.last_host.mem_available if self.last_host else None
         conditions = await self.containers.act(snap, host_available)
-        self.dispatcher.update("container", conditions, time.time())
+        self.dispatcher.update("container", conditions, self.wall())
 
     async def act_on_learning(self) -> None:
         assert self.learning is not None and self.dispatcher is not None
         await self.learning.tick()
-        self.dispatcher.update("training", self.learning.conditions(), time.time())
+        self.dispatcher.update("training", self.learning.conditions(), self.wall())
 
     def act_on_degraded(self) -> None:
         conditions = [Condition("probe.degraded", name, "warning", f"{name} probe degraded: {error}",
                                 MappingProxyType({"probe": name, "error": error}))
                       for name, error in self.degraded.items()]
         assert self.dispatcher is not None
-        self.dispatcher.update("probe", conditions, time.time())
+        self.dispatcher.update("probe", conditions, self.wall())
+
+    async def act_on_metrics(self) -> None:
+        # Also with metrics off: resolves a metrics.unavailable alert left open by a run that had them on.
+        conditions = await self.metrics.check() if self.metrics is not None else []
+        assert self.dispatcher is not None
+        self.dispatcher.update("metrics", conditions, self.wall())
 
     def act_on_host(self, snap: HostSnapshot) -> None:
         now = self.clock()
@@ -278,12 +343,21 @@ class Daemon:
             log.info("decision: host level changed", decision="host.level", previous=change.previous.label,
                      level=change.level.label, dry_run=self.config.daemon.dry_run, **change.inputs)
         assert self.dispatcher is not None
-        self.dispatcher.update("host", verdict.conditions, time.time())
+        self.dispatcher.update("host", verdict.conditions, self.wall())
+
+    def act_on_state(self) -> None:
+        assert self.state is not None and self.dispatcher is not None
+        self.state.check()
+        self.dispatcher.update("state", self.state.conditions(), self.wall())
 
     async def housekeeping(self) -> None:
-        assert self.dispatcher is not None
-        cutoff = time.time() - self.config.alerts.history_retention
-        pruned = self.dispatcher.history.prune(cutoff)
+        assert self.dispatcher is not None and self.state is not None
+        cutoff = self.wall() - self.config.alerts.history_retention
+        try:
+            pruned = self.dispatcher.history.prune(cutoff)
+        except sqlite3.Error as exc:
+            log.error("could not prune alert history", error=self.state.failed(exc, "housekeeping"))
+            return
         if pruned:
             log.info("pruned alert history", rows=pruned)
 
@@ -323,7 +397,7 @@ class Daemon:
             old, self.config = self.config, new
             if new.daemon.log_level != old.daemon.log_level or new.daemon.log_format != old.daemon.log_format:
                 configure_logging(new.daemon.log_level, new.daemon.log_format)
-            assert self.dispatcher is not None and self.scheduler is not None
+            assert self.dispatcher is not None
             await self.dispatcher.reconfigure(new.alerts)
             if self.arbiter is not None:
                 self.arbiter.config = new
@@ -337,15 +411,10 @@ class Daemon:
             if self.server is not None:
                 self.server.admin_group = new.daemon.admin_group
             if new.daemon.sample_interval != old.daemon.sample_interval:
-                self.scheduler.reschedule_job("sample", trigger="interval", seconds=self.effective_interval())
+                self._rescheduled.set()
             log.info("config reloaded", trigger=trigger, config=str(new.source or "embedded defaults"),
                      changed=changed, restart_required=restart)
             self.notifier.ready(self.status_line())
             return {"reloaded": True, "config": str(new.source) if new.source else None,
                     "changed": changed, "restart_required": restart}
 
-
-def _now_dt() -> Any:
-    from datetime import datetime
-
-    return datetime.now(UTC)

@@ -24,6 +24,10 @@ def config_candidates(env: Mapping[str, str], uid: int) -> tuple[Path | None, bo
     """
     if env.get("MEMWARDEN_CONFIG"):
         return Path(env["MEMWARDEN_CONFIG"]), True
+    if env.get("CONFIGURATION_DIRECTORY"):
+        # systemd's ConfigurationDirectory=: the unit runs as User=memwarden, whose home is not where the
+        # admin edits the config.
+        return Path(env["CONFIGURATION_DIRECTORY"].split(":")[0]) / "memwarden.toml", False
     if uid == 0:
         return SYSTEM_CONFIG, False
     base = Path(env["XDG_CONFIG_HOME"]) if env.get("XDG_CONFIG_HOME") else _home(env) / ".config"

@@ -34,7 +34,10 @@ def parse_size(value: str | int | float) -> int:
     match = _SIZE_RE.match(value)
     if not match or match.group(2).lower() not in _SIZE_UNITS:
         raise ValueError(f"expected a size such as '512MiB' or '4GiB', got {value!r}")
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+    nbytes = float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    if not math.isfinite(nbytes):  # 400 nines: an OverflowError in int() escaped every caller's ValueError
+        raise ValueError(f"size {value[:40]!r}… is too large")
+    return int(nbytes)
 
 
 def parse_duration(value: str | int | float) -> float:
@@ -44,6 +47,8 @@ def parse_duration(value: str | int | float) -> float:
     if isinstance(value, int | float):
         if math.isnan(value):
             raise ValueError("duration must be a number, got nan")
+        if math.isinf(value):  # TOML's inf, JSON's Infinity: a lease.acquire wait that never ended
+            raise ValueError(f"duration must be finite, got {value}")
         if value < 0:
             raise ValueError(f"duration must not be negative, got {value}")
         return float(value)
@@ -51,15 +56,19 @@ def parse_duration(value: str | int | float) -> float:
         raise ValueError(f"expected a duration such as '30s', got {type(value).__name__}")
     text = value.strip().lower()
     if re.fullmatch(r"\d+(?:\.\d+)?", text):
-        return float(text)
-    pos, total = 0, 0.0
-    for part in _DURATION_PART_RE.finditer(text):
-        if part.start() != pos:
-            break
-        total += float(part.group(1)) * _DURATION_UNITS[part.group(2)]
-        pos = part.end()
+        total = float(text)
+        pos = len(text)
+    else:
+        pos, total = 0, 0.0
+        for part in _DURATION_PART_RE.finditer(text):
+            if part.start() != pos:
+                break
+            total += float(part.group(1)) * _DURATION_UNITS[part.group(2)]
+            pos = part.end()
     if pos != len(text) or not text:
         raise ValueError(f"expected a duration such as '30s', '5m' or '1h30m', got {value!r}")
+    if math.isinf(total):
+        raise ValueError(f"duration {value[:40]!r}… is too long")
     return total
 
 

@@ -33,8 +33,8 @@ venv="$stage$prefix"
 
 echo "make deb: venv at $prefix with $python ($pyminor)"
 "$python" -m venv "$venv"
-# A clean copy of the tree, so a developer's editable install or stray build/ never leaks into the wheel.
-git -C "$root" ls-files -z | (cd "$root" && tar --null -T - -cf -) | (mkdir "$work/src" && tar -C "$work/src" -xf -)
+# A copy of the tree without what git ignores, so a developer's venv, egg-info or build/ never leaks into the wheel.
+git -C "$root" ls-files -z --cached --others --exclude-standard | (cd "$root" && tar --null -T - -cf -) | (mkdir "$work/src" && tar -C "$work/src" -xf -)
 "$venv/bin/python" -m pip install --quiet --no-compile --disable-pip-version-check "$work/src[gpu]"
 
 # Absolute staging paths → the installed prefix: script shebangs, activate scripts and pyvenv.cfg.

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from support.nspawn import Machine, base_rootfs, build_deb, missing_means
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,10 +11,10 @@ import re
 from collections.abc import Iterator
 
 import pytest
-from support.nspawn import Machine
-from support.ollama_double.manager import wait_until
 
 from memwarden import __version__
+from support.nspawn import Machine
+from support.ollama_double.manager import wait_until
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -30,16 +30,22 @@ probe_timeout = "2s"
 backend = "sim"
 sim_file = "{SIM_FILE}"
 """
-WATCHDOG_DROPIN = """\
+WATCHDOG_S = 6
+WATCHDOG_DROPIN = f"""\
 [Service]
-WatchdogSec=6s
+WatchdogSec={WATCHDOG_S}s
 """
 
 
 def own_entries(m: Machine, message: str) -> list[dict[str, object]]:
-    """The daemon's own journal entries (not PID 1's about the unit) with this MESSAGE, this boot."""
+    """The daemon's own journal entries (not PID 1's about the unit) whose MESSAGE starts so, this boot."""
     return [e for e in m.journal("-b", "_SYSTEMD_UNIT=memwarden.service", "SYSLOG_IDENTIFIER=memwarden")
-            if e.get("MESSAGE") == message]
+            if str(e.get("MESSAGE", "")).startswith(message)]
+
+
+def eventually(predicate, timeout: float, message: str):
+    # Each look is a process started inside the machine: a few per second is plenty.
+    return wait_until(predicate, timeout=timeout, interval=0.25, message=message)
 
 
 def systemd_says(m: Machine, pattern: str) -> list[str]:
@@ -54,8 +60,7 @@ def wait_active(m: Machine, not_pid: int = 0, timeout: float = 60) -> int:
         props = m.show(UNIT, "ActiveState", "MainPID")
         pid = int(props["MainPID"])
         return pid if props["ActiveState"] == "active" and pid not in (0, not_pid) else None
-    return wait_until(settled, timeout=timeout, interval=0.2,
-                      message=lambda: f"{UNIT} active with a new pid; now {m.show(UNIT, 'ActiveState', 'MainPID')}")
+    return eventually(settled, timeout, f"{UNIT} active with a pid other than {not_pid}")
 
 
 def ctl_json(m: Machine, *args: str) -> object:
@@ -130,14 +135,14 @@ def test_socket_admits_the_group_and_refuses_others(configured: Machine) -> None
 
 def test_journal_entries_carry_priority_and_structured_fields(configured: Machine) -> None:
     m = configured
-    starting = wait_until(lambda: own_entries(m, "memwardend starting"), timeout=30, message="a start entry")[-1]
+    starting = eventually(lambda: own_entries(m, "memwardend starting"), timeout=30, message="a start entry")[-1]
     assert starting["PRIORITY"] == "6"
     assert starting["VERSION"] == __version__
     assert starting["STATE_DIR"] == "/var/lib/memwarden"
     assert starting["GPU_BACKEND"] == "sim"
     assert starting["_SYSTEMD_UNIT"] == UNIT
     # Alerts are warnings with a stable MESSAGE_ID per kind (Ollama is not running in the machine).
-    alerts = wait_until(lambda: [e for e in m.journal("-b", "SYSLOG_IDENTIFIER=memwarden")
+    alerts = eventually(lambda: [e for e in m.journal("-b", "SYSLOG_IDENTIFIER=memwarden")
                                  if str(e.get("MESSAGE", "")).startswith("alert:") and "MESSAGE_ID" in e],
                         timeout=30, message="an alert entry with a MESSAGE_ID")
     assert {a["PRIORITY"] for a in alerts} <= {"2", "3", "4", "5", "6"}
@@ -151,7 +156,7 @@ def test_reload_with_a_bad_config_keeps_the_service_and_its_config(configured: M
     failed_before = len(own_entries(m, "config reload failed"))
     m.write("/etc/memwarden/memwarden.toml", '[daemon]\nsample_interval = "often"\n', mode=0o640)
     m.run("systemctl", "reload", UNIT)
-    failed = wait_until(lambda: own_entries(m, "config reload failed")[failed_before:], timeout=30,
+    failed = eventually(lambda: own_entries(m, "config reload failed")[failed_before:], timeout=30,
                         message="the daemon to refuse the bad config")[-1]
     assert "daemon.sample_interval" in str(failed["ERRORS"])
     assert m.is_active(UNIT) == "active" and m.main_pid() == pid
@@ -161,7 +166,7 @@ def test_reload_with_a_bad_config_keeps_the_service_and_its_config(configured: M
     reloaded_before = len(own_entries(m, "config reloaded"))
     m.write("/etc/memwarden/memwarden.toml", E2E_CONFIG, mode=0o640)
     m.run("systemctl", "reload", UNIT)
-    wait_until(lambda: own_entries(m, "config reloaded")[reloaded_before:], timeout=30,
+    eventually(lambda: own_entries(m, "config reloaded")[reloaded_before:], timeout=30,
                message="the good config to be reloaded")
     assert m.main_pid() == pid
 
@@ -186,16 +191,28 @@ def test_a_hung_probe_stops_the_watchdog_and_systemd_restarts_the_daemon(configu
     # Another process holds the sim-GPU file's lock: the probe's read blocks in flock() like a hung NVML call.
     m.run("systemd-run", "--unit=e2e-hold-gpu", "--service-type=exec", "flock", "--exclusive", SIM_FILE,
           "sleep", "infinity")
-    wait_until(lambda: systemd_says(m, r"Watchdog timeout"), timeout=60, message="systemd's watchdog timeout")
+    eventually(lambda: systemd_says(m, r"Watchdog timeout"), timeout=60, message="systemd's watchdog timeout")
     # Restarted: a new process, still blocked on the same lock, so not ready yet.
-    wait_until(lambda: int(m.show(UNIT, "NRestarts")["NRestarts"]) > int(before["NRestarts"]), timeout=60,
+    eventually(lambda: int(m.show(UNIT, "NRestarts")["NRestarts"]) > int(before["NRestarts"]), timeout=60,
                message="the restart after the watchdog")
     m.run("systemctl", "stop", "e2e-hold-gpu")
-    # The lock released, the blocked read completes and the daemon in place recovers and stays.
-    wait_until(lambda: [e for e in own_entries(m, "probe recovered") if e.get("PROBE") == "gpu"], timeout=60,
-               message="the gpu probe to recover")
-    wait_active(m, not_pid=int(before["MainPID"]))
-    assert ctl_json(m, "status")["version"] == __version__
+    # The lock released, the blocked read completes and the daemon in place reads the GPU again...
+    def healthy() -> dict | None:
+        if m.is_active(UNIT) != "active":
+            return None
+        status = ctl_json(m, "status")
+        return status if "gpu" not in status["degraded"] else None
+    first = eventually(healthy, 60, "the gpu probe to read again")
+    pid = first["pid"]
+    assert pid != int(before["MainPID"])
+    # ...and keeps feeding the watchdog: it is still the same process after more than one WatchdogSec of passes.
+    passes = int(WATCHDOG_S / first["last_sample"]["interval_s"]) + 2
+
+    def passed() -> bool:
+        status = ctl_json(m, "status")
+        return status["pid"] == pid and status["last_sample"]["count"] >= first["last_sample"]["count"] + passes
+    eventually(passed, 60, f"{passes} more sample passes by pid {pid}")
+    assert m.main_pid() == pid
     # Before it was killed, the daemon said which probe was stuck.
     assert any(e.get("PROBE") == "gpu" and "stuck" in str(e.get("ERROR"))
                for e in own_entries(m, "probe degraded"))

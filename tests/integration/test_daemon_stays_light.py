@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import psutil
+
 import memwarden
 
 HEAVY = {"torch", "transformers", "peft", "bitsandbytes", "accelerate"}
@@ -15,6 +17,14 @@ def test_the_running_daemon_has_no_heavy_modules(daemon):
     diag = daemon.call("diagnostics")
     assert diag["heavy_modules_loaded"] == []
     assert diag["rss_bytes"] > 0
+
+
+def test_with_metrics_off_nothing_listens_and_prometheus_client_is_never_imported(daemon):
+    diag = daemon.call("diagnostics")
+    assert "prometheus_client" not in diag["optional_modules_loaded"]
+    # test_metrics.py sees it loaded when metrics are on, so this absence is not a blind spot of diagnostics.
+    listening = [c for c in psutil.Process(daemon.pid).net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+    assert listening == []
 
 
 def test_no_module_outside_training_imports_them():

@@ -15,7 +15,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from support.ollama_double.manager import wait_until
@@ -101,8 +101,11 @@ class Machine:
             self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                          start_new_session=True)
         self.leader = wait_until(self._find_leader, timeout=30, message=self._why_not_booted)
-        # is-system-running --wait returns once boot is over, whatever the outcome ("running" or "degraded").
-        state = self.run("systemctl", "is-system-running", "--wait", check=False, timeout=timeout).stdout.strip()
+        # is-system-running --wait returns once boot is over, whatever the outcome ("running" or "degraded");
+        # until PID 1 has opened its private socket it prints nothing and fails, so ask again.
+        state = wait_until(
+            lambda: self.run("systemctl", "is-system-running", "--wait", check=False, timeout=timeout).stdout.strip(),
+            timeout=timeout, interval=0.1, message=self._why_not_booted)
         if state not in ("running", "degraded"):
             raise MachineError(f"boot ended in state {state!r}; console: {self.console.read_text()[-2000:]}")
 

@@ -12,6 +12,14 @@ def test_config_candidates_root_uses_system_file_optionally():
     assert paths.config_candidates({}, 0) == (Path("/etc/memwarden/memwarden.toml"), False)
 
 
+def test_config_candidates_systemd_configuration_directory_wins_over_the_users_home():
+    env = {"CONFIGURATION_DIRECTORY": "/etc/memwarden", "HOME": "/var/lib/memwarden"}
+    assert paths.config_candidates(env, 996) == (Path("/etc/memwarden/memwarden.toml"), False)
+    # An explicit MEMWARDEN_CONFIG still takes precedence, as it does everywhere.
+    env["MEMWARDEN_CONFIG"] = "/x/y.toml"
+    assert paths.config_candidates(env, 996) == (Path("/x/y.toml"), True)
+
+
 def test_config_candidates_user_prefers_xdg_config_home():
     got = paths.config_candidates({"XDG_CONFIG_HOME": "/cfg", "HOME": "/home/u"}, 1000)
     assert got == (Path("/cfg/memwarden/memwarden.toml"), False)

@@ -183,3 +183,21 @@ def test_parse_duration_rejects_nan():
     # NaN compares false with everything: a NaN hold would never let a level change.
     with pytest.raises(ValueError):
         parse_duration(float("nan"))
+
+
+# ---- numbers too large for a float (found by the fault suite's fuzzers) --------------------------------------
+
+
+@pytest.mark.parametrize("value", ["9" * 400, "9" * 309 + "TiB"])
+def test_parse_size_of_an_overflowing_string_is_a_value_error(value):
+    # int(inf) raised OverflowError, which escaped the config loader and the RPC params' ValueError handlers.
+    with pytest.raises(ValueError, match="too large"):
+        parse_size(value)
+
+
+@pytest.mark.parametrize("value", [float("inf"), "9" * 400, "9" * 400 + "s"])
+def test_parse_duration_rejects_infinity(value):
+    # TOML's `inf` as daemon.sample_interval, JSON's Infinity as lease.acquire's wait: a pass or a wait that
+    # never ends.
+    with pytest.raises(ValueError):
+        parse_duration(value)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 
 from memwarden.alerts.model import ActiveAlert, AlertEvent, Condition, EventType, reconcile
 from memwarden.alerts.sinks.exec_hook import ExecSink
@@ -18,6 +20,9 @@ log = get_logger()
 # An active alert logs at its severity's priority; a resolved one at "notice".
 RESOLVED_PRIORITY = 5
 RESERVED_FIELDS = {"event", "level", "priority", "message_id", "timestamp"}
+# A wall-clock jump larger than this between two updates (beyond what the monotonic clock saw) is a step. NTP
+# slews by at most 500 ppm; anything near a second between two sample passes was set, not slewed.
+CLOCK_STEP = 1.0
 
 
 def build_sinks(cfg: AlertsConfig) -> list[QueuedSink]:
@@ -30,12 +35,16 @@ def build_sinks(cfg: AlertsConfig) -> list[QueuedSink]:
 
 
 class AlertDispatcher:
-    def __init__(self, history: AlertHistory, cfg: AlertsConfig):
+    def __init__(self, history: AlertHistory, cfg: AlertsConfig, mono: Callable[[], float] = time.monotonic):
         self.history = history
+        self.mono = mono
+        self._clock_at: tuple[float, float] | None = None  # (wall, monotonic) at the last update
         self.cfg = cfg
         self.sinks = build_sinks(cfg)
+        self.on_record_error: Callable[[Exception], object] | None = None  # the daemon's StateHealth hook
         self.active: dict[tuple[str, str], ActiveAlert] = {
             a.condition.ident: a for a in history.open_alerts()}
+        self.raised: dict[tuple[str, str], int] = {}  # (kind, severity) → alerts raised since start (metrics)
 
     async def reconfigure(self, cfg: AlertsConfig) -> None:
         if cfg == self.cfg:
@@ -47,13 +56,31 @@ class AlertDispatcher:
         self.sinks = build_sinks(cfg)
 
     def update(self, scope: str, conditions: Iterable[Condition], now: float) -> list[AlertEvent]:
+        self._follow_clock_step(now)
         self.active, events = reconcile(self.active, conditions, scope, now, self.cfg.renotify_interval)
         for event in events:
             self.emit(event)
         return events
 
+    def _follow_clock_step(self, now: float) -> None:
+        """Renotify intervals are real time, but alerts carry wall-clock times (they are shown and kept). When
+        the wall clock steps (NTP, `date -s`, a restored VM), shift each active alert's last notification by the
+        step: a step forward must not renotify every alert at once, a step back must not silence them for as
+        long as the step."""
+        mono = self.mono()
+        if self._clock_at is not None:
+            step = (now - self._clock_at[0]) - (mono - self._clock_at[1])
+            if abs(step) > CLOCK_STEP and self.active:
+                self.active = {ident: replace(a, last_notified_at=a.last_notified_at + step)
+                               for ident, a in self.active.items()}
+                log.warning("wall clock stepped; renotify times moved with it", step_s=round(step, 3),
+                            active=len(self.active))
+        self._clock_at = (now, mono)
+
     def emit(self, event: AlertEvent) -> None:
         c = event.alert.condition
+        if event.type is EventType.RAISED:
+            self.raised[c.kind, c.severity] = self.raised.get((c.kind, c.severity), 0) + 1
         verb = {"raised": "alert", "changed": "alert changed", "renotified": "alert still active",
                 "resolved": "alert resolved"}[event.type.value]
         fields = {k: v for k, v in c.fields.items() if k not in RESERVED_FIELDS}
@@ -68,6 +95,8 @@ class AlertDispatcher:
             self.history.record(event)
         except Exception as exc:  # noqa: BLE001 - a full disk must not stop alerts from going out
             log.error("could not record alert history", error=str(exc), alert_kind=c.kind)
+            if self.on_record_error is not None:
+                self.on_record_error(exc)
         payload = event.to_dict()
         for sink in self.sinks:
             sink.submit(payload)

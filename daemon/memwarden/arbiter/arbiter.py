@@ -62,7 +62,9 @@ class GpuArbiter:
         self.changed = asyncio.Condition()
         self.stats = {"hits": 0, "misses": 0, "evictions": 0, "grants": 0, "refusals": 0}
         self._dirty: set[str] = set()
-        self.serving_busy_until = 0.0  # preemptible leases wait until serving has been idle (proxy.preempt)
+        # Preemptible leases wait until serving has been idle (proxy.preempt). Monotonic: on the wall clock, a
+        # step back of a day kept every preemptible lease (training) waiting a day.
+        self.serving_busy_until = 0.0
 
     # ---- inputs ----------------------------------------------------------------------------------------
 
@@ -192,9 +194,9 @@ class GpuArbiter:
 
     async def _try_grant(self, size: int, holder: str, pid: int | None, uid: int | None, gpu: int | None,
                          priority: int, preemptible: bool) -> Lease | Refusal:
-        if preemptible and self.clock() < self.serving_busy_until:
+        if preemptible and time.monotonic() < self.serving_busy_until:
             return Refusal("serving has priority over preemptible leases: it must be idle for another "
-                           f"{self.serving_busy_until - self.clock():.0f}s", ())
+                           f"{self.serving_busy_until - time.monotonic():.0f}s", ())
         snap = await self.gpu_snapshot()
         loaded = await self.loaded()
         if loaded is not None:
@@ -510,7 +512,8 @@ class GpuArbiter:
         return min(plans, key=lambda p: (not p.fits, len(p.victims)))
 
     async def evict(self, name: str) -> dict[str, Any]:
-        assert self.ollama is not None
+        if self.ollama is None:
+            raise ArbiterError("no Ollama configured (ollama.url is empty)")
         name = normalize(name)
         async with self.lock:
             await self.ollama.unload(name)

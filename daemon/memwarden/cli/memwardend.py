@@ -10,6 +10,7 @@ sys.modules.setdefault("numpy", None)  # before sqlite_utils is first imported, 
 
 import argparse
 import asyncio
+import sqlite3
 from pathlib import Path
 
 from memwarden import __version__
@@ -57,6 +58,14 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(Daemon(config, config_arg=args.config).run())
     except StateError as exc:
         get_logger().error("cannot open state", error=str(exc))
+        return 1
+    except sqlite3.Error as exc:
+        # Damage open_state() could not see (a corrupt page under the leases or the alert history) is met while
+        # the daemon reads its state at start: still one line naming the file and what to do, no traceback.
+        from memwarden.state.db import DB_NAME
+        from memwarden.state.health import describe
+
+        get_logger().error("cannot open state", error=describe(config.daemon.state_dir / DB_NAME, exc))
         return 1
     except OSError as exc:
         get_logger().error("cannot start", error=str(exc))

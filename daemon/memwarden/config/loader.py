@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import replace
@@ -25,6 +27,12 @@ class ConfigError(Exception):
         super().__init__("\n".join(f"{where}: {p}" for p in problems))
 
 
+def _key(name: str) -> str:
+    """A key as TOML would write it: bare, or quoted. A key named `'` or one with a newline made the problem's
+    "at '...'" ambiguous, or broke it over two lines."""
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name)
+
+
 def _unknown(key: str, known: list[str]) -> str:
     close = difflib.get_close_matches(key, known, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(sorted(known))}"
@@ -40,7 +48,7 @@ def _build_section(name: str, section_type: type, raw: Any, problems: list[str])
     for key, value in raw.items():
         f = known.get(key)
         if f is None:
-            problems.append(f"at '{name}.{key}': {_unknown(key, list(known))}")
+            problems.append(f"at '{name}.{_key(key)}': {_unknown(key, list(known))}")
             continue
         try:
             values[key] = f.metadata["parse"](value)
@@ -99,7 +107,7 @@ def parse_config(data: dict[str, Any], source: Path | None = None,
         if section_type is None:
             close = difflib.get_close_matches(name, list(SECTIONS), n=1)
             hint = f"; did you mean [{close[0]}]?" if close else f"; known sections: {', '.join(SECTIONS)}"
-            problems.append(f"at '{name}': unknown section{hint}")
+            problems.append(f"at '{_key(name)}': unknown section{hint}")
             continue
         sections[name] = _build_section(name, section_type, raw, problems)
     config = Config(**sections, source=source)
@@ -124,6 +132,9 @@ def load_config(path: Path | None, must_exist: bool = True,
         raise ConfigError(path, [f"not UTF-8 text: {exc.reason} at byte {exc.start}"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, [f"not valid TOML: {exc}"]) from None
+    except RecursionError:
+        # tomllib recurses per nesting level: `x = [[[…` 1000 deep escaped as a RecursionError with a traceback.
+        raise ConfigError(path, ["not valid TOML: arrays or inline tables nested too deeply"]) from None
     return parse_config(data, path, env, uid)
 
 

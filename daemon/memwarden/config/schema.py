@@ -345,6 +345,23 @@ class AlertsConfig:
     history_retention: float = setting("30d", duration(3600), "Resolved alerts older than this are pruned.")
 
 
+def metrics_listen(value: Any) -> str:
+    value = host_port(value)
+    host = value.rpartition(":")[0]
+    if host.startswith("[") != host.endswith("]") or (":" in host and not host.startswith("[")):
+        raise ValueError(f"expected HOST:PORT with an IPv6 address in brackets ('[::1]:9847'), got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = setting(False, boolean, "Serve Prometheus metrics over HTTP on metrics.listen.")
+    listen: str = setting(
+        "127.0.0.1:9847", metrics_listen,
+        "Where the metrics are served (/metrics). Loopback by default: there is no authentication, and the "
+        "metrics name containers, models and adapters.")
+
+
 @dataclass(frozen=True)
 class Config:
     daemon: DaemonConfig = DaemonConfig()
@@ -355,12 +372,14 @@ class Config:
     containers: ContainersConfig = ContainersConfig()
     learning: LearningConfig = LearningConfig()
     alerts: AlertsConfig = AlertsConfig()
+    metrics: MetricsConfig = MetricsConfig()
     source: Path | None = None  # the file it was read from; None = embedded defaults
 
 
 SECTIONS: dict[str, type] = {
     "daemon": DaemonConfig, "host": HostConfig, "gpu": GpuConfig, "ollama": OllamaConfig, "proxy": ProxyConfig,
     "containers": ContainersConfig, "learning": LearningConfig, "alerts": AlertsConfig,
+    "metrics": MetricsConfig,
 }
 
 

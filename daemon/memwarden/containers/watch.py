@@ -89,6 +89,10 @@ class ContainerWatch:
         s = self.series.get(c.name)
         if s is None or s.container_id != c.id:
             s = self.series[c.name] = Series(c.id)  # a new container (or a recreated one) starts a new series
+        if s.samples and now < s.samples[-1].t:
+            # The wall clock stepped back: times that run backwards have no slope (nor a span that ever reaches
+            # the window), so start over, warming up again, rather than fit across the step.
+            s.samples.clear()
         s.samples.append(leak.Sample(now, c.working_set))
         cutoff = now - self.config.containers.leak_window
         while s.samples and s.samples[0].t < cutoff:

@@ -4,7 +4,6 @@ of root, the daemon's own user or the admin group."""
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +16,8 @@ if TYPE_CHECKING:
 
 # Only the trainer subprocess may import these; the daemon reports if any slipped in.
 HEAVY_MODULES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "numpy")
+# Imported only once something needs them: metrics.enabled; the proxy or a webhook; a container restart.
+OPTIONAL_MODULES = ("prometheus_client", "aiohttp", "docker")
 
 
 def _jsonable_config(daemon: Daemon) -> dict[str, Any]:
@@ -37,7 +38,7 @@ def register_all(daemon: Daemon) -> None:
             "version": __version__,
             "pid": os.getpid(),
             "started_at": daemon.started_at,
-            "uptime_s": round(time.time() - daemon.started_at, 3),
+            "uptime_s": round(daemon.uptime(), 3),
             "config": str(cfg.source) if cfg.source else None,
             "state_dir": str(cfg.daemon.state_dir),
             "dry_run": cfg.daemon.dry_run,
@@ -107,6 +108,7 @@ def register_all(daemon: Daemon) -> None:
             "requests_served": daemon.server.served if daemon.server else 0,
             "python": sys.version.split()[0],
             "heavy_modules_loaded": sorted(m for m in HEAVY_MODULES if sys.modules.get(m) is not None),
+            "optional_modules_loaded": sorted(m for m in OPTIONAL_MODULES if sys.modules.get(m) is not None),
         }
 
     async def methods() -> list[dict[str, Any]]:

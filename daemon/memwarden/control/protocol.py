@@ -65,6 +65,10 @@ def parse_request(line: bytes) -> Request:
         obj = json.loads(line)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RpcError(PARSE_ERROR, f"parse error: {exc}") from None
+    except RecursionError:
+        # A line of 5000 '[' is valid JSON to a grammar and a RecursionError to json.loads: it killed the
+        # connection's handler without an answer.
+        raise RpcError(PARSE_ERROR, "parse error: nested too deeply") from None
     if isinstance(obj, list):
         raise RpcError(INVALID_REQUEST, "invalid request: batches are not supported; send one object per line")
     if not isinstance(obj, dict):

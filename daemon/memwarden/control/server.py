@@ -8,6 +8,8 @@ import errno
 import grp
 import os
 import socket
+import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 from memwarden.control.peer import Peer, may_change_state, peer_of
@@ -16,6 +18,7 @@ from memwarden.control.protocol import (
     INTERNAL_ERROR,
     LINE_TOO_LONG,
     MAX_LINE,
+    ApplicationError,
     RpcError,
     error_line,
     parse_request,
@@ -56,16 +59,25 @@ def bind_unix(path: Path, group: str = "") -> socket.socket:
         os.umask(old_umask)
     os.chmod(path, 0o660)
     if group:
-        os.chown(path, -1, grp.getgrnam(group).gr_gid)
+        try:
+            os.chown(path, -1, grp.getgrnam(group).gr_gid)
+        except OSError as exc:
+            sock.close()
+            # The shipped unit forbids chown (SystemCallFilter=~@privileged): there the group comes from the
+            # socket unit, which also makes this code path unused.
+            raise OSError(exc.errno, f"cannot give {path} to group {group!r} (daemon.socket_group): "
+                                     f"{exc.strerror}; under systemd set SocketGroup= in memwarden.socket") from None
     sock.listen(128)
     return sock
 
 
 class ControlServer:
-    def __init__(self, registry: Registry, admin_group: str = "", max_clients: int = 512):
+    def __init__(self, registry: Registry, admin_group: str = "", max_clients: int = 512,
+                 on_state_error: Callable[[sqlite3.Error, str], str] | None = None):
         self.registry = registry
         self.admin_group = admin_group
         self.max_clients = max_clients
+        self.on_state_error = on_state_error  # StateHealth.failed: records it, returns the message in words
         self.clients = 0
         self.served = 0
         self._server: asyncio.AbstractServer | None = None
@@ -135,6 +147,12 @@ class ControlServer:
             result = await self.registry.call(request.method, request.params, admin, peer)
         except RpcError as err:
             reply = error_line(None if request.is_notification else request.id, err)
+        except sqlite3.Error as exc:
+            # Disk full, locked or corrupt is not an internal error: the caller learns the file and what to do,
+            # and the sample pass raises the state.database alert. SQLite rolled the write back; nothing is lost.
+            what = self.on_state_error(exc, request.method) if self.on_state_error else f"state database: {exc}"
+            log.error("control method failed on the state database", method=request.method, error=what)
+            reply = error_line(request.id, ApplicationError(f"{request.method} failed: {what}"))
         except Exception as exc:
             log.exception("control method failed", method=request.method)
             reply = error_line(request.id, RpcError(INTERNAL_ERROR, f"internal error in {request.method}: {exc!r}"))

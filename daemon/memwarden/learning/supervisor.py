@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -190,10 +191,14 @@ class LearningSupervisor:
             self.current = None
 
     def _fail(self, run_id: str, adapter: str, error: str) -> None:
-        self._set(run_id, state="failed", error=error, finished_at=self.clock())
+        # The alert first: on a full disk the write below fails too, and the run must not fail silently.
         self._failed[adapter] = Condition("training.failed", adapter, "warning",
                                           f"training run {run_id} of {adapter} failed: {error}",
                                           MappingProxyType({"run": run_id, "error": error}))
+        try:
+            self._set(run_id, state="failed", error=error, finished_at=self.clock())
+        except sqlite3.Error as exc:  # the run stays "running" in the table: a restart resumes it
+            log.error("could not record the failed run", run=run_id, error=str(exc))
 
     # ---- one run -------------------------------------------------------------------------------------
 
@@ -242,9 +247,13 @@ class LearningSupervisor:
             log.warning("trainer exited abnormally; resuming from the last checkpoint", run=run_id, code=code,
                         attempt=attempts, of=MAX_ATTEMPTS)
             if attempts >= MAX_ATTEMPTS:
+                # The trainer's own error line, else its log's tail: on a full disk the log (beside the run) holds
+                # a torn traceback at best.
+                last = (self.current or {}).get("last") or {}
+                said = last.get("message") if last.get("event") == "error" else None
                 log_file = out / "trainer.log"
-                tail = log_file.read_text(errors="replace")[-800:] if log_file.exists() else ""
-                raise RuntimeError(f"trainer failed {attempts} times (last exit {code}): {tail.strip()}")
+                tail = log_file.read_text(errors="replace")[-800:] if log_file.exists() and not said else ""
+                raise RuntimeError(f"trainer failed {attempts} times (last exit {code}): {said or tail.strip()}")
         await self._finish(run_id, adapter, out)
 
     def _curate(self, run_id: str, adapter: str, out: Path) -> None:
@@ -322,6 +331,7 @@ class LearningSupervisor:
             path = out / "job.run.json"
         assert self.current is not None
         self.current["steps"] = []
+        self.current["start"] = None  # the trainer's start event: how many steps this phase runs (metrics)
         env = {"CUDA_VISIBLE_DEVICES": str(lease["gpu"])} if lease else {"CUDA_VISIBLE_DEVICES": ""}
         proc = TrainerProcess(path, out / "trainer.log", self._on_event, env=env)
         await proc.start()
@@ -359,6 +369,8 @@ class LearningSupervisor:
         kind = event.get("event")
         if kind == "step":
             cur["steps"].append(event)
+        elif kind == "start":
+            cur["start"] = event
         elif kind in ("clamp", "oom_retry", "preempted", "error", "checkpoint"):
             fields = {k: v for k, v in event.items() if k not in ("event", "run", "run_id", "adapter", "level")}
             log.info(f"trainer: {kind}", run=cur["run_id"], adapter=cur["adapter"], **fields)
@@ -388,7 +400,11 @@ class LearningSupervisor:
         target = self.versions_dir / adapter / f"v{version}"
         staging = target.with_name(f".v{version}.tmp")
         shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(out / "final", staging)
+        try:
+            shutil.copytree(out / "final", staging)
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)  # a disk full mid-copy: give back what the copy took
+            raise
         if target.exists():  # left by a promotion whose transaction never committed
             shutil.rmtree(target)
         staging.replace(target)

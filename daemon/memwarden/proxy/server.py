@@ -102,7 +102,7 @@ class OllamaProxy:
             return None, None
         a = self.arbiter
         if self.cfg.preempt:
-            a.serving_busy_until = a.clock() + self.cfg.resume_after_idle
+            a.serving_busy_until = time.monotonic() + self.cfg.resume_after_idle
         if a.resident(model):
             a.note_use(model, keep_alive)
             return model, None

@@ -87,14 +87,22 @@ def save(
     tmp = root / f"{TMP_PREFIX}step-{step}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
-    if anchor is not None:
-        save_file({k: v.detach().to("cpu").contiguous() for k, v in anchor.items()}, str(tmp / "anchor.safetensors"))
-    torch.save(state, tmp / "state.pt")
-    (tmp / "meta.json").write_text(json.dumps({**meta, "step": step}, indent=1))
-    for child in tmp.iterdir():
-        _fsync_file(child)
-    _fsync_dir(tmp)
+    try:
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in trainable.items()},
+                  str(tmp / "trainable.safetensors"))
+        if anchor is not None:
+            save_file({k: v.detach().to("cpu").contiguous() for k, v in anchor.items()},
+                      str(tmp / "anchor.safetensors"))
+        torch.save(state, tmp / "state.pt")
+        (tmp / "meta.json").write_text(json.dumps({**meta, "step": step}, indent=1))
+        for child in tmp.iterdir():
+            _fsync_file(child)
+        _fsync_dir(tmp)
+    except BaseException:
+        # A full disk mid-write: the half-written temp dir would hold the space the next try needs (its name has
+        # this pid, so the next trainer would not reuse it). The complete checkpoints stay.
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():  # the same step again (a resumed run re-reaching a step): the new one replaces it
         aside = root / f"{TMP_PREFIX}old-step-{step}-{os.getpid()}"
         os.replace(final, aside)

@@ -104,11 +104,14 @@ class Trainer:
             self.emit.emit("error", message=str(exc))
             return EXIT_FAILED
         except Exception as exc:  # noqa: BLE001 - the daemon gets one line, the log the traceback
-            traceback.print_exc(file=sys.stderr)
             message = f"{type(exc).__name__}: {exc}"
             if is_oom(exc):
                 message = f"out of memory outside a training step: {message}"
+            # The line first, on the pipe: the log lives beside the run, and on a full disk writing the
+            # traceback there raised again and lost the line that said why.
             self.emit.emit("error", message=message)
+            with contextlib.suppress(OSError):
+                traceback.print_exc(file=sys.stderr)
             return EXIT_FAILED
 
     def check_stop(self) -> None:

@@ -387,3 +387,22 @@ def test_locate_default_user_file_is_read_when_present(tmp_path):
     cfg = locate_and_load(None, env={**ENV, "XDG_CONFIG_HOME": str(tmp_path)}, uid=UID)
     assert cfg.source == path
     assert cfg.alerts.webhook_retries == 0
+
+
+# ---- what the fault suite's config fuzzer found ---------------------------------------------------------------
+
+
+def test_toml_nested_too_deeply_is_a_config_error(tmp_path):
+    # tomllib recurses per level: a RecursionError with a traceback instead of "not valid TOML".
+    path = write(tmp_path, "x = " + "[" * 3000 + "]" * 3000 + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env=ENV, uid=UID)
+    assert info.value.problems == ["not valid TOML: arrays or inline tables nested too deeply"]
+
+
+@pytest.mark.parametrize("name, shown", [("'", "\"'\""), ("a\nb", '"a\\nb"'), ("a b", '"a b"')])
+def test_an_odd_unknown_key_is_quoted_on_one_line(name, shown):
+    err = problems_of({"daemon": {name: 1}, name: {}})
+    assert err.problems[0].startswith(f"at 'daemon.{shown}': unknown key")
+    assert err.problems[1].startswith(f"at '{shown}': unknown section")
+    assert all("\n" not in p for p in err.problems)

@@ -193,3 +193,11 @@ def test_error_classes():
     bad = InvalidParams("limit must be positive")
     assert bad.code == INVALID_PARAMS
     assert bad.to_dict() == {"code": INVALID_PARAMS, "message": "invalid params: limit must be positive"}
+
+
+@pytest.mark.parametrize("line", [b"[" * 5000 + b"]" * 5000, b'{"a":' * 3000 + b"1" + b"}" * 3000])
+def test_json_nested_too_deeply_is_a_parse_error(line):
+    # json.loads raised RecursionError, which killed the connection's handler without an answer.
+    with pytest.raises(RpcError) as info:
+        parse_request(line)
+    assert info.value.code == PARSE_ERROR and "nested too deeply" in info.value.message
