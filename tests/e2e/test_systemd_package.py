@@ -29,6 +29,9 @@ probe_timeout = "2s"
 [gpu]
 backend = "sim"
 sim_file = "{SIM_FILE}"
+
+[metrics]
+enabled = true
 """
 WATCHDOG_S = 6
 WATCHDOG_DROPIN = f"""\
@@ -148,6 +151,18 @@ def test_journal_entries_carry_priority_and_structured_fields(configured: Machin
     assert {a["PRIORITY"] for a in alerts} <= {"2", "3", "4", "5", "6"}
     assert any(a["PRIORITY"] == "4" and "ollama" in str(a["MESSAGE"]) for a in alerts)
     assert all(re.fullmatch(r"[0-9a-f]{32}", str(a["MESSAGE_ID"])) for a in alerts)
+
+
+def test_metrics_are_served_on_loopback_under_the_hardened_unit(configured: Machine) -> None:
+    scrape = ("import urllib.request; "
+              "print(urllib.request.urlopen('http://127.0.0.1:9847/metrics', timeout=10).read().decode())")
+    text = eventually(lambda: configured.run("python3", "-c", scrape, check=False).stdout, 30, "a metrics page")
+    samples = {line.split(" ")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line and not line.startswith("#")}
+    gpu_total = [v for k, v in samples.items() if k.startswith('memwarden_gpu_memory_total_bytes{gpu="0"')]
+    assert gpu_total == [8 << 30]
+    assert samples[f'memwarden_build_info{{version="{__version__}"}}'] == 1
+    assert samples["memwarden_host_memory_total_bytes"] > 0
 
 
 def test_reload_with_a_bad_config_keeps_the_service_and_its_config(configured: Machine) -> None:
