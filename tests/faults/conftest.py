@@ -15,8 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from support.daemon import DaemonProcess
-
 
 @dataclass
 class FuzzCount:
@@ -47,17 +45,3 @@ def pytest_runtest_makereport(item, call):
     rep = outcome.get_result()
     if rep.when == "call":
         item.rep_call = rep
-
-
-@pytest.fixture
-def make_daemon() -> Iterator:
-    made: list[DaemonProcess] = []
-
-    def factory(**kwargs) -> DaemonProcess:
-        d = DaemonProcess(**kwargs)
-        made.append(d)
-        return d
-
-    yield factory
-    for d in made:
-        d.cleanup()

@@ -13,12 +13,10 @@ import hashlib
 import importlib.util
 import json
 import os
-import subprocess
 
 import pytest
 from state_faults import fill, tmpfs
 
-from support.daemon import BIN
 from support.ollama_double.manager import wait_until
 
 pytestmark = pytest.mark.skipif(
@@ -49,13 +47,7 @@ def test_a_checkpoint_onto_a_full_disk_fails_and_keeps_the_last_complete_one(tmp
         assert loaded["meta"]["step"] == 4 and torch.equal(loaded["trainable"]["w"], weights["w"])
 
 
-@pytest.fixture(scope="module")
-def demo_base(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "base"
-    run = subprocess.run([BIN / "memwardenctl", "model", "init-demo", str(out)], capture_output=True, text=True,
-                         timeout=RUN_TIMEOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert run.returncode == 0, run.stderr
-    return out
+
 
 
 def memories(n: int, start: int = 0) -> list[str]:
@@ -77,16 +69,20 @@ def wait_for_run(d, index: int) -> dict:
                       message=lambda: f"run {index} to finish; runs: {runs(d)}; log: {d.log()[-3000:]}")
 
 
+def tiny_learning(base) -> dict:
+    """A run of 8 steps on the demo model, checkpointing every 4, that always promotes."""
+    return {"enabled": True, "base_model": str(base), "method": "lora", "importance_threshold": 50,
+            "min_interval": "0s", "lr": 3e-3, "rank": 4, "alpha": 8, "max_steps": 8, "warmup_steps": 1,
+            "micro_batch": 2, "grad_accum": 1, "max_seq_len": 64, "dry_run_steps": 0, "checkpoint_steps": 4,
+            "forgetting_epsilon": 10.0, "device": "cpu"}
+
+
 def digest(path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.iterdir())}
 
 
 def test_a_version_that_cannot_be_written_fails_the_run_and_the_active_one_stays(make_daemon, demo_base):
-    d = make_daemon(config={"learning": {
-        "enabled": True, "base_model": str(demo_base), "method": "lora", "importance_threshold": 50,
-        "min_interval": "0s", "lr": 3e-3, "rank": 4, "alpha": 8, "max_steps": 8, "warmup_steps": 1,
-        "micro_batch": 2, "grad_accum": 1, "max_seq_len": 64, "dry_run_steps": 0, "checkpoint_steps": 4,
-        "forgetting_epsilon": 10.0, "device": "cpu"}})
+    d = make_daemon(config={"learning": tiny_learning(demo_base)})
     adapters = d.workdir / "state" / "adapters"
     with tmpfs(adapters, "4m"):
         d.start()
@@ -126,11 +122,7 @@ def leave_free(filler, nbytes: int) -> None:
 def test_checkpoints_onto_a_full_disk_fail_the_run_saying_so_and_the_active_version_stays(make_daemon, demo_base):
     """Room for the curated files but not for a checkpoint: the trainer's error line (not its log, which is on
     the same full disk) reaches the run's error, and the version promoted before stays active."""
-    d = make_daemon(config={"learning": {
-        "enabled": True, "base_model": str(demo_base), "method": "lora", "importance_threshold": 50,
-        "min_interval": "0s", "lr": 3e-3, "rank": 4, "alpha": 8, "max_steps": 8, "warmup_steps": 1,
-        "micro_batch": 2, "grad_accum": 1, "max_seq_len": 64, "dry_run_steps": 0, "checkpoint_steps": 4,
-        "forgetting_epsilon": 10.0, "device": "cpu"}})
+    d = make_daemon(config={"learning": tiny_learning(demo_base)})
     run_dirs = d.workdir / "state" / "runs"
     with tmpfs(run_dirs, "1m"):
         d.start()

@@ -38,14 +38,7 @@ FACTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def demo_base(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "base"
-    run = subprocess.run([BIN / "memwardenctl", "model", "init-demo", str(out)], capture_output=True, text=True,
-                         timeout=RUN_TIMEOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert run.returncode == 0, run.stderr
-    assert (out / "config.json").exists()
-    return out
+
 
 
 def memories_file(path, profile, importance=5, repeat=2):
