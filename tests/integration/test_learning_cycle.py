@@ -123,7 +123,10 @@ def test_memories_past_the_threshold_become_a_promoted_exported_adapter(learning
     leases = d.call("lease.list")
     assert leases["active"] == []
     assert any(x["holder"].startswith("training alice") and x["preemptible"] for x in leases["recent"])
-    # Exported: the adapter alone, as a versioned model and a stable alias.
+    # Exported: the adapter alone, as a versioned model and a stable alias. The export follows the promotion's
+    # commit, so a run reads "promoted" a moment before Ollama has the model.
+    wait_until(lambda: any(e.get("event") == "adapter exported to Ollama" for e in d.log_events()),
+               timeout=RUN_TIMEOUT, interval=0.2, message="the export to Ollama")
     names = {m["name"] for m in double.tags()}
     assert {"memwarden/alice:v1", "memwarden/alice:latest"} <= names
     version_dir = d.workdir / "state" / "adapters" / "alice" / "v1"
