@@ -238,15 +238,13 @@ def test_preempted_then_killed_run_resumes_to_the_same_result(base_spec, referen
 
     first = Trainer(job)
     signalled = first.until(lambda e: e["event"] == "step" and e["step"] >= 8)["step"]
-    sent = time.monotonic()
+    # How fast it answers is bench/preemption_latency.py's figure, not an assertion here.
     first.proc.send_signal(signal.SIGTERM)
     pre = first.until(lambda e: e["event"] == "preempted")
-    latency = time.monotonic() - sent
     rc, events, err = first.finish()
     assert rc == EXIT_PREEMPTED, err[-2000:]
     assert events[-1] is pre and pre["signal"] == signal.SIGTERM
     assert pre["step"] == of(events, "step")[-1]["step"] >= signalled  # the last completed step
-    assert latency < 10, latency
     assert Path(pre["checkpoint"]) == ckpts / f"step-{pre['step']}"
     assert (Path(pre["checkpoint"]) / "meta.json").is_file()
 
