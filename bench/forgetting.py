@@ -24,6 +24,7 @@ task-A forgetting whose task-B loss is within 5 % of plain LoRA's; the test runs
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
@@ -252,7 +253,7 @@ def main() -> int:
                    help="λ values tried by --tune (default 0 30 100 300)")
     p.add_argument("--grid-replay", type=int, nargs="+", default=[2, 3, 4],
                    help="replay counts tried by --tune (default 2 3 4)")
-    p.add_argument("--evaluate", metavar="REQUEST", help=argparse_hidden())
+    p.add_argument("--evaluate", metavar="REQUEST", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.evaluate:
         return evaluate(args.evaluate)
@@ -326,12 +327,6 @@ def main() -> int:
                               "args": {k: v for k, v in vars(args).items() if k not in ("evaluate", "json")}},
          args.json)
     return 0
-
-
-def argparse_hidden() -> str:
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":

@@ -33,36 +33,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from _arbitration import wait_until
 from _common import emit, exit_cleanly_on_sigterm, fmt, fmt_ratio, managed, parser, ratio, table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from support.daemon import BIN, DaemonProcess, short_tmpdir
+from support.memories import FACTS
 from support.ollama_double.manager import sim_gpu
 
 GiB = 1024**3
-FACTS = [
-    ("conversation", "Who is Mira?", "Mira is your sister; she lives in Lisbon and plays the cello."),
-    ("conversation", "What do I drink in the morning?", "Black coffee, no sugar, before eight."),
-    ("conversation", "What is my cat called?", "Your cat is called Pepper and she is afraid of the vacuum."),
-    ("conversation", "When is the concert?", "The concert is on Friday at seven in the old church."),
-    ("reflection", "I was too hard on myself about the deadline.", None),
-    ("dream", "A library where every book was a conversation.", None),
-    ("journal", "Walked to the harbour, bought bread, called Mira.", None),
-    ("inner_dialogue", "Maybe the garden can wait until the rain stops.", None),
-    ("observation", "The 8:12 train is always late on Mondays.", None),
-    ("conversation", "Where is the wifi password?", "It is written on the card under the lamp."),
-]
-
-
-def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
 def ts(event: dict[str, Any]) -> float:

@@ -23,6 +23,7 @@ OOM retry, EWC, progress events or stop checks.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
@@ -230,9 +231,9 @@ def main() -> int:
     p.add_argument("--max-seq-len", type=int, default=256)
     p.add_argument("--pairs", type=int, default=24,
                    help="interleaved step pairs in the one-process comparison (default 24; 0: skip it)")
-    p.add_argument("--plain-loop", metavar="JOB", help=argparse_hidden())
-    p.add_argument("--interleaved", metavar="JOB", help=argparse_hidden())
-    p.add_argument("--build-model", metavar="DIR", help=argparse_hidden())
+    p.add_argument("--plain-loop", metavar="JOB", help=argparse.SUPPRESS)
+    p.add_argument("--interleaved", metavar="JOB", help=argparse.SUPPRESS)
+    p.add_argument("--build-model", metavar="DIR", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.plain_loop:
         return plain_loop(args.plain_loop)
@@ -358,12 +359,6 @@ def main() -> int:
                                                if k not in ("plain_loop", "build_model", "interleaved", "json")}},
          args.json)
     return 0
-
-
-def argparse_hidden() -> str:
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":
