@@ -214,6 +214,8 @@ class Daemon:
             await self.ollama.close()
         if self.db is not None:
             self.db.close()
+        if self.state is not None:
+            self.state.close()  # its descriptor on the state file outlives the connection (see StateFile)
         log.info("memwardend stopped", uptime_s=round(self.uptime(), 1))
 
     def uptime(self) -> float:

@@ -15,10 +15,13 @@ from pathlib import Path
 
 from memwarden import __version__
 from memwarden.config import ConfigError, locate_and_load
+from memwarden.dirs import PathError, UnsafeDirectory
 from memwarden.logs import configure_logging, get_logger
 from memwarden.state.db import StateError
 
 EX_CONFIG = 78  # sysexits.h; the unit's RestartPreventExitStatus= stops a restart loop on a bad config
+EX_CANTCREAT = 73  # sysexits.h: a directory or file it must write cannot be (state, socket), or is taken
+EX_NOPERM = 77  # sysexits.h: the socket's directory is not safe (another user may write it or owns it)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -56,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return asyncio.run(Daemon(config, config_arg=args.config).run())
+    except PathError as exc:
+        get_logger().error("cannot start", error=str(exc))
+        return EX_NOPERM if isinstance(exc, UnsafeDirectory) else EX_CANTCREAT
     except StateError as exc:
         get_logger().error("cannot open state", error=str(exc))
         return 1

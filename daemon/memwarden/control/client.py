@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import socket
 from pathlib import Path
 from typing import Any
 
 from memwarden.control.protocol import MAX_LINE, RpcError, request_line
+from memwarden.dirs import UnsafeDirectory, check_socket, client_trusted_uids
+
+# The socket may be another user's, listening for what is sent to it (see memwarden.dirs).
+TRUST_HINT = "whoever made it can read what you send; use the daemon's own socket (--socket or MEMWARDEN_SOCKET)"
 
 
 class ConnectError(Exception):
@@ -19,6 +24,12 @@ class Client:
     def __init__(self, path: Path, timeout: float | None = 30.0):
         self.path = Path(path)
         self._ids = itertools.count(1)
+        try:
+            check_socket(self.path, client_trusted_uids(os.geteuid()), TRUST_HINT)
+        except UnsafeDirectory as exc:
+            raise ConnectError(f"refusing to talk to {self.path}: {exc}") from None
+        except OSError:
+            pass  # nothing there (or unreadable): connect() below says which, in its words
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout)
         try:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import grp
-import os
 import socket
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
+from memwarden.control.listen import SocketInUse, bind_unix  # noqa: F401 (the daemon binds through here)
 from memwarden.control.peer import Peer, may_change_state, peer_of
 from memwarden.control.protocol import (
     BUSY,
@@ -30,45 +28,6 @@ from memwarden.logs import get_logger
 log = get_logger()
 
 WRITE_TIMEOUT = 10.0
-
-
-class SocketInUse(Exception):
-    pass
-
-
-def bind_unix(path: Path, group: str = "") -> socket.socket:
-    """Bind the control socket at `path` (0660), replacing a stale one but never a live daemon's."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    if path.exists() or path.is_symlink():
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(str(path))
-        except OSError as exc:
-            if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
-                raise
-            path.unlink(missing_ok=True)
-        else:
-            raise SocketInUse(f"another memwardend is already listening on {path}")
-        finally:
-            probe.close()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o117)  # the socket is born 0660: no window where others may connect
-    try:
-        sock.bind(str(path))
-    finally:
-        os.umask(old_umask)
-    os.chmod(path, 0o660)
-    if group:
-        try:
-            os.chown(path, -1, grp.getgrnam(group).gr_gid)
-        except OSError as exc:
-            sock.close()
-            # The shipped unit forbids chown (SystemCallFilter=~@privileged): there the group comes from the
-            # socket unit, which also makes this code path unused.
-            raise OSError(exc.errno, f"cannot give {path} to group {group!r} (daemon.socket_group): "
-                                     f"{exc.strerror}; under systemd set SocketGroup= in memwarden.socket") from None
-    sock.listen(128)
-    return sock
 
 
 class ControlServer:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import sqlite_utils
+
+from memwarden.dirs import Unwritable, ensure_writable_dir, unwritable
 
 DB_NAME = "memwarden.db"
 
@@ -120,18 +123,54 @@ def migrate(db: sqlite_utils.Database, migrations=MIGRATIONS) -> list[int]:
     return applied
 
 
-def open_state(state_dir: Path, migrations=MIGRATIONS) -> sqlite_utils.Database:
-    path = state_dir / DB_NAME
+HINT = "set daemon.state_dir to a directory it may write"
+
+# Primary result codes (sqlite3.h) of a file SQLite may not create or write.
+_SQLITE_PERM, _SQLITE_READONLY, _SQLITE_CANTOPEN = 3, 8, 14
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection to the state file as the daemon uses it: WAL, a 5 s busy timeout, foreign keys on."""
+    conn = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
     try:
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-        conn = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
-        db = sqlite_utils.Database(conn)
-        db.execute("PRAGMA busy_timeout = 5000")
-        db.enable_wal()
-        db.execute("PRAGMA synchronous = NORMAL")
-        db.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA busy_timeout = 5000")
+        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _check_writable(path: Path) -> None:
+    """The state directory and the files SQLite will write in it, before SQLite meets them: a permission or a
+    read-only filesystem is then one line naming the directory or file (memwarden.dirs.Unwritable)."""
+    ensure_writable_dir(path.parent, HINT)
+    for name in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            os.close(os.open(name, os.O_RDWR | os.O_CLOEXEC))  # no SQLite connection yet: no lock to drop
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise unwritable(name, exc, HINT) from None
+
+
+def open_state(state_dir: Path, migrations=MIGRATIONS) -> sqlite_utils.Database:
+    """Open (creating if needed) and migrate the state database.
+
+    Unwritable (memwarden.dirs) when the directory or file may not be written; StateError when the file is
+    not a usable state database."""
+    path = state_dir / DB_NAME
+    _check_writable(path)
+    try:
+        db = sqlite_utils.Database(connect(path))
         migrate(db, migrations)
     except sqlite3.DatabaseError as exc:
+        if (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF in (_SQLITE_PERM, _SQLITE_READONLY, _SQLITE_CANTOPEN):
+            raise Unwritable(f"{path}: {exc}: make {state_dir} and the files in it writable for uid "
+                             f"{os.geteuid()}, or {HINT}") from None
         raise StateError(f"{path}: {exc} (is it a memwarden state database? move it aside to start fresh)") \
             from None
     except OSError as exc:

@@ -5,6 +5,10 @@ history) hands it to StateHealth.failed(), which keeps it and returns what to te
 and what to do. SQLite rolls the failed transaction back, so nothing written before is lost; the daemon carries
 on. Each sample pass calls check(), which clears the failure once its cause is gone (space freed, the lock
 released), and conditions() is the `state.database` alert while it is not. Corruption stays until a restart.
+
+check() also looks for the file itself (state/file_watch.py): deleted, moved or replaced under the running
+daemon, it is written back to its path, and `state.file` (critical) says so for RESTORED_ALERT_HOLD; while the
+write-back fails it says why and that stopping the daemon now would lose what the deleted file holds.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from types import MappingProxyType
 from typing import Any
 
 from memwarden.alerts.model import Condition
+from memwarden.state.file_watch import Restore, StateFile, Verdict
 from memwarden.units import format_size
 
 # Below this much free space on the state's filesystem a "disk full" is not over: SQLite needs room to grow its
@@ -30,6 +35,10 @@ SQLITE_PERM, SQLITE_BUSY, SQLITE_LOCKED, SQLITE_READONLY, SQLITE_IOERR = 3, 5, 6
 SQLITE_CORRUPT, SQLITE_FULL, SQLITE_CANTOPEN, SQLITE_NOTADB = 11, 13, 14, 26
 
 FULL, LOCKED, CORRUPT, OTHER = "disk_full", "locked", "corrupt", "error"
+
+# A state file written back after it was deleted or replaced stays an alert this long: the daemon put it back,
+# but whatever removed it (a tmp cleaner, a script, a person) is still out there and should be found.
+RESTORED_ALERT_HOLD = 3600.0
 
 
 def cause_of(exc: sqlite3.Error) -> str:
@@ -79,6 +88,7 @@ class StateHealth:
         self.clock = clock
         self.busy_timeout_s = busy_timeout_s
         self.failure: Failure | None = None
+        self.file = StateFile(db, path, clock)
 
     def failed(self, exc: sqlite3.Error, what: str) -> str:
         """Record a failure of `what`; returns the message for the caller (and the log)."""
@@ -92,7 +102,9 @@ class StateHealth:
         return message
 
     def check(self) -> None:
-        """Clear the failure once its cause is gone. Never blocks: the lock is tried without waiting."""
+        """Write the file back if it left its path; clear the failure once its cause is gone. Never blocks: the
+        lock is tried without waiting."""
+        self.file.check()
         f = self.failure
         if f is None or f.cause == CORRUPT:
             return  # corruption does not heal: the alert stays until the file is dealt with
@@ -120,9 +132,32 @@ class StateHealth:
             return False
         return True
 
+    def close(self) -> None:
+        """After the database is closed."""
+        self.file.close()
+
     def conditions(self) -> list[Condition]:
+        found = []
         f = self.failure
-        if f is None:
-            return []
-        return [Condition("state.database", str(self.path), "critical", f.message, MappingProxyType({
-            "cause": f.cause, "failed": f.what, "failures": f.count, "since": f.at, "path": str(self.path)}))]
+        if f is not None:
+            found.append(Condition("state.database", str(self.path), "critical", f.message, MappingProxyType({
+                "cause": f.cause, "failed": f.what, "failures": f.count, "since": f.at, "path": str(self.path)})))
+        r = self.file.last
+        if r is not None and (r.error is not None or self.clock() - r.at < RESTORED_ALERT_HOLD):
+            found.append(Condition("state.file", str(self.path), "critical", file_message(self.path, r),
+                                   MappingProxyType({
+                                       "verdict": r.verdict.value, "at": r.at, "times": r.count,
+                                       "moved_aside": [list(m) for m in r.moved_aside], "error": r.error,
+                                       "path": str(self.path), **r.placement.log_fields()})))
+        return found
+
+
+def file_message(path: Path, r: Restore) -> str:
+    what = "was deleted or moved" if r.verdict is Verdict.GONE else "was replaced by another file"
+    if r.error is not None:
+        return (f"state database {path} {what} while memwardend runs and could not be written back ({r.error}); "
+                f"writes go to the open file meanwhile: do not stop memwardend, fix the cause (space? permissions "
+                f"of {path.parent}?), it retries every pass")
+    aside = f"; the file found there was moved to {r.moved_aside[0][1]}" if r.moved_aside else ""
+    return (f"state database {path} {what} while memwardend ran; the daemon's state was written back from its "
+            f"open connection, nothing lost{aside}; find what removed it")

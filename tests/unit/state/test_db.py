@@ -4,6 +4,7 @@ import sqlite3
 import pytest
 import sqlite_utils
 
+from memwarden.dirs import Unwritable
 from memwarden.state.db import DB_NAME, MIGRATIONS, StateError, migrate, open_state, schema_version
 
 NEWEST = max(v for v, _, _ in MIGRATIONS)
@@ -96,12 +97,14 @@ def test_corrupt_file_is_state_error_naming_path(tmp_path):
     assert "move it aside" in message
 
 
-def test_state_dir_that_is_a_file_is_state_error(tmp_path):
+def test_state_dir_that_is_a_file_is_named_in_one_line(tmp_path):
     blocker = tmp_path / "state"
     blocker.write_text("not a directory")
-    with pytest.raises(StateError) as info:
+    with pytest.raises(Unwritable) as info:
         open_state(blocker)
-    assert str(blocker / DB_NAME) in str(info.value)
+    assert str(info.value) == f"{blocker} is not a directory: move it aside, or set daemon.state_dir to a " \
+                              "directory it may write"
+    assert blocker.read_text() == "not a directory"
 
 
 def test_failed_migration_is_rolled_back(tmp_path):
