@@ -159,3 +159,55 @@ def test_a_corrupt_page_met_at_runtime_is_named_and_alerted_and_the_daemon_stays
     seen = d.call("status")["last_sample"]["count"]
     wait_until(lambda: d.call("status")["last_sample"]["count"] >= seen + 3, timeout=10)
     assert active_state_alerts(d)
+
+
+def active_file_alerts(d: DaemonProcess) -> list[dict]:
+    return [a for a in d.call("alerts", {"limit": 1})["active"] if a["kind"] == "state.file"]
+
+
+def foreign_database(path) -> None:
+    """Another SQLite file put at `path` by rename, as `mv backup.db memwarden.db` would."""
+    other = path.with_name("other.db")
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE theirs (x)")
+    conn.execute("INSERT INTO theirs VALUES ('kept')")
+    conn.commit()
+    conn.close()
+    other.rename(path)
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_state_database_removed_under_the_daemon_is_written_back_and_nothing_is_lost(make_daemon, how):
+    # A pass every second: the writes right after the removal land in the removed file, before the pass sees it.
+    d = make_daemon(config={"daemon": {"sample_interval": "1s"}})
+    d.start()
+    db = d.workdir / "state" / DB
+    d.call("memories.import", {"lines": memory_lines(100)})
+    if how == "deleted":
+        for suffix in ("", "-wal", "-shm"):
+            db.with_name(db.name + suffix).unlink(missing_ok=True)
+    else:
+        foreign_database(db)
+    d.call("memories.import", {"lines": memory_lines(20, start=100)})
+
+    alert = wait_until(lambda: next(iter(active_file_alerts(d)), None), timeout=30,
+                       message="a state.file alert")
+    assert alert["severity"] == "critical" and alert["key"] == str(db)
+    assert str(db) in alert["message"] and "nothing lost" in alert["message"]
+    assert alert["fields"]["verdict"] == ("gone" if how == "deleted" else "replaced")
+    d.call("memories.import", {"lines": memory_lines(30, start=120)})
+    d.call("memories.add", {"profile": "alice", "kind": "journal", "content": "after the write-back",
+                            "importance": 4})
+    assert count(d) == 151
+    assert d.stop() == 0
+
+    d.start()  # a fresh process finds everything at the path
+    assert count(d) == 151
+    contents = {m["content"] for offset in range(0, 151, 50)
+                for m in d.call("memories.list", {"limit": 50, "offset": offset})["memories"]}
+    assert {f"memory {i}: " + "x" * 200 for i in range(150)} | {"after the write-back"} <= contents
+    if how == "replaced":
+        [aside] = [p for p in db.parent.iterdir()
+                   if p.name.startswith(DB + ".replaced-") and not p.name.endswith(("-wal", "-shm"))]
+        assert sqlite3.connect(aside).execute("SELECT x FROM theirs").fetchall() == [("kept",)]
+    assert d.stop() == 0
