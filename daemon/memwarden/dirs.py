@@ -191,7 +191,7 @@ def unwritable(path: Path, exc: OSError, hint: str, uid: int | None = None) -> U
             owner = ""
         made = "" if blocker == path else f"cannot create {path}: "
         return Unwritable(f"{made}{blocker} is not writable by {user_name(uid)} (uid {uid}){owner}: "
-                                   f"make it writable for uid {uid}, or {hint}")
+                          f"make it writable for uid {uid}, or {hint}")
     if exc.errno in (errno.ENOTDIR, errno.EEXIST):
         return Unwritable(f"{_nearest_existing(path)} is not a directory: move it aside, or {hint}")
     return Unwritable(f"{path}: {exc.strerror or exc}: {hint}")

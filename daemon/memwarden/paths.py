@@ -49,6 +49,8 @@ def _runtime_base(env: Mapping[str, str], uid: int) -> Path:
         return Path(env["XDG_RUNTIME_DIR"]) / "memwarden"
     if uid == 0:
         return Path("/run/memwarden")
+    # In the shared /tmp anyone may create this directory first: bind_unix() and memwardenctl use it only if it
+    # is this uid's (or root's) and no one else may write it (memwarden.dirs).
     return Path(f"/tmp/memwarden-{uid}")
 
 

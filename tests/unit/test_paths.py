@@ -1,6 +1,12 @@
+import os
+import shutil
 from pathlib import Path
 
+import pytest
+
 from memwarden import paths
+from memwarden.control.listen import bind_unix
+from memwarden.dirs import UnsafeDirectory
 
 
 def test_config_candidates_explicit_env_must_exist():
@@ -64,3 +70,22 @@ def test_client_socket_own_socket_when_it_exists(tmp_path):
     own.parent.mkdir()
     own.touch()
     assert paths.client_socket({"XDG_RUNTIME_DIR": str(tmp_path)}, 1000) == own
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a directory another user's needs root (chown)")
+def test_the_tmp_fallback_made_first_by_another_user_is_refused_not_used():
+    uid = 4_242_424  # nobody's: its /tmp/memwarden-UID is free to take over in this test
+    sock = paths.default_socket({"HOME": "/nonexistent"}, uid)
+    runtime = sock.parent
+    assert runtime == Path(f"/tmp/memwarden-{uid}")
+    if os.path.lexists(runtime):
+        pytest.skip(f"{runtime} exists already")
+    runtime.mkdir()
+    try:
+        runtime.chmod(0o777)
+        os.chown(runtime, 65534, 65534)  # made by nobody before the daemon started
+        with pytest.raises(UnsafeDirectory, match="is owned by another user"):
+            bind_unix(sock)
+        assert list(runtime.iterdir()) == []
+    finally:
+        shutil.rmtree(runtime)

@@ -96,6 +96,12 @@ class StateFile:
         # inode: closing any descriptor of a file drops the process's POSIX locks on it, SQLite's among them.
         self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         self.last: Restore | None = None
+        self._attempts = 0
+
+    def _watch(self, path: Path) -> None:
+        """Hold the file the connection has just opened, after the old connection has closed (see __init__)."""
+        os.close(self._fd)
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
 
     def sense(self) -> Placement:
         st = os.fstat(self._fd)
@@ -115,8 +121,9 @@ class StateFile:
         verdict = judge(placement)
         if verdict is Verdict.IN_PLACE:
             return None
-        if self.db.conn.in_transaction:
-            return None  # a transaction is open on the connection: back it up once it has ended, next pass
+        with contextlib.suppress(sqlite3.Error):
+            if self.db.conn.in_transaction:
+                return None  # a transaction is open on the connection: back it up once it has ended, next pass
         log.error("decision: state file is not at its path, writing it back", decision="state.file",
                   verdict=verdict.value, path=str(self.path), **placement.log_fields())
         count = self.last.count + 1 if self.last else 1
@@ -133,8 +140,9 @@ class StateFile:
 
     def _write_back(self) -> tuple[tuple[str, str], ...]:
         path, old = self.path, self.db.conn
-        stage = path.with_name(f"{path.name}.restore-{os.getpid()}")
-        carried = path.with_name(f"{path.name}.carried-{os.getpid()}")
+        self._attempts += 1  # a name per attempt: a failed one may leave the connection on its staging file
+        stage = path.with_name(f"{path.name}.restore-{os.getpid()}-{self._attempts}")
+        carried = path.with_name(f"{path.name}.carried-{os.getpid()}-{self._attempts}")
         for leftover in (stage, carried):
             _remove_with_side_files(leftover)
         # 1. Everything that can fail, done while the old connection still works: on failure nothing changed.
@@ -156,12 +164,14 @@ class StateFile:
             _fsync_dir(path.parent)
             new = connect(path)
         except BaseException:
-            # The state is in `stage` if the rename failed, else at the path: go on with whichever holds it.
-            self.db.conn = connect(stage if stage.exists() else path)
+            # The state is in `stage` if the rename failed, else at the path: go on with whichever holds it, and
+            # watch that file, so that the next pass writes it back to the path again.
+            holder = stage if stage.exists() else path
+            self.db.conn = connect(holder)
+            self._watch(holder)
             raise
         self.db.conn = new
-        os.close(self._fd)
-        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self._watch(path)
         if temp_tables:
             try:
                 _restore_temp(new, carried, temp_tables)
@@ -184,6 +194,10 @@ class StateFile:
             if inode in ours:
                 continue
             target = self.path.with_name(f"{self.path.name}.replaced-{stamp}{suffix}")
+            n = 1
+            while os.path.lexists(target):  # replaced twice within a second: never overwrite the first
+                n += 1
+                target = self.path.with_name(f"{self.path.name}.replaced-{stamp}.{n}{suffix}")
             os.rename(name, target)
             moved.append((str(name), str(target)))
         return tuple(moved)
