@@ -150,28 +150,35 @@ def sticky_base() -> Iterator[Path]:
     shutil.rmtree(base, ignore_errors=True)
 
 
-def test_a_runtime_dir_another_user_made_first_is_refused_and_nothing_is_captured(make_daemon, sticky_base):
-    runtime = sticky_base / "memwarden-0"  # as /tmp/memwarden-UID would be, without XDG_RUNTIME_DIR
+def made_by_other(runtime: Path) -> None:
     made = run_as_other("import os, sys; os.mkdir(sys.argv[1]); os.chmod(sys.argv[1], 0o777)", str(runtime))
     assert made.returncode == 0, made.stderr
+
+
+def test_a_runtime_dir_another_user_made_first_is_refused(make_daemon, sticky_base):
+    runtime = sticky_base / "memwarden-0"  # as /tmp/memwarden-UID would be, without XDG_RUNTIME_DIR
+    made_by_other(runtime)
     sock = runtime / "control.sock"
     d = make_daemon(config={"daemon": {"socket": str(sock)}})
-
     message = start_refused(d, EX_NOPERM)
     assert message.startswith(f"{runtime} is owned by another user (owner {USER}, "), message
     assert "mode 0777" in message and "daemon.socket" in message
-    assert not sock.exists()  # nothing of the daemon's went into it
+    assert list(runtime.iterdir()) == []  # nothing of the daemon's went into it
 
-    # The other user listens there; root's memwardenctl, pointed at it, refuses before sending a byte.
+
+def test_memwardenctl_sends_nothing_to_a_socket_in_another_users_directory(sticky_base):
+    runtime = sticky_base / "memwarden-0"
+    made_by_other(runtime)
+    sock = runtime / "control.sock"
     captured = runtime / "captured"
     with capturing_socket(sock, captured):
         run = subprocess.run([BIN / "memwardenctl", "--socket", str(sock), "memories", "add", "--profile", "alice",
                               "--kind", "journal", "--importance", "5", "the safe's code is 4711"],
                              capture_output=True, text=True, timeout=60)
+    assert captured.read_bytes() == b"STOP\n"  # only the test's own stop line reached the listener
     assert run.returncode == 3, run
     assert run.stderr.count("\n") == 1 and run.stderr.startswith(f"memwardenctl: refusing to talk to {sock}: ")
     assert f"{runtime} is owned by another user" in run.stderr
-    assert captured.read_bytes() == b"STOP\n"  # only the test's own stop line reached the listener
 
 
 # ---- directories the daemon cannot write --------------------------------------------------------------------------
