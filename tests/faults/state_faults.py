@@ -53,4 +53,4 @@ def memory_lines(n: int, profile: str = "alice", size: int = 200, start: int = 0
 
 
 def active_state_alerts(daemon) -> list[dict]:
-    return [a for a in daemon.call("alerts", {"limit": 1})["active"] if a["kind"] == "state.database"]
+    return [a for a in daemon.call("alerts", {"limit": 1}, timeout=120)["active"] if a["kind"] == "state.database"]

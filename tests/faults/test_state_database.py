@@ -21,13 +21,18 @@ from support.ollama_double.manager import wait_until
 DB = "memwarden.db"
 
 
+# While another process holds the database's lock, each write the daemon makes (a method's, or a pass's alert
+# history) waits out busy_timeout (5 s) on the loop, and on a loaded machine several can queue before an answer.
+UNDER_LOCK = 120.0
+
+
 def count(d: DaemonProcess) -> int:
-    return d.call("memories.count")["total"]
+    return d.call("memories.count", timeout=UNDER_LOCK)["total"]
 
 
 def rpc_error(d: DaemonProcess, method: str, params: dict) -> RpcError:
     with pytest.raises(RpcError) as caught:
-        d.call(method, params)
+        d.call(method, params, timeout=UNDER_LOCK)
     return caught.value
 
 
@@ -90,7 +95,7 @@ def test_a_lock_held_past_busy_timeout_is_a_clear_error_and_an_alert_until_relea
         alert = wait_for_state_alert(d, "database is locked")
         assert alert["fields"]["cause"] == "locked"
         # Reads go on under the lock (WAL), the daemon is up, and nothing was lost.
-        assert count(d) == 50 and d.call("status")["ready"] is True
+        assert count(d) == 50 and d.call("status", timeout=UNDER_LOCK)["ready"] is True
     finally:
         other.execute("ROLLBACK")
         other.close()

@@ -141,8 +141,8 @@ class DaemonProcess:
     def client(self, timeout: float = 10.0) -> Client:
         return Client(self.socket_path, timeout)
 
-    def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
-        with self.client() as c:
+    def call(self, method: str, params: dict[str, Any] | None = None, timeout: float = 10.0) -> Any:
+        with self.client(timeout) as c:
             return c.call(method, params)
 
     def signal(self, sig: int) -> None:
