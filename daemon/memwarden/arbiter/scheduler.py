@@ -97,7 +97,7 @@ class ModelScheduling:
         self.table.save(self.cache.entries[name], self.keep_alive.get(name))
 
     def _prune(self, installed: frozenset[str] | None) -> None:
-        pruned = cache.prune(self.cache, installed)
+        pruned = cache.prune(self.cache, installed, cache.MAX_ENTRIES)
         if not pruned.forgotten:
             return
         self.cache = pruned.state

@@ -56,11 +56,17 @@ class OllamaProxy:
 
     @property
     def held(self) -> int:
+        """Requests that waited for a lease to give the room back."""
         return self.admitter.held
 
     @property
     def preemptions(self) -> int:
+        """Preemptible leases asked to yield."""
         return self.admitter.preemptions
+
+    @preemptions.setter
+    def preemptions(self, value: int) -> None:
+        self.admitter.preemptions = value
 
     async def start(self) -> None:
         import aiohttp
