@@ -119,7 +119,13 @@ def test_a_json_body_over_the_cap_is_refused_413_in_ollamas_shape_and_never_forw
 
     status, answer = send(port, "POST", "/api/chat", chunks(), {"Content-Type": "application/json"})
     assert status == 413 and "proxy.max_request_body" in answer["error"]
+
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:  # curl's way: ask before sending
+        sock.sendall(b"POST /api/embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n" % (2 * MiB))
+        assert sock.makefile("rb").readline().startswith(b"HTTP/1.1 413"), "refused before a byte is sent"
     assert received(double, "/api/generate") == [] and received(double, "/api/chat") == []
+    assert received(double, "/api/embed") == []
 
     under = json.dumps({"model": BIG, "prompt": "word " * (150 * 1024), "stream": False}).encode()
     assert len(under) < MiB

@@ -85,6 +85,7 @@ class ModelScheduling:
     def _init_scheduler(self, db: Any) -> None:
         self.table = ModelTable(db)
         self._dirty = set()
+        self._pruned_against: frozenset[str] | None = None  # the installed list flush() last pruned against
         self.installed = InstalledModels(self.ollama) if self.ollama is not None else None
         self.cache = self._load_cache()
         self._prune(None)
@@ -153,9 +154,10 @@ class ModelScheduling:
             if name in self.cache.entries:
                 self._save_entry(name)
         self._dirty.clear()
-        installed = self.installed.names() if self.installed is not None else None
-        if installed is not None or len(self.cache.entries) > cache.MAX_ENTRIES:
+        installed = self.installed.names if self.installed is not None else None
+        if installed is not self._pruned_against or len(self.cache.entries) > cache.MAX_ENTRIES:
             self._prune(installed)
+            self._pruned_against = installed
 
     def budget(self, snap: GpuSnapshot, index: int) -> int:
         """VRAM the scheduler may fill with models on GPU `index`: total − reserve − leases."""

@@ -28,6 +28,7 @@ class InstalledModels:
         self.miss_refresh = miss_refresh
         self.clock = clock
         self.sizes: Mapping[str, int] | None = None  # normalized name → size, from the last successful call
+        self.names: frozenset[str] | None = None  # the same names; a new object only when the list is fetched
         self.fetched_at = float("-inf")
         self.calls = 0
         self._failure: tuple[float, OllamaError] | None = None
@@ -64,9 +65,6 @@ class InstalledModels:
             raise
         self._failure = None
         self.sizes = {normalize(m.name): m.size for m in models}
+        self.names = frozenset(self.sizes)
         self.fetched_at = self.clock()
         return self.sizes
-
-    def names(self) -> frozenset[str] | None:
-        """The installed names as last seen, or None before the first successful call."""
-        return None if self.sizes is None else frozenset(self.sizes)

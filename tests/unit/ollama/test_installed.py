@@ -82,4 +82,4 @@ async def test_an_unreachable_ollama_is_asked_again_only_after_miss_refresh():
     tags.fail = False
     clock.now += 1.0
     assert await models.size_of("a") == 1000
-    assert models.names() == frozenset({"a:latest"})
+    assert models.names == frozenset({"a:latest"})
