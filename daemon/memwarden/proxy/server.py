@@ -45,14 +45,25 @@ def capped(request: web.Request) -> bool:
 class OllamaProxy:
     def __init__(self, arbiter: GpuArbiter, cfg: ProxyConfig, upstream: str):
         self.arbiter = arbiter
-        self.cfg = cfg
         self.upstream = upstream.rstrip("/")
         self.admitter = Admitter(arbiter, cfg)
         self.budget = BodyBudget(BUFFERED_BODIES * cfg.max_request_body)
+        self._cfg = cfg
         self.runner: Any = None
         self.session: Any = None
         self.requests = 0
         self.refused_bodies = 0
+
+    @property
+    def cfg(self) -> ProxyConfig:
+        return self._cfg
+
+    @cfg.setter
+    def cfg(self, cfg: ProxyConfig) -> None:
+        """A reload: the cap, the budget and admission's settings apply to the next request."""
+        self._cfg = cfg
+        self.admitter.cfg = cfg
+        self.budget.limit = BUFFERED_BODIES * cfg.max_request_body
 
     @property
     def held(self) -> int:
@@ -75,7 +86,7 @@ class OllamaProxy:
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10), auto_decompress=False)
-        # Bodies are never read through client_max_size: capped ones by read_capped, the rest streamed.
+        # No body is read through client_max_size: capped ones go through read_capped, the rest are streamed.
         app = web.Application(client_max_size=self.cfg.max_request_body)
         app.router.add_route("*", "/{tail:.*}", self.handle, expect_handler=self.expect)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)

@@ -84,3 +84,4 @@ async def test_an_uninstalled_model_is_forwarded_for_ollamas_404_and_never_reach
     assert arbiter.asked == []
     assert await admitter.admit(ModelRequest("real:latest", "600s")) == Admission("real:latest")
     assert arbiter.asked == [("real:latest", "600s", False)]
+
