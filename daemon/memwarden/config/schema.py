@@ -55,6 +55,15 @@ def size(value: Any) -> int:
     return parse_size(value)
 
 
+def size_between(lo: int, hi: int) -> Parser:
+    def parse(value: Any) -> int:
+        nbytes = parse_size(value)
+        if not lo <= nbytes <= hi:
+            raise ValueError(f"expected a size from {lo} to {hi} bytes, got {value!r}")
+        return nbytes
+    return parse
+
+
 def duration(lo: float = 0.0) -> Parser:
     def parse(value: Any) -> float:
         seconds = parse_duration(value)
@@ -203,6 +212,14 @@ class ProxyConfig:
         False, boolean, "Serving has priority: a request preempts a preemptible lease instead of waiting.")
     resume_after_idle: float = setting(
         "2m", duration(0), "A preempted lease is granted again once serving has been idle this long.")
+    # 32 MiB: Ollama takes images as base64 inside the JSON (a third larger than the file), and chat clients
+    # resend every image of the conversation on each turn: a few phone photos (3-6 MB each) plus the history
+    # fit. At most 8 such bodies are held at once, so the default bounds the proxy's body memory at 256 MiB.
+    max_request_body: int = setting(
+        "32MiB", size_between(64 * 1024, 4 * 1024**3),
+        "Largest JSON body of a model request (/api/generate, /api/chat, /api/embed, /api/embeddings): larger "
+        "ones get 413 in Ollama's error shape; at most 8 times this is held at once. Blob uploads are streamed "
+        "and not limited.")
 
 
 def rate(value: Any) -> float:

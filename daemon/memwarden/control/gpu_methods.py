@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from memwarden.arbiter.arbiter import ArbiterError
+from memwarden.arbiter.scheduler import ADAPTERS_PAGE
 from memwarden.control.params import bool_param, duration_param, int_param, size_param, str_param
-from memwarden.control.protocol import ApplicationError
-from memwarden.ollama.client import OllamaError
+from memwarden.control.protocol import ApplicationError, InvalidParams
+from memwarden.ollama.client import OllamaError, keep_alive_text
+from memwarden.policies import cache
 
 if TYPE_CHECKING:
     from memwarden.control.peer import Peer
@@ -85,12 +87,17 @@ def register_gpu(daemon: Daemon) -> None:
         lim = int_param("limit", limit, 1, 1000)
         return {"active": arbiter().list(), "recent": [x.to_dict() for x in arbiter().store.recent(lim)]}
 
-    async def adapters() -> list[dict[str, Any]]:
-        """Models the scheduler knows: resident, size, last use, hits, pinned."""
-        return arbiter().adapters()
+    async def adapters(limit: Any = ADAPTERS_PAGE) -> list[dict[str, Any]]:
+        """Models the scheduler knows, resident first then most recent: resident, size, last use, hits, pinned."""
+        return arbiter().adapters(int_param("limit", limit, 1, cache.MAX_ENTRIES))
 
-    async def adapters_load(name: str, keep_alive: str | None = None) -> dict[str, Any]:
+    async def adapters_load(name: str, keep_alive: Any = None) -> dict[str, Any]:
         """Make a model resident, evicting by the scheduler's policy (admin)."""
+        if keep_alive is not None:
+            try:
+                keep_alive = keep_alive_text(keep_alive)
+            except ValueError as exc:
+                raise InvalidParams(f"'keep_alive' must be an Ollama duration such as '10m' or -1: {exc}") from None
         return await _guard(arbiter().ensure(str_param("name", name), keep_alive))
 
     async def adapters_evict(name: str) -> dict[str, Any]:
@@ -99,11 +106,11 @@ def register_gpu(daemon: Daemon) -> None:
 
     async def adapters_pin(name: str) -> dict[str, Any]:
         """Never evict this model for another model or a lease (admin)."""
-        return arbiter().pin(str_param("name", name), True)
+        return await _guard(arbiter().pin(str_param("name", name), True))
 
     async def adapters_unpin(name: str) -> dict[str, Any]:
         """Let the scheduler evict this model again (admin)."""
-        return arbiter().pin(str_param("name", name), False)
+        return await _guard(arbiter().pin(str_param("name", name), False))
 
     reg.add("gpu", gpu)
     reg.add("lease.acquire", lease_acquire, admin=True)

@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import http.client
 import json
+import math
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from memwarden.snapshots import InstalledModel, LoadedModel
+from memwarden.units import parse_go_duration, parse_keep_alive
 
 
 class OllamaError(Exception):
@@ -38,6 +40,29 @@ def keep_alive_value(seconds: float) -> int | str:
     if seconds == float("inf"):
         return -1
     return int(seconds) if seconds == int(seconds) else f"{seconds}s"
+
+
+GO_DURATION_MAX_S = (2**63 - 1) / 1e9  # time.Duration is int64 nanoseconds: Go refuses a string beyond this
+FOREVER_AFTER_S = 100 * 365 * 86400  # a keep_alive this long is spelled as forever
+
+
+def keep_alive_text(value: object) -> str:
+    """A keep_alive as a request gives it (seconds, or a Go duration string; negative = forever) in the one
+    spelling memwarden stores and sends back: "-1m" for forever, else whole seconds or milliseconds.
+
+    ValueError, naming the value, for anything Ollama answers 400 for: another JSON type, a string that is no
+    Go duration or overflows one, a number that is not finite.
+    """
+    if isinstance(value, str):
+        if abs(parse_go_duration(value)) > GO_DURATION_MAX_S:
+            raise ValueError(f"time: invalid duration {value!r}")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"keep_alive must be a finite number, got {value!r}")
+    seconds = parse_keep_alive(value)
+    if seconds >= FOREVER_AFTER_S:
+        return "-1m"
+    ms = round(seconds * 1000)
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
 
 
 class OllamaClient:

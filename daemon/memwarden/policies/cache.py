@@ -7,11 +7,15 @@ a small specialist used often outranks a large model used as often. Pure functio
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 POLICIES = ("lru", "gdsf")
+# The most models the scheduler keeps a record of. Only installed models are tracked, so this is a backstop
+# (the learning loop creates one Ollama model per adapter version); it keeps the table, its SQLite rows and the
+# `adapters` reply bounded whatever Ollama lists, and is well above the 10,000 the benchmarks plan for.
+MAX_ENTRIES = 10_000
 
 
 @dataclass(frozen=True)
@@ -124,3 +128,29 @@ def plan_room(state: CacheState, name: str, need: int, budget: int, policy: str,
         used -= entry.size
         count -= 1
     return RoomPlan(tuple(victims), fits(), used, budget)
+
+
+@dataclass(frozen=True)
+class Pruned:
+    state: CacheState
+    forgotten: tuple[str, ...]  # uninstalled first, then least recently used first
+    uninstalled: int  # how many of them Ollama no longer lists
+
+
+def prune(state: CacheState, installed: Collection[str] | None, max_entries: int = MAX_ENTRIES) -> Pruned:
+    """Forget entries the scheduler no longer needs: those Ollama no longer lists (when `installed` is known),
+    then the least recently used beyond `max_entries`. Resident and pinned entries are never forgotten: a
+    resident model is in VRAM whatever any list says, and a pin is an operator's word."""
+    keep = [e for e in state.entries.values() if e.resident or e.pinned]
+    candidates = [e for e in state.entries.values() if not (e.resident or e.pinned)]
+    gone = [e for e in candidates if installed is not None and e.name not in installed]
+    rest = sorted((e for e in candidates if installed is None or e.name in installed),
+                  key=lambda e: (e.last_used, e.name))
+    over = max(0, len(keep) + len(rest) - max_entries)
+    forgotten = [e.name for e in sorted(gone, key=lambda e: (e.last_used, e.name))] + [e.name for e in rest[:over]]
+    if not forgotten:
+        return Pruned(state, (), 0)
+    entries = dict(state.entries)
+    for name in forgotten:
+        del entries[name]
+    return Pruned(replace(state, entries=MappingProxyType(entries)), tuple(forgotten), len(gone))

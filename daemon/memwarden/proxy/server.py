@@ -1,22 +1,19 @@
 """The drop-in Ollama proxy (aiohttp): point clients at proxy.listen instead of Ollama.
 
-Requests that name a model go through admission first: a resident model is a hit (recency fed to the
-scheduler, forwarded at once); a missing one asks the scheduler to make room. When a lease holds the room, the
-request waits up to proxy.hold_timeout — or, with proxy.preempt, asks preemptible leases to yield. Everything is
-forwarded unbuffered, so streamed NDJSON reaches the client chunk by chunk. Errors are Ollama-shaped.
+Requests to the model endpoints go through admission first (admission.py), with their JSON body read whole but
+capped (bodies.py); every other request, blob uploads included, streams through with its body never held.
+Answers are forwarded unbuffered, so streamed NDJSON reaches the client chunk by chunk. Errors are
+Ollama-shaped: {"error": "..."}.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-import time
 from typing import TYPE_CHECKING, Any
 
-from memwarden.arbiter.arbiter import ArbiterError
 from memwarden.logs import get_logger
-from memwarden.ollama.client import OllamaError, normalize
+from memwarden.proxy.admission import Admitter, read_request
+from memwarden.proxy.bodies import BUFFERED_BODIES, CAPPED_ENDPOINTS, BodyBudget, Refusal, read_capped, too_large
+from memwarden.units import format_size
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -26,10 +23,8 @@ if TYPE_CHECKING:
 
 log = get_logger()
 
-MODEL_ENDPOINTS = {"/api/generate", "/api/chat", "/api/embed", "/api/embeddings"}
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
-              "transfer-encoding", "upgrade", "host", "content-length"}
-RETRY_AFTER_S = 30
+              "transfer-encoding", "upgrade", "host", "content-length", "expect"}
 
 
 def ollama_error(status: int, message: str, retry_after: int | None = None) -> web.Response:
@@ -39,21 +34,50 @@ def ollama_error(status: int, message: str, retry_after: int | None = None) -> w
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
-def is_unload(body: dict[str, Any]) -> bool:
-    empty = not body.get("prompt") and not body.get("messages")
-    return empty and body.get("keep_alive") in (0, "0", "0s", "0m")
+def refuse(refusal: Refusal) -> web.Response:
+    return ollama_error(refusal.status, refusal.message, refusal.retry_after)
+
+
+def capped(request: web.Request) -> bool:
+    return request.method == "POST" and request.path in CAPPED_ENDPOINTS
 
 
 class OllamaProxy:
     def __init__(self, arbiter: GpuArbiter, cfg: ProxyConfig, upstream: str):
         self.arbiter = arbiter
-        self.cfg = cfg
         self.upstream = upstream.rstrip("/")
+        self.admitter = Admitter(arbiter, cfg)
+        self.budget = BodyBudget(BUFFERED_BODIES * cfg.max_request_body)
+        self._cfg = cfg
         self.runner: Any = None
         self.session: Any = None
         self.requests = 0
-        self.held = 0
-        self.preemptions = 0
+        self.refused_bodies = 0
+
+    @property
+    def cfg(self) -> ProxyConfig:
+        return self._cfg
+
+    @cfg.setter
+    def cfg(self, cfg: ProxyConfig) -> None:
+        """A reload: the cap, the budget and admission's settings apply to the next request."""
+        self._cfg = cfg
+        self.admitter.cfg = cfg
+        self.budget.limit = BUFFERED_BODIES * cfg.max_request_body
+
+    @property
+    def held(self) -> int:
+        """Requests that waited for a lease to give the room back."""
+        return self.admitter.held
+
+    @property
+    def preemptions(self) -> int:
+        """Preemptible leases asked to yield."""
+        return self.admitter.preemptions
+
+    @preemptions.setter
+    def preemptions(self, value: int) -> None:
+        self.admitter.preemptions = value
 
     async def start(self) -> None:
         import aiohttp
@@ -62,13 +86,15 @@ class OllamaProxy:
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10), auto_decompress=False)
-        app = web.Application(client_max_size=1024**4)  # blobs for /api/create pass through
-        app.router.add_route("*", "/{tail:.*}", self.handle)
+        # No body is read through client_max_size: capped ones go through read_capped, the rest are streamed.
+        app = web.Application(client_max_size=self.cfg.max_request_body)
+        app.router.add_route("*", "/{tail:.*}", self.handle, expect_handler=self.expect)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
         host, _, port = self.cfg.listen.rpartition(":")
         await web.TCPSite(self.runner, host.strip("[]"), int(port)).start()
-        log.info("Ollama proxy listening", listen=self.cfg.listen, upstream=self.upstream)
+        log.info("Ollama proxy listening", listen=self.cfg.listen, upstream=self.upstream,
+                 max_request_body=self.cfg.max_request_body)
 
     async def close(self) -> None:
         if self.runner is not None:
@@ -76,73 +102,65 @@ class OllamaProxy:
         if self.session is not None:
             await self.session.close()
 
+    async def expect(self, request: web.Request) -> web.Response | None:
+        """Expect: 100-continue: a capped body announced over the cap is refused before it is sent."""
+        if capped(request) and (request.content_length or 0) > self.cfg.max_request_body:
+            return self._refuse_body(request, too_large(self.cfg.max_request_body,
+                                                        f"of {format_size(request.content_length)} is"))
+        from aiohttp.web_urldispatcher import _default_expect_handler
+
+        await _default_expect_handler(request)
+        return None
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
-        body = await request.read()
-        model = None
-        if request.method == "POST" and request.path in MODEL_ENDPOINTS:
-            model, refusal = await self.admit(body)
-            if refusal is not None:
-                return refusal
-        response = await self.forward(request, body)
-        if model is not None and response.status == 200:
-            self.arbiter.mark_resident(model)
-        return response
+        if capped(request):
+            return await self._admitted(request)
+        return await self.forward(request, request.content if request.body_exists else None,
+                                  request.content_length)
 
-    async def admit(self, raw: bytes) -> tuple[str | None, web.Response | None]:
-        """(the model the request loads, or None) and None to forward it, or the Ollama-shaped error."""
+    async def _admitted(self, request: web.Request) -> web.StreamResponse:
         try:
-            body = json.loads(raw)
-            model = normalize(body["model"])
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return None, None  # let Ollama answer a malformed request in its own words
-        keep_alive = body.get("keep_alive")
-        keep_alive = str(keep_alive) if isinstance(keep_alive, int | float | str) else None
-        if is_unload(body):
-            return None, None
-        a = self.arbiter
-        if self.cfg.preempt:
-            a.serving_busy_until = time.monotonic() + self.cfg.resume_after_idle
-        if a.resident(model):
-            a.note_use(model, keep_alive)
-            return model, None
-        deadline = time.monotonic() + self.cfg.hold_timeout
-        preempted: set[str] = set()
-        while True:
-            try:
-                await a.ensure(model, keep_alive, load=False)
-                return model, None
-            except OllamaError as exc:
-                return None, ollama_error(502, f"memwarden proxy: {exc}")
-            except ArbiterError as exc:
-                reason = str(exc)
-                if "not installed" in reason:
-                    return None, None  # Ollama's own 404 says it best
-            if self.cfg.preempt:
-                for lease in list(a.leases.values()):
-                    if lease.preemptible and lease.state == "active" and lease.id not in preempted:
-                        preempted.add(lease.id)
-                        self.preemptions += 1
-                        await a.preempt(lease.id, f"proxy request for {model}")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                log.warning("proxy request refused: GPU held", model=model, reason=reason,
-                            held_s=self.cfg.hold_timeout)
-                return None, ollama_error(503, f"memwarden: GPU busy, {reason}", RETRY_AFTER_S)
-            self.held += 1
-            async with a.changed:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(a.changed.wait(), min(remaining, 5.0))
+            body = await read_capped(request.content, request.content_length, self.cfg.max_request_body,
+                                     self.budget)
+        except (OSError, ValueError) as exc:  # the client hung up or broke its framing mid-body
+            log.info("proxy request body not received", path=request.path, error=repr(exc)[:200])
+            return ollama_error(400, "memwarden proxy: request body incomplete")
+        if isinstance(body, Refusal):
+            return self._refuse_body(request, body)
+        try:
+            assert body.raw is not None
+            admission = await self.admitter.admit(read_request(request.path, body.raw))
+            if admission.refusal is not None:
+                return refuse(admission.refusal)
+            response = await self.forward(request, body.stream(), body.size)
+            if admission.model is not None and response.status == 200:
+                self.arbiter.mark_resident(admission.model)
+            return response
+        finally:
+            body.release()
 
-    async def forward(self, request: web.Request, body: bytes) -> web.StreamResponse:
+    def _refuse_body(self, request: web.Request, refusal: Refusal) -> web.Response:
+        self.refused_bodies += 1
+        log.info("decision: proxy refuses a request body", decision="proxy.body", path=request.path,
+                 status=refusal.status, declared=request.content_length, cap=self.cfg.max_request_body,
+                 buffered=self.budget.used, buffered_limit=self.budget.limit)
+        return refuse(refusal)
+
+    async def forward(self, request: web.Request, data: Any, length: int | None) -> web.StreamResponse:
+        """Send the request upstream with `data` as its body (streamed: never read whole here) and stream the
+        answer back. `length` is sent as Content-Length when known, else the body goes chunked."""
         import aiohttp
         from aiohttp import web
 
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        if data is not None and length is not None:
+            headers["Content-Length"] = str(length)
         url = self.upstream + request.rel_url.raw_path_qs
         response: web.StreamResponse | None = None
         try:
-            async with self.session.request(request.method, url, data=body or None, headers=headers) as up:
+            async with self.session.request(request.method, url, data=data, headers=headers,
+                                            allow_redirects=False) as up:
                 response = web.StreamResponse(status=up.status, reason=up.reason, headers={
                     k: v for k, v in up.headers.items() if k.lower() not in HOP_BY_HOP})
                 await response.prepare(request)
@@ -150,7 +168,7 @@ class OllamaProxy:
                     await response.write(chunk)
                 await response.write_eof()
                 return response
-        except (aiohttp.ClientError, ConnectionResetError) as exc:
+        except (aiohttp.ClientError, OSError) as exc:
             if response is not None and response.prepared:
                 # Mid-stream: the status is sent; cutting the stream short is all that is left to say.
                 log.warning("proxied stream broken", url=url, error=repr(exc))

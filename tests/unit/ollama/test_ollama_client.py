@@ -1,6 +1,6 @@
 import pytest
 
-from memwarden.ollama.client import keep_alive_value, model_blob_path, normalize
+from memwarden.ollama.client import keep_alive_text, keep_alive_value, model_blob_path, normalize
 from memwarden.units import parse_keep_alive
 
 
@@ -56,3 +56,21 @@ def test_keep_alive_value_reads_back_as_the_same_seconds(seconds):
 )
 def test_model_blob_path(show, expected):
     assert model_blob_path(show) == expected
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [(300, "300s"), (300.0, "300s"), (0, "0s"), ("0", "0s"), ("0m", "0s"), ("10m", "600s"), ("1h30m", "5400s"),
+     ("1.5s", "1500ms"), (0.25, "250ms"), (-1, "-1m"), ("-1m", "-1m"), ("-5s", "-1m"), (10**12, "-1m")],
+)
+def test_keep_alive_text_is_one_spelling_that_reads_back(given, expected):
+    text = keep_alive_text(given)
+    assert text == expected
+    assert parse_keep_alive(text) == parse_keep_alive(given) or text == "-1m"
+
+
+@pytest.mark.parametrize("given", ["garbage", "", "5", "1x", "10000000000h", True, None, [], {}, float("nan"),
+                                   float("inf")])
+def test_keep_alive_text_refuses_what_ollama_answers_400_for(given):
+    with pytest.raises(ValueError):
+        keep_alive_text(given)

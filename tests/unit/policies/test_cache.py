@@ -1,11 +1,13 @@
 import pytest
 
 from memwarden.policies.cache import (
+    MAX_ENTRIES,
     CacheState,
     Entry,
     evicted,
     eviction_order,
     plan_room,
+    prune,
     set_pinned,
     set_resident,
     touch,
@@ -204,3 +206,42 @@ def test_plan_room_pinned_models_can_make_it_not_fit():
     assert room.fits is False
     assert room.used_after == 10 * GiB
     assert room.budget - room.used_after < 8 * GiB
+
+
+# ---- prune: the bounded table ------------------------------------------------------------------------------
+
+
+def used_at(*entries: tuple[str, float]) -> CacheState:
+    """Non-resident, unpinned models (name, last_used)."""
+    return CacheState.of(Entry(name, GiB, last_used=when) for name, when in entries)
+
+
+def test_prune_forgets_the_least_recently_used_beyond_the_bound():
+    state = used_at(("old", 1.0), ("older", 0.5), ("new", 3.0), ("mid", 2.0))
+    pruned = prune(state, None, max_entries=2)
+    assert pruned.forgotten == ("older", "old")
+    assert set(pruned.state.entries) == {"new", "mid"}
+    assert pruned.uninstalled == 0
+    assert set(state.entries) == {"old", "older", "new", "mid"}, "the old state is unchanged"
+
+
+def test_prune_never_forgets_resident_or_pinned_models_even_over_the_bound():
+    state = used_at(("idle", 5.0), ("pinned", 0.0), ("resident", 0.0))
+    state = set_pinned(state, "pinned", True)
+    state = set_resident(state, "resident", True)
+    pruned = prune(state, frozenset(), max_entries=1)
+    assert pruned.forgotten == ("idle",)
+    assert set(pruned.state.entries) == {"pinned", "resident"}
+
+
+def test_prune_forgets_what_ollama_no_longer_lists_first():
+    state = used_at(("deleted", 9.0), ("kept", 1.0), ("also", 2.0))
+    pruned = prune(state, frozenset({"kept", "also"}), max_entries=10)
+    assert pruned.forgotten == ("deleted",) and pruned.uninstalled == 1
+    assert prune(pruned.state, frozenset({"kept", "also"}), max_entries=10).forgotten == ()
+
+
+def test_prune_with_nothing_to_forget_returns_the_same_state():
+    state = used_at(("a", 1.0))
+    assert prune(state, None).state is state
+    assert MAX_ENTRIES >= 10_000, "the benchmarks plan for 10,000 models"
