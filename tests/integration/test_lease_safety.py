@@ -119,7 +119,7 @@ def test_a_client_killed_with_sigkill_takes_its_command_down_and_the_lease_lasts
     d, double, sim = world()
     double.load(BIG)
     wait_resident(d, BIG)
-    client = subprocess.Popen(ctl(d, "lease", "4GiB", "--", *trainer(sim, 4 * GiB, tmp_path, "checkpoint")),
+    client = subprocess.Popen(ctl(d, "lease", "6GiB", "--", *trainer(sim, 4 * GiB, tmp_path, "checkpoint")),
                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert "evicted big:latest" in client.stderr.readline()
@@ -147,7 +147,7 @@ def test_what_the_command_started_keeps_the_lease_after_client_and_command_are_g
     double.load(BIG)
     wait_resident(d, BIG)
     shell = f"{shlex.join(trainer(sim, 4 * GiB, tmp_path))} & wait"
-    client = subprocess.Popen(ctl(d, "lease", "4GiB", "--", "sh", "-c", shell), stderr=subprocess.PIPE, text=True,
+    client = subprocess.Popen(ctl(d, "lease", "6GiB", "--", "sh", "-c", shell), stderr=subprocess.PIPE, text=True,
                               start_new_session=True)
     worker = None
     try:
@@ -175,7 +175,7 @@ def test_the_lease_is_released_only_after_the_command_s_group_is_gone(world, tmp
     d, _, sim = world(models=False)
     # The command starts a worker in the background and exits once the worker holds its memory.
     running = shlex.quote(str(tmp_path / "running"))
-    shell = (f"{shlex.join(trainer(sim, 2 * GiB, tmp_path))} & "
+    shell = (f"{shlex.join(trainer(sim, 2 * GiB, tmp_path))} </dev/null >/dev/null 2>&1 & "
              f"while [ ! -s {running} ]; do sleep 0.05; done; exit 3")
     run = subprocess.run(ctl(d, "lease", "4GiB", "--", "sh", "-c", shell), capture_output=True, text=True,
                          timeout=120)
