@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pty
 import pwd
+import select
 import shlex
 import signal
 import subprocess
@@ -293,3 +295,64 @@ def test_only_the_owner_or_root_ends_a_lease_and_the_holder_pid_is_not_taken_on_
             holder.stdin.close()
             holder.wait(30)
     d.call("lease.release", {"id": roots["id"]})
+
+
+# ---- the command at a terminal ----------------------------------------------------------------------------
+
+class Terminal:
+    """memwardenctl run as a session leader on a pseudo-terminal, as from a login shell."""
+
+    def __init__(self, argv: list[str]):
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:
+            os.execv(argv[0], argv)
+        self.seen = b""
+
+    def expect(self, text: str, timeout: float = 60) -> None:
+        def arrived() -> bool:
+            ready, _, _ = select.select([self.fd], [], [], 0.1)
+            if ready:
+                with contextlib.suppress(OSError):
+                    self.seen += os.read(self.fd, 4096)
+            return text.encode() in self.seen
+        wait_until(arrived, timeout=timeout, interval=0, message=lambda: f"{text!r} in {self.seen!r}")
+
+    def type(self, data: bytes) -> None:
+        os.write(self.fd, data)
+
+    def state(self) -> str:
+        return psutil.Process(self.pid).status()
+
+    def wait(self) -> int:
+        _, status = os.waitpid(self.pid, 0)
+        os.close(self.fd)
+        return os.waitstatus_to_exitcode(status)
+
+
+INTERACTIVE = textwrap.dedent("""
+    import os
+    print("ready", os.getpgrp() == os.tcgetpgrp(0), flush=True)
+    while (line := input()) != "quit":
+        print("got", line, flush=True)
+""")
+
+
+def test_at_a_terminal_the_command_reads_it_gets_ctrl_c_and_ctrl_z_stops_the_job(world):
+    d, _, _ = world(models=False)
+    term = Terminal(ctl(d, "lease", "1GiB", "--", sys.executable, "-c", INTERACTIVE))
+    try:
+        term.expect("ready True")  # the command's own group is the terminal's foreground
+        term.type(b"hello\n")
+        term.expect("got hello")
+        term.type(b"\x1a")  # Ctrl-Z: the command stops, and memwardenctl with it, as a shell's job would
+        wait_until(lambda: term.state() == psutil.STATUS_STOPPED, timeout=30, message="memwardenctl stopped")
+        assert len(d.call("lease.list")["active"]) == 1
+        os.kill(term.pid, signal.SIGCONT)  # `fg`
+        term.type(b"again\n")
+        term.expect("got again")
+        term.type(b"\x03")  # Ctrl-C reaches the command
+        assert term.wait() == 130
+        assert d.call("lease.list")["active"] == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(term.pid, signal.SIGKILL)

@@ -21,6 +21,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from typing import Any
 
 PR_SET_PDEATHSIG = 1
 DEATH_SIGNAL = signal.SIGTERM
@@ -56,6 +57,7 @@ class LeasedCommand:
         self._gate: int | None = gate
         self._tty = tty
         self.returncode: int | None = None  # as subprocess reports it: -N for a signal
+        self._ttou: Any = None
 
     @classmethod
     def spawn(cls, argv: list[str], env: dict[str, str]) -> LeasedCommand:
@@ -86,6 +88,8 @@ class LeasedCommand:
             os.setpgid(pid, pid)
         command = cls(pid, gate_w, tty)
         if tty is not None:
+            # In the background from now on, memwardenctl may still write its messages (`stty tostop`).
+            command._ttou = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
             with contextlib.suppress(OSError):
                 os.tcsetpgrp(tty, pid)
         return command
@@ -120,6 +124,9 @@ class LeasedCommand:
             else:
                 self.returncode = os.waitstatus_to_exitcode(status)
         self._take_terminal_back()
+        if self._ttou is not None:
+            signal.signal(signal.SIGTTOU, self._ttou)
+            self._ttou = None
         return self.returncode if self.returncode is not None else 0
 
     def _stopped(self) -> None:
