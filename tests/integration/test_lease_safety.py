@@ -139,7 +139,7 @@ def test_a_client_killed_with_sigkill_takes_its_command_down_and_the_lease_lasts
         wait_until(lambda: d.call("lease.list")["active"] == [], timeout=30, message="the lease reclaimed")
         assert d.call("lease.list")["recent"][0]["release_reason"] == "holder died"
         assert not psutil.pid_exists(command) or psutil.Process(command).status() == psutil.STATUS_ZOMBIE
-        assert [m["name"] for m in double.ps()] == [BIG]
+        wait_until(lambda: [m["name"] for m in double.ps()] == [BIG], timeout=20, message="big restored")
     finally:
         kill_tree(client)
 
