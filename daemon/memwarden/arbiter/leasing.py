@@ -312,7 +312,8 @@ class Leasing(Restoring):
             if lease.id in self.leases:
                 log.warning("lease holder and its processes are gone; reclaiming its lease", lease=lease.id,
                             holder=lease.holder, pid=lease.pid)
-                await self.release(lease.id, "holder died")
+                with contextlib.suppress(ArbiterError):  # released meanwhile by its owner
+                    await self.release(lease.id, "holder died")
         return [lease.id for lease in gone]
 
     async def resume_interrupted(self: GpuArbiter) -> None:

@@ -102,6 +102,7 @@ def run_once(sock: Path, args: argparse.Namespace) -> tuple[int, bool]:
     watcher: Watcher | None = None
     status = 125
     previous: dict[int, Any] = {}
+    ended_by_daemon = False
     try:
         command = LeasedCommand.spawn(args.command, env)
 
@@ -112,7 +113,11 @@ def run_once(sock: Path, args: argparse.Namespace) -> tuple[int, bool]:
         previous = {s: signal.signal(s, forward) for s in FORWARDED}
         # The daemon records the command among the lease's processes before it may start anything.
         with Client(sock, timeout=None) as c:
-            c.call("lease.watch", {"id": lease["id"], "timeout": 0})
+            state = c.call("lease.watch", {"id": lease["id"], "timeout": 0})["state"]
+        if state == "released":
+            say(f"lease {lease['id']} was released before the command could start; not running it")
+            ended_by_daemon = True
+            return 1, False
         command.start()
         watcher = Watcher(sock, lease["id"], command)
         watcher.start()
@@ -123,7 +128,7 @@ def run_once(sock: Path, args: argparse.Namespace) -> tuple[int, bool]:
         gone = command is None or command.end_group()
         for s, handler in previous.items():
             signal.signal(s, handler)
-        if gone:
+        if gone and not ended_by_daemon:
             with Client(sock, timeout=None) as c:
                 released = c.call("lease.release", {"id": lease["id"]})
             restored = [f"{r['name']} ({'ok' if r['ok'] else r.get('error', 'failed')})"
