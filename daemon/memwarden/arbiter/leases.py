@@ -9,6 +9,8 @@ from typing import Any
 
 import sqlite_utils
 
+from memwarden.policies.lease_procs import LeaseProcs
+
 # "evicting": granted in principle, models being unloaded; a restart finds it and rolls it back.
 ACTIVE_STATES = ("active", "preempting", "evicting")
 
@@ -31,6 +33,9 @@ class Lease:
     release_reason: str | None = None
     restored: list[dict[str, Any]] = field(default_factory=list)  # [{name, ok, restored_at, downtime_s, error}]
     downtime_s: float | None = None
+    holder_start: int | None = None  # the holder's start time (/proc/PID/stat): a reused pid is not the holder
+    members: list[list[int]] = field(default_factory=list)  # [[pid, start]]: the lease's other processes
+    groups: list[int] = field(default_factory=list)  # process groups led by one of them
 
     @staticmethod
     def new_id() -> str:
@@ -42,6 +47,28 @@ class Lease:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def procs(self) -> LeaseProcs | None:
+        """The lease's processes as last seen; None for a lease with no holder process."""
+        if not self.pid:
+            return None
+        return LeaseProcs(self.pid, self.holder_start, frozenset((p, s) for p, s in self.members),
+                          frozenset(self.groups))
+
+    def set_procs(self, procs: LeaseProcs) -> bool:
+        """Record what was seen; True when it changed."""
+        members = sorted([p, s] for p, s in procs.members)
+        groups = sorted(procs.groups)
+        if (members, groups) == (self.members, self.groups):
+            return False
+        self.members, self.groups = members, groups
+        return True
+
+
+def may_manage(lease: Lease, uid: int, daemon_uid: int) -> bool:
+    """Only the lease's owner (the uid that acquired it), root, or the daemon's own uid may release or preempt
+    it: membership of the admin group lets a user take leases, not end other users' leases."""
+    return uid in (0, daemon_uid) or (lease.uid is not None and uid == lease.uid)
 
 
 class LeaseStore:
@@ -55,6 +82,8 @@ class LeaseStore:
         row["restored"] = json.dumps(lease.restored)
         row["preemptible"] = int(lease.preemptible)
         row["escalated"] = int(lease.escalated)
+        row["members"] = json.dumps(lease.members)
+        row["groups"] = json.dumps(lease.groups)
         self._table.upsert(row, pk="id")
 
     def _load(self, row: dict[str, Any]) -> Lease:
@@ -63,6 +92,8 @@ class LeaseStore:
         row["restored"] = json.loads(row["restored"] or "[]")
         row["preemptible"] = bool(row["preemptible"])
         row["escalated"] = bool(row["escalated"])
+        row["members"] = json.loads(row.get("members") or "[]")
+        row["groups"] = json.loads(row.get("groups") or "[]")
         return Lease(**row)
 
     def active(self) -> list[Lease]:

@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import subprocess
 import sys
 import threading
 from pathlib import Path
 from typing import Any
 
+from memwarden.cli.leased import FORWARDED, LeasedCommand, exit_code
 from memwarden.control.client import Client, ConnectError
 from memwarden.control.protocol import RpcError
 from memwarden.units import format_duration, format_size, parse_duration
@@ -55,11 +55,11 @@ def say(message: str) -> None:
 
 
 class Watcher(threading.Thread):
-    """Long-polls lease.watch on its own connection; on preemption, asks the command to stop."""
+    """Long-polls lease.watch on its own connection; on preemption, asks the command's group to stop."""
 
-    def __init__(self, sock: Path, lease_id: str, child: subprocess.Popen):
+    def __init__(self, sock: Path, lease_id: str, command: LeasedCommand):
         super().__init__(daemon=True)
-        self.sock, self.lease_id, self.child = sock, lease_id, child
+        self.sock, self.lease_id, self.command = sock, lease_id, command
         self.preempted = False
         self.done = threading.Event()
 
@@ -72,8 +72,8 @@ class Watcher(threading.Thread):
                         self.preempted = True
                         say(f"lease {self.lease_id} preempted: serving needs the GPU; sending SIGTERM to the "
                             "command so it checkpoints")
-                        if self.child.poll() is None:
-                            self.child.send_signal(signal.SIGTERM)
+                        if self.command.returncode is None:
+                            self.command.signal(signal.SIGTERM)
                         return
                     if state == "released":
                         return
@@ -82,50 +82,65 @@ class Watcher(threading.Thread):
 
 
 def run_once(sock: Path, args: argparse.Namespace) -> tuple[int, bool]:
+    # The holder is this process, as the daemon reads it from the socket (SO_PEERCRED): no pid is passed.
     params: dict[str, Any] = {"size": args.size, "wait": args.wait_s,
                               "holder": args.holder or " ".join(args.command)[:200], "priority": args.priority,
-                              "preemptible": args.preemptible, "pid": os.getpid()}
+                              "preemptible": args.preemptible}
     if args.gpu != "auto":
         params["gpu"] = int(args.gpu)
-    with Client(sock, timeout=None) as c:
-        lease = c.call("lease.acquire", params)
+    try:
+        with Client(sock, timeout=None) as c:
+            lease = c.call("lease.acquire", params)
+    except KeyboardInterrupt:
+        say("interrupted while waiting for the lease; nothing was granted")
+        return 130, False
     evicted = ", ".join(e["name"] for e in lease["evicted"]) or "nothing"
     say(f"lease {lease['id']}: {format_size(lease['size'])} on GPU {lease['gpu']} (evicted {evicted})")
     env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(lease["gpu"]), CUDA_DEVICE_ORDER="PCI_BUS_ID",
                MEMWARDEN_LEASE_ID=lease["id"])
-    # Ctrl-C reaches the command through the terminal's process group; we only wait for it to finish.
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGQUIT)}
-    child: subprocess.Popen | None = None
+    command: LeasedCommand | None = None
     watcher: Watcher | None = None
+    status = 125
+    previous: dict[int, Any] = {}
+    ended_by_daemon = False
     try:
-        try:
-            child = subprocess.Popen(args.command, env=env)
-        except OSError as exc:
-            say(f"cannot run {args.command[0]}: {exc.strerror or exc}")
-            return 127, False
+        command = LeasedCommand.spawn(args.command, env)
 
         def forward(signum: int, _frame: Any) -> None:
-            if child is not None and child.poll() is None:
-                child.send_signal(signum)
+            if command is not None:
+                command.signal(signum)
 
-        signal.signal(signal.SIGTERM, forward)
-        signal.signal(signal.SIGHUP, forward)
-        watcher = Watcher(sock, lease["id"], child)
+        previous = {s: signal.signal(s, forward) for s in FORWARDED}
+        # The daemon records the command among the lease's processes before it may start anything.
+        with Client(sock, timeout=None) as c:
+            state = c.call("lease.watch", {"id": lease["id"], "timeout": 0})["state"]
+        if state == "released":
+            say(f"lease {lease['id']} was released before the command could start; not running it")
+            ended_by_daemon = True
+            return 1, False
+        command.start()
+        watcher = Watcher(sock, lease["id"], command)
         watcher.start()
-        status = child.wait()
+        status = exit_code(command.wait())
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
         if watcher is not None:
             watcher.done.set()
-        with Client(sock, timeout=None) as c:
-            released = c.call("lease.release", {"id": lease["id"]})
-        restored = [f"{r['name']} ({'ok' if r['ok'] else r.get('error', 'failed')})" for r in released["restored"]]
-        down = released.get("downtime_s")
-        say(f"lease {lease['id']} released" + (f"; restored {', '.join(restored)}" if restored else "")
-            + (f"; serving downtime {format_duration(down)}" if down is not None else ""))
-    code = status if status >= 0 else 128 - status
-    return code, bool(watcher and watcher.preempted)
+        gone = command is None or command.end_group()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if gone and not ended_by_daemon:
+            with Client(sock, timeout=None) as c:
+                released = c.call("lease.release", {"id": lease["id"]})
+            restored = [f"{r['name']} ({'ok' if r['ok'] else r.get('error', 'failed')})"
+                        for r in released["restored"]]
+            down = released.get("downtime_s")
+            say(f"lease {lease['id']} released" + (f"; restored {', '.join(restored)}" if restored else "")
+                + (f"; serving downtime {format_duration(down)}" if down is not None else ""))
+        else:
+            assert command is not None
+            say(f"processes of the command's group {command.pid} survived SIGKILL; lease {lease['id']} is kept "
+                "until they exit, and the daemon releases it then")
+    return status, bool(watcher and watcher.preempted)
 
 
 def main(sock: Path, argv: list[str]) -> int:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 from typing import TYPE_CHECKING, Any
 
+from memwarden.arbiter import processes
 from memwarden.arbiter.arbiter import ArbiterError
+from memwarden.arbiter.leases import Lease, may_manage
 from memwarden.arbiter.scheduler import ADAPTERS_PAGE
 from memwarden.control.params import bool_param, duration_param, int_param, size_param, str_param
-from memwarden.control.protocol import ApplicationError, InvalidParams
+from memwarden.control.protocol import PERMISSION_DENIED, ApplicationError, InvalidParams, RpcError
 from memwarden.ollama.client import OllamaError, keep_alive_text
 from memwarden.policies import cache
 
@@ -21,6 +25,23 @@ async def _guard(coro: Any) -> Any:
         return await coro
     except (ArbiterError, OllamaError) as exc:
         raise ApplicationError(str(exc)) from None
+
+
+def _owner(uid: int | None) -> str:
+    if uid is None:
+        return "the daemon"
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _check_owner(lease: Lease | None, peer: Peer | None, verb: str) -> None:
+    """Only the owner, root or the daemon's own uid may end or preempt a lease (see leases.may_manage)."""
+    if lease is None or peer is None or may_manage(lease, peer.uid, os.getuid()):
+        return
+    raise RpcError(PERMISSION_DENIED, f"permission denied: lease {lease.id} ({lease.holder}) belongs to "
+                                      f"{_owner(lease.uid)}; only its owner or root may {verb} it")
 
 
 def register_gpu(daemon: Daemon) -> None:
@@ -63,24 +84,40 @@ def register_gpu(daemon: Daemon) -> None:
         nbytes = size_param("size", size)
         holder = str_param("holder", holder) if holder else f"pid {peer.pid if peer else '?'}"
         index = int_param("gpu", gpu, 0, 63, optional=True)
-        holder_pid = int_param("pid", pid, 1, 2**31 - 1, optional=True) or (peer.pid if peer else None)
+        holder_pid = int_param("pid", pid, 1, 2**31 - 1, optional=True)
+        if holder_pid is None:
+            holder_pid = peer.pid if peer else None
+        elif peer is not None and not processes.descends_from(holder_pid, peer.pid, arbiter().proc_root):
+            # The lease lasts while its holder's processes run: naming someone else's process as the holder
+            # would keep the lease from ever being reclaimed.
+            raise InvalidParams(f"'pid' must be the caller's own process ({peer.pid}) or one it started; "
+                                f"{holder_pid} is neither")
         return await _guard(arbiter().acquire(
             nbytes, holder, holder_pid, peer.uid if peer else None, index,
             int_param("priority", priority, -1000, 1000), bool_param("preemptible", preemptible),
             duration_param("wait", wait)))
 
-    async def lease_release(id: str) -> dict[str, Any]:
-        """Release a lease: reload the models evicted for it and record the downtime (admin)."""
-        return await _guard(arbiter().release(str_param("id", id)))
+    async def lease_release(id: str, peer: Peer | None = None) -> dict[str, Any]:
+        """Release a lease: reload the models evicted for it and record the downtime (admin; owner or root)."""
+        lease_id = str_param("id", id)
+        _check_owner(arbiter().leases.get(lease_id), peer, "release")
+        return await _guard(arbiter().release(lease_id))
 
-    async def lease_preempt(id: str) -> dict[str, Any]:
-        """Ask a preemptible lease's holder to checkpoint and release (admin)."""
-        return await _guard(arbiter().preempt(str_param("id", id), "preempted by an operator"))
+    async def lease_preempt(id: str, peer: Peer | None = None) -> dict[str, Any]:
+        """Ask a preemptible lease's holder to checkpoint and release (admin; owner or root)."""
+        lease_id = str_param("id", id)
+        _check_owner(arbiter().leases.get(lease_id), peer, "preempt")
+        return await _guard(arbiter().preempt(lease_id, "preempted by an operator"))
 
-    async def lease_watch(id: str, timeout: Any = 30) -> dict[str, Any]:
-        """Long-poll: returns when the lease is asked to yield (preempting) or is released, or at timeout."""
+    async def lease_watch(id: str, timeout: Any = 30, peer: Peer | None = None) -> dict[str, Any]:
+        """Long-poll: returns when the lease is asked to yield (preempting) or is released, or at timeout.
+        Called by the lease's holder, it first records the lease's processes (the command just started)."""
         seconds = duration_param("timeout", timeout)
-        return await arbiter().watch(str_param("id", id), min(seconds, 3600))
+        lease_id = str_param("id", id)
+        lease = arbiter().leases.get(lease_id)
+        if lease is not None and peer is not None and lease.pid == peer.pid:
+            await arbiter().refresh(lease_id)
+        return await arbiter().watch(lease_id, min(seconds, 3600))
 
     async def lease_list(limit: int = 20) -> dict[str, Any]:
         """Active leases and the most recent ones with their evictions, restores and downtime."""

@@ -86,12 +86,20 @@ def _m4_memories_runs(db: sqlite_utils.Database) -> None:
     }, pk=("adapter", "version"), not_null={"path", "created_at"}, defaults={"active": 0})
 
 
+def _m5_lease_processes(db: sqlite_utils.Database) -> None:
+    # A lease lasts while any of its processes runs; they are kept so that a restart still knows them.
+    db["leases"].add_column("holder_start", int)
+    db["leases"].add_column("members", str)
+    db["leases"].add_column("groups", str)
+
+
 # Append only: a migration, once released, never changes; the next one fixes what it got wrong.
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "alert history", _m1_alert_history),
     (2, "leases and adapters", _m2_leases),
     (3, "container restarts", _m3_restarts),
     (4, "memories, runs and adapter versions", _m4_memories_runs),
+    (5, "lease processes", _m5_lease_processes),
 ]
 
 

@@ -1,6 +1,7 @@
 import pytest
 
-from memwarden.arbiter.leases import ACTIVE_STATES, Lease, LeaseStore
+from memwarden.arbiter.leases import ACTIVE_STATES, Lease, LeaseStore, may_manage
+from memwarden.policies.lease_procs import LeaseProcs
 from memwarden.state.db import open_state
 
 GiB = 1024**3
@@ -96,3 +97,26 @@ def test_new_id_is_eight_hex_chars_and_varies():
 def test_to_dict_has_every_field():
     d = lease("d", 1.0).to_dict()
     assert d["id"] == "d" and d["state"] == "active" and d["evicted"] == []
+
+
+def test_the_leases_processes_round_trip(db):
+    item = lease("p", 1.0, pid=200, holder_start=2000)
+    assert item.set_procs(LeaseProcs(200, 2000, frozenset({(301, 3010), (300, 3000)}), frozenset({300})))
+    assert not item.set_procs(LeaseProcs(200, 2000, frozenset({(300, 3000), (301, 3010)}), frozenset({300})))
+    store = LeaseStore(db)
+    store.save(item)
+    [loaded] = store.active()
+    assert loaded == item and loaded.members == [[300, 3000], [301, 3010]] and loaded.groups == [300]
+    assert loaded.procs() == LeaseProcs(200, 2000, frozenset({(300, 3000), (301, 3010)}), frozenset({300}))
+    assert lease("none", 1.0, pid=None).procs() is None
+
+
+def test_only_the_owner_root_or_the_daemons_uid_may_end_a_lease():
+    users = lease("u", 1.0, uid=1000)
+    assert may_manage(users, 1000, daemon_uid=0)
+    assert may_manage(users, 0, daemon_uid=0)
+    assert may_manage(users, 998, daemon_uid=998), "the daemon's own uid stands in for root"
+    assert not may_manage(users, 1001, daemon_uid=0)
+    internal = lease("t", 1.0, uid=None)  # the daemon's own training lease
+    assert not may_manage(internal, 1000, daemon_uid=0)
+    assert may_manage(internal, 0, daemon_uid=0)
