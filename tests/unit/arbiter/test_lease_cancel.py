@@ -42,13 +42,13 @@ def nothing_granted(arbiter) -> None:
 
 async def test_cancelled_while_waiting_for_room_grants_nothing(world):
     _, ollama, arbiter = world
-    arbiter.pin(BIG, True)
+    await arbiter.pin(BIG, True)
     task = asyncio.create_task(arbiter.acquire(8 * GiB, "trainer", wait=60))
     while not arbiter.changed._waiters:  # the plan was refused; it now waits for a change
         await asyncio.sleep(0.01)
     await cancel(task)
     nothing_granted(arbiter)
-    arbiter.pin(BIG, False)
+    await arbiter.pin(BIG, False)
     async with arbiter.changed:
         arbiter.changed.notify_all()
     await asyncio.sleep(0.05)
