@@ -10,15 +10,19 @@ sys.modules.setdefault("numpy", None)  # before sqlite_utils is first imported, 
 
 import argparse
 import asyncio
+import os
+import socket
 import sqlite3
 from pathlib import Path
 
 from memwarden import __version__
+from memwarden.cli.usage import run_quietly
 from memwarden.config import ConfigError, locate_and_load
 from memwarden.logs import configure_logging, get_logger
 from memwarden.state.db import StateError
 
 EX_CONFIG = 78  # sysexits.h; the unit's RestartPreventExitStatus= stops a restart loop on a bad config
+EX_SOCKET_IN_USE = 73  # sysexits.h's EX_CANTCREAT: the control socket cannot be created, another daemon has it
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -34,7 +38,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def held_by_another(path: Path) -> bool:
+    """Whether a daemon already listens on the control socket: a second one must leave the state alone (it would
+    roll back the first one's leases), so this is asked before the state is opened. Binding asks again."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(5)
+    try:
+        probe.connect(str(path))
+    except (TimeoutError, BlockingIOError):
+        return True  # a listener whose backlog is full
+    except OSError:
+        return False
+    else:
+        return True
+    finally:
+        probe.close()
+
+
+def socket_in_use(path: Path) -> int:
+    get_logger().error("cannot start", error=f"another memwardend is already listening on {path}; stop it first, "
+                                             "or give this one another daemon.socket")
+    return EX_SOCKET_IN_USE
+
+
 def main(argv: list[str] | None = None) -> int:
+    return run_quietly(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     if args.print_default_config:
         from memwarden.config.template import render_template
@@ -52,10 +83,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{config.source or 'embedded defaults'}: OK")
         return 0
     configure_logging(config.daemon.log_level, args.log_format or config.daemon.log_format)
+    activated = os.environ.get("LISTEN_PID") == str(os.getpid())  # systemd's socket: none of ours to bind
+    if not activated and held_by_another(config.daemon.socket):
+        return socket_in_use(config.daemon.socket)
+    from memwarden.control.server import SocketInUse
     from memwarden.daemon import Daemon
 
     try:
         return asyncio.run(Daemon(config, config_arg=args.config).run())
+    except SocketInUse:
+        return socket_in_use(config.daemon.socket)
     except StateError as exc:
         get_logger().error("cannot open state", error=str(exc))
         return 1
