@@ -22,7 +22,6 @@ from memwarden.logs import configure_logging, get_logger
 from memwarden.state.db import StateError
 
 EX_CONFIG = 78  # sysexits.h; the unit's RestartPreventExitStatus= stops a restart loop on a bad config
-EX_SOCKET_IN_USE = 73  # sysexits.h's EX_CANTCREAT: the control socket cannot be created, another daemon has it
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -38,9 +37,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+EX_SOCKET_IN_USE = 73  # sysexits.h's EX_CANTCREAT: the control socket cannot be made, a live daemon holds it
+
+
 def held_by_another(path: Path) -> bool:
     """Whether a daemon already listens on the control socket: a second one must leave the state alone (it would
     roll back the first one's leases), so this is asked before the state is opened. Binding asks again."""
+    try:
+        parent = os.stat(path.parent)
+    except OSError:
+        return False
+    if parent.st_uid not in (0, os.getuid()) or parent.st_mode & 0o022:
+        return False  # not a directory of ours: nothing is sent there, and binding refuses it saying why
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(5)
     try:
@@ -91,8 +99,6 @@ def _main(argv: list[str] | None) -> int:
 
     try:
         return asyncio.run(Daemon(config, config_arg=args.config).run())
-    except SocketInUse:
-        return socket_in_use(config.daemon.socket)
     except StateError as exc:
         get_logger().error("cannot open state", error=str(exc))
         return 1
@@ -109,6 +115,8 @@ def _main(argv: list[str] | None) -> int:
         return 1
     except KeyboardInterrupt:
         return 0
+    except SocketInUse:  # a daemon that started listening after held_by_another() looked
+        return socket_in_use(config.daemon.socket)
 
 
 if __name__ == "__main__":
