@@ -11,6 +11,8 @@ import subprocess
 import threading
 from pathlib import Path
 
+import pytest
+
 from memwarden.cli.usage import EX_INTERRUPTED, EX_READER_GONE
 from support.daemon import BIN, toml
 from support.ollama_double.manager import sim_gpu, wait_until
@@ -114,7 +116,8 @@ def test_init_demo_without_the_train_extra_says_which_command_installs_it(tmp_pa
     assert not (tmp_path / "base").exists()
 
 
-def test_a_socket_that_answers_something_else_is_one_line_not_a_traceback(tmp_path):
+@pytest.mark.parametrize("command", [["status"], ["lease", "1GiB", "--", "true"]], ids=["status", "lease"])
+def test_a_socket_that_answers_something_else_is_one_line_not_a_traceback(tmp_path, command):
     path = tmp_path / "other.sock"
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(path))
@@ -129,7 +132,7 @@ def test_a_socket_that_answers_something_else_is_one_line_not_a_traceback(tmp_pa
     thread = threading.Thread(target=answer_junk, daemon=True)
     thread.start()
     try:
-        done = subprocess.run([BIN / "memwardenctl", "--socket", path, "status"], capture_output=True, text=True,
+        done = subprocess.run([BIN / "memwardenctl", "--socket", path, *command], capture_output=True, text=True,
                               timeout=60)
     finally:
         thread.join(10)
@@ -137,6 +140,26 @@ def test_a_socket_that_answers_something_else_is_one_line_not_a_traceback(tmp_pa
     assert done.returncode == 3, done.stderr
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
     assert f"{path} answered something that is not memwardend's JSON-RPC" in done.stderr
+
+
+@pytest.mark.parametrize("command", [["status"], ["lease", "1GiB", "--", "true"]], ids=["status", "lease"])
+def test_a_socket_path_too_long_for_unix_sockets_is_one_line(tmp_path, command):
+    path = tmp_path / ("x" * 120) / "control.sock"
+    done = subprocess.run([BIN / "memwardenctl", "--socket", path, *command], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("content, stdin, where", [("-", b"caf\xe9\n", "stdin"), (b"caf\xe9", b"", "an argument")],
+                         ids=["stdin", "argument"])
+def test_memory_content_that_is_not_utf8_is_a_usage_error(tmp_path, content, stdin, where):
+    done = subprocess.run([BIN / "memwardenctl", "--socket", tmp_path / "none.sock", "memories", "add", "--profile",
+                           "p", "--kind", "journal", "--importance", "3", content], input=stdin,
+                          capture_output=True, timeout=60)
+    stderr = done.stderr.decode()
+    assert done.returncode == 2, stderr
+    assert stderr.count("\n") == 1 and f"{where} is not UTF-8 text" in stderr, stderr
 
 
 def test_usage_errors_of_the_installed_command_are_one_line_with_exit_2(tmp_path: Path):

@@ -37,6 +37,9 @@ INSIDE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 BOOTING = frozenset({"", "offline", "unknown", "initializing", "starting"})
 BOOTED = frozenset({"running", "degraded"})
 BOOT_TIMEOUT = 300.0  # a loaded 2-core machine booting a container next to other suites
+# debootstrap and `make deb` run in session fixtures, outside any test's timeout (the e2e tests time their own
+# bodies only): each is bounded here, by far more than it takes on a loaded machine (80 s and 2 min idle).
+SETUP_TIMEOUT = 1800.0
 
 
 class MachineError(RuntimeError):
@@ -83,12 +86,15 @@ def base_rootfs() -> Path:
     partial = Path(tempfile.mkdtemp(prefix=f"{SUITE}-", dir=CACHE))
     log = CACHE / "debootstrap.log"
     with open(log, "wb") as out:
-        done = subprocess.run(
-            ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(partial), MIRROR],
-            stdout=out, stderr=subprocess.STDOUT, check=False)
-    if done.returncode != 0:
+        try:
+            code, _ = run_bounded(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE,
+                                   str(partial), MIRROR], stdout=out, stderr=subprocess.STDOUT)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+    if code != 0:
         shutil.rmtree(partial, ignore_errors=True)
-        raise MachineError(f"debootstrap failed with status {done.returncode}; see {log}")
+        raise MachineError(f"debootstrap failed with status {code}; see {log}")
     # mkdtemp made the future "/" 0700: system users (messagebus, memwarden) could not reach anything.
     partial.chmod(0o755)
     (partial / "etc/hostname").write_text("mwtest\n")
@@ -270,12 +276,29 @@ def _alive(proc: psutil.Process) -> bool:
         return False
 
 
+def run_bounded(argv: Sequence[str], timeout: float = SETUP_TIMEOUT, **popen: object) -> tuple[int, bytes]:
+    """(exit status, stderr when piped) of a setup command; past `timeout` it is killed with every process it
+    started (its own session), and that is an error naming it."""
+    proc = subprocess.Popen(argv, start_new_session=True, **popen)  # type: ignore[call-overload]
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    return proc.returncode, err or b""
+
+
 def build_deb(repo: Path, out: Path) -> Path:
     """`make deb`'s script, into `out`; returns the .deb."""
-    done = subprocess.run([str(repo / "packaging/deb/build.sh")], env={**os.environ, "OUT": str(out)},
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise MachineError(f"packaging/deb/build.sh exited with {done.returncode}:\n{done.stderr[-3000:]}")
+    try:
+        code, err = run_bounded([str(repo / "packaging/deb/build.sh")], env={**os.environ, "OUT": str(out)},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    except subprocess.TimeoutExpired:
+        raise MachineError(f"packaging/deb/build.sh took over {SETUP_TIMEOUT:g}s") from None
+    if code != 0:
+        raise MachineError(f"packaging/deb/build.sh exited with {code}:\n{err.decode(errors='replace')[-3000:]}")
     debs = sorted(out.glob("memwarden_*.deb"))
     if len(debs) != 1:
         raise MachineError(f"expected one .deb in {out}, found {[d.name for d in debs]}")

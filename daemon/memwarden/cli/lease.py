@@ -158,6 +158,12 @@ def main(sock: Path, argv: list[str]) -> int:
         except RpcError as exc:
             say(exc.message)
             return 1
+        except OSError as exc:  # the socket's own failures: a path too long, a reset connection
+            say(f"{exc.filename or sock}: {exc.strerror or exc}")
+            return 3
+        except (ValueError, KeyError) as exc:  # a line that is not JSON, or JSON-RPC without a result
+            say(f"{sock} answered something that is not memwardend's JSON-RPC ({exc})")
+            return 3
         if not (preempted and args.requeue):
             return code
         say("requeued: waiting for the lease again")

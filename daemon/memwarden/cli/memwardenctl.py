@@ -170,7 +170,7 @@ def add_memories_parser(sub: Any) -> None:
 
 def memory_params(args: argparse.Namespace) -> dict[str, Any]:
     if args.verb == "add":
-        content = sys.stdin.read() if args.content == "-" else args.content
+        content = sys.stdin.buffer.read().decode() if args.content == "-" else args.content
         created: Any = args.created_at
         if created is not None:
             with contextlib.suppress(ValueError):  # else an ISO 8601 date-time: the daemon parses it
@@ -341,8 +341,10 @@ def _main(argv: list[str] | None) -> int:
         return code
     try:
         req = request(args)
-    except UnicodeDecodeError as exc:
-        return fail(f"stdin is not UTF-8 text ({exc.reason} at byte {exc.start})", 2)
+        json.dumps(req.params, ensure_ascii=False).encode()  # an argument that was not UTF-8 cannot be sent
+    except UnicodeError as exc:
+        where = "stdin" if getattr(args, "content", None) == "-" else "an argument"
+        return fail(f"{where} is not UTF-8 text ({exc.reason} at position {exc.start})", 2)
 
     def call() -> Any:
         with Client(sock, timeout=args.timeout) as client:
