@@ -45,11 +45,11 @@ def test_a_reader_gone_before_the_first_write_ends_memwardend_quietly():
 def test_a_reader_that_stops_early_ends_memwardenctl_quietly(make_daemon):
     d = make_daemon().start()
     with d.client() as c:
-        for i in range(120):  # about 500 KB of JSON: far more than a pipe holds
+        for i in range(100):  # about 500 KB of JSON: far more than a pipe holds
             c.call("memories.add", {"profile": "bob", "kind": "journal", "importance": 1,
-                                    "content": f"memory {i} " + "x" * 4000})
+                                    "content": f"memory {i} " + "x" * 5000})
     ctl = subprocess.Popen([BIN / "memwardenctl", "--socket", d.socket_path, "--json", "memories", "list",
-                            "--limit", "120"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            "--limit", "100"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert ctl.stdout.readline().strip() == b"{"  # `| head -1`
     ctl.stdout.close()
     stderr = ctl.stderr.read().decode()
