@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from support.nspawn import Machine, base_rootfs, build_deb, missing_means
+from support.nspawn import SETUP_TIMEOUT, Machine, base_rootfs, build_deb, missing_means
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,5 +25,5 @@ def machine(deb: Path) -> Iterator[Machine]:
     """A freshly booted machine with the package installed the way an admin does it: dpkg -i with systemd
     running, so postinst enables and starts the units."""
     with Machine(base_rootfs(), binds=[(deb.parent, "/mnt/deb")]) as m:
-        m.run("dpkg", "-i", f"/mnt/deb/{deb.name}", timeout=300)
+        m.run("dpkg", "-i", f"/mnt/deb/{deb.name}", timeout=SETUP_TIMEOUT)
         yield m

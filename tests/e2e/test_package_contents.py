@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# The package is built (session fixture `deb`) outside this budget: the tests time their own bodies only.
+pytestmark = pytest.mark.timeout(300, func_only=True)
+
 
 def contents(deb: Path) -> dict[str, str]:
     """path → the listing line's mode string (with ' -> target' for links)."""

@@ -16,7 +16,9 @@ from memwarden import __version__
 from support.nspawn import Machine
 from support.ollama_double.manager import wait_until
 
-pytestmark = pytest.mark.timeout(600)
+# Building the package and booting the machine (fixtures) are bounded by tests/support/nspawn.py instead: on a
+# loaded machine they may take longer than any one test should.
+pytestmark = pytest.mark.timeout(600, func_only=True)
 
 UNIT = "memwarden.service"
 SIM_FILE = "/var/lib/memwarden-sim/gpu.json"

@@ -15,8 +15,11 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import psutil
 
 from support.ollama_double.manager import wait_until
 
@@ -29,8 +32,38 @@ CACHE = Path(os.environ.get("MEMWARDEN_E2E_CACHE", "/var/cache/memwarden-e2e"))
 INSIDE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
+# `systemctl is-system-running` answers. "offline" is also what it prints while PID 1's private socket is not up
+# yet (systemctl cannot tell that from a manager that is not running), so it means "ask again", as does no answer.
+BOOTING = frozenset({"", "offline", "unknown", "initializing", "starting"})
+BOOTED = frozenset({"running", "degraded"})
+BOOT_TIMEOUT = 300.0  # a loaded 2-core machine booting a container next to other suites
+# debootstrap and `make deb` run in session fixtures, outside any test's timeout (the e2e tests time their own
+# bodies only): each is bounded here, by far more than it takes on a loaded machine (80 s and 2 min idle).
+SETUP_TIMEOUT = 1800.0
+
+
 class MachineError(RuntimeError):
     pass
+
+
+def await_boot(ask: Callable[[], str | None], timeout: float, interval: float = 0.25,
+               clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> str:
+    """The state the machine's systemd settled in: `ask()` is `systemctl is-system-running`'s answer (None when
+    the command failed or timed out), asked again while the boot is still under way until `timeout` seconds
+    have passed. Running or degraded is a booted machine; any other final state, or the deadline, is an error."""
+    deadline = clock() + timeout
+    answers: list[str] = []
+    while True:
+        state = (ask() or "").strip()
+        if not answers or answers[-1] != state:
+            answers.append(state)
+        if state in BOOTED:
+            return state
+        if state not in BOOTING:
+            raise MachineError(f"boot ended in state {state!r} (answers so far: {answers})")
+        if clock() >= deadline:
+            raise MachineError(f"no running or degraded state within {timeout:g}s (answers so far: {answers})")
+        sleep(interval)
 
 
 def missing_means() -> str | None:
@@ -53,12 +86,15 @@ def base_rootfs() -> Path:
     partial = Path(tempfile.mkdtemp(prefix=f"{SUITE}-", dir=CACHE))
     log = CACHE / "debootstrap.log"
     with open(log, "wb") as out:
-        done = subprocess.run(
-            ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(partial), MIRROR],
-            stdout=out, stderr=subprocess.STDOUT, check=False)
-    if done.returncode != 0:
+        try:
+            code, _ = run_bounded(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE,
+                                   str(partial), MIRROR], stdout=out, stderr=subprocess.STDOUT)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+    if code != 0:
         shutil.rmtree(partial, ignore_errors=True)
-        raise MachineError(f"debootstrap failed with status {done.returncode}; see {log}")
+        raise MachineError(f"debootstrap failed with status {code}; see {log}")
     # mkdtemp made the future "/" 0700: system users (messagebus, memwarden) could not reach anything.
     partial.chmod(0o755)
     (partial / "etc/hostname").write_text("mwtest\n")
@@ -71,28 +107,45 @@ def base_rootfs() -> Path:
 class Machine:
     """One booted container. Use as a context manager; it powers off (or is killed) on exit."""
 
-    def __init__(self, base: Path, binds: Sequence[tuple[Path, str]] = ()):
+    def __init__(self, base: Path, binds: Sequence[tuple[Path, str]] = (), boot_timeout: float = BOOT_TIMEOUT):
         self.dir = Path(tempfile.mkdtemp(prefix="mw-machine-", dir="/var/tmp"))
         self.root = self.dir / "rootfs"
         self.binds = binds
+        self.boot_timeout = boot_timeout
         self.console = self.dir / "console.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.leader: int | None = None
-        subprocess.run(["cp", "-a", "--reflink=auto", str(base), str(self.root)], check=True)
+        self._watched: list[psutil.Process] = []  # nspawn and the container's init, known by pid and start time
+        try:
+            subprocess.run(["cp", "-a", "--reflink=auto", str(base), str(self.root)], check=True)
+        except BaseException:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
 
     def __enter__(self) -> Machine:
         try:
-            self.boot()
+            self.boot(self.boot_timeout)
         except BaseException:
-            self.__exit__()
+            self.close(graceful=False)
             raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.poweroff()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self.close()
 
-    def boot(self, timeout: float = 120) -> None:
+    def close(self, graceful: bool = True) -> None:
+        """Power off (orderly when `graceful`), then kill whatever of the machine is left, and only then delete
+        its files: a container's systemd must never outlive its root."""
+        try:
+            if graceful:
+                self.poweroff()
+        finally:
+            survivors = self.kill()
+            if survivors:
+                raise MachineError(f"processes {survivors} of the machine survived SIGKILL; {self.dir} is kept")
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def boot(self, timeout: float = BOOT_TIMEOUT) -> None:
         args = ["systemd-nspawn", "--quiet", "--boot", f"--directory={self.root}", "--machine=mwtest",
                 # No systemd-machined or system bus on the host side: run unregistered, in our own cgroup.
                 "--register=no", "--keep-unit", "--console=pipe", "--private-network"]
@@ -100,14 +153,48 @@ class Machine:
         with open(self.console, "wb") as out:
             self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                          start_new_session=True)
-        self.leader = wait_until(self._find_leader, timeout=30, message=self._why_not_booted)
-        # is-system-running --wait returns once boot is over, whatever the outcome ("running" or "degraded");
-        # until PID 1 has opened its private socket it prints nothing and fails, so ask again.
-        state = wait_until(
-            lambda: self.run("systemctl", "is-system-running", "--wait", check=False, timeout=timeout).stdout.strip(),
-            timeout=timeout, interval=0.1, message=self._why_not_booted)
-        if state not in ("running", "degraded"):
-            raise MachineError(f"boot ended in state {state!r}; console: {self.console.read_text()[-2000:]}")
+        self._watch(self.proc.pid)
+        deadline = time.monotonic() + timeout
+        self.leader = wait_until(self._find_leader, timeout=timeout, message=self._why_not_booted)
+        self._watch(self.leader)
+        try:
+            await_boot(lambda: self._system_state(deadline), max(0.0, deadline - time.monotonic()))
+        except MachineError as exc:
+            raise MachineError(f"{exc}; console: {self._console_tail()}") from None
+
+    def _system_state(self, deadline: float) -> str | None:
+        """`systemctl is-system-running --wait` inside: it returns once boot is over, whatever the outcome; None
+        when it gave no answer (PID 1 not reachable yet, or no answer before the deadline)."""
+        try:
+            done = self.run("systemctl", "is-system-running", "--wait", check=False,
+                            timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            return None
+        return done.stdout.strip() or None
+
+    def _watch(self, pid: int) -> None:
+        with contextlib.suppress(psutil.Error):
+            self._watched.append(psutil.Process(pid))
+
+    def kill(self, timeout: float = 30) -> list[int]:
+        """SIGKILL the container's init (which takes every process of its PID namespace with it) and nspawn's
+        whole process tree; the pids still alive `timeout` seconds later (none, unless the kernel is stuck)."""
+        procs: dict[int, psutil.Process] = {}
+        for proc in self._watched:
+            with contextlib.suppress(psutil.Error):
+                if proc.is_running():  # the same process: psutil compares the start time too
+                    procs[proc.pid] = proc
+                    procs.update((child.pid, child) for child in proc.children(recursive=True))
+        for proc in procs.values():
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        if self.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=timeout)  # reaps nspawn: it is our child
+        # The rest are reaped by whoever inherits them; a zombie is dead already.
+        with contextlib.suppress(TimeoutError):
+            wait_until(lambda: not [p for p in procs.values() if _alive(p)], timeout=timeout, interval=0.05)
+        return sorted(pid for pid, p in procs.items() if _alive(p))
 
     def _find_leader(self) -> int | None:
         assert self.proc is not None
@@ -173,23 +260,45 @@ class Machine:
         return [json.loads(line) for line in out.splitlines() if line.strip()]
 
     def poweroff(self, timeout: float = 60) -> None:
+        """An orderly shutdown (nspawn turns SIGTERM into one for the container's systemd), waited for up to
+        `timeout`; whatever is left is for kill()."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        # nspawn turns SIGTERM into an orderly shutdown of the container's systemd.
         self.proc.send_signal(signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def run_bounded(argv: Sequence[str], timeout: float = SETUP_TIMEOUT, **popen: object) -> tuple[int, bytes]:
+    """(exit status, stderr when piped) of a setup command; past `timeout` it is killed with every process it
+    started (its own session), and that is an error naming it."""
+    proc = subprocess.Popen(argv, start_new_session=True, **popen)  # type: ignore[call-overload]
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    return proc.returncode, err or b""
 
 
 def build_deb(repo: Path, out: Path) -> Path:
     """`make deb`'s script, into `out`; returns the .deb."""
-    done = subprocess.run([str(repo / "packaging/deb/build.sh")], env={**os.environ, "OUT": str(out)},
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise MachineError(f"packaging/deb/build.sh exited with {done.returncode}:\n{done.stderr[-3000:]}")
+    try:
+        code, err = run_bounded([str(repo / "packaging/deb/build.sh")], env={**os.environ, "OUT": str(out)},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    except subprocess.TimeoutExpired:
+        raise MachineError(f"packaging/deb/build.sh took over {SETUP_TIMEOUT:g}s") from None
+    if code != 0:
+        raise MachineError(f"packaging/deb/build.sh exited with {code}:\n{err.decode(errors='replace')[-3000:]}")
     debs = sorted(out.glob("memwarden_*.deb"))
     if len(debs) != 1:
         raise MachineError(f"expected one .deb in {out}, found {[d.name for d in debs]}")

@@ -18,35 +18,54 @@ from pathlib import Path
 from typing import Any
 
 from memwarden.cli.leased import FORWARDED, LeasedCommand, exit_code
+from memwarden.cli.usage import Parser
 from memwarden.control.client import Client, ConnectError
 from memwarden.control.protocol import RpcError
-from memwarden.units import format_duration, format_size, parse_duration
+from memwarden.units import format_duration, format_size, parse_duration, parse_size
+
+USAGE = "memwardenctl lease SIZE [options] -- CMD [ARGS…]\n       memwardenctl lease list | release ID | preempt ID"
+AFTER_DASHES = "memwardenctl lease SIZE [options] -- CMD ARGS…"
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="memwardenctl lease", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("size", help="VRAM to lease, e.g. 4GiB")
-    p.add_argument("--gpu", default="auto", help="GPU index, or auto for the one needing the least eviction")
-    p.add_argument("--wait", default="0", help="how long to wait for the room (e.g. 10m; default: do not wait)")
-    p.add_argument("--holder", help="a name for the lease (default: the command)")
-    p.add_argument("--priority", type=int, default=0)
+    """The options go anywhere before the first `--`, SIZE among them; everything after it is the command,
+    passed on untouched even where it looks like an option."""
+    p = Parser(prog="memwardenctl lease", usage=USAGE, description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("size", nargs="?", metavar="SIZE", help="VRAM to lease, e.g. 4GiB")
+    p.add_argument("--gpu", default="auto", metavar="N|auto",
+                   help="GPU index, or auto for the one needing the least eviction (default)")
+    p.add_argument("--wait", default="0", metavar="DURATION",
+                   help="how long to wait for the room (e.g. 10m; default: do not wait)")
+    p.add_argument("--holder", metavar="NAME", help="a name for the lease (default: the command)")
+    p.add_argument("--priority", type=int, default=0, metavar="N", help="higher is granted first (default 0)")
     p.add_argument("--preemptible", action="store_true",
                    help="serving may ask this lease back: the command gets SIGTERM and must checkpoint")
     p.add_argument("--requeue", action="store_true",
                    help="after a preemption, wait for the lease again and rerun the command")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS…")
-    args = p.parse_args(argv)
-    if args.command and args.command[0] == "--":
-        args.command = args.command[1:]
+    dashes = argv.index("--") if "--" in argv else len(argv)
+    args, extra = p.parse_known_intermixed_args(argv[:dashes])
+    args.command = argv[dashes + 1:]
+    hint = "" if dashes < len(argv) else f"; the command goes after --: {AFTER_DASHES}"
+    unknown = [w for w in extra if w.startswith("-")]
+    if unknown:
+        p.error(f"unrecognized option {unknown[0]!r}{hint}")
+    if extra:
+        p.error(f"{' '.join(extra)!r} after SIZE{hint or ': one SIZE only before --'}")
+    if args.size is None:
+        p.error(f"SIZE is missing: {AFTER_DASHES}")
+    try:
+        parse_size(args.size)
+    except ValueError as exc:
+        p.error(f"SIZE: {exc}")
     if not args.command:
-        p.error("no command given: memwardenctl lease SIZE -- CMD ARGS…")
+        p.error(f"no command given: {AFTER_DASHES}")
     try:
         args.wait_s = parse_duration(args.wait)
     except ValueError as exc:
         p.error(f"--wait: {exc}")
     if args.gpu != "auto" and not args.gpu.isdigit():
-        p.error("--gpu must be a GPU index or auto")
+        p.error(f"--gpu must be a GPU index or auto, not {args.gpu!r}")
     return args
 
 
@@ -154,6 +173,12 @@ def main(sock: Path, argv: list[str]) -> int:
         except RpcError as exc:
             say(exc.message)
             return 1
+        except OSError as exc:  # the socket's own failures: a path too long, a reset connection
+            say(f"{exc.filename or sock}: {exc.strerror or exc}")
+            return 3
+        except (ValueError, KeyError) as exc:  # a line that is not JSON, or JSON-RPC without a result
+            say(f"{sock} answered something that is not memwardend's JSON-RPC ({exc})")
+            return 3
         if not (preempted and args.requeue):
             return code
         say("requeued: waiting for the lease again")

@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from memwarden import __version__, paths
 from memwarden.cli import render
+from memwarden.cli.usage import Parser, run_quietly
 from memwarden.control.client import Client, ConnectError
 from memwarden.control.protocol import MAX_LINE, RpcError
 
@@ -38,20 +41,51 @@ CHUNK_BYTES = MAX_LINE - 8192  # JSON-encoded lines per request, leaving room fo
 CHUNK_LINES = 10000
 
 
+@dataclass(frozen=True)
+class Request:
+    """One RPC call a command line asks for, and how its result is shown (None: as JSON)."""
+
+    method: str
+    params: dict[str, Any] | None
+    renderer: Callable[[Any], str] | None
+
+
+class _Verbatim(Parser):
+    """A subcommand whose words reach its own parser untouched: `lease` takes its options before and after
+    SIZE, up to `--`, and a command after it that may look like options (see lease.parse)."""
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+        namespace = namespace if namespace is not None else argparse.Namespace()
+        namespace.words = list(args or ())
+        return namespace, []
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}")
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="memwardenctl", description=__doc__)
+    """The command line, checked: a mistake exits 2 with one line saying what is wrong."""
+    p = Parser(prog="memwardenctl", description=__doc__)
     p.add_argument("--socket", type=Path, help="control socket (default: $MEMWARDEN_SOCKET or the daemon's)")
     p.add_argument("--json", action="store_true", help="print the raw JSON result")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an answer (default 30)")
+    p.add_argument("--timeout", type=_seconds, default=30.0, metavar="SECONDS",
+                   help="seconds to wait for an answer (default 30)")
     p.add_argument("--version", action="version", version=f"memwardenctl {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, _, helptext) in COMMANDS.items():
         cmd = sub.add_parser(name, help=helptext, description=helptext)
         if name == "alerts":
             cmd.add_argument("--limit", type=int, default=50, help="how many recent alerts (default 50)")
-    lease = sub.add_parser("lease", help="SIZE [--gpu N|auto] [--wait D] -- CMD…: run a command under a VRAM "
-                           "lease; or: lease list | release ID | preempt ID", add_help=False)
-    lease.add_argument("rest", nargs=argparse.REMAINDER)
+    sub.add_parser("lease", help="SIZE [--gpu N|auto] [--wait D] [--holder NAME] [--priority N] [--preemptible] "
+                   "[--requeue] -- CMD…: run a command under a VRAM lease; or: lease list | release ID | preempt ID")
+    sub.choices["lease"] = _Verbatim(prog="memwardenctl lease", add_help=False)
     containers = sub.add_parser("containers", help="memory per container; or: containers restart NAME (admin)")
     containers.add_argument("verb", nargs="?", choices=["restart"])
     containers.add_argument("name", nargs="?")
@@ -69,7 +103,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     call = sub.add_parser("call", help="call any RPC method: call METHOD [JSON-PARAMS]")
     call.add_argument("method")
     call.add_argument("params", nargs="?", default=None, help="params as a JSON object")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.command == "lease":
+        _parse_lease(args)
+    elif args.command == "containers" and args.verb and not args.name:
+        containers.error("restart needs the container's NAME")
+    elif args.command == "adapters" and args.verb and not args.name:
+        adapters.error(f"{args.verb} needs the model's NAME")
+    elif args.command == "train" and args.verb in ("start", "cancel") and not args.adapter:
+        train.error(f"{args.verb} needs the ADAPTER")
+    elif args.command == "call" and args.params is not None:
+        try:
+            args.params = json.loads(args.params)
+        except json.JSONDecodeError as exc:
+            call.error(f"params are not JSON: {exc}")
+        if not isinstance(args.params, dict):
+            call.error("params must be a JSON object")
+    return args
+
+
+def _parse_lease(args: argparse.Namespace) -> None:
+    """`lease list | release ID | preempt ID`, or a lease for a command (lease.parse)."""
+    words = args.words
+    args.lease_verb = words[0] if words and words[0] in LEASE_VERBS else None
+    if args.lease_verb is None:
+        from memwarden.cli import lease
+
+        args.lease = lease.parse(words)
+        return
+    verb = Parser(prog=f"memwardenctl lease {args.lease_verb}")
+    if args.lease_verb != "list":
+        verb.add_argument("id", metavar="ID", help="the lease's id (memwardenctl lease list shows them)")
+    args.lease_id = getattr(verb.parse_args(words[1:]), "id", None)
 
 
 def add_memories_parser(sub: Any) -> None:
@@ -105,7 +170,7 @@ def add_memories_parser(sub: Any) -> None:
 
 def memory_params(args: argparse.Namespace) -> dict[str, Any]:
     if args.verb == "add":
-        content = sys.stdin.read() if args.content == "-" else args.content
+        content = sys.stdin.buffer.read().decode() if args.content == "-" else args.content
         created: Any = args.created_at
         if created is not None:
             with contextlib.suppress(ValueError):  # else an ISO 8601 date-time: the daemon parses it
@@ -201,89 +266,97 @@ def guarded(sock: Path, timeout: float, action: Callable[[], Any]) -> tuple[bool
         return False, fail(f"no answer from {sock} within {timeout:g}s")
     except OSError as exc:
         return False, fail(f"{exc.filename or sock}: {exc.strerror or exc}", 3)
+    except (ValueError, KeyError) as exc:  # a line that is not JSON, or JSON-RPC without a result
+        return False, fail(f"{sock} answered something that is not memwardend's JSON-RPC ({exc})", 3)
 
 
 def init_demo(directory: Path) -> int:
     """Build the demo base model in this process's Python (it needs the `train` extra: torch, tokenizers)."""
-    import subprocess
-
     try:
-        return subprocess.call([sys.executable, "-m", "memwarden.training.demo_model", str(directory)])
+        from memwarden.training.demo_model import build_demo_model
+
+        out = build_demo_model(directory)
+    except ImportError as exc:
+        return fail(f"model init-demo needs the train extra ({exc}); install it with: "
+                    f"{sys.executable} -m pip install 'memwarden[train]'")
     except OSError as exc:
-        return fail(f"cannot run the demo model builder: {exc}")
+        return fail(f"{exc.filename or directory}: {exc.strerror or exc}")
+    print(f"demo base model in {out}: point learning.base_model at it")
+    return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    sock = args.socket or paths.client_socket(os.environ, os.getuid())
+def request(args: argparse.Namespace) -> Request:
+    """The RPC call a parsed command line makes (every command but a lease's run, an import and init-demo)."""
     params: dict[str, Any] | None = None
-    if args.command == "lease" and (not args.rest or args.rest[0] not in LEASE_VERBS):
-        from memwarden.cli import lease
-
-        return lease.main(sock, args.rest or ["--help"])
+    renderer: Callable[[Any], str] | None
     if args.command == "lease":
-        verb, rest = args.rest[0], args.rest[1:]
-        method, renderer = LEASE_VERBS[verb]
-        if verb != "list":
-            if len(rest) != 1:
-                return fail(f"usage: memwardenctl lease {verb} ID", 2)
-            params = {"id": rest[0]}
+        method, renderer = LEASE_VERBS[args.lease_verb]
+        if args.lease_id is not None:
+            params = {"id": args.lease_id}
     elif args.command == "containers":
         method, renderer = "containers", render.containers
         if args.verb:
-            if not args.name:
-                return fail("usage: memwardenctl containers restart NAME", 2)
             method, renderer, params = "containers.restart", render.restarted, {"name": args.name}
-    elif args.command == "model":
-        return init_demo(args.dir)
     elif args.command == "train":
         method = TRAIN_VERBS[args.verb]
         renderer = {"start": render.run, "status": render.train_status, "history": render.runs,
                     "cancel": render.run}[args.verb]
         if args.verb in ("start", "cancel"):
-            if not args.adapter:
-                return fail(f"usage: memwardenctl train {args.verb} ADAPTER", 2)
             params = {"adapter": args.adapter}
         elif args.verb == "history":
             params = {"limit": args.limit, **({"adapter": args.adapter} if args.adapter else {})}
     elif args.command == "adapters":
         method, renderer = "adapters", render.adapters
         if args.verb:
-            if not args.name:
-                return fail(f"usage: memwardenctl adapters {args.verb} NAME", 2)
             method, renderer, params = ADAPTER_VERBS[args.verb], render.adapter_result, {"name": args.name}
             if args.verb == "rollback":
                 renderer = render.rollback
     elif args.command == "memories":
-        if args.verb == "import":
-            _, code = guarded(sock, args.timeout, lambda: import_memories(sock, args.file, args.timeout, args.json))
-            return code
         method, renderer = MEMORY_VERBS[args.verb]
         params = memory_params(args)
     elif args.command == "call":
-        method, renderer = args.method, None
-        if args.params is not None:
-            try:
-                params = json.loads(args.params)
-            except json.JSONDecodeError as exc:
-                return fail(f"params are not JSON: {exc}", 2)
-            if not isinstance(params, dict):
-                return fail("params must be a JSON object", 2)
+        method, renderer, params = args.method, None, args.params
     else:
         method, renderer, _ = COMMANDS[args.command]
         if args.command == "alerts":
             params = {"limit": args.limit}
+    return Request(method, params, renderer)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_quietly(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
+    args = parse_args(argv)
+    sock = args.socket or paths.client_socket(os.environ, os.getuid())
+    if args.command == "lease" and args.lease_verb is None:
+        from memwarden.cli import lease
+
+        return lease.main(sock, args.words)
+    if args.command == "model":
+        return init_demo(args.dir)
+    if args.command == "memories" and args.verb == "import":
+        _, code = guarded(sock, args.timeout, lambda: import_memories(sock, args.file, args.timeout, args.json))
+        return code
+    try:
+        req = request(args)
+        json.dumps(req.params, ensure_ascii=False).encode()  # an argument that was not UTF-8 cannot be sent
+    except UnicodeError as exc:
+        where = "stdin" if getattr(args, "content", None) == "-" else "an argument"
+        return fail(f"{where} is not UTF-8 text ({exc.reason} at position {exc.start})", 2)
+
     def call() -> Any:
         with Client(sock, timeout=args.timeout) as client:
-            return client.call(method, params)
+            return client.call(req.method, req.params)
 
     ok, result = guarded(sock, args.timeout, call)
     if not ok:
         return result
-    if args.json or renderer is None:
+    if args.json or req.renderer is None:
         print(json.dumps(result, indent=2, default=str))
     else:
-        print(renderer(result))
+        print(req.renderer(result))
     if args.command == "reload" and not result.get("reloaded"):
         return 1
     return 0

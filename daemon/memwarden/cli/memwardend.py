@@ -10,10 +10,13 @@ sys.modules.setdefault("numpy", None)  # before sqlite_utils is first imported, 
 
 import argparse
 import asyncio
+import os
+import socket
 import sqlite3
 from pathlib import Path
 
 from memwarden import __version__
+from memwarden.cli.usage import run_quietly
 from memwarden.config import ConfigError, locate_and_load
 from memwarden.dirs import PathError, UnsafeDirectory
 from memwarden.logs import configure_logging, get_logger
@@ -37,7 +40,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+EX_SOCKET_IN_USE = 73  # sysexits.h's EX_CANTCREAT: the control socket cannot be made, a live daemon holds it
+
+
+def held_by_another(path: Path) -> bool:
+    """Whether a daemon already listens on the control socket: a second one must leave the state alone (it would
+    roll back the first one's leases), so this is asked before the state is opened. Binding asks again."""
+    try:
+        parent = os.stat(path.parent)
+    except OSError:
+        return False
+    if parent.st_uid not in (0, os.getuid()) or parent.st_mode & 0o022:
+        return False  # not a directory of ours: nothing is sent there, and binding refuses it saying why
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(5)
+    try:
+        probe.connect(str(path))
+    except (TimeoutError, BlockingIOError):
+        return True  # a listener whose backlog is full
+    except OSError:
+        return False
+    else:
+        return True
+    finally:
+        probe.close()
+
+
+def socket_in_use(path: Path) -> int:
+    get_logger().error("cannot start", error=f"another memwardend is already listening on {path}; stop it first, "
+                                             "or give this one another daemon.socket")
+    return EX_SOCKET_IN_USE
+
+
 def main(argv: list[str] | None = None) -> int:
+    return run_quietly(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     if args.print_default_config:
         from memwarden.config.template import render_template
@@ -55,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{config.source or 'embedded defaults'}: OK")
         return 0
     configure_logging(config.daemon.log_level, args.log_format or config.daemon.log_format)
+    activated = os.environ.get("LISTEN_PID") == str(os.getpid())  # systemd's socket: none of ours to bind
+    if not activated and held_by_another(config.daemon.socket):
+        return socket_in_use(config.daemon.socket)
+    from memwarden.control.server import SocketInUse
     from memwarden.daemon import Daemon
 
     try:
@@ -78,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 0
+    except SocketInUse:  # a daemon that started listening after held_by_another() looked
+        return socket_in_use(config.daemon.socket)
 
 
 if __name__ == "__main__":
