@@ -20,9 +20,10 @@ from memwarden.units import parse_duration, parse_size
 Parser = Callable[[Any], Any]
 
 
-def setting(raw: Any, parse: Parser, doc: str) -> Any:
-    """A key whose default is written as a user would write it in TOML (`raw`), parsed like user input."""
-    return field(default=parse(raw), metadata={"parse": parse, "doc": doc, "raw": raw})
+def setting(raw: Any, parse: Parser, doc: str, secret: bool = False) -> Any:
+    """A key whose default is written as a user would write it in TOML (`raw`), parsed like user input. A
+    `secret` key's value is never shown or logged in full (config/redact.py), nor quoted in its errors."""
+    return field(default=parse(raw), metadata={"parse": parse, "doc": doc, "raw": raw, "secret": secret})
 
 
 # Parsers: each takes the raw TOML value and returns the typed value or raises ValueError naming what is wrong.
@@ -99,6 +100,15 @@ def http_url(value: Any) -> str:
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
     return value
+
+
+def secret_url(value: Any) -> str:
+    """http_url for a key that holds a credential: its errors never quote the value."""
+    try:
+        return http_url(value)
+    except ValueError:
+        raise ValueError("expected an http:// or https:// URL (the value is not shown: it may hold a secret)") \
+            from None
 
 
 def group_name(value: Any) -> str:
@@ -386,7 +396,9 @@ class LearningConfig:
 
 @dataclass(frozen=True)
 class AlertsConfig:
-    webhook: str = setting("", http_url, "URL that receives every alert event as a JSON POST (empty: off).")
+    webhook: str = setting(
+        "", secret_url, "URL that receives every alert event as a JSON POST (empty: off). A secret: shown and "
+        "logged as its origin only. Redirects are followed only to the same origin (307/308).", secret=True)
     exec: Path | None = setting(
         "", optional_path, "Program run for every alert event with MEMWARDEN_ALERT_* variables (empty: off).")
     renotify_interval: float = setting("1h", duration(1), "Re-send an alert that is still active this often.")
@@ -436,3 +448,14 @@ SECTIONS: dict[str, type] = {
 
 def section_fields(section: type) -> list:
     return [f for f in fields(section) if "parse" in f.metadata]
+
+
+def secret_keys() -> list[str]:
+    """`section.key` of every key whose value is a secret."""
+    return [f"{name}.{f.name}" for name, section in SECTIONS.items() for f in section_fields(section)
+            if f.metadata.get("secret")]
+
+
+def secret_values(config: Config) -> list[str]:
+    """The secret keys' values in `config` (for the log scrubber)."""
+    return [str(getattr(getattr(config, key.split(".")[0]), key.split(".")[1])) for key in secret_keys()]
