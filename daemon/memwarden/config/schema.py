@@ -237,6 +237,16 @@ def docker_url(value: Any) -> str:
     return value
 
 
+def http_urls(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of http:// or https:// URLs, got {value!r}")
+    for url in value:
+        if not isinstance(url, str) or not url:
+            raise ValueError(f"expected a list of http:// or https:// URLs, got {url!r} in it")
+        http_url(url)
+    return tuple(value)
+
+
 @dataclass(frozen=True)
 class ContainersConfig:
     enabled: bool = setting(False, boolean, "Watch Docker containers' memory for leaks.")
@@ -256,6 +266,9 @@ class ContainersConfig:
         "30s", duration(0), "When to check that a restart brought the working set down (by at least half).")
     idle_leak_threshold: int = setting(
         "2GiB", size, "A serving container (Ollama) holding this much with no model loaded is an idle leak.")
+    ollama_urls: tuple[str, ...] = setting(
+        [], http_urls, "Ollama APIs a container may name with its memwarden.ollama_url label (besides ollama.url, "
+        "which an image named ollama is read at); a label naming any other URL is ignored.")
 
 
 def cron(value: Any) -> str:
