@@ -8,47 +8,17 @@ passes, READY and the watchdog go on. The engine is support/fake_docker.py; the 
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from support.fake_docker import FakeDocker
+from support.junk_http import JunkServer
 from support.ollama_double.manager import wait_until
 
 WATCHDOG = {"WATCHDOG_USEC": "30000000"}  # systemd's WatchdogSec=30s: a WATCHDOG=1 after every pass
 
 MiB = 1 << 20
-
-
-class JunkServer:
-    """Answers every GET with `body` (bytes) and counts the requests."""
-
-    def __init__(self, body: bytes):
-        self.requests = 0
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                outer.requests += 1
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
