@@ -7,7 +7,7 @@ foresaw, and it stays local: that component is skipped for this pass, a critical
 resolves on the first pass in which the component runs to its end again. A component that is not run in a pass
 (its probe had nothing new) keeps its state.
 
-Probes have their own, older form of the same contract: a probe that raises is *degraded* (probe.degraded,
+Probes keep the same contract in their own words: a probe that raises is *degraded* (probe.degraded,
 probes/runner.py).
 """
 
