@@ -24,8 +24,7 @@ from memwarden.alerts.dispatch import AlertDispatcher
 from memwarden.alerts.model import Condition
 from memwarden.arbiter.arbiter import GpuArbiter
 from memwarden.config import Config
-from memwarden.config.redact import remember
-from memwarden.config.schema import secret_values
+from memwarden.config.redact import remember, secret_values
 from memwarden.containers.restart import docker_restarter
 from memwarden.containers.watch import ContainerWatch
 from memwarden.control.registry import Registry

@@ -11,8 +11,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from memwarden.config import Config, ConfigError, locate_and_load
-from memwarden.config.redact import remember
-from memwarden.config.schema import secret_values
+from memwarden.config.redact import remember, secret_values
 from memwarden.logs import configure_logging, get_logger
 
 if TYPE_CHECKING:

@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from memwarden.config import Config, ConfigError, load_config
-from memwarden.config.schema import NAME_RE, SECTIONS, section_fields
+from memwarden.config.routes import NAME_RE
+from memwarden.config.schema import SECTIONS, section_fields
 from support.daemon import BIN
 
 SETTINGS = dict(deadline=None, database=None, derandomize=False, print_blob=True,

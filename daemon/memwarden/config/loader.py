@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from memwarden import paths
-from memwarden.config.schema import SECTIONS, Config, KeyProblems, section_fields
+from memwarden.config.routes import KeyProblems
+from memwarden.config.schema import SECTIONS, Config, section_fields
 from memwarden.units import parse_keep_alive
 
 

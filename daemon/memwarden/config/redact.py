@@ -19,6 +19,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
+from memwarden.config.schema import SECTIONS, Config, section_fields
+
 REDACTED = "***"
 MIN_FRAGMENT = 4
 # A URL inside free text: a scheme, "://", then anything up to white space or a quote or bracket.
@@ -29,6 +31,17 @@ _known: tuple[str, ...] = ()  # remembered secret pieces, longest first
 
 def _origin(netloc: str) -> str:
     return netloc.rpartition("@")[2]
+
+
+def secret_keys() -> list[str]:
+    """`section.key` of every key whose value is a secret."""
+    return [f"{name}.{f.name}" for name, section in SECTIONS.items() for f in section_fields(section)
+            if f.metadata.get("secret")]
+
+
+def secret_values(config: Config) -> list[str]:
+    """The secret keys' values in `config` (for the log scrubber)."""
+    return [str(getattr(getattr(config, key.split(".")[0]), key.split(".")[1])) for key in secret_keys()]
 
 
 def redact_url(url: str, secret: bool = False) -> str:

@@ -8,8 +8,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from memwarden import __version__
-from memwarden.config.redact import redact_config
-from memwarden.config.schema import secret_keys
+from memwarden.config.redact import redact_config, secret_keys
 from memwarden.control.protocol import PERMISSION_DENIED, InvalidParams, RpcError
 from memwarden.policies.host_memory import admittable_bytes, metric_values, thresholds
 

@@ -48,7 +48,7 @@ from typing import Any
 
 import sqlite_utils
 
-from memwarden.config.schema import MAX_KIND, NAME_RE, NAME_RULE, Route
+from memwarden.config.routes import MAX_KIND, NAME_RE, NAME_RULE, Route
 
 QUALIFIER = "@"
 MAX_TEXT = 200_000  # characters of content, and of response

@@ -7,8 +7,7 @@ import structlog
 
 from memwarden.config import parse_config
 from memwarden.config import redact as redact_mod
-from memwarden.config.redact import fragments, redact_config, redact_text, redact_url, remember
-from memwarden.config.schema import secret_keys
+from memwarden.config.redact import fragments, redact_config, redact_text, redact_url, remember, secret_keys
 from memwarden.logs import configure_logging, get_logger
 
 ENV = {"STATE_DIRECTORY": "/var/lib/memwarden", "RUNTIME_DIRECTORY": "/run/memwarden"}

@@ -3,7 +3,7 @@
 import pytest
 
 from memwarden.config import ConfigError, parse_config
-from memwarden.config.schema import Route
+from memwarden.config.routes import Route
 from memwarden.learning.store import adapter_for
 
 ENV = {"STATE_DIRECTORY": "/var/lib/memwarden", "RUNTIME_DIRECTORY": "/run/memwarden"}

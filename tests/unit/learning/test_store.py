@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memwarden.config.schema import Route
+from memwarden.config.routes import Route
 from memwarden.learning import store as store_mod
 from memwarden.learning.store import (
     BadRecord,
