@@ -8,28 +8,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import signal
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from memwarden import __version__
+from memwarden.alerts.components import ComponentHealth
 from memwarden.alerts.dispatch import AlertDispatcher
 from memwarden.alerts.model import Condition
 from memwarden.arbiter.arbiter import GpuArbiter
-from memwarden.config import Config, ConfigError, locate_and_load
+from memwarden.config import Config
+from memwarden.config.redact import remember, secret_values
 from memwarden.containers.restart import docker_restarter
 from memwarden.containers.watch import ContainerWatch
 from memwarden.control.registry import Registry
 from memwarden.control.server import ControlServer, bind_unix
 from memwarden.learning.store import MemoryStore
 from memwarden.learning.supervisor import LearningSupervisor
-from memwarden.logs import configure_logging, get_logger
+from memwarden.logs import get_logger
 from memwarden.ollama.client import OllamaClient
 from memwarden.ollama.service import ServiceControl
 from memwarden.policies import gpu_health
@@ -39,6 +41,7 @@ from memwarden.probes.gpu import make_gpu_probe
 from memwarden.probes.host import HostProbe
 from memwarden.probes.ollama import OllamaProbe
 from memwarden.probes.runner import ProbeRunner
+from memwarden.reload import reload_config
 from memwarden.snapshots import GpuSnapshot, HostSnapshot, OllamaSnapshot
 from memwarden.state.alert_history import AlertHistory
 from memwarden.state.db import DB_NAME, open_state
@@ -50,18 +53,6 @@ from memwarden.units import format_size
 log = get_logger()
 
 HOUSEKEEPING_INTERVAL = 3600.0  # seconds between two prunes of the alert history
-
-# Keys that are read once at start: a reload reports them as needing a restart instead of applying them.
-RESTART_KEYS = ("daemon.state_dir", "daemon.socket", "daemon.socket_group", "gpu.backend", "gpu.sim_file",
-                "ollama.url", "ollama.service", "proxy.enabled", "proxy.listen", "proxy.upstream",
-                "containers.enabled", "containers.docker_url", "metrics.enabled", "metrics.listen")
-
-
-def changed_keys(old: Config, new: Config) -> list[str]:
-    a, b = asdict(old), asdict(new)
-    return sorted(f"{section}.{key}" for section in a if isinstance(a[section], dict)
-                  for key in a[section] if a[section][key] != b[section][key])
-
 
 class Daemon:
     def __init__(
@@ -92,6 +83,7 @@ class Daemon:
             self.runners["containers"] = ProbeRunner(
                 container_probe or ContainerProbe(config.containers.docker_url, timeout=timeout), timeout)
         self.gpu_state = gpu_health.GpuPolicyState()
+        self.components = ComponentHealth()
         self.notifier = Notifier(self.env)
         self.started_at = wall()
         self.started_mono = time.monotonic()  # uptime: a wall-clock step made it negative
@@ -138,6 +130,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGINT, self.request_stop, "SIGINT")
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload("SIGHUP")))
         cfg = self.config
+        remember(secret_values(cfg))
         self.db = open_state(cfg.daemon.state_dir)
         self.state = StateHealth(cfg.daemon.state_dir / DB_NAME, self.db, clock=self.wall)
         self.dispatcher = AlertDispatcher(AlertHistory(self.db), cfg.alerts, mono=self.clock)
@@ -234,7 +227,7 @@ class Daemon:
                 await self.sample_pass()
                 if loop.time() >= housekeeping_due:
                     housekeeping_due = loop.time() + HOUSEKEEPING_INTERVAL
-                    await self.housekeeping()
+                    await self._guarded("housekeeping", self.housekeeping)
             except Exception:
                 log.exception("sample pass failed")
             due = max(due + self.effective_interval(), loop.time())
@@ -252,14 +245,23 @@ class Daemon:
                 self.state.failed(exc, what)
         return failed
 
-    async def _guarded(self, what: str, step: Any) -> None:
-        """A step of the pass that uses the state database. Full, locked or corrupt fails that step, never the
-        pass: the other steps still run, the watchdog is still fed, and act_on_state() alerts with the cause."""
+    async def _guarded(self, component: str, step: Callable[[], Any]) -> None:
+        """Run one component's step of the pass (a policy and the alerts it feeds, an effector). Its failure is
+        local: the step is skipped for this pass, the other steps still run and the watchdog is still fed. A
+        full, locked or corrupt state database is alerted by act_on_state() with its cause; anything else that
+        escapes is a component.failed alert (alerts/components.py) until the step runs to its end again."""
         try:
-            await step
+            result = step()
+            if inspect.isawaitable(result):
+                await result
         except sqlite3.Error as exc:
             assert self.state is not None
-            log.error("sample pass step failed on the state database", step=what, error=self.state.failed(exc, what))
+            log.error("sample pass step failed on the state database", step=component,
+                      error=self.state.failed(exc, component))
+        except Exception as exc:  # noqa: BLE001 - one component's bug must not stop the pass
+            self.components.failed(component, exc, self.wall())
+        else:
+            self.components.ok(component)
 
     # ---- sense → decide → act --------------------------------------------------------------------------
 
@@ -268,18 +270,19 @@ class Daemon:
         names = list(self.runners)
         results = dict(zip(names, await asyncio.gather(*(self.runners[n].sample() for n in names)), strict=True))
         if results["host"] is not None:
-            self.act_on_host(results["host"])
+            await self._guarded("host", lambda: self.act_on_host(results["host"]))
         if results["gpu"] is not None:
-            self.act_on_gpu(results["gpu"])
+            await self._guarded("gpu", lambda: self.act_on_gpu(results["gpu"]))
         if results.get("ollama") is not None:
             self.last_ollama = results["ollama"]
-        await self._guarded("leases", self.act_on_leases(results["gpu"], results.get("ollama")))
+        await self._guarded("leases", lambda: self.act_on_leases(results["gpu"], results.get("ollama")))
         if results.get("containers") is not None:
-            await self._guarded("containers", self.act_on_containers(results["containers"]))
-        await self._guarded("learning", self.act_on_learning())
-        self.act_on_degraded()
-        self.act_on_state()
-        await self.act_on_metrics()
+            await self._guarded("containers", lambda: self.act_on_containers(results["containers"]))
+        await self._guarded("learning", self.act_on_learning)
+        await self._guarded("probes", self.act_on_degraded)
+        await self._guarded("state", self.act_on_state)
+        await self._guarded("metrics", self.act_on_metrics)
+        await self._guarded("alerts", self.act_on_components)  # failing, it has only the log left to say so
         self.samples += 1
         self.last_sample_at = self.wall()
         self.last_sample_ms = (time.perf_counter() - started) * 1000
@@ -322,6 +325,10 @@ class Daemon:
         assert self.learning is not None and self.dispatcher is not None
         await self.learning.tick()
         self.dispatcher.update("training", self.learning.conditions(), self.wall())
+
+    def act_on_components(self) -> None:
+        assert self.dispatcher is not None
+        self.dispatcher.update("component", self.components.conditions(), self.wall())
 
     def act_on_degraded(self) -> None:
         conditions = [Condition("probe.degraded", name, "warning", f"{name} probe degraded: {error}",
@@ -380,43 +387,14 @@ class Daemon:
         parts.append(f"{active} alert{'s' if active != 1 else ''}")
         if self.degraded:
             parts.append("degraded: " + ", ".join(sorted(self.degraded)))
+        if self.components.failures:
+            parts.append("failed: " + ", ".join(sorted(self.components.failures)))
         return "; ".join(parts)
-
-    # ---- reload ----------------------------------------------------------------------------------------
 
     async def reload(self, trigger: str) -> dict[str, Any]:
         async with self._reload_lock:
-            self.notifier.reloading()
-            try:
-                new = locate_and_load(self.config_arg, self.env)
-            except ConfigError as exc:
-                log.error("config reload failed; keeping the running config", trigger=trigger,
-                          config=str(exc.source), errors=exc.problems)
-                self.notifier.ready(self.status_line())
-                return {"reloaded": False, "config": str(exc.source), "errors": exc.problems}
-            changed = changed_keys(self.config, new)
-            restart = [k for k in changed if k in RESTART_KEYS]
-            old, self.config = self.config, new
-            if new.daemon.log_level != old.daemon.log_level or new.daemon.log_format != old.daemon.log_format:
-                configure_logging(new.daemon.log_level, new.daemon.log_format)
-            assert self.dispatcher is not None
-            await self.dispatcher.reconfigure(new.alerts)
-            if self.arbiter is not None:
-                self.arbiter.config = new
-            if self.proxy is not None:
-                self.proxy.cfg = new.proxy
-            if self.containers is not None:
-                self.containers.config = new
-            if self.learning is not None and self.memories is not None:
-                self.learning.config = new
-                self.memories.routes = new.learning.routes
-            if self.server is not None:
-                self.server.admin_group = new.daemon.admin_group
-            if new.daemon.sample_interval != old.daemon.sample_interval:
-                self._rescheduled.set()
-            log.info("config reloaded", trigger=trigger, config=str(new.source or "embedded defaults"),
-                     changed=changed, restart_required=restart)
-            self.notifier.ready(self.status_line())
-            return {"reloaded": True, "config": str(new.source) if new.source else None,
-                    "changed": changed, "restart_required": restart}
+            return await reload_config(self, trigger)
 
+    def reschedule(self) -> None:
+        """The sample interval changed: the next pass is one new interval away."""
+        self._rescheduled.set()

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from memwarden.config import Config, ConfigError, load_config
+from memwarden.config.routes import NAME_RE
 from memwarden.config.schema import SECTIONS, section_fields
 from support.daemon import BIN
 
@@ -133,6 +134,8 @@ def check_load(path: Path) -> Config | None:
         assert str(exc).startswith(f"{path}: ")
         return None
     assert isinstance(config, Config) and config.source == path
+    for route in config.learning.routes:  # what the schema accepts, the memory store can use
+        assert NAME_RE.match(route.adapter) and all(NAME_RE.match(p) for p in route.profiles), route
     for section in fields(config):
         for f in fields(getattr(config, section.name) or ()) if section.name != "source" else ():
             v = getattr(getattr(config, section.name), f.name)

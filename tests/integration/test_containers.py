@@ -8,6 +8,7 @@ leak window is short (WINDOW) so a whole scenario fits in well under a minute: a
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ import pytest
 
 from support.daemon import BIN
 from support.docker_engine import DockerEngine, leaker, requirements, sawtooth, started_at, steady
+from support.junk_http import JunkServer
 
 T = TypeVar("T")
 MiB = 1024 * 1024
@@ -267,3 +269,26 @@ def test_dockerd_stopped_mid_run_is_a_degraded_probe_then_recovers(docker, make_
     until(lambda: "survivor" in rows(d), 30, "survivor (restart policy always) back in the view")
     assert d.call("containers")["error"] is None
     assert d.proc.poll() is None
+
+
+def test_a_label_pointing_at_a_junk_server_stops_no_pass(docker, make_daemon):
+    # Anyone who may run a container writes its labels; this one points the daemon at a server answering junk.
+    junk = JunkServer(json.dumps(["not", {"models": "ollama's"}]).encode())
+    try:
+        docker.run("labelled", steady(), labels={"memwarden.ollama_url": junk.url})
+        d = make_daemon(config=config(docker)).start()
+        until(lambda: "labelled" in rows(d), 10, "the labelled container")
+        wait_passes(d, 5)
+        assert junk.requests == 0  # not a URL the config lists: never fetched
+        assert rows(d)["labelled"]["models_loaded"] is None
+
+        # Listed in the config, it is read every pass; its junk is an unknown count, never a stopped pass.
+        d.write_config({**d.sections, "containers": {**d.sections["containers"], "ollama_urls": [junk.url]}})
+        assert d.call("config.reload")["reloaded"] is True
+        until(lambda: junk.requests >= 3, 15, "the listed server read")
+        wait_passes(d, 5)
+        assert rows(d)["labelled"]["models_loaded"] is None
+        assert alerts(d, "component.failed") == [] and alerts(d, "probe.degraded") == []
+        assert d.proc.poll() is None
+    finally:
+        junk.close()

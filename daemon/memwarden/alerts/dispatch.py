@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
+from types import MappingProxyType
 
 from memwarden.alerts.model import ActiveAlert, AlertEvent, Condition, EventType, reconcile
 from memwarden.alerts.sinks.exec_hook import ExecSink
 from memwarden.alerts.sinks.queued import QueuedSink
 from memwarden.alerts.sinks.webhook import WebhookSink
+from memwarden.config.redact import redact_text
 from memwarden.config.schema import AlertsConfig
 from memwarden.logs import get_logger
 from memwarden.logs.journald import message_id
@@ -32,6 +34,15 @@ def build_sinks(cfg: AlertsConfig) -> list[QueuedSink]:
     if cfg.exec is not None:
         sinks.append(ExecSink(cfg.exec, cfg.exec_timeout))
     return sinks
+
+
+def _redacted(c: Condition) -> Condition:
+    """An alert is read by every socket user, the webhook, the exec hook and the history: a URL's credentials
+    quoted in its message or fields (an unreachable Ollama at user:password@…) never go with it."""
+    if "://" not in c.message and not any(isinstance(v, str) and "://" in v for v in c.fields.values()):
+        return c
+    return replace(c, message=redact_text(c.message), fields=MappingProxyType(
+        {k: redact_text(v) if isinstance(v, str) else v for k, v in c.fields.items()}))
 
 
 class AlertDispatcher:
@@ -57,6 +68,7 @@ class AlertDispatcher:
 
     def update(self, scope: str, conditions: Iterable[Condition], now: float) -> list[AlertEvent]:
         self._follow_clock_step(now)
+        conditions = [_redacted(c) for c in conditions]
         self.active, events = reconcile(self.active, conditions, scope, now, self.cfg.renotify_interval)
         for event in events:
             self.emit(event)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from memwarden import paths
+from memwarden.config.routes import KeyProblems
 from memwarden.config.schema import SECTIONS, Config, section_fields
 from memwarden.units import parse_keep_alive
 
@@ -52,6 +53,8 @@ def _build_section(name: str, section_type: type, raw: Any, problems: list[str])
             continue
         try:
             values[key] = f.metadata["parse"](value)
+        except KeyProblems as exc:
+            problems.extend(f"at '{name}.{key}{path}': {message}" for path, message in exc.problems)
         except ValueError as exc:
             problems.append(f"at '{name}.{key}': {exc}")
     return section_type(**values)

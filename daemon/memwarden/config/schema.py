@@ -13,14 +13,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from memwarden.config.routes import Route, routes
 from memwarden.units import parse_duration, parse_size
 
 Parser = Callable[[Any], Any]
 
 
-def setting(raw: Any, parse: Parser, doc: str) -> Any:
-    """A key whose default is written as a user would write it in TOML (`raw`), parsed like user input."""
-    return field(default=parse(raw), metadata={"parse": parse, "doc": doc, "raw": raw})
+def setting(raw: Any, parse: Parser, doc: str, secret: bool = False) -> Any:
+    """A key whose default is written as a user would write it in TOML (`raw`), parsed like user input. A
+    `secret` key's value is never shown or logged in full (config/redact.py), nor quoted in its errors."""
+    return field(default=parse(raw), metadata={"parse": parse, "doc": doc, "raw": raw, "secret": secret})
 
 
 # Parsers: each takes the raw TOML value and returns the typed value or raises ValueError naming what is wrong.
@@ -106,6 +108,15 @@ def http_url(value: Any) -> str:
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
     return value
+
+
+def secret_url(value: Any) -> str:
+    """http_url for a key that holds a credential: its errors never quote the value."""
+    try:
+        return http_url(value)
+    except ValueError:
+        raise ValueError("expected an http:// or https:// URL (the value is not shown: it may hold a secret)") \
+            from None
 
 
 def group_name(value: Any) -> str:
@@ -242,6 +253,16 @@ def docker_url(value: Any) -> str:
     return value
 
 
+def http_urls(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of http:// or https:// URLs, got {value!r}")
+    for url in value:
+        if not isinstance(url, str) or not url:
+            raise ValueError(f"expected a list of http:// or https:// URLs, got {url!r} in it")
+        http_url(url)
+    return tuple(value)
+
+
 @dataclass(frozen=True)
 class ContainersConfig:
     enabled: bool = setting(False, boolean, "Watch Docker containers' memory for leaks.")
@@ -261,6 +282,9 @@ class ContainersConfig:
         "30s", duration(0), "When to check that a restart brought the working set down (by at least half).")
     idle_leak_threshold: int = setting(
         "2GiB", size, "A serving container (Ollama) holding this much with no model loaded is an idle leak.")
+    ollama_urls: tuple[str, ...] = setting(
+        [], http_urls, "Ollama APIs a container may name with its memwarden.ollama_url label (besides ollama.url, "
+        "which an image named ollama is read at); a label naming any other URL is ignored.")
 
 
 def cron(value: Any) -> str:
@@ -275,27 +299,6 @@ def cron(value: Any) -> str:
         raise ValueError(f"expected a crontab line such as '0 2 * * *' (minute hour day month weekday): {exc}") \
             from None
     return value
-
-
-def routes(value: Any) -> tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...]:
-    """[[learning.routes]] tables {adapter, profiles = [...], kinds = [...]} → (adapter, profiles, kinds)."""
-    if not isinstance(value, list):
-        raise ValueError("expected a list of tables [[learning.routes]] with adapter, profiles and kinds")
-    out = []
-    for i, item in enumerate(value):
-        if not isinstance(item, dict) or not isinstance(item.get("adapter"), str) or not item["adapter"]:
-            raise ValueError(f"route {i + 1}: needs adapter = \"name\"")
-        unknown = set(item) - {"adapter", "profiles", "kinds"}
-        if unknown:
-            raise ValueError(f"route {i + 1}: unknown key(s) {sorted(unknown)}; expected adapter, profiles, kinds")
-        lists = []
-        for key in ("profiles", "kinds"):
-            v = item.get(key, [])
-            if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
-                raise ValueError(f"route {i + 1}: {key} must be a list of names ([] = any)")
-            lists.append(tuple(v))
-        out.append((item["adapter"], lists[0], lists[1]))
-    return tuple(out)
 
 
 def model_dir(value: Any) -> str:
@@ -320,7 +323,7 @@ class LearningConfig:
     min_interval: float = setting("6h", duration(0), "At least this long between two runs of one adapter.")
     window: str = setting(
         "", cron, "When due runs may start (crontab, e.g. '0 2 * * *'); empty: as soon as they are due.")
-    routes: tuple = setting(
+    routes: tuple[Route, ...] = setting(
         [], routes, "[[learning.routes]] {adapter, profiles, kinds}: which memories feed which adapter; "
         "unrouted memories feed the adapter named after their profile.")
     dual: bool = setting(
@@ -352,7 +355,9 @@ class LearningConfig:
 
 @dataclass(frozen=True)
 class AlertsConfig:
-    webhook: str = setting("", http_url, "URL that receives every alert event as a JSON POST (empty: off).")
+    webhook: str = setting(
+        "", secret_url, "URL that receives every alert event as a JSON POST (empty: off). A secret: shown and "
+        "logged as its origin only. Redirects are followed only to the same origin (307/308).", secret=True)
     exec: Path | None = setting(
         "", optional_path, "Program run for every alert event with MEMWARDEN_ALERT_* variables (empty: off).")
     renotify_interval: float = setting("1h", duration(1), "Re-send an alert that is still active this often.")
@@ -402,3 +407,4 @@ SECTIONS: dict[str, type] = {
 
 def section_fields(section: type) -> list:
     return [f for f in fields(section) if "parse" in f.metadata]
+

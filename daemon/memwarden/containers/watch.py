@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -21,8 +21,8 @@ from typing import Any
 from memwarden.alerts.model import Condition
 from memwarden.config.schema import Config
 from memwarden.containers.history import RestartHistory
+from memwarden.containers.serving import ServingError, ServingUrls, models_loaded
 from memwarden.logs import get_logger
-from memwarden.ollama.client import OllamaClient, OllamaError
 from memwarden.policies import leak, remediation
 from memwarden.snapshots import ContainerMemory, ContainersSnapshot
 from memwarden.units import format_duration, format_size
@@ -43,16 +43,6 @@ class Series:
     withheld: str | None = None  # why the last restart decision was "alert" (logged when it changes)
 
 
-def serving_url(c: ContainerMemory, default_url: str) -> str | None:
-    """The Ollama API of a serving container: its memwarden.ollama_url label, or ollama.url for an Ollama image."""
-    url = c.label("memwarden.ollama_url")
-    if url:
-        return url
-    if "ollama" in c.image.lower() and default_url:
-        return default_url
-    return None
-
-
 def withheld_restart(decision: remediation.Decision) -> bool:
     """A restart was due but the budget or the cooldown held it back (not: the action is only to alert)."""
     return decision.action == "alert" and not decision.reason.endswith("action is alert")
@@ -60,30 +50,49 @@ def withheld_restart(decision: remediation.Decision) -> bool:
 
 class ContainerWatch:
     def __init__(self, config: Config, db: Any, restart: Callable[[str, float], None],
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time,
+                 read_models: Callable[[str, float], Awaitable[int]] = models_loaded):
         self.config = config
         self.history = RestartHistory(db)
         self._restart = restart  # blocking: docker restart (id, stop timeout)
+        self._read_models = read_models  # (url, timeout) → models loaded there; ServingError when unknown
         self.clock = clock
         self.series: dict[str, Series] = {}
         self.last: ContainersSnapshot | None = None
-        self._clients: dict[str, OllamaClient] = {}
         self._busy: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
+        self._said: dict[str, str] = {}  # what was last logged about a label or a URL (each said once)
 
-    def _client(self, url: str) -> OllamaClient:
-        if url not in self._clients:
-            self._clients[url] = OllamaClient(url, self.config.ollama.timeout)
-        return self._clients[url]
+    def _say_once(self, about: str, problem: str | None, **fields: Any) -> None:
+        if problem is not None and self._said.get(about) != problem:
+            log.warning("serving container: " + problem, **fields)
+        if problem is None:
+            self._said.pop(about, None)
+        else:
+            self._said[about] = problem
 
-    async def _models_loaded(self, c: ContainerMemory) -> int | None:
-        url = serving_url(c, self.config.ollama.url)
-        if url is None:
-            return None
+    async def _models_loaded(self, containers: tuple[ContainerMemory, ...]) -> list[int | None]:
+        """Models loaded in each serving container (None: not one, or unknown), each URL read once."""
+        urls = ServingUrls(self.config.ollama.url, self.config.containers.ollama_urls)
+        present = {f"label {c.name}" for c in containers}
+        self._said = {k: v for k, v in self._said.items() if k in present or not k.startswith("label ")}
+        where = []
+        for c in containers:
+            url, complaint = urls.of(c)
+            self._say_once(f"label {c.name}", complaint, container=c.name)
+            where.append(url)
+        wanted = sorted({u for u in where if u is not None})
+        counts = dict(zip(wanted, await asyncio.gather(*(self._read(u) for u in wanted)), strict=True))
+        return [None if u is None else counts[u] for u in where]
+
+    async def _read(self, url: str) -> int | None:
         try:
-            return len(await self._client(url).ps())
-        except OllamaError:
+            count = await self._read_models(url, self.config.ollama.timeout)
+        except ServingError as exc:
+            self._say_once(f"url {url}", f"cannot count the models at {url}: {exc}", url=url)
             return None
+        self._say_once(f"url {url}", None)
+        return count
 
     def _record(self, c: ContainerMemory, now: float) -> Series:
         s = self.series.get(c.name)
@@ -107,7 +116,7 @@ class ContainerWatch:
         for gone in set(self.series) - present:
             del self.series[gone]
         conditions: list[Condition] = []
-        loaded = await asyncio.gather(*(self._models_loaded(c) for c in snap.containers))
+        loaded = await self._models_loaded(snap.containers)
         for c, models in zip(snap.containers, loaded, strict=True):
             s = self._record(c, now)
             previous = s.verdict.verdict if s.verdict else None
@@ -278,5 +287,3 @@ class ContainerWatch:
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        for client in self._clients.values():
-            await client.close()

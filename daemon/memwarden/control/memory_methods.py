@@ -21,7 +21,6 @@ from memwarden.learning.store import (
     ImportSessionError,
     MemoryNotFound,
     MemoryStore,
-    RouteError,
 )
 from memwarden.learning.supervisor import active_run_adapters, last_run_times
 from memwarden.learning.trigger import due_adapters, next_window_start
@@ -55,19 +54,11 @@ def register_memories(daemon: Daemon) -> None:
     reg = daemon.registry
     store: MemoryStore | None = getattr(daemon, "memories", None)
     if store is None:
-        try:
-            store = MemoryStore(daemon.db, daemon.config.learning.routes)
-        except RouteError as exc:
-            log.error("learning.routes unusable; memories can be read but not added", error=str(exc))
-            store = MemoryStore(daemon.db)
-        daemon.memories = store  # type: ignore[attr-defined]
+        store = daemon.memories = MemoryStore(daemon.db, daemon.config.learning.routes)  # type: ignore[attr-defined]
 
     def writable() -> MemoryStore:
         """The store with the routes in effect now (a reload may have changed them)."""
-        try:
-            store.routes = daemon.config.learning.routes
-        except RouteError as exc:
-            raise ApplicationError(str(exc)) from None
+        store.routes = daemon.config.learning.routes
         return store
 
     async def memories_add(profile: Any = None, kind: Any = None, content: Any = None, response: Any = None,

@@ -8,7 +8,8 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from memwarden import __version__
-from memwarden.control.protocol import InvalidParams
+from memwarden.config.redact import redact_config, secret_keys
+from memwarden.control.protocol import PERMISSION_DENIED, InvalidParams, RpcError
 from memwarden.policies.host_memory import admittable_bytes, metric_values, thresholds
 
 if TYPE_CHECKING:
@@ -20,11 +21,13 @@ HEAVY_MODULES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", 
 OPTIONAL_MODULES = ("prometheus_client", "aiohttp", "docker")
 
 
-def _jsonable_config(daemon: Daemon) -> dict[str, Any]:
+def _jsonable_config(daemon: Daemon, secrets: bool = False) -> dict[str, Any]:
+    """The config in effect as JSON; secrets redacted (config/redact.py) unless `secrets`."""
     data = asdict(daemon.config)
     data.pop("source", None)
-    return {section: {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in values.items()}
-            for section, values in data.items()}
+    shown = {section: {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in values.items()}
+             for section, values in data.items()}
+    return shown if secrets else redact_config(shown, secret_keys())
 
 
 def register_all(daemon: Daemon) -> None:
@@ -80,10 +83,15 @@ def register_all(daemon: Daemon) -> None:
         assert daemon.dispatcher is not None
         return {"active": daemon.dispatcher.active_list(), "recent": daemon.dispatcher.history.recent(limit)}
 
-    async def config_show() -> dict[str, Any]:
-        """The configuration in effect, with defaults filled in."""
+    async def config_show(secrets: bool = False, peer: Any = None) -> dict[str, Any]:
+        """The configuration in effect, with defaults filled in and secrets redacted (root: secrets=true shows them)."""
+        if not isinstance(secrets, bool):
+            raise InvalidParams(f"'secrets' must be true or false, got {secrets!r}")
+        if secrets and (peer is None or peer.uid != 0):
+            raise RpcError(PERMISSION_DENIED, "permission denied: only root may see the config's secrets")
         cfg = daemon.config
-        return {"source": str(cfg.source) if cfg.source else None, "config": _jsonable_config(daemon)}
+        return {"source": str(cfg.source) if cfg.source else None, "redacted": not secrets,
+                "config": _jsonable_config(daemon, secrets)}
 
     async def config_reload() -> dict[str, Any]:
         """Re-read the config file; a bad file is refused and the running config kept."""

@@ -17,8 +17,9 @@ mix profiles into one adapter because the adapter name is qualified by profile w
 - an unrouted memory of profile P feeds `P`, unless some route's adapter name is `P` and that name is not
   owned by P itself; then it feeds `P@P`.
 
-Profile names and route adapter names may not contain `@` (PROFILE_RE), so a qualified name `N@Q` can only
-hold profile Q's memories and an unqualified name only its owner's: no two profiles ever share an adapter.
+Profile names and route adapter names may not contain `@` (config.schema.NAME_RE: the schema checks routes when the
+config is read, so the store takes them as they come), so a qualified name `N@Q` can only hold profile Q's
+memories and an unqualified name only its owner's: no two profiles ever share an adapter.
 This is done here, at routing time, rather than by refusing such routes when the config is read, so that a
 route like `{adapter = "dreams", kinds = ["dream"]}` simply gives every profile its own dreams adapter.
 
@@ -36,7 +37,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import secrets
 import sqlite3
 import time
@@ -48,11 +48,9 @@ from typing import Any
 
 import sqlite_utils
 
-Route = tuple[str, tuple[str, ...], tuple[str, ...]]
+from memwarden.config.routes import MAX_KIND, NAME_RE, NAME_RULE, Route
 
-PROFILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 QUALIFIER = "@"
-MAX_KIND = 64
 MAX_TEXT = 200_000  # characters of content, and of response
 FIELDS = ("profile", "kind", "content", "response", "importance", "created_at")
 REQUIRED = ("profile", "kind", "content", "importance")
@@ -103,16 +101,11 @@ class ImportSessionError(Exception):
     """An import session is unknown, expired, out of order or incomplete."""
 
 
-class RouteError(ValueError):
-    """A learning.routes entry cannot be used (names a profile or adapter that can never be valid)."""
-
-
 # ---- validation ------------------------------------------------------------------------------------------
 
 def _profile_problem(value: Any) -> str | None:
-    if not isinstance(value, str) or not PROFILE_RE.match(value):
-        return (f"profile must be 1–64 letters, digits, '_', '.' or '-', starting with a letter or digit, "
-                f"got {_short(value)}")
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        return f"profile must be {NAME_RULE}, got {_short(value)}"
     return None
 
 
@@ -215,20 +208,6 @@ def parse_line(line: str | bytes | None, line_no: int, now: float | None = None)
 
 # ---- routing ---------------------------------------------------------------------------------------------
 
-def check_routes(routes: Iterable[Route]) -> tuple[Route, ...]:
-    """The routes as a tuple, or RouteError naming the first route that can never be used."""
-    out = []
-    for i, (adapter, profiles, kinds) in enumerate(routes, 1):
-        if not isinstance(adapter, str) or not PROFILE_RE.match(adapter):
-            raise RouteError(f"learning.routes[{i}]: adapter must be 1–64 letters, digits, '_', '.' or '-' "
-                             f"(no '{QUALIFIER}'), got {adapter!r}")
-        for p in profiles:
-            if _profile_problem(p):
-                raise RouteError(f"learning.routes[{i}]: {p!r} can never be a profile name")
-        out.append((adapter, tuple(profiles), tuple(kinds)))
-    return tuple(out)
-
-
 def _owners(routes: Sequence[Route]) -> dict[str, str | None]:
     """adapter name → the one profile owning it, or None when routes share it between profiles (or any)."""
     owners: dict[str, str | None] = {}
@@ -266,7 +245,7 @@ class _Session:
 
 
 class MemoryStore:
-    def __init__(self, db: sqlite_utils.Database, routes: Iterable[Route] = (), clock=time.time):
+    def __init__(self, db: sqlite_utils.Database, routes: Sequence[Route] = (), clock=time.time):
         self.db = db
         self.clock = clock
         self._routes: tuple[Route, ...] = ()
@@ -279,10 +258,11 @@ class MemoryStore:
         return self._routes
 
     @routes.setter
-    def routes(self, routes: Iterable[Route]) -> None:
-        checked = check_routes(routes)
-        if checked != self._routes:
-            self._routes = checked
+    def routes(self, routes: Sequence[Route]) -> None:
+        """The validated config's routes (config.schema.routes checked every name)."""
+        routes = tuple(routes)
+        if routes != self._routes:
+            self._routes = routes
             self._route_cache = {}
 
     def adapter_for(self, profile: str, kind: str) -> str:

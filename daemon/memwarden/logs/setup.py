@@ -8,6 +8,7 @@ from typing import Any
 
 import structlog
 
+from memwarden.config.redact import redact_event
 from memwarden.logs.journald import JournalLogger, journal_fields, stderr_is_journal
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -22,13 +23,15 @@ def resolve_format(fmt: str) -> str:
 def configure_logging(level: str = "info", fmt: str = "auto", journal_send: Any = None) -> str:
     """(Re)configure structlog; returns the format in effect."""
     fmt = resolve_format(fmt)
-    shared = [structlog.contextvars.merge_contextvars, structlog.processors.add_log_level]
+    # Every line, whatever its format, goes through the secrets rule (config/redact.py), its traceback included:
+    # hence format_exc_info before it in the console format too.
+    shared = [structlog.contextvars.merge_contextvars, structlog.processors.add_log_level,
+              structlog.processors.format_exc_info, redact_event]
     if fmt == "journal":
-        processors = [*shared, structlog.processors.format_exc_info, journal_fields]
+        processors = [*shared, journal_fields]
         factory: Any = lambda *_: JournalLogger(journal_send)  # noqa: E731
     elif fmt == "json":
         processors = [*shared, structlog.processors.TimeStamper(fmt="iso", utc=True),
-                      structlog.processors.format_exc_info,
                       structlog.processors.JSONRenderer(default=str)]
         factory = structlog.PrintLoggerFactory(sys.stderr)
     else:

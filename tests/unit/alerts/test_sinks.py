@@ -366,13 +366,18 @@ async def test_webhook_backoff_doubles(monkeypatch):
 
 
 async def test_webhook_timeout_counts_as_failed_attempt():
+    from structlog.testing import capture_logs
+
     async with Receiver(["hang", "hang"]) as rx:
         sink = WebhookSink(rx.url, timeout=0.2, retries=1, backoff=0.01)
         try:
-            assert await sink.deliver(EVENT) is False
+            with capture_logs() as logs:
+                assert await sink.deliver(EVENT) is False
         finally:
             await sink.close()
-    assert len(rx.requests) == 2
+    assert rx.requests  # the first POST arrived and hung; the retry may time out before the server reads it
+    (failed,) = [e for e in logs if e["event"] == "webhook delivery failed"]
+    assert failed["attempts"] == 2 and "TimeoutError" in failed["error"]
 
 
 async def test_webhook_connection_refused_is_failure():

@@ -1,7 +1,7 @@
 import pytest
 
 from memwarden.config import ConfigError, parse_config
-from memwarden.daemon import RESTART_KEYS, changed_keys
+from memwarden.reload import RESTART_KEYS, changed_keys
 
 ENV = {"STATE_DIRECTORY": "/var/lib/memwarden", "RUNTIME_DIRECTORY": "/run/memwarden"}
 

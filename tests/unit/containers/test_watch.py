@@ -33,12 +33,12 @@ class FakeRestart:
             raise self.error
 
 
-def make_config(tmp_path, dry_run: bool = False, **containers):
+def make_config(tmp_path, dry_run: bool = False, ollama_url: str = "", **containers):
     section = {"enabled": True, "leak_window": "20s", "leak_min_rate": "100KiB/s", "action": "restart",
                "verify_after": "5s", "restart_cooldown": "0s", "max_restarts_per_hour": 2, "stop_timeout": "7s"}
     section.update(containers)
     env = {"STATE_DIRECTORY": str(tmp_path / "state"), "RUNTIME_DIRECTORY": str(tmp_path / "run")}
-    return parse_config({"daemon": {"dry_run": dry_run}, "ollama": {"url": ""}, "containers": section},
+    return parse_config({"daemon": {"dry_run": dry_run}, "ollama": {"url": ollama_url}, "containers": section},
                         env=env, uid=1000)
 
 
@@ -81,11 +81,14 @@ class Harness:
 def make(tmp_path):
     made = []
 
-    def factory(dry_run: bool = False, restart_error: Exception | None = None, **containers):
+    def factory(dry_run: bool = False, restart_error: Exception | None = None, read_models=None,
+                ollama_url: str = "", **containers):
         db = open_state(tmp_path / f"state{len(made)}")
         clock = FakeClock()
         restart = FakeRestart(restart_error)
-        watch = ContainerWatch(make_config(tmp_path, dry_run, **containers), db, restart, clock=clock)
+        extra = {} if read_models is None else {"read_models": read_models}
+        watch = ContainerWatch(make_config(tmp_path, dry_run, ollama_url, **containers), db, restart, clock=clock,
+                               **extra)
         h = Harness(watch, clock, restart, db)
         made.append(h)
         return h
@@ -409,13 +412,11 @@ async def test_rows_fields(closing):
 
 # ---- idle leak ---------------------------------------------------------------------------------------------
 
-async def test_idle_leak_condition(closing, monkeypatch):
-    h = closing(action="alert", idle_leak_threshold="1GiB")
-
-    async def no_models(c):
+async def test_idle_leak_condition(closing):
+    async def no_models(url, timeout):
         return 0
 
-    monkeypatch.setattr(h.watch, "_models_loaded", no_models)
+    h = closing(action="alert", idle_leak_threshold="1GiB", read_models=no_models, ollama_url="http://127.0.0.1:11434")
     (cond,) = await h.step(container(2048 * MiB, image="ollama/ollama"))
     assert cond.kind == "container.idle_leak"
     assert "no model loaded" in cond.message

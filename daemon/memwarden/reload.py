@@ -1,0 +1,69 @@
+"""A reload (SIGHUP, `memwardenctl reload`): read the config again and apply it whole, or refuse it whole.
+
+The config is validated completely before anything is applied (config/loader.py, config/schema.py): a bad file
+changes nothing and the running config stays in effect. Keys read only at start are reported as needing a
+restart instead of being applied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from memwarden.config import Config, ConfigError, locate_and_load
+from memwarden.config.redact import remember, secret_values
+from memwarden.logs import configure_logging, get_logger
+
+if TYPE_CHECKING:
+    from memwarden.daemon import Daemon
+
+log = get_logger()
+
+# Keys that are read once at start: a reload reports them as needing a restart instead of applying them.
+RESTART_KEYS = ("daemon.state_dir", "daemon.socket", "daemon.socket_group", "gpu.backend", "gpu.sim_file",
+                "ollama.url", "ollama.service", "proxy.enabled", "proxy.listen", "proxy.upstream",
+                "containers.enabled", "containers.docker_url", "metrics.enabled", "metrics.listen")
+
+
+def changed_keys(old: Config, new: Config) -> list[str]:
+    a, b = asdict(old), asdict(new)
+    return sorted(f"{section}.{key}" for section in a if isinstance(a[section], dict)
+                  for key in a[section] if a[section][key] != b[section][key])
+
+
+async def reload_config(daemon: Daemon, trigger: str) -> dict[str, Any]:
+    """Load, validate and apply the config file; the reply says what changed (or every problem found)."""
+    daemon.notifier.reloading()
+    try:
+        new = locate_and_load(daemon.config_arg, daemon.env)
+    except ConfigError as exc:
+        log.error("config reload failed; keeping the running config", trigger=trigger,
+                  config=str(exc.source), errors=exc.problems)
+        daemon.notifier.ready(daemon.status_line())
+        return {"reloaded": False, "config": str(exc.source), "errors": exc.problems}
+    changed = changed_keys(daemon.config, new)
+    restart = [k for k in changed if k in RESTART_KEYS]
+    old, daemon.config = daemon.config, new
+    remember(secret_values(new))
+    if new.daemon.log_level != old.daemon.log_level or new.daemon.log_format != old.daemon.log_format:
+        configure_logging(new.daemon.log_level, new.daemon.log_format)
+    assert daemon.dispatcher is not None
+    await daemon.dispatcher.reconfigure(new.alerts)
+    if daemon.arbiter is not None:
+        daemon.arbiter.config = new
+    if daemon.proxy is not None:
+        daemon.proxy.cfg = new.proxy
+    if daemon.containers is not None:
+        daemon.containers.config = new
+    if daemon.learning is not None and daemon.memories is not None:
+        daemon.learning.config = new
+        daemon.memories.routes = new.learning.routes
+    if daemon.server is not None:
+        daemon.server.admin_group = new.daemon.admin_group
+    if new.daemon.sample_interval != old.daemon.sample_interval:
+        daemon.reschedule()
+    log.info("config reloaded", trigger=trigger, config=str(new.source or "embedded defaults"),
+             changed=changed, restart_required=restart)
+    daemon.notifier.ready(daemon.status_line())
+    return {"reloaded": True, "config": str(new.source) if new.source else None,
+            "changed": changed, "restart_required": restart}
