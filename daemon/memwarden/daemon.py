@@ -25,6 +25,7 @@ from memwarden.arbiter.arbiter import GpuArbiter
 from memwarden.config import Config, ConfigError, locate_and_load
 from memwarden.containers.restart import docker_restarter
 from memwarden.containers.watch import ContainerWatch
+from memwarden.control.admission import ClientLimits
 from memwarden.control.registry import Registry
 from memwarden.control.server import ControlServer, bind_unix
 from memwarden.learning.store import MemoryStore
@@ -153,7 +154,8 @@ class Daemon:
         from memwarden.control.methods import register_all
 
         register_all(self)
-        self.server = ControlServer(self.registry, cfg.daemon.admin_group, on_state_error=self.state.failed)
+        self.server = ControlServer(self.registry, cfg.daemon.admin_group, ClientLimits.of(cfg.daemon),
+                                    on_state_error=self.state.failed)
         activated = unix_listener(listen_fds())
         if activated is not None:
             await self.server.start(activated, owned_path=None)
@@ -410,6 +412,7 @@ class Daemon:
                 self.memories.routes = new.learning.routes
             if self.server is not None:
                 self.server.admin_group = new.daemon.admin_group
+                self.server.limits = ClientLimits.of(new.daemon)
             if new.daemon.sample_interval != old.daemon.sample_interval:
                 self._rescheduled.set()
             log.info("config reloaded", trigger=trigger, config=str(new.source or "embedded defaults"),

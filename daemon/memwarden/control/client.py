@@ -8,7 +8,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from memwarden.control.protocol import MAX_LINE, RpcError, request_line
+from memwarden.control.protocol import MAX_REPLY, RpcError, request_line
 
 
 class ConnectError(Exception):
@@ -37,9 +37,13 @@ class Client:
     def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         req_id = next(self._ids)
         self._sock.sendall(request_line(method, params, req_id))
-        line = self._file.readline(MAX_LINE + 1)
+        line = self._file.readline(MAX_REPLY + 1)
         if not line:
             raise ConnectError("the daemon closed the connection without answering")
+        if not line.endswith(b"\n"):
+            if len(line) > MAX_REPLY:
+                raise ConnectError(f"the daemon's reply exceeds {MAX_REPLY:,} bytes; connection dropped")
+            raise ConnectError("the daemon closed the connection in the middle of its answer")
         reply = json.loads(line)
         if "error" in reply:
             err = reply["error"]
