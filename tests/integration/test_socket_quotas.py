@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from memwarden.control.protocol import BUSY, LINE_TOO_LONG
+from memwarden.control.protocol import BUSY, LINE_TOO_LONG, RpcError
 from support.ollama_double.manager import sim_gpu, wait_until
 from support.other_user import GROUP, open_to_others, spawn_as_other
 
@@ -178,3 +178,19 @@ def test_long_polls_of_a_client_that_hung_up_free_their_slots(shared):
         assert d.call("lease.list")["active"][0]["id"] == lease["id"]
     finally:
         again.stop()
+
+
+def test_a_reload_applies_new_limits_to_new_connections(shared):
+    d = shared({"max_clients": 3, "reserved_clients": 1})
+    held = [d.client() for _ in range(3)]
+    try:
+        with pytest.raises(RpcError) as info:
+            d.call("status")
+        assert info.value.code == BUSY and "daemon.max_clients" in info.value.message
+        d.sections["daemon"].update(max_clients=6)
+        d.write_config(d.sections)
+        assert held[0].call("config.reload")["changed"] == ["daemon.max_clients"]
+        assert d.call("status")["ready"] is True
+    finally:
+        for c in held:
+            c.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import socket
@@ -36,7 +37,9 @@ class Client:
 
     def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         req_id = next(self._ids)
-        self._sock.sendall(request_line(method, params, req_id))
+        # Refused (too many clients) and closed before the request went out: the refusal is there to read.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self._sock.sendall(request_line(method, params, req_id))
         line = self._file.readline(MAX_REPLY + 1)
         if not line:
             raise ConnectError("the daemon closed the connection without answering")

@@ -189,6 +189,7 @@ class Connection(asyncio.Protocol):
         return item
 
     async def _answer(self, line: bytes) -> bytes | None:
+        self._last_active = self.loop.time()
         try:
             request = parse_request(line)
         except RpcError as err:
@@ -196,7 +197,6 @@ class Connection(asyncio.Protocol):
             err.data = None
             return error_line(req_id, err)
         assert self.peer is not None
-        self._last_active = self.loop.time()
         task = self.loop.create_task(self.server.call(request, self.peer))
         self._inflight, self._cancellable = task, self.server.cancellable(request.method)
         self._arm_hangup_poll()
