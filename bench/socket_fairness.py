@@ -1,7 +1,7 @@
 """Root's `status` latency while another uid holds 600 idle and 100 slow connections to the control socket.
 
 The attacker runs as `nobody` (runuser; the daemon's socket_group is nobody's group): it tries to hold 600 idle
-connections and 100 that trickle one byte of a request line every 2 s, and every --retry seconds opens again
+connections and 100 that trickle one byte of a request line every 2 s, and every --retry seconds (default 2) opens again
 every one it lost or was refused (the per-uid quota lets it hold daemon.max_clients_per_user; the rest are
 refused, and it keeps knocking). Root meanwhile calls `status` --calls times on one connection.
 Baseline, same run, same daemon: root's `status` with no attacker, measured in blocks before and after the
@@ -105,7 +105,7 @@ def main() -> int:
     p.add_argument("--calls", type=int, default=2000, help="timed status calls under attack (default 2000)")
     p.add_argument("--idle", type=int, default=600, help="idle connections the attacker tries to hold (600)")
     p.add_argument("--slow", type=int, default=100, help="trickling connections the attacker tries to hold (100)")
-    p.add_argument("--retry", type=float, default=0.5, help="seconds between the attacker's re-tries (0.5)")
+    p.add_argument("--retry", type=float, default=2.0, help="seconds between the attacker's re-tries (2)")
     args = p.parse_args()
     exit_cleanly_on_sigterm()
 

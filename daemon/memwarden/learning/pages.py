@@ -4,15 +4,15 @@ A page holds at most MAX_PAGE_ROWS memories and at most MAX_PAGE_CHARS character
 together, whatever `limit` the caller asked for, but always at least one memory (a memory alone is at most
 2 × MAX_TEXT characters). `next_offset` is where the next page starts, or null after the last memory.
 
-The page is read on a connection of its own (read-only; WAL lets it read beside the daemon's writes) and encoded
-in a worker thread, row by row so that the thread lets go of the GIL between rows: a large page costs the event
-loop nothing but the hand-over. PAGE_WORKERS pages are built at once; more wait their turn.
+The page is read on a connection of its own (read-only; WAL lets it read beside the daemon's writes) in a worker
+thread, and SQLite writes each memory's JSON itself (json_object): the thread holds the GIL only to collect the
+rows' bytes, so a large page costs the event loop nothing but the hand-over. PAGE_WORKERS pages are built at
+once; more wait their turn.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 MAX_PAGE_ROWS = 1000
 MAX_PAGE_CHARS = 4 * 1024 * 1024  # of content + response per page: ten memories of the longest kind
-PAGE_WORKERS = 2
+PAGE_WORKERS = 1  # the loop keeps a core of its own on a two-core machine
 
 _executor: ThreadPoolExecutor | None = None
 
@@ -49,8 +49,19 @@ class PageQuery:
 @dataclass(frozen=True)
 class Page:
     total: int
-    memories: list[dict[str, Any]]
+    memories: list[bytes]  # each memory as a JSON object
     next_offset: int | None
+
+
+def _row_json(conn: sqlite3.Connection) -> str:
+    """SQL for one memory as a JSON object (its bytes), every column of the table as it is now. REAL columns
+    are written with 17 significant digits, as json_object's own 15 would round a time's microseconds."""
+    parts = []
+    for _, name, kind, *_ in conn.execute("PRAGMA table_info(memories)"):
+        value = (f"CASE WHEN {name} IS NULL THEN NULL ELSE json(printf('%!.17g', {name})) END"
+                 if kind.upper() == "REAL" else name)
+        parts.append(f"'{name}', {value}")
+    return f"CAST(json_object({', '.join(parts)}) AS BLOB)"
 
 
 def read_page(conn: sqlite3.Connection, query: PageQuery, max_rows: int = MAX_PAGE_ROWS,
@@ -59,33 +70,30 @@ def read_page(conn: sqlite3.Connection, query: PageQuery, max_rows: int = MAX_PA
     where, params = query.where()
     total = conn.execute(f"SELECT COUNT(*) FROM memories{where}", params).fetchone()[0]
     want = min(query.limit, max_rows)
-    # The order is decided on ids alone (the created_at index), and then each row read in full by its id,
-    # only as long as the page has room: a page never reads the text it will not send.
+    # The order is decided on ids alone (the created_at index), and then each row read by its id, only as long
+    # as the page has room: a page never reads the text it will not send.
     ids = [r[0] for r in conn.execute(
         f"SELECT id FROM memories{where} ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
         [*params, want + 1, query.offset])]
-    cursor = conn.cursor()
-    cursor.row_factory = sqlite3.Row
-    rows: list[dict[str, Any]] = []
+    one = (f"SELECT length(content) + coalesce(length(response), 0), {_row_json(conn)} FROM memories "
+           "WHERE id = ?")
+    rows: list[bytes] = []
     chars = 0
     for memory_id in ids[:want]:
-        row = cursor.execute("SELECT *, length(content) + coalesce(length(response), 0) AS _chars FROM memories "
-                             "WHERE id = ?", [memory_id]).fetchone()
-        if rows and chars + row["_chars"] > max_chars:
+        size, row = conn.execute(one, [memory_id]).fetchone()
+        if rows and chars + size > max_chars:
             break
-        memory = dict(row)
-        chars += memory.pop("_chars")
-        rows.append(memory)
+        rows.append(row)
+        chars += size
     more = len(rows) < len(ids)
     return Page(total, rows, query.offset + len(rows) if more else None)
 
 
 def encode_page(page: Page) -> bytes:
-    """The page as the JSON object `{"total", "memories", "next_offset"}`, one dumps call per memory."""
-    rows = b",".join(json.dumps(m, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
-                     for m in page.memories)
-    return (b'{"total":%d,"next_offset":%s,"memories":[' % (page.total, json.dumps(page.next_offset).encode())
-            + rows + b"]}")
+    """The page as the JSON object `{"total", "next_offset", "memories"}`."""
+    next_offset = b"null" if page.next_offset is None else b"%d" % page.next_offset
+    return (b'{"total":%d,"next_offset":%s,"memories":[' % (page.total, next_offset) + b",".join(page.memories)
+            + b"]}")
 
 
 def database_file(conn: sqlite3.Connection) -> str:
