@@ -6,6 +6,7 @@ import contextlib
 import itertools
 import json
 import socket
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,18 @@ class Client:
         self.path = Path(path)
         self._ids = itertools.count(1)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.settimeout(timeout)
+        if timeout is not None:
+            # A blocking connect waits while the daemon's accept queue is full (a flood of connections), up to
+            # SO_SNDTIMEO; Python's own timeout would fail at once with EAGAIN.
+            whole = int(timeout)
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                                  struct.pack("ll", whole, int((timeout - whole) * 1e6)))
         try:
             self._sock.connect(str(self.path))
+        except BlockingIOError:
+            self._sock.close()
+            raise ConnectError(f"{self.path}: the daemon's queue of new connections stayed full for "
+                               f"{timeout:g}s") from None
         except FileNotFoundError:
             self._sock.close()
             raise ConnectError(f"no control socket at {self.path} (is memwardend running?)") from None
@@ -33,6 +43,7 @@ class Client:
         except PermissionError:
             self._sock.close()
             raise ConnectError(f"permission denied on {self.path} (join the socket's group)") from None
+        self._sock.settimeout(timeout)
         self._file = self._sock.makefile("rb")
 
     def call(self, method: str, params: dict[str, Any] | None = None) -> Any:

@@ -99,7 +99,9 @@ class ControlServer:
         sock.setblocking(False)
         self._owned_path = owned_path
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_unix_server(lambda: Connection(self), sock=sock)
+        # The accept queue as long as the kernel allows: a burst of connections from one user waits there to
+        # be refused, rather than filling it and making everyone else's connect() fail with EAGAIN.
+        self._server = await loop.create_unix_server(lambda: Connection(self), sock=sock, backlog=socket.SOMAXCONN)
 
     async def close(self) -> None:
         if self._server is not None:
