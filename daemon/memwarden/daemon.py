@@ -27,6 +27,7 @@ from memwarden.config import Config
 from memwarden.config.redact import remember, secret_values
 from memwarden.containers.restart import docker_restarter
 from memwarden.containers.watch import ContainerWatch
+from memwarden.control.admission import ClientLimits
 from memwarden.control.registry import Registry
 from memwarden.control.server import ControlServer, bind_unix
 from memwarden.learning.store import MemoryStore
@@ -146,7 +147,8 @@ class Daemon:
         from memwarden.control.methods import register_all
 
         register_all(self)
-        self.server = ControlServer(self.registry, cfg.daemon.admin_group, on_state_error=self.state.failed)
+        self.server = ControlServer(self.registry, cfg.daemon.admin_group, ClientLimits.of(cfg.daemon),
+                                    on_state_error=self.state.failed)
         activated = unix_listener(listen_fds())
         if activated is not None:
             await self.server.start(activated, owned_path=None)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from memwarden.config import Config, ConfigError, locate_and_load
 from memwarden.config.redact import remember, secret_values
+from memwarden.control.admission import ClientLimits
 from memwarden.logs import configure_logging, get_logger
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ async def reload_config(daemon: Daemon, trigger: str) -> dict[str, Any]:
         daemon.memories.routes = new.learning.routes
     if daemon.server is not None:
         daemon.server.admin_group = new.daemon.admin_group
+        daemon.server.limits = ClientLimits.of(new.daemon)
     if new.daemon.sample_interval != old.daemon.sample_interval:
         daemon.reschedule()
     log.info("config reloaded", trigger=trigger, config=str(new.source or "embedded defaults"),

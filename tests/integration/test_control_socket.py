@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from memwarden.control.protocol import MAX_LINE
+from memwarden.control.protocol import MAX_LINE, RpcError
 
 
 def raw(daemon, payload: bytes, shutdown_write: bool = True) -> list[dict]:
@@ -150,3 +150,31 @@ def test_state_changing_methods_are_refused_to_other_users(checked):
     status, reload = (json.loads(line) for line in out.stdout.splitlines())
     assert "result" in status
     assert reload["error"]["code"] == -32001 and "permission denied" in reload["error"]["message"]
+
+
+def test_an_integer_of_5000_digits_gets_a_parse_error_and_the_connection_stays_usable(checked):
+    replies = raw(checked, b'{"jsonrpc":"2.0","method":"alerts","params":{"limit":' + b"9" * 5000 + b'},"id":1}\n'
+                  + b'{"jsonrpc":"2.0","method":"status","id":2}\n')
+    assert replies[0]["error"]["code"] == -32700 and "digits" in replies[0]["error"]["message"]
+    assert replies[1]["id"] == 2 and replies[1]["result"]["ready"] is True
+
+
+GOOD_LINE = json.dumps({"profile": "alice", "kind": "journal", "content": "fine", "importance": 3})
+HUGE_INT_LINE = '{"profile": "alice", "kind": "journal", "content": "x", "importance": ' + "1" * 5000 + "}"
+
+
+def test_an_imported_line_with_a_5000_digit_integer_is_reported_by_its_number(checked):
+    with checked.client() as c, pytest.raises(RpcError) as info:
+        c.call("memories.import", {"lines": [GOOD_LINE, HUGE_INT_LINE]})
+    assert info.value.code == -32000, info.value.message  # the import's report, not an internal error
+    assert info.value.data["bad_lines"] == [[2, "a number has more than 4,300 digits"]]
+    assert checked.call("memories.count")["total"] == 0
+
+
+def test_a_staged_chunk_with_a_5000_digit_integer_reports_the_line(checked):
+    with checked.client() as c:
+        token = c.call("memories.import_begin")["token"]
+        chunk = c.call("memories.import_chunk", {"token": token, "lines": [GOOD_LINE, HUGE_INT_LINE]})
+        assert chunk["bad"] == [[2, "a number has more than 4,300 digits"]] and chunk["bad_count"] == 1
+        c.call("memories.import_abort", {"token": token})
+    assert checked.call("memories.count")["total"] == 0

@@ -107,7 +107,9 @@ def test_an_unreadable_file_or_line_is_refused(daemon):
 def test_import_from_stdin_and_json_output(daemon):
     out = ctl(daemon, "--json", "memories", "import", "-", stdin=record(1) + "\n" + record(2) + "\n")
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == {"imported": 2, "by_adapter": {"alice-journal": 2}}
+    result = json.loads(out.stdout)
+    assert len(result.pop("import_id")) == 32  # a fresh id per import, committed with it
+    assert result == {"imported": 2, "by_adapter": {"alice-journal": 2}, "already_imported": False}
 
 
 def test_add_list_show(daemon):

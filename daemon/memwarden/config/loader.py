@@ -77,6 +77,10 @@ def _cross_checks(config: Config, problems: list[str]) -> None:
         if warn >= crit:
             problems.append(f"at '{section}.{warn_key}': must be below '{section}.{crit_key}' "
                             f"({warn:g} >= {crit:g})")
+    d = config.daemon
+    if d.reserved_clients >= d.max_clients:
+        problems.append(f"at 'daemon.reserved_clients': must be below 'daemon.max_clients' "
+                        f"({d.reserved_clients} >= {d.max_clients}), or only operators could connect")
     g = config.gpu
     if g.backend == "sim" and g.sim_file is None:
         problems.append("at 'gpu.sim_file': required when gpu.backend is \"sim\"")

@@ -151,6 +151,21 @@ class DaemonConfig:
     probe_timeout: float = setting(
         "10s", duration(0.1),
         "A probe call taking longer is reported stuck; the systemd watchdog then restarts the daemon.")
+    max_clients: int = setting(
+        512, integer(1, 65536), "Control-socket connections held at once, from all users together.")
+    max_clients_per_user: int = setting(
+        64, integer(1, 65536),
+        "Control-socket connections one uid may hold at once (root and the daemon's own user are exempt).")
+    reserved_clients: int = setting(
+        32, integer(0, 65535),
+        "Of max_clients, connections only root, the daemon's user and the admin group may use: other users "
+        "together hold at most max_clients − reserved_clients.")
+    client_idle_timeout: float = setting(
+        "2m", duration(1.0), "A control connection with no request in flight for this long is closed.")
+    request_read_timeout: float = setting(
+        "10s", duration(0.1),
+        "A request line must arrive whole (its newline) within this long of its first byte, or the connection "
+        "is closed.")
 
 
 @dataclass(frozen=True)

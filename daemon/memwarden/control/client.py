@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import socket
+import struct
 from pathlib import Path
 from typing import Any
 
-from memwarden.control.protocol import MAX_LINE, RpcError, request_line
+from memwarden.control.protocol import MAX_REPLY, RpcError, request_line
 from memwarden.dirs import UnsafeDirectory, check_socket, client_trusted_uids
 
 # The socket may be another user's, listening for what is sent to it (see memwarden.dirs).
@@ -31,9 +33,18 @@ class Client:
         except OSError:
             pass  # nothing there (or unreadable): connect() below says which, in its words
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.settimeout(timeout)
+        if timeout is not None:
+            # A blocking connect waits while the daemon's accept queue is full (a flood of connections), up to
+            # SO_SNDTIMEO; Python's own timeout would fail at once with EAGAIN.
+            whole = int(timeout)
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                                  struct.pack("ll", whole, int((timeout - whole) * 1e6)))
         try:
             self._sock.connect(str(self.path))
+        except BlockingIOError:
+            self._sock.close()
+            raise ConnectError(f"{self.path}: the daemon's queue of new connections stayed full for "
+                               f"{timeout:g}s") from None
         except FileNotFoundError:
             self._sock.close()
             raise ConnectError(f"no control socket at {self.path} (is memwardend running?)") from None
@@ -43,14 +54,21 @@ class Client:
         except PermissionError:
             self._sock.close()
             raise ConnectError(f"permission denied on {self.path} (join the socket's group)") from None
+        self._sock.settimeout(timeout)
         self._file = self._sock.makefile("rb")
 
     def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         req_id = next(self._ids)
-        self._sock.sendall(request_line(method, params, req_id))
-        line = self._file.readline(MAX_LINE + 1)
+        # Refused (too many clients) and closed before the request went out: the refusal is there to read.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self._sock.sendall(request_line(method, params, req_id))
+        line = self._file.readline(MAX_REPLY + 1)
         if not line:
             raise ConnectError("the daemon closed the connection without answering")
+        if not line.endswith(b"\n"):
+            if len(line) > MAX_REPLY:
+                raise ConnectError(f"the daemon's reply exceeds {MAX_REPLY:,} bytes; connection dropped")
+            raise ConnectError("the daemon closed the connection in the middle of its answer")
         reply = json.loads(line)
         if "error" in reply:
             err = reply["error"]

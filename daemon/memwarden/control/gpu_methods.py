@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from memwarden.control.peer import Peer
     from memwarden.daemon import Daemon
 
+MAX_LEASE_WAIT = 24 * 3600.0  # lease.acquire's `wait`: a longer one is refused
+MAX_WATCH = 3600.0  # lease.watch's `timeout`: a longer one returns at this bound (the holder polls again)
+
 
 async def _guard(coro: Any) -> Any:
     try:
@@ -95,7 +98,7 @@ def register_gpu(daemon: Daemon) -> None:
         return await _guard(arbiter().acquire(
             nbytes, holder, holder_pid, peer.uid if peer else None, index,
             int_param("priority", priority, -1000, 1000), bool_param("preemptible", preemptible),
-            duration_param("wait", wait)))
+            duration_param("wait", wait, MAX_LEASE_WAIT)))
 
     async def lease_release(id: str, peer: Peer | None = None) -> dict[str, Any]:
         """Release a lease: reload the models evicted for it and record the downtime (admin; owner or root)."""
@@ -117,7 +120,7 @@ def register_gpu(daemon: Daemon) -> None:
         lease = arbiter().leases.get(lease_id)
         if lease is not None and peer is not None and lease.pid == peer.pid:
             await arbiter().refresh(lease_id)
-        return await arbiter().watch(lease_id, min(seconds, 3600))
+        return await arbiter().watch(lease_id, min(seconds, MAX_WATCH))
 
     async def lease_list(limit: int = 20) -> dict[str, Any]:
         """Active leases and the most recent ones with their evictions, restores and downtime."""
@@ -150,7 +153,7 @@ def register_gpu(daemon: Daemon) -> None:
         return await _guard(arbiter().pin(str_param("name", name), False))
 
     reg.add("gpu", gpu)
-    reg.add("lease.acquire", lease_acquire, admin=True)
+    reg.add("lease.acquire", lease_acquire, admin=True, cancel_on_hangup=True)  # a wait nobody will hear
     reg.add("lease.release", lease_release, admin=True)
     reg.add("lease.preempt", lease_preempt, admin=True)
     reg.add("lease.watch", lease_watch)

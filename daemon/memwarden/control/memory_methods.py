@@ -5,6 +5,13 @@ gives a token, `memories.import_chunk` validates and stages consecutive chunks o
 `first_line`, so bad lines are reported with their line number in the file), and `memories.import_commit`
 inserts everything in one transaction — or, when any line was bad, refuses with all of them and imports
 nothing (`memories.import_abort` drops a session; an idle one is dropped after 10 minutes).
+
+Imports are idempotent: a client passes an `import_id` of its choosing to `memories.import` or
+`memories.import_begin`, and the id is committed with the memories. A retry with an id already committed
+answers `already_imported: true` with what that import brought, and imports nothing again.
+
+`memories.list` answers in pages (learning/pages.py): at most MAX_PAGE_ROWS memories and MAX_PAGE_CHARS
+characters of text, read and encoded in a worker thread; `next_offset` says where the next page starts.
 """
 
 from __future__ import annotations
@@ -13,7 +20,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from memwarden.control.params import bool_param, int_param, str_param
-from memwarden.control.protocol import ApplicationError, InvalidParams
+from memwarden.control.protocol import ApplicationError, Encoded, InvalidParams
+from memwarden.learning import import_ledger
+from memwarden.learning.pages import PageQuery, page_json_async
 from memwarden.learning.store import (
     MAX_REPORTED,
     BadRecord,
@@ -39,6 +48,15 @@ def _rejected(exc: ImportRejected) -> ApplicationError:
 
 def _opt_str(name: str, value: Any) -> str | None:
     return None if value is None else str_param(name, value)
+
+
+def _import_id(value: Any) -> str | None:
+    if value is None:
+        return None
+    try:
+        return import_ledger.check_id(value)
+    except ValueError as exc:
+        raise InvalidParams(str(exc)) from None
 
 
 def _lines_param(lines: Any) -> list[str | None]:
@@ -74,19 +92,26 @@ def register_memories(daemon: Daemon) -> None:
                  importance=row["importance"])
         return row
 
-    async def memories_import(lines: Any) -> dict[str, Any]:
-        """Import JSONL lines given in one request: all or nothing, bad lines reported by number (admin)."""
+    async def memories_import(lines: Any, import_id: Any = None) -> dict[str, Any]:
+        """Import JSONL lines given in one request: all or nothing, bad lines reported by number; once per
+        import_id (admin)."""
         try:
-            result = writable().import_lines(_lines_param(lines))
+            result = writable().import_lines(_lines_param(lines), import_id=_import_id(import_id))
         except ImportRejected as exc:
             raise _rejected(exc) from None
-        log.info("memories imported", **result)
+        log.info("memories import already committed" if result.get("already_imported") else "memories imported",
+                 **result)
         return result
 
-    async def import_begin() -> dict[str, Any]:
-        """Start a staged import; returns the token for import_chunk / import_commit (admin)."""
+    async def import_begin(import_id: Any = None) -> dict[str, Any]:
+        """Start a staged import; returns the token for import_chunk / import_commit, or already_imported when
+        this import_id was committed before (admin)."""
+        ident = _import_id(import_id)
+        if ident is not None and (earlier := store.imported(ident)) is not None:
+            log.info("memories import already committed", import_id=ident, imported=earlier["imported"])
+            return {"token": None, **import_ledger.already(ident, earlier)}
         try:
-            token = writable().begin_import()
+            token = writable().begin_import(ident)
         except ImportSessionError as exc:
             raise ApplicationError(str(exc)) from None
         return {"token": token, "max_reported": MAX_REPORTED}
@@ -109,7 +134,8 @@ def register_memories(daemon: Daemon) -> None:
             raise _rejected(exc) from None
         except ImportSessionError as exc:
             raise ApplicationError(str(exc)) from None
-        log.info("memories imported", **result, commit_ms=round((time.perf_counter() - started) * 1000, 1))
+        log.info("memories import already committed" if result.get("already_imported") else "memories imported",
+                 **result, commit_ms=round((time.perf_counter() - started) * 1000, 1))
         return result
 
     async def import_abort(token: Any) -> dict[str, Any]:
@@ -120,14 +146,13 @@ def register_memories(daemon: Daemon) -> None:
             raise ApplicationError(str(exc)) from None
 
     async def memories_list(profile: Any = None, kind: Any = None, adapter: Any = None, consolidated: Any = None,
-                            limit: Any = 50, offset: Any = 0) -> dict[str, Any]:
-        """Memories matching the filters, newest first, and how many match in all."""
-        filters = {"profile": _opt_str("profile", profile), "kind": _opt_str("kind", kind),
-                   "adapter": _opt_str("adapter", adapter),
-                   "consolidated": None if consolidated is None else bool_param("consolidated", consolidated)}
-        rows = store.list(**filters, limit=int_param("limit", limit, 1, 10000),
-                          offset=int_param("offset", offset, 0, 2**53))
-        return {"total": store.total(**filters), "memories": rows}
+                            limit: Any = 50, offset: Any = 0) -> Encoded:
+        """Memories matching the filters, newest first, a page at a time; how many match in all, and the offset
+        of the next page."""
+        query = PageQuery(_opt_str("profile", profile), _opt_str("kind", kind), _opt_str("adapter", adapter),
+                          None if consolidated is None else bool_param("consolidated", consolidated),
+                          int_param("limit", limit, 1, 10000), int_param("offset", offset, 0, 2**53))
+        return Encoded(await page_json_async(store.db.conn, query))
 
     async def memories_count(profile: Any = None, kind: Any = None, adapter: Any = None) -> dict[str, Any]:
         """Memories per profile, adapter and kind; unconsolidated importance per adapter against the threshold."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from memwarden.control.protocol import InvalidParams
-from memwarden.units import parse_duration, parse_size
+from memwarden.units import format_duration, parse_duration, parse_size
 
 
 def size_param(name: str, value: Any) -> int:
@@ -18,11 +18,15 @@ def size_param(name: str, value: Any) -> int:
     return nbytes
 
 
-def duration_param(name: str, value: Any) -> float:
+def duration_param(name: str, value: Any, most: float | None = None) -> float:
     try:
-        return parse_duration(value)
+        seconds = parse_duration(value)
     except ValueError as exc:
         raise InvalidParams(f"'{name}': {exc}") from None
+    if most is not None and seconds > most:
+        shown = f"{value!r}" if isinstance(value, str) else f"{seconds:g}s"
+        raise InvalidParams(f"'{name}' may be at most {format_duration(most)} ({most:g}s), got {shown[:40]}")
+    return seconds
 
 
 def int_param(name: str, value: Any, lo: int, hi: int, optional: bool = False) -> int | None:

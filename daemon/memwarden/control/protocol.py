@@ -1,12 +1,17 @@
-"""JSON-RPC 2.0 framing: one UTF-8 JSON object per line, at most MAX_LINE bytes."""
+"""JSON-RPC 2.0 framing: one UTF-8 JSON object per line; requests of at most MAX_LINE bytes, replies of at most
+MAX_REPLY bytes."""
 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 MAX_LINE = 1024 * 1024
+# Replies may be longer than requests (one memory alone holds up to 400,000 characters, six bytes each once
+# escaped); every listing is paged well under this, so a reply this long is a bug the server refuses to send.
+MAX_REPLY = 32 * 1024 * 1024
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -66,9 +71,13 @@ def parse_request(line: bytes) -> Request:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RpcError(PARSE_ERROR, f"parse error: {exc}") from None
     except RecursionError:
-        # A line of 5000 '[' is valid JSON to a grammar and a RecursionError to json.loads: it killed the
-        # connection's handler without an answer.
+        # A line of 5000 '[' is valid JSON to a grammar and a RecursionError to json.loads.
         raise RpcError(PARSE_ERROR, "parse error: nested too deeply") from None
+    except ValueError:
+        # The one ValueError json.loads lets out: Python refuses integers of more than
+        # sys.get_int_max_str_digits() digits.
+        raise RpcError(PARSE_ERROR, f"parse error: a number has more than {sys.get_int_max_str_digits():,} "
+                                    "digits") from None
     if isinstance(obj, list):
         raise RpcError(INVALID_REQUEST, "invalid request: batches are not supported; send one object per line")
     if not isinstance(obj, dict):
@@ -105,7 +114,14 @@ def encode(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), default=str, allow_nan=False).encode() + b"\n"
 
 
+class Encoded(bytes):
+    """A result already encoded as JSON (by a method that encodes large results off the event loop)."""
+
+
 def result_line(req_id: Any, result: Any) -> bytes:
+    if isinstance(result, Encoded):
+        head = encode({"jsonrpc": "2.0", "id": req_id, "result": None})
+        return head[:-len(b"null}\n")] + result + b"}\n"
     return encode({"jsonrpc": "2.0", "id": req_id, "result": result})
 
 

@@ -18,16 +18,22 @@ class Method:
     handler: Handler
     admin: bool
     doc: str
+    cancellable: bool  # a client's hang-up may cancel it mid-way (connection.py)
 
 
 class Registry:
     def __init__(self) -> None:
         self.methods: dict[str, Method] = {}
 
-    def add(self, name: str, handler: Handler, admin: bool = False, doc: str = "") -> None:
+    def add(self, name: str, handler: Handler, admin: bool = False, doc: str = "",
+            cancel_on_hangup: bool | None = None) -> None:
+        """`cancel_on_hangup` defaults to `not admin`: read methods change nothing, so cancelling one is always
+        safe; a state-changing method is cancelled only when it says so (a wait that nobody will hear the end
+        of), and otherwise runs to its end once begun."""
         if name in self.methods:
             raise ValueError(f"method {name!r} registered twice")
-        self.methods[name] = Method(name, handler, admin, doc or (handler.__doc__ or "").strip().split("\n")[0])
+        self.methods[name] = Method(name, handler, admin, doc or (handler.__doc__ or "").strip().split("\n")[0],
+                                    not admin if cancel_on_hangup is None else cancel_on_hangup)
 
     async def call(self, name: str, params: dict[str, Any], may_change_state: bool, peer: Any = None) -> Any:
         """Handlers that declare a `peer` parameter get the caller's credentials; clients cannot pass it."""

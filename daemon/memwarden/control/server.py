@@ -1,25 +1,30 @@
-"""The control socket server: many concurrent clients, each a sequence of request lines."""
+"""The control socket server: many concurrent clients, each a sequence of request lines (connection.py), admitted
+by per-user quotas (admission.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import sqlite3
+import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from memwarden.control import admission
+from memwarden.control.admission import Admission, Caller, ClientLimits
+from memwarden.control.connection import Connection
 from memwarden.control.listen import SocketInUse, bind_unix  # noqa: F401 (the daemon binds through here)
-from memwarden.control.peer import Peer, may_change_state, peer_of
+from memwarden.control.peer import Peer, may_change_state
 from memwarden.control.protocol import (
-    BUSY,
     INTERNAL_ERROR,
-    LINE_TOO_LONG,
-    MAX_LINE,
+    MAX_REPLY,
     ApplicationError,
+    Request,
     RpcError,
     error_line,
-    parse_request,
     result_line,
 )
 from memwarden.control.registry import Registry
@@ -27,79 +32,96 @@ from memwarden.logs import get_logger
 
 log = get_logger()
 
-WRITE_TIMEOUT = 10.0
+REFUSAL_LOG_EVERY = 60.0  # seconds: one warning per uid and reason, then a count of the refusals in between
 
 
 class ControlServer:
-    def __init__(self, registry: Registry, admin_group: str = "", max_clients: int = 512,
+    def __init__(self, registry: Registry, admin_group: str = "", limits: ClientLimits | None = None,
                  on_state_error: Callable[[sqlite3.Error, str], str] | None = None):
         self.registry = registry
-        self.admin_group = admin_group
-        self.max_clients = max_clients
+        self.admin_group = admin_group  # both may change on reload; read at each connection and request
+        self.limits = limits or ClientLimits()
         self.on_state_error = on_state_error  # StateHealth.failed: records it, returns the message in words
-        self.clients = 0
+        self.connections: set[Connection] = set()
+        self.by_uid: Counter[int] = Counter()
+        self.others = 0  # connections of peers that are not operators (the reserve is kept from them)
         self.served = 0
+        self.refused = 0
+        self._refusals: dict[tuple[int, str], tuple[float, int]] = {}
         self._server: asyncio.AbstractServer | None = None
         self._owned_path: Path | None = None
+
+    @property
+    def clients(self) -> int:
+        return len(self.connections)
 
     async def start(self, sock: socket.socket, owned_path: Path | None) -> None:
         sock.setblocking(False)
         self._owned_path = owned_path
-        self._server = await asyncio.start_unix_server(self._handle, sock=sock, limit=MAX_LINE)
+        loop = asyncio.get_running_loop()
+        # The accept queue as long as the kernel allows: a burst of connections from one user waits there to
+        # be refused, rather than filling it and making everyone else's connect() fail with EAGAIN.
+        self._server = await loop.create_unix_server(lambda: Connection(self), sock=sock, backlog=socket.SOMAXCONN)
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+            for conn in list(self.connections):
+                conn.abort()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
         if self._owned_path is not None:
             self._owned_path.unlink(missing_ok=True)
 
-    async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
-        writer.write(data)
-        await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+    # ---- admission -------------------------------------------------------------------------------------
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.clients += 1
-        try:
-            if self.clients > self.max_clients:
-                await self._send(writer, error_line(None, RpcError(BUSY, "too many clients; try again")))
-                return
-            peer = peer_of(writer.get_extra_info("socket"))
-            await self._serve(reader, writer, peer)
-        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
-            pass  # the client went away or stopped reading; nothing to answer
-        finally:
-            self.clients -= 1
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+    def admit(self, conn: Connection) -> Admission:
+        peer = conn.peer
+        assert peer is not None
+        own = os.getuid()
+        caller = Caller(peer.uid, may_change_state(peer, self.admin_group, own), peer.uid in (0, own))
+        now_open = admission.Open(len(self.connections), self.by_uid, self.others)
+        verdict = admission.admit(caller, now_open, self.limits)
+        if verdict.admitted:
+            conn.operator = caller.operator
+            self.connections.add(conn)
+            self.by_uid[peer.uid] += 1
+            self.others += not caller.operator
+        else:
+            self.refused += 1
+            self._log_refusal(verdict, caller, now_open, peer)
+        return verdict
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer) -> None:
-        while True:
-            try:
-                line = await reader.readline()
-            except ValueError:
-                await self._send(writer, error_line(None, RpcError(
-                    LINE_TOO_LONG, f"request line exceeds {MAX_LINE} bytes; connection closed")))
-                return
-            if not line:
-                return
-            if not line.endswith(b"\n"):
-                return  # half a line and then a hang-up: there is nobody to answer
-            if not line.strip():
-                continue
-            reply = await self._dispatch(line, peer)
-            if reply is not None:
-                await self._send(writer, reply)
+    def forget(self, conn: Connection) -> None:
+        if conn in self.connections:
+            self.connections.discard(conn)
+            assert conn.peer is not None
+            self.by_uid[conn.peer.uid] -= 1
+            if self.by_uid[conn.peer.uid] <= 0:
+                del self.by_uid[conn.peer.uid]
+            self.others -= not conn.operator
 
-    async def _dispatch(self, line: bytes, peer: Peer) -> bytes | None:
-        try:
-            request = parse_request(line)
-        except RpcError as err:
-            req_id = err.data.get("id") if isinstance(err.data, dict) else None
-            err.data = None
-            return error_line(req_id, err)
+    def _log_refusal(self, verdict: Admission, caller: Caller, now_open: admission.Open, peer: Peer) -> None:
+        """A user hammering the socket gets one warning per REFUSAL_LOG_EVERY, not one per connection."""
+        key = (caller.uid, verdict.reason)
+        now = time.monotonic()
+        last, since = self._refusals.get(key, (float("-inf"), 0))
+        if now - last < REFUSAL_LOG_EVERY:
+            self._refusals[key] = (last, since + 1)
+            return
+        self._refusals[key] = (now, 0)
+        log.warning("control connection refused", **verdict.log_fields(caller, now_open, self.limits),
+                    pid=peer.pid, refused_since_last_warning=since)
+
+    # ---- requests --------------------------------------------------------------------------------------
+
+    def cancellable(self, method: str) -> bool:
+        """May a hang-up cancel this method mid-way? Unknown methods fail at once: nothing to cancel."""
+        found = self.registry.methods.get(method)
+        return found is None or found.cancellable
+
+    async def call(self, request: Request, peer: Peer) -> bytes | None:
+        """The reply line to one request (None for a notification); raises nothing but CancelledError."""
         try:
             # Checked per request: a reload may change the admin group while a client stays connected.
             admin = may_change_state(peer, self.admin_group)
@@ -117,5 +139,16 @@ class ControlServer:
             reply = error_line(request.id, RpcError(INTERNAL_ERROR, f"internal error in {request.method}: {exc!r}"))
         else:
             self.served += 1
-            reply = result_line(request.id, result)
+            try:
+                reply = result_line(request.id, result)
+            except (TypeError, ValueError) as exc:
+                log.exception("control method returned what JSON cannot carry", method=request.method)
+                reply = error_line(request.id, RpcError(INTERNAL_ERROR, f"internal error in {request.method}: "
+                                                                        f"{exc!r}"))
+            if len(reply) > MAX_REPLY:
+                log.error("control reply over the limit, not sent", method=request.method, bytes=len(reply),
+                          limit=MAX_REPLY)
+                reply = error_line(request.id, ApplicationError(
+                    f"{request.method}: the result is {len(reply):,} bytes, more than a reply may hold "
+                    f"({MAX_REPLY:,}); ask for less"))
         return None if request.is_notification else reply

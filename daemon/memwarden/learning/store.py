@@ -39,6 +39,7 @@ import json
 import math
 import secrets
 import sqlite3
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -49,6 +50,7 @@ from typing import Any
 import sqlite_utils
 
 from memwarden.config.routes import MAX_KIND, NAME_RE, NAME_RULE, Route
+from memwarden.learning import import_ledger
 
 QUALIFIER = "@"
 MAX_TEXT = 200_000  # characters of content, and of response
@@ -203,6 +205,10 @@ def parse_line(line: str | bytes | None, line_no: int, now: float | None = None)
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
         raise BadRecord(line_no, [f"not valid JSON: {exc.msg} at column {exc.colno}"]) from None
+    except RecursionError:
+        raise BadRecord(line_no, ["not valid JSON here: nested too deeply"]) from None
+    except ValueError:  # the one other ValueError of json.loads: an integer too long to convert
+        raise BadRecord(line_no, [f"a number has more than {sys.get_int_max_str_digits():,} digits"]) from None
     return validate_record(obj, line_no, now)
 
 
@@ -240,6 +246,7 @@ class _Session:
     next_line: int = 1
     staged: int = 0
     bad_count: int = 0
+    import_id: str | None = None
     errors: list[tuple[int, str]] = field(default_factory=list)
     by_adapter: Counter = field(default_factory=Counter)
 
@@ -288,9 +295,13 @@ class MemoryStore:
             cur = self.db.conn.execute(_INSERT, self._row(clean))
         return cur.lastrowid
 
-    def import_lines(self, lines: Iterable[str | bytes], first_line: int = 1) -> dict[str, Any]:
+    def import_lines(self, lines: Iterable[str | bytes], first_line: int = 1,
+                     import_id: str | None = None) -> dict[str, Any]:
         """Validate every line, then insert them all in one transaction. Blank lines are skipped (and
-        counted in the numbering). ImportRejected lists every bad line; nothing is inserted then."""
+        counted in the numbering). ImportRejected lists every bad line; nothing is inserted then. With an
+        `import_id` already committed, nothing is imported again (import_ledger)."""
+        if import_id is not None and (earlier := self.imported(import_id)) is not None:
+            return import_ledger.already(import_id, earlier)
         now = self.clock()
         rows: list[tuple] = []
         errors: list[tuple[int, str]] = []
@@ -304,13 +315,21 @@ class MemoryStore:
                 rows.append(self._row(clean))
         if errors:
             raise ImportRejected(errors)
-        self._insert(rows)
-        return {"imported": len(rows), "by_adapter": dict(Counter(r[-1] for r in rows))}
-
-    def _insert(self, rows: Sequence[tuple]) -> None:
+        result = {"imported": len(rows), "by_adapter": dict(Counter(r[-1] for r in rows))}
         with self.db.atomic():
             for i in range(0, len(rows), BATCH):
                 self.db.conn.executemany(_INSERT, rows[i:i + BATCH])
+            self._record(import_id, result)
+        return result
+
+    def imported(self, import_id: str) -> dict[str, Any] | None:
+        """The committed import with this id (import_ledger.recorded), or None."""
+        return import_ledger.recorded(self.db.conn, import_id)
+
+    def _record(self, import_id: str | None, result: dict[str, Any]) -> None:
+        if import_id is not None:
+            import_ledger.record(self.db.conn, import_id, result, self.clock())
+            result.update(import_id=import_id, already_imported=False)
 
     # ---- staged imports (the control socket's chunks) ---------------------------------------------------
 
@@ -332,10 +351,14 @@ class MemoryStore:
         session.touched = self.clock()
         return session
 
-    def begin_import(self) -> str:
-        """Start a staged import; returns its token."""
+    def begin_import(self, import_id: str | None = None) -> str:
+        """Start a staged import; returns its token. A session left by an earlier try of the same import id
+        (never committed: its client went away) is dropped."""
         now = self.clock()
         self._expire(now)
+        if import_id is not None:
+            for token in [t for t, sess in self._sessions.items() if sess.import_id == import_id]:
+                self._drop(token)
         if len(self._sessions) >= MAX_IMPORTS:
             raise ImportSessionError(f"{MAX_IMPORTS} imports are already in progress; try again later")
         token = secrets.token_hex(8)
@@ -343,7 +366,7 @@ class MemoryStore:
         self.db.conn.execute(
             f"CREATE TEMP TABLE {table} (profile TEXT, kind TEXT, content TEXT, response TEXT, importance INTEGER, "
             f"created_at REAL, adapter TEXT)")
-        self._sessions[token] = _Session(token, table, now, now)
+        self._sessions[token] = _Session(token, table, now, now, import_id=import_id)
         return token
 
     def stage(self, token: str, lines: Sequence[str | None], first_line: int) -> dict[str, Any]:
@@ -388,10 +411,14 @@ class MemoryStore:
                 raise ImportSessionError(f"{session.next_line - 1} lines were sent, not {total_lines}; "
                                          f"nothing imported")
             cols = ", ".join(COLUMNS)
+            result = {"imported": session.staged, "by_adapter": dict(session.by_adapter)}
             with self.db.atomic():
+                if session.import_id is not None and (earlier := self.imported(session.import_id)) is not None:
+                    return import_ledger.already(session.import_id, earlier)
                 self.db.conn.execute(
                     f"INSERT INTO memories ({cols}) SELECT {cols} FROM temp.{session.table} ORDER BY rowid")
-            return {"imported": session.staged, "by_adapter": dict(session.by_adapter)}
+                self._record(session.import_id, result)
+            return result
         finally:
             self._drop(token)
 

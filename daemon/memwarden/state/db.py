@@ -93,6 +93,20 @@ def _m5_lease_processes(db: sqlite_utils.Database) -> None:
     db["leases"].add_column("groups", str)
 
 
+def _m6_memory_imports(db: sqlite_utils.Database) -> None:
+    # An import's id, chosen by its client, committed in the transaction that inserts its memories: the retry
+    # of an import whose answer was lost finds it here instead of importing everything again.
+    db.execute("""
+        CREATE TABLE memory_imports (
+            import_id TEXT PRIMARY KEY,
+            imported INTEGER NOT NULL,
+            by_adapter TEXT NOT NULL,
+            committed_at REAL NOT NULL
+        )""")
+    # memories.list pages newest first: walking this index, it never sorts (or reads) the whole table.
+    db.execute("CREATE INDEX idx_memories_created ON memories (created_at, id)")
+
+
 # Append only: a migration, once released, never changes; the next one fixes what it got wrong.
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "alert history", _m1_alert_history),
@@ -100,6 +114,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (3, "container restarts", _m3_restarts),
     (4, "memories, runs and adapter versions", _m4_memories_runs),
     (5, "lease processes", _m5_lease_processes),
+    (6, "memory import ids and the listing index", _m6_memory_imports),
 ]
 
 

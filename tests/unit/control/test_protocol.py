@@ -201,3 +201,9 @@ def test_json_nested_too_deeply_is_a_parse_error(line):
     with pytest.raises(RpcError) as info:
         parse_request(line)
     assert info.value.code == PARSE_ERROR and "nested too deeply" in info.value.message
+
+
+def test_an_integer_too_long_to_convert_is_a_parse_error():
+    for where in (b'"id":' + b"7" * 5000, b'"params":{"limit":' + b"9" * 4301 + b"}"):
+        err = rpc_error(b'{"jsonrpc":"2.0","method":"alerts",' + where + b"}\n")
+        assert err.code == PARSE_ERROR and "more than 4,300 digits" in err.message
