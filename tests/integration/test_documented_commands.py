@@ -3,7 +3,8 @@
 The lines are taken from README.md and docs/**/*.md as they are when the tests run: each line of a code block
 and each code span that starts with memwardenctl or memwardend. Usage notation is expanded into concrete
 examples: `[…]` is optional (one example with every optional part, one without), `A|B` is a choice (each
-alternative appears in some example), and words in capitals are placeholders given concrete values.
+alternative appears in some example), and words in capitals are placeholders given concrete values (a lone `…`
+stands for any command).
 
 Each example goes through the real parser, and each option and placeholder must land where it is meant to
 (the RPC method and params, the lease's fields, the command after `--`). Then each memwardenctl example is run
@@ -163,7 +164,7 @@ class Values:
         by_name = {"SIZE": ["4GiB"], "ID": ["42"], "NAME": ["assistant"], "ADAPTER": ["alice"],
                    "CONTENT": ["I like black coffee in the morning"], "FILE.jsonl": [self.jsonl],
                    "DIR": [self.directory], "METHOD": ["alerts"], "JSON": ['{"limit": 3}'], "COMMAND": ["status"],
-                   "CMD": ["python3"], "ARGS…": ["train.py", "--epochs", "2", "-v"]}
+                   "CMD": ["python3"], "ARGS…": ["train.py", "--epochs", "2", "-v"], "…": ["status"]}
         assert name in by_name, f"no example value for the placeholder {name} (after {before!r}): add one"
         return by_name[name]
 
@@ -175,7 +176,7 @@ def examples(values: Values) -> list[Example]:
             argv: list[str] = []
             filled: dict[int, str] = {}
             for i, word in enumerate(words):
-                if PLACEHOLDER.match(word) and i > 0:
+                if (PLACEHOLDER.match(word) or word == "…") and i > 0:
                     for value in values.fill(words[i - 1], word):
                         filled[len(argv)] = word
                         argv.append(value)
@@ -226,6 +227,7 @@ CTL_PLACEHOLDERS: dict[str, Check] = {  # a placeholder outside an option → wh
     "FILE.jsonl": lambda a, r, v: a.file == Path(v),
     "DIR": lambda a, r, v: a.dir == Path(v),
     "COMMAND": lambda a, r, v: a.command == v,
+    "…": lambda a, r, v: a.command == v,  # `memwardenctl … | head`: any command
 }
 DAEMON_OPTIONS: dict[str, tuple[bool, Check]] = {
     "--config": (True, lambda a, r, v: a.config == Path(v)),
