@@ -40,9 +40,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-EX_SOCKET_IN_USE = 73  # sysexits.h's EX_CANTCREAT: the control socket cannot be made, a live daemon holds it
-
-
 def held_by_another(path: Path) -> bool:
     """Whether a daemon already listens on the control socket: a second one must leave the state alone (it would
     roll back the first one's leases), so this is asked before the state is opened. Binding asks again."""
@@ -69,7 +66,7 @@ def held_by_another(path: Path) -> bool:
 def socket_in_use(path: Path) -> int:
     get_logger().error("cannot start", error=f"another memwardend is already listening on {path}; stop it first, "
                                              "or give this one another daemon.socket")
-    return EX_SOCKET_IN_USE
+    return EX_CANTCREAT
 
 
 def main(argv: list[str] | None = None) -> int:
