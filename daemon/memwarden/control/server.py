@@ -34,6 +34,7 @@ from memwarden.logs import get_logger
 
 log = get_logger()
 
+ACCEPT_BATCH = 64  # connections accepted per turn of the loop
 REFUSAL_LOG_EVERY = 60.0  # seconds: one warning per uid and reason, then a count of the refusals in between
 MMAP_THRESHOLD = 128 * 1024  # bytes: glibc's default, held fixed (see release_large_buffers)
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
@@ -115,9 +116,12 @@ class ControlServer:
         self._owned_path = owned_path
         release_large_buffers()
         loop = asyncio.get_running_loop()
-        # The accept queue as long as the kernel allows: a burst of connections from one user waits there to
-        # be refused, rather than filling it and making everyone else's connect() fail with EAGAIN.
-        self._server = await loop.create_unix_server(lambda: Connection(self), sock=sock, backlog=socket.SOMAXCONN)
+        self._server = await loop.create_unix_server(lambda: Connection(self), sock=sock, backlog=ACCEPT_BATCH)
+        # The kernel's accept queue as long as it allows: a burst of connections from one user waits there to be
+        # refused, rather than filling it and making everyone else's connect() wait. asyncio still takes at most
+        # ACCEPT_BATCH of them per turn of the loop, so the requests of connections already open are served
+        # between batches.
+        sock.listen(socket.SOMAXCONN)
 
     async def close(self) -> None:
         if self._server is not None:
