@@ -100,6 +100,15 @@ class Hogs(threading.Thread):
             s.close()
 
 
+def cpu_pressure() -> float | None:
+    """The host's CPU pressure (PSI `some` avg60, % of time a task waited for a CPU): the noise in the figures."""
+    try:
+        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+        return float(dict(f.split("=") for f in line.split()[1:])["avg60"])
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
+
+
 def stats(values: list[float]) -> dict[str, Any]:
     return {"n": len(values), "p50_ms": round(percentile(values, 50), 3), "p99_ms": round(percentile(values, 99), 3),
             "max_ms": round(max(values), 3)}
@@ -149,6 +158,7 @@ def main() -> int:
             prober.halt.set()
             prober.join(60)
 
+    pressure = cpu_pressure()
     a, b = stats(attacked), stats(baseline)
     rows = [[f"{q} (ms)", fmt(a[f"{q}_ms"], 3), fmt(b[f"{q}_ms"], 3), fmt_ratio(ratio(a[f"{q}_ms"], b[f"{q}_ms"]))]
             for q in ("p50", "p99", "max")]
@@ -159,10 +169,12 @@ def main() -> int:
              f"{'met' if a['max_ms'] <= GOAL_STALL_MS else 'NOT met'}). Store: {args.memories:,} memories of "
              f"{args.chars:,} characters ({store_bytes / 1e6:.0f} MB). {hogs.asked} pages asked for, none read; "
              f"{hogs.dropped} connections dropped by the daemon and reopened. Daemon RSS {rss_start / MIB:.0f} MiB "
-             f"before, peak {peak[0] / MIB:.0f} MiB (+{growth:.0f} MiB). {args.seconds:g} s per phase.")
+             f"before, peak {peak[0] / MIB:.0f} MiB (+{growth:.0f} MiB). {args.seconds:g} s per phase. Host CPU "
+             f"pressure (PSI some avg60) at the end: {fmt(pressure)} %.")
     emit("reply stall", text, {"attacked": a, "baseline": b, "store_bytes": store_bytes, "pages_asked": hogs.asked,
                                "dropped": hogs.dropped, "rss_start_bytes": rss_start, "rss_peak_bytes": peak[0],
-                               "ratio_max": round(a["max_ms"] / b["max_ms"], 3)}, args.json)
+                               "ratio_max": round(a["max_ms"] / b["max_ms"], 3), "cpu_pressure_avg60": pressure},
+         args.json)
     return 0
 
 

@@ -124,6 +124,15 @@ def started_daemon(stack: contextlib.ExitStack) -> DaemonProcess:
     return daemon
 
 
+def cpu_pressure() -> float | None:
+    """The host's CPU pressure (PSI `some` avg60, % of time a task waited for a CPU): the noise in the figures."""
+    try:
+        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+        return float(dict(f.split("=") for f in line.split()[1:])["avg60"])
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
+
+
 def stats(values: list[float]) -> dict[str, Any]:
     return {"n": len(values), "p50_ms": round(percentile(values, 50), 3), "p99_ms": round(percentile(values, 99), 3),
             "max_ms": round(max(values), 3)}
@@ -165,6 +174,7 @@ def main() -> int:
             attacker.wait(30)
     attacked, baseline = samples["attacked"], samples["baseline"]
 
+    pressure = cpu_pressure()
     a, b = stats(attacked), stats(baseline)
     rows = [[f"{q} (ms)", fmt(a[f"{q}_ms"], 3), fmt(b[f"{q}_ms"], 3), fmt_ratio(ratio(a[f"{q}_ms"], b[f"{q}_ms"]))]
             for q in ("p50", "p99", "max")]
@@ -174,10 +184,12 @@ def main() -> int:
              f"it held {held} at the start of the timed calls and {held_after} at the end; "
              f"{ended.get('attempts', '?')} connection attempts in all. Goal: p99 ≤ {GOAL_P99_MS:g} ms under attack "
              f"(p99 {a['p99_ms']:.3f} ms: {'met' if a['p99_ms'] <= GOAL_P99_MS else 'NOT met'}). {args.calls} timed "
-             f"calls on each daemon, taking turns in {args.blocks} blocks.")
+             f"calls on each daemon, taking turns in {args.blocks} blocks. Host CPU pressure (PSI some avg60) at "
+             f"the end: {fmt(pressure)} %.")
     emit("control socket fairness", text, {"attacked": a, "baseline": b, "attacker_start": started,
                                             "attacker_end": ended, "held_start": held, "held_end": held_after,
-                                            "ratio_p99": round(a["p99_ms"] / b["p99_ms"], 3)}, args.json)
+                                            "ratio_p99": round(a["p99_ms"] / b["p99_ms"], 3),
+                                            "cpu_pressure_avg60": pressure}, args.json)
     return 0
 
 

@@ -161,13 +161,17 @@ class Connection(asyncio.Protocol):
         try:
             while (item := await self._next()) is not None:
                 if isinstance(item, _Refusal):
-                    await self._write(error_line(None, item.err))
+                    self._send(error_line(None, item.err))
+                    await self._drained()
                     break
                 reply = await self._answer(item)
                 if self._gone:
                     break
-                if reply is not None and not await self._write(reply):
-                    break
+                if reply is not None:
+                    self._send(reply)
+                    reply = None  # the transport holds its own copy: one copy of a reply, not two
+                    if not await self._drained():
+                        break
         finally:
             self._close()
 
@@ -211,11 +215,12 @@ class Connection(asyncio.Protocol):
             return None
         return task.result()
 
-    async def _write(self, data: bytes) -> bool:
-        """Send one reply and wait until the client has taken it (all but the transport's low-water mark)."""
-        if self._gone and self.transport.is_closing():
-            return False
-        self.transport.write(data)
+    def _send(self, data: bytes) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(memoryview(data))  # what the socket does not take at once is copied once
+
+    async def _drained(self) -> bool:
+        """Wait until the client has taken the reply (all but the transport's low-water mark)."""
         while not self._writable.is_set():
             unsent = self.transport.get_write_buffer_size()
             try:

@@ -114,14 +114,16 @@ def encode(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), default=str, allow_nan=False).encode() + b"\n"
 
 
-class Encoded(bytes):
+@dataclass(frozen=True)
+class Encoded:
     """A result already encoded as JSON (by a method that encodes large results off the event loop)."""
+    json: bytes
 
 
 def result_line(req_id: Any, result: Any) -> bytes:
     if isinstance(result, Encoded):
         head = encode({"jsonrpc": "2.0", "id": req_id, "result": None})
-        return head[:-len(b"null}\n")] + result + b"}\n"
+        return b"".join((head[:-len(b"null}\n")], result.json, b"}\n"))
     return encode({"jsonrpc": "2.0", "id": req_id, "result": result})
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import socket
 import sqlite3
@@ -32,7 +33,22 @@ from memwarden.logs import get_logger
 
 log = get_logger()
 
+ACCEPT_BATCH = 64  # connections accepted per turn of the loop
 REFUSAL_LOG_EVERY = 60.0  # seconds: one warning per uid and reason, then a count of the refusals in between
+MMAP_THRESHOLD = 128 * 1024  # bytes: glibc's default, held fixed (see release_large_buffers)
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
+
+
+def release_large_buffers() -> None:
+    """Have glibc map every allocation over MMAP_THRESHOLD on its own and unmap it when freed.
+
+    Replies of megabytes come and go (pages of memories, kept while a slow client reads them). By default glibc
+    raises its mmap threshold to the largest block freed, after which such blocks come from the heap and their
+    memory stays with the process once freed: the daemon's RSS would keep the high-water mark of every burst.
+    Elsewhere than glibc this does nothing."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
 class ControlServer:
@@ -58,10 +74,14 @@ class ControlServer:
     async def start(self, sock: socket.socket, owned_path: Path | None) -> None:
         sock.setblocking(False)
         self._owned_path = owned_path
+        release_large_buffers()
         loop = asyncio.get_running_loop()
-        # The accept queue as long as the kernel allows: a burst of connections from one user waits there to
-        # be refused, rather than filling it and making everyone else's connect() fail with EAGAIN.
-        self._server = await loop.create_unix_server(lambda: Connection(self), sock=sock, backlog=socket.SOMAXCONN)
+        self._server = await loop.create_unix_server(lambda: Connection(self), sock=sock, backlog=ACCEPT_BATCH)
+        # The kernel's accept queue as long as it allows: a burst of connections from one user waits there to be
+        # refused, rather than filling it and making everyone else's connect() wait. asyncio still takes at most
+        # ACCEPT_BATCH of them per turn of the loop, so the requests of connections already open are served
+        # between batches.
+        sock.listen(socket.SOMAXCONN)
 
     async def close(self) -> None:
         if self._server is not None:

@@ -92,8 +92,11 @@ def read_page(conn: sqlite3.Connection, query: PageQuery, max_rows: int = MAX_PA
 def encode_page(page: Page) -> bytes:
     """The page as the JSON object `{"total", "next_offset", "memories"}`."""
     next_offset = b"null" if page.next_offset is None else b"%d" % page.next_offset
-    return (b'{"total":%d,"next_offset":%s,"memories":[' % (page.total, next_offset) + b",".join(page.memories)
-            + b"]}")
+    parts = [b'{"total":%d,"next_offset":%s,"memories":[' % (page.total, next_offset)]
+    for i, memory in enumerate(page.memories):
+        parts += (b",", memory) if i else (memory,)
+    parts.append(b"]}")
+    return b"".join(parts)  # one copy of the page's bytes
 
 
 def database_file(conn: sqlite3.Connection) -> str:
