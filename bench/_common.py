@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 MIB = 1024 * 1024
@@ -192,3 +193,17 @@ def managed(daemon: Any) -> Iterator[NotifyDrain]:
             if drain is not None:
                 drain.stop()
             daemon.cleanup()
+
+
+def cpu_pressure() -> float | None:
+    """The host's CPU pressure (PSI `some` avg60, % of time a task waited for a CPU): the noise in the figures."""
+    try:
+        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+        return float(dict(f.split("=") for f in line.split()[1:])["avg60"])
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
+
+
+def stats(values: list[float]) -> dict[str, Any]:
+    return {"n": len(values), "p50_ms": round(percentile(values, 50), 3), "p99_ms": round(percentile(values, 99), 3),
+            "max_ms": round(max(values), 3)}

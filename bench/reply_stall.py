@@ -19,10 +19,21 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import psutil
-from _common import MIB, emit, exit_cleanly_on_sigterm, fmt, fmt_ratio, managed, parser, percentile, ratio, table
+from _common import (
+    MIB,
+    cpu_pressure,
+    emit,
+    exit_cleanly_on_sigterm,
+    fmt,
+    fmt_ratio,
+    managed,
+    parser,
+    ratio,
+    stats,
+    table,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from memwarden.control.client import Client
@@ -98,20 +109,6 @@ class Hogs(threading.Thread):
                     self.socks[i] = self.open()
         for s in self.socks:
             s.close()
-
-
-def cpu_pressure() -> float | None:
-    """The host's CPU pressure (PSI `some` avg60, % of time a task waited for a CPU): the noise in the figures."""
-    try:
-        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
-        return float(dict(f.split("=") for f in line.split()[1:])["avg60"])
-    except (OSError, KeyError, ValueError, IndexError):
-        return None
-
-
-def stats(values: list[float]) -> dict[str, Any]:
-    return {"n": len(values), "p50_ms": round(percentile(values, 50), 3), "p99_ms": round(percentile(values, 99), 3),
-            "max_ms": round(max(values), 3)}
 
 
 def main() -> int:

@@ -17,9 +17,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-from _common import emit, exit_cleanly_on_sigterm, fmt, fmt_ratio, managed, parser, percentile, ratio, table
+from _common import (
+    cpu_pressure,
+    emit,
+    exit_cleanly_on_sigterm,
+    fmt,
+    fmt_ratio,
+    managed,
+    parser,
+    ratio,
+    stats,
+    table,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from memwarden.control.client import Client
@@ -122,20 +132,6 @@ def started_daemon(stack: contextlib.ExitStack) -> DaemonProcess:
     open_to_others(daemon.workdir)
     stack.enter_context(managed(daemon))
     return daemon
-
-
-def cpu_pressure() -> float | None:
-    """The host's CPU pressure (PSI `some` avg60, % of time a task waited for a CPU): the noise in the figures."""
-    try:
-        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
-        return float(dict(f.split("=") for f in line.split()[1:])["avg60"])
-    except (OSError, KeyError, ValueError, IndexError):
-        return None
-
-
-def stats(values: list[float]) -> dict[str, Any]:
-    return {"n": len(values), "p50_ms": round(percentile(values, 50), 3), "p99_ms": round(percentile(values, 99), 3),
-            "max_ms": round(max(values), 3)}
 
 
 def main() -> int:

@@ -8,17 +8,9 @@ import asyncio
 import pytest
 
 from memwarden.arbiter.leasing import ABANDONED
-from memwarden.state.db import open_state
 from support.arbiter_fakes import FakeGpu, FakeOllama, Gate, GiB, make_arbiter
 
 BIG = "big:latest"
-
-
-@pytest.fixture
-def db(tmp_path):
-    database = open_state(tmp_path / "state")
-    yield database
-    database.close()
 
 
 @pytest.fixture

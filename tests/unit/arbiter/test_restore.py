@@ -5,18 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from memwarden.state.db import open_state
 from support.arbiter_fakes import FakeGpu, FakeOllama, GiB, make_arbiter
 
 BIG, SMALL = "big:latest", "small:latest"
 SQUATTER = 7777  # a process outside any lease that takes GPU memory while the lease is held
-
-
-@pytest.fixture
-def db(tmp_path):
-    database = open_state(tmp_path / "state")
-    yield database
-    database.close()
 
 
 @pytest.fixture
