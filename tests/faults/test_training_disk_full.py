@@ -19,12 +19,16 @@ from state_faults import fill, tmpfs
 
 from support.ollama_double.manager import wait_until
 
-pytestmark = pytest.mark.skipif(
-    any(importlib.util.find_spec(m) is None for m in ("torch", "transformers", "peft", "safetensors")),
-    reason="the train extra (torch, transformers, peft, safetensors) is not installed",
-)
-
 RUN_TIMEOUT = 300
+pytestmark = [
+    pytest.mark.skipif(
+        any(importlib.util.find_spec(m) is None for m in ("torch", "transformers", "peft", "safetensors")),
+        reason="the train extra (torch, transformers, peft, safetensors) is not installed",
+    ),
+    # A test runs the real trainer up to five times (a promoted run, then three failed attempts): on a loaded
+    # 2-core machine each start costs a minute, past the suite's default of 300 s per test.
+    pytest.mark.timeout(3 * RUN_TIMEOUT),
+]
 
 
 def test_a_checkpoint_onto_a_full_disk_fails_and_keeps_the_last_complete_one(tmp_path):

@@ -135,7 +135,9 @@ def _render(seq: list[Any], variant: int, optional: bool) -> list[str]:
 
 def expand(usage: str) -> list[list[str]]:
     """Concrete word lists for a usage line: every alternative in some example; optional parts in and out."""
-    seq, _ = _parse_notation(re.findall(r"\[|\]|[^\s\[\]]+", usage))
+    # A word in single quotes is one word, as the shell reads it (`call config.show '{"secrets": true}'`).
+    tokens = [t[1:-1] if t.startswith("'") else t for t in re.findall(r"'[^']*'|\[|\]|[^\s\[\]']+", usage)]
+    seq, _ = _parse_notation(tokens)
     out: list[list[str]] = []
     for variant in range(_choices(seq)):
         for optional in (True, False):
@@ -158,7 +160,8 @@ class Values:
         by_option = {"--gpu": "0", "--priority": "3", "--limit": "7", "--offset": "2", "--importance": "6",
                      "--holder": "nightly-run", "--profile": "alice", "--kind": "journal", "--adapter": "alice",
                      "--response": "Black coffee, before eight.", "--created-at": "2024-05-01T10:00:00",
-                     "--wait": "5s", "--timeout": "12.5", "--socket": self.socket, "--config": self.config}
+                     "--wait": "5s", "--timeout": "12.5", "--socket": self.socket, "--config": self.config,
+                     "--import-id": "nightly-2024-05-01"}
         if before in by_option:
             return [by_option[before]]
         by_name = {"SIZE": ["4GiB"], "ID": ["42"], "NAME": ["assistant"], "ADAPTER": ["alice"],
@@ -207,6 +210,7 @@ CTL_OPTIONS: dict[str, tuple[bool, Check]] = {  # option → (takes a value, whe
     "--importance": (True, lambda a, r, v: r.params["importance"] == int(v)),
     "--response": (True, lambda a, r, v: r.params["response"] == v),
     "--created-at": (True, lambda a, r, v: r.params["created_at"] == v),
+    "--import-id": (True, lambda a, r, v: a.import_id == v),
     "--consolidated": (False, lambda a, r, v: r.params["consolidated"] is True),
     "--unconsolidated": (False, lambda a, r, v: r.params["consolidated"] is False),
     "--gpu": (True, lambda a, r, v: _lease(a).gpu == v),
@@ -312,6 +316,7 @@ REFUSED = {
     ("adapters", "rollback"): "assistant has no active version",
     ("adapters", "load"): "no Ollama configured",
     ("adapters", "evict"): "no Ollama configured",
+    ("adapters", "pin"): "no Ollama configured",  # only a model Ollama lists may be pinned
 }
 PRINT_ARGV = "import os, sys; print('GPU', os.environ['CUDA_VISIBLE_DEVICES'], 'ARGV', *sys.argv[1:])"
 
