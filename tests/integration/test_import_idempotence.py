@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from memwarden.cli import memwardenctl
+from memwarden.cli import memory_import, memwardenctl
 from memwarden.control.client import Client, ConnectError
 from memwarden.control.protocol import request_line
 from support.daemon import BIN
@@ -76,7 +76,7 @@ def test_memwardenctl_sends_an_import_again_when_the_commits_answer_is_lost(daem
         return real_call(self, method, params)
 
     monkeypatch.setattr(Client, "call", call)
-    monkeypatch.setattr(memwardenctl, "RETRY_PAUSE", 0.0)
+    monkeypatch.setattr(memory_import, "RETRY_PAUSE", 0.0)
     code = memwardenctl.main(["--socket", str(daemon.socket_path), "memories", "import", str(jsonl)])
     out = capsys.readouterr()
     assert code == 0, out.err

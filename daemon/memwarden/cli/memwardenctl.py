@@ -7,9 +7,7 @@ import contextlib
 import json
 import math
 import os
-import secrets
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +15,10 @@ from typing import Any
 
 from memwarden import __version__, paths
 from memwarden.cli import render
-from memwarden.cli.usage import Parser, run_quietly
+from memwarden.cli.memory_import import import_memories
+from memwarden.cli.usage import Parser, fail, run_quietly
 from memwarden.control.client import Client, ConnectError
-from memwarden.control.protocol import MAX_LINE, RpcError
+from memwarden.control.protocol import RpcError
 
 # command → (RPC method, renderer, help)
 COMMANDS = {
@@ -38,11 +37,6 @@ ADAPTER_VERBS = {"load": "adapters.load", "evict": "adapters.evict", "pin": "ada
 TRAIN_VERBS = {"start": "train.start", "status": "train.status", "history": "train.history", "cancel": "train.cancel"}
 MEMORY_VERBS = {"add": ("memories.add", render.memory_added), "list": ("memories.list", render.memories),
                 "count": ("memories.count", render.memory_counts), "show": ("memories.show", render.memory)}
-# An import is sent in chunks that keep each request under the socket's line limit.
-CHUNK_BYTES = MAX_LINE - 8192  # JSON-encoded lines per request, leaving room for the envelope
-CHUNK_LINES = 10000
-IMPORT_RETRIES = 3  # a connection lost mid-import: send it again, under the same import id, this many times
-RETRY_PAUSE = 1.0  # seconds before the first retry; the next ones wait longer
 
 
 @dataclass(frozen=True)
@@ -188,122 +182,6 @@ def memory_params(args: argparse.Namespace) -> dict[str, Any]:
         return {"id": args.id}
     names = ("profile", "kind", "adapter") + (("consolidated", "limit", "offset") if args.verb == "list" else ())
     return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
-
-
-def _chunks(stream: Any, local_errors: dict[int, str]) -> Any:
-    """(first_line, lines) chunks of the file, each under CHUNK_BYTES once JSON-encoded. A line that cannot be
-    sent (not UTF-8, or too long for one request) goes as null, with its reason in local_errors."""
-    chunk: list[str | None] = []
-    size, first = 0, 1
-    for n, raw in enumerate(stream, 1):
-        try:
-            line: str | None = raw.decode().rstrip("\r\n")
-            cost = len(json.dumps(line)) + 1
-        except UnicodeDecodeError as exc:
-            local_errors[n] = f"not valid UTF-8 ({exc.reason} at byte {exc.start})"
-            line, cost = None, 5
-        if line is not None and cost > CHUNK_BYTES:
-            local_errors[n] = (f"{len(raw):,} bytes is too long to send (the control socket takes requests of "
-                               f"at most {MAX_LINE // 1024} KiB)")
-            line, cost = None, 5
-        if chunk and (size + cost > CHUNK_BYTES or len(chunk) >= CHUNK_LINES):
-            yield first, chunk
-            first, chunk, size = n, [], 0
-        chunk.append(line)
-        size += cost
-    if chunk:
-        yield first, chunk
-
-
-def import_memories(sock: Path, path: Path, timeout: float, as_json: bool, import_id: str | None = None) -> int:
-    """Stream a JSONL file to the daemon in chunks; commit only when no line was bad.
-
-    The import carries an id (--import-id, else a fresh one) that the daemon commits with the memories. When the
-    connection drops before the answer (the commit may or may not have happened), the file is sent again from
-    its start under the same id: the daemon imports it once, and answers a retry of a committed import with
-    "already imported"."""
-    import_id = import_id or secrets.token_hex(16)
-    try:
-        stream = sys.stdin.buffer if str(path) == "-" else path.open("rb")
-    except OSError as exc:
-        return fail(f"{path}: {exc.strerror or exc}", 2)
-    lost: Exception | None = None
-    with stream:
-        for attempt in range(IMPORT_RETRIES + 1):
-            if attempt:
-                if not stream.seekable():
-                    break
-                stream.seek(0)
-                time.sleep(RETRY_PAUSE * attempt)
-            try:
-                client = Client(sock, timeout=timeout)
-            except ConnectError as exc:
-                if attempt == 0:
-                    raise  # no daemon at all: say so, as every command does
-                lost = exc
-                continue
-            try:
-                with client:
-                    return _send_import(client, stream, path, as_json, import_id)
-            except (ConnectError, TimeoutError, ConnectionError) as exc:
-                lost = exc
-                print(f"memwardenctl: {path}: the connection to the daemon was lost during the import ({exc}); "
-                      f"sending it again as import {import_id}", file=sys.stderr)
-    return fail(f"{path}: the connection to the daemon was lost during the import ({lost}); it was imported "
-                f"once or not at all: run the same import with --import-id {import_id} to finish it", 3)
-
-
-def _send_import(client: Client, stream: Any, path: Path, as_json: bool, import_id: str) -> int:
-    errors: dict[int, str] = {}
-    local: dict[int, str] = {}
-    bad_count = total = 0
-    begun = client.call("memories.import_begin", {"import_id": import_id})
-    if begun.get("already_imported"):
-        return _imported(begun, as_json)
-    token = begun["token"]
-    committed = False
-    try:
-        for first, lines in _chunks(stream, local):
-            res = client.call("memories.import_chunk", {"token": token, "lines": lines, "first_line": first})
-            errors.update((n, m) for n, m in res["bad"])
-            bad_count = res["bad_count"]
-            total = first + len(lines) - 1
-        if not bad_count:
-            committed = True  # from here a lost answer is retried under the same id, never aborted
-            result = client.call("memories.import_commit", {"token": token, "total_lines": total})
-    finally:
-        if not committed:
-            with contextlib.suppress(RpcError, OSError):  # else the daemon drops an idle import itself
-                client.call("memories.import_abort", {"token": token})
-    if not bad_count:
-        return _imported(result, as_json)
-    errors.update(local)  # the client's own reason beats the daemon's generic one
-    if as_json:
-        print(json.dumps({"imported": 0, "bad_count": bad_count, "bad_lines": sorted(errors.items())}, indent=2))
-    else:
-        for n in sorted(errors):
-            print(f"line {n}: {errors[n]}", file=sys.stderr)
-        more = bad_count - len(errors)
-        print(f"memwardenctl: {path}: {bad_count} bad line{'s' if bad_count != 1 else ''}"
-              f"{f' ({more} not shown)' if more > 0 else ''}; nothing imported", file=sys.stderr)
-    return 1
-
-
-def _imported(result: dict[str, Any], as_json: bool) -> int:
-    if as_json:
-        print(json.dumps(result, indent=2))
-    elif result.get("already_imported"):
-        n = result["imported"]
-        print(f"already imported, {n} memor{'y' if n == 1 else 'ies'} (import {result['import_id']}); "
-              "nothing imported again")
-    else:
-        print(render.imported(result))
-    return 0
-
-
-def fail(message: str, code: int = 1) -> int:
-    print(f"memwardenctl: {message}", file=sys.stderr)
-    return code
 
 
 def guarded(sock: Path, timeout: float, action: Callable[[], Any]) -> tuple[bool, Any]:

@@ -51,3 +51,9 @@ def stdout_reader_gone() -> bool:
         return any(events & select.POLLERR for _, events in poller.poll(0))
     except (OSError, ValueError):  # stdout closed or not a file descriptor
         return False
+
+
+def fail(message: str, code: int = 1) -> int:
+    """One line on stderr naming what went wrong; the exit status to return."""
+    print(f"memwardenctl: {message}", file=sys.stderr)
+    return code
