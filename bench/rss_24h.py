@@ -1,7 +1,8 @@
 """memwardend's RSS over 24 simulated hours: 86,400 one-second sample passes compressed into a tight loop.
 
-The real daemon runs in this process (Daemon.run(): state database, control socket, alert dispatcher, arbiter,
-container watch, learning supervisor), with its sample passes back to back instead of every sample_interval, and
+The daemon's real parts run in this process (services.build(): state database, alert dispatcher, arbiter,
+container watch, learning supervisor, the RPC methods; no socket is bound), with its real sample pass
+(sample_pass.py) run back to back instead of every sample_interval, and
 both its clocks (monotonic and wall) advanced one second per pass, so every hold, hysteresis, leak window and
 renotify interval sees a day go by. The probes are real where they can be and cheap where they cannot:
   host        a fake probe: RAM used swings across host.ram_warn_percent every 5 minutes (alerts raised, resolved)
@@ -29,9 +30,13 @@ from _common import MIB, emit, exit_cleanly_on_sigterm, fmt, parser, table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from memwarden.config import parse_config
-from memwarden.daemon import Daemon
+from memwarden.control.methods import register_all
+from memwarden.control.registry import Registry
 from memwarden.probes.gpu_sim import SimGpuProbe
+from memwarden.sample_pass import SamplePass
+from memwarden.services import build
 from memwarden.snapshots import ContainerMemory, ContainersSnapshot, HostSnapshot
+from memwarden.state.db import open_state
 
 DAY = 86_400
 WARMUP = 3_600
@@ -109,40 +114,38 @@ async def simulate(passes: int, every: int, trace: bool, workdir: Path, containe
     from memwarden.logs import configure_logging
 
     configure_logging("error", "console")
-    d = Daemon(cfg, env={}, host_probe=SwingingHost(wall), gpu_probe=SimGpuProbe(sim, clock=wall),
-               container_probe=Containers(wall, containers), clock=mono, wall=wall)
-    d.effective_interval = lambda: 0.0  # type: ignore[method-assign]  # back to back: the clocks say 1 s
+    s = build(cfg, open_state(cfg.daemon.state_dir), env={}, host_probe=SwingingHost(wall),
+              gpu_probe=SimGpuProbe(sim, clock=wall), container_probe=Containers(wall, containers), clock=mono,
+              wall=wall, restarter=lambda cid, timeout: None)
+    await s.start()
+    register_all(Registry(), s, lambda trigger: asyncio.sleep(0, {}))  # the RPC methods, as a running daemon holds them
+    sample_pass = SamplePass(s)
     proc = psutil.Process()
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
-    real_pass = d.sample_pass
 
     def record() -> None:
-        rows.append({"passes": d.samples, "simulated_h": round(d.samples / 3600, 2),
+        r = s.readings
+        rows.append({"passes": r.samples, "simulated_h": round(r.samples / 3600, 2),
                      "wall_s": round(time.perf_counter() - started, 1), "rss": proc.memory_info().rss,
                      "traced": tracemalloc.get_traced_memory()[0] if trace else None,
-                     "alerts_raised": sum(d.dispatcher.raised.values()) if d.dispatcher else 0,
-                     "history_rows": d.db["alert_history"].count if d.db else 0})
+                     "alerts_raised": sum(s.dispatcher.raised.values()),
+                     "history_rows": s.db["alert_history"].count})
 
-    async def one_pass() -> None:
-        if d.samples == 0:
-            record()
-        mono.t += 1.0
-        wall.t += 1.0
-        if d.samples % 420 == 0:
-            write_sim(sim, d.samples // 420 % 2 == 1)
-        await real_pass()
-        if d.samples % every == 0 or d.samples == WARMUP:
-            record()
-        if d.samples >= passes:
-            d.request_stop("done")
-
-    d.sample_pass = one_pass  # type: ignore[method-assign]
     if trace:
         tracemalloc.start()
-    await d.run()
+    record()
+    while s.readings.samples < passes:  # back to back: the clocks say one second per pass
+        mono.t += 1.0
+        wall.t += 1.0
+        if s.readings.samples % 420 == 0:
+            write_sim(sim, s.readings.samples // 420 % 2 == 1)
+        await sample_pass.run()
+        if s.readings.samples % every == 0 or s.readings.samples == WARMUP:
+            record()
     if trace:
         tracemalloc.stop()
+    await s.close()
     return {"rows": rows, "wall_s": round(time.perf_counter() - started, 1)}
 
 

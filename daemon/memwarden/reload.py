@@ -7,16 +7,15 @@ restart instead of being applied.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 from memwarden.config import Config, ConfigError, locate_and_load
 from memwarden.config.redact import remember, secret_values
-from memwarden.control.admission import ClientLimits
 from memwarden.logs import configure_logging, get_logger
-
-if TYPE_CHECKING:
-    from memwarden.daemon import Daemon
+from memwarden.services import Services
 
 log = get_logger()
 
@@ -32,40 +31,27 @@ def changed_keys(old: Config, new: Config) -> list[str]:
                   for key in a[section] if a[section][key] != b[section][key])
 
 
-async def reload_config(daemon: Daemon, trigger: str) -> dict[str, Any]:
-    """Load, validate and apply the config file; the reply says what changed (or every problem found)."""
-    daemon.notifier.reloading()
+async def reload_config(services: Services, config_arg: Path | None, env: Mapping[str, str],
+                        trigger: str) -> dict[str, Any]:
+    """Load, validate and apply the config file; the reply says what changed (or every problem found). The
+    front doors (socket limits, proxy) are the caller's to reconfigure once this says `reloaded`."""
+    services.notifier.reloading()
     try:
-        new = locate_and_load(daemon.config_arg, daemon.env)
+        new = locate_and_load(config_arg, env)
     except ConfigError as exc:
         log.error("config reload failed; keeping the running config", trigger=trigger,
                   config=str(exc.source), errors=exc.problems)
-        daemon.notifier.ready(daemon.status_line())
+        services.notifier.ready(services.status_line())
         return {"reloaded": False, "config": str(exc.source), "errors": exc.problems}
-    changed = changed_keys(daemon.config, new)
+    old = services.config
+    changed = changed_keys(old, new)
     restart = [k for k in changed if k in RESTART_KEYS]
-    old, daemon.config = daemon.config, new
     remember(secret_values(new))
     if new.daemon.log_level != old.daemon.log_level or new.daemon.log_format != old.daemon.log_format:
         configure_logging(new.daemon.log_level, new.daemon.log_format)
-    assert daemon.dispatcher is not None
-    await daemon.dispatcher.reconfigure(new.alerts)
-    if daemon.arbiter is not None:
-        daemon.arbiter.config = new
-    if daemon.proxy is not None:
-        daemon.proxy.cfg = new.proxy
-    if daemon.containers is not None:
-        daemon.containers.config = new
-    if daemon.learning is not None and daemon.memories is not None:
-        daemon.learning.config = new
-        daemon.memories.routes = new.learning.routes
-    if daemon.server is not None:
-        daemon.server.admin_group = new.daemon.admin_group
-        daemon.server.limits = ClientLimits.of(new.daemon)
-    if new.daemon.sample_interval != old.daemon.sample_interval:
-        daemon.reschedule()
+    await services.reconfigure(new)
     log.info("config reloaded", trigger=trigger, config=str(new.source or "embedded defaults"),
              changed=changed, restart_required=restart)
-    daemon.notifier.ready(daemon.status_line())
+    services.notifier.ready(services.status_line())
     return {"reloaded": True, "config": str(new.source) if new.source else None,
             "changed": changed, "restart_required": restart}

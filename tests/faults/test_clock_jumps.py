@@ -21,14 +21,14 @@ from memwarden.alerts.model import Condition
 from memwarden.arbiter.arbiter import GpuArbiter
 from memwarden.config import parse_config
 from memwarden.containers.watch import ContainerWatch
-from memwarden.daemon import Daemon
 from memwarden.learning import trigger
 from memwarden.probes.gpu import NoGpuProbe
 from memwarden.probes.runner import ProbeRunner
+from memwarden.sample_pass import SamplePass
+from memwarden.services import build
 from memwarden.snapshots import ContainerMemory, ContainersSnapshot, HostSnapshot
 from memwarden.state.alert_history import AlertHistory
-from memwarden.state.db import DB_NAME, open_state
-from memwarden.state.health import StateHealth
+from memwarden.state.db import open_state
 from support.daemon import DaemonProcess
 from support.ollama_double.manager import wait_until
 
@@ -101,14 +101,11 @@ def test_a_backward_step_does_not_silence_an_alert_for_as_long_as_the_step(dispa
 # ---- the host policy's hold, inside the daemon -----------------------------------------------------------------
 
 
-def assembled(tmp_path, mono, wall, **sections) -> Daemon:
-    """A Daemon with its state, alert dispatcher and state health as run() builds them (no socket, no loop)."""
+def assembled(tmp_path, mono, wall, **sections) -> SamplePass:
+    """The daemon's parts as services.build() makes them, and the sample pass over them (no socket, no loop)."""
     cfg = config(tmp_path, **sections)
-    d = Daemon(cfg, env={}, clock=mono, wall=wall)
-    d.db = open_state(cfg.daemon.state_dir)
-    d.state = StateHealth(cfg.daemon.state_dir / DB_NAME, d.db, clock=wall)
-    d.dispatcher = AlertDispatcher(AlertHistory(d.db), cfg.alerts, mono=mono)
-    return d
+    return SamplePass(build(cfg, open_state(cfg.daemon.state_dir), env={}, clock=mono, wall=wall,
+                            gpu_probe=NoGpuProbe()))
 
 
 def host(used_percent: float) -> HostSnapshot:
@@ -124,17 +121,17 @@ def test_the_hold_counts_monotonic_seconds_whatever_the_wall_clock_does(tmp_path
             mono.t += dt
             wall.t += dt + step
             d.act_on_host(host(used))
-            return d.host_state.tracks["ram"].level.label
+            return d.s.readings.host_state.tracks["ram"].level.label
 
         assert at(0, 0, 90) == "ok"
         assert at(2, DAY, 90) == "ok"  # a day "passed" on the wall: no hold is over
         assert at(2, -2 * DAY, 90) == "ok"
         assert at(7, 0, 90) == "warning"  # 11 real seconds
-        assert [a["kind"] for a in d.dispatcher.active_list()] == ["host.ram"]
+        assert [a["kind"] for a in d.s.dispatcher.active_list()] == ["host.ram"]
         assert at(2, -DAY, 70) == "warning"  # clearing needs its own hold too
         assert at(11, 0, 70) == "ok"
     finally:
-        d.db.close()
+        d.s.db.close()
 
 
 # ---- housekeeping ------------------------------------------------------------------------------------------------
@@ -144,7 +141,7 @@ def test_housekeeping_prunes_by_the_clock_it_finds_no_more_and_no_less(tmp_path)
     mono, wall = Clock(1000.0), Clock(T0)
     d = assembled(tmp_path, mono, wall, alerts={"history_retention": "30d"})
     try:
-        table = d.db["alert_history"]
+        table = d.s.db["alert_history"]
         for age_days in (40, 29, 10, 1):
             table.insert({"kind": "host.ram", "key": f"{age_days}d", "severity": "warning", "message": "m",
                           "raised_at": T0 - age_days * DAY - 60, "resolved_at": T0 - age_days * DAY})
@@ -160,7 +157,7 @@ def test_housekeeping_prunes_by_the_clock_it_finds_no_more_and_no_less(tmp_path)
         wall.t = T0 + 2 * DAY  # two days on: the 29-day-old one passes 30 days, the others stay
         assert asyncio.run(keys()) == ["10d", "1d"]
     finally:
-        d.db.close()
+        d.s.db.close()
 
 
 # ---- containers: a leak series across a step ---------------------------------------------------------------------

@@ -18,7 +18,7 @@ WATCHDOG = {"WATCHDOG_USEC": "30000000"}  # systemd's WatchdogSec=30s: a WATCHDO
 
 # (what fails, the component it is part of)
 FAULTS = [
-    ("memwarden.daemon:evaluate", "host"),  # the host-memory policy
+    ("memwarden.sample_pass:evaluate", "host"),  # the host-memory policy
     ("memwarden.learning.supervisor:LearningSupervisor.tick", "learning"),  # an async effector
     ("memwarden.alerts.dispatch:AlertDispatcher.update", "probes"),  # the alert effector itself, in any scope
 ]

@@ -6,7 +6,7 @@ TARGET names a function or method as `module:attr` or `module:Class.method` (syn
 exists, every call of it raises RuntimeError("injected fault in TARGET"); once the file is gone it behaves as
 before. Everything else is the real memwardend.
 
-    DaemonProcess.start(argv=faulty_daemon.argv("memwarden.daemon:evaluate", flag, d.config_path))
+    DaemonProcess.start(argv=faulty_daemon.argv("memwarden.sample_pass:evaluate", flag, d.config_path))
 """
 
 from __future__ import annotations

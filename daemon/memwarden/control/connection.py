@@ -22,14 +22,20 @@ from __future__ import annotations
 import asyncio
 import select
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from memwarden.control.admission import Admission, ClientLimits
 from memwarden.control.peer import Peer, peer_of
-from memwarden.control.protocol import BUSY, LINE_TOO_LONG, MAX_LINE, RpcError, error_line, parse_request
+from memwarden.control.protocol import (
+    BUSY,
+    LINE_TOO_LONG,
+    MAX_LINE,
+    Request,
+    RpcError,
+    error_line,
+    parse_request,
+)
 from memwarden.logs import get_logger
-
-if TYPE_CHECKING:
-    from memwarden.control.server import ControlServer
 
 log = get_logger()
 
@@ -45,8 +51,22 @@ class _Refusal:
         self.err = err
 
 
+class Server(Protocol):
+    """What a connection asks of the server that accepted it (server.py's ControlServer)."""
+
+    limits: ClientLimits
+
+    def admit(self, conn: Connection) -> Admission: ...
+
+    def forget(self, conn: Connection) -> None: ...
+
+    def cancellable(self, method: str) -> bool: ...
+
+    async def call(self, request: Request, peer: Peer) -> bytes | None: ...
+
+
 class Connection(asyncio.Protocol):
-    def __init__(self, server: ControlServer):
+    def __init__(self, server: Server):
         self.server = server
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None

@@ -7,22 +7,22 @@ from typing import TYPE_CHECKING, Any
 from memwarden.containers.history import MANUAL
 from memwarden.control.params import int_param, str_param
 from memwarden.control.protocol import ApplicationError
+from memwarden.control.registry import Registry
 
 if TYPE_CHECKING:
-    from memwarden.daemon import Daemon
+    from memwarden.services import Services
 
 
-def register_containers(daemon: Daemon) -> None:
-    reg = daemon.registry
+def register_containers(reg: Registry, s: Services) -> None:
 
     def watch():
-        if daemon.containers is None:
+        if s.containers is None:
             raise ApplicationError("container watching is off (set containers.enabled = true)")
-        return daemon.containers
+        return s.containers
 
     async def containers() -> dict[str, Any]:
         """Each running container: working set, limit (0 = none), leak slope and verdict, action."""
-        runner = daemon.runners.get("containers")
+        runner = s.runners.get("containers")
         return {"error": runner.error if runner else None, "containers": watch().rows()}
 
     async def leaks() -> list[dict[str, Any]]:

@@ -12,12 +12,13 @@ from memwarden.arbiter.leases import Lease, may_manage
 from memwarden.arbiter.scheduler import ADAPTERS_PAGE
 from memwarden.control.params import bool_param, duration_param, int_param, size_param, str_param
 from memwarden.control.protocol import PERMISSION_DENIED, ApplicationError, InvalidParams, RpcError
+from memwarden.control.registry import Registry
 from memwarden.ollama.client import OllamaError, keep_alive_text
 from memwarden.policies import cache
 
 if TYPE_CHECKING:
     from memwarden.control.peer import Peer
-    from memwarden.daemon import Daemon
+    from memwarden.services import Services
 
 MAX_LEASE_WAIT = 24 * 3600.0  # lease.acquire's `wait`: a longer one is refused
 MAX_WATCH = 3600.0  # lease.watch's `timeout`: a longer one returns at this bound (the holder polls again)
@@ -47,35 +48,33 @@ def _check_owner(lease: Lease | None, peer: Peer | None, verb: str) -> None:
                                       f"{_owner(lease.uid)}; only its owner or root may {verb} it")
 
 
-def register_gpu(daemon: Daemon) -> None:
-    reg = daemon.registry
+def register_gpu(reg: Registry, s: Services) -> None:
 
     def arbiter():
-        assert daemon.arbiter is not None
-        return daemon.arbiter
+        return s.arbiter
 
     async def gpu() -> dict[str, Any]:
         """Each GPU's VRAM, temperature, processes and model budget; the Ollama view; leases."""
-        snap = daemon.last_gpu
-        runner = daemon.runners["gpu"]
+        snap = s.readings.gpu
+        runner = s.runners["gpu"]
         a = arbiter()
         out: dict[str, Any] = {
             "backend": runner.probe.backend,
             "error": runner.error,
-            "reserve": daemon.config.gpu.reserve,
+            "reserve": s.config.gpu.reserve,
             "gpus": [],
-            "ollama": None if daemon.last_ollama is None else {
-                "url": daemon.last_ollama.url, "loaded": [m.__dict__ for m in daemon.last_ollama.loaded]},
-            "ollama_error": daemon.runners["ollama"].error if "ollama" in daemon.runners else None,
+            "ollama": None if s.readings.ollama is None else {
+                "url": s.readings.ollama.url, "loaded": [m.__dict__ for m in s.readings.ollama.loaded]},
+            "ollama_error": s.runners["ollama"].error if "ollama" in s.runners else None,
             "leases": a.list(),
-            "scheduler": {"policy": daemon.config.gpu.scheduler, **a.stats},
+            "scheduler": {"policy": s.config.gpu.scheduler, **a.stats},
         }
         if snap is not None:
             held = a.held(snap)
             from memwarden.policies.placement import available
 
             for g, d in zip(snap.gpus, snap.to_dict()["gpus"], strict=True):
-                d["leasable_bytes"] = max(0, available(g, held, daemon.config.gpu.reserve))
+                d["leasable_bytes"] = max(0, available(g, held, s.config.gpu.reserve))
                 d["model_budget_bytes"] = a.budget(snap, g.index)
                 out["gpus"].append(d)
         return out

@@ -6,17 +6,16 @@ from typing import TYPE_CHECKING, Any
 
 from memwarden.control.params import int_param, str_param
 from memwarden.control.protocol import ApplicationError
+from memwarden.control.registry import Registry
 
 if TYPE_CHECKING:
-    from memwarden.daemon import Daemon
+    from memwarden.services import Services
 
 
-def register_learning(daemon: Daemon) -> None:
-    reg = daemon.registry
+def register_learning(reg: Registry, s: Services) -> None:
 
     def sup():
-        assert daemon.learning is not None
-        return daemon.learning
+        return s.learning
 
     async def guard(coro: Any) -> Any:
         try:

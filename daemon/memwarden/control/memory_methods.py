@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from memwarden.control.params import bool_param, int_param, str_param
 from memwarden.control.protocol import ApplicationError, Encoded, InvalidParams
+from memwarden.control.registry import Registry
 from memwarden.learning import import_ledger
 from memwarden.learning.pages import PageQuery, page_json_async
 from memwarden.learning.store import (
@@ -29,14 +30,13 @@ from memwarden.learning.store import (
     ImportRejected,
     ImportSessionError,
     MemoryNotFound,
-    MemoryStore,
 )
 from memwarden.learning.supervisor import active_run_adapters, last_run_times
 from memwarden.learning.trigger import due_adapters, next_window_start
 from memwarden.logs import get_logger
 
 if TYPE_CHECKING:
-    from memwarden.daemon import Daemon
+    from memwarden.services import Services
 
 log = get_logger()
 
@@ -68,22 +68,14 @@ def _lines_param(lines: Any) -> list[str | None]:
     return lines
 
 
-def register_memories(daemon: Daemon) -> None:
-    reg = daemon.registry
-    store: MemoryStore | None = getattr(daemon, "memories", None)
-    if store is None:
-        store = daemon.memories = MemoryStore(daemon.db, daemon.config.learning.routes)  # type: ignore[attr-defined]
-
-    def writable() -> MemoryStore:
-        """The store with the routes in effect now (a reload may have changed them)."""
-        store.routes = daemon.config.learning.routes
-        return store
+def register_memories(reg: Registry, s: Services) -> None:
+    store = s.memories
 
     async def memories_add(profile: Any = None, kind: Any = None, content: Any = None, response: Any = None,
                            importance: Any = None, created_at: Any = None) -> dict[str, Any]:
         """Add one memory: profile, kind, content, importance 1–10, optional response and created_at (admin)."""
         try:
-            memory_id = writable().add(profile, kind, content, response, importance=importance,
+            memory_id = store.add(profile, kind, content, response, importance=importance,
                                        created_at=created_at)
         except BadRecord as exc:
             raise InvalidParams(exc.message) from None
@@ -96,7 +88,7 @@ def register_memories(daemon: Daemon) -> None:
         """Import JSONL lines given in one request: all or nothing, bad lines reported by number; once per
         import_id (admin)."""
         try:
-            result = writable().import_lines(_lines_param(lines), import_id=_import_id(import_id))
+            result = store.import_lines(_lines_param(lines), import_id=_import_id(import_id))
         except ImportRejected as exc:
             raise _rejected(exc) from None
         log.info("memories import already committed" if result.get("already_imported") else "memories imported",
@@ -111,7 +103,7 @@ def register_memories(daemon: Daemon) -> None:
             log.info("memories import already committed", import_id=ident, imported=earlier["imported"])
             return {"token": None, **import_ledger.already(ident, earlier)}
         try:
-            token = writable().begin_import(ident)
+            token = store.begin_import(ident)
         except ImportSessionError as exc:
             raise ApplicationError(str(exc)) from None
         return {"token": token, "max_reported": MAX_REPORTED}
@@ -120,7 +112,7 @@ def register_memories(daemon: Daemon) -> None:
         """Validate and stage the next chunk of lines, numbered from first_line; returns its bad lines (admin)."""
         first = int_param("first_line", first_line, 1, 2**53)
         try:
-            return writable().stage(token, _lines_param(lines), first)
+            return store.stage(token, _lines_param(lines), first)
         except ImportSessionError as exc:
             raise ApplicationError(str(exc)) from None
 
@@ -129,7 +121,7 @@ def register_memories(daemon: Daemon) -> None:
         total = int_param("total_lines", total_lines, 0, 2**53, optional=True)
         started = time.perf_counter()
         try:
-            result = writable().commit_import(token, total)
+            result = store.commit_import(token, total)
         except ImportRejected as exc:
             raise _rejected(exc) from None
         except ImportSessionError as exc:
@@ -157,7 +149,7 @@ def register_memories(daemon: Daemon) -> None:
     async def memories_count(profile: Any = None, kind: Any = None, adapter: Any = None) -> dict[str, Any]:
         """Memories per profile, adapter and kind; unconsolidated importance per adapter against the threshold."""
         out = store.count(_opt_str("profile", profile), _opt_str("kind", kind), _opt_str("adapter", adapter))
-        out["threshold"] = daemon.config.learning.importance_threshold
+        out["threshold"] = s.config.learning.importance_threshold
         out["adapters"] = [{"adapter": a, **v} for a, v in store.unconsolidated_importance().items()]
         return out
 
@@ -170,12 +162,12 @@ def register_memories(daemon: Daemon) -> None:
 
     async def learning_due() -> dict[str, Any]:
         """Per adapter: is a training run due, and if not, why not (below threshold, min_interval, running)."""
-        cfg = daemon.config.learning
+        cfg = s.config.learning
         now = time.time()
         sums = store.unconsolidated_importance()
         profiles = store.adapters()
         decisions = due_adapters({a: 0.0 for a in profiles} | {a: v["importance"] for a, v in sums.items()},
-                                 last_run_times(daemon.db), active_run_adapters(daemon.db), cfg, now)
+                                 last_run_times(s.db), active_run_adapters(s.db), cfg, now)
         start = next_window_start(cfg.window, now) if any(d.due for d in decisions) else None
         return {
             "enabled": cfg.enabled, "threshold": cfg.importance_threshold, "min_interval": cfg.min_interval,

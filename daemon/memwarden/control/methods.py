@@ -4,16 +4,20 @@ of root, the daemon's own user or the admin group."""
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from memwarden import __version__
 from memwarden.config.redact import redact_config, secret_keys
+from memwarden.control.container_methods import register_containers
+from memwarden.control.gpu_methods import register_gpu
+from memwarden.control.learning_methods import register_learning
+from memwarden.control.memory_methods import register_memories
 from memwarden.control.protocol import PERMISSION_DENIED, InvalidParams, RpcError
+from memwarden.control.registry import Registry
 from memwarden.policies.host_memory import admittable_bytes, metric_values, thresholds
-
-if TYPE_CHECKING:
-    from memwarden.daemon import Daemon
+from memwarden.services import Services
 
 # Only the trainer subprocess may import these; the daemon reports if any slipped in.
 HEAVY_MODULES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "numpy")
@@ -21,48 +25,48 @@ HEAVY_MODULES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", 
 OPTIONAL_MODULES = ("prometheus_client", "aiohttp", "docker")
 
 
-def _jsonable_config(daemon: Daemon, secrets: bool = False) -> dict[str, Any]:
+def _jsonable_config(services: Services, secrets: bool = False) -> dict[str, Any]:
     """The config in effect as JSON; secrets redacted (config/redact.py) unless `secrets`."""
-    data = asdict(daemon.config)
+    data = asdict(services.config)
     data.pop("source", None)
     shown = {section: {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in values.items()}
              for section, values in data.items()}
     return shown if secrets else redact_config(shown, secret_keys())
 
 
-def register_all(daemon: Daemon) -> None:
-    reg = daemon.registry
+def register_all(reg: Registry, s: Services, reload: Callable[[str], Awaitable[dict[str, Any]]]) -> None:
+    """Every RPC method, against the daemon's parts; `reload` is the Daemon's (it owns the front doors)."""
+    readings = s.readings
 
     async def status() -> dict[str, Any]:
         """Daemon version, uptime, config, last sample and active alerts."""
-        cfg = daemon.config
-        assert daemon.dispatcher is not None
+        cfg = s.config
         return {
             "version": __version__,
             "pid": os.getpid(),
-            "started_at": daemon.started_at,
-            "uptime_s": round(daemon.uptime(), 3),
+            "started_at": readings.started_at,
+            "uptime_s": round(readings.uptime(), 3),
             "config": str(cfg.source) if cfg.source else None,
             "state_dir": str(cfg.daemon.state_dir),
             "dry_run": cfg.daemon.dry_run,
-            "ready": daemon.ready,
-            "summary": daemon.status_line(),
+            "ready": readings.ready,
+            "summary": s.status_line(),
             "last_sample": {
-                "at": daemon.last_sample_at,
-                "duration_ms": None if daemon.last_sample_ms is None else round(daemon.last_sample_ms, 3),
-                "count": daemon.samples,
-                "interval_s": daemon.effective_interval(),
+                "at": readings.last_at,
+                "duration_ms": None if readings.last_ms is None else round(readings.last_ms, 3),
+                "count": readings.samples,
+                "interval_s": s.effective_interval(),
             },
-            "degraded": dict(daemon.degraded),
-            "active_alerts": daemon.dispatcher.active_list(),
+            "degraded": s.degraded(),
+            "active_alerts": s.dispatcher.active_list(),
         }
 
     async def host() -> dict[str, Any]:
         """The last host-memory sample, each metric's level and the admission reserve."""
-        snap = daemon.last_host
+        snap = readings.host
         if snap is None:
-            return {"sampled": False, "error": daemon.degraded.get("host")}
-        cfg = daemon.config.host
+            return {"sampled": False, "error": s.degraded().get("host")}
+        cfg = s.config.host
         limits = thresholds(cfg)
         values = metric_values(snap)
         return {
@@ -72,7 +76,7 @@ def register_all(daemon: Daemon) -> None:
             "reserve": cfg.reserve,
             "admittable_bytes": admittable_bytes(snap, cfg),
             "levels": {m: {"value": None if values[m] is None else round(values[m], 2),
-                           "level": daemon.host_state.tracks[m].level.label,
+                           "level": readings.host_state.tracks[m].level.label,
                            "warn": limits[m].warn, "crit": limits[m].crit} for m in values},
         }
 
@@ -80,8 +84,7 @@ def register_all(daemon: Daemon) -> None:
         """Active alerts and the most recent ones from history."""
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10000:
             raise InvalidParams(f"'limit' must be a whole number from 1 to 10000, got {limit!r}")
-        assert daemon.dispatcher is not None
-        return {"active": daemon.dispatcher.active_list(), "recent": daemon.dispatcher.history.recent(limit)}
+        return {"active": s.dispatcher.active_list(), "recent": s.dispatcher.history.recent(limit)}
 
     async def config_show(secrets: bool = False, peer: Any = None) -> dict[str, Any]:
         """The configuration in effect, with defaults filled in and secrets redacted (root: secrets=true shows them)."""
@@ -89,13 +92,13 @@ def register_all(daemon: Daemon) -> None:
             raise InvalidParams(f"'secrets' must be true or false, got {secrets!r}")
         if secrets and (peer is None or peer.uid != 0):
             raise RpcError(PERMISSION_DENIED, "permission denied: only root may see the config's secrets")
-        cfg = daemon.config
+        cfg = s.config
         return {"source": str(cfg.source) if cfg.source else None, "redacted": not secrets,
-                "config": _jsonable_config(daemon, secrets)}
+                "config": _jsonable_config(s, secrets)}
 
     async def config_reload() -> dict[str, Any]:
         """Re-read the config file; a bad file is refused and the running config kept."""
-        return await daemon.reload("control socket")
+        return await reload("control socket")
 
     async def diagnostics() -> dict[str, Any]:
         """The daemon's own footprint: RSS, threads, open fds, clients, and proof it never loaded torch & co."""
@@ -112,8 +115,8 @@ def register_all(daemon: Daemon) -> None:
             "cpu_system_s": cpu.system,
             "threads": threads,
             "open_fds": fds,
-            "clients": daemon.server.clients if daemon.server else 0,
-            "requests_served": daemon.server.served if daemon.server else 0,
+            "clients": s.server.clients if s.server else 0,
+            "requests_served": s.server.served if s.server else 0,
             "python": sys.version.split()[0],
             "heavy_modules_loaded": sorted(m for m in HEAVY_MODULES if sys.modules.get(m) is not None),
             "optional_modules_loaded": sorted(m for m in OPTIONAL_MODULES if sys.modules.get(m) is not None),
@@ -124,18 +127,10 @@ def register_all(daemon: Daemon) -> None:
         return [{"name": m.name, "admin": m.admin, "doc": m.doc} for m in sorted(
             reg.methods.values(), key=lambda m: m.name)]
 
-    from memwarden.control.gpu_methods import register_gpu
-
-    register_gpu(daemon)
-    from memwarden.control.container_methods import register_containers
-
-    register_containers(daemon)
-    from memwarden.control.memory_methods import register_memories
-
-    register_memories(daemon)
-    from memwarden.control.learning_methods import register_learning
-
-    register_learning(daemon)
+    register_gpu(reg, s)
+    register_containers(reg, s)
+    register_memories(reg, s)
+    register_learning(reg, s)
     reg.add("status", status)
     reg.add("host", host)
     reg.add("alerts", alerts)

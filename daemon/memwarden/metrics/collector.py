@@ -20,7 +20,7 @@ from memwarden.metrics.catalogue import BY_NAME
 from memwarden.policies.host_memory import metric_values
 
 if TYPE_CHECKING:
-    from memwarden.daemon import Daemon
+    from memwarden.services import Services
 
 log = get_logger()
 
@@ -47,29 +47,24 @@ class Families:
         family.add_metric([str(labels[label]) for label in spec.labels], float(value))
 
 
-def fresh(d: Daemon, probe: str) -> bool:
-    """A degraded probe's last reading is stale: its families are left out (memwarden_probe_up says why)."""
-    runner = d.runners.get(probe)
-    return runner is not None and runner.error is None
-
-
-def daemon_metrics(d: Daemon, out: Families) -> None:
+def daemon_metrics(d: Services, out: Families) -> None:
     out.add("memwarden_build_info", 1, version=__version__)
-    out.add("memwarden_start_time_seconds", d.started_at)
-    out.add("memwarden_samples_total", d.samples)
-    if d.last_sample_ms is not None:
-        out.add("memwarden_sample_duration_seconds", d.last_sample_ms / 1000)
-    if d.last_sample_at is not None:
-        out.add("memwarden_last_sample_timestamp_seconds", d.last_sample_at)
+    r = d.readings
+    out.add("memwarden_start_time_seconds", r.started_at)
+    out.add("memwarden_samples_total", r.samples)
+    if r.last_ms is not None:
+        out.add("memwarden_sample_duration_seconds", r.last_ms / 1000)
+    if r.last_at is not None:
+        out.add("memwarden_last_sample_timestamp_seconds", r.last_at)
     for name, runner in d.runners.items():
         out.add("memwarden_probe_up", 0 if runner.error is not None else 1, probe=name)
         if runner.last_ok_at is not None:
             out.add("memwarden_probe_last_success_timestamp_seconds", runner.last_ok_at, probe=name)
 
 
-def host_metrics(d: Daemon, out: Families) -> None:
-    snap = d.last_host
-    if snap is None or not fresh(d, "host"):
+def host_metrics(d: Services, out: Families) -> None:
+    snap = d.readings.host
+    if snap is None or not d.fresh("host"):
         return
     out.add("memwarden_host_memory_total_bytes", snap.mem_total)
     out.add("memwarden_host_memory_available_bytes", snap.mem_available)
@@ -87,11 +82,11 @@ def host_metrics(d: Daemon, out: Families) -> None:
     # Only the signals this machine has: no swap or no PSI is "nothing to judge", not "ok".
     for metric, value in metric_values(snap).items():
         if value is not None:
-            out.add("memwarden_host_memory_level", int(d.host_state.tracks[metric].level), metric=metric)
+            out.add("memwarden_host_memory_level", int(d.readings.host_state.tracks[metric].level), metric=metric)
 
 
-def gpu_metrics(d: Daemon, out: Families) -> None:
-    snap = d.last_gpu if fresh(d, "gpu") else None
+def gpu_metrics(d: Services, out: Families) -> None:
+    snap = d.readings.gpu if d.fresh("gpu") else None
     for g in snap.gpus if snap is not None else ():
         labels = {"gpu": g.index, "uuid": g.uuid or "", "name": g.name}
         out.add("memwarden_gpu_memory_total_bytes", g.total_bytes, **labels)
@@ -102,23 +97,21 @@ def gpu_metrics(d: Daemon, out: Families) -> None:
         if g.utilization_percent is not None:
             out.add("memwarden_gpu_utilization_ratio", g.utilization_percent / 100, **labels)
         for metric in ("vram", "temperature"):
-            track = d.gpu_state.tracks.get((metric, g.index))
+            track = d.readings.gpu_state.tracks.get((metric, g.index))
             if track is not None:
                 out.add("memwarden_gpu_level", int(track.level), gpu=g.index, metric=metric)
 
 
-def arbiter_metrics(d: Daemon, out: Families) -> None:
+def arbiter_metrics(d: Services, out: Families) -> None:
     a = d.arbiter
-    if a is None:
-        return
-    snap = d.last_gpu
+    snap = d.readings.gpu
     gpus = {g.index for g in snap.gpus} if snap is not None else set()
     gpus |= {lease.gpu for lease in a.leases.values()}
     for index in sorted(gpus):
         on = [lease for lease in a.leases.values() if lease.gpu == index]
         out.add("memwarden_gpu_leases", len(on), gpu=index)
         out.add("memwarden_gpu_lease_bytes", sum(lease.size for lease in on), gpu=index)
-    if snap is not None and snap.gpus and fresh(d, "gpu"):
+    if snap is not None and snap.gpus and d.fresh("gpu"):
         from memwarden.policies.placement import available
 
         held = a.held(snap)
@@ -138,9 +131,9 @@ def arbiter_metrics(d: Daemon, out: Families) -> None:
         out.add("memwarden_proxy_preemptions_total", d.proxy.preemptions)
 
 
-def container_metrics(d: Daemon, out: Families) -> None:
+def container_metrics(d: Services, out: Families) -> None:
     watch = d.containers
-    if watch is None or watch.last is None or not fresh(d, "containers"):
+    if watch is None or watch.last is None or not d.fresh("containers"):
         return
     for c in watch.last.containers:
         labels = {"container": c.name, "id": c.id[:12]}
@@ -160,9 +153,7 @@ def container_metrics(d: Daemon, out: Families) -> None:
             out.add("memwarden_container_memory_exhaustion_seconds", verdict.exhaustion_in, **labels)
 
 
-def training_metrics(d: Daemon, out: Families) -> None:
-    if d.learning is None or d.db is None:
-        return
+def training_metrics(d: Services, out: Families) -> None:
     counts = dict.fromkeys(RUN_STATES, 0)
     for row in d.db.query("SELECT state, COUNT(*) AS n FROM runs GROUP BY state"):
         counts[row["state"]] = row["n"]
@@ -183,9 +174,7 @@ def training_metrics(d: Daemon, out: Families) -> None:
             out.add(name, step[key], **labels)
 
 
-def alert_metrics(d: Daemon, out: Families) -> None:
-    if d.dispatcher is None:
-        return
+def alert_metrics(d: Services, out: Families) -> None:
     for alert in d.dispatcher.active.values():
         c = alert.condition
         out.add("memwarden_alerts_active", 1, kind=c.kind, key=c.key, severity=c.severity)
@@ -193,14 +182,14 @@ def alert_metrics(d: Daemon, out: Families) -> None:
         out.add("memwarden_alerts_raised_total", n, kind=kind, severity=severity)
 
 
-SECTIONS: tuple[Callable[[Daemon, Families], None], ...] = (
+SECTIONS: tuple[Callable[[Services, Families], None], ...] = (
     daemon_metrics, host_metrics, gpu_metrics, arbiter_metrics, container_metrics, training_metrics,
     alert_metrics)
 
 
 class DaemonCollector(Collector):
-    def __init__(self, daemon: Daemon):
-        self.daemon = daemon
+    def __init__(self, services: Services):
+        self.services = services
         self._failing: set[str] = set()
 
     def collect(self) -> Iterator[Metric]:
@@ -208,7 +197,7 @@ class DaemonCollector(Collector):
         for section in SECTIONS:
             before = dict(out.made)
             try:
-                section(self.daemon, out)
+                section(self.services, out)
             except Exception:  # one broken section must not take every metric down with it
                 out.made = before  # no half-filled families
                 if section.__name__ not in self._failing:

@@ -25,7 +25,7 @@ from memwarden.logs import get_logger
 from memwarden.metrics.collector import DaemonCollector
 
 if TYPE_CHECKING:
-    from memwarden.daemon import Daemon
+    from memwarden.services import Services
 
 log = get_logger()
 
@@ -51,10 +51,10 @@ def is_loopback(host: str) -> bool:
 
 
 class MetricsServer:
-    def __init__(self, daemon: Daemon, listen: str):
+    def __init__(self, services: Services, listen: str):
         self.listen = listen
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(DaemonCollector(daemon))
+        self.registry.register(DaemonCollector(services))
         self.server: asyncio.Server | None = None
         self.error: str | None = None  # why the last attempt to listen failed
         self.port: int | None = None  # the port bound (differs from metrics.listen's only when that says 0)

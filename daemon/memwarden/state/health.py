@@ -101,6 +101,14 @@ class StateHealth:
                                prior.count + 1 if prior else 1)
         return message
 
+    def record_error(self, what: str) -> Callable[[Exception], None]:
+        """A hook for a part that catches every exception: the database's own errors are recorded as failures
+        of `what`, anything else is the part's to report."""
+        def record(exc: Exception) -> None:
+            if isinstance(exc, sqlite3.Error):
+                self.failed(exc, what)
+        return record
+
     def check(self) -> None:
         """Write the file back if it left its path; clear the failure once its cause is gone. Never blocks: the
         lock is tried without waiting."""

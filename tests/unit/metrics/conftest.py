@@ -1,4 +1,4 @@
-"""A real Daemon, set up as Daemon.run() sets it up but with stub probes and no sockets, driven by real sample
+"""The daemon's parts as services.build() makes them, with stub probes and no sockets, driven by real sample
 passes: the collector then reads exactly the state a running daemon has."""
 
 from __future__ import annotations
@@ -10,13 +10,9 @@ from typing import Any
 
 import pytest
 
-from memwarden.alerts.dispatch import AlertDispatcher
-from memwarden.arbiter.arbiter import GpuArbiter
 from memwarden.config import parse_config
-from memwarden.containers.watch import ContainerWatch
-from memwarden.daemon import Daemon
-from memwarden.learning.store import MemoryStore
-from memwarden.learning.supervisor import LearningSupervisor
+from memwarden.sample_pass import SamplePass
+from memwarden.services import Services, build
 from memwarden.snapshots import (
     ContainerMemory,
     ContainersSnapshot,
@@ -25,9 +21,7 @@ from memwarden.snapshots import (
     HostSnapshot,
     Pressure,
 )
-from memwarden.state.alert_history import AlertHistory
-from memwarden.state.db import DB_NAME, open_state
-from memwarden.state.health import StateHealth
+from memwarden.state.db import open_state
 
 GiB = 1024**3
 MiB = 1024**2
@@ -82,13 +76,14 @@ class World:
 
 
 class Harness:
-    def __init__(self, daemon: Daemon, world: World, clock: Clock):
-        self.daemon, self.world, self.clock = daemon, world, clock
+    def __init__(self, services: Services, world: World, clock: Clock):
+        self.services, self.world, self.clock = services, world, clock
+        self.passes = SamplePass(services)
 
     async def sample(self, passes: int = 1, dt: float = 1.0) -> None:
         for _ in range(passes):
             self.clock.now += dt
-            await self.daemon.sample_pass()
+            await self.passes.run()
 
     def containers_snapshot(self) -> ContainersSnapshot | Exception:
         c = self.world.containers
@@ -110,35 +105,22 @@ async def make(tmp_path):
         config = parse_config(data, env={"STATE_DIRECTORY": str(state), "RUNTIME_DIRECTORY": str(tmp_path)},
                               uid=1000)
         holder: list[Harness] = []
-        d = Daemon(config, env={}, clock=clock,
-                   host_probe=StubProbe("host", lambda: world.host),
-                   gpu_probe=StubProbe("gpu", lambda: world.gpu, backend="sim"),
-                   container_probe=StubProbe("containers", lambda: holder[0].containers_snapshot()))
-        # As Daemon.run() does, minus the sockets and the scheduler.
-        d.db = open_state(config.daemon.state_dir)
-        d.state = StateHealth(config.daemon.state_dir / DB_NAME, d.db)
-        d.dispatcher = AlertDispatcher(AlertHistory(d.db), config.alerts)
-        d.arbiter = GpuArbiter(config, d.db, d.runners["gpu"], None, clock=clock)
-        if config.containers.enabled:
-            d.containers = ContainerWatch(config, d.db, lambda cid, timeout: None, clock=clock)
-        d.memories = MemoryStore(d.db, config.learning.routes)
-        d.learning = LearningSupervisor(config, d.db, d.memories, d.arbiter, None, state, "sim", clock=clock)
-        h = Harness(d, world, clock)
+        services = build(config, open_state(config.daemon.state_dir), env={}, clock=clock, wall=clock,
+                         host_probe=StubProbe("host", lambda: world.host),
+                         gpu_probe=StubProbe("gpu", lambda: world.gpu, backend="sim"),
+                         container_probe=StubProbe("containers", lambda: holder[0].containers_snapshot()),
+                         restarter=lambda cid, timeout: None)
+        h = Harness(services, world, clock)
         holder.append(h)
         made.append(h)
         return h
 
     yield factory
     for h in made:
-        d = h.daemon
-        if d.containers is not None:
-            await d.containers.close()
-        for runner in d.runners.values():
-            runner.close()
-        d.db.close()
+        await h.services.close()
 
 
-def scrape(daemon: Daemon) -> dict[str, list]:
+def scrape(services: Services) -> dict[str, list]:
     """The collector's output as Prometheus parses it: sample name → samples (each with .labels, .value)."""
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.parser import text_string_to_metric_families
@@ -146,7 +128,7 @@ def scrape(daemon: Daemon) -> dict[str, list]:
     from memwarden.metrics.collector import DaemonCollector
 
     registry = CollectorRegistry()
-    registry.register(DaemonCollector(daemon))
+    registry.register(DaemonCollector(services))
     out: dict[str, list] = defaultdict(list)
     for family in text_string_to_metric_families(generate_latest(registry).decode()):
         for sample in family.samples:

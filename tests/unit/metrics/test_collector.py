@@ -29,9 +29,9 @@ async def busy_daemon(make):
         world.containers = [container("web", 100 * MiB + i * MiB, limit=GiB, rss=60 * MiB),
                             container("db", 300 * MiB)]
         await h.sample()
-    d = h.daemon
+    d = h.services
     lease = await d.arbiter.acquire(2 * GiB, "test", pid=os.getpid(), gpu=0)
-    d.arbiter.observe([LoadedModel("small:latest", 3 * GiB, 3 * GiB)], d.last_gpu)
+    d.arbiter.observe([LoadedModel("small:latest", 3 * GiB, 3 * GiB)], d.readings.gpu)
     d.arbiter.note_use("small:latest", None)
     d.arbiter.note_use("small:latest", None)
     d.proxy = OllamaProxy(d.arbiter, d.config.proxy, "http://127.0.0.1:9")
@@ -51,10 +51,10 @@ async def test_host_families_carry_the_snapshot(make):
     h = await make(World(host=host(pressure=PSI)))
     await h.sample()
     snap = h.world.host
-    m = scrape(h.daemon)
+    m = scrape(h.services)
     assert value(m, "memwarden_host_memory_total_bytes") == snap.mem_total
     assert value(m, "memwarden_host_memory_available_bytes") == snap.mem_available
-    assert value(m, "memwarden_host_memory_reserve_bytes") == h.daemon.config.host.reserve
+    assert value(m, "memwarden_host_memory_reserve_bytes") == h.services.config.host.reserve
     assert value(m, "memwarden_host_swap_total_bytes") == snap.swap_total
     assert value(m, "memwarden_host_swap_free_bytes") == snap.swap_total - snap.swap_used
     assert value(m, "memwarden_host_pressure_memory_some_avg10_ratio") == pytest.approx(PSI.some_avg10 / 100)
@@ -69,14 +69,14 @@ async def test_levels_follow_the_policies(make):
     world = World(host=host(mem_total=32 * GiB, mem_available=32 * GiB // 2, pressure=PSI))
     h = await make(world)
     await h.sample()
-    m = scrape(h.daemon)
+    m = scrape(h.services)
     # 50 % RAM, 25 % swap, PSI 12.5 (warn 10): only psi is raised.
     assert {s.labels["metric"]: s.value for s in m["memwarden_host_memory_level"]} == \
         {"ram": 0, "swap": 0, "psi": 1}
     world.host = host(mem_total=32 * GiB, mem_available=GiB, pressure=PSI)  # 97 % used: critical
     world.gpu = GpuSnapshot("sim", (gpu(0, 10 * GiB, int(9.5 * GiB), temperature_c=50.0),), T0)  # 95 %: warning
     await h.sample()
-    m = scrape(h.daemon)
+    m = scrape(h.services)
     assert value(m, "memwarden_host_memory_level", metric="ram") == 2
     assert value(m, "memwarden_gpu_level", gpu=0, metric="vram") == 1
     assert value(m, "memwarden_gpu_level", gpu=0, metric="temperature") == 0
@@ -86,16 +86,16 @@ async def test_levels_follow_the_policies(make):
                       ("gpu.vram", "gpu0", "warning")}
     assert value(m, "memwarden_alerts_raised_total", kind="host.ram", severity="critical") == 1
     await h.sample()
-    assert value(scrape(h.daemon), "memwarden_alerts_raised_total", kind="host.ram", severity="critical") == 1
+    assert value(scrape(h.services), "memwarden_alerts_raised_total", kind="host.ram", severity="critical") == 1
 
 
 async def test_gpu_families_per_gpu_with_their_labels(make):
     h, _ = await busy_daemon(make)
-    d = h.daemon
+    d = h.services
     m = scrape(d)
     labels = {(s.labels["gpu"], s.labels["uuid"], s.labels["name"]) for s in m["memwarden_gpu_memory_total_bytes"]}
     assert labels == {("0", "SIM-0", "Sim 12G"), ("1", "SIM-1", "Sim 24G")}
-    for g in d.last_gpu.gpus:
+    for g in d.readings.gpu.gpus:
         assert value(m, "memwarden_gpu_memory_total_bytes", gpu=g.index) == g.total_bytes
         assert value(m, "memwarden_gpu_memory_used_bytes", gpu=g.index) == g.used_bytes
         assert value(m, "memwarden_gpu_memory_free_bytes", gpu=g.index) == g.free_bytes
@@ -108,15 +108,15 @@ async def test_gpu_families_per_gpu_with_their_labels(make):
 
 async def test_leases_and_scheduler(make):
     h, lease = await busy_daemon(make)
-    d = h.daemon
+    d = h.services
     m = scrape(d)
     assert value(m, "memwarden_gpu_leases", gpu=0) == 1 and value(m, "memwarden_gpu_leases", gpu=1) == 0
     assert value(m, "memwarden_gpu_lease_bytes", gpu=0) == lease["size"] == 2 * GiB
     assert value(m, "memwarden_gpu_lease_bytes", gpu=1) == 0
-    held = d.arbiter.held(d.last_gpu)
-    for g in d.last_gpu.gpus:
+    held = d.arbiter.held(d.readings.gpu)
+    for g in d.readings.gpu.gpus:
         assert value(m, "memwarden_gpu_leasable_bytes", gpu=g.index) == available(g, held, d.config.gpu.reserve)
-        assert value(m, "memwarden_gpu_model_budget_bytes", gpu=g.index) == d.arbiter.budget(d.last_gpu, g.index)
+        assert value(m, "memwarden_gpu_model_budget_bytes", gpu=g.index) == d.arbiter.budget(d.readings.gpu, g.index)
     # The lease takes its bytes off GPU 0's leasable VRAM and model budget, not GPU 1's.
     assert value(m, "memwarden_gpu_model_budget_bytes", gpu=0) == 12 * GiB - d.config.gpu.reserve - 2 * GiB
     assert value(m, "memwarden_gpu_lease_grants_total") == 1
@@ -135,7 +135,7 @@ async def test_leases_and_scheduler(make):
 
 async def test_containers_working_set_limit_and_leak_slope(make):
     h, _ = await busy_daemon(make)
-    m = scrape(h.daemon)
+    m = scrape(h.services)
     web = {"container": "web", "id": ("web" * 8)[:12]}
     db = {"container": "db", "id": ("db" * 8)[:12]}
     assert value(m, "memwarden_container_memory_working_set_bytes", **web) == 107 * MiB
@@ -144,7 +144,7 @@ async def test_containers_working_set_limit_and_leak_slope(make):
     assert value(m, "memwarden_container_memory_limit_bytes", **web) == GiB
     assert value(m, "memwarden_container_memory_leak_slope_bytes_per_second", **web) == pytest.approx(MiB, rel=0.05)
     assert value(m, "memwarden_container_memory_leaking", **web) == 1
-    verdict = h.daemon.containers.series["web"].verdict
+    verdict = h.services.containers.series["web"].verdict
     assert value(m, "memwarden_container_memory_exhaustion_seconds", **web) == pytest.approx(verdict.exhaustion_in)
     assert value(m, "memwarden_container_memory_leak_slope_bytes_per_second", **db) == 0
     assert value(m, "memwarden_container_memory_leaking", **db) == 0
@@ -157,7 +157,7 @@ async def test_containers_working_set_limit_and_leak_slope(make):
 
 async def test_training_progress_and_runs_by_state(make):
     h, _ = await busy_daemon(make)
-    m = scrape(h.daemon)
+    m = scrape(h.services)
     run = {"adapter": "alice", "run": "r4", "phase": "train"}
     assert value(m, "memwarden_training_progress_ratio", **run) == pytest.approx(10 / 40)
     assert value(m, "memwarden_training_step", **run) == 10
@@ -168,35 +168,35 @@ async def test_training_progress_and_runs_by_state(make):
     assert set(runs) == set(collector.RUN_STATES)
     assert (runs["promoted"], runs["failed"], runs["running"], runs["queued"]) == (2, 1, 1, 0)
     # A NaN loss arrives as null: the loss is left out, the step still counts.
-    h.daemon.learning._on_event({"event": "step", "step": 11, "loss": None, "nan": True, "grad_norm": None,
+    h.services.learning._on_event({"event": "step", "step": 11, "loss": None, "nan": True, "grad_norm": None,
                                  "tokens_per_s": 1000.0})
-    m = scrape(h.daemon)
+    m = scrape(h.services)
     assert value(m, "memwarden_training_step", **run) == 11
     assert "memwarden_training_loss" not in m and "memwarden_training_grad_norm" not in m
 
 
 async def test_a_dry_run_phase_is_labelled_and_reset_between_phases(make):
     h = await make()
-    learning = h.daemon.learning
+    learning = h.services.learning
     learning.current = {"run_id": "r1", "adapter": "bob", "steps": [], "last": None, "start": None}
     learning._on_event({"event": "start", "steps": 4, "dry_run": True})
     learning._on_event({"event": "step", "step": 4, "loss": 1.0})
-    m = scrape(h.daemon)
+    m = scrape(h.services)
     assert value(m, "memwarden_training_progress_ratio", adapter="bob", run="r1", phase="dry_run") == 1.0
     learning.current.update(steps=[], start=None)  # what _train() does before the next phase
-    assert "memwarden_training_progress_ratio" not in scrape(h.daemon)
+    assert "memwarden_training_progress_ratio" not in scrape(h.services)
 
 
 async def test_daemon_families(make):
     h = await make()
     await h.sample(passes=3)
-    d = h.daemon
+    d = h.services
     m = scrape(d)
     assert value(m, "memwarden_build_info", version=__version__) == 1
-    assert value(m, "memwarden_start_time_seconds") == d.started_at
+    assert value(m, "memwarden_start_time_seconds") == d.readings.started_at
     assert value(m, "memwarden_samples_total") == 3
-    assert value(m, "memwarden_sample_duration_seconds") == pytest.approx(d.last_sample_ms / 1000)
-    assert value(m, "memwarden_last_sample_timestamp_seconds") == d.last_sample_at
+    assert value(m, "memwarden_sample_duration_seconds") == pytest.approx(d.readings.last_ms / 1000)
+    assert value(m, "memwarden_last_sample_timestamp_seconds") == d.readings.last_at
     assert {s.labels["probe"]: s.value for s in m["memwarden_probe_up"]} == {"host": 1, "gpu": 1}
     assert value(m, "memwarden_probe_last_success_timestamp_seconds", probe="gpu") == \
         d.runners["gpu"].last_ok_at
@@ -206,7 +206,7 @@ async def test_absent_data_yields_no_samples(make):
     # No GPU, no PSI, no swap, containers off, no run, no alert, no proxy.
     h = await make(World(host=host(swap_total=0, swap_used=0, pressure=None), gpu=GpuSnapshot("none", (), T0)))
     await h.sample()
-    m = scrape(h.daemon)
+    m = scrape(h.services)
     present = set(m)
     assert not {n for n in present if n.startswith(("memwarden_gpu_memory", "memwarden_gpu_temperature",
                                                     "memwarden_gpu_utilization", "memwarden_gpu_level",
@@ -225,15 +225,15 @@ async def test_a_degraded_probe_drops_its_stale_families(make):
     world = World(containers=[container("web", 100 * MiB)])
     h = await make(world, containers={"enabled": True})
     await h.sample()
-    assert "memwarden_gpu_memory_used_bytes" in scrape(h.daemon)
+    assert "memwarden_gpu_memory_used_bytes" in scrape(h.services)
     world.gpu = RuntimeError("NVML: GPU is lost")
     world.containers = ConnectionError("docker unreachable")
     await h.sample()
-    m = scrape(h.daemon)
+    m = scrape(h.services)
     assert value(m, "memwarden_probe_up", probe="gpu") == 0
     assert value(m, "memwarden_probe_up", probe="containers") == 0
     assert value(m, "memwarden_probe_up", probe="host") == 1
-    assert h.daemon.last_gpu is not None  # the daemon still holds the old reading ...
+    assert h.services.readings.gpu is not None  # the daemon still holds the old reading ...
     assert not [n for n in m if n.startswith("memwarden_gpu_memory") or n == "memwarden_gpu_leasable_bytes"]
     assert not [n for n in m if n.startswith("memwarden_container_")]  # ... but it is not reported as current
     assert value(m, "memwarden_gpu_leases", gpu=0) == 0  # leases are the daemon's own, not a reading
@@ -246,7 +246,7 @@ async def test_every_catalogued_family_can_be_emitted_with_its_type(make):
     from prometheus_client.parser import text_string_to_metric_families
 
     registry = CollectorRegistry()
-    registry.register(collector.DaemonCollector(h.daemon))
+    registry.register(collector.DaemonCollector(h.services))
     families = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
     for spec in FAMILIES:
         family_name = spec.name.removesuffix("_total") if spec.kind == "counter" else spec.name
@@ -268,7 +268,7 @@ async def test_a_failing_section_leaves_the_others(make, monkeypatch):
     logged = []
     monkeypatch.setattr(collector, "SECTIONS", (collector.daemon_metrics, broken, collector.host_metrics))
     monkeypatch.setattr(collector.log, "exception", lambda msg, **kw: logged.append(kw["section"]))
-    c = collector.DaemonCollector(h.daemon)
+    c = collector.DaemonCollector(h.services)
     for _ in range(2):
         names = {f.name for f in c.collect()}
         assert "memwarden_training_runs" not in names  # the half-built family is dropped

@@ -29,7 +29,7 @@ def get(path: str = "/metrics", method: str = "GET", **headers: str) -> bytes:
 async def served(make):
     h = await make()
     await h.sample()
-    s = MetricsServer(h.daemon, "127.0.0.1:0")
+    s = MetricsServer(h.services, "127.0.0.1:0")
     assert await s.start()
     yield h, s
     await s.close()
@@ -99,10 +99,11 @@ async def test_a_port_in_use_alerts_retries_and_recovers(make, monkeypatch):
     listen = f"127.0.0.1:{port}"
     errors = []
     monkeypatch.setattr(server_module.log, "error", lambda msg, **kw: errors.append((msg, kw)))
-    d = h.daemon
-    d.metrics = MetricsServer(d, listen)
+    d = h.services
+    metrics = MetricsServer(d, listen)
+    h.passes.metrics_check = metrics.check
     try:
-        assert not await d.metrics.start()
+        assert not await metrics.start()
         await h.sample(passes=2)  # the pass retries, and alerts while the address cannot be had
         alert = d.dispatcher.active[("metrics.unavailable", listen)]
         assert alert.condition.severity == "warning"
@@ -112,33 +113,33 @@ async def test_a_port_in_use_alerts_retries_and_recovers(make, monkeypatch):
         holder.close()
         await h.sample()
         assert ("metrics.unavailable", listen) not in d.dispatcher.active
-        assert d.metrics.port == port
+        assert metrics.port == port
         assert (await http(port, get()))[0] == 200
     finally:
         holder.close()
-        await d.metrics.close()
+        await metrics.close()
 
 
 async def test_metrics_off_resolves_an_alert_left_by_an_earlier_run(make):
     h = await make()
     from memwarden.alerts.model import Condition
 
-    h.daemon.dispatcher.update("metrics", [Condition("metrics.unavailable", "127.0.0.1:9847", "warning", "x")], 0)
+    h.services.dispatcher.update("metrics", [Condition("metrics.unavailable", "127.0.0.1:9847", "warning", "x")], 0)
     await h.sample()
-    assert not [a for a in h.daemon.dispatcher.active if a[0] == "metrics.unavailable"]
+    assert not [a for a in h.services.dispatcher.active if a[0] == "metrics.unavailable"]
 
 
 async def test_a_non_loopback_address_is_served_with_a_warning(make, monkeypatch):
     h = await make()
     warned = []
     monkeypatch.setattr(server_module.log, "warning", lambda msg, **kw: warned.append(kw.get("listen")))
-    s = MetricsServer(h.daemon, "0.0.0.0:0")
+    s = MetricsServer(h.services, "0.0.0.0:0")
     try:
         assert await s.start()
         assert warned == ["0.0.0.0:0"]
     finally:
         await s.close()
-    s = MetricsServer(h.daemon, "127.0.0.1:0")
+    s = MetricsServer(h.services, "127.0.0.1:0")
     try:
         assert await s.start()
         assert warned == ["0.0.0.0:0"]

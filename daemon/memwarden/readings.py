@@ -1,0 +1,34 @@
+"""What the sample passes last read and decided: the snapshots and policy states that `status`, `host`, `gpu`
+and the metrics show.
+
+The sample pass (sample_pass.py) is the only writer, and it swaps whole frozen values, so a reader on the same
+loop never sees half a pass.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from memwarden.policies.gpu_health import GpuPolicyState
+from memwarden.policies.host_memory import HostPolicyState
+from memwarden.snapshots import GpuSnapshot, HostSnapshot, OllamaSnapshot
+
+
+@dataclass
+class Readings:
+    started_at: float  # wall clock: what is shown
+    # Uptime counts monotonic seconds: a step of the wall clock must not make it negative.
+    started_mono: float = field(default_factory=time.monotonic)
+    host: HostSnapshot | None = None
+    gpu: GpuSnapshot | None = None
+    ollama: OllamaSnapshot | None = None
+    host_state: HostPolicyState = field(default_factory=HostPolicyState)
+    gpu_state: GpuPolicyState = field(default_factory=GpuPolicyState)
+    samples: int = 0  # passes completed
+    last_at: float | None = None  # wall-clock end of the last pass
+    last_ms: float | None = None  # how long it took
+    ready: bool = False  # READY=1 was sent: the first pass completed
+
+    def uptime(self) -> float:
+        return time.monotonic() - self.started_mono
