@@ -135,7 +135,7 @@ class Daemon:
                 await passes.run()
                 if loop.time() >= housekeeping_due:
                     housekeeping_due = loop.time() + HOUSEKEEPING_INTERVAL
-                    await passes._guarded("housekeeping", passes.housekeeping)
+                    await passes.component("housekeeping", passes.housekeeping)
             except Exception:
                 log.exception("sample pass failed")
             due = max(due + s.effective_interval(), loop.time())

@@ -2,7 +2,7 @@
 
 Probes run in worker threads (a slow read never stalls the socket) and return frozen snapshots; pure policies
 turn them into conditions and decisions; the effectors (arbiter, container watch, learning supervisor, alert
-dispatcher) act. Each step is one component: its failure is local (`_guarded`), so the other steps, READY and
+dispatcher) act. Each step is one component: its failure is local (`component`), so the other steps, READY and
 the watchdog go on.
 """
 
@@ -39,19 +39,19 @@ class SamplePass:
         names = list(s.runners)
         results = dict(zip(names, await asyncio.gather(*(s.runners[n].sample() for n in names)), strict=True))
         if results["host"] is not None:
-            await self._guarded("host", lambda: self.act_on_host(results["host"]))
+            await self.component("host", lambda: self.act_on_host(results["host"]))
         if results["gpu"] is not None:
-            await self._guarded("gpu", lambda: self.act_on_gpu(results["gpu"]))
+            await self.component("gpu", lambda: self.act_on_gpu(results["gpu"]))
         if results.get("ollama") is not None:
             readings.ollama = results["ollama"]
-        await self._guarded("leases", lambda: self.act_on_leases(results["gpu"], results.get("ollama")))
+        await self.component("leases", lambda: self.act_on_leases(results["gpu"], results.get("ollama")))
         if results.get("containers") is not None:
-            await self._guarded("containers", lambda: self.act_on_containers(results["containers"]))
-        await self._guarded("learning", self.act_on_learning)
-        await self._guarded("probes", self.act_on_degraded)
-        await self._guarded("state", self.act_on_state)
-        await self._guarded("metrics", self.act_on_metrics)
-        await self._guarded("alerts", self.act_on_components)  # failing, it has only the log left to say so
+            await self.component("containers", lambda: self.act_on_containers(results["containers"]))
+        await self.component("learning", self.act_on_learning)
+        await self.component("probes", self.act_on_degraded)
+        await self.component("state", self.act_on_state)
+        await self.component("metrics", self.act_on_metrics)
+        await self.component("alerts", self.act_on_components)  # failing, it has only the log left to say so
         readings.samples += 1
         readings.last_at = s.wall()
         readings.last_ms = (time.perf_counter() - started) * 1000
@@ -66,7 +66,7 @@ class SamplePass:
         if not any(r.hung for r in s.runners.values()):
             s.notifier.watchdog()
 
-    async def _guarded(self, component: str, step: Callable[[], Any]) -> None:
+    async def component(self, component: str, step: Callable[[], Any]) -> None:
         """Run one component's step of the pass (a policy and the alerts it feeds, an effector). A full, locked
         or corrupt state database is alerted by act_on_state() with its cause; anything else that escapes is a
         component.failed alert (alerts/components.py) until the step runs to its end again."""

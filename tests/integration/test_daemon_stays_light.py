@@ -8,8 +8,9 @@ from pathlib import Path
 import psutil
 
 import memwarden
+from memwarden.control.methods import HEAVY_MODULES
 
-HEAVY = {"torch", "transformers", "peft", "bitsandbytes", "accelerate"}
+HEAVY = set(HEAVY_MODULES)
 PACKAGE = Path(memwarden.__file__).parent
 
 

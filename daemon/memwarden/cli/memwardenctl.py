@@ -184,7 +184,7 @@ def memory_params(args: argparse.Namespace) -> dict[str, Any]:
     return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
 
-def guarded(sock: Path, timeout: float, action: Callable[[], Any]) -> tuple[bool, Any]:
+def talking_to_daemon(sock: Path, timeout: float, action: Callable[[], Any]) -> tuple[bool, Any]:
     """(True, what `action` returned), or (False, the exit status) after a one-line reason on stderr."""
     try:
         return True, action()
@@ -267,8 +267,8 @@ def _main(argv: list[str] | None) -> int:
     if args.command == "model":
         return init_demo(args.dir)
     if args.command == "memories" and args.verb == "import":
-        _, code = guarded(sock, args.timeout, lambda: import_memories(sock, args.file, args.timeout, args.json,
-                                                                      args.import_id))
+        _, code = talking_to_daemon(sock, args.timeout, lambda: import_memories(
+            sock, args.file, args.timeout, args.json, args.import_id))
         return code
     try:
         req = request(args)
@@ -281,7 +281,7 @@ def _main(argv: list[str] | None) -> int:
         with Client(sock, timeout=args.timeout) as client:
             return client.call(req.method, req.params)
 
-    ok, result = guarded(sock, args.timeout, call)
+    ok, result = talking_to_daemon(sock, args.timeout, call)
     if not ok:
         return result
     if args.json or req.renderer is None:

@@ -11,7 +11,7 @@ from memwarden.arbiter.arbiter import ArbiterError
 from memwarden.arbiter.leases import Lease, may_manage
 from memwarden.arbiter.scheduler import ADAPTERS_PAGE
 from memwarden.control.params import bool_param, duration_param, int_param, size_param, str_param
-from memwarden.control.protocol import PERMISSION_DENIED, ApplicationError, InvalidParams, RpcError
+from memwarden.control.protocol import PERMISSION_DENIED, InvalidParams, RpcError, refusals
 from memwarden.control.registry import Registry
 from memwarden.ollama.client import OllamaError, keep_alive_text
 from memwarden.policies import cache
@@ -24,11 +24,7 @@ MAX_LEASE_WAIT = 24 * 3600.0  # lease.acquire's `wait`: a longer one is refused
 MAX_WATCH = 3600.0  # lease.watch's `timeout`: a longer one returns at this bound (the holder polls again)
 
 
-async def _guard(coro: Any) -> Any:
-    try:
-        return await coro
-    except (ArbiterError, OllamaError) as exc:
-        raise ApplicationError(str(exc)) from None
+REFUSALS = (ArbiterError, OllamaError)  # what the arbiter and Ollama refuse, in words for the caller
 
 
 def _owner(uid: int | None) -> str:
@@ -94,22 +90,25 @@ def register_gpu(reg: Registry, s: Services) -> None:
             # would keep the lease from ever being reclaimed.
             raise InvalidParams(f"'pid' must be the caller's own process ({peer.pid}) or one it started; "
                                 f"{holder_pid} is neither")
-        return await _guard(arbiter().acquire(
-            nbytes, holder, holder_pid, peer.uid if peer else None, index,
-            int_param("priority", priority, -1000, 1000), bool_param("preemptible", preemptible),
-            duration_param("wait", wait, MAX_LEASE_WAIT)))
+        with refusals(*REFUSALS):
+            return await arbiter().acquire(
+                nbytes, holder, holder_pid, peer.uid if peer else None, index,
+                int_param("priority", priority, -1000, 1000), bool_param("preemptible", preemptible),
+                duration_param("wait", wait, MAX_LEASE_WAIT))
 
     async def lease_release(id: str, peer: Peer | None = None) -> dict[str, Any]:
         """Release a lease: reload the models evicted for it and record the downtime (admin; owner or root)."""
         lease_id = str_param("id", id)
         _check_owner(arbiter().leases.get(lease_id), peer, "release")
-        return await _guard(arbiter().release(lease_id))
+        with refusals(*REFUSALS):
+            return await arbiter().release(lease_id)
 
     async def lease_preempt(id: str, peer: Peer | None = None) -> dict[str, Any]:
         """Ask a preemptible lease's holder to checkpoint and release (admin; owner or root)."""
         lease_id = str_param("id", id)
         _check_owner(arbiter().leases.get(lease_id), peer, "preempt")
-        return await _guard(arbiter().preempt(lease_id, "preempted by an operator"))
+        with refusals(*REFUSALS):
+            return await arbiter().preempt(lease_id, "preempted by an operator")
 
     async def lease_watch(id: str, timeout: Any = 30, peer: Peer | None = None) -> dict[str, Any]:
         """Long-poll: returns when the lease is asked to yield (preempting) or is released, or at timeout.
@@ -137,19 +136,23 @@ def register_gpu(reg: Registry, s: Services) -> None:
                 keep_alive = keep_alive_text(keep_alive)
             except ValueError as exc:
                 raise InvalidParams(f"'keep_alive' must be an Ollama duration such as '10m' or -1: {exc}") from None
-        return await _guard(arbiter().ensure(str_param("name", name), keep_alive))
+        with refusals(*REFUSALS):
+            return await arbiter().ensure(str_param("name", name), keep_alive)
 
     async def adapters_evict(name: str) -> dict[str, Any]:
         """Unload a model now (admin)."""
-        return await _guard(arbiter().evict(str_param("name", name)))
+        with refusals(*REFUSALS):
+            return await arbiter().evict(str_param("name", name))
 
     async def adapters_pin(name: str) -> dict[str, Any]:
         """Never evict this model for another model or a lease (admin)."""
-        return await _guard(arbiter().pin(str_param("name", name), True))
+        with refusals(*REFUSALS):
+            return await arbiter().pin(str_param("name", name), True)
 
     async def adapters_unpin(name: str) -> dict[str, Any]:
         """Let the scheduler evict this model again (admin)."""
-        return await _guard(arbiter().pin(str_param("name", name), False))
+        with refusals(*REFUSALS):
+            return await arbiter().pin(str_param("name", name), False)
 
     reg.add("gpu", gpu)
     reg.add("lease.acquire", lease_acquire, admin=True, cancel_on_hangup=True)  # a wait nobody will hear

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from memwarden.control.params import int_param, str_param
-from memwarden.control.protocol import ApplicationError
+from memwarden.control.protocol import refusals
 from memwarden.control.registry import Registry
 
 if TYPE_CHECKING:
@@ -17,18 +17,10 @@ def register_learning(reg: Registry, s: Services) -> None:
     def sup():
         return s.learning
 
-    async def guard(coro: Any) -> Any:
-        try:
-            return await coro
-        except RuntimeError as exc:
-            raise ApplicationError(str(exc)) from None
-
     async def train_start(adapter: str) -> dict[str, Any]:
         """Start a run of an adapter now, whatever its importance sum and window (admin)."""
-        try:
+        with refusals(RuntimeError):
             return sup().start(str_param("adapter", adapter), "manual")
-        except RuntimeError as exc:
-            raise ApplicationError(str(exc)) from None
 
     async def train_status() -> dict[str, Any]:
         """The run in progress (state, last progress, lease), pending runs, what is due, adapter versions."""
@@ -41,11 +33,13 @@ def register_learning(reg: Registry, s: Services) -> None:
 
     async def train_cancel(adapter: str) -> dict[str, Any]:
         """Stop the run of an adapter (the trainer checkpoints first); its memories stay unconsolidated (admin)."""
-        return await guard(sup().cancel(str_param("adapter", adapter)))
+        with refusals(RuntimeError):
+            return await sup().cancel(str_param("adapter", adapter))
 
     async def adapters_rollback(name: str) -> dict[str, Any]:
         """Make an adapter's previous version the active one again (admin)."""
-        return await guard(sup().rollback(str_param("name", name)))
+        with refusals(RuntimeError):
+            return await sup().rollback(str_param("name", name))
 
     reg.add("train.start", train_start, admin=True)
     reg.add("train.status", train_status)

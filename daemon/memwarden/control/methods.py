@@ -16,11 +16,11 @@ from memwarden.control.learning_methods import register_learning
 from memwarden.control.memory_methods import register_memories
 from memwarden.control.protocol import PERMISSION_DENIED, InvalidParams, RpcError
 from memwarden.control.registry import Registry
-from memwarden.policies.host_memory import admittable_bytes, metric_values, thresholds
+from memwarden.policies.host_memory import admittable_bytes, levels
 from memwarden.services import Services
 
-# Only the trainer subprocess may import these; the daemon reports if any slipped in.
-HEAVY_MODULES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "numpy")
+# Only the trainer subprocess may import these; the daemon reports if any slipped in (a test reads the list too).
+HEAVY_MODULES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "trl", "ray", "numpy")
 # Imported only once something needs them: metrics.enabled; the proxy or a webhook; a container restart.
 OPTIONAL_MODULES = ("prometheus_client", "aiohttp", "docker")
 
@@ -67,17 +67,15 @@ def register_all(reg: Registry, s: Services, reload: Callable[[str], Awaitable[d
         if snap is None:
             return {"sampled": False, "error": s.degraded().get("host")}
         cfg = s.config.host
-        limits = thresholds(cfg)
-        values = metric_values(snap)
+        shown = levels(snap, readings.host_state, cfg)
         return {
             "sampled": True,
             **snap.to_dict(),
             "psi_available": snap.pressure is not None,
             "reserve": cfg.reserve,
             "admittable_bytes": admittable_bytes(snap, cfg),
-            "levels": {m: {"value": None if values[m] is None else round(values[m], 2),
-                           "level": readings.host_state.tracks[m].level.label,
-                           "warn": limits[m].warn, "crit": limits[m].crit} for m in values},
+            "levels": {m: {"value": None if x.value is None else round(x.value, 2), "level": x.level.label,
+                           "warn": x.warn, "crit": x.crit} for m, x in shown.items()},
         }
 
     async def alerts(limit: int = 50) -> dict[str, Any]:

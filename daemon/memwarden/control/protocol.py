@@ -3,8 +3,10 @@ MAX_REPLY bytes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +48,16 @@ class ApplicationError(RpcError):
 
     def __init__(self, message: str, data: Any = None, code: int = APPLICATION_ERROR):
         super().__init__(code, message, data)
+
+
+@contextlib.contextmanager
+def refusals(*kinds: type[Exception]) -> Iterator[None]:
+    """A part's expected refusals (`kinds`: ArbiterError, OllamaError, …) reach the caller as an application
+    error in the part's own words; anything else escapes, and the server answers it as an internal error."""
+    try:
+        yield
+    except kinds as exc:
+        raise ApplicationError(str(exc)) from None
 
 
 class InvalidParams(RpcError):

@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 from memwarden import __version__
 from memwarden.logs import get_logger
 from memwarden.metrics.catalogue import BY_NAME
-from memwarden.policies.host_memory import metric_values
+from memwarden.policies.host_memory import levels
 
 if TYPE_CHECKING:
     from memwarden.services import Services
@@ -80,9 +80,9 @@ def host_metrics(d: Services, out: Families) -> None:
         out.add("memwarden_host_pressure_memory_waiting_seconds_total", p.some_total_us / 1e6)
         out.add("memwarden_host_pressure_memory_stalled_seconds_total", p.full_total_us / 1e6)
     # Only the signals this machine has: no swap or no PSI is "nothing to judge", not "ok".
-    for metric, value in metric_values(snap).items():
-        if value is not None:
-            out.add("memwarden_host_memory_level", int(d.readings.host_state.tracks[metric].level), metric=metric)
+    for metric, shown in levels(snap, d.readings.host_state, d.config.host).items():
+        if shown.value is not None:
+            out.add("memwarden_host_memory_level", int(shown.level), metric=metric)
 
 
 def gpu_metrics(d: Services, out: Families) -> None:

@@ -53,6 +53,23 @@ def metric_values(snap: HostSnapshot) -> dict[str, float | None]:
     }
 
 
+@dataclass(frozen=True)
+class MetricLevel:
+    """One host metric as `host` and the metrics show it: its value now, the level its track is at, the limits."""
+
+    value: float | None  # None: this host has no swap, or no PSI: nothing to judge
+    level: Level
+    warn: float
+    crit: float
+
+
+def levels(snap: HostSnapshot, state: HostPolicyState, cfg: HostConfig) -> dict[str, MetricLevel]:
+    """Each metric at its level, with its limits."""
+    limits = thresholds(cfg)
+    return {m: MetricLevel(value, state.tracks[m].level, limits[m].warn, limits[m].crit)
+            for m, value in metric_values(snap).items()}
+
+
 def _message(metric: str, level: Level, value: float, t: Thresholds, snap: HostSnapshot) -> str:
     if metric == "ram":
         return (f"RAM {value:.1f}% used, {format_size(snap.mem_available)} available "
