@@ -62,7 +62,7 @@ def http_ready(port: int, path: str = "/api/version") -> bool:
 
 
 def resident_in_daemon(daemon: DaemonProcess, name: str) -> bool:
-    return any(a["name"] == name and a["resident"] for a in daemon.call("adapters"))
+    return any(a["name"] == name and a["resident"] for a in daemon.call("models.list"))
 
 
 @dataclass

@@ -87,7 +87,7 @@ class Sampler(threading.Thread):
             while not self._halt.is_set():
                 t = time.time()
                 try:
-                    for r in c.call("containers")["containers"]:
+                    for r in c.call("containers.list")["containers"]:
                         self.series[r["name"]].append((t, r["working_set"], r["verdict"]))
                 except Exception:  # noqa: BLE001 - counted; a benchmark keeps going
                     self.errors += 1

@@ -1,3 +1,3 @@
 """memwarden: keeps a machine that runs local LLMs healthy."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -60,6 +60,7 @@ install -m 0644 "$here/copyright" "$doc/copyright"
 # README.md stays uncompressed: the units' Documentation= links to it.
 install -m 0644 "$root/README.md" "$doc/README.md"
 gzip -9n < "$root/BENCHMARKS.md" > "$doc/BENCHMARKS.md.gz"
+gzip -9n < "$root/CHANGELOG.md" > "$doc/changelog.gz"
 sed "s/@VERSION@/$debversion/; s/@DATE@/$(date -R -d "@$(git -C "$root" log -1 --format=%ct)")/" \
   "$here/changelog" | gzip -9n > "$doc/changelog.Debian.gz"
 

@@ -38,6 +38,7 @@ def test_layout(deb: Path) -> None:
     for path in ("/lib/systemd/system/memwarden.service", "/lib/systemd/system/memwarden.socket",
                  "/etc/memwarden/memwarden.toml", "/usr/lib/sysusers.d/memwarden.conf",
                  "/usr/share/doc/memwarden/copyright", "/usr/share/doc/memwarden/changelog.Debian.gz",
+                 "/usr/share/doc/memwarden/changelog.gz",
                  "/usr/share/memwarden/grafana/memwarden.json", "/usr/share/man/man8/memwardend.8.gz",
                  "/usr/share/man/man1/memwardenctl.1.gz", "/opt/memwarden/pyvenv.cfg"):
         assert path in files, f"{path} missing from the package"

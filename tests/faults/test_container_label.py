@@ -42,7 +42,7 @@ def start_watching(make_daemon, label_url: str, **containers):
 
 
 def passes_go_on(d) -> None:
-    wait_until(lambda: d.call("containers")["containers"], 20, message="the container in a pass")
+    wait_until(lambda: d.call("containers.list")["containers"], 20, message="the container in a pass")
     pings = count(d, "WATCHDOG")
     wait_until(lambda: count(d, "WATCHDOG") >= pings + 5, 30, message="five more watchdog pings")
     assert [a for a in d.call("alerts", {"limit": 50})["active"] if a["kind"] == "component.failed"] == []
@@ -55,7 +55,7 @@ def test_a_label_naming_an_unlisted_url_is_never_fetched(make_daemon, junk):
     try:
         passes_go_on(d)
         assert junk.requests == 0
-        (row,) = d.call("containers")["containers"]
+        (row,) = d.call("containers.list")["containers"]
         assert row["name"] == "labelled" and row["models_loaded"] is None
         ignored = [e for e in d.log_events() if "memwarden.ollama_url" in str(e.get("event"))]
         assert len(ignored) == 1 and "ignored" in ignored[0]["event"], ignored  # said once, not every pass
@@ -68,7 +68,7 @@ def test_junk_from_a_listed_url_is_an_unknown_count_not_a_crash(make_daemon, jun
     try:
         passes_go_on(d)
         assert junk.requests >= 5  # read every pass, and every answer refused
-        (row,) = d.call("containers")["containers"]
+        (row,) = d.call("containers.list")["containers"]
         assert row["models_loaded"] is None
         said = [e for e in d.log_events() if "cannot count the models" in str(e.get("event"))]
         assert len(said) == 1 and "not Ollama's /api/ps" in said[0]["event"], said
@@ -80,7 +80,7 @@ def test_a_listed_url_that_answers_like_ollama_is_read(make_daemon):
     server = JunkServer(json.dumps({"models": [{"name": "llama3:latest", "size": 1}]}).encode())
     d, engine = start_watching(make_daemon, server.url, ollama_urls=[server.url])
     try:
-        wait_until(lambda: [r for r in d.call("containers")["containers"] if r["models_loaded"] == 1], 20,
+        wait_until(lambda: [r for r in d.call("containers.list")["containers"] if r["models_loaded"] == 1], 20,
                    message="one model loaded in the labelled container")
     finally:
         engine.__exit__()

@@ -72,7 +72,7 @@ def config(engine: DockerEngine, daemon: dict[str, Any] | None = None, **contain
 
 
 def rows(d) -> dict[str, dict[str, Any]]:
-    return {r["name"]: r for r in d.call("containers")["containers"]}
+    return {r["name"]: r for r in d.call("containers.list")["containers"]}
 
 
 def alerts(d, kind: str | None = None, key: str | None = None) -> list[dict[str, Any]]:
@@ -82,7 +82,7 @@ def alerts(d, kind: str | None = None, key: str | None = None) -> list[dict[str,
 
 
 def restarts(d, container: str) -> list[dict[str, Any]]:
-    return [r for r in d.call("restart_history", {"limit": 1000}) if r["container"] == container]
+    return [r for r in d.call("containers.history", {"limit": 1000}) if r["container"] == container]
 
 
 def verdicts_logged(d, container: str) -> list[str]:
@@ -153,7 +153,7 @@ def test_leaks_are_found_restarted_verified_and_held_to_the_budget_while_steady_
                for e in d.log_events())
 
     # A container with a limit is projected against it.
-    limited = until(lambda: {r["name"]: r for r in d.call("leaks")}.get("limited"), 10, "limited in leaks")
+    limited = until(lambda: {r["name"]: r for r in d.call("containers.leaks")}.get("limited"), 10, "limited in leaks")
     assert limited["verdict"] == "leak" and limited["exhaustion_of"] == "limit" and limited["limit"] == 256 * MiB
     limited_alert = alerts(d, "container.leak", "limited")[0]
     assert "its limit exhausted" in limited_alert["message"] and limited_alert["severity"] == "critical"
@@ -238,7 +238,7 @@ def test_memwardenctl_containers_restart_restarts_and_records_it(docker, make_da
     assert started_at(docker, "manual") != before
     row = restarts(d, "manual")[0]
     assert row["reason"] == "manual restart" and row["dry_run"] == 0 and row["error"] is None
-    assert "manual restart" in ctl(d, "restart-history").stdout
+    assert "manual restart" in ctl(d, "containers", "history").stdout
 
     missing = ctl(d, "containers", "restart", "no-such-container")
     assert missing.returncode == 1 and "no running container 'no-such-container'" in missing.stderr
@@ -256,7 +256,7 @@ def test_dockerd_stopped_mid_run_is_a_degraded_probe_then_recovers(docker, make_
     assert "degraded: containers" in status["summary"]
     until(lambda: any(a["kind"] == "probe.degraded" and a["key"] == "containers"
                       for a in d.call("status")["active_alerts"]), 10, "a probe.degraded alert")
-    view = d.call("containers")
+    view = d.call("containers.list")
     assert view["error"] and "unreachable" in view["error"]
     assert "docker: unreachable" in ctl(d, "containers").stdout
 
@@ -267,7 +267,7 @@ def test_dockerd_stopped_mid_run_is_a_degraded_probe_then_recovers(docker, make_
     resolved = alerts(d, "probe.degraded", "containers")
     assert len(resolved) == 1 and resolved[0]["resolved_at"] is not None
     until(lambda: "survivor" in rows(d), 30, "survivor (restart policy always) back in the view")
-    assert d.call("containers")["error"] is None
+    assert d.call("containers.list")["error"] is None
     assert d.proc.poll() is None
 
 

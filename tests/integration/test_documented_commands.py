@@ -308,15 +308,16 @@ def test_a_documented_command_line_parses_and_each_part_lands_where_meant(ex: Ex
 # adapter versions. The daemon still has to be reached and to say so in one line.
 REFUSED = {
     ("containers",): "container watching is off",
+    ("containers", "list"): "container watching is off",
+    ("containers", "leaks"): "container watching is off",
+    ("containers", "history"): "container watching is off",
     ("containers", "restart"): "container watching is off",
-    ("leaks",): "container watching is off",
-    ("restart-history",): "container watching is off",
     ("train", "start"): "learning.base_model is not set",
     ("train", "cancel"): "no run of alice in progress",
     ("adapters", "rollback"): "assistant has no active version",
-    ("adapters", "load"): "no Ollama configured",
-    ("adapters", "evict"): "no Ollama configured",
-    ("adapters", "pin"): "no Ollama configured",  # only a model Ollama lists may be pinned
+    ("models", "load"): "no Ollama configured",
+    ("models", "evict"): "no Ollama configured",
+    ("models", "pin"): "no Ollama configured",  # only a model Ollama lists may be pinned
 }
 PRINT_ARGV = "import os, sys; print('GPU', os.environ['CUDA_VISIBLE_DEVICES'], 'ARGV', *sys.argv[1:])"
 

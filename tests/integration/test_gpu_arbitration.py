@@ -63,7 +63,7 @@ def world(make_daemon):
 
 def wait_resident(d, name, resident=True):
     def check():
-        models = {a["name"]: a for a in d.call("adapters")}
+        models = {a["name"]: a for a in d.call("models.list")}
         return name in models and models[name]["resident"] == resident
     wait_until(check, timeout=20, message=f"{name} resident={resident} in the daemon's view")
 
@@ -109,7 +109,7 @@ def test_a_lease_that_cannot_fit_is_refused_naming_the_holders(world):
     d, double, sim = world()
     double.load(BIG)
     wait_resident(d, BIG)
-    d.call("adapters.pin", {"name": BIG})
+    d.call("models.pin", {"name": BIG})
     squatter = subprocess.Popen(["sleep", "120"])
     try:
         simfile.book(sim, 0, squatter.pid, 2 * GiB)
@@ -245,14 +245,14 @@ def test_a_proxy_request_preempts_a_preemptible_lease(world):
 def test_the_scheduler_evicts_least_recently_used_and_respects_pins(world):
     d, double, _ = world(config={"gpu": {"reserve": "512MiB"}})
     for name in ("small-a", "small-b", "small-c"):
-        assert d.call("adapters.load", {"name": name})["loaded"] is True
+        assert d.call("models.load", {"name": name})["loaded"] is True
     # 3 × 3 GiB fill 9 of 11.5 GiB; a 6 GiB model needs two of them gone: the two least recently used.
-    assert d.call("adapters.load", {"name": "small-a"})["hit"] is True
-    result = d.call("adapters.load", {"name": "big"})
+    assert d.call("models.load", {"name": "small-a"})["hit"] is True
+    result = d.call("models.load", {"name": "big"})
     assert result["evicted"] == ["small-b:latest", "small-c:latest"]
     assert sorted(m["name"] for m in double.ps()) == [BIG, "small-a:latest"]
-    d.call("adapters.pin", {"name": "small-a"})
-    again = d.call("adapters.load", {"name": "small-b"})
+    d.call("models.pin", {"name": "small-a"})
+    again = d.call("models.load", {"name": "small-b"})
     assert again["evicted"] == [BIG], "the pinned model stays"
 
 

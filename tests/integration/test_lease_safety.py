@@ -79,7 +79,7 @@ def world(make_daemon):
 
 
 def wait_resident(d, name):
-    wait_until(lambda: any(a["name"] == name and a["resident"] for a in d.call("adapters")), timeout=20,
+    wait_until(lambda: any(a["name"] == name and a["resident"] for a in d.call("models.list")), timeout=20,
                message=f"{name} resident in the daemon's view")
 
 

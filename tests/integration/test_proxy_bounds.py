@@ -98,7 +98,7 @@ def vm(pid: int, key: str) -> int:
 
 
 def wait_resident(d, name: str) -> None:
-    wait_until(lambda: any(a["name"] == name and a["resident"] for a in d.call("adapters")), timeout=20,
+    wait_until(lambda: any(a["name"] == name and a["resident"] for a in d.call("models.list")), timeout=20,
                message=f"{name} resident in the daemon's view")
 
 
@@ -172,13 +172,13 @@ def test_a_keep_alive_ollama_refuses_gets_its_400_and_is_not_stored(proxied):
     status, answer = generate(port, BIG, keep_alive="garbage")
     assert status == 400 and answer == {"error": 'time: invalid duration "garbage"'}, "Ollama's own answer"
 
-    loaded = d.call("adapters.load", {"name": BIG})
+    loaded = d.call("models.load", {"name": BIG})
     assert loaded["loaded"] is True
     keep_alives = [r["keep_alive"] for r in received(double, "/api/generate") if r["status"] == 200]
     assert keep_alives == [300], "loaded with ollama.keep_alive (5m), not the refused value"
 
     with pytest.raises(RpcError) as bad:
-        d.call("adapters.load", {"name": "small", "keep_alive": "garbage"})
+        d.call("models.load", {"name": "small", "keep_alive": "garbage"})
     assert bad.value.code == -32602 and "keep_alive" in bad.value.message
 
 
@@ -205,10 +205,10 @@ def test_junk_model_names_are_not_tracked_and_cost_few_tags_calls(proxied):
         status, answer = generate(port, name)
         assert status == 404 and answer == {"error": f"model '{name}' not found"}
 
-    assert [a["name"] for a in d.call("adapters")] == ["small:latest"]
+    assert [a["name"] for a in d.call("models.list")] == ["small:latest"]
     tags_calls = len(received(double, "/api/tags"))
     assert tags_calls <= len(junk) // 10, f"{tags_calls} /api/tags calls for {len(junk)} unknown names"
     with pytest.raises(RpcError) as refused:
-        d.call("adapters.pin", {"name": "junk-1"})
+        d.call("models.pin", {"name": "junk-1"})
     assert "not installed" in refused.value.message
-    assert [a["name"] for a in d.call("adapters")] == ["small:latest"]
+    assert [a["name"] for a in d.call("models.list")] == ["small:latest"]

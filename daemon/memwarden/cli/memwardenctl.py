@@ -27,13 +27,17 @@ COMMANDS = {
     "alerts": ("alerts", render.alerts, "active alerts and recent history"),
     "reload": ("config.reload", render.reload, "re-read the config file (admin)"),
     "gpu": ("gpu", render.gpu, "each GPU's VRAM, temperature, processes and budgets; Ollama's models; leases"),
-    "leaks": ("leaks", render.leaks, "containers that leak or hold memory idle, with slope and projection"),
-    "restart-history": ("restart_history", render.restart_history, "container restarts and whether they helped"),
 }
+# Words of 0.1 that name something else now (the RPC methods were renamed with them: control/registry.py).
+RENAMED_COMMANDS = {"leaks": "memwardenctl containers leaks", "restart-history": "memwardenctl containers history"}
+RENAMED_ADAPTER_VERBS = {v: f"memwardenctl models {v}" for v in ("load", "evict", "pin", "unpin")}
 LEASE_VERBS = {"list": ("lease.list", render.leases), "release": ("lease.release", render.lease),
                "preempt": ("lease.preempt", render.lease)}
-ADAPTER_VERBS = {"load": "adapters.load", "evict": "adapters.evict", "pin": "adapters.pin", "unpin": "adapters.unpin",
-                 "rollback": "adapters.rollback"}
+MODEL_VERBS = {"load": "models.load", "evict": "models.evict", "pin": "models.pin", "unpin": "models.unpin"}
+ADAPTER_VERBS = {"rollback": ("adapters.rollback", render.rollback)}
+CONTAINER_VERBS = {"list": ("containers.list", render.containers), "leaks": ("containers.leaks", render.leaks),
+                   "history": ("containers.history", render.container_history),
+                   "restart": ("containers.restart", render.restarted)}
 TRAIN_VERBS = {"start": "train.start", "status": "train.status", "history": "train.history", "cancel": "train.cancel"}
 MEMORY_VERBS = {"add": ("memories.add", render.memory_added), "list": ("memories.list", render.memories),
                 "count": ("memories.count", render.memory_counts), "show": ("memories.show", render.memory)}
@@ -76,6 +80,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout", type=_seconds, default=30.0, metavar="SECONDS",
                    help="seconds to wait for an answer (default 30)")
     p.add_argument("--version", action="version", version=f"memwardenctl {__version__}")
+    p.renamed = RENAMED_COMMANDS
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, _, helptext) in COMMANDS.items():
         cmd = sub.add_parser(name, help=helptext, description=helptext)
@@ -84,11 +89,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sub.add_parser("lease", help="SIZE [--gpu N|auto] [--wait D] [--holder NAME] [--priority N] [--preemptible] "
                    "[--requeue] -- CMD…: run a command under a VRAM lease; or: lease list | release ID | preempt ID")
     sub.choices["lease"] = _Verbatim(prog="memwardenctl lease", add_help=False)
-    containers = sub.add_parser("containers", help="memory per container; or: containers restart NAME (admin)")
-    containers.add_argument("verb", nargs="?", choices=["restart"])
+    containers = sub.add_parser("containers", help="memory per container: containers [list] | leaks | history "
+                                "[--limit N] | restart NAME (admin)")
+    containers.add_argument("verb", nargs="?", choices=list(CONTAINER_VERBS), default="list")
     containers.add_argument("name", nargs="?")
-    adapters = sub.add_parser("adapters", help="the scheduler's models; or: adapters load|evict|pin|unpin NAME")
-    adapters.add_argument("verb", nargs="?", choices=sorted(ADAPTER_VERBS))
+    containers.add_argument("--limit", type=int, default=50, help="history: how many restarts (default 50)")
+    models = sub.add_parser("models", help="Ollama's models as the scheduler knows them; or: models "
+                            "load|evict|pin|unpin NAME (admin)")
+    models.add_argument("verb", nargs="?", choices=list(MODEL_VERBS))
+    models.add_argument("name", nargs="?")
+    adapters = sub.add_parser("adapters", help="the LoRA adapters learned from memories: adapters rollback NAME "
+                              "(admin)")
+    adapters.renamed = RENAMED_ADAPTER_VERBS
+    adapters.add_argument("verb", choices=list(ADAPTER_VERBS))
     adapters.add_argument("name", nargs="?")
     add_memories_parser(sub)
     train = sub.add_parser("train", help="training runs: train start ADAPTER | status | history | cancel ADAPTER")
@@ -104,10 +117,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.command == "lease":
         _parse_lease(args)
-    elif args.command == "containers" and args.verb and not args.name:
-        containers.error("restart needs the container's NAME")
-    elif args.command == "adapters" and args.verb and not args.name:
-        adapters.error(f"{args.verb} needs the model's NAME")
+    elif args.command == "containers" and (args.verb == "restart") != (args.name is not None):
+        containers.error("restart needs the container's NAME" if args.verb == "restart"
+                         else f"{args.verb} takes no NAME")
+    elif args.command == "models" and args.verb and not args.name:
+        models.error(f"{args.verb} needs the model's NAME")
+    elif args.command == "adapters" and not args.name:
+        adapters.error(f"{args.verb} needs the adapter's NAME")
     elif args.command == "train" and args.verb in ("start", "cancel") and not args.adapter:
         train.error(f"{args.verb} needs the ADAPTER")
     elif args.command == "call" and args.params is not None:
@@ -224,9 +240,11 @@ def request(args: argparse.Namespace) -> Request:
         if args.lease_id is not None:
             params = {"id": args.lease_id}
     elif args.command == "containers":
-        method, renderer = "containers", render.containers
-        if args.verb:
-            method, renderer, params = "containers.restart", render.restarted, {"name": args.name}
+        method, renderer = CONTAINER_VERBS[args.verb]
+        if args.verb == "restart":
+            params = {"name": args.name}
+        elif args.verb == "history":
+            params = {"limit": args.limit}
     elif args.command == "train":
         method = TRAIN_VERBS[args.verb]
         renderer = {"start": render.run, "status": render.train_status, "history": render.runs,
@@ -235,12 +253,13 @@ def request(args: argparse.Namespace) -> Request:
             params = {"adapter": args.adapter}
         elif args.verb == "history":
             params = {"limit": args.limit, **({"adapter": args.adapter} if args.adapter else {})}
-    elif args.command == "adapters":
-        method, renderer = "adapters", render.adapters
+    elif args.command == "models":
+        method, renderer = "models.list", render.models
         if args.verb:
-            method, renderer, params = ADAPTER_VERBS[args.verb], render.adapter_result, {"name": args.name}
-            if args.verb == "rollback":
-                renderer = render.rollback
+            method, renderer, params = MODEL_VERBS[args.verb], render.model_result, {"name": args.name}
+    elif args.command == "adapters":
+        method, renderer = ADAPTER_VERBS[args.verb]
+        params = {"name": args.name}
     elif args.command == "memories":
         method, renderer = MEMORY_VERBS[args.verb]
         params = memory_params(args)

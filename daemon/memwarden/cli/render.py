@@ -127,7 +127,7 @@ def lease(r: dict[str, Any]) -> str:
             + ("" if r.get("downtime_s") is None else f"; serving downtime {format_duration(r['downtime_s'])}"))
 
 
-def adapters(r: list[dict[str, Any]]) -> str:
+def models(r: list[dict[str, Any]]) -> str:
     rows = [[a["name"], "yes" if a["resident"] else "no", format_size(a["size"]) + ("" if a["size_measured"] else "*"),
              ago(a["last_used"]), a["hits"], "yes" if a["pinned"] else "", "-" if a["gpu"] is None else a["gpu"]]
             for a in r]
@@ -136,7 +136,7 @@ def adapters(r: list[dict[str, Any]]) -> str:
             not a["size_measured"] for a in r) else "")
 
 
-def adapter_result(r: dict[str, Any]) -> str:
+def model_result(r: dict[str, Any]) -> str:
     if "pinned" in r:
         return f"{r['model']}: {'pinned' if r['pinned'] else 'unpinned'}"
     if "hit" in r:
@@ -165,7 +165,7 @@ def leaks(r: list[dict[str, Any]]) -> str:
     return table(rows, ["NAME", "VERDICT", "WORKING SET", "LIMIT", "SLOPE", "EXHAUSTED IN"])
 
 
-def restart_history(r: list[dict[str, Any]]) -> str:
+def container_history(r: list[dict[str, Any]]) -> str:
     def outcome(x: dict[str, Any]) -> str:
         if x["error"]:
             return f"failed: {x['error']}"

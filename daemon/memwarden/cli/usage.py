@@ -8,7 +8,8 @@ import os
 import select
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import NoReturn
 
 EX_USAGE = 2
@@ -19,7 +20,13 @@ EX_INTERRUPTED = 128 + signal.SIGINT
 class Parser(argparse.ArgumentParser):
     """argparse, with each usage error on one line that says where the help is (subcommands inherit it)."""
 
+    renamed: Mapping[str, str] = MappingProxyType({})  # a word its choices no longer take → what replaced it
+
     def error(self, message: str) -> NoReturn:
+        for old, new in self.renamed.items():
+            if f"invalid choice: '{old}'" in message:
+                message = f"'{old}' was renamed in memwarden 0.2: use '{new}'"
+                break
         self.exit(EX_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 

@@ -20,16 +20,16 @@ def register_containers(reg: Registry, s: Services) -> None:
             raise ApplicationError("container watching is off (set containers.enabled = true)")
         return s.containers
 
-    async def containers() -> dict[str, Any]:
+    async def containers_list() -> dict[str, Any]:
         """Each running container: working set, limit (0 = none), leak slope and verdict, action."""
         runner = s.runners.get("containers")
         return {"error": runner.error if runner else None, "containers": watch().rows()}
 
-    async def leaks() -> list[dict[str, Any]]:
+    async def containers_leaks() -> list[dict[str, Any]]:
         """Containers that leak (or hold memory idle), with slope, projection and the active alert."""
         return [r for r in watch().rows() if r["verdict"] in ("leak", "idle leak")]
 
-    async def restart_history(limit: int = 50) -> list[dict[str, Any]]:
+    async def containers_history(limit: int = 50) -> list[dict[str, Any]]:
         """Restarts memwarden made or logged (dry run), newest first, with the verification."""
         return watch().history.recent(int_param("limit", limit, 1, 10000))
 
@@ -46,7 +46,7 @@ def register_containers(reg: Registry, s: Services) -> None:
         except Exception as exc:  # noqa: BLE001 - reported to the caller in words
             raise ApplicationError(f"restart of {name} failed: {exc}") from None
 
-    reg.add("containers", containers)
-    reg.add("leaks", leaks)
-    reg.add("restart_history", restart_history)
+    reg.add("containers.list", containers_list)
+    reg.add("containers.leaks", containers_leaks)
+    reg.add("containers.history", containers_history)
     reg.add("containers.restart", containers_restart, admin=True)

@@ -1,4 +1,4 @@
-"""RPC methods of the GPU arbiter: the GPU view, leases and the adapter scheduler."""
+"""RPC methods of the GPU arbiter: the GPU view, leases and the scheduler of Ollama models (`models.*`)."""
 
 from __future__ import annotations
 
@@ -125,11 +125,11 @@ def register_gpu(reg: Registry, s: Services) -> None:
         lim = int_param("limit", limit, 1, 1000)
         return {"active": arbiter().list(), "recent": [x.to_dict() for x in arbiter().store.recent(lim)]}
 
-    async def adapters(limit: Any = ADAPTERS_PAGE) -> list[dict[str, Any]]:
+    async def models_list(limit: Any = ADAPTERS_PAGE) -> list[dict[str, Any]]:
         """Models the scheduler knows, resident first then most recent: resident, size, last use, hits, pinned."""
         return arbiter().adapters(int_param("limit", limit, 1, cache.MAX_ENTRIES))
 
-    async def adapters_load(name: str, keep_alive: Any = None) -> dict[str, Any]:
+    async def models_load(name: str, keep_alive: Any = None) -> dict[str, Any]:
         """Make a model resident, evicting by the scheduler's policy (admin)."""
         if keep_alive is not None:
             try:
@@ -139,17 +139,17 @@ def register_gpu(reg: Registry, s: Services) -> None:
         with refusals(*REFUSALS):
             return await arbiter().ensure(str_param("name", name), keep_alive)
 
-    async def adapters_evict(name: str) -> dict[str, Any]:
+    async def models_evict(name: str) -> dict[str, Any]:
         """Unload a model now (admin)."""
         with refusals(*REFUSALS):
             return await arbiter().evict(str_param("name", name))
 
-    async def adapters_pin(name: str) -> dict[str, Any]:
+    async def models_pin(name: str) -> dict[str, Any]:
         """Never evict this model for another model or a lease (admin)."""
         with refusals(*REFUSALS):
             return await arbiter().pin(str_param("name", name), True)
 
-    async def adapters_unpin(name: str) -> dict[str, Any]:
+    async def models_unpin(name: str) -> dict[str, Any]:
         """Let the scheduler evict this model again (admin)."""
         with refusals(*REFUSALS):
             return await arbiter().pin(str_param("name", name), False)
@@ -160,8 +160,8 @@ def register_gpu(reg: Registry, s: Services) -> None:
     reg.add("lease.preempt", lease_preempt, admin=True)
     reg.add("lease.watch", lease_watch)
     reg.add("lease.list", lease_list)
-    reg.add("adapters", adapters)
-    reg.add("adapters.load", adapters_load, admin=True)
-    reg.add("adapters.evict", adapters_evict, admin=True)
-    reg.add("adapters.pin", adapters_pin, admin=True)
-    reg.add("adapters.unpin", adapters_unpin, admin=True)
+    reg.add("models.list", models_list)
+    reg.add("models.load", models_load, admin=True)
+    reg.add("models.evict", models_evict, admin=True)
+    reg.add("models.pin", models_pin, admin=True)
+    reg.add("models.unpin", models_unpin, admin=True)

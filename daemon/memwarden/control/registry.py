@@ -11,6 +11,12 @@ from memwarden.control.protocol import METHOD_NOT_FOUND, PERMISSION_DENIED, Inva
 
 Handler = Callable[..., Awaitable[Any]]
 
+# Methods renamed in 0.2 (one word per meaning: Ollama models are `models`, LoRA adapters `adapters`; every
+# name `noun` or `noun.verb`): a call by the old name is told the new one.
+RENAMED = {"adapters": "models.list", "adapters.load": "models.load", "adapters.evict": "models.evict",
+           "adapters.pin": "models.pin", "adapters.unpin": "models.unpin", "containers": "containers.list",
+           "leaks": "containers.leaks", "restart_history": "containers.history"}
+
 
 @dataclass(frozen=True)
 class Method:
@@ -39,6 +45,9 @@ class Registry:
         """Handlers that declare a `peer` parameter get the caller's credentials; clients cannot pass it."""
         method = self.methods.get(name)
         if method is None:
+            if name in RENAMED and RENAMED[name] in self.methods:
+                raise RpcError(METHOD_NOT_FOUND, f"method not found: {name!r} was renamed {RENAMED[name]!r} "
+                                                 "in memwarden 0.2")
             raise RpcError(METHOD_NOT_FOUND, f"method not found: {name!r} (try 'methods')")
         if method.admin and not may_change_state:
             raise RpcError(PERMISSION_DENIED,

@@ -97,3 +97,18 @@ def test_doc_is_first_docstring_line_or_explicit(registry):
 def test_duplicate_registration_is_refused(registry):
     with pytest.raises(ValueError, match="registered twice"):
         registry.add("echo", echo)
+
+
+async def test_a_method_renamed_in_0_2_names_its_new_name():
+    reg = Registry()
+
+    async def models_list() -> list:
+        return []
+
+    reg.add("models.list", models_list)
+    with pytest.raises(RpcError) as err:
+        await reg.call("adapters", {}, may_change_state=False)
+    assert err.value.code == METHOD_NOT_FOUND
+    assert "'adapters' was renamed 'models.list'" in err.value.message
+    with pytest.raises(RpcError, match=r"'nonsense' \(try 'methods'\)"):
+        await reg.call("nonsense", {}, may_change_state=False)
