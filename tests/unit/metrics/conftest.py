@@ -1,93 +1,17 @@
-"""The daemon's parts as services.build() makes them, with stub probes and no sockets, driven by real sample
+"""The metrics read the daemon's parts as services.build() makes them (support/house.py), driven by real sample
 passes: the collector then reads exactly the state a running daemon has."""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from memwarden.config import parse_config
-from memwarden.sample_pass import SamplePass
-from memwarden.services import Services, build
-from memwarden.snapshots import (
-    ContainerMemory,
-    ContainersSnapshot,
-    Gpu,
-    GpuSnapshot,
-    HostSnapshot,
-    Pressure,
-)
-from memwarden.state.db import open_state
+from memwarden.services import Services
+from support.house import T0, GiB, Harness, MiB, World, container, gpu, host, house
 
-GiB = 1024**3
-MiB = 1024**2
-T0 = 1_700_000_000.0
-
-
-class Clock:
-    def __init__(self, now: float = T0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class StubProbe:
-    """A probe whose next reading the test sets (an exception makes it degraded)."""
-
-    def __init__(self, name: str, reading: Callable[[], Any], backend: str | None = None):
-        self.name = name
-        self.backend = backend
-        self._reading = reading
-
-    def read(self) -> Any:
-        value = self._reading()
-        if isinstance(value, Exception):
-            raise value
-        return value
-
-
-def host(mem_total: int = 32 * GiB, mem_available: int = 20 * GiB, swap_total: int = 8 * GiB,
-         swap_used: int = 2 * GiB, pressure: Pressure | None = None) -> HostSnapshot:
-    return HostSnapshot(T0, mem_total, mem_available, swap_total, swap_used, pressure)
-
-
-def gpu(index: int = 0, total: int = 12 * GiB, used: int = 3 * GiB, **kw: Any) -> Gpu:
-    return Gpu(index=index, name=f"Sim {total // GiB}G", total_bytes=total, used_bytes=used, processes=(),
-               uuid=f"SIM-{index}", **kw)
-
-
-def container(name: str, working_set: int, limit: int = 0, rss: int | None = None) -> ContainerMemory:
-    return ContainerMemory(id=name * 8 + "0" * 40, name=name, image="app:1", working_set=working_set,
-                           usage=working_set + 10 * MiB, limit=limit, rss=rss)
-
-
-@dataclass
-class World:
-    """What the probes return on the next pass; tests change it between passes."""
-
-    host: HostSnapshot | Exception = field(default_factory=host)
-    gpu: GpuSnapshot | Exception = field(default_factory=lambda: GpuSnapshot("sim", (gpu(),), T0))
-    containers: list[ContainerMemory] | Exception = field(default_factory=list)
-
-
-class Harness:
-    def __init__(self, services: Services, world: World, clock: Clock):
-        self.services, self.world, self.clock = services, world, clock
-        self.passes = SamplePass(services)
-
-    async def sample(self, passes: int = 1, dt: float = 1.0) -> None:
-        for _ in range(passes):
-            self.clock.now += dt
-            await self.passes.run()
-
-    def containers_snapshot(self) -> ContainersSnapshot | Exception:
-        c = self.world.containers
-        return c if isinstance(c, Exception) else ContainersSnapshot(self.clock.now, tuple(c), 2)
+__all__ = ["T0", "GiB", "MiB", "World", "container", "gpu", "host", "scrape", "value"]
 
 
 @pytest.fixture
@@ -95,23 +19,7 @@ async def make(tmp_path):
     made: list[Harness] = []
 
     async def factory(world: World | None = None, **sections: dict[str, Any]) -> Harness:
-        world = world or World()
-        clock = Clock()
-        data: dict[str, dict[str, Any]] = {"ollama": {"url": ""}, "gpu": {"backend": "none"},
-                                           "host": {"hold": "0s"}}
-        for name, values in sections.items():
-            data.setdefault(name, {}).update(values)
-        state = tmp_path / f"state{len(made)}"
-        config = parse_config(data, env={"STATE_DIRECTORY": str(state), "RUNTIME_DIRECTORY": str(tmp_path)},
-                              uid=1000)
-        holder: list[Harness] = []
-        services = build(config, open_state(config.daemon.state_dir), env={}, clock=clock, wall=clock,
-                         host_probe=StubProbe("host", lambda: world.host),
-                         gpu_probe=StubProbe("gpu", lambda: world.gpu, backend="sim"),
-                         container_probe=StubProbe("containers", lambda: holder[0].containers_snapshot()),
-                         restarter=lambda cid, timeout: None)
-        h = Harness(services, world, clock)
-        holder.append(h)
+        h = await house(tmp_path, world, len(made), **sections)
         made.append(h)
         return h
 
