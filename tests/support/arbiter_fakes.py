@@ -96,11 +96,12 @@ def make_arbiter(tmp_path: Path, db, gpu: FakeGpu, ollama: FakeOllama, reserve: 
 
 
 def fake_config(reserve: int = 0, evict_timeout: float = 30.0, dry_run: bool = False,
-                scheduler: str = "lru") -> Config:
+                scheduler: str | None = None) -> Config:
+    """The built-in defaults but for what a test sets (scheduler: the configured policy unless given)."""
     config = Config()
-    return dataclasses.replace(
-        config, gpu=dataclasses.replace(config.gpu, reserve=reserve, evict_timeout=evict_timeout, scheduler=scheduler),
-        daemon=dataclasses.replace(config.daemon, dry_run=dry_run))
+    gpu = dataclasses.replace(config.gpu, reserve=reserve, evict_timeout=evict_timeout,
+                              scheduler=scheduler or config.gpu.scheduler)
+    return dataclasses.replace(config, gpu=gpu, daemon=dataclasses.replace(config.daemon, dry_run=dry_run))
 
 
 def proc_stat(proc_root: Path, pid: int, ppid: int = 1, start: int = 100) -> None:

@@ -26,7 +26,7 @@ def world(tmp_path, db):
     ollama.put(NEW)
     proc_root = tmp_path / "proc"
     proc_root.mkdir()
-    inputs = ArbiterInputs(fake_config(reserve=GiB), gpu, ollama, proc_root=proc_root)  # type: ignore[arg-type]
+    inputs = ArbiterInputs(fake_config(reserve=GiB, scheduler="lru"), gpu, ollama, proc_root=proc_root)  # type: ignore[arg-type]
     # OLD used longer ago than NEW: LRU evicts it first.
     inputs.cache = cache.touch(cache.touch(inputs.cache, OLD, 1.0, 4 * GiB), NEW, 2.0, 4 * GiB)
     ledger = LeaseLedger(inputs, LeaseStore(db), asyncio.Lock())

@@ -40,7 +40,7 @@ def world(db):
         for name in resident:
             ollama.put(name)
         clock = iter(range(1000, 10**6)).__next__
-        inputs = ArbiterInputs(fake_config(dry_run=dry_run), gpu, ollama, clock=clock)  # type: ignore[arg-type]
+        inputs = ArbiterInputs(fake_config(dry_run=dry_run, scheduler="lru"), gpu, ollama, clock=clock)  # type: ignore[arg-type]
         leases = Leases(budget)
         scheduler = ModelScheduler(inputs, ModelTable(db), asyncio.Lock(), leases)  # type: ignore[arg-type]
         return scheduler, ollama, leases
