@@ -165,7 +165,7 @@ def main() -> int:
         config = parse_config({"daemon": {"state_dir": str(workdir)}, "gpu": {"backend": "none"},
                                "ollama": {"url": ""}})
         db = open_state(workdir)
-        db["adapters"].insert_all(
+        db["models"].insert_all(
             ({"name": e.name, "pinned": 0, "size": e.size, "size_measured": 1, "last_used": e.last_used,
               "hits": e.hits, "keep_alive": None} for e in base.entries.values()), pk="name", replace=True)
         arbiter = GpuArbiter(config, db, None, None)  # type: ignore[arg-type]
@@ -188,7 +188,7 @@ def main() -> int:
             arbiter.cache = base
             per_pass[variant] = stats(timed(observe, max(50, args.calls // 20), 10))
             t0 = time.perf_counter()
-            assert len(arbiter._load_cache().entries) == args.entries
+            assert len(arbiter.scheduler.table.load()[0]) == args.entries
             load_ms[variant] = round((time.perf_counter() - t0) * 1000, 1)
 
         arbiter_rows("as is", "")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 import re
 
+MiB, GiB = 1024**2, 1024**3
+HOUR, DAY = 3600.0, 86400.0  # seconds
+
 _SIZE_UNITS = {
     "": 1,
     "b": 1,

@@ -221,11 +221,11 @@ def test_the_idle_gate_for_preemptible_leases_is_monotonic(tmp_path):
     try:
         arbiter.serving_busy_until = time.monotonic() - 1  # serving has been idle long enough
         wall.t -= DAY  # ... and then the wall clock stepped back a day
-        refusal = asyncio.run(arbiter._try_grant(GiB, "trainer", None, None, None, 0, True))
+        refusal = asyncio.run(arbiter.try_grant(GiB, "trainer", None, None, None, 0, True))
         assert "serving has priority" not in refusal.reason and "no GPU" in refusal.reason
         arbiter.serving_busy_until = time.monotonic() + 60
         wall.t += 2 * DAY
-        refusal = asyncio.run(arbiter._try_grant(GiB, "trainer", None, None, None, 0, True))
+        refusal = asyncio.run(arbiter.try_grant(GiB, "trainer", None, None, None, 0, True))
         assert "serving has priority" in refusal.reason and "another 60s" in refusal.reason
     finally:
         db.close()

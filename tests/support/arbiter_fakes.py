@@ -89,9 +89,22 @@ class FakeOllama:
 
 def make_arbiter(tmp_path: Path, db, gpu: FakeGpu, ollama: FakeOllama, reserve: int = 0,
                  evict_timeout: float = 30.0) -> GpuArbiter:
-    config = Config()
-    config = dataclasses.replace(config, gpu=dataclasses.replace(config.gpu, reserve=reserve,
-                                                                 evict_timeout=evict_timeout))
+    config = fake_config(reserve=reserve, evict_timeout=evict_timeout)
     proc_root = tmp_path / "proc"
     proc_root.mkdir(exist_ok=True)
     return GpuArbiter(config, db, gpu, ollama, proc_root=proc_root)  # type: ignore[arg-type]
+
+
+def fake_config(reserve: int = 0, evict_timeout: float = 30.0, dry_run: bool = False,
+                scheduler: str | None = None) -> Config:
+    """The built-in defaults but for what a test sets (scheduler: the configured policy unless given)."""
+    config = Config()
+    gpu = dataclasses.replace(config.gpu, reserve=reserve, evict_timeout=evict_timeout,
+                              scheduler=scheduler or config.gpu.scheduler)
+    return dataclasses.replace(config, gpu=gpu, daemon=dataclasses.replace(config.daemon, dry_run=dry_run))
+
+
+def proc_stat(proc_root: Path, pid: int, ppid: int = 1, start: int = 100) -> None:
+    """A /proc/PID/stat line with what processes.parse_stat reads: state, parent, group and start time."""
+    (proc_root / str(pid)).mkdir(parents=True, exist_ok=True)
+    (proc_root / str(pid) / "stat").write_text(f"{pid} (holder) S {ppid} {pid} " + "0 " * 16 + f"{start} 0\n")

@@ -1,11 +1,14 @@
-"""The GPU arbiter: owns the leases and the adapter cache, and carries out their plans against Ollama.
-The lease half (grant, release, restore, reap) is in leasing.py, the model scheduler in scheduler.py; this
-module holds the inputs both halves share.
+"""The GPU arbiter: the lease ledger and the model scheduler over shared inputs, behind one facade.
 
-Every plan comes from a pure policy (policies/placement.py, policies/cache.py) over fresh snapshots; this class
-only gathers the inputs, logs each decision with them, and acts: unload, confirm the VRAM is really free on
-the GPU, grant; on release reload what was evicted and confirm it is resident. One lock serialises all of it,
-so two plans never race for the same bytes.
+Every plan comes from a pure policy (policies/placement.py, policies/cache.py) over fresh snapshots; the parts
+only gather the inputs, log each decision with them, and act: unload, confirm the VRAM is really free on the
+GPU, grant; on release reload what was evicted and confirm it is resident. One lock serialises all of it, so
+two plans never race for the same bytes.
+
+    inputs.py     ArbiterInputs: GPU snapshot, /api/ps, model location, the residency record (observe)
+    ledger.py     LeaseLedger: grant, release, preempt, watch, reap; restoring.py brings models back
+    scheduler.py  ModelScheduler: ensure, evict, pin, the model list; model_table.py is its table
+GpuArbiter builds them and forwards what the rest of the daemon calls; a caller may also use a part directly.
 """
 
 from __future__ import annotations
@@ -13,125 +16,178 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from memwarden.arbiter.attribution import locate
+from memwarden.arbiter.errors import ArbiterError
+from memwarden.arbiter.inputs import ArbiterInputs
 from memwarden.arbiter.leases import Lease, LeaseStore
-from memwarden.arbiter.leasing import ArbiterError, Leasing
-from memwarden.arbiter.scheduler import ModelScheduling
+from memwarden.arbiter.ledger import LeaseLedger
+from memwarden.arbiter.model_table import ModelTable
+from memwarden.arbiter.scheduler import MODELS_PAGE, ModelScheduler
 from memwarden.config.schema import Config
-from memwarden.logs import get_logger
-from memwarden.ollama.client import OllamaClient, OllamaError, model_blob_path
+from memwarden.ollama.client import OllamaClient
+from memwarden.ollama.installed import InstalledModels
 from memwarden.ollama.service import ServiceControl
 from memwarden.policies import cache
-from memwarden.policies.placement import Resident
+from memwarden.policies.placement import GpuBudget, Held, Refusal
 from memwarden.probes.runner import ProbeRunner
 from memwarden.snapshots import GpuSnapshot, LoadedModel
 
-log = get_logger()
-
-FOREVER_AFTER = 100 * 365 * 86400  # an expires_at further out than this means keep_alive < 0
+__all__ = ["ArbiterError", "GpuArbiter"]
 
 
-class GpuArbiter(Leasing, ModelScheduling):
+class GpuArbiter:
     def __init__(self, config: Config, db: Any, gpu: ProbeRunner, ollama: OllamaClient | None,
                  service: ServiceControl | None = None, clock: Callable[[], float] = time.time,
                  proc_root: Path = Path("/proc")):
-        self.config = config
-        self.gpu = gpu
-        self.ollama = ollama
-        self.service = service
-        self.clock = clock
-        self.proc_root = proc_root
-        self.store = LeaseStore(db)
-        self._db = db
-        self.leases: dict[str, Lease] = {lease.id: lease for lease in self.store.active()}
-        self._init_scheduler(db)  # the model table, each model's keep_alive, what Ollama has installed
-        self.blobs: dict[str, str] = {}  # model → weights path, from /api/show
-        self.located: dict[str, tuple[int, tuple[int, ...]]] = {}
+        table = ModelTable(db)
+        entries, keep_alive = table.load()
+        self.inputs = ArbiterInputs(config, gpu, ollama, clock, proc_root, cache.CacheState.of(entries),
+                                    keep_alive)
         self.lock = asyncio.Lock()
-        self.changed = asyncio.Condition()
-        self.stats = {"hits": 0, "misses": 0, "evictions": 0, "grants": 0, "refusals": 0}
-        # Preemptible leases wait until serving has been idle (proxy.preempt). Monotonic: on the wall clock, a
-        # step back of a day kept every preemptible lease (training) waiting a day.
-        self.serving_busy_until = 0.0
-        self._orphaned: set[str] = set()  # leases whose holder died while their processes run (logged once)
+        self.ledger = LeaseLedger(self.inputs, LeaseStore(db), self.lock, service)
+        self.scheduler = ModelScheduler(self.inputs, table, self.lock, self.ledger)
+
+    # ---- shared state, read (and for config, clock and the record, replaced) by callers ---------------
+
+    @property
+    def config(self) -> Config:
+        return self.inputs.config
+
+    @config.setter
+    def config(self, config: Config) -> None:  # a reload hands both parts the new config
+        self.inputs.config = config
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self.inputs.clock
+
+    @clock.setter
+    def clock(self, clock: Callable[[], float]) -> None:
+        self.inputs.clock = clock
+
+    @property
+    def proc_root(self) -> Path:
+        return self.inputs.proc_root
+
+    @property
+    def cache(self) -> cache.CacheState:
+        return self.inputs.cache
+
+    @cache.setter
+    def cache(self, state: cache.CacheState) -> None:
+        self.inputs.cache = state
+
+    @property
+    def keep_alive(self) -> dict[str, str]:
+        return self.inputs.keep_alive
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return self.inputs.stats
+
+    @property
+    def leases(self) -> dict[str, Lease]:
+        return self.ledger.leases
+
+    @property
+    def store(self) -> LeaseStore:
+        return self.ledger.store
+
+    @property
+    def changed(self) -> asyncio.Condition:
+        return self.ledger.changed
+
+    @property
+    def serving_busy_until(self) -> float:
+        return self.ledger.serving_busy_until
+
+    @serving_busy_until.setter
+    def serving_busy_until(self, until: float) -> None:
+        self.ledger.serving_busy_until = until
+
+    @property
+    def installed(self) -> InstalledModels | None:
+        return self.scheduler.installed
 
     # ---- inputs ----------------------------------------------------------------------------------------
 
-    async def gpu_snapshot(self) -> GpuSnapshot:
-        snap = await self.gpu.sample()
-        if snap is None:
-            raise ArbiterError(f"the GPU cannot be read: {self.gpu.error}")
-        return snap
-
-    async def loaded(self) -> list[LoadedModel] | None:
-        """Resident models per /api/ps; None when Ollama is off or unreachable (leases then use free memory)."""
-        if self.ollama is None:
-            return None
-        try:
-            return await self.ollama.ps()
-        except OllamaError as exc:
-            log.warning("Ollama unreachable; planning on free VRAM alone", error=str(exc))
-            return None
-
     async def locate_models(self, loaded: list[LoadedModel], snap: GpuSnapshot) -> None:
-        if self.ollama is None:
-            return
-        for model in loaded:
-            if model.name not in self.blobs:
-                try:
-                    path = model_blob_path(await self.ollama.show(model.name))
-                except OllamaError:
-                    path = None
-                if path:
-                    self.blobs[model.name] = path
-        self.located = locate(snap, self.blobs, self.proc_root)
+        await self.inputs.locate_models(loaded, snap)
 
     def observe(self, loaded: list[LoadedModel] | None, snap: GpuSnapshot | None) -> None:
-        """Residency and measured sizes from a sample pass (or from a fresh read during a plan)."""
-        if loaded is None:
-            return
-        names = {m.name for m in loaded}
-        for model in loaded:
-            where = self.located.get(model.name)
-            gpu = where[0] if where else (snap.gpus[0].index if snap and len(snap.gpus) == 1 else None)
-            self.cache = cache.set_resident(self.cache, model.name, True, model.size_vram or model.size,
-                                            measured=model.size_vram > 0, gpu=gpu)
-            if model.name not in self.keep_alive and model.expires_at:
-                self.keep_alive[model.name] = self._keep_alive_from_expiry(model.expires_at)
-        for entry in self.cache.resident():
-            if entry.name not in names:
-                self.cache = cache.set_resident(self.cache, entry.name, False)
+        self.inputs.observe(loaded, snap)
 
-    def _keep_alive_from_expiry(self, expires_at: str) -> str:
-        try:
-            left = datetime.fromisoformat(expires_at.replace("Z", "+00:00")).timestamp() - self.clock()
-        except ValueError:
-            return self.config.ollama.keep_alive
-        return "-1m" if left > FOREVER_AFTER else self.config.ollama.keep_alive
+    # ---- the GPU view ----------------------------------------------------------------------------------
 
-    def residents(self, loaded: list[LoadedModel] | None) -> list[Resident]:
-        """Resident models in eviction order (the scheduler's policy)."""
-        if not loaded:
-            return []
-        by_name = {m.name: m for m in loaded}
-        order = [e.name for e in cache.eviction_order(self.cache, self.config.gpu.scheduler)]
-        order += sorted(n for n in by_name if n not in order)  # pinned last: the planner skips them
-        out = []
-        for name in order:
-            m = by_name.get(name)
-            if m is None:
-                continue
-            gpu, pids = self.located.get(name, (None, ()))
-            if gpu is None:
-                entry = self.cache.entries.get(name)
-                gpu = entry.gpu if entry else None
-            entry = self.cache.entries.get(name)
-            out.append(Resident(name, m.size_vram, gpu, bool(entry and entry.pinned), pids))
-        return out
+    def gpu_view(self, snap: GpuSnapshot) -> tuple[GpuBudget, ...]:
+        """Each GPU's leasable bytes and model budget (the `gpu` reply and /metrics)."""
+        return self.ledger.gpu_view(snap)
 
-    # The lease half is in leasing.py (Leasing); the model scheduler in scheduler.py (ModelScheduling): residency,
-    # room for a model, the bounded table of models.
+    def held(self, snap: GpuSnapshot) -> list[Held]:
+        return self.ledger.held(snap)
+
+    def budget(self, snap: GpuSnapshot, index: int) -> int:
+        return self.ledger.model_budget(snap, index)
+
+    # ---- leases ----------------------------------------------------------------------------------------
+
+    async def acquire(self, size: int, holder: str, pid: int | None = None, uid: int | None = None,
+                      gpu: int | None = None, priority: int = 0, preemptible: bool = False,
+                      wait: float = 0.0) -> dict[str, Any]:
+        return await self.ledger.acquire(size, holder, pid, uid, gpu, priority, preemptible, wait)
+
+    async def try_grant(self, size: int, holder: str, pid: int | None, uid: int | None, gpu: int | None,
+                        priority: int, preemptible: bool) -> Lease | Refusal:
+        return await self.ledger.try_grant(size, holder, pid, uid, gpu, priority, preemptible)
+
+    async def release(self, lease_id: str, reason: str = "released by holder") -> dict[str, Any]:
+        return await self.ledger.release(lease_id, reason)
+
+    async def preempt(self, lease_id: str, reason: str = "serving needs the GPU") -> dict[str, Any]:
+        return await self.ledger.preempt(lease_id, reason)
+
+    async def watch(self, lease_id: str, timeout: float) -> dict[str, Any]:
+        return await self.ledger.watch(lease_id, timeout)
+
+    async def refresh(self, lease_id: str) -> None:
+        await self.ledger.refresh(lease_id)
+
+    async def reap(self) -> list[str]:
+        return await self.ledger.reap()
+
+    async def resume_interrupted(self) -> None:
+        await self.ledger.resume_interrupted()
+
+    def active_leases(self) -> list[dict[str, Any]]:
+        return self.ledger.active()
+
+    # ---- models ----------------------------------------------------------------------------------------
+
+    async def ensure(self, name: str, keep_alive: object = None, load: bool = True) -> dict[str, Any]:
+        return await self.scheduler.ensure(name, keep_alive, load)
+
+    async def evict(self, name: str) -> dict[str, Any]:
+        return await self.scheduler.evict(name)
+
+    async def pin(self, name: str, pinned: bool) -> dict[str, Any]:
+        return await self.scheduler.pin(name, pinned)
+
+    def models(self, limit: int = MODELS_PAGE) -> list[dict[str, Any]]:
+        return self.scheduler.models(limit)
+
+    def resident(self, name: str) -> bool:
+        return self.scheduler.resident(name)
+
+    def note_use(self, name: str, keep_alive: str | None) -> None:
+        self.scheduler.note_use(name, keep_alive)
+
+    def mark_resident(self, name: str) -> None:
+        self.scheduler.mark_resident(name)
+
+    async def installed_size(self, name: str) -> int | None:
+        return await self.scheduler.installed_size(name)
+
+    def flush(self) -> None:
+        self.scheduler.flush()

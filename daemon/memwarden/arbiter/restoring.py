@@ -3,25 +3,32 @@ each, and once all are loaded every one reported restored checked again (Ollama 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
-from memwarden.arbiter.leases import Lease
+from memwarden.arbiter.inputs import ArbiterInputs, listed
+from memwarden.arbiter.leases import Lease, LeaseStore
 from memwarden.logs import get_logger
 from memwarden.ollama.client import OllamaError, keep_alive_value, normalize
-from memwarden.ollama.service import ServiceError
-from memwarden.policies.placement import available, holders_on
+from memwarden.ollama.service import ServiceControl, ServiceError
+from memwarden.policies.placement import Held, available, holders_on
+from memwarden.snapshots import GpuSnapshot
 from memwarden.units import format_size, parse_keep_alive
-
-if TYPE_CHECKING:
-    from memwarden.arbiter.arbiter import GpuArbiter
 
 log = get_logger()
 
 
-class Restoring:
-    """Mixed into GpuArbiter (through Leasing)."""
+class Restorer:
+    """The lease ledger's restore step; `held` is the ledger's view of what the other leases may still take."""
 
-    async def _restore(self: GpuArbiter, lease: Lease) -> None:
+    def __init__(self, inputs: ArbiterInputs, store: LeaseStore, held: Callable[[GpuSnapshot], list[Held]],
+                 service: ServiceControl | None):
+        self.inputs = inputs
+        self.store = store
+        self.held = held
+        self.service = service
+
+    async def restore(self, lease: Lease) -> None:
         """Reload what was evicted for `lease`, one model at a time, with its keep_alive; then check that every
         model reported restored is still resident. Models already restored for it are skipped."""
         if lease.escalated and self.service is not None:
@@ -29,7 +36,7 @@ class Restoring:
                 await self.service.start()
             except ServiceError as exc:
                 log.error("could not start Ollama again", error=str(exc))
-        if not lease.evicted or self.ollama is None:
+        if not lease.evicted or self.inputs.ollama is None:
             return
         for ev in lease.evicted:
             if any(r["name"] == ev["name"] for r in lease.restored):
@@ -43,45 +50,46 @@ class Restoring:
         downs = [r["downtime_s"] for r in lease.restored if r["ok"] and "downtime_s" in r]
         lease.downtime_s = max(downs) if downs else None
 
-    async def _restore_one(self: GpuArbiter, lease: Lease, ev: dict[str, Any]) -> dict[str, Any]:
-        assert self.ollama is not None
+    async def _restore_one(self, lease: Lease, ev: dict[str, Any]) -> dict[str, Any]:
+        inputs = self.inputs
+        assert inputs.ollama is not None
         name, need = ev["name"], ev["size_vram"]
         record: dict[str, Any] = {"name": name, "ok": False}
         try:
             # An unload cut short (the grant abandoned mid-call) may have left it resident: nothing to load.
-            if any(normalize(m.name) == normalize(name) for m in await self.ollama.ps()):
-                return {**record, "ok": True, "restored_at": self.clock(), "downtime_s": 0.0}
+            if listed(await inputs.ollama.ps(), name):
+                return {**record, "ok": True, "restored_at": inputs.clock(), "downtime_s": 0.0}
         except OllamaError as exc:
             return {**record, "error": str(exc)}
-        snap = await self.gpu.sample()
+        snap = await inputs.gpu.sample()
         g = snap.gpu(lease.gpu) if snap is not None else None
-        if g is not None and (room := available(g, self.held(snap), self.config.gpu.reserve)) < need:
-            holders = holders_on(g, self.residents(await self.loaded()), self.held(snap))
+        if g is not None and (room := available(g, self.held(snap), inputs.config.gpu.reserve)) < need:
+            holders = holders_on(g, inputs.residents(await inputs.loaded()), self.held(snap))
             record["error"] = (f"no room: GPU {lease.gpu} has {format_size(max(0, room))} available and "
                                f"{name} needs {format_size(need)} (held by: {', '.join(holders) or 'nothing visible'}"
                                "); it loads on next use")
             return record
         try:
             keep_alive = parse_keep_alive(ev["keep_alive"])
-            await self.ollama.load(name, keep_alive_value(keep_alive))
-            resident = any(normalize(m.name) == normalize(name) for m in await self.ollama.ps())
+            await inputs.ollama.load(name, keep_alive_value(keep_alive))
+            resident = listed(await inputs.ollama.ps(), name)
         except (OllamaError, ValueError) as exc:
             record["error"] = str(exc)
             return record
         record["ok"] = resident
         if not resident:
             record["error"] = "loaded but not listed in /api/ps"
-        record["restored_at"] = self.clock()
+        record["restored_at"] = inputs.clock()
         record["downtime_s"] = round(record["restored_at"] - ev["evicted_at"], 3)
         return record
 
-    async def _confirm_restored(self: GpuArbiter, lease: Lease) -> None:
+    async def _confirm_restored(self, lease: Lease) -> None:
         """Ollama may evict a model it just loaded to fit the next one: a model restored earlier and gone now
         is reported not restored."""
-        if self.ollama is None or not any(r["ok"] for r in lease.restored):
+        if self.inputs.ollama is None or not any(r["ok"] for r in lease.restored):
             return
         try:
-            resident = {normalize(m.name) for m in await self.ollama.ps()}
+            resident = {normalize(m.name) for m in await self.inputs.ollama.ps()}
         except OllamaError as exc:
             resident = set()
             error = f"could not confirm it stayed resident: {exc}"

@@ -20,10 +20,14 @@ import http.client
 import io
 import json
 import ssl
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
+from memwarden.logs import get_logger
 from memwarden.snapshots import ContainerMemory
+
+log = get_logger()
 
 LABEL = "memwarden.ollama_url"
 MAX_ANSWER = 1 << 20  # bytes of /api/ps (status line and headers included); Ollama's is a few KiB
@@ -129,3 +133,46 @@ async def models_loaded(url: str, timeout: float) -> int:
     except OSError as exc:
         raise ServingError(f"unreachable: {exc.strerror or exc}") from None
     return parse_ps(raw)
+
+
+ReadModels = Callable[[str, float], Awaitable[int]]  # (url, timeout) → models loaded there; ServingError: unknown
+
+
+class ServingCounter:
+    """How many models each serving container holds, each URL read once per pass; what cannot be read, or a
+    label that is not used, is logged once (again only after it changed or cleared)."""
+
+    def __init__(self, read: ReadModels = models_loaded):
+        self._read_models = read
+        self._said: dict[str, str] = {}  # what was last logged about a label or a URL
+
+    def _say_once(self, about: str, problem: str | None, **fields: Any) -> None:
+        if problem is not None and self._said.get(about) != problem:
+            log.warning("serving container: " + problem, **fields)
+        if problem is None:
+            self._said.pop(about, None)
+        else:
+            self._said[about] = problem
+
+    async def count(self, containers: Sequence[ContainerMemory], urls: ServingUrls,
+                    timeout: float) -> list[int | None]:
+        """Models loaded in each container, in order (None: not a serving container, or unknown)."""
+        present = {f"label {c.name}" for c in containers}
+        self._said = {k: v for k, v in self._said.items() if k in present or not k.startswith("label ")}
+        where = []
+        for c in containers:
+            url, complaint = urls.of(c)
+            self._say_once(f"label {c.name}", complaint, container=c.name)
+            where.append(url)
+        wanted = sorted({u for u in where if u is not None})
+        counts = dict(zip(wanted, await asyncio.gather(*(self._read(u, timeout) for u in wanted)), strict=True))
+        return [None if u is None else counts[u] for u in where]
+
+    async def _read(self, url: str, timeout: float) -> int | None:
+        try:
+            count = await self._read_models(url, timeout)
+        except ServingError as exc:
+            self._say_once(f"url {url}", f"cannot count the models at {url}: {exc}", url=url)
+            return None
+        self._say_once(f"url {url}", None)
+        return count

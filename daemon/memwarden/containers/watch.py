@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -21,15 +20,14 @@ from typing import Any
 from memwarden.alerts.model import Condition
 from memwarden.config.schema import Config
 from memwarden.containers.history import RestartHistory
-from memwarden.containers.serving import ServingError, ServingUrls, models_loaded
+from memwarden.containers.serving import ServingCounter, ServingUrls
 from memwarden.logs import get_logger
 from memwarden.policies import leak, remediation
 from memwarden.snapshots import ContainerMemory, ContainersSnapshot
-from memwarden.units import format_duration, format_size
+from memwarden.units import DAY, HOUR, format_duration, format_size
 
 log = get_logger()
 
-HOUR = 3600.0
 MAX_SAMPLES = 4096  # per container; the window is trimmed by time first, this only bounds a tiny interval
 
 
@@ -40,59 +38,21 @@ class Series:
     verdict: leak.LeakVerdict | None = None
     idle_leak: bool = False
     models_loaded: int | None = None
-    withheld: str | None = None  # why the last restart decision was "alert" (logged when it changes)
-
-
-def withheld_restart(decision: remediation.Decision) -> bool:
-    """A restart was due but the budget or the cooldown held it back (not: the action is only to alert)."""
-    return decision.action == "alert" and not decision.reason.endswith("action is alert")
+    withheld: tuple[str | None, str] | None = None  # (problem, why) of the last restart held back: logged once
 
 
 class ContainerWatch:
     def __init__(self, config: Config, db: Any, restart: Callable[[str, float], None],
-                 clock: Callable[[], float] = time.time,
-                 read_models: Callable[[str, float], Awaitable[int]] = models_loaded):
+                 clock: Callable[[], float] = time.time, serving: ServingCounter | None = None):
         self.config = config
         self.history = RestartHistory(db)
         self._restart = restart  # blocking: docker restart (id, stop timeout)
-        self._read_models = read_models  # (url, timeout) → models loaded there; ServingError when unknown
+        self.serving = serving or ServingCounter()  # models loaded in each serving container (it reads them)
         self.clock = clock
         self.series: dict[str, Series] = {}
         self.last: ContainersSnapshot | None = None
         self._busy: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
-        self._said: dict[str, str] = {}  # what was last logged about a label or a URL (each said once)
-
-    def _say_once(self, about: str, problem: str | None, **fields: Any) -> None:
-        if problem is not None and self._said.get(about) != problem:
-            log.warning("serving container: " + problem, **fields)
-        if problem is None:
-            self._said.pop(about, None)
-        else:
-            self._said[about] = problem
-
-    async def _models_loaded(self, containers: tuple[ContainerMemory, ...]) -> list[int | None]:
-        """Models loaded in each serving container (None: not one, or unknown), each URL read once."""
-        urls = ServingUrls(self.config.ollama.url, self.config.containers.ollama_urls)
-        present = {f"label {c.name}" for c in containers}
-        self._said = {k: v for k, v in self._said.items() if k in present or not k.startswith("label ")}
-        where = []
-        for c in containers:
-            url, complaint = urls.of(c)
-            self._say_once(f"label {c.name}", complaint, container=c.name)
-            where.append(url)
-        wanted = sorted({u for u in where if u is not None})
-        counts = dict(zip(wanted, await asyncio.gather(*(self._read(u) for u in wanted)), strict=True))
-        return [None if u is None else counts[u] for u in where]
-
-    async def _read(self, url: str) -> int | None:
-        try:
-            count = await self._read_models(url, self.config.ollama.timeout)
-        except ServingError as exc:
-            self._say_once(f"url {url}", f"cannot count the models at {url}: {exc}", url=url)
-            return None
-        self._say_once(f"url {url}", None)
-        return count
 
     def _record(self, c: ContainerMemory, now: float) -> Series:
         s = self.series.get(c.name)
@@ -116,7 +76,8 @@ class ContainerWatch:
         for gone in set(self.series) - present:
             del self.series[gone]
         conditions: list[Condition] = []
-        loaded = await self._models_loaded(snap.containers)
+        urls = ServingUrls(self.config.ollama.url, cfg.ollama_urls)
+        loaded = await self.serving.count(snap.containers, urls, self.config.ollama.timeout)
         for c, models in zip(snap.containers, loaded, strict=True):
             s = self._record(c, now)
             previous = s.verdict.verdict if s.verdict else None
@@ -162,12 +123,12 @@ class ContainerWatch:
                    decision: remediation.Decision | None = None) -> Condition:
         v = s.verdict
         assert v is not None
-        # Why a restart was withheld (budget spent, cooling down) used to reach neither the alert nor the log:
-        # the alert read the same whether memwarden was about to restart the container or had given up on it.
+        # An alert says why a due restart is held back (budget spent, cooling down): it must read differently
+        # when memwarden is about to restart the container and when it has given up on it for now.
         withheld = ""
-        if decision is not None and withheld_restart(decision):
-            withheld = "; no restart: " + decision.reason.removeprefix(f"{problem}; ")
-            inputs = {**inputs, "remediation": decision.reason}
+        if decision is not None and decision.withheld:
+            withheld = "; no restart: " + decision.withheld_text()
+            inputs = {**inputs, "remediation": decision.text()}
         limit = format_size(c.limit) if c.limit else "no memory limit"
         if problem == "leak":
             eta = "" if v.exhaustion_in is None else (
@@ -187,25 +148,20 @@ class ContainerWatch:
         if problem is None or c.name in self._busy:
             return None
         cfg = self.config.containers
-        history = self.history.of(c.name, now - 24 * HOUR, include_failed=True)
-        if self.config.daemon.dry_run:
-            # A dry run restarts nothing, so nothing ever spent the budget or started a cooldown, and the same
-            # restart was logged and recorded again on every pass (twice a second at a 500ms interval). Count
-            # the logged restarts as if they had happened: the dry run then says what a real run would do.
-            history = [dataclasses.replace(r, dry_run=False) for r in history]
+        history = self.history.of(c.name, now - DAY, include_failed=True)
         decision = remediation.decide(problem, action, history, now, cfg.max_restarts_per_hour,
-                                      cfg.restart_cooldown)
+                                      cfg.restart_cooldown, dry_run=self.config.daemon.dry_run)
         if decision.action != "restart":
-            withheld = decision.reason.split(" (")[0] if withheld_restart(decision) else None
+            withheld = (decision.problem, decision.why) if decision.withheld else None
             if withheld is not None and withheld != s.withheld:  # logged once per reason, not every pass
                 log.info("decision: restart withheld", decision="container.withheld", container=c.name,
-                         reason=decision.reason, dry_run=self.config.daemon.dry_run, **inputs)
+                         dry_run=self.config.daemon.dry_run, **decision.log_fields(), **inputs)
             s.withheld = withheld
             return decision
         s.withheld = None
         # In the background: a graceful stop can take stop_timeout, and the pass (alerts first) must go on.
         self._busy.add(c.name)
-        task = asyncio.get_running_loop().create_task(self._restart_quietly(c, decision.reason, inputs))
+        task = asyncio.get_running_loop().create_task(self._restart_quietly(c, decision.text(), inputs))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return decision

@@ -7,9 +7,9 @@ import pwd
 from typing import TYPE_CHECKING, Any
 
 from memwarden.arbiter import processes
-from memwarden.arbiter.arbiter import ArbiterError
+from memwarden.arbiter.errors import ArbiterError
 from memwarden.arbiter.leases import Lease, may_manage
-from memwarden.arbiter.scheduler import ADAPTERS_PAGE
+from memwarden.arbiter.scheduler import MODELS_PAGE
 from memwarden.control.params import bool_param, duration_param, int_param, size_param, str_param
 from memwarden.control.protocol import PERMISSION_DENIED, InvalidParams, RpcError, refusals
 from memwarden.control.registry import Registry
@@ -62,16 +62,13 @@ def register_gpu(reg: Registry, s: Services) -> None:
             "ollama": None if s.readings.ollama is None else {
                 "url": s.readings.ollama.url, "loaded": [m.__dict__ for m in s.readings.ollama.loaded]},
             "ollama_error": s.runners["ollama"].error if "ollama" in s.runners else None,
-            "leases": a.list(),
+            "leases": a.active_leases(),
             "scheduler": {"policy": s.config.gpu.scheduler, **a.stats},
         }
         if snap is not None:
-            held = a.held(snap)
-            from memwarden.policies.placement import available
-
-            for g, d in zip(snap.gpus, snap.to_dict()["gpus"], strict=True):
-                d["leasable_bytes"] = max(0, available(g, held, s.config.gpu.reserve))
-                d["model_budget_bytes"] = a.budget(snap, g.index)
+            for view, d in zip(a.gpu_view(snap), snap.to_dict()["gpus"], strict=True):
+                d["leasable_bytes"] = view.leasable_bytes
+                d["model_budget_bytes"] = view.model_budget_bytes
                 out["gpus"].append(d)
         return out
 
@@ -123,11 +120,11 @@ def register_gpu(reg: Registry, s: Services) -> None:
     async def lease_list(limit: int = 20) -> dict[str, Any]:
         """Active leases and the most recent ones with their evictions, restores and downtime."""
         lim = int_param("limit", limit, 1, 1000)
-        return {"active": arbiter().list(), "recent": [x.to_dict() for x in arbiter().store.recent(lim)]}
+        return {"active": arbiter().active_leases(), "recent": [x.to_dict() for x in arbiter().store.recent(lim)]}
 
-    async def models_list(limit: Any = ADAPTERS_PAGE) -> list[dict[str, Any]]:
+    async def models_list(limit: Any = MODELS_PAGE) -> list[dict[str, Any]]:
         """Models the scheduler knows, resident first then most recent: resident, size, last use, hits, pinned."""
-        return arbiter().adapters(int_param("limit", limit, 1, cache.MAX_ENTRIES))
+        return arbiter().models(int_param("limit", limit, 1, cache.MAX_ENTRIES))
 
     async def models_load(name: str, keep_alive: Any = None) -> dict[str, Any]:
         """Make a model resident, evicting by the scheduler's policy (admin)."""

@@ -112,12 +112,9 @@ def arbiter_metrics(d: Services, out: Families) -> None:
         out.add("memwarden_gpu_leases", len(on), gpu=index)
         out.add("memwarden_gpu_lease_bytes", sum(lease.size for lease in on), gpu=index)
     if snap is not None and snap.gpus and d.fresh("gpu"):
-        from memwarden.policies.placement import available
-
-        held = a.held(snap)
-        for g in snap.gpus:
-            out.add("memwarden_gpu_leasable_bytes", max(0, available(g, held, d.config.gpu.reserve)), gpu=g.index)
-            out.add("memwarden_gpu_model_budget_bytes", a.budget(snap, g.index), gpu=g.index)
+        for view in a.gpu_view(snap):
+            out.add("memwarden_gpu_leasable_bytes", view.leasable_bytes, gpu=view.index)
+            out.add("memwarden_gpu_model_budget_bytes", view.model_budget_bytes, gpu=view.index)
     out.add("memwarden_gpu_lease_grants_total", a.stats["grants"])
     out.add("memwarden_gpu_lease_refusals_total", a.stats["refusals"])
     out.add("memwarden_scheduler_hits_total", a.stats["hits"])

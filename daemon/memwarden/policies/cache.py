@@ -14,7 +14,7 @@ from types import MappingProxyType
 POLICIES = ("lru", "gdsf")
 # The most models the scheduler keeps a record of. Only installed models are tracked, so this is a backstop
 # (the learning loop creates one Ollama model per adapter version); it keeps the table, its SQLite rows and the
-# `adapters` reply bounded whatever Ollama lists, and is well above the 10,000 the benchmarks plan for.
+# `models` reply bounded whatever Ollama lists, and is well above the 10,000 the benchmarks plan for.
 MAX_ENTRIES = 10_000
 
 
@@ -37,7 +37,7 @@ class CacheState:
     inflation: float = 0.0  # GDSF's L
 
     def with_entry(self, entry: Entry) -> CacheState:
-        # dict(proxy) copies in C; {**proxy} would go key by key (1 ms at 10,000 adapters, per request).
+        # dict(proxy) copies in C; {**proxy} would go key by key (1 ms at 10,000 models, per request).
         entries = dict(self.entries)
         entries[entry.name] = entry
         return replace(self, entries=MappingProxyType(entries))
@@ -128,6 +128,98 @@ def plan_room(state: CacheState, name: str, need: int, budget: int, policy: str,
         used -= entry.size
         count -= 1
     return RoomPlan(tuple(victims), fits(), used, budget)
+
+
+def estimate_size(entry: Entry | None, installed_size: int | None) -> int:
+    """VRAM a model will take: its measured size once seen resident, else the size Ollama lists for it."""
+    if entry is not None and entry.size_measured:
+        return entry.size
+    return installed_size or (entry.size if entry else 0)
+
+
+def on_gpu(state: CacheState, index: int) -> CacheState:
+    """The entries that count on GPU `index`: those resident there or of unknown placement, and the others."""
+    return CacheState({n: e for n, e in state.entries.items() if e.gpu in (index, None) or not e.resident},
+                      state.inflation)
+
+
+def plan_room_on(state: CacheState, name: str, need: int, budgets: Mapping[int, int], policy: str,
+                 max_resident: int = 0) -> RoomPlan:
+    """Room on the GPU that needs the fewest victims; with models of unknown placement, or one GPU, all GPUs
+    form one pool (`budgets`: GPU index → model budget). No GPU: Ollama runs on the CPU, nothing to plan."""
+    if not budgets:
+        return RoomPlan((), True, 0, 0)
+    if len(budgets) == 1 or any(e.gpu is None for e in state.resident()):
+        return plan_room(state, name, need, sum(budgets.values()), policy, max_resident)
+    plans = [plan_room(on_gpu(state, index), name, need, budget, policy, max_resident)
+             for index, budget in budgets.items()]
+    return min(plans, key=lambda p: (not p.fits, len(p.victims)))
+
+
+@dataclass(frozen=True)
+class EnsurePlan:
+    """All that making one model resident will do, decided once, before any of it is done."""
+
+    name: str
+    hit: bool  # Ollama lists it already: nothing to evict or load
+    need: int  # VRAM bytes it is expected to take
+    victims: tuple[str, ...]  # to unload first, first victim first
+    fits: bool  # False: even evicting every candidate leaves no room (pinned models and leases hold the rest)
+    load: bool  # the plan loads it (False for a hit, a refusal, or when the caller's own request loads it)
+    gpu: int  # where the freed VRAM is confirmed: the GPU with the largest model budget
+    budget: int
+    used_after: int
+    forgotten: tuple[str, ...]  # entries the table drops to stay within max_entries
+    noted: CacheState  # the request recorded (one more use, the size estimate), before any effect
+    state_after: CacheState  # once the victims are unloaded and the model loaded
+
+    @property
+    def shortfall(self) -> int:
+        """Bytes of the budget that stay out of reach after every possible eviction."""
+        return self.budget - self.used_after
+
+
+def plan_ensure(state: CacheState, name: str, now: float, *, listed: bool, installed_size: int | None,
+                budgets: Mapping[int, int], policy: str, max_resident: int = 0, load: bool = True,
+                max_entries: int = MAX_ENTRIES) -> EnsurePlan:
+    """The whole plan for a request to make `name` resident: the use recorded, the table kept within
+    max_entries, then (unless Ollama already lists it) the victims by `policy` and the state once it is done."""
+    touched = touch(state, name, now)
+    forgotten: tuple[str, ...] = ()
+    if len(touched.entries) > max_entries:
+        pruned = prune(touched, None, max_entries)
+        touched, forgotten = pruned.state, pruned.forgotten
+    target = max(budgets, key=lambda i: budgets[i]) if budgets else 0
+    if listed:
+        return EnsurePlan(name, True, touched.entries[name].size, (), True, False, target, 0, 0, forgotten,
+                          touched, touched)
+    need = estimate_size(touched.entries.get(name), installed_size)
+    noted = set_resident(touched, name, False, need)
+    room = plan_room_on(noted, name, need, budgets, policy, max_resident)
+    after = noted
+    if room.fits:
+        for victim in room.victims:
+            after = evicted(after, victim, policy)
+        if load:
+            after = set_resident(after, name, True)
+    return EnsurePlan(name, False, need, room.victims, room.fits, load and room.fits, target, room.budget,
+                      room.used_after, forgotten, noted, after)
+
+
+def commit(current: CacheState, base: CacheState, planned: CacheState) -> CacheState:
+    """Bring a plan computed from `base` into `current`, the state as it is now: requests served while the plan
+    was carried out may have touched other models. Entries the plan changed or forgot are taken from it, each
+    keeping its pin as it is now (a pin is the operator's, never a plan's); all others stay as they are now."""
+    if current is base:
+        return planned
+    entries = dict(current.entries)
+    for name, entry in planned.entries.items():
+        if base.entries.get(name) is not entry:  # with_entry replaces only the entries it changes
+            now = current.entries.get(name)
+            entries[name] = entry if now is None or now.pinned == entry.pinned else replace(entry, pinned=now.pinned)
+    for name in base.entries.keys() - planned.entries.keys():
+        entries.pop(name, None)
+    return CacheState(MappingProxyType(entries), max(current.inflation, planned.inflation))
 
 
 @dataclass(frozen=True)

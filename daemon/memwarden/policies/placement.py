@@ -57,6 +57,27 @@ def available(gpu: Gpu, leases: Sequence[Held], reserve: int) -> int:
     return gpu.free_bytes - reserve - outstanding
 
 
+def model_budget(gpu: Gpu, leased_bytes: int, reserve: int) -> int:
+    """Bytes the model scheduler may fill on `gpu`: its total less the reserve and every lease's full size."""
+    return max(0, gpu.total_bytes - reserve - leased_bytes)
+
+
+@dataclass(frozen=True)
+class GpuBudget:
+    """One GPU as the arbiter hands it out: to a new lease, and to models."""
+
+    index: int
+    leasable_bytes: int  # a new lease could take this now without evicting anything
+    model_budget_bytes: int  # the room models may fill (leases count at their full size)
+
+
+def gpu_budgets(gpus: Sequence[Gpu], leases: Sequence[Held], reserve: int) -> tuple[GpuBudget, ...]:
+    """Each GPU's budgets, in the order given."""
+    return tuple(GpuBudget(g.index, max(0, available(g, leases, reserve)),
+                           model_budget(g, sum(h.size for h in leases if h.gpu == g.index), reserve))
+                 for g in gpus)
+
+
 def holders_on(gpu: Gpu, residents: Sequence[Resident], leases: Sequence[Held]) -> list[str]:
     """Everything that holds memory on `gpu`, largest first, in words."""
     items: list[tuple[int, str]] = []

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from memwarden.arbiter.arbiter import ArbiterError
+from memwarden.arbiter.errors import ArbiterError
 from memwarden.logs import get_logger
 from memwarden.ollama.client import OllamaError, keep_alive_text, normalize
 from memwarden.proxy.bodies import Refusal

@@ -107,6 +107,12 @@ def _m6_memory_imports(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX idx_memories_created ON memories (created_at, id)")
 
 
+def _m7_models_table(db: sqlite_utils.Database) -> None:
+    # The table holds Ollama models (the scheduler's record, arbiter/model_table.py); "adapters" means LoRA
+    # adapters only, and those live in adapter_versions.
+    db.execute("ALTER TABLE adapters RENAME TO models")
+
+
 # Append only: a migration, once released, never changes; the next one fixes what it got wrong.
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "alert history", _m1_alert_history),
@@ -115,6 +121,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (4, "memories, runs and adapter versions", _m4_memories_runs),
     (5, "lease processes", _m5_lease_processes),
     (6, "memory import ids and the listing index", _m6_memory_imports),
+    (7, "the Ollama model table is named models", _m7_models_table),
 ]
 
 

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from memwarden.arbiter.leasing import ABANDONED
+from memwarden.arbiter.ledger import ABANDONED
 from support.arbiter_fakes import FakeGpu, FakeOllama, Gate, GiB, make_arbiter
 
 BIG = "big:latest"

@@ -9,7 +9,8 @@ import asyncio
 
 import pytest
 
-from memwarden.arbiter.arbiter import ArbiterError, GpuArbiter
+from memwarden.arbiter.arbiter import GpuArbiter
+from memwarden.arbiter.errors import ArbiterError
 from memwarden.config.loader import parse_config
 from memwarden.policies import cache
 from memwarden.probes.runner import ProbeRunner
@@ -57,7 +58,7 @@ def world(tmp_path):
                                "ollama": {"keep_alive": "5m"}})
         db = open_state(tmp_path)
         for row in rows:
-            db["adapters"].insert({"pinned": 0, "size": GiB, "size_measured": 0, "last_used": 1.0, "hits": 1,
+            db["models"].insert({"pinned": 0, "size": GiB, "size_measured": 0, "last_used": 1.0, "hits": 1,
                                    "keep_alive": None, **row}, pk="name", replace=True)
         ollama = FakeOllama(installed)
         arbiter = GpuArbiter(config, db, ProbeRunner(GpuProbe(), 5.0), ollama)  # type: ignore[arg-type]
@@ -66,7 +67,7 @@ def world(tmp_path):
 
 
 def rows(arbiter: GpuArbiter) -> dict[str, dict]:
-    return {r["name"]: r for r in arbiter._db["adapters"].rows}
+    return arbiter.scheduler.table.rows()
 
 
 async def test_a_model_ollama_does_not_have_is_refused_and_nothing_is_recorded(world):
@@ -151,9 +152,9 @@ async def test_pinning_needs_an_installed_model_and_unpinning_a_stranger_records
     assert set(arbiter.cache.entries) == {"big:latest"} and rows(arbiter)["big:latest"]["pinned"] == 1
 
 
-async def test_the_adapters_reply_lists_resident_first_then_most_recent_up_to_its_limit(world):
+async def test_the_models_reply_lists_resident_first_then_most_recent_up_to_its_limit(world):
     arbiter, _ = world({f"m{i}:latest": GiB for i in range(4)},
                        rows=[{"name": f"m{i}:latest", "last_used": float(i)} for i in range(4)])
     arbiter.observe([LoadedModel("m0:latest", GiB, GiB)], None)
-    assert [a["name"] for a in arbiter.adapters()] == ["m0:latest", "m3:latest", "m2:latest", "m1:latest"]
-    assert [a["name"] for a in arbiter.adapters(limit=2)] == ["m0:latest", "m3:latest"]
+    assert [a["name"] for a in arbiter.models()] == ["m0:latest", "m3:latest", "m2:latest", "m1:latest"]
+    assert [a["name"] for a in arbiter.models(limit=2)] == ["m0:latest", "m3:latest"]

@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from memwarden.containers.serving import MAX_ANSWER, ServingError, ServingUrls, models_loaded, parse_ps
+from memwarden.containers.serving import (
+    MAX_ANSWER,
+    ServingCounter,
+    ServingError,
+    ServingUrls,
+    models_loaded,
+    parse_ps,
+)
 from memwarden.snapshots import ContainerMemory
 
 
@@ -148,3 +155,35 @@ async def test_an_unreachable_url_is_an_error_not_an_exception_of_another_kind()
         url = s.url
     with pytest.raises(ServingError, match="unreachable"):
         await models_loaded(url, 5)
+
+
+def named(name: str, image: str = "ollama/ollama") -> ContainerMemory:
+    return ContainerMemory(id=name * 8, name=name, image=image, working_set=1, usage=1, limit=0, rss=1,
+                           restart_count=0, compose_service=None, labels=(), started_at="", source="cgroup")
+
+
+async def test_the_counter_reads_each_url_once_per_pass_and_says_an_unreadable_one_once():
+    from structlog.testing import capture_logs
+
+    reads: list[str] = []
+    answers: dict[str, int | Exception] = {"http://127.0.0.1:11434": 2}
+
+    async def read(url: str, timeout: float) -> int:
+        reads.append(url)
+        answer = answers[url]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    counter = ServingCounter(read)
+    urls = ServingUrls("http://127.0.0.1:11434")
+    boxes = [named("a"), named("b"), named("web", image="app:1")]
+    assert await counter.count(boxes, urls, 1.0) == [2, 2, None]
+    assert reads == ["http://127.0.0.1:11434"], "two containers at one URL: one read; a non-serving one: none"
+
+    answers["http://127.0.0.1:11434"] = ServingError("HTTP 500")
+    with capture_logs() as logs:
+        for _ in range(3):
+            assert await counter.count(boxes, urls, 1.0) == [None, None, None]
+    assert [e["event"] for e in logs] == ["serving container: cannot count the models at http://127.0.0.1:11434: "
+                                          "HTTP 500"]

@@ -3,6 +3,7 @@ import asyncio
 import pytest
 
 from memwarden.config import parse_config
+from memwarden.containers.serving import ServingCounter
 from memwarden.containers.watch import ContainerWatch
 from memwarden.snapshots import ContainerMemory, ContainersSnapshot
 from memwarden.state.db import open_state
@@ -86,7 +87,7 @@ def make(tmp_path):
         db = open_state(tmp_path / f"state{len(made)}")
         clock = FakeClock()
         restart = FakeRestart(restart_error)
-        extra = {} if read_models is None else {"read_models": read_models}
+        extra = {} if read_models is None else {"serving": ServingCounter(read_models)}
         watch = ContainerWatch(make_config(tmp_path, dry_run, ollama_url, **containers), db, restart, clock=clock,
                                **extra)
         h = Harness(watch, clock, restart, db)
@@ -270,6 +271,30 @@ async def test_restart_budget_per_hour(closing):
     assert "container.leak" in kinds(passes[-1])
     assert len(h.restart.calls) == 2
     assert len(h.watch.history.recent()) == 2
+
+
+async def test_a_withheld_restart_is_said_in_the_alert_and_logged_once_with_its_numbers(closing):
+    from structlog.testing import capture_logs
+
+    h = closing()  # max_restarts_per_hour = 2, cooldown 0
+    await h.leak_until_restarted()
+    await h.leak_until_restarted()
+    with capture_logs() as logs:
+        passes = await _feed_leak(h, 30)
+    [leak] = [c for c in passes[-1] if c.kind == "container.leak"]
+    assert leak.message.endswith("; no restart: restart budget spent (2 of 2 in the last hour)")
+    assert leak.fields["remediation"] == "leak; restart budget spent (2 of 2 in the last hour)"
+    withheld = [e for e in logs if e.get("decision") == "container.withheld"]
+    assert len(withheld) == 1, "logged once per reason, not every pass"
+    assert withheld[0]["why"] == "budget_spent" and withheld[0]["restarts_last_hour"] == 2
+    assert withheld[0]["max_per_hour"] == 2 and withheld[0]["problem"] == "leak"
+
+
+async def test_an_alert_only_container_says_nothing_about_restarts(closing):
+    h = closing(action="alert")
+    passes = await _feed_leak(h, 25)
+    [leak] = passes[-1]
+    assert "no restart" not in leak.message and "remediation" not in leak.fields
 
 
 async def test_failed_restart_is_recorded_and_not_fatal(closing):

@@ -1,4 +1,15 @@
-from memwarden.policies.placement import Held, Plan, Refusal, Resident, available, holders_on, plan_lease
+from memwarden.policies.placement import (
+    GpuBudget,
+    Held,
+    Plan,
+    Refusal,
+    Resident,
+    available,
+    gpu_budgets,
+    holders_on,
+    model_budget,
+    plan_lease,
+)
 from memwarden.snapshots import Gpu, GpuProcess
 
 GiB = 1024**3
@@ -185,3 +196,19 @@ def test_holders_on_lists_largest_first_and_skips_other_gpus():
 def test_holders_on_unknown_process_list_lists_only_models_and_leases():
     g = gpu(0, processes=None)
     assert holders_on(g, [Resident("m", 1 * GiB, gpu=0)], []) == ["model m 1.0 GiB"]
+
+
+# ---- the GPU view: leasable bytes and model budget per GPU ---------------------------------------------------
+
+def test_each_gpu_budget_counts_only_its_own_leases_outstanding_for_leasing_and_in_full_for_models():
+    gpus = [gpu(0, total=24 * GiB, used=10 * GiB), gpu(1, total=12 * GiB, used=GiB)]
+    leases = [held("L1", 0, size=8 * GiB, outstanding=2 * GiB), held("L2", 1, size=4 * GiB)]
+    assert gpu_budgets(gpus, leases, GiB) == (
+        GpuBudget(0, 24 * GiB - 10 * GiB - GiB - 2 * GiB, 24 * GiB - GiB - 8 * GiB),
+        GpuBudget(1, 12 * GiB - GiB - GiB - 4 * GiB, 12 * GiB - GiB - 4 * GiB))
+
+
+def test_budgets_never_go_below_zero():
+    [view] = gpu_budgets([gpu(0, total=8 * GiB, used=8 * GiB)], [held("L1", 0, size=16 * GiB)], GiB)
+    assert view == GpuBudget(0, 0, 0)
+    assert model_budget(gpu(0, total=8 * GiB), 9 * GiB, 0) == 0

@@ -1,9 +1,15 @@
+import asyncio
+import dataclasses
 import json
+import time
 
 import pytest
 
+from memwarden.arbiter.errors import ArbiterError
 from memwarden.config.schema import ProxyConfig
-from memwarden.proxy.admission import Admission, Admitter, ModelRequest, read_request
+from memwarden.ollama.client import OllamaError
+from memwarden.proxy.admission import RETRY_AFTER_S, Admission, Admitter, ModelRequest, read_request
+from memwarden.proxy.bodies import Refusal
 
 
 def body(**fields) -> bytes:
@@ -85,3 +91,83 @@ async def test_an_uninstalled_model_is_forwarded_for_ollamas_404_and_never_reach
     assert await admitter.admit(ModelRequest("real:latest", "600s")) == Admission("real:latest")
     assert arbiter.asked == [("real:latest", "600s", False)]
 
+
+
+# ---- admission against a scripted arbiter ------------------------------------------------------------------
+
+class Lease:
+    def __init__(self, id: str, preemptible: bool, state: str = "active"):
+        self.id, self.preemptible, self.state = id, preemptible, state
+
+
+class Scripted(Arbiter):
+    """ensure() raises the scripted outcomes in turn, then makes room; preempt() is recorded."""
+
+    def __init__(self, outcomes=(), resident=(), leases=()):
+        super().__init__({"m:latest"})
+        self.outcomes = list(outcomes)
+        self.residents = set(resident)
+        self.used: list[tuple] = []
+        self.preempted: list[str] = []
+        self.leases = {lease.id: lease for lease in leases}
+        self.changed = asyncio.Condition()
+        self.serving_busy_until = 0.0
+
+    def resident(self, name):
+        return name in self.residents
+
+    def note_use(self, name, keep_alive):
+        self.used.append((name, keep_alive))
+
+    async def ensure(self, name, keep_alive=None, load=True):
+        await super().ensure(name, keep_alive, load)
+        if self.outcomes:
+            raise self.outcomes.pop(0)
+        return {"model": name}
+
+    async def preempt(self, lease_id, reason):
+        self.preempted.append(lease_id)
+
+
+def proxy_config(**fields) -> ProxyConfig:
+    return dataclasses.replace(ProxyConfig(), **fields)
+
+
+async def test_a_resident_model_is_a_hit_fed_to_the_scheduler_without_making_room():
+    arbiter = Scripted(resident={"m:latest"})
+    assert await Admitter(arbiter, ProxyConfig()).admit(ModelRequest("m:latest", "600s")) == Admission("m:latest")
+    assert arbiter.used == [("m:latest", "600s")] and arbiter.asked == []
+
+
+async def test_no_room_within_hold_timeout_is_a_503_with_retry_after():
+    arbiter = Scripted([ArbiterError("a lease holds GPU 0")])
+    admission = await Admitter(arbiter, proxy_config(hold_timeout=0.0)).admit(ModelRequest("m:latest"))
+    assert admission.refusal == Refusal(503, "memwarden: GPU busy, a lease holds GPU 0", RETRY_AFTER_S)
+
+
+@pytest.mark.parametrize("where", ["installed", "ensure"])
+async def test_ollama_unreachable_is_a_502(where):
+    arbiter = Scripted([OllamaError("connection refused")] if where == "ensure" else [])
+    if where == "installed":
+        async def unreachable(name):
+            raise OllamaError("connection refused")
+        arbiter.installed_size = unreachable
+    admission = await Admitter(arbiter, ProxyConfig()).admit(ModelRequest("m:latest"))
+    assert admission.refusal == Refusal(502, "memwarden proxy: connection refused")
+
+
+async def test_with_preempt_serving_asks_preemptible_leases_once_each_and_goes_once_room_is_made():
+    arbiter = Scripted([ArbiterError("held")] * 2,
+                       leases=[Lease("train", True), Lease("infer", False), Lease("yielding", True, "preempting")])
+    admitter = Admitter(arbiter, proxy_config(preempt=True, hold_timeout=60.0, resume_after_idle=120.0))
+    before = time.monotonic()
+    task = asyncio.create_task(admitter.admit(ModelRequest("m:latest")))
+    for _ in range(2):  # each refusal: the request waits for a lease to change
+        while not any(not waiter.done() for waiter in arbiter.changed._waiters):  # parked, not just woken
+            await asyncio.sleep(0)
+        async with arbiter.changed:
+            arbiter.changed.notify_all()
+    assert await task == Admission("m:latest")
+    assert arbiter.preempted == ["train"], "only an active preemptible lease, and only once"
+    assert admitter.preemptions == 1 and admitter.held == 2
+    assert arbiter.serving_busy_until >= before + 120.0, "serving counts as busy for resume_after_idle"

@@ -131,3 +131,19 @@ def test_failed_migration_is_rolled_back(tmp_path):
         assert schema_version(db) == NEWEST + 1
     finally:
         db.close()
+
+
+def test_the_ollama_model_table_keeps_its_rows_when_renamed_models(tmp_path):
+    before_rename = [m for m in MIGRATIONS if m[0] < 7]
+    db = open_state(tmp_path, before_rename)
+    db["adapters"].insert({"name": "llama3:latest", "pinned": 1, "size": 5, "size_measured": 1, "last_used": 2.0,
+                           "hits": 3, "keep_alive": "600s"}, pk="name")
+    db.close()
+    db = open_state(tmp_path)
+    try:
+        assert "adapters" not in db.table_names()
+        assert list(db["models"].rows) == [{"name": "llama3:latest", "pinned": 1, "size": 5, "size_measured": 1,
+                                             "last_used": 2.0, "hits": 3, "keep_alive": "600s"}]
+        assert db["models"].pks == ["name"]
+    finally:
+        db.close()

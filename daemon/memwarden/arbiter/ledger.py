@@ -1,4 +1,5 @@
-"""The lease half of the GPU arbiter: grant (plan, evict, confirm free), release (restore), preempt, watch, reap.
+"""The lease ledger: VRAM promised to holders. Grant (plan, evict, confirm free), release (restore), preempt,
+watch, reap.
 
 The ledger must never lie, so:
 - A lease lasts while any of its processes runs (policies/lease_procs.py): its holder, everything the holder
@@ -16,22 +17,32 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from memwarden.arbiter import processes
-from memwarden.arbiter.leases import Lease
-from memwarden.arbiter.restoring import Restoring
+from memwarden.arbiter.errors import ArbiterError
+from memwarden.arbiter.inputs import ArbiterInputs
+from memwarden.arbiter.leases import Lease, LeaseStore
+from memwarden.arbiter.restoring import Restorer
+from memwarden.config.schema import Config
 from memwarden.logs import get_logger
 from memwarden.ollama.client import OllamaError
-from memwarden.ollama.service import ServiceError
-from memwarden.policies import cache
+from memwarden.ollama.service import ServiceControl, ServiceError
 from memwarden.policies.lease_procs import LeaseProcs, Proc, attribute, track
-from memwarden.policies.placement import Held, Plan, Refusal, Resident, available, holders_on, plan_lease
+from memwarden.policies.placement import (
+    GpuBudget,
+    Held,
+    Plan,
+    Refusal,
+    Resident,
+    available,
+    gpu_budgets,
+    holders_on,
+    model_budget,
+    plan_lease,
+)
 from memwarden.snapshots import Gpu, GpuSnapshot
 from memwarden.units import format_size
-
-if TYPE_CHECKING:
-    from memwarden.arbiter.arbiter import GpuArbiter
 
 log = get_logger()
 T = TypeVar("T")
@@ -40,10 +51,6 @@ T = TypeVar("T")
 # within a second), then at Ollama's own 250 ms.
 CONFIRM_POLL_FAST, CONFIRM_POLL, CONFIRM_FAST_FOR = 0.05, 0.25, 2.0
 ABANDONED = "the client went away before the lease was granted"
-
-
-class ArbiterError(Exception):
-    """A request the arbiter refuses; the message says why in words a user can act on."""
 
 
 async def uninterrupted(work: Awaitable[T]) -> T:
@@ -64,17 +71,35 @@ async def uninterrupted(work: Awaitable[T]) -> T:
     return result
 
 
-class Leasing(Restoring):
-    """Mixed into GpuArbiter, whose scheduler half provides the snapshots, the residents and the cache."""
+class LeaseLedger:
+    """The active leases (in memory and in LeaseStore), under the arbiter's one lock."""
 
-    # ---- which processes are whose -------------------------------------------------------------------
+    def __init__(self, inputs: ArbiterInputs, store: LeaseStore, lock: asyncio.Lock,
+                 service: ServiceControl | None = None):
+        self.inputs = inputs
+        self.store = store
+        self.lock = lock
+        self.service = service
+        self.leases: dict[str, Lease] = {lease.id: lease for lease in store.active()}
+        self.changed = asyncio.Condition()  # notified when a lease ends or is asked to yield
+        # Preemptible leases wait until serving has been idle (proxy.preempt). On the monotonic clock: a wall
+        # clock stepped back must not hold training back for as long as the step.
+        self.serving_busy_until = 0.0
+        self._orphaned: set[str] = set()  # leases whose holder died while their processes run (logged once)
+        self._restorer = Restorer(inputs, store, self.held, service)
 
-    def held(self: GpuArbiter, snap: GpuSnapshot) -> list[Held]:
+    @property
+    def config(self) -> Config:
+        return self.inputs.config
+
+    # ---- the GPU as leases see it ----------------------------------------------------------------------
+
+    def held(self, snap: GpuSnapshot) -> list[Held]:
         """Active leases with what each may still allocate (size − what its processes already use)."""
         ordered = sorted(self.leases.values(), key=lambda x: x.granted_at)
         trees = [(lease.id, procs) for lease in ordered if (procs := lease.procs()) is not None]
         gpu_pids = {p.pid for g in snap.gpus for p in g.processes or ()}
-        owner = attribute(gpu_pids, processes.lineage(gpu_pids, self.proc_root), trees) if trees else {}
+        owner = attribute(gpu_pids, processes.lineage(gpu_pids, self.inputs.proc_root), trees) if trees else {}
         out = []
         for lease in ordered:
             g = snap.gpu(lease.gpu)
@@ -84,7 +109,25 @@ class Leasing(Restoring):
             out.append(Held(lease.id, lease.holder, lease.gpu, lease.size, max(0, lease.size - using), pids))
         return out
 
-    def _track(self: GpuArbiter, lease: Lease, table: dict[int, Proc]) -> LeaseProcs | None:
+    def model_budget(self, snap: GpuSnapshot, index: int) -> int:
+        """VRAM the scheduler may fill with models on GPU `index`: total − reserve − leases."""
+        g = snap.gpu(index)
+        if g is None:
+            return 0
+        leased = sum(lease.size for lease in self.leases.values() if lease.gpu == index)
+        return model_budget(g, leased, self.config.gpu.reserve)
+
+    def gpu_view(self, snap: GpuSnapshot) -> tuple[GpuBudget, ...]:
+        """Each GPU's leasable bytes and model budget, in the snapshot's order."""
+        return gpu_budgets(snap.gpus, self.held(snap), self.config.gpu.reserve)
+
+    def active(self) -> list[dict[str, Any]]:
+        """The active leases, oldest first, as the `lease.list` reply shows them."""
+        return [lease.to_dict() for lease in sorted(self.leases.values(), key=lambda x: x.granted_at)]
+
+    # ---- which processes are whose -------------------------------------------------------------------
+
+    def _track(self, lease: Lease, table: dict[int, Proc]) -> LeaseProcs | None:
         procs = lease.procs()
         if procs is None:
             return None
@@ -97,48 +140,49 @@ class Leasing(Restoring):
                         holder=lease.holder, pid=lease.pid, running=sorted(procs.pids()))
         return procs
 
-    async def refresh(self: GpuArbiter, lease_id: str) -> None:
+    async def refresh(self, lease_id: str) -> None:
         """Record the lease's processes now (the holder calls this before its command may start anything)."""
         lease = self.leases.get(lease_id)
         if lease is not None and lease.pid:
-            self._track(lease, await asyncio.to_thread(processes.scan, self.proc_root))
+            self._track(lease, await asyncio.to_thread(processes.scan, self.inputs.proc_root))
 
     # ---- grant -----------------------------------------------------------------------------------------
 
-    async def acquire(self: GpuArbiter, size: int, holder: str, pid: int | None = None, uid: int | None = None,
+    async def acquire(self, size: int, holder: str, pid: int | None = None, uid: int | None = None,
                       gpu: int | None = None, priority: int = 0, preemptible: bool = False,
                       wait: float = 0.0) -> dict[str, Any]:
         """Grant a lease, waiting up to `wait` seconds for room. Cancelled while waiting: nothing is granted;
-        cancelled during a grant: it is rolled back (see _try_grant)."""
+        cancelled during a grant: it is rolled back (see try_grant)."""
         deadline = time.monotonic() + wait
         while True:
             async with self.lock:
-                outcome = await self._try_grant(size, holder, pid, uid, gpu, priority, preemptible)
+                outcome = await self.try_grant(size, holder, pid, uid, gpu, priority, preemptible)
             if isinstance(outcome, Lease):
                 return outcome.to_dict()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                self.stats["refusals"] += 1
+                self.inputs.stats["refusals"] += 1
                 raise ArbiterError(outcome.reason)
             # Something may change: a lease released, a model unloaded. Re-plan then, or every few seconds.
             async with self.changed:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.changed.wait(), min(remaining, 5.0))
 
-    async def _try_grant(self: GpuArbiter, size: int, holder: str, pid: int | None, uid: int | None,
-                         gpu: int | None, priority: int, preemptible: bool) -> Lease | Refusal:
+    async def try_grant(self, size: int, holder: str, pid: int | None, uid: int | None, gpu: int | None,
+                        priority: int, preemptible: bool) -> Lease | Refusal:
+        """One attempt, the lock held by the caller: plan over fresh reads, evict, confirm, record."""
         if preemptible and time.monotonic() < self.serving_busy_until:
             return Refusal("serving has priority over preemptible leases: it must be idle for another "
                            f"{self.serving_busy_until - time.monotonic():.0f}s", ())
-        snap = await self.gpu_snapshot()
-        loaded = await self.loaded()
+        inputs = self.inputs
+        snap = await inputs.gpu_snapshot()
+        loaded = await inputs.loaded()
         if loaded is not None:
-            await self.locate_models(loaded, snap)
-            self.observe(loaded, snap)
-        residents = self.residents(loaded)
+            await inputs.locate_models(loaded, snap)
+            inputs.observe(loaded, snap)
+        residents = inputs.residents(loaded)
         held = self.held(snap)
-        reserve = self.config.gpu.reserve
-        plan = plan_lease(size, snap.gpus, residents, held, reserve, gpu)
+        plan = plan_lease(size, snap.gpus, residents, held, self.config.gpu.reserve, gpu)
         log.info("decision: lease plan", decision="lease.plan", holder=holder, size=size, gpu_requested=gpu,
                  outcome="refuse" if isinstance(plan, Refusal) else "grant",
                  gpu=getattr(plan, "gpu", None), evict=list(getattr(plan, "evict", ())),
@@ -149,9 +193,9 @@ class Leasing(Restoring):
             return plan
         if self.config.daemon.dry_run and plan.evict:
             return Refusal(f"dry run: would evict {', '.join(plan.evict)} from GPU {plan.gpu}", ())
-        holder_proc = processes.read(pid, self.proc_root) if pid else None
+        holder_proc = processes.read(pid, inputs.proc_root) if pid else None
         lease = Lease(Lease.new_id(), holder, pid, uid, plan.gpu, size, priority, preemptible, "active",
-                      self.clock(), holder_start=holder_proc.start if holder_proc else None)
+                      inputs.clock(), holder_start=holder_proc.start if holder_proc else None)
         if plan.evict:
             try:
                 confirmed = await self._evict_and_confirm(lease, plan, residents)
@@ -162,73 +206,71 @@ class Leasing(Restoring):
                 return confirmed
         self.leases[lease.id] = lease
         self.store.save(lease)
-        self.stats["grants"] += 1
+        inputs.stats["grants"] += 1
         log.info("lease granted", lease=lease.id, holder=holder, pid=pid, uid=uid, gpu=lease.gpu, size=size,
                  evicted=[e["name"] for e in lease.evicted], escalated=lease.escalated)
         return lease
 
-    async def _evict_and_confirm(self: GpuArbiter, lease: Lease, plan: Plan,
-                                 residents: list[Resident]) -> Refusal | None:
-        assert self.ollama is not None
+    async def _evict_and_confirm(self, lease: Lease, plan: Plan, residents: list[Resident]) -> Refusal | None:
+        inputs = self.inputs
+        assert inputs.ollama is not None
         by_name = {r.name: r for r in residents}
         lease.state = "evicting"
         for name in plan.evict:
             # Recorded before the call: if the grant is abandoned mid-unload, the rollback reloads it.
             lease.evicted.append({"name": name, "size_vram": by_name[name].size_vram,
-                                  "keep_alive": self.keep_alive.get(name, self.config.ollama.keep_alive),
-                                  "evicted_at": self.clock()})
+                                  "keep_alive": inputs.keep_alive_of(name), "evicted_at": inputs.clock()})
             try:
-                await self.ollama.unload(name)
+                await inputs.ollama.unload(name)
             except OllamaError as exc:
                 lease.evicted.pop()
                 log.warning("unload failed", model=name, error=str(exc))
                 continue
-            self.cache = cache.evicted(self.cache, name, self.config.gpu.scheduler)
-            self.stats["evictions"] += 1
+            inputs.note_evicted(name)
         # Saved before waiting: if the daemon dies now, the restart still knows what to reload.
         self.store.save(lease)
         runner_pids = {p for n in plan.evict for p in by_name[n].runner_pids}
-        waited = await self._confirm_free(lease.gpu, lease.size, runner_pids, self.config.gpu.evict_timeout)
+        timeout = self.config.gpu.evict_timeout
+        waited = await self.confirm_free(lease.gpu, lease.size, runner_pids, timeout)
         if waited is None and self.config.gpu.escalate and self.service is not None:
             log.warning("evicted VRAM not free in time; stopping Ollama as configured", service=str(self.service))
             lease.escalated = True  # set first: a grant abandoned mid-stop still starts Ollama again
             try:
                 await self.service.stop()
-                waited = await self._confirm_free(lease.gpu, lease.size, set(), self.config.gpu.evict_timeout)
+                waited = await self.confirm_free(lease.gpu, lease.size, set(), timeout)
             except ServiceError as exc:
                 lease.escalated = False
                 log.error("could not stop Ollama", error=str(exc))
         if waited is None:
             await self._roll_back(lease, "evicted VRAM never showed free")
-            snap = await self.gpu_snapshot()
+            snap = await inputs.gpu_snapshot()
             g = snap.gpu(lease.gpu)
-            holders = holders_on(g, self.residents(await self.loaded()), self.held(snap)) if g else []
+            holders = holders_on(g, inputs.residents(await inputs.loaded()), self.held(snap)) if g else []
             return Refusal(f"evicted {', '.join(plan.evict)} but GPU {lease.gpu} did not free "
-                           f"{format_size(lease.size)} within {self.config.gpu.evict_timeout:g}s; held by: "
+                           f"{format_size(lease.size)} within {timeout:g}s; held by: "
                            f"{', '.join(holders) or 'nothing visible'}", tuple(holders))
         lease.state = "active"
         log.info("evicted VRAM confirmed free", lease=lease.id, gpu=lease.gpu, waited_s=round(waited, 3),
                  per_pid=bool(runner_pids))
         return None
 
-    async def _roll_back(self: GpuArbiter, lease: Lease, reason: str) -> None:
+    async def _roll_back(self, lease: Lease, reason: str) -> None:
         """A grant that will not complete: record it released and reload what was evicted for it."""
-        lease.state, lease.released_at, lease.release_reason = "released", self.clock(), reason
+        lease.state, lease.released_at, lease.release_reason = "released", self.inputs.clock(), reason
         self.store.save(lease)
         log.warning("lease not granted; rolling back its evictions", lease=lease.id, holder=lease.holder,
                     reason=reason, evicted=[e["name"] for e in lease.evicted])
-        await self._restore(lease)
+        await self._restorer.restore(lease)
         self.store.save(lease)
         async with self.changed:
             self.changed.notify_all()
 
-    async def _confirm_free(self: GpuArbiter, index: int, size: int, runner_pids: set[int],
-                            timeout: float) -> float | None:
+    async def confirm_free(self, index: int, size: int, runner_pids: set[int], timeout: float) -> float | None:
         """Seconds until `size` bytes are available on GPU `index` and the evicted runners are gone from it
         (per-PID where the driver tells), or None on time-out."""
         started = time.monotonic()
         while True:
-            snap = await self.gpu.sample()
+            snap = await self.inputs.gpu.sample()
             g: Gpu | None = snap.gpu(index) if snap else None
             if g is not None:
                 pids_gone = g.processes is None or not runner_pids & {p.pid for p in g.processes}
@@ -241,23 +283,23 @@ class Leasing(Restoring):
 
     # ---- release and restore ---------------------------------------------------------------------------
 
-    async def release(self: GpuArbiter, lease_id: str, reason: str = "released by holder") -> dict[str, Any]:
+    async def release(self, lease_id: str, reason: str = "released by holder") -> dict[str, Any]:
         """End a lease and reload what was evicted for it; once begun, it finishes even if the caller goes."""
         return await uninterrupted(self._release(lease_id, reason))
 
-    async def _release(self: GpuArbiter, lease_id: str, reason: str) -> dict[str, Any]:
+    async def _release(self, lease_id: str, reason: str) -> dict[str, Any]:
         async with self.lock:
             lease = self.leases.pop(lease_id, None)
             if lease is None:
                 raise ArbiterError(f"no active lease {lease_id!r} (see `memwardenctl lease list`)")
             self._orphaned.discard(lease_id)
             lease.state = "released"
-            lease.released_at = self.clock()
+            lease.released_at = self.inputs.clock()
             lease.release_reason = reason
             self.store.save(lease)
             log.info("lease released", lease=lease.id, holder=lease.holder, reason=reason,
                      held_s=round(lease.released_at - lease.granted_at, 3))
-            await self._restore(lease)
+            await self._restorer.restore(lease)
             self.store.save(lease)
         async with self.changed:
             self.changed.notify_all()
@@ -265,7 +307,7 @@ class Leasing(Restoring):
 
     # ---- preempt, watch, reap --------------------------------------------------------------------------
 
-    async def preempt(self: GpuArbiter, lease_id: str, reason: str = "serving needs the GPU") -> dict[str, Any]:
+    async def preempt(self, lease_id: str, reason: str = "serving needs the GPU") -> dict[str, Any]:
         lease = self.leases.get(lease_id)
         if lease is None:
             raise ArbiterError(f"no active lease {lease_id!r}")
@@ -280,7 +322,7 @@ class Leasing(Restoring):
                 self.changed.notify_all()
         return lease.to_dict()
 
-    async def watch(self: GpuArbiter, lease_id: str, timeout: float) -> dict[str, Any]:
+    async def watch(self, lease_id: str, timeout: float) -> dict[str, Any]:
         """Wait until the lease is asked to yield (preempting) or is gone; for holders to long-poll."""
         deadline = time.monotonic() + timeout
 
@@ -296,13 +338,13 @@ class Leasing(Restoring):
                     break
         return {"id": lease_id, "state": state()}
 
-    async def reap(self: GpuArbiter) -> list[str]:
+    async def reap(self) -> list[str]:
         """Release the leases none of whose processes is left: the holder died (killed -9, crashed) and so did
         everything it started."""
         tracked = [lease for lease in self.leases.values() if lease.pid]
         if not tracked:
             return []
-        table = await asyncio.to_thread(processes.scan, self.proc_root)
+        table = await asyncio.to_thread(processes.scan, self.inputs.proc_root)
         gone = []
         for lease in tracked:
             procs = self._track(lease, table) if lease.id in self.leases else None
@@ -316,12 +358,9 @@ class Leasing(Restoring):
                     await self.release(lease.id, "holder died")
         return [lease.id for lease in gone]
 
-    async def resume_interrupted(self: GpuArbiter) -> None:
+    async def resume_interrupted(self) -> None:
         """After a restart: a lease that was still evicting when the daemon died is rolled back."""
         for lease in list(self.leases.values()):
             if lease.state == "evicting":
                 self.leases.pop(lease.id)
                 await self._roll_back(lease, "daemon restarted while evicting")
-
-    def list(self: GpuArbiter) -> list[dict[str, Any]]:
-        return [lease.to_dict() for lease in sorted(self.leases.values(), key=lambda x: x.granted_at)]

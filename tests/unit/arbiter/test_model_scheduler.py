@@ -1,0 +1,112 @@
+"""The model scheduler on its own: shared inputs over a fake GPU and Ollama, and a stand-in for the lease ledger
+that says what leases leave for models and records where freed VRAM is confirmed."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from memwarden.arbiter.errors import ArbiterError
+from memwarden.arbiter.inputs import ArbiterInputs
+from memwarden.arbiter.model_table import ModelTable
+from memwarden.arbiter.scheduler import ModelScheduler
+from memwarden.ollama.client import OllamaError
+from support.arbiter_fakes import FakeGpu, FakeOllama, Gate, GiB, fake_config
+
+A, B, C = "a:latest", "b:latest", "c:latest"
+
+
+class Leases:
+    """What the scheduler asks of the ledger: the model budget per GPU, and a wait for freed VRAM."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.confirmed: list[tuple[int, int]] = []
+
+    def model_budget(self, snap, index: int) -> int:
+        return self.budget
+
+    async def confirm_free(self, index: int, size: int, runner_pids, timeout: float) -> float:
+        self.confirmed.append((index, size))
+        return 0.0
+
+
+@pytest.fixture
+def world(db):
+    def make(budget: int = 12 * GiB, dry_run: bool = False, resident: tuple[str, ...] = (A, B)):
+        gpu = FakeGpu(12 * GiB)
+        ollama = FakeOllama(gpu, {A: 4 * GiB, B: 4 * GiB, C: 6 * GiB})
+        for name in resident:
+            ollama.put(name)
+        clock = iter(range(1000, 10**6)).__next__
+        inputs = ArbiterInputs(fake_config(dry_run=dry_run, scheduler="lru"), gpu, ollama, clock=clock)  # type: ignore[arg-type]
+        leases = Leases(budget)
+        scheduler = ModelScheduler(inputs, ModelTable(db), asyncio.Lock(), leases)  # type: ignore[arg-type]
+        return scheduler, ollama, leases
+    return make
+
+
+async def test_a_miss_unloads_the_policys_victims_confirms_the_room_then_loads(world):
+    scheduler, ollama, leases = world(budget=10 * GiB)
+    await scheduler.ensure(A, load=False)  # a was used last: b is the least recent
+    result = await scheduler.ensure(C)
+    assert result == {"model": C, "hit": False, "evicted": [B], "loaded": True}
+    assert ollama.calls == [("unload", B), ("load", C)]
+    assert leases.confirmed == [(0, 6 * GiB)]
+    entries = scheduler.inputs.cache.entries
+    assert entries[C].resident and not entries[B].resident and entries[A].resident
+    assert scheduler.table.rows()[C]["size"] == 6 * GiB
+    stats = scheduler.inputs.stats
+    assert (stats["misses"], stats["hits"], stats["evictions"]) == (1, 1, 1)
+
+
+async def test_a_hit_calls_nothing_and_counts(world):
+    scheduler, ollama, _ = world()
+    assert await scheduler.ensure(A) == {"model": A, "hit": True, "evicted": [], "loaded": False}
+    assert ollama.calls == [] and scheduler.inputs.stats["hits"] == 1
+    assert scheduler.table.rows()[A]["hits"] == 1
+
+
+async def test_a_dry_run_says_what_it_would_evict_and_touches_nothing(world):
+    scheduler, ollama, _ = world(budget=10 * GiB, dry_run=True)
+    result = await scheduler.ensure(C)
+    assert result["would_evict"] and result["evicted"] == [] and result["loaded"] is False
+    assert ollama.calls == [] and set(ollama.resident) == {A, B}
+    assert C not in scheduler.table.rows(), "a dry run writes nothing"
+
+
+async def test_leases_shrink_the_budget_until_nothing_fits(world):
+    scheduler, ollama, _ = world(budget=5 * GiB)
+    with pytest.raises(ArbiterError, match=r"needs 6\.0 GiB"):
+        await scheduler.ensure(C)
+    assert ollama.calls == []
+    assert scheduler.table.rows()[C]["size"] == 6 * GiB, "the request and its size estimate are recorded"
+
+
+async def test_what_happens_while_a_model_loads_is_kept(world):
+    scheduler, ollama, _ = world(budget=12 * GiB, resident=(A,))
+    await scheduler.ensure(A)  # tracked, resident
+    ollama.load_gate = Gate()
+    loading = asyncio.create_task(scheduler.ensure(B))
+    await ollama.load_gate.reached.wait()
+    scheduler.note_use(A, "10m")  # the proxy serves a while b loads
+    await scheduler.pin(B, True)  # and an operator pins b
+    ollama.load_gate.opened.set()
+    await loading
+    entries = scheduler.inputs.cache.entries
+    assert entries[A].hits == 2 and scheduler.inputs.keep_alive[A] == "600s"
+    assert entries[B].resident and entries[B].pinned and scheduler.table.rows()[B]["pinned"] == 1
+
+
+async def test_an_unload_that_fails_leaves_the_request_recorded_and_raises(world):
+    scheduler, ollama, _ = world(budget=10 * GiB)
+
+    async def refuse(name: str) -> None:
+        raise OllamaError("connection refused")
+
+    ollama.unload = refuse  # type: ignore[method-assign]
+    with pytest.raises(OllamaError):
+        await scheduler.ensure(C)
+    entry = scheduler.inputs.cache.entries[C]
+    assert entry.hits == 1 and not entry.resident and ("load", C) not in ollama.calls
