@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from memwarden.alerts.components import ComponentHealth
 from memwarden.alerts.dispatch import AlertDispatcher
+from memwarden.alerts.history import AlertHistory
 from memwarden.arbiter.arbiter import GpuArbiter
 from memwarden.config import Config
 from memwarden.containers.restart import docker_restarter
@@ -33,7 +34,6 @@ from memwarden.probes.host import HostProbe
 from memwarden.probes.ollama import OllamaProbe
 from memwarden.probes.runner import ProbeRunner
 from memwarden.readings import Readings
-from memwarden.state.alert_history import AlertHistory
 from memwarden.state.db import DB_NAME
 from memwarden.state.health import StateHealth
 from memwarden.sysd.notify import Notifier

@@ -17,6 +17,7 @@ from types import MappingProxyType
 import pytest
 
 from memwarden.alerts.dispatch import AlertDispatcher
+from memwarden.alerts.history import AlertHistory
 from memwarden.alerts.model import Condition
 from memwarden.arbiter.arbiter import GpuArbiter
 from memwarden.config import parse_config
@@ -27,7 +28,6 @@ from memwarden.probes.runner import ProbeRunner
 from memwarden.sample_pass import SamplePass
 from memwarden.services import build
 from memwarden.snapshots import ContainerMemory, ContainersSnapshot, HostSnapshot
-from memwarden.state.alert_history import AlertHistory
 from memwarden.state.db import open_state
 from support.daemon import DaemonProcess
 from support.ollama_double.manager import wait_until

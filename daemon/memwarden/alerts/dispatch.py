@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from types import MappingProxyType
 
+from memwarden.alerts.history import AlertHistory
 from memwarden.alerts.model import ActiveAlert, AlertEvent, Condition, EventType, reconcile
 from memwarden.alerts.sinks.exec_hook import ExecSink
 from memwarden.alerts.sinks.queued import QueuedSink
@@ -15,7 +16,6 @@ from memwarden.config.redact import redact_text
 from memwarden.config.schema import AlertsConfig
 from memwarden.logs import get_logger
 from memwarden.logs.journald import message_id
-from memwarden.state.alert_history import AlertHistory
 
 log = get_logger()
 

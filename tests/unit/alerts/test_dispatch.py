@@ -11,9 +11,9 @@ from types import MappingProxyType
 import pytest
 
 from memwarden.alerts.dispatch import AlertDispatcher
+from memwarden.alerts.history import AlertHistory
 from memwarden.alerts.model import Condition
 from memwarden.config.schema import AlertsConfig
-from memwarden.state.alert_history import AlertHistory
 from memwarden.state.db import open_state
 
 HOT = Condition("host.ram", "host", "warning", "RAM 90% used", MappingProxyType({"value": 90.0}))

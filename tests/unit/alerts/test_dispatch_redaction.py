@@ -4,9 +4,9 @@ credentials quoted in it are redacted before it goes anywhere."""
 from types import MappingProxyType
 
 from memwarden.alerts.dispatch import AlertDispatcher
+from memwarden.alerts.history import AlertHistory
 from memwarden.alerts.model import Condition
 from memwarden.config.schema import AlertsConfig
-from memwarden.state.alert_history import AlertHistory
 from memwarden.state.db import open_state
 
 

@@ -2,8 +2,8 @@ from types import MappingProxyType
 
 import pytest
 
+from memwarden.alerts.history import AlertHistory
 from memwarden.alerts.model import ActiveAlert, AlertEvent, Condition, EventType, reconcile
-from memwarden.state.alert_history import AlertHistory
 from memwarden.state.db import open_state
 
 
