@@ -48,12 +48,12 @@ def scaled(n: int) -> int:
 
 
 def signatures() -> dict[str, tuple[str, ...]]:
-    """Each method's parameter names, read off the real handlers (registered against a stub daemon), so that
+    """Each method's parameter names, read off the real handlers (registered against stub parts), so that
     junk reaches the handlers' own checks and not only the registry's "unexpected keyword argument"."""
-    d = types.SimpleNamespace(registry=Registry(), memories=object(), config=Config())
-    register_all(d)
+    registry = Registry()
+    register_all(registry, types.SimpleNamespace(memories=object(), config=Config(), readings=None), reload=None)
     return {name: tuple(p for p in inspect.signature(m.handler).parameters if p != "peer")
-            for name, m in d.registry.methods.items()}
+            for name, m in registry.methods.items()}
 
 
 SIGNATURES = signatures()
