@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 import re
 
+KiB, MiB, GiB = 1024, 1024**2, 1024**3
+MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
+
 _SIZE_UNITS = {
     "": 1,
     "b": 1,

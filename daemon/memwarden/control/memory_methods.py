@@ -23,6 +23,7 @@ from memwarden.control.params import bool_param, int_param, str_param
 from memwarden.control.protocol import ApplicationError, Encoded, InvalidParams
 from memwarden.learning import import_ledger
 from memwarden.learning.pages import PageQuery, page_json_async
+from memwarden.learning.runs import RunStore
 from memwarden.learning.store import (
     MAX_REPORTED,
     BadRecord,
@@ -31,8 +32,7 @@ from memwarden.learning.store import (
     MemoryNotFound,
     MemoryStore,
 )
-from memwarden.learning.supervisor import active_run_adapters, last_run_times
-from memwarden.learning.trigger import due_adapters, next_window_start
+from memwarden.learning.trigger import next_window_start
 from memwarden.logs import get_logger
 
 if TYPE_CHECKING:
@@ -174,8 +174,8 @@ def register_memories(daemon: Daemon) -> None:
         now = time.time()
         sums = store.unconsolidated_importance()
         profiles = store.adapters()
-        decisions = due_adapters({a: 0.0 for a in profiles} | {a: v["importance"] for a, v in sums.items()},
-                                 last_run_times(daemon.db), active_run_adapters(daemon.db), cfg, now)
+        decisions = RunStore(daemon.db).due_report(now, {a: v["importance"] for a, v in sums.items()}, cfg,
+                                                   known=profiles)
         start = next_window_start(cfg.window, now) if any(d.due for d in decisions) else None
         return {
             "enabled": cfg.enabled, "threshold": cfg.importance_threshold, "min_interval": cfg.min_interval,

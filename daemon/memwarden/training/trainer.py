@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import math
-import os
 import sys
 import time
 import traceback
@@ -29,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from memwarden.learning.adapter_check import check_adapter
+from memwarden.learning.eval_report import EvalReport, ExportCheck, Losses
 from memwarden.learning.jobspec import EXIT_DONE, EXIT_FAILED, EXIT_PREEMPTED, JobSpec
 from memwarden.training import checkpoint
 from memwarden.training.data import IGNORE, DataError, Order, Split, collate, load_split
@@ -453,29 +452,18 @@ class Trainer:
             fisher = combine(new, self.prior, self.spec.ewc.decay) if samples else None
         self.check_stop()
         final = write_final(self.out, self.b.model, self.b.tokenizer, self.spec.method, fisher)
-        export: dict[str, Any] = {"ok": None, "problems": []}
+        export = ExportCheck()
         if self.spec.method != "full":
-            report = check_adapter(final, self.spec.base_model)
-            export = {"ok": report.ok, "problems": report.problems}
-        record = {
-            "run_id": self.spec.run_id,
-            "adapter": self.spec.adapter,
-            "method": self.spec.method,
-            "step": self.step,
-            "final_dir": str(final),
-            "eval": result,
-            "tokens_per_s": tokens_per_s,
-            "lr": self.b.lr,
-            "fisher": str(final / FISHER_FILE) if fisher else None,
-            "fisher_samples": samples,
-            "fisher_combined_with_prior": bool(fisher and self.prior),
-            "export": export,
-        }
-        tmp = self.out / f".eval.json.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps(record, indent=1))
-        os.replace(tmp, self.out / "eval.json")
+            checked = check_adapter(final, self.spec.base_model)
+            export = ExportCheck(checked.ok, tuple(checked.problems))
+        report = EvalReport(
+            run_id=self.spec.run_id, adapter=self.spec.adapter, method=self.spec.method, step=self.step,
+            final_dir=str(final), eval=Losses(**result), tokens_per_s=tokens_per_s, lr=self.b.lr,
+            fisher=str(final / FISHER_FILE) if fisher else None, fisher_samples=samples,
+            fisher_combined_with_prior=bool(fisher and self.prior), export=export)
+        report.write(self.out)
         self.emit.emit("done", step=self.step, final_dir=str(final), eval=result, tokens_per_s=tokens_per_s,
-                       fisher=record["fisher"], export=export)
+                       fisher=report.fisher, export=report.to_dict()["export"])
         checkpoint.remove_all(self.ckpt_root)  # the adapter ships alone; checkpoints were only for resuming
         return EXIT_DONE
 
