@@ -11,16 +11,9 @@ from hypothesis import strategies as st
 
 from memwarden.config.routes import Route
 from memwarden.learning import store as store_mod
-from memwarden.learning.store import (
-    BadRecord,
-    ImportRejected,
-    ImportSessionError,
-    MemoryNotFound,
-    MemoryStore,
-    adapter_for,
-    parse_line,
-    validate_record,
-)
+from memwarden.learning.records import MAX_TEXT, BadRecord, parse_line, validate_record
+from memwarden.learning.routing import adapter_for
+from memwarden.learning.store import ImportRejected, ImportSessionError, MemoryNotFound, MemoryStore
 from memwarden.state.db import open_state
 
 
@@ -104,7 +97,7 @@ def test_every_problem_of_a_record_is_reported_at_once():
 
 def test_content_too_long_is_refused():
     with pytest.raises(BadRecord, match="content is longer than 200,000 characters"):
-        validate_record(rec(content="x" * (store_mod.MAX_TEXT + 1)))
+        validate_record(rec(content="x" * (MAX_TEXT + 1)))
 
 
 def test_parse_line_cases():
@@ -139,10 +132,10 @@ def test_list_filters_orders_and_pages(store, clock):
     for i in range(6):
         clock.t = 100.0 + i
         store.add("alice" if i % 2 else "bob", "dream" if i < 3 else "journal", f"m{i}", importance=1 + i)
-    assert [m["content"] for m in store.list()] == ["m5", "m4", "m3", "m2", "m1", "m0"]
-    assert [m["content"] for m in store.list(profile="alice")] == ["m5", "m3", "m1"]
-    assert [m["content"] for m in store.list(profile="alice", kind="dream")] == ["m1"]
-    assert [m["content"] for m in store.list(limit=2, offset=1)] == ["m4", "m3"]
+    assert [m["content"] for m in store.rows()] == ["m5", "m4", "m3", "m2", "m1", "m0"]
+    assert [m["content"] for m in store.rows(profile="alice")] == ["m5", "m3", "m1"]
+    assert [m["content"] for m in store.rows(profile="alice", kind="dream")] == ["m1"]
+    assert [m["content"] for m in store.rows(limit=2, offset=1)] == ["m4", "m3"]
     assert store.total(adapter="bob") == 3
     counts = store.count()
     assert counts["total"] == 6 and counts["unconsolidated"] == 6
@@ -193,7 +186,7 @@ def test_staged_import_across_chunks(store, db):
     res = store.stage(token, [line(content="b", profile="bob"), line(content="c")], 3)
     assert res == {"lines": 2, "staged": 3, "bad": [], "bad_count": 0}
     assert store.commit_import(token, total_lines=4) == {"imported": 3, "by_adapter": {"alice": 2, "bob": 1}}
-    assert [m["content"] for m in store.list()][::-1] == ["a", "b", "c"]
+    assert [m["content"] for m in store.rows()][::-1] == ["a", "b", "c"]
     assert not [r for r in db.execute("SELECT name FROM sqlite_temp_master WHERE type = 'table'")]
     with pytest.raises(ImportSessionError, match="no import in progress"):
         store.stage(token, [line()], 5)
