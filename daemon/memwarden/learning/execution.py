@@ -64,11 +64,15 @@ class RunExecution:
         self.closing = False
         self._opened: asyncio.Task | None = None
 
-    async def open(self) -> None:
-        """Once, before the first job: stop the trainers a daemon that died left behind."""
+    def begin_open(self) -> asyncio.Task:
+        """Start stopping the trainers a daemon that died left behind (once); the task that does it."""
         if self._opened is None:
             self._opened = asyncio.get_running_loop().create_task(self.executor.stop_orphans(), name="orphans")
-        await asyncio.shield(self._opened)
+        return self._opened
+
+    async def open(self) -> None:
+        """Once, before the first job: the orphans are stopped (they checkpoint) before their runs resume."""
+        await asyncio.shield(self.begin_open())
 
     async def execute(self, run_id: str) -> None:
         """Run `run_id` as far as it goes now; whatever happens, the row says where it stands."""

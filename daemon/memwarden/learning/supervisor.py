@@ -76,7 +76,8 @@ class LearningSupervisor:
         return self.scheduler.task
 
     async def open(self) -> None:
-        """Stop the trainers a daemon that died left behind (also done before the first run by itself)."""
+        """Stop the trainers a daemon that died left behind: for the daemon's start hook to await. The first
+        tick and the first run do it by themselves otherwise."""
         await self.execution.open()
 
     # ---- queries -----------------------------------------------------------------------------------------
@@ -111,7 +112,9 @@ class LearningSupervisor:
     # ---- actions -------------------------------------------------------------------------------------------
 
     async def tick(self) -> None:
-        """Called every sample pass: resume a pending run, or start one for a due adapter in its window."""
+        """Called every sample pass: resume a pending run, or start one for a due adapter in its window. The
+        first tick also starts stopping orphaned trainers, learning enabled or not, without waiting for it."""
+        self.execution.begin_open()
         await self.scheduler.tick()
 
     def start(self, adapter: str, trigger_name: str = "manual") -> dict[str, Any]:

@@ -182,3 +182,11 @@ async def test_a_run_left_running_by_a_dead_daemon_is_interrupted_and_resumed(ma
     await second.tick()
     assert (await finished(second))["state"] == "promoted"
     assert executor.orphans_stopped == 1 and executor.requests[0].spec.run_id == "r-dead"
+
+
+async def test_the_first_tick_stops_orphans_even_with_learning_off(make):
+    sup, executor = make(enabled=False)
+    await sup.tick()
+    await sup.execution.begin_open()
+    await sup.tick()
+    assert executor.orphans_stopped == 1 and sup.task is None

@@ -39,8 +39,8 @@ async def busy_daemon(make):
     d.proxy = OllamaProxy(d.arbiter, d.config.proxy, "http://127.0.0.1:9")
     d.proxy.requests, d.proxy.preemptions = 5, 1  # what handle() and admit() count
     for run_id, state in (("r1", "promoted"), ("r2", "promoted"), ("r3", "failed"), ("r4", "running")):
-        d.db["runs"].insert({"id": run_id, "adapter": "alice", "profile": "alice", "state": state,
-                             "created_at": T0})
+        d.learning.runs.insert(run_id, "alice", "alice", "threshold", T0, "lora")
+        d.learning.runs.set_state(run_id, state)
     d.learning.execution.current = current = CurrentRun("r4", "alice")
     current.record({"event": "start", "steps": 40, "dry_run": False, "max_steps": 40})
     for step in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10):
