@@ -8,7 +8,7 @@ RPC, the metrics collector and the health alerts, by attribute.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +24,7 @@ Event = Mapping[str, Any]
 
 class StepHistory:
     """A phase's step events: the first BASELINE_STEPS + 1 (kept for the whole phase) and the RECENT_STEPS
-    latest. Iterating yields the recent ones, oldest first."""
+    latest, oldest first; `seen` counts them all."""
 
     def __init__(self, recent: int = RECENT_STEPS, first: int = BASELINE_STEPS + 1):
         self.first: list[Event] = []
@@ -42,14 +42,8 @@ class StepHistory:
     def last(self) -> Event | None:
         return self.recent[-1] if self.recent else None
 
-    def __len__(self) -> int:
-        return self.seen
-
     def __bool__(self) -> bool:
         return self.seen > 0
-
-    def __iter__(self) -> Iterator[Event]:
-        return iter(self.recent)
 
 
 @dataclass

@@ -4,6 +4,7 @@ a run's state machine runs without torch or a trainer subprocess."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,17 @@ def make_config(tmp_path) -> Callable[..., Any]:
 @pytest.fixture
 def store(db, clock) -> MemoryStore:
     return MemoryStore(db, (), clock=clock)
+
+
+def rec(**kw) -> dict[str, Any]:
+    """A valid memory record, with `kw` changed."""
+    base = {"profile": "alice", "kind": "journal", "content": "walked by the river", "importance": 5}
+    base.update(kw)
+    return base
+
+
+def line(**kw) -> str:
+    return json.dumps(rec(**kw))
 
 
 def remember(store: MemoryStore, profile: str = "alice", importance: int = 5, repeat: int = 1) -> int:

@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from memwarden.learning.records import MAX_TEXT, BadRecord, parse_line, validate_record
 
-
-def rec(**kw):
-    base = {"profile": "alice", "kind": "journal", "content": "walked by the river", "importance": 5}
-    base.update(kw)
-    return base
-
-
-def line(**kw):
-    return json.dumps(rec(**kw))
+from .conftest import line, rec
 
 
 def test_a_good_record_is_normalised(clock):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 
 import pytest
@@ -12,6 +11,8 @@ from memwarden.learning import store as store_mod
 from memwarden.learning.records import BadRecord
 from memwarden.learning.store import ImportRejected, ImportSessionError, MemoryNotFound, MemoryStore
 from memwarden.state.db import open_state
+
+from .conftest import line
 
 
 class Clock:
@@ -37,16 +38,6 @@ def clock():
 @pytest.fixture
 def store(db, clock):
     return MemoryStore(db, clock=clock)
-
-
-def rec(**kw):
-    base = {"profile": "alice", "kind": "journal", "content": "walked by the river", "importance": 5}
-    base.update(kw)
-    return base
-
-
-def line(**kw):
-    return json.dumps(rec(**kw))
 
 
 # ---- add, list, count, show ------------------------------------------------------------------------------
