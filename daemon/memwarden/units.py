@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 import re
 
-MiB, GiB = 1024**2, 1024**3
-HOUR, DAY = 3600.0, 86400.0  # seconds
+KiB, MiB, GiB = 1024, 1024**2, 1024**3
+MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
 
 _SIZE_UNITS = {
     "": 1,

@@ -31,8 +31,7 @@ from memwarden.learning.store import (
     ImportSessionError,
     MemoryNotFound,
 )
-from memwarden.learning.supervisor import active_run_adapters, last_run_times
-from memwarden.learning.trigger import due_adapters, next_window_start
+from memwarden.learning.trigger import next_window_start
 from memwarden.logs import get_logger
 
 if TYPE_CHECKING:
@@ -166,8 +165,8 @@ def register_memories(reg: Registry, s: Services) -> None:
         now = time.time()
         sums = store.unconsolidated_importance()
         profiles = store.adapters()
-        decisions = due_adapters({a: 0.0 for a in profiles} | {a: v["importance"] for a, v in sums.items()},
-                                 last_run_times(s.db), active_run_adapters(s.db), cfg, now)
+        decisions = s.learning.runs.due_report(now, {a: v["importance"] for a, v in sums.items()}, cfg,
+                                               known=profiles)
         start = next_window_start(cfg.window, now) if any(d.due for d in decisions) else None
         return {
             "enabled": cfg.enabled, "threshold": cfg.importance_threshold, "min_interval": cfg.min_interval,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 from memwarden.alerts.model import Condition
 
@@ -16,11 +16,25 @@ THROUGHPUT_DROP = 0.20  # tokens/s more than 20 % under the run's own baseline
 BASELINE_STEPS = 5  # the baseline is the median of the first steps after warm-up of the run's timing
 
 
-def assess(adapter: str, steps: Sequence[dict[str, Any]]) -> list[Condition]:
-    """steps: the run's "step" events so far, oldest first. Conditions about the latest one."""
-    if not steps:
+class Steps(Protocol):
+    """A phase's step events (progress.StepHistory): its first ones and its latest ones, oldest first."""
+
+    first: Sequence[Mapping[str, Any]]
+    recent: Sequence[Mapping[str, Any]]
+    seen: int
+
+
+def _rates(steps: Iterable[Mapping[str, Any]]) -> list[float]:
+    return [s["tokens_per_s"] for s in steps if isinstance(s.get("tokens_per_s"), int | float)]
+
+
+def assess(adapter: str, steps: Steps) -> list[Condition]:
+    """Conditions about the latest step. Throughput is compared with the run's own baseline: the median of
+    the first BASELINE_STEPS rated steps after the first (which carries the warm-up), once more steps than
+    that have run."""
+    if not steps.recent:
         return []
-    last = steps[-1]
+    last = steps.recent[-1]
     fields = MappingProxyType({k: last.get(k) for k in ("step", "loss", "lr", "grad_norm", "tokens_per_s")})
     out = []
     loss = last.get("loss")
@@ -37,10 +51,11 @@ def assess(adapter: str, steps: Sequence[dict[str, Any]]) -> list[Condition]:
             out.append(Condition("training.grad_norm", adapter, "warning",
                                  f"training {adapter}: gradient norm {norm:.4f} < {GRAD_NORM_LOW:g} "
                                  f"at step {last.get('step')} (vanishing? nothing to learn?)", fields))
-    rates = [s["tokens_per_s"] for s in steps[1:] if isinstance(s.get("tokens_per_s"), int | float)]
-    if len(rates) > BASELINE_STEPS:
-        baseline = statistics.median(rates[:BASELINE_STEPS])
-        current = statistics.median(rates[-3:])
+    baseline_rates = _rates(steps.first[1:])[:BASELINE_STEPS]
+    if len(baseline_rates) == BASELINE_STEPS and steps.seen > BASELINE_STEPS + 1:
+        baseline = statistics.median(baseline_rates)
+        recent = _rates(steps.recent)[-3:]
+        current = statistics.median(recent) if recent else baseline
         if baseline > 0 and current < baseline * (1 - THROUGHPUT_DROP):
             out.append(Condition("training.throughput", adapter, "warning",
                                  f"training {adapter}: {current:.0f} tokens/s, {100 * (1 - current / baseline):.0f}% "

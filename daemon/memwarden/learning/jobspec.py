@@ -48,6 +48,16 @@ class Ewc:
 
 
 @dataclass(frozen=True)
+class SimGpu:
+    """The simulated GPU (gpu/simfile.py) a trainer books its lease's memory on, as a real GPU's driver would
+    show it: the trainer books itself, so that the daemon never writes the sim file."""
+
+    file: str
+    gpu: int
+    used_bytes: int
+
+
+@dataclass(frozen=True)
 class JobSpec:
     run_id: str
     adapter: str
@@ -65,6 +75,7 @@ class JobSpec:
     checkpoint_every_seconds: float = 600.0
     dry_run_steps: int = 0  # run this many steps first and stop (a pre-flight of a long run)
     inject_oom_at_step: int | None = None  # test hook: raise a CUDA-style OOM once at this step
+    sim_gpu: SimGpu | None = None  # set when the daemon runs on the sim GPU backend and the run holds a lease
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -80,7 +91,9 @@ class JobSpec:
         hyper = dict(data.pop("hyper", {}) or {})
         if "target_modules" in hyper:
             hyper["target_modules"] = tuple(hyper["target_modules"])
-        return JobSpec(hyper=Hyper(**hyper), ewc=Ewc(**(data.pop("ewc", {}) or {})), **data)
+        sim = data.pop("sim_gpu", None)
+        return JobSpec(hyper=Hyper(**hyper), ewc=Ewc(**(data.pop("ewc", {}) or {})),
+                       sim_gpu=SimGpu(**sim) if sim else None, **data)
 
     @staticmethod
     def read(path: Path) -> JobSpec:

@@ -2,7 +2,7 @@
 
 A run is promoted only when it learned (the holdout loss on the new memories went down) and did not forget
 (the loss on a probe set of earlier memories rose by at most ε, relative). Memories are marked consolidated in
-the same transaction that records the promotion — never before, never twice (see supervisor.py).
+the same transaction that records the promotion — never before, never twice (see publisher.py).
 """
 
 from __future__ import annotations

@@ -4,24 +4,8 @@ A memory has a profile, a kind (conversation, inner_dialogue, reflection, dream,
 string), content, an optional response, an importance 1–10, created_at, the adapter it feeds and, once a
 promoted run has learned it, that run (`consolidated_run`, `consolidated_at`).
 
-Routing. `learning.routes` is a tuple of (adapter, profiles, kinds); an empty tuple matches any; the first
-route that matches a memory's (profile, kind) names its adapter; a memory no route matches feeds the adapter
-named after its profile. The adapter is decided once, at insert: changing the routes later moves nothing.
-
-Profile isolation: every adapter's memories come from ONE profile, whatever the routes say. A route cannot
-mix profiles into one adapter because the adapter name is qualified by profile whenever it could:
-
-- a route's adapter name N is used as is only when N is *owned* by one profile P — every route naming N
-  lists exactly `profiles = [P]`; otherwise (a route with `profiles = []`, several profiles, or another route
-  naming N for another profile) a memory of profile Q routed there feeds `N@Q`;
-- an unrouted memory of profile P feeds `P`, unless some route's adapter name is `P` and that name is not
-  owned by P itself; then it feeds `P@P`.
-
-Profile names and route adapter names may not contain `@` (config.schema.NAME_RE: the schema checks routes when the
-config is read, so the store takes them as they come), so a qualified name `N@Q` can only hold profile Q's
-memories and an unqualified name only its owner's: no two profiles ever share an adapter.
-This is done here, at routing time, rather than by refusing such routes when the config is read, so that a
-route like `{adapter = "dreams", kinds = ["dream"]}` simply gives every profile its own dreams adapter.
+Routing, with profile isolation, is decided once, at insert (routing.py); a record is validated first
+(records.py).
 
 Imports are all or nothing: every line is validated first, every bad line is reported with its line number
 (ImportRejected), and only a clean file is inserted, in one transaction. Over the control socket, whose
@@ -35,27 +19,25 @@ schema refuses to hand a consolidated memory to another run.
 
 from __future__ import annotations
 
-import json
-import math
 import secrets
 import sqlite3
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import sqlite_utils
 
-from memwarden.config.routes import MAX_KIND, NAME_RE, NAME_RULE, Route
+from memwarden.config.routes import Route
 from memwarden.learning import import_ledger
+from memwarden.learning.records import MAX_TEXT, BadRecord, parse_line, validate_record
+from memwarden.learning.routing import adapter_for
 
-QUALIFIER = "@"
-MAX_TEXT = 200_000  # characters of content, and of response
-FIELDS = ("profile", "kind", "content", "response", "importance", "created_at")
-REQUIRED = ("profile", "kind", "content", "importance")
+# Names callers import from the store: a record's rules and routing live beside it.
+__all__ = ["COLUMNS", "MAX_REPORTED", "MAX_TEXT", "BadRecord", "ImportRejected", "ImportSessionError",
+           "MemoryNotFound", "MemoryStore", "adapter_for", "parse_line", "validate_record"]
+
 COLUMNS = ("profile", "kind", "content", "response", "importance", "created_at", "adapter")
 BATCH = 5000  # rows per executemany
 MAX_REPORTED = 1000  # bad lines kept with their message per import session (the rest are counted)
@@ -63,22 +45,6 @@ IMPORT_IDLE_TIMEOUT = 600.0  # a staged import untouched this long is dropped
 MAX_IMPORTS = 4  # import sessions staged at once
 
 _INSERT = f"INSERT INTO memories ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
-
-
-class BadRecord(ValueError):
-    """One memory record is invalid; the message names each bad field."""
-
-    def __init__(self, line_no: int | None, problems: Sequence[str]):
-        self.line_no = line_no
-        self.problems = list(problems)
-        super().__init__(self.message)
-
-    @property
-    def message(self) -> str:
-        return "; ".join(self.problems)
-
-    def __str__(self) -> str:
-        return self.message if self.line_no is None else f"line {self.line_no}: {self.message}"
 
 
 class ImportRejected(Exception):
@@ -101,138 +67,6 @@ class MemoryNotFound(KeyError):
 
 class ImportSessionError(Exception):
     """An import session is unknown, expired, out of order or incomplete."""
-
-
-# ---- validation ------------------------------------------------------------------------------------------
-
-def _profile_problem(value: Any) -> str | None:
-    if not isinstance(value, str) or not NAME_RE.match(value):
-        return f"profile must be {NAME_RULE}, got {_short(value)}"
-    return None
-
-
-def _short(value: Any, limit: int = 40) -> str:
-    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else repr(value)
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
-def _importance_ok(value: Any) -> bool:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    if isinstance(value, float) and not value.is_integer():  # also NaN and infinities
-        return False
-    return 1 <= value <= 10
-
-
-def _timestamp(value: Any) -> float:
-    """created_at: seconds since the epoch, or an ISO 8601 string (without an offset: UTC)."""
-    if isinstance(value, bool):
-        raise ValueError
-    if isinstance(value, int | float):
-        ts = float(value)
-    elif isinstance(value, str):
-        dt = datetime.fromisoformat(value.strip())
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=UTC)
-        ts = dt.timestamp()
-    else:
-        raise ValueError
-    if not math.isfinite(ts) or ts < 0 or ts > 253402300799:  # 1970 … 9999-12-31
-        raise ValueError
-    return ts
-
-
-def validate_record(record: Any, line_no: int | None = None, now: float | None = None) -> dict[str, Any]:
-    """A clean memory dict {profile, kind, content, response, importance, created_at}, or BadRecord listing
-    every bad field by name. A missing created_at becomes `now` (default: the current time)."""
-    if not isinstance(record, dict):
-        raise BadRecord(line_no, [f"expected a JSON object, got {type(record).__name__}"])
-    problems: list[str] = []
-    unknown = sorted(set(record) - set(FIELDS))
-    if unknown:
-        problems.append(f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
-                        f"(expected {', '.join(FIELDS)})")
-    for name in REQUIRED:
-        if record.get(name) is None:
-            problems.append(f"{name} is missing")
-    profile, kind, content = record.get("profile"), record.get("kind"), record.get("content")
-    response, importance, created_at = record.get("response"), record.get("importance"), record.get("created_at")
-    if profile is not None and (problem := _profile_problem(profile)):
-        problems.append(problem)
-    if kind is not None and (not isinstance(kind, str) or not kind.strip() or len(kind) > MAX_KIND
-                             or not kind.isprintable()):
-        problems.append(f"kind must be a non-empty string of at most {MAX_KIND} printable characters, "
-                        f"got {_short(kind)}")
-    if content is not None and (not isinstance(content, str) or not content.strip()):
-        problems.append(f"content must be a non-empty string, got {_short(content)}")
-    elif isinstance(content, str) and len(content) > MAX_TEXT:
-        problems.append(f"content is longer than {MAX_TEXT:,} characters ({len(content):,})")
-    if response is not None and not isinstance(response, str):
-        problems.append(f"response must be a string or null, got {_short(response)}")
-    elif isinstance(response, str) and len(response) > MAX_TEXT:
-        problems.append(f"response is longer than {MAX_TEXT:,} characters ({len(response):,})")
-    if importance is not None and not _importance_ok(importance):
-        problems.append(f"importance must be a whole number 1–10, got {_short(importance)}")
-    ts = None
-    if created_at is not None:
-        try:
-            ts = _timestamp(created_at)
-        except (ValueError, OverflowError):
-            problems.append(f"created_at must be seconds since 1970 or an ISO 8601 date-time, "
-                            f"got {_short(created_at)}")
-    if problems:
-        raise BadRecord(line_no, problems)
-    return {
-        "profile": profile, "kind": kind, "content": content,
-        "response": response if response else None,  # "" is no response
-        "importance": int(importance),
-        "created_at": ts if ts is not None else (time.time() if now is None else now),
-    }
-
-
-def parse_line(line: str | bytes | None, line_no: int, now: float | None = None) -> dict[str, Any] | None:
-    """One JSONL line → a clean memory dict; None for a blank line; BadRecord otherwise."""
-    if line is None:
-        raise BadRecord(line_no, ["line not sent: longer than the control socket's 1 MiB limit or not UTF-8"])
-    if isinstance(line, bytes):
-        try:
-            line = line.decode()
-        except UnicodeDecodeError as exc:
-            raise BadRecord(line_no, [f"not valid UTF-8 ({exc.reason} at byte {exc.start})"]) from None
-    if not line.strip():
-        return None
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise BadRecord(line_no, [f"not valid JSON: {exc.msg} at column {exc.colno}"]) from None
-    except RecursionError:
-        raise BadRecord(line_no, ["not valid JSON here: nested too deeply"]) from None
-    except ValueError:  # the one other ValueError of json.loads: an integer too long to convert
-        raise BadRecord(line_no, [f"a number has more than {sys.get_int_max_str_digits():,} digits"]) from None
-    return validate_record(obj, line_no, now)
-
-
-# ---- routing ---------------------------------------------------------------------------------------------
-
-def _owners(routes: Sequence[Route]) -> dict[str, str | None]:
-    """adapter name → the one profile owning it, or None when routes share it between profiles (or any)."""
-    owners: dict[str, str | None] = {}
-    for adapter, profiles, _ in routes:
-        owner = profiles[0] if len(profiles) == 1 else None
-        owners[adapter] = owner if owners.get(adapter, owner) == owner else None
-    return owners
-
-
-def adapter_for(profile: str, kind: str, routes: Sequence[Route]) -> str:
-    """The adapter a memory of (profile, kind) feeds under `routes` (see the module doc): first match wins,
-    unrouted memories feed the profile's own adapter, and a name shared between profiles is qualified."""
-    owners = _owners(routes)
-    for adapter, profiles, kinds in routes:
-        if (not profiles or profile in profiles) and (not kinds or kind in kinds):
-            return adapter if owners[adapter] == profile else f"{adapter}{QUALIFIER}{profile}"
-    if profile in owners and owners[profile] != profile:
-        return f"{profile}{QUALIFIER}{profile}"
-    return profile
 
 
 # ---- the store -------------------------------------------------------------------------------------------
@@ -442,7 +276,7 @@ class MemoryStore:
             clauses.append(f"consolidated_run IS {'NOT ' if consolidated else ''}NULL")
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
-    def list(self, profile: str | None = None, kind: str | None = None, adapter: str | None = None,
+    def rows(self, profile: str | None = None, kind: str | None = None, adapter: str | None = None,
              consolidated: bool | None = None, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
         """Memories matching every filter given, newest first."""
         where, params = self._where(profile, kind, adapter, consolidated)

@@ -73,8 +73,8 @@ def decide(adapter: str, importance: float, last_run_at: float | None, running: 
         return Decision(due=False, reason=BELOW_THRESHOLD,
                         message=f"importance {importance:g} of {threshold:g}: {shortfall:g} short", **base)
     if wait > 0 and last_run_at is not None and last_run_at > now:
-        # The wall clock was set back past the last run's start: "started -1d ago, 1d6h of 6h remain" said
-        # nothing. Runs wait (never a burst) until min_interval after that start, as the times are kept.
+        # The wall clock was set back past the last run's start: the message says so (a negative "ago" would
+        # mean nothing), and runs wait, never burst, until min_interval after that start as the times are kept.
         return Decision(due=False, reason=MIN_INTERVAL,
                         message=f"importance {importance:g} ≥ {threshold:g}, but the last run started "
                                 f"{_fmt(last_run_at - now)} in the future (the clock was set back): no run until "

@@ -24,12 +24,6 @@ if TYPE_CHECKING:
 
 log = get_logger()
 
-# Every state a run passes through (learning/supervisor.py): each is reported, at 0 when no run is in it, so
-# a dashboard's "failed" panel reads 0 rather than "no data".
-RUN_STATES = ("queued", "curating", "waiting", "running", "preempted", "interrupted", "promoted", "rejected",
-              "failed", "cancelled")
-
-
 class Families:
     """Families built on first use, each checked against the catalogue; only families with samples are kept."""
 
@@ -151,17 +145,14 @@ def container_metrics(d: Services, out: Families) -> None:
 
 
 def training_metrics(d: Services, out: Families) -> None:
-    counts = dict.fromkeys(RUN_STATES, 0)
-    for row in d.db.query("SELECT state, COUNT(*) AS n FROM runs GROUP BY state"):
-        counts[row["state"]] = row["n"]
-    for state, n in counts.items():
+    # Every state, at 0 when no run is in it: a dashboard's "failed" panel reads 0 rather than "no data".
+    for state, n in d.learning.runs.count_by_state().items():
         out.add("memwarden_training_runs", n, state=state)
     cur = d.learning.current
-    start = cur.get("start") if cur is not None else None
-    if cur is None or start is None or not cur["steps"]:
+    if cur is None or cur.start is None or cur.steps.last is None:
         return
-    step = cur["steps"][-1]
-    labels = {"adapter": cur["adapter"], "run": cur["run_id"], "phase": "dry_run" if start.get("dry_run") else "train"}
+    step, start = cur.steps.last, cur.start
+    labels = {"adapter": cur.adapter, "run": cur.run_id, "phase": "dry_run" if cur.dry_run else "train"}
     out.add("memwarden_training_step", step["step"], **labels)
     if start.get("steps"):
         out.add("memwarden_training_progress_ratio", min(1.0, step["step"] / start["steps"]), **labels)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from pathlib import Path
 
 # Offline, always: the base model is a local directory and nothing may be fetched. Set before transformers loads.
 _ENV = {
@@ -53,6 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     if done is not None:
         emit.emit("done", **done, already_done=True)
         return EXIT_DONE
+    if spec.sim_gpu is not None:
+        from memwarden.gpu import simfile
+
+        try:  # what this process would hold on a real GPU, for the sim backend's probe to see
+            simfile.book(Path(spec.sim_gpu.file), spec.sim_gpu.gpu, os.getpid(), spec.sim_gpu.used_bytes)
+        except Exception as exc:  # noqa: BLE001 - a sim file that cannot be booked fails the run saying so
+            emit.emit("error", message=f"cannot book the sim GPU: {type(exc).__name__}: {exc}")
+            return EXIT_FAILED
 
     from memwarden.training.trainer import Trainer  # torch from here on
 

@@ -129,3 +129,9 @@ def load(path: Path) -> dict[str, Any]:
 def remove_all(root: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(root)
+
+
+def same_job(meta: dict[str, Any], run_id: str, method: str, keys: Any, effective_batch: int) -> bool:
+    """A checkpoint resumes only the job that wrote it: same run, method, trainable tensors, effective batch."""
+    return (meta.get("run_id") == run_id and meta.get("method") == method
+            and sorted(meta.get("keys", [])) == sorted(keys) and meta.get("effective_batch") == effective_batch)

@@ -153,3 +153,20 @@ def build(spec: JobSpec) -> Built:
             raise RuntimeError("qlora: bitsandbytes quantized no layer of the base model to 4 bits")
     model.train()
     return Built(model, tokenizer, device, autocast, params, lr, clamp, notes, quantized)
+
+
+# ---- the device at run time -----------------------------------------------------------------------------
+
+
+def is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)

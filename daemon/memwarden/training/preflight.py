@@ -6,11 +6,12 @@ within a fraction of a second. No torch here.
 
 from __future__ import annotations
 
-import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from memwarden.learning.eval_report import FILE, EvalReport
 from memwarden.learning.jobspec import JobSpec
 
 METHODS = ("lora", "qlora", "full")
@@ -68,13 +69,13 @@ def already_done(spec: JobSpec) -> dict[str, Any] | None:
     if spec.dry_run_steps > 0:
         return None
     out = Path(spec.output_dir)
-    path = out / "eval.json"
-    if not (path.is_file() and (out / "final").is_dir()):
+    if not ((out / FILE).is_file() and (out / "final").is_dir()):
         return None
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        report = EvalReport.read(out)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):  # torn or foreign: train it again
         return None
-    if not isinstance(data, dict) or data.get("run_id") != spec.run_id:
+    if report.run_id != spec.run_id:
         return None
-    return {k: data.get(k) for k in ("step", "final_dir", "eval", "tokens_per_s")}
+    return {"step": report.step, "final_dir": report.final_dir, "eval": asdict(report.eval),
+            "tokens_per_s": report.tokens_per_s}

@@ -16,26 +16,26 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import math
-import os
 import sys
 import time
 import traceback
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from memwarden.learning.adapter_check import check_adapter
+from memwarden.learning.eval_report import EvalReport, ExportCheck, Losses
 from memwarden.learning.jobspec import EXIT_DONE, EXIT_FAILED, EXIT_PREEMPTED, JobSpec
 from memwarden.training import checkpoint
-from memwarden.training.data import IGNORE, DataError, Order, Split, collate, load_split
+from memwarden.training.data import DataError, Order, Split, collate, load_split
+from memwarden.training.evaluation import Evaluation, autocast, token_loss_sum
 from memwarden.training.events import Emitter
 from memwarden.training.ewc import EwcPenalty, combine, compute_fisher, load_fisher
 from memwarden.training.export import FISHER_FILE, write_final
-from memwarden.training.model import build
+from memwarden.training.model import build, is_oom, memory_bytes
 from memwarden.training.preflight import GiveUp, already_done, validate
 from memwarden.training.stop import StopFlag
 
@@ -45,29 +45,6 @@ MAX_NONFINITE_STEPS = 5  # consecutive steps with a NaN/inf loss or gradient (sk
 
 class Preempted(Exception):
     """SIGTERM/SIGINT seen: checkpoint and exit 75."""
-
-
-def is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-
-
-def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum of next-token cross-entropy over the labelled (assistant) positions."""
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:]
-    return F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
-    )
-
-
-def memory_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    import psutil
-
-    return int(psutil.Process().memory_info().rss)
 
 
 class Trainer:
@@ -108,7 +85,7 @@ class Trainer:
             if is_oom(exc):
                 message = f"out of memory outside a training step: {message}"
             # The line first, on the pipe: the log lives beside the run, and on a full disk writing the
-            # traceback there raised again and lost the line that said why.
+            # traceback there fails too — the line that says why must already be out.
             self.emit.emit("error", message=message)
             with contextlib.suppress(OSError):
                 traceback.print_exc(file=sys.stderr)
@@ -134,9 +111,10 @@ class Trainer:
 
         hf_logging.disable_progress_bar()
         set_seed(h.seed)
-        self.b = build(spec)
-        tok = self.b.tokenizer
+        self.built = build(spec)
+        tok = self.built.tokenizer
         self.pad_id = tok.pad_token_id
+        self.evaluation = Evaluation(self.built, self.pad_id, self.check_stop)
         self.train = load_split("train", spec.train_file, tok, h.max_seq_len)
         self.holdout = load_split("holdout", spec.holdout_file, tok, h.max_seq_len)
         self.probe = load_split("probe", spec.probe_file, tok, h.max_seq_len)
@@ -144,8 +122,8 @@ class Trainer:
             raise GiveUp(f"no usable training example in {spec.train_file} ({self.train.lines} lines, "
                          f"{self.train.dropped} with no assistant token within max_seq_len {h.max_seq_len})")
         self.order = Order(len(self.train.examples), h.seed)
-        self.params = self.b.params
-        self.optimizer = torch.optim.AdamW(list(self.params.values()), lr=self.b.lr, weight_decay=0.0)
+        self.params = self.built.params
+        self.optimizer = torch.optim.AdamW(list(self.params.values()), lr=self.built.lr, weight_decay=0.0)
         self.scheduler = get_cosine_schedule_with_warmup(
             self.optimizer, num_warmup_steps=min(h.warmup_steps, h.max_steps), num_training_steps=h.max_steps
         )
@@ -158,28 +136,28 @@ class Trainer:
             "start",
             run_id=spec.run_id,
             method=spec.method,
-            device=str(self.b.device),
+            device=str(self.built.device),
             steps=self.target,
             max_steps=h.max_steps,
             micro_batch=self.micro_batch,
             grad_accum=self.grad_accum,
             resumed_from_step=resumed,
             dry_run=self.dry,
-            lr=self.b.lr,
+            lr=self.built.lr,
             trainable_params=sum(p.numel() for p in self.params.values()),
-            total_params=sum(p.numel() for p in self.b.model.parameters()),
+            total_params=sum(p.numel() for p in self.built.model.parameters()),
             examples={"train": len(self.train.examples), "holdout": len(self.holdout.examples),
                       "probe": len(self.probe.examples), "dropped": self.train.dropped + self.holdout.dropped
                       + self.probe.dropped, "truncated": self.train.truncated},
             ewc=ewc_state,
-            quantized_layers=self.b.quantized_layers,
-            notes=self.b.notes,
+            quantized_layers=self.built.quantized_layers,
+            notes=self.built.notes,
         )
-        if self.b.clamp:
-            self.emit.emit("clamp", **self.b.clamp)
+        if self.built.clamp:
+            self.emit.emit("clamp", **self.built.clamp)
         self.check_stop()
         if self.eval_before is None:
-            self.eval_before = {"holdout_loss": self.evaluate(self.holdout), "probe_loss": self.evaluate(self.probe)}
+            self.eval_before = {"holdout_loss": self._loss(self.holdout), "probe_loss": self._loss(self.probe)}
         self._loop()
         return self._finish()
 
@@ -192,16 +170,9 @@ class Trainer:
                       file=sys.stderr)
                 continue
             meta = ck["meta"]
-            if (
-                meta.get("run_id") != self.spec.run_id
-                or meta.get("method") != self.spec.method
-                or sorted(meta.get("keys", [])) != sorted(self.params)
-                or meta.get("effective_batch") != self.effective
-            ):
-                raise GiveUp(
-                    f"checkpoint {path} was written by a different job (run_id, method, trainable tensors or "
-                    f"effective batch differ); remove {self.ckpt_root} to start this job over"
-                )
+            if not checkpoint.same_job(meta, self.spec.run_id, self.spec.method, self.params, self.effective):
+                raise GiveUp(f"checkpoint {path} was written by a different job (run_id, method, trainable tensors "
+                             f"or effective batch differ); remove {self.ckpt_root} to start this job over")
             with torch.no_grad():
                 for key, p in self.params.items():
                     p.copy_(ck["trainable"][key].to(p.device, p.dtype))
@@ -214,7 +185,7 @@ class Trainer:
             self.eval_before = meta["eval_before"]
             self.oom_injected = bool(meta.get("oom_injected"))
             if ck["anchor"] is not None:
-                self.anchor = {k: v.to(self.b.device) for k, v in ck["anchor"].items()}
+                self.anchor = {k: v.to(self.built.device) for k, v in ck["anchor"].items()}
             self.last_ckpt = (step, path)
             return step
         return 0
@@ -252,7 +223,7 @@ class Trainer:
                 "lr": lr,
                 "grad_norm": grad_norm,
                 "tokens_per_s": round(tokens / elapsed, 1) if elapsed > 0 else None,
-                "memory_bytes": memory_bytes(self.b.device),
+                "memory_bytes": memory_bytes(self.built.device),
             }
             if penalty is not None:
                 fields["ewc_penalty"] = penalty
@@ -260,7 +231,7 @@ class Trainer:
                 fields["skipped"] = "loss or gradient not finite: no update"
             self.emit.emit("step", **fields)
             if h.eval_every and self.step % h.eval_every == 0 and self.step < self.target:
-                self.emit.emit("eval", step=self.step, holdout_loss=self.evaluate(self.holdout))
+                self.emit.emit("eval", step=self.step, holdout_loss=self._loss(self.holdout))
             if not self.dry and self.step < self.target and self._checkpoint_due():
                 self._checkpoint()
 
@@ -291,7 +262,7 @@ class Trainer:
             # outside the except block, so the traceback's frames (and their tensors) are already released
             self.optimizer.zero_grad(set_to_none=True)
             gc.collect()
-            if self.b.device.type == "cuda":
+            if self.built.device.type == "cuda":
                 torch.cuda.empty_cache()
             if self.micro_batch <= 1:
                 raise GiveUp(f"out of memory at step {self.step + 1} even with micro_batch 1: {oom}")
@@ -320,13 +291,8 @@ class Trainer:
         self.step += 1
         return loss, tokens, penalty, grad_norm, skipped
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.b.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.b.device.type, dtype=self.b.autocast_dtype)
-
     def _accumulate(self, examples: list, targets: int) -> tuple[float, int]:
-        model, device = self.b.model, self.b.device
+        model, device = self.built.model, self.built.device
         loss_sum = torch.zeros((), device=device)
         tokens = 0
         chunks = [examples[i : i + self.micro_batch] for i in range(0, len(examples), self.micro_batch)]
@@ -337,7 +303,7 @@ class Trainer:
                     f"CUDA out of memory (synthetic, inject_oom_at_step={self.spec.inject_oom_at_step})"
                 )
             batch = collate(chunk, self.pad_id, device)
-            with self._autocast():
+            with autocast(self.built):
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             s = token_loss_sum(logits, batch["labels"])
             (s / targets).backward()
@@ -348,59 +314,17 @@ class Trainer:
                 self.check_stop()  # after the step's last micro-step the step is completed first
         return float(loss_sum), tokens
 
-    @torch.no_grad()
-    def evaluate(self, split: Split) -> float | None:
-        if not split.examples:
-            return None
-        model = self.b.model
-        model.eval()
-        try:
-            ordered = sorted(split.examples, key=len)
-            total, targets = torch.zeros((), device=self.b.device), 0
-            size = max(1, self.micro_batch)
-            for i in range(0, len(ordered), size):
-                self.check_stop()
-                chunk = ordered[i : i + size]
-                batch = collate(chunk, self.pad_id, self.b.device)
-                with self._autocast():
-                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                total += token_loss_sum(logits, batch["labels"])
-                targets += sum(e.n_targets for e in chunk)
-            return float(total) / targets
-        finally:
-            model.train()
-
     # ------------------------------------------------------------------ checkpoints, preemption, the end
 
     def _checkpoint(self, emit: bool = True) -> Path:
-        meta = {
-            "format": 1,
-            "run_id": self.spec.run_id,
-            "method": self.spec.method,
-            "cursor": self.cursor,
-            "micro_batch": self.micro_batch,
-            "grad_accum": self.grad_accum,
-            "effective_batch": self.effective,
-            "eval_before": self.eval_before,
-            "tokens": self.tokens,
-            "train_seconds": self.train_seconds,
-            "oom_injected": self.oom_injected,
-            "lr": self.b.lr,
-            "keys": sorted(self.params),
-        }
-        state = {
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "rng": checkpoint.capture_rng(),
-        }
-        path = checkpoint.save(
-            self.ckpt_root,
-            self.step,
-            trainable={k: p.detach() for k, p in self.params.items()},
-            anchor=self.anchor if self.ewc else None,
-            state=state,
-            meta=meta,
-        )
+        meta = {"format": 1, "run_id": self.spec.run_id, "method": self.spec.method, "cursor": self.cursor,
+                "micro_batch": self.micro_batch, "grad_accum": self.grad_accum, "effective_batch": self.effective,
+                "eval_before": self.eval_before, "tokens": self.tokens, "train_seconds": self.train_seconds,
+                "oom_injected": self.oom_injected, "lr": self.built.lr, "keys": sorted(self.params)}
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "rng": checkpoint.capture_rng()}
+        path = checkpoint.save(self.ckpt_root, self.step, trainable={k: p.detach() for k, p in self.params.items()},
+                               anchor=self.anchor if self.ewc else None, state=state, meta=meta)
         self.last_ckpt, self.last_ckpt_time = (self.step, path), time.monotonic()
         if emit:
             self.emit.emit("checkpoint", step=self.step, path=str(path))
@@ -420,70 +344,41 @@ class Trainer:
         self.emit.emit("preempted", step=self.step, checkpoint=str(path) if path else None, signal=self.stop.signum)
         return EXIT_PREEMPTED
 
-    def _fisher_losses(self):
-        """Per-example token-mean losses for the Fisher: training examples in seeded order, then holdout ones."""
-        want = self.spec.ewc.fisher_samples
-        pool = [self.train.examples[i] for i in Order(len(self.train.examples), self.spec.hyper.seed + 1).indices(
-            0, min(want, len(self.train.examples)))]
-        pool += self.holdout.examples[: max(0, want - len(pool))]
-        model = self.b.model
-        model.eval()  # no dropout: the Fisher of the model as it will be served
-        try:
-            for ex in pool:
-                batch = collate([ex], self.pad_id, self.b.device)
-                with self._autocast():
-                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                yield token_loss_sum(logits, batch["labels"]) / ex.n_targets
-        finally:
-            model.train()
-
     def _finish(self) -> int:
         tokens_per_s = round(self.tokens / self.train_seconds, 1) if self.train_seconds > 0 else None
         if self.dry:
-            result = self._eval_dict()
+            result = asdict(self._losses())
             self.emit.emit("done", step=self.step, final_dir=None, eval=result, tokens_per_s=tokens_per_s,
                            dry_run=True)
             return EXIT_DONE
         if self.last_ckpt is None or self.last_ckpt[0] != self.step:
             self._checkpoint()  # a crash or preemption from here on resumes straight into this final phase
-        result = self._eval_dict()
+        losses = self._losses()
         fisher, samples = None, 0
         if self.spec.ewc.fisher_samples > 0:
-            new, samples = compute_fisher(self.params, self._fisher_losses, self.check_stop)
+            new, samples = compute_fisher(self.params, lambda: self.evaluation.fisher_losses(
+                self.train, self.holdout, self.spec.ewc.fisher_samples, self.spec.hyper.seed), self.check_stop)
             fisher = combine(new, self.prior, self.spec.ewc.decay) if samples else None
         self.check_stop()
-        final = write_final(self.out, self.b.model, self.b.tokenizer, self.spec.method, fisher)
-        export: dict[str, Any] = {"ok": None, "problems": []}
+        final = write_final(self.out, self.built.model, self.built.tokenizer, self.spec.method, fisher)
+        export = ExportCheck()
         if self.spec.method != "full":
-            report = check_adapter(final, self.spec.base_model)
-            export = {"ok": report.ok, "problems": report.problems}
-        record = {
-            "run_id": self.spec.run_id,
-            "adapter": self.spec.adapter,
-            "method": self.spec.method,
-            "step": self.step,
-            "final_dir": str(final),
-            "eval": result,
-            "tokens_per_s": tokens_per_s,
-            "lr": self.b.lr,
-            "fisher": str(final / FISHER_FILE) if fisher else None,
-            "fisher_samples": samples,
-            "fisher_combined_with_prior": bool(fisher and self.prior),
-            "export": export,
-        }
-        tmp = self.out / f".eval.json.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps(record, indent=1))
-        os.replace(tmp, self.out / "eval.json")
-        self.emit.emit("done", step=self.step, final_dir=str(final), eval=result, tokens_per_s=tokens_per_s,
-                       fisher=record["fisher"], export=export)
-        checkpoint.remove_all(self.ckpt_root)  # the adapter ships alone; checkpoints were only for resuming
+            checked = check_adapter(final, self.spec.base_model)
+            export = ExportCheck(checked.ok, tuple(checked.problems))
+        report = EvalReport(
+            run_id=self.spec.run_id, adapter=self.spec.adapter, method=self.spec.method, step=self.step,
+            final_dir=str(final), eval=losses, tokens_per_s=tokens_per_s, lr=self.built.lr,
+            fisher=str(final / FISHER_FILE) if fisher else None, fisher_samples=samples,
+            fisher_combined_with_prior=bool(fisher and self.prior), export=export)
+        report.write(self.out)
+        self.emit.emit("done", step=self.step, final_dir=str(final), eval=asdict(losses), tokens_per_s=tokens_per_s,
+                       fisher=report.fisher, export=report.to_dict()["export"])
+        checkpoint.remove_all(self.ckpt_root)  # the adapter ships alone; checkpoints are for resuming only
         return EXIT_DONE
 
-    def _eval_dict(self) -> dict[str, float | None]:
-        before = self.eval_before or {}
-        return {
-            "holdout_loss_before": before.get("holdout_loss"),
-            "holdout_loss_after": self.evaluate(self.holdout),
-            "probe_loss_before": before.get("probe_loss"),
-            "probe_loss_after": self.evaluate(self.probe),
-        }
+
+    def _loss(self, split: Split) -> float | None:
+        return self.evaluation.loss(split, self.micro_batch)
+
+    def _losses(self) -> Losses:
+        return self.evaluation.losses(self.eval_before, self.holdout, self.probe, self.micro_batch)

@@ -401,3 +401,26 @@ def test_the_order_is_a_seeded_permutation_per_epoch():
     assert order.indices(7, 6) == first[7:] + second[:3]  # a step across the epoch boundary
     assert Order(10, seed=42).indices(0, 20) == first + second
     assert Order(10, seed=43).indices(0, 10) != first
+
+
+def test_on_the_sim_gpu_the_trainer_books_its_own_memory(base_spec, tmp_path):
+    from memwarden.gpu import simfile
+    from memwarden.learning.jobspec import SimGpu
+
+    sim = tmp_path / "gpu.json"
+    simfile.create(sim, [{"index": 0, "name": "Sim 12G", "total_bytes": 12 * 1024**3}])
+    _, job = _spec_at(base_spec, tmp_path, dry_run_steps=1, sim_gpu=SimGpu(str(sim), 0, 2 * 1024**3))
+    trainer = Trainer(job)
+    trainer.until(lambda e: e["event"] == "start")
+    booked = simfile.read(sim)["gpus"][0]["processes"]
+    assert booked == [{"pid": trainer.proc.pid, "used_bytes": 2 * 1024**3}]
+    assert_done(*trainer.finish())
+
+
+def test_a_sim_gpu_that_cannot_be_booked_is_one_error_line(base_spec, tmp_path):
+    from memwarden.learning.jobspec import SimGpu
+
+    _, job = _spec_at(base_spec, tmp_path, sim_gpu=SimGpu(str(tmp_path / "absent.json"), 0, 1))
+    rc, events, _ = run(job)
+    assert rc == 1 and of(events, "error")[0]["message"].startswith("cannot book the sim GPU: ")
+    assert of(events, "start") == []

@@ -31,7 +31,7 @@ def test_a_memory_reads_back_exactly_as_stored(store):
     add(store, 'quotes " and \\ backslashes, a tab\t, \x01, é and 😀', 1716000000.123456, "réponse\n")
     store.mark_consolidated([1], "run-1", at=1716000001.000001)
     listed = page(store)
-    assert listed == {"total": 1, "next_offset": None, "memories": store.list()}
+    assert listed == {"total": 1, "next_offset": None, "memories": store.rows()}
     assert listed["memories"][0]["created_at"] == 1716000000.123456
 
 

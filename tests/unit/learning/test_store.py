@@ -1,27 +1,18 @@
-"""The memory store: validation, all-or-nothing imports, routing with profile isolation, consolidation."""
+"""The memory store: all-or-nothing imports, staged imports, listing, routing at insert, consolidation."""
 
 from __future__ import annotations
 
-import json
 import sqlite3
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from memwarden.config.routes import Route
 from memwarden.learning import store as store_mod
-from memwarden.learning.store import (
-    BadRecord,
-    ImportRejected,
-    ImportSessionError,
-    MemoryNotFound,
-    MemoryStore,
-    adapter_for,
-    parse_line,
-    validate_record,
-)
+from memwarden.learning.records import BadRecord
+from memwarden.learning.store import ImportRejected, ImportSessionError, MemoryNotFound, MemoryStore
 from memwarden.state.db import open_state
+
+from .conftest import line
 
 
 class Clock:
@@ -49,77 +40,6 @@ def store(db, clock):
     return MemoryStore(db, clock=clock)
 
 
-def rec(**kw):
-    base = {"profile": "alice", "kind": "journal", "content": "walked by the river", "importance": 5}
-    base.update(kw)
-    return base
-
-
-def line(**kw):
-    return json.dumps(rec(**kw))
-
-
-# ---- validation ------------------------------------------------------------------------------------------
-
-def test_a_good_record_is_normalised(clock):
-    clean = validate_record(rec(response="", created_at="2026-01-02T03:04:05"), 1)
-    assert clean["response"] is None  # "" is no response
-    assert clean["created_at"] == 1767323045.0  # naive ISO 8601 is UTC
-    assert clean["importance"] == 5
-    assert validate_record(rec(importance=7.0, created_at=12.5))["importance"] == 7
-    assert validate_record(rec(), now=42.0)["created_at"] == 42.0
-
-
-@pytest.mark.parametrize(("change", "field", "words"), [
-    ({"importance": 11}, "importance", "importance must be a whole number 1–10, got 11"),
-    ({"importance": 0}, "importance", "1–10"),
-    ({"importance": 2.5}, "importance", "got 2.5"),
-    ({"importance": True}, "importance", "got true"),
-    ({"importance": "5"}, "importance", "importance must be"),
-    ({"profile": "a b"}, "profile", "profile must be 1–64 letters"),
-    ({"profile": "x@y"}, "profile", "profile must be"),
-    ({"kind": ""}, "kind", "kind must be a non-empty string"),
-    ({"kind": 3}, "kind", "kind must be"),
-    ({"content": "   "}, "content", "content must be a non-empty string"),
-    ({"response": 5}, "response", "response must be a string or null"),
-    ({"created_at": "yesterday"}, "created_at", "created_at must be seconds since 1970 or an ISO 8601"),
-    ({"created_at": -5}, "created_at", "created_at must be"),
-    ({"importnace": 5}, "importnace", "unknown field 'importnace'"),
-])
-def test_each_bad_field_is_named(change, field, words):
-    with pytest.raises(BadRecord) as info:
-        validate_record(rec(**change), 12)
-    assert field in str(info.value) and words in str(info.value)
-    assert str(info.value).startswith("line 12: ")
-
-
-def test_every_problem_of_a_record_is_reported_at_once():
-    with pytest.raises(BadRecord) as info:
-        validate_record({"kind": "dream", "importance": 99, "extra": 1}, 3)
-    problems = info.value.problems
-    assert any("unknown field 'extra'" in p for p in problems)
-    assert "profile is missing" in problems and "content is missing" in problems
-    assert any(p.startswith("importance must be") for p in problems)
-
-
-def test_content_too_long_is_refused():
-    with pytest.raises(BadRecord, match="content is longer than 200,000 characters"):
-        validate_record(rec(content="x" * (store_mod.MAX_TEXT + 1)))
-
-
-def test_parse_line_cases():
-    assert parse_line("   \n", 4) is None
-    assert parse_line(line().encode(), 1)["profile"] == "alice"
-    with pytest.raises(BadRecord, match=r"line 2: not valid JSON: .* at column 2"):
-        parse_line("{oops", 2)
-    with pytest.raises(BadRecord, match="line 3: expected a JSON object, got list"):
-        parse_line("[1, 2]", 3)
-    with pytest.raises(BadRecord, match="line 4: not valid UTF-8"):
-        parse_line(b'{"content": "\xff"}', 4)
-    with pytest.raises(BadRecord, match="line 5: line not sent"):
-        parse_line(None, 5)
-
-
 # ---- add, list, count, show ------------------------------------------------------------------------------
 
 def test_add_and_show(store, clock):
@@ -139,10 +59,10 @@ def test_list_filters_orders_and_pages(store, clock):
     for i in range(6):
         clock.t = 100.0 + i
         store.add("alice" if i % 2 else "bob", "dream" if i < 3 else "journal", f"m{i}", importance=1 + i)
-    assert [m["content"] for m in store.list()] == ["m5", "m4", "m3", "m2", "m1", "m0"]
-    assert [m["content"] for m in store.list(profile="alice")] == ["m5", "m3", "m1"]
-    assert [m["content"] for m in store.list(profile="alice", kind="dream")] == ["m1"]
-    assert [m["content"] for m in store.list(limit=2, offset=1)] == ["m4", "m3"]
+    assert [m["content"] for m in store.rows()] == ["m5", "m4", "m3", "m2", "m1", "m0"]
+    assert [m["content"] for m in store.rows(profile="alice")] == ["m5", "m3", "m1"]
+    assert [m["content"] for m in store.rows(profile="alice", kind="dream")] == ["m1"]
+    assert [m["content"] for m in store.rows(limit=2, offset=1)] == ["m4", "m3"]
     assert store.total(adapter="bob") == 3
     counts = store.count()
     assert counts["total"] == 6 and counts["unconsolidated"] == 6
@@ -193,7 +113,7 @@ def test_staged_import_across_chunks(store, db):
     res = store.stage(token, [line(content="b", profile="bob"), line(content="c")], 3)
     assert res == {"lines": 2, "staged": 3, "bad": [], "bad_count": 0}
     assert store.commit_import(token, total_lines=4) == {"imported": 3, "by_adapter": {"alice": 2, "bob": 1}}
-    assert [m["content"] for m in store.list()][::-1] == ["a", "b", "c"]
+    assert [m["content"] for m in store.rows()][::-1] == ["a", "b", "c"]
     assert not [r for r in db.execute("SELECT name FROM sqlite_temp_master WHERE type = 'table'")]
     with pytest.raises(ImportSessionError, match="no import in progress"):
         store.stage(token, [line()], 5)
@@ -258,41 +178,6 @@ ROUTES = (
     Route("shared", ("bob", "carol"), ()),  # two profiles: qualified
     Route("dave", ("erin",), ()),  # owned by erin, named like another profile
 )
-
-
-@pytest.mark.parametrize(("profile", "kind", "adapter"), [
-    ("alice", "dream", "alice-dreams"),  # first match wins
-    ("alice", "journal", "alice"),  # unrouted: the profile's own
-    ("zed", "dream", "dreams@zed"),
-    ("bob", "dream", "dreams@bob"),
-    ("bob", "journal", "shared@bob"),
-    ("carol", "reflection", "shared@carol"),
-    ("erin", "journal", "dave"),
-    ("dave", "journal", "dave@dave"),  # would have shared erin's adapter
-])
-def test_routing(profile, kind, adapter):
-    assert adapter_for(profile, kind, ROUTES) == adapter
-
-
-def test_two_routes_naming_one_adapter_for_two_profiles_are_qualified():
-    routes = (Route("x", ("alice",), ("dream",)), Route("x", ("bob",), ()))
-    assert adapter_for("alice", "dream", routes) == "x@alice"
-    assert adapter_for("bob", "dream", routes) == "x@bob"
-
-
-names = st.sampled_from(["alice", "bob", "carol", "dreams", "x", "alice-dreams"])
-
-
-@settings(max_examples=300, deadline=None)
-@given(routes=st.lists(st.tuples(names, st.lists(names, max_size=3).map(tuple),
-                                 st.lists(st.sampled_from(["dream", "journal"]), max_size=2).map(tuple)),
-                       max_size=5),
-       memories=st.lists(st.tuples(names, st.sampled_from(["dream", "journal", "reflection"])), max_size=30))
-def test_no_adapter_ever_mixes_profiles(routes, memories):
-    owner: dict[str, str] = {}
-    for profile, kind in memories:
-        adapter = adapter_for(profile, kind, routes)
-        assert owner.setdefault(adapter, profile) == profile
 
 
 def test_routes_apply_at_insert_and_the_store_keeps_profiles_apart(store):

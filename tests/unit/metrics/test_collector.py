@@ -3,6 +3,8 @@ import os
 import pytest
 
 from memwarden import __version__
+from memwarden.learning import runs as run_states
+from memwarden.learning.progress import CurrentRun
 from memwarden.metrics import collector
 from memwarden.metrics.catalogue import FAMILIES
 from memwarden.policies.placement import available
@@ -37,13 +39,13 @@ async def busy_daemon(make):
     d.proxy = OllamaProxy(d.arbiter, d.config.proxy, "http://127.0.0.1:9")
     d.proxy.requests, d.proxy.preemptions = 5, 1  # what handle() and admit() count
     for run_id, state in (("r1", "promoted"), ("r2", "promoted"), ("r3", "failed"), ("r4", "running")):
-        d.db["runs"].insert({"id": run_id, "adapter": "alice", "profile": "alice", "state": state,
-                             "created_at": T0})
-    d.learning.current = {"run_id": "r4", "adapter": "alice", "steps": [], "last": None, "start": None}
-    d.learning._on_event({"event": "start", "steps": 40, "dry_run": False, "max_steps": 40})
+        d.learning.runs.insert(run_id, "alice", "alice", "threshold", T0, "lora")
+        d.learning.runs.set_state(run_id, state)
+    d.learning.execution.current = current = CurrentRun("r4", "alice")
+    current.record({"event": "start", "steps": 40, "dry_run": False, "max_steps": 40})
     for step in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10):
-        d.learning._on_event({"event": "step", "step": step, "loss": 3.0 - step / 10, "grad_norm": 0.9,
-                              "tokens_per_s": 1200.0 + step})
+        current.record({"event": "step", "step": step, "loss": 3.0 - step / 10, "grad_norm": 0.9,
+                        "tokens_per_s": 1200.0 + step})
     return h, lease
 
 
@@ -165,11 +167,11 @@ async def test_training_progress_and_runs_by_state(make):
     assert value(m, "memwarden_training_grad_norm", **run) == pytest.approx(0.9)
     assert value(m, "memwarden_training_tokens_per_second", **run) == pytest.approx(1210.0)
     runs = {s.labels["state"]: s.value for s in m["memwarden_training_runs"]}
-    assert set(runs) == set(collector.RUN_STATES)
+    assert set(runs) == set(run_states.STATES)
     assert (runs["promoted"], runs["failed"], runs["running"], runs["queued"]) == (2, 1, 1, 0)
     # A NaN loss arrives as null: the loss is left out, the step still counts.
-    h.services.learning._on_event({"event": "step", "step": 11, "loss": None, "nan": True, "grad_norm": None,
-                                 "tokens_per_s": 1000.0})
+    h.services.learning.current.record({"event": "step", "step": 11, "loss": None, "nan": True,
+                                        "grad_norm": None, "tokens_per_s": 1000.0})
     m = scrape(h.services)
     assert value(m, "memwarden_training_step", **run) == 11
     assert "memwarden_training_loss" not in m and "memwarden_training_grad_norm" not in m
@@ -178,12 +180,12 @@ async def test_training_progress_and_runs_by_state(make):
 async def test_a_dry_run_phase_is_labelled_and_reset_between_phases(make):
     h = await make()
     learning = h.services.learning
-    learning.current = {"run_id": "r1", "adapter": "bob", "steps": [], "last": None, "start": None}
-    learning._on_event({"event": "start", "steps": 4, "dry_run": True})
-    learning._on_event({"event": "step", "step": 4, "loss": 1.0})
+    learning.execution.current = current = CurrentRun("r1", "bob")
+    current.record({"event": "start", "steps": 4, "dry_run": True})
+    current.record({"event": "step", "step": 4, "loss": 1.0})
     m = scrape(h.services)
     assert value(m, "memwarden_training_progress_ratio", adapter="bob", run="r1", phase="dry_run") == 1.0
-    learning.current.update(steps=[], start=None)  # what _train() does before the next phase
+    current.new_phase()  # what the execution does before the next phase
     assert "memwarden_training_progress_ratio" not in scrape(h.services)
 
 

@@ -1,0 +1,190 @@
+"""One run, start to end: curate → lease → dry run → run → (preempted | resumed after a crash | finished).
+
+The state machine, recorded in the run's row (runs.py):
+- curating: the first time, the memories become files and a JobSpec (preparation.py);
+- waiting: the lease was refused; the next tick relaunches the run;
+- running: under the lease (if any), a dry run of `dry_run_steps` once, then the real run, each a Job of the
+  executor (executor.py);
+- preempted: the trainer checkpointed and exited 75; the run resumes from the checkpoint when relaunched;
+- interrupted: the daemon is stopping (or the task was cancelled); it resumes after the restart;
+- a crash resumes from the last checkpoint, up to MAX_ATTEMPTS times, then the run is failed with the trainer's
+  own error line;
+- done: `finish` (publisher.py) judges, promotes and exports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sqlite3
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from memwarden.alerts.model import Condition
+from memwarden.config.schema import Config
+from memwarden.learning import leasing
+from memwarden.learning.executor import Executor, JobRequest
+from memwarden.learning.jobspec import EXIT_DONE, EXIT_PREEMPTED, JobSpec
+from memwarden.learning.leasing import Granted, Refused, TrainingLeases
+from memwarden.learning.preparation import phase_spec, prepare
+from memwarden.learning.progress import CurrentRun
+from memwarden.learning.runs import RunStore
+from memwarden.learning.store import MemoryStore
+from memwarden.learning.versions import VersionStore
+from memwarden.logs import get_logger
+
+log = get_logger()
+
+MAX_ATTEMPTS = 3  # crashes (not preemptions) of the trainer before a run is failed
+DRY_FAILED = -1000  # a failed dry run's exit, offset so that it never reads as a real run's code
+LOGGED_EVENTS = ("clamp", "oom_retry", "preempted", "error", "checkpoint")  # trainer events worth a log line
+ERROR_TAIL = 800  # characters of the trainer's log quoted when it died without an error line
+
+Finish = Callable[[str, str, Path], Awaitable[bool]]  # (run, adapter, run dir) → promoted
+
+
+class RunExecution:
+    def __init__(self, config: Config, runs: RunStore, store: MemoryStore, versions: VersionStore,
+                 leases: TrainingLeases, executor: Executor, finish: Finish, runs_dir: Path, gpu_backend: str,
+                 clock: Callable[[], float]):
+        self.config = config
+        self.runs = runs
+        self.store = store
+        self.versions = versions
+        self.leases = leases
+        self.executor = executor
+        self.finish = finish
+        self.runs_dir = runs_dir
+        self.gpu_backend = gpu_backend
+        self.clock = clock
+        self.current: CurrentRun | None = None
+        self.failed: dict[str, Condition] = {}  # adapter → its last failed run, until a run of it promotes
+        self.closing = False
+        self._opened: asyncio.Task | None = None
+
+    def begin_open(self) -> asyncio.Task:
+        """Start stopping the trainers a daemon that died left behind (once); the task that does it."""
+        if self._opened is None:
+            self._opened = asyncio.get_running_loop().create_task(self.executor.stop_orphans(), name="orphans")
+        return self._opened
+
+    async def open(self) -> None:
+        """Once, before the first job: the orphans are stopped (they checkpoint) before their runs resume."""
+        await asyncio.shield(self.begin_open())
+
+    async def execute(self, run_id: str) -> None:
+        """Run `run_id` as far as it goes now; whatever happens, the row says where it stands."""
+        adapter = self.runs.get(run_id)["adapter"]
+        self.current = CurrentRun(run_id, adapter)
+        try:
+            await self.open()
+            await self._run(run_id, adapter)
+        except asyncio.CancelledError:
+            self.runs.set_state(run_id, "interrupted")
+            raise
+        except Exception as exc:
+            log.exception("training run failed", run=run_id, adapter=adapter)
+            self.fail(run_id, adapter, f"{type(exc).__name__}: {exc}")
+        finally:
+            self.current = None
+
+    def fail(self, run_id: str, adapter: str, error: str) -> None:
+        # The alert first: on a full disk the write below fails too, and the run must not fail silently.
+        self.failed[adapter] = Condition("training.failed", adapter, "warning",
+                                         f"training run {run_id} of {adapter} failed: {error}",
+                                         MappingProxyType({"run": run_id, "error": error}))
+        try:
+            self.runs.set_state(run_id, "failed", error=error, finished_at=self.clock())
+        except sqlite3.Error as exc:  # the run stays "running" in the table: a restart resumes it
+            log.error("could not record the failed run", run=run_id, error=str(exc))
+
+    async def _run(self, run_id: str, adapter: str) -> None:
+        row = self.runs.get(run_id)
+        out = self.runs_dir / run_id
+        if row["spec_path"]:
+            spec = JobSpec.read(Path(row["spec_path"]))
+        else:
+            self.runs.set_state(run_id, "curating")
+            spec = prepare(self.config, self.store, self.runs, self.versions, run_id, adapter, out,
+                           leasing.device(self.config, self.gpu_backend))
+        attempts = 0
+        while True:
+            lease = await self.leases.acquire(run_id, adapter)
+            if isinstance(lease, Refused):
+                self.runs.set_state(run_id, "waiting")
+                return  # the next tick tries again
+            self.runs.set_state(run_id, "running", started_at=row["started_at"] or self.clock())
+            try:
+                code = await self._phases(run_id, out, spec, lease if isinstance(lease, Granted) else None)
+            finally:
+                await self.leases.release(lease)
+            if self.closing:
+                self.runs.set_state(run_id, "interrupted")
+                return  # the daemon is stopping: the run resumes from its checkpoint after the restart
+            if code == EXIT_DONE:
+                break
+            if code == EXIT_PREEMPTED:
+                self.runs.set_state(run_id, "preempted")
+                log.info("training run preempted; it resumes from its checkpoint when the GPU is free",
+                         run=run_id, adapter=adapter)
+                return
+            attempts += 1
+            log.warning("trainer exited abnormally; resuming from the last checkpoint", run=run_id, code=code,
+                        attempt=attempts, of=MAX_ATTEMPTS)
+            if attempts >= MAX_ATTEMPTS:
+                raise RuntimeError(f"trainer failed {attempts} times (last exit {code}): {self._why(out)}")
+        if await self.finish(run_id, adapter, out):
+            self.failed.pop(adapter, None)
+
+    def _why(self, out: Path) -> str:
+        """The trainer's own error line, else its log's tail: on a full disk the log (beside the run) holds a
+        torn traceback at best."""
+        last = (self.current.last if self.current else None) or {}
+        said = last.get("message") if last.get("event") == "error" else None
+        if said:
+            return said
+        log_file = out / "trainer.log"
+        return log_file.read_text(errors="replace")[-ERROR_TAIL:].strip() if log_file.exists() else ""
+
+    async def _phases(self, run_id: str, out: Path, spec: JobSpec, lease: Granted | None) -> int:
+        """The dry run (once per run: a marker file remembers it passed), then the real run."""
+        dry_marker = out / "dry_run.ok"
+        if spec.dry_run_steps and not dry_marker.exists():
+            code = await self._train(run_id, out, spec, lease, dry=True)
+            if code != EXIT_DONE:
+                return code if code == EXIT_PREEMPTED else DRY_FAILED - abs(code)
+            dry_marker.touch()
+            shutil.rmtree(out / "dry", ignore_errors=True)
+        return await self._train(run_id, out, spec, lease, dry=False)
+
+    async def _train(self, run_id: str, out: Path, spec: JobSpec, lease: Granted | None, dry: bool) -> int:
+        sim = self.config.gpu.sim_file if self.gpu_backend == "sim" else None
+        phase = phase_spec(spec, out, dry, lease, sim)
+        current = self.current
+        assert current is not None
+        current.new_phase()
+        job = await self.executor.start(JobRequest(phase.spec, phase.spec_file, out, lease.gpu if lease else None),
+                                        self._on_event)
+        current.job, current.lease = job, lease
+        watcher = (asyncio.get_running_loop().create_task(self.leases.watch_preemption(lease, job.preempt))
+                   if lease else None)
+        try:
+            code = await job.wait()
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+        log.info("trainer exited", run=run_id, code=code, dry_run=dry,
+                 last_event=(job.last_event or {}).get("event"))
+        return code
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        cur = self.current
+        if cur is None:
+            return
+        cur.record(event)
+        kind = event.get("event")
+        if kind in LOGGED_EVENTS:
+            fields = {k: v for k, v in event.items() if k not in ("event", "run", "run_id", "adapter", "level")}
+            log.info(f"trainer: {kind}", run=cur.run_id, adapter=cur.adapter, **fields)

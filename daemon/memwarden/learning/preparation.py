@@ -1,0 +1,77 @@
+"""A run's inputs: its adapter's memories curated into train, holdout and probe files, and its JobSpec.
+
+The run continues from the adapter's active version (its weights and its EWC Fisher). The spec is written
+beside the files as job.json and recorded in the run's row with the memories it learns, so that a restart
+resumes the same job; the dry run and the real run are variants of it (phase_spec).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from memwarden.config.schema import Config
+from memwarden.learning import curator
+from memwarden.learning.jobspec import Ewc, Hyper, JobSpec, SimGpu
+from memwarden.learning.leasing import Granted
+from memwarden.learning.runs import RunStore
+from memwarden.learning.store import MemoryStore
+from memwarden.learning.versions import VersionStore
+from memwarden.logs import get_logger
+
+log = get_logger()
+
+SPEC_FILE = "job.json"
+
+
+def prepare(config: Config, store: MemoryStore, runs: RunStore, versions: VersionStore, run_id: str,
+            adapter: str, out: Path, device: str) -> JobSpec:
+    cfg = config.learning
+    cur = curator.curate(store.for_adapter(adapter, consolidated=False), store.for_adapter(adapter, consolidated=True),
+                         dual=cfg.dual, max_samples=cfg.max_samples, holdout_fraction=cfg.holdout_fraction,
+                         replay_fraction=cfg.replay_fraction, seed=cfg.seed)
+    if not cur.train:
+        raise RuntimeError(f"no training pairs for {adapter}: {cur.summary()}")
+    out.mkdir(parents=True, exist_ok=True)
+    curator.write_jsonl(out / "train.jsonl", cur.train)
+    curator.write_jsonl(out / "holdout.jsonl", cur.holdout or cur.train[:1])
+    probe = None
+    if cur.probe:
+        curator.write_jsonl(out / "probe.jsonl", cur.probe)
+        probe = str(out / "probe.jsonl")
+    active = versions.active(adapter)
+    prior_fisher = Path(active.path) / "fisher.safetensors" if active else None
+    spec = JobSpec(
+        run_id=run_id, adapter=adapter, base_model=cfg.base_model, method=cfg.method, output_dir=str(out),
+        train_file=str(out / "train.jsonl"), holdout_file=str(out / "holdout.jsonl"), probe_file=probe,
+        init_adapter=active.path if active and cfg.method != "full" else None,
+        hyper=Hyper(lr=cfg.lr, rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout, micro_batch=cfg.micro_batch,
+                    grad_accum=cfg.grad_accum, max_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
+                    max_seq_len=cfg.max_seq_len, seed=cfg.seed),
+        ewc=Ewc(lam=cfg.ewc_lambda, prior_fisher=str(prior_fisher) if prior_fisher and prior_fisher.exists()
+                else None),
+        device=device, checkpoint_every_steps=cfg.checkpoint_steps, checkpoint_every_seconds=cfg.checkpoint_interval,
+        dry_run_steps=cfg.dry_run_steps)
+    spec.write(out / SPEC_FILE)
+    runs.update(run_id, spec_path=str(out / SPEC_FILE), output_dir=str(out),
+                memory_ids=json.dumps(cur.consolidate_ids), reason=json.dumps(cur.summary()))
+    log.info("curated", run=run_id, adapter=adapter, **{k: v for k, v in cur.summary().items() if k != "adapter"})
+    return spec
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    spec: JobSpec
+    spec_file: Path
+    dry: bool
+
+
+def phase_spec(spec: JobSpec, out: Path, dry: bool, lease: Granted | None, sim_file: Path | None) -> Phase:
+    """The dry run trains `dry_run_steps` into out/dry (thrown away); the real run trains all steps into out.
+    On the sim GPU the trainer books its lease's memory itself."""
+    sim = SimGpu(str(sim_file), lease.gpu, lease.size) if lease is not None and sim_file is not None else None
+    if dry:
+        (out / "dry").mkdir(parents=True, exist_ok=True)
+        return Phase(dataclasses.replace(spec, output_dir=str(out / "dry"), sim_gpu=sim), out / "dry.json", True)
+    return Phase(dataclasses.replace(spec, dry_run_steps=0, sim_gpu=sim), out / "job.run.json", False)

@@ -1,0 +1,78 @@
+"""The run in progress as the daemon sees it: which run, its trainer, its lease, what the trainer has said.
+
+A long run emits one step event per optimizer step; only a bounded window of them is kept (StepHistory): the
+first few, which are the throughput baseline of health.assess, and the most recent ones. Read by the status
+RPC, the metrics collector and the health alerts, by attribute.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from memwarden.learning.health import BASELINE_STEPS
+
+if TYPE_CHECKING:
+    from memwarden.learning.executor import Job
+    from memwarden.learning.leasing import Granted
+
+RECENT_STEPS = 256  # step events kept besides the baseline: enough for any trend a health check looks at
+Event = Mapping[str, Any]
+
+
+class StepHistory:
+    """A phase's step events: the first BASELINE_STEPS + 1 (kept for the whole phase) and the RECENT_STEPS
+    latest, oldest first; `seen` counts them all."""
+
+    def __init__(self, recent: int = RECENT_STEPS, first: int = BASELINE_STEPS + 1):
+        self.first: list[Event] = []
+        self.recent: deque[Event] = deque(maxlen=recent)
+        self._first_max = first
+        self.seen = 0
+
+    def append(self, event: Event) -> None:
+        self.seen += 1
+        if len(self.first) < self._first_max:
+            self.first.append(event)
+        self.recent.append(event)
+
+    @property
+    def last(self) -> Event | None:
+        return self.recent[-1] if self.recent else None
+
+    def __bool__(self) -> bool:
+        return self.seen > 0
+
+
+@dataclass
+class CurrentRun:
+    run_id: str
+    adapter: str
+    job: Job | None = None  # the trainer of the current phase, once started
+    lease: Granted | None = None
+    steps: StepHistory = field(default_factory=StepHistory)
+    last: Event | None = None  # the trainer's latest event of any kind
+    start: Event | None = None  # the phase's start event: how many steps it runs (metrics)
+
+    def new_phase(self) -> None:
+        """A dry run and the real run are phases: progress counts from 0 in each."""
+        self.steps = StepHistory()
+        self.start = None
+
+    def record(self, event: Event) -> None:
+        self.last = event
+        kind = event.get("event")
+        if kind == "step":
+            self.steps.append(event)
+        elif kind == "start":
+            self.start = event
+
+    @property
+    def dry_run(self) -> bool:
+        return bool(self.start and self.start.get("dry_run"))
+
+    @property
+    def trainer_pid(self) -> int | None:
+        return self.job.placement.pid if self.job is not None else None

@@ -1,0 +1,183 @@
+"""A real state database, config and memory store for the learning parts; a fake executor and arbiter so that
+a run's state machine runs without torch or a trainer subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from memwarden.config import parse_config
+from memwarden.learning.eval_report import EvalReport, Losses
+from memwarden.learning.executor import JobRequest, OnEvent, Placement
+from memwarden.learning.jobspec import EXIT_DONE, EXIT_PREEMPTED
+from memwarden.learning.store import MemoryStore
+from memwarden.state.db import open_state
+from support.memories import FACTS
+
+T0 = 1_700_000_000.0
+
+
+class Clock:
+    def __init__(self, now: float = T0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def db(tmp_path):
+    database = open_state(tmp_path / "state")
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def make_config(tmp_path) -> Callable[..., Any]:
+    def make(learning: dict[str, Any] | None = None, gpu: dict[str, Any] | None = None) -> Any:
+        data: dict[str, dict[str, Any]] = {
+            "ollama": {"url": ""}, "gpu": gpu or {"backend": "none"},
+            "learning": {"enabled": True, "base_model": str(tmp_path / "base"), "importance_threshold": 20,
+                         "min_interval": "1h", "dry_run_steps": 0, "device": "cpu", **(learning or {})}}
+        return parse_config(data, env={"STATE_DIRECTORY": str(tmp_path / "state"),
+                                       "RUNTIME_DIRECTORY": str(tmp_path)}, uid=1000)
+    return make
+
+
+@pytest.fixture
+def store(db, clock) -> MemoryStore:
+    return MemoryStore(db, (), clock=clock)
+
+
+def rec(**kw) -> dict[str, Any]:
+    """A valid memory record, with `kw` changed."""
+    base = {"profile": "alice", "kind": "journal", "content": "walked by the river", "importance": 5}
+    base.update(kw)
+    return base
+
+
+def line(**kw) -> str:
+    return json.dumps(rec(**kw))
+
+
+def remember(store: MemoryStore, profile: str = "alice", importance: int = 5, repeat: int = 1) -> int:
+    """FACTS as memories of `profile`; their summed importance."""
+    for i in range(repeat):
+        for kind, content, response in FACTS:
+            store.add(profile, kind, f"{content} ({i})", response, importance=importance)
+    return importance * len(FACTS) * repeat
+
+
+# ---- a fake executor ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Script:
+    """What one fake job does: emit `events`, then exit `code` — or, with `hold`, wait until preempted (75)."""
+
+    code: int = EXIT_DONE
+    events: list[dict[str, Any]] = field(default_factory=list)
+    hold: bool = False
+    holdout_after: float = 1.0  # the holdout loss it reaches (from 2.0): ≥ 2.0 is not promoted
+
+
+class FakeJob:
+    def __init__(self, request: JobRequest, script: Script, on_event: OnEvent, pid: int):
+        self.request, self.script, self.on_event, self.pid = request, script, on_event, pid
+        self.last_event: dict[str, Any] | None = None
+        self.preempted = asyncio.Event()
+        self.emitted = asyncio.Event()  # its events are out: it runs (or holds)
+        self.cancelled = False
+
+    @property
+    def placement(self) -> Placement:
+        return Placement("fake", self.pid, self.request.gpu)
+
+    def preempt(self) -> None:
+        self.preempted.set()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.preempted.set()
+
+    async def wait(self) -> int:
+        for event in self.script.events:
+            self.last_event = event
+            self.on_event(event)
+        self.emitted.set()
+        if self.script.hold:
+            await self.preempted.wait()
+            return EXIT_PREEMPTED
+        if self.script.code == EXIT_DONE and not self.request.spec.dry_run_steps:
+            finish_like_the_trainer(self.request, after=self.script.holdout_after)
+        return self.script.code
+
+
+def finish_like_the_trainer(request: JobRequest, before: float = 2.0, after: float = 1.0) -> None:
+    """final/ and eval.json, as training/trainer.py leaves them."""
+    out = Path(request.spec.output_dir)
+    (out / "final").mkdir(parents=True, exist_ok=True)
+    (out / "final" / "adapter_model.safetensors").write_bytes(b"weights")
+    EvalReport(request.spec.run_id, request.spec.adapter, request.spec.method, 24, str(out / "final"),
+               Losses(before, after, None, None), tokens_per_s=100.0).write(out)
+
+
+class FakeExecutor:
+    """Runs the scripts in order, one per job started; remembers every request."""
+
+    def __init__(self, *scripts: Script):
+        self.scripts = list(scripts)
+        self.requests: list[JobRequest] = []
+        self.jobs: list[FakeJob] = []
+        self.started = asyncio.Event()
+        self.orphans_stopped = 0
+
+    async def start(self, request: JobRequest, on_event: OnEvent) -> FakeJob:
+        self.requests.append(request)
+        job = FakeJob(request, self.scripts.pop(0) if self.scripts else Script(), on_event, 4000 + len(self.jobs))
+        self.jobs.append(job)
+        self.started.set()
+        return job
+
+    async def stop_orphans(self) -> None:
+        self.orphans_stopped += 1
+
+
+class FakeArbiter:
+    """Grants leases of GPU 0 (or refuses with `refuse`); `preempt()` ends a lease's watch as preempted."""
+
+    def __init__(self, refuse: str | None = None):
+        self.refuse = refuse
+        self.acquired: list[dict[str, Any]] = []
+        self.released: list[str] = []
+        self._preempted = asyncio.Event()
+
+    async def acquire(self, size: int, holder: str, pid: int | None = None, *, preemptible: bool = False):
+        if self.refuse:
+            raise RuntimeError(self.refuse)
+        lease = {"id": f"L{len(self.acquired) + 1}", "gpu": 0, "size": size, "holder": holder,
+                 "preemptible": preemptible}
+        self.acquired.append(lease)
+        return lease
+
+    async def release(self, lease_id: str, reason: str = "") -> dict[str, Any]:
+        self.released.append(lease_id)
+        return {"id": lease_id}
+
+    async def watch(self, lease_id: str, timeout: float) -> dict[str, Any]:
+        await self._preempted.wait()
+        return {"state": "preempting"}
+
+    def preempt(self) -> None:
+        self._preempted.set()

@@ -1,0 +1,55 @@
+"""The trainer's eval report: written and read back as the same frozen value, and what promotion judges."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+
+from memwarden.learning.eval_report import FILE, EvalReport, ExportCheck, Losses
+from memwarden.learning.promotion import judge
+
+
+def report(**changes) -> EvalReport:
+    base = EvalReport("r1", "alice", "lora", 24, "/runs/r1/final", Losses(2.0, 1.5, 1.0, 1.01), tokens_per_s=812.5,
+                      lr=3e-3, fisher="/runs/r1/final/fisher.safetensors", fisher_samples=64,
+                      fisher_combined_with_prior=True, export=ExportCheck(False, ("no adapter_config.json",)))
+    return dataclasses.replace(base, **changes)
+
+
+def test_round_trip(tmp_path):
+    written = report()
+    assert written.write(tmp_path) == tmp_path / FILE
+    assert EvalReport.read(tmp_path) == written
+    assert not [p for p in tmp_path.iterdir() if p.name != FILE]  # the temporary file is gone
+    data = json.loads((tmp_path / FILE).read_text())
+    assert data["eval"]["probe_loss_after"] == 1.01 and data["export"] == {"ok": False,
+                                                                          "problems": ["no adapter_config.json"]}
+
+
+def test_an_older_report_with_fewer_keys_still_reads():
+    old = {"run_id": "r1", "adapter": "alice", "method": "lora", "step": 8, "final_dir": "/f",
+           "eval": {"holdout_loss_before": 2.0, "holdout_loss_after": 1.0}, "unknown_later_key": 1}
+    r = EvalReport.from_dict(old)
+    assert r.eval == Losses(2.0, 1.0, None, None) and r.export == ExportCheck() and r.tokens_per_s is None
+
+
+def test_a_report_without_its_identity_is_refused():
+    with pytest.raises(TypeError):
+        EvalReport.from_dict({"eval": {}})
+
+
+def test_judged_is_what_promotion_reads():
+    ev = report().judged()
+    assert ev == {"holdout_loss_before": 2.0, "holdout_loss_after": 1.5, "probe_loss_before": 1.0,
+                  "probe_loss_after": 1.01, "tokens_per_s": 812.5, "step": 24, "fisher_combined_with_prior": True}
+    assert judge(ev, 0.05).promote and not judge(report(eval=Losses(2.0, 2.0)).judged(), 0.05).promote
+
+
+def test_the_module_needs_no_torch():
+    code = "import sys, memwarden.learning.eval_report; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,192 @@
+"""A run's state machine, through the supervisor facade, with a fake executor: no torch, no trainer process."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from memwarden.learning.jobspec import EXIT_FAILED, EXIT_PREEMPTED, SimGpu
+from memwarden.learning.supervisor import LearningSupervisor
+
+from .conftest import FakeArbiter, FakeExecutor, Script, remember
+
+
+@pytest.fixture
+def make(db, store, clock, tmp_path, make_config):
+    def factory(*scripts: Script, arbiter=None, backend="none", **learning) -> tuple[LearningSupervisor, FakeExecutor]:
+        gpu = {"backend": "sim", "sim_file": str(tmp_path / "gpu.json")} if backend == "sim" else None
+        executor = FakeExecutor(*scripts)
+        sup = LearningSupervisor(make_config(learning, gpu), db, store, arbiter or FakeArbiter(), None,
+                                 tmp_path / "state", backend, clock=clock, executor=executor)
+        return sup, executor
+    return factory
+
+
+async def finished(sup: LearningSupervisor) -> dict:
+    assert sup.task is not None
+    await sup.task
+    return sup.history(1)[0]
+
+
+def crash(message: str) -> Script:
+    return Script(EXIT_FAILED, events=[{"event": "step", "step": 1, "loss": 2.0},
+                                       {"event": "error", "message": message}])
+
+
+async def test_a_finished_run_is_promoted_and_its_memories_consolidated(make, store, tmp_path):
+    sup, executor = make(Script(events=[{"event": "start", "steps": 24}, {"event": "step", "step": 1, "loss": 2.0}]))
+    remember(store)
+    started = sup.start("alice")
+    assert (started["state"], started["trigger"]) == ("queued", "manual")
+    run = await finished(sup)
+    assert run["state"] == "promoted" and run["version"] == 1 and run["promoted"] == 1
+    assert run["eval"]["holdout_loss_before"] == 2.0 and run["eval"]["holdout_loss_after"] == 1.0
+    assert [(v["adapter"], v["version"], v["active"]) for v in sup.status()["versions"]] == [("alice", 1, 1)]
+    assert (tmp_path / "state" / "adapters" / "alice" / "v1" / "adapter_model.safetensors").is_file()
+    learned = json.loads(sup.run(run["id"])["memory_ids"])
+    assert learned and store.unconsolidated_importance().get("alice", {}).get("count", 0) == 10 - len(learned)
+    assert executor.orphans_stopped == 1 and sup.current is None
+    assert executor.requests[0].gpu is None and executor.requests[0].spec.sim_gpu is None  # device cpu: no lease
+
+
+async def test_the_dry_run_goes_first_once_then_the_real_run(make, store, tmp_path):
+    sup, executor = make(Script(), Script(), dry_run_steps=2)
+    remember(store)
+    run_id = sup.start("alice")["id"]
+    assert (await finished(sup))["state"] == "promoted"
+    dry, real = (r.spec for r in executor.requests)
+    out = tmp_path / "state" / "runs" / run_id
+    assert (dry.output_dir, dry.dry_run_steps) == (str(out / "dry"), 2)
+    assert (real.output_dir, real.dry_run_steps) == (str(out), 0)
+    assert [r.spec_file.name for r in executor.requests] == ["dry.json", "job.run.json"]
+    assert (out / "dry_run.ok").exists() and not (out / "dry").exists()
+
+
+async def test_a_run_that_did_not_learn_is_rejected_and_makes_no_version(make, store):
+    sup, _ = make(Script(holdout_after=2.5))
+    remember(store)
+    sup.start("alice")
+    run = await finished(sup)
+    assert run["state"] == "rejected" and "did not improve" in run["reason"]
+    assert sup.status()["versions"] == []
+    assert store.unconsolidated_importance()["alice"]["count"] == 10
+
+
+async def test_a_preempted_trainer_leaves_the_run_preempted_to_resume(make, store):
+    sup, executor = make(Script(EXIT_PREEMPTED), Script())
+    remember(store)
+    run_id = sup.start("alice")["id"]
+    assert (await finished(sup))["state"] == "preempted"
+    assert sup.status()["pending"] == [run_id]
+    await sup.tick()  # the next pass relaunches it, from the same spec
+    assert (await finished(sup))["state"] == "promoted"
+    assert executor.requests[0].spec == executor.requests[1].spec
+
+
+async def test_three_crashes_fail_the_run_with_the_trainers_own_error_line(make, store):
+    sup, executor = make(crash("a"), crash("b"), crash("No space left on device (os error 28)"))
+    remember(store)
+    sup.start("alice")
+    run = await finished(sup)
+    assert run["state"] == "failed" and run["finished_at"] is not None
+    assert run["error"] == ("RuntimeError: trainer failed 3 times (last exit 1): "
+                            "No space left on device (os error 28)")
+    assert len(executor.jobs) == 3
+    [alert] = [c for c in sup.conditions() if c.kind == "training.failed"]
+    assert alert.key == "alice" and "No space left on device" in alert.message
+
+
+async def test_two_crashes_then_success_is_promoted_and_clears_the_alert(make, store):
+    sup, executor = make(crash("a"), crash("b"), Script())
+    remember(store)
+    sup.start("alice")
+    assert (await finished(sup))["state"] == "promoted" and len(executor.jobs) == 3
+    assert sup.conditions() == []
+
+
+async def test_a_crash_without_an_error_line_quotes_the_trainers_log(make, store, tmp_path):
+    sup, _ = make(Script(EXIT_FAILED), Script(EXIT_FAILED), Script(EXIT_FAILED))
+    remember(store)
+    run_id = sup.start("alice")["id"]
+    (tmp_path / "state" / "runs" / run_id).mkdir(parents=True, exist_ok=True)
+    (tmp_path / "state" / "runs" / run_id / "trainer.log").write_text("Traceback ...\nKeyError: 'x'\n")
+    run = await finished(sup)
+    assert run["error"].endswith("(last exit 1): Traceback ...\nKeyError: 'x'")
+
+
+async def test_the_daemon_stopping_interrupts_the_run_to_resume_after_the_restart(make, store):
+    sup, executor = make(Script(hold=True, events=[{"event": "start", "steps": 24},
+                                                   {"event": "step", "step": 1, "loss": 2.0, "tokens_per_s": 9.0}]))
+    remember(store)
+    run_id = sup.start("alice")["id"]
+    await executor.started.wait()
+    await executor.jobs[0].emitted.wait()
+    status = sup.status()["current"]
+    assert (status["run_id"], status["state"], status["steps_seen"], status["trainer_pid"]) == (
+        run_id, "running", 1, 4000)
+    await sup.close()
+    assert executor.jobs[0].preempted.is_set()  # asked to checkpoint first
+    assert sup.run(run_id)["state"] == "interrupted" and sup.current is None
+    await sup.tick()
+    assert sup.task.done(), "a closing supervisor starts nothing"
+
+
+async def test_cancel_checkpoints_and_marks_the_run_cancelled(make, store):
+    sup, executor = make(Script(hold=True))
+    remember(store)
+    run_id = sup.start("alice")["id"]
+    await executor.started.wait()
+    with pytest.raises(RuntimeError, match="no run of bob"):
+        await sup.cancel("bob")
+    with pytest.raises(RuntimeError, match=f"a run is in progress \\({run_id}\\)"):
+        sup.start("alice")
+    reply = await sup.cancel("alice")
+    assert reply["state"] == "cancelled" and reply["finished_at"] is not None
+    assert sup.status()["pending"] == []
+
+
+async def test_a_refused_lease_leaves_the_run_waiting(make, store):
+    arbiter = FakeArbiter(refuse="no room: 1 GiB free")
+    sup, executor = make(arbiter=arbiter, backend="sim", device="auto", lease_size="2GiB")
+    remember(store)
+    run_id = sup.start("alice")["id"]
+    assert (await finished(sup))["state"] == "waiting"
+    assert executor.jobs == [] and sup.status()["pending"] == [run_id]
+
+
+async def test_on_the_sim_gpu_the_trainer_books_its_lease_and_the_daemon_writes_no_sim_file(make, store, tmp_path):
+    arbiter = FakeArbiter()
+    sup, executor = make(Script(hold=True), arbiter=arbiter, backend="sim", device="auto", lease_size="2GiB")
+    remember(store)
+    run_id = sup.start("alice")["id"]
+    await executor.started.wait()
+    request = executor.requests[0]
+    assert request.gpu == 0
+    assert request.spec.sim_gpu == SimGpu(str(tmp_path / "gpu.json"), 0, 2 * 1024**3)
+    assert request.spec.device == "cpu"  # the sim GPU trains on the CPU
+    assert sup.status()["current"]["lease"]["id"] == "L1"
+    arbiter.preempt()  # the arbiter wants the VRAM back: the trainer is asked to checkpoint and stop
+    assert (await finished(sup))["state"] == "preempted"
+    assert arbiter.released == ["L1"] and sup.run(run_id)["started_at"] is not None
+    assert not (tmp_path / "gpu.json").exists()
+
+
+async def test_a_run_left_running_by_a_dead_daemon_is_interrupted_and_resumed(make, store):
+    remember(store)
+    first, _ = make()
+    first.runs.insert("r-dead", "alice", "alice", "threshold", 0.0, "lora")
+    first.runs.set_state("r-dead", "running")
+    second, executor = make()
+    assert second.run("r-dead")["state"] == "interrupted"
+    await second.tick()
+    assert (await finished(second))["state"] == "promoted"
+    assert executor.orphans_stopped == 1 and executor.requests[0].spec.run_id == "r-dead"
+
+
+async def test_the_first_tick_stops_orphans_even_with_learning_off(make):
+    sup, executor = make(enabled=False)
+    await sup.tick()
+    await sup.execution.begin_open()
+    await sup.tick()
+    assert executor.orphans_stopped == 1 and sup.task is None
