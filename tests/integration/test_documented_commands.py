@@ -315,6 +315,8 @@ REFUSED = {
     ("train", "start"): "learning.base_model is not set",
     ("train", "cancel"): "no run of alice in progress",
     ("adapters", "rollback"): "assistant has no active version",
+    ("adapters", "show"): "no adapter 'assistant'",
+    ("adapters", "versions"): "no adapter 'assistant'",
     ("models", "load"): "no Ollama configured",
     ("models", "evict"): "no Ollama configured",
     ("models", "pin"): "no Ollama configured",  # only a model Ollama lists may be pinned

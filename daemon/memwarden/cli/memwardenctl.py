@@ -34,7 +34,8 @@ RENAMED_ADAPTER_VERBS = {v: f"memwardenctl models {v}" for v in ("load", "evict"
 LEASE_VERBS = {"list": ("lease.list", render.leases), "release": ("lease.release", render.lease),
                "preempt": ("lease.preempt", render.lease)}
 MODEL_VERBS = {"load": "models.load", "evict": "models.evict", "pin": "models.pin", "unpin": "models.unpin"}
-ADAPTER_VERBS = {"rollback": ("adapters.rollback", render.rollback)}
+ADAPTER_VERBS = {"list": ("adapters.list", render.adapters), "show": ("adapters.show", render.adapter),
+                 "versions": ("adapters.versions", render.versions), "rollback": ("adapters.rollback", render.rollback)}
 CONTAINER_VERBS = {"list": ("containers.list", render.containers), "leaks": ("containers.leaks", render.leaks),
                    "history": ("containers.history", render.container_history),
                    "restart": ("containers.restart", render.restarted)}
@@ -98,10 +99,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                             "load|evict|pin|unpin NAME (admin)")
     models.add_argument("verb", nargs="?", choices=list(MODEL_VERBS))
     models.add_argument("name", nargs="?")
-    adapters = sub.add_parser("adapters", help="the LoRA adapters learned from memories: adapters rollback NAME "
-                              "(admin)")
+    adapters = sub.add_parser("adapters", help="the LoRA adapters learned from memories: adapters [list] | show "
+                              "NAME | versions NAME | rollback NAME (admin)")
     adapters.renamed = RENAMED_ADAPTER_VERBS
-    adapters.add_argument("verb", choices=list(ADAPTER_VERBS))
+    adapters.add_argument("verb", nargs="?", choices=list(ADAPTER_VERBS), default="list")
     adapters.add_argument("name", nargs="?")
     add_memories_parser(sub)
     train = sub.add_parser("train", help="training runs: train start ADAPTER | status | history | cancel ADAPTER")
@@ -122,8 +123,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          else f"{args.verb} takes no NAME")
     elif args.command == "models" and args.verb and not args.name:
         models.error(f"{args.verb} needs the model's NAME")
-    elif args.command == "adapters" and not args.name:
-        adapters.error(f"{args.verb} needs the adapter's NAME")
+    elif args.command == "adapters" and (args.verb == "list") != (args.name is None):
+        adapters.error("list takes no NAME" if args.verb == "list" else f"{args.verb} needs the adapter's NAME")
     elif args.command == "train" and args.verb in ("start", "cancel") and not args.adapter:
         train.error(f"{args.verb} needs the ADAPTER")
     elif args.command == "call" and args.params is not None:
@@ -259,7 +260,8 @@ def request(args: argparse.Namespace) -> Request:
             method, renderer, params = MODEL_VERBS[args.verb], render.model_result, {"name": args.name}
     elif args.command == "adapters":
         method, renderer = ADAPTER_VERBS[args.verb]
-        params = {"name": args.name}
+        if args.name is not None:
+            params = {"name": args.name}
     elif args.command == "memories":
         method, renderer = MEMORY_VERBS[args.verb]
         params = memory_params(args)

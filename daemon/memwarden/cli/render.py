@@ -275,5 +275,32 @@ def train_status(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def adapters(r: list[dict[str, Any]]) -> str:
+    rows = [[a["name"], a["profile"] or "-", a["memories"], f"{a['unconsolidated_importance']:g}/{a['threshold']:g}",
+             "-" if a["active_version"] is None else f"v{a['active_version']}", a["versions"],
+             a["ollama_model"] or "-", "-" if a["last_run"] is None else a["last_run"]["state"]] for a in r]
+    return table(rows, ["ADAPTER", "PROFILE", "MEMORIES", "TO LEARN", "ACTIVE", "VERSIONS", "OLLAMA MODEL", "LAST RUN"])
+
+
+def versions(r: list[dict[str, Any]]) -> str:
+    rows = [[f"v{v['version']}", "yes" if v["active"] else "", v["run_id"] or "-", ago(v["created_at"]),
+             v["ollama_model"] or "-", v["path"]] for v in r]
+    return table(rows, ["VERSION", "ACTIVE", "RUN", "PROMOTED", "OLLAMA MODEL", "PATH"])
+
+
+def adapter(r: dict[str, Any]) -> str:
+    active = "none" if r["active_version"] is None else f"v{r['active_version']}"
+    head = [f"adapter {r['name']} (profile {r['profile'] or '-'}): {r['memories']} memories, "
+            f"{r['unconsolidated']} not learned yet (importance {r['unconsolidated_importance']:g} of "
+            f"{r['threshold']:g}); active version {active}"
+            + (f", in Ollama as {r['ollama_model']}" if r["ollama_model"] else "")]
+    parts = ["\n".join(head)]
+    if r["version_list"]:
+        parts.append(versions(r["version_list"]))
+    if r["runs"]:
+        parts.append(runs(r["runs"]))
+    return "\n\n".join(parts)
+
+
 def rollback(r: dict[str, Any]) -> str:
     return f"{r['adapter']}: v{r['active']} active again (was v{r['was']})"

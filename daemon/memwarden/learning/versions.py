@@ -37,6 +37,11 @@ class VersionStore:
         """Every version of every adapter, by adapter and version (the `train.status` reply's rows)."""
         return list(self.db.query(f"SELECT {', '.join(COLUMNS)} FROM adapter_versions ORDER BY adapter, version"))
 
+    def of(self, adapter: str) -> list[Version]:
+        """An adapter's versions, oldest first."""
+        return [Version.of(r) for r in self.db.query(
+            "SELECT * FROM adapter_versions WHERE adapter = ? ORDER BY version", [adapter])]
+
     def active(self, adapter: str) -> Version | None:
         rows = list(self.db.query("SELECT * FROM adapter_versions WHERE adapter = ? AND active = 1", [adapter]))
         return Version.of(rows[0]) if rows else None

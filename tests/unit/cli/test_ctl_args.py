@@ -101,6 +101,8 @@ def test_lease_verbs_keep_working():
     (["containers", "restart"], "restart needs the container's NAME"),
     (["models", "pin"], "pin needs the model's NAME"),
     (["adapters", "rollback"], "rollback needs the adapter's NAME"),
+    (["adapters", "show"], "show needs the adapter's NAME"),
+    (["adapters", "list", "alice"], "list takes no NAME"),
     (["containers", "leaks", "web"], "leaks takes no NAME"),
     (["leaks"], "'leaks' was renamed in memwarden 0.2: use 'memwardenctl containers leaks'"),
     (["restart-history"], "'restart-history' was renamed in memwarden 0.2: use 'memwardenctl containers history'"),

@@ -135,3 +135,23 @@ async def test_a_run_cannot_start_without_a_base_model_and_says_so(made):
     assert (refused.value.code, refused.value.message) == (APPLICATION_ERROR, "learning.base_model is not set")
     with pytest.raises(RpcError, match="alice has no active version"):
         await call(h, "adapters.rollback", name="alice")
+
+
+async def test_adapters_are_the_lora_adapters_memories_feed_with_their_versions(made):
+    h = await made()
+    h.services.memories.add("alice", "conversation", "What is my dog called?", "Your dog is Rex.", importance=7)
+    h.services.memories.add("alice", "journal", "Walked Rex by the river.", importance=2)
+    (listed,) = await call(h, "adapters.list")
+    assert (listed["name"], listed["profile"], listed["memories"], listed["unconsolidated"]) == ("alice", "alice", 2, 2)
+    assert (listed["unconsolidated_importance"], listed["active_version"], listed["versions"]) == (9, None, 0)
+    with pytest.raises(RpcError, match="no adapter 'bob'"):
+        await call(h, "adapters.show", name="bob")
+    h.services.learning.versions.promote("alice", 1, "r1", "/state/adapters/alice/v1", 1000.0)
+    h.services.learning.versions.promote("alice", 2, "r2", "/state/adapters/alice/v2", 2000.0)
+    shown = await call(h, "adapters.show", name="alice")
+    assert (shown["active_version"], shown["versions"]) == (2, 2)
+    assert [(v["version"], v["active"]) for v in shown["version_list"]] == [(1, False), (2, True)]
+    assert [v["run_id"] for v in await call(h, "adapters.versions", name="alice")] == ["r1", "r2"]
+    rolled = await call(h, "adapters.rollback", name="alice")
+    assert (rolled["active"], rolled["was"]) == (1, 2)
+    assert (await call(h, "adapters.list"))[0]["active_version"] == 1
