@@ -59,6 +59,8 @@ doc="$stage/usr/share/doc/memwarden"
 install -m 0644 "$here/copyright" "$doc/copyright"
 # README.md stays uncompressed: the units' Documentation= links to it.
 install -m 0644 "$root/README.md" "$doc/README.md"
+install -d -m 0755 "$doc/docs"
+install -m 0644 "$root"/docs/*.md "$doc/docs/"
 gzip -9n < "$root/BENCHMARKS.md" > "$doc/BENCHMARKS.md.gz"
 gzip -9n < "$root/CHANGELOG.md" > "$doc/changelog.gz"
 sed "s/@VERSION@/$debversion/; s/@DATE@/$(date -R -d "@$(git -C "$root" log -1 --format=%ct)")/" \

@@ -1,7 +1,7 @@
 """The one config schema: frozen sections whose fields carry their parser, default and doc.
 
 The loader walks these dataclasses, so a key exists exactly when a field does; etc/memwarden.toml and the
-README's key table are checked against this module by the test suite.
+docs/configuration.md's key table are checked against this module by the test suite.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Every metric family the collector may emit: its sample name, type, labels and help text.
 
-The collector refuses a name or a label set that is not here, and the tests check the README and the Grafana
+The collector refuses a name or a label set that is not here, and the tests check docs/metrics.md and the Grafana
 dashboard against this table, so the three cannot drift apart. Plain data: no prometheus_client import.
 Names follow node_exporter and DCGM: base units in the name (_bytes, _seconds, _celsius, _ratio for 0..1),
 _total for counters.
