@@ -110,3 +110,35 @@ async def test_an_unload_that_fails_leaves_the_request_recorded_and_raises(world
         await scheduler.ensure(C)
     entry = scheduler.inputs.cache.entries[C]
     assert entry.hits == 1 and not entry.resident and ("load", C) not in ollama.calls
+
+
+async def test_ensure_meets_the_cache_policy_once_then_only_commits(world, monkeypatch):
+    """Plan once, then act: between the Ollama calls of one `ensure`, the cache policy is asked nothing."""
+    from memwarden.policies import cache
+
+    scheduler, ollama, _ = world(budget=10 * GiB)
+    await scheduler.ensure(A, load=False)
+    asked: list[str] = []
+    for name in ("touch", "set_resident", "plan_room", "plan_room_on", "evicted", "eviction_order", "plan_ensure",
+                 "commit"):
+        real = getattr(cache, name)
+        monkeypatch.setattr(cache, name, lambda *a, _real=real, _name=name, **kw: (asked.append(_name),
+                                                                                   _real(*a, **kw))[1])
+    real_unload, real_load = ollama.unload, ollama.load
+
+    async def unload(name, *a, **kw):
+        asked.append("ollama.unload")
+        return await real_unload(name, *a, **kw)
+
+    async def load(name, *a, **kw):
+        asked.append("ollama.load")
+        return await real_load(name, *a, **kw)
+
+    monkeypatch.setattr(ollama, "unload", unload)
+    monkeypatch.setattr(ollama, "load", load)
+    result = await scheduler.ensure(C)
+    assert result["evicted"] == [B]
+    policy = [a for a in asked if not a.startswith("ollama.")]
+    assert policy.count("plan_ensure") == 1
+    first_call = asked.index("ollama.unload")
+    assert [a for a in asked[first_call:] if not a.startswith("ollama.")] in ([], ["commit"])
