@@ -25,18 +25,13 @@ from memwarden.snapshots import (
     Pressure,
 )
 from memwarden.state.db import open_state
+from support.clock import Clock
 
 GiB = 1024**3
 MiB = 1024**2
 T0 = 1_700_000_000.0
 
 
-class Clock:
-    def __init__(self, now: float = T0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class StubProbe:
@@ -97,7 +92,7 @@ async def house(tmp_path: Path, world: World | None = None, index: int = 0,
                 **sections: dict[str, Any]) -> Harness:
     """The parts over a fresh state database in tmp_path/state{index}; `sections` override the config."""
     world = world or World()
-    clock = Clock()
+    clock = Clock(T0)
     data: dict[str, dict[str, Any]] = {"ollama": {"url": ""}, "gpu": {"backend": "none"}, "host": {"hold": "0s"}}
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)

@@ -15,17 +15,10 @@ from memwarden.alerts.history import AlertHistory
 from memwarden.alerts.model import Condition
 from memwarden.config.schema import AlertsConfig
 from memwarden.state.db import open_state
+from support.clock import Clock
 
 HOT = Condition("host.ram", "host", "warning", "RAM 90% used", MappingProxyType({"value": 90.0}))
 T0 = 1_800_000_000.0
-
-
-class Clock:
-    def __init__(self, t: float):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class Inbox:
@@ -57,13 +50,13 @@ def test_raised_renotified_changed_and_resolved_reach_history_and_sinks(db):
     mono = Clock(100.0)
     d, inbox = dispatcher(db, mono, renotify_interval=60.0)
     d.update("host", [HOT], T0)
-    mono.t += 30
+    mono.now += 30
     d.update("host", [HOT], T0 + 30)  # within the interval: nothing new
-    mono.t += 31
+    mono.now += 31
     d.update("host", [HOT], T0 + 61)
-    mono.t += 1
+    mono.now += 1
     d.update("host", [replace(HOT, severity="critical", message="RAM 97% used")], T0 + 62)
-    mono.t += 1
+    mono.now += 1
     d.update("host", [], T0 + 63)
     assert [e for e, _ in inbox.kinds()] == ["raised", "renotified", "changed", "resolved"]
     assert d.active == {}

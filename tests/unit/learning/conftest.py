@@ -18,22 +18,17 @@ from memwarden.learning.executor import JobRequest, OnEvent, Placement
 from memwarden.learning.jobspec import EXIT_DONE, EXIT_PREEMPTED
 from memwarden.learning.store import MemoryStore
 from memwarden.state.db import open_state
+from support.clock import Clock
 from support.memories import FACTS
 
 T0 = 1_700_000_000.0
 
 
-class Clock:
-    def __init__(self, now: float = T0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(T0)
 
 
 @pytest.fixture
