@@ -6,6 +6,8 @@
 # is built in a staging tree and its absolute paths are rewritten to /opt/memwarden, as dh-virtualenv does;
 # byte-compiling happens at install time (postinst), the Debian way.
 set -euo pipefail
+# Byte-code is made at install (postinst): nothing run from the stage (pip, help2man's --help) may leave any.
+export PYTHONDONTWRITEBYTECODE=1
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -84,6 +86,7 @@ for script in postinst prerm postrm; do
   install -m 0755 "$here/$script" "$stage/DEBIAN/$script"
 done
 echo /etc/memwarden/memwarden.toml > "$stage/DEBIAN/conffiles"
+find "$venv" -name __pycache__ -prune -exec rm -rf {} +  # the man pages ran the venv's Python
 size=$(du -sk --exclude=DEBIAN "$stage" | cut -f1)
 sed -e "s/@VERSION@/$debversion/" -e "s/@ARCH@/$arch/" -e "s/@SIZE@/$size/" -e "s/@PYTHON@/python$pyminor/" \
   "$here/control" > "$stage/DEBIAN/control"
