@@ -278,12 +278,12 @@ def progress_line(cur: dict[str, Any]) -> str:
     step, total = prog["step"], prog.get("steps")
     parts = [f"{prog.get('phase', 'training')} step {step}" + (
         f" of {total} ({100 * step / total:.0f}%)" if total else "")]
-    if last.get("event") == "step":
-        if isinstance(last.get("loss"), (int, float)):
-            parts.append(f"loss {last['loss']:.3f}")
-        if isinstance(last.get("tokens_per_s"), (int, float)):
-            parts.append(f"{last['tokens_per_s']:.0f} tokens/s")
-    elif last.get("event"):
+    loss, tps = prog.get("loss", last.get("loss")), prog.get("tokens_per_s", last.get("tokens_per_s"))
+    if isinstance(loss, (int, float)):
+        parts.append(f"loss {loss:.3f}")
+    if isinstance(tps, (int, float)):
+        parts.append(f"{tps:.0f} tokens/s")
+    if last.get("event") not in (None, "step"):
         parts.append(last["event"])
     if prog.get("eta_s") is not None:
         parts.append(f"ETA {format_duration(prog['eta_s'])}")

@@ -43,7 +43,7 @@ def snapshot(run_id: str, adapter: str, cur: dict[str, Any] | None, state: str) 
         return out
     prog, last = cur.get("progress") or {}, cur.get("last") or {}
     step, steps = prog.get("step"), prog.get("steps")
-    loss, tps = last.get("loss"), last.get("tokens_per_s")
+    loss, tps = prog.get("loss", last.get("loss")), prog.get("tokens_per_s", last.get("tokens_per_s"))
     out.update({"phase": prog.get("phase"), "step": step, "steps": steps,
                 "percent": round(100 * step / steps, 1) if step is not None and steps else None,
                 "loss": round(loss, 3) if isinstance(loss, (int, float)) else None,

@@ -75,8 +75,8 @@ class CurrentRun:
         return bool(self.start and self.start.get("dry_run"))
 
     def progress(self) -> dict[str, Any]:
-        """Step N of M in this phase and the rate of the recent steps (the trainer's own timestamps), so a
-        client can show a percentage and an ETA without seeing every event."""
+        """Step N of M in this phase, the last step's numbers (`last` may be a checkpoint since) and the rate of
+        the recent steps (the trainer's own timestamps): a percentage and an ETA without every event."""
         last = self.steps.last
         total = self.start.get("steps") if self.start else None
         window = list(self.steps.recent)[-RATE_WINDOW:]
@@ -90,6 +90,7 @@ class CurrentRun:
         if rate and isinstance(total, int) and isinstance(step, int):
             eta = max(0, total - step) / rate
         return {"phase": "dry run" if self.dry_run else "training", "step": step, "steps": total,
+                "loss": last.get("loss") if last else None, "tokens_per_s": last.get("tokens_per_s") if last else None,
                 "steps_per_s": None if rate is None else round(rate, 3),
                 "eta_s": None if eta is None else round(eta, 1)}
 
