@@ -1,14 +1,15 @@
 """What the sample passes last read and decided: the snapshots and policy states that `status`, `host`, `gpu`
-and the metrics show.
+and the metrics show; and how the last reload ended.
 
-The sample pass (sample_pass.py) is the only writer, and it swaps whole frozen values, so a reader on the same
-loop never sees half a pass.
+The sample pass (sample_pass.py) is the only writer but for last_reload (reload.py), and each swaps whole
+values, so a reader on the same loop never sees half a pass.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from memwarden.policies.gpu_health import GpuPolicyState
 from memwarden.policies.host_memory import HostPolicyState
@@ -29,6 +30,8 @@ class Readings:
     last_at: float | None = None  # wall-clock end of the last pass
     last_ms: float | None = None  # how long it took
     ready: bool = False  # READY=1 was sent: the first pass completed
+    # The last reload's outcome (reload.py): a SIGHUP has no caller to tell, so `status` must show a refusal.
+    last_reload: dict[str, Any] | None = None
 
     def uptime(self) -> float:
         return time.monotonic() - self.started_mono

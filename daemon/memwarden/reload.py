@@ -42,7 +42,7 @@ async def reload_config(services: Services, config_arg: Path | None, env: Mappin
         log.error("config reload failed; keeping the running config", trigger=trigger,
                   config=str(exc.source), errors=exc.problems)
         services.notifier.ready(services.status_line())
-        return {"reloaded": False, "config": str(exc.source), "errors": exc.problems}
+        return _outcome(services, trigger, {"reloaded": False, "config": str(exc.source), "errors": exc.problems})
     old = services.config
     changed = changed_keys(old, new)
     restart = [k for k in changed if k in RESTART_KEYS]
@@ -53,5 +53,11 @@ async def reload_config(services: Services, config_arg: Path | None, env: Mappin
     log.info("config reloaded", trigger=trigger, config=str(new.source or "embedded defaults"),
              changed=changed, restart_required=restart)
     services.notifier.ready(services.status_line())
-    return {"reloaded": True, "config": str(new.source) if new.source else None,
-            "changed": changed, "restart_required": restart}
+    return _outcome(services, trigger, {"reloaded": True, "config": str(new.source) if new.source else None,
+                                        "changed": changed, "restart_required": restart})
+
+
+def _outcome(services: Services, trigger: str, result: dict[str, Any]) -> dict[str, Any]:
+    """The reply, kept for `status` too: a refused SIGHUP reload is otherwise seen only in the log."""
+    services.readings.last_reload = {"at": services.wall(), "trigger": trigger, **result}
+    return result

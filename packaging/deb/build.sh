@@ -77,6 +77,12 @@ for cmd in memwardend:8:"guard for hosts that run local LLMs (RAM, containers, G
   chmod +x "$work/bin/$name"
   help2man -N -s "$section" -n "$what" "$work/bin/$name" | gzip -9n > "$stage/usr/share/man/man$section/$name.$section.gz"
 done
+# Shell completion, generated from memwardenctl's parser so it lists exactly the commands this build has.
+install -d "$stage/usr/share/bash-completion/completions" "$stage/usr/share/zsh/vendor-completions"
+"$work/bin/memwardenctl" completion bash > "$stage/usr/share/bash-completion/completions/memwardenctl"
+"$work/bin/memwardenctl" completion zsh > "$stage/usr/share/zsh/vendor-completions/_memwardenctl"
+chmod 0644 "$stage/usr/share/bash-completion/completions/memwardenctl" \
+  "$stage/usr/share/zsh/vendor-completions/_memwardenctl"
 
 # Debian policy for shipped binaries: stripped extensions, shared objects not executable, no stray +x bits.
 find "$venv/lib" -type f -name '*.so*' -exec strip --strip-unneeded {} + -exec chmod 0644 {} +

@@ -40,7 +40,9 @@ def test_layout(deb: Path) -> None:
                  "/usr/share/doc/memwarden/copyright", "/usr/share/doc/memwarden/changelog.Debian.gz",
                  "/usr/share/doc/memwarden/changelog.gz",
                  "/usr/share/memwarden/grafana/memwarden.json", "/usr/share/man/man8/memwardend.8.gz",
-                 "/usr/share/man/man1/memwardenctl.1.gz", "/opt/memwarden/pyvenv.cfg"):
+                 "/usr/share/man/man1/memwardenctl.1.gz", "/opt/memwarden/pyvenv.cfg",
+                 "/usr/share/bash-completion/completions/memwardenctl",
+                 "/usr/share/zsh/vendor-completions/_memwardenctl"):
         assert path in files, f"{path} missing from the package"
     # Byte-code is made at install (postinst), never shipped.
     assert not [p for p in files if "__pycache__" in p]

@@ -166,6 +166,7 @@ class Values:
             return [by_option[before]]
         by_name = {"SIZE": ["4GiB"], "ID": ["42"], "NAME": ["assistant"], "ADAPTER": ["alice"],
                    "CONTENT": ["I like black coffee in the morning"], "FILE.jsonl": [self.jsonl],
+                   "FILE": [self.config],
                    "DIR": [self.directory], "METHOD": ["alerts"], "JSON": ['{"limit": 3}'], "COMMAND": ["status"],
                    "CMD": ["python3"], "ARGS…": ["train.py", "--epochs", "2", "-v"], "…": ["status"]}
         assert name in by_name, f"no example value for the placeholder {name} (after {before!r}): add one"
@@ -211,6 +212,8 @@ CTL_OPTIONS: dict[str, tuple[bool, Check]] = {  # option → (takes a value, whe
     "--response": (True, lambda a, r, v: r.params["response"] == v),
     "--created-at": (True, lambda a, r, v: r.params["created_at"] == v),
     "--import-id": (True, lambda a, r, v: a.import_id == v),
+    "--progress": (False, lambda a, r, v: a.progress is True),
+    "--secrets": (False, lambda a, r, v: r.params == {"secrets": True}),
     "--consolidated": (False, lambda a, r, v: r.params["consolidated"] is True),
     "--unconsolidated": (False, lambda a, r, v: r.params["consolidated"] is False),
     "--gpu": (True, lambda a, r, v: _lease(a).gpu == v),
@@ -224,11 +227,12 @@ CTL_PLACEHOLDERS: dict[str, Check] = {  # a placeholder outside an option → wh
     "SIZE": lambda a, r, v: _lease(a).size == v,
     "ID": lambda a, r, v: str(r.params["id"]) == v,
     "NAME": lambda a, r, v: r.params["name"] == v,
-    "ADAPTER": lambda a, r, v: r.params["adapter"] == v,
+    "ADAPTER": lambda a, r, v: (r.params["adapter"] if r else a.adapter) == v,  # r None: train watch
     "CONTENT": lambda a, r, v: r.params["content"] == v,
     "METHOD": lambda a, r, v: r.method == v,
     "JSON": lambda a, r, v: r.params == json.loads(v),
     "FILE.jsonl": lambda a, r, v: a.file == Path(v),
+    "FILE": lambda a, r, v: a.file == Path(v),
     "DIR": lambda a, r, v: a.dir == Path(v),
     "COMMAND": lambda a, r, v: a.command == v,
     "…": lambda a, r, v: a.command == v,  # `memwardenctl … | head`: any command
@@ -257,7 +261,7 @@ def rpc_request(args: Any) -> Any:
     """The RPC call an memwardenctl line makes, or None for those that are no single call."""
     if (args.command == "lease" and args.lease_verb is None) or args.command == "model":
         return None
-    if args.command == "memories" and args.verb == "import":
+    if (args.command == "memories" and args.verb == "import") or memwardenctl.local(args):
         return None
     return memwardenctl.request(args)
 
@@ -320,6 +324,8 @@ REFUSED = {
     ("models", "load"): "no Ollama configured",
     ("models", "evict"): "no Ollama configured",
     ("models", "pin"): "no Ollama configured",  # only a model Ollama lists may be pinned
+    ("config", "show"): "only root may see the config's secrets",  # --secrets, when the tests do not run as root
+    ("train", "watch"): "in progress or pending",
 }
 PRINT_ARGV = "import os, sys; print('GPU', os.environ['CUDA_VISIBLE_DEVICES'], 'ARGV', *sys.argv[1:])"
 
@@ -343,7 +349,8 @@ def test_each_documented_memwardenctl_line_is_answered_by_a_daemon(make_daemon, 
     jsonl = tmp_path / "memories.jsonl"
     jsonl.write_text(json.dumps({"profile": "bob", "kind": "journal", "content": "rain all day",
                                  "importance": 4}) + "\n")
-    values = Values(socket=str(d.socket_path), jsonl=str(jsonl), directory=str(tmp_path / "demo"))
+    values = Values(socket=str(d.socket_path), jsonl=str(jsonl), directory=str(tmp_path / "demo"),
+                    config=str(d.config_path))
     env = {**os.environ, "MEMWARDEN_SOCKET": str(d.socket_path)}
     failures = []
     ran = 0

@@ -5,6 +5,7 @@ GPU → evaluated → promoted → exported into the Ollama double → memories 
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import os
 import signal
@@ -232,7 +233,17 @@ def test_train_start_runs_now_and_full_fine_tune_clamps_the_learning_rate(learni
     assert runs(d) == [], "below the threshold nothing starts by itself"
     started = ctl(d, "train", "start", "alice")
     assert started.returncode == 0, started.stderr
+    # `train watch` follows the run from pending to its end: its progress lines, then the final one.
+    watched = subprocess.run([BIN / "memwardenctl", "--socket", d.socket_path, "train", "watch", "alice", "--json"],
+                             capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    lines = [json.loads(line) for line in watched.stdout.splitlines()]
     run = wait_for_run(d)
+    assert lines[-1] == {"run": run["id"], "adapter": "alice", "state": run["state"], "final": True,
+                         "reason": run.get("error") or run.get("reason")}
+    assert watched.returncode == (0 if run["state"] == "promoted" else 1), watched.stderr
+    steps = [x for x in lines[:-1] if x.get("step") is not None]
+    assert steps and all(x["steps"] and 0 < x["percent"] <= 100 for x in steps)
+    assert all(a != b for a, b in itertools.pairwise(lines)), "one line per change of progress"
     assert run["trigger"] == "manual"
     clamps = [e for e in d.log_events() if e.get("event") == "trainer: clamp"]
     assert clamps and clamps[0]["requested"] == 5e-6 and clamps[0]["used"] == 1e-5

@@ -27,9 +27,8 @@ USAGE = "memwardenctl lease SIZE [options] -- CMD [ARGS…]\n       memwardenctl
 AFTER_DASHES = "memwardenctl lease SIZE [options] -- CMD ARGS…"
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
-    """The options go anywhere before the first `--`, SIZE among them; everything after it is the command,
-    passed on untouched even where it looks like an option."""
+def parser() -> Parser:
+    """The lease's options (also read by cli/completion.py)."""
     p = Parser(prog="memwardenctl lease", usage=USAGE, description=__doc__,
                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("size", nargs="?", metavar="SIZE", help="VRAM to lease, e.g. 4GiB")
@@ -43,6 +42,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help="serving may ask this lease back: the command gets SIGTERM and must checkpoint")
     p.add_argument("--requeue", action="store_true",
                    help="after a preemption, wait for the lease again and rerun the command")
+    return p
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The options go anywhere before the first `--`, SIZE among them; everything after it is the command,
+    passed on untouched even where it looks like an option."""
+    p = parser()
     dashes = argv.index("--") if "--" in argv else len(argv)
     args, extra = p.parse_known_intermixed_args(argv[:dashes])
     args.command = argv[dashes + 1:]

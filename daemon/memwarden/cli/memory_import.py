@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 import sys
 import time
@@ -48,7 +49,37 @@ def _chunks(stream: Any, local_errors: dict[int, str]) -> Any:
         yield first, chunk
 
 
-def import_memories(sock: Path, path: Path, timeout: float, as_json: bool, import_id: str | None = None) -> int:
+class Progress:
+    """`FILE: 41% (12,000 lines sent)` redrawn on stderr, for a file large enough to take a while; shown on a
+    terminal, or wherever --progress asks (a log of a cron job's import, say)."""
+
+    MIN_BYTES = 1 << 20  # a smaller file is sent before anyone could read the line
+
+    def __init__(self, stream: Any, path: Path, asked: bool | None):
+        try:
+            self.size = os.fstat(stream.fileno()).st_size if stream.seekable() else 0
+        except (OSError, ValueError):
+            self.size = 0
+        shown = sys.stderr.isatty() if asked is None else asked
+        self.on = shown and (asked or self.size >= self.MIN_BYTES)
+        self.path, self.stream, self.drawn = path, stream, False
+
+    def update(self, lines: int) -> None:
+        if not self.on:
+            return
+        done = f"{100 * self.stream.tell() / self.size:.0f}% " if self.size else ""
+        sys.stderr.write(f"\r{self.path}: {done}({lines:,} lines sent)")
+        sys.stderr.flush()
+        self.drawn = True
+
+    def end(self) -> None:
+        if self.drawn:
+            sys.stderr.write("\n")
+            self.drawn = False
+
+
+def import_memories(sock: Path, path: Path, timeout: float, as_json: bool, import_id: str | None = None,
+                    progress: bool | None = None) -> int:
     """Stream a JSONL file to the daemon in chunks; commit only when no line was bad.
 
     The import carries an id (--import-id, else a fresh one) that the daemon commits with the memories. When the
@@ -77,7 +108,11 @@ def import_memories(sock: Path, path: Path, timeout: float, as_json: bool, impor
                 continue
             try:
                 with client:
-                    return _send_import(client, stream, path, as_json, import_id)
+                    shown = Progress(stream, path, progress)
+                    try:
+                        return _send_import(client, stream, path, as_json, import_id, shown)
+                    finally:
+                        shown.end()
             except (ConnectError, TimeoutError, ConnectionError) as exc:
                 lost = exc
                 print(f"memwardenctl: {path}: the connection to the daemon was lost during the import ({exc}); "
@@ -86,7 +121,8 @@ def import_memories(sock: Path, path: Path, timeout: float, as_json: bool, impor
                 f"once or not at all: run the same import with --import-id {import_id} to finish it", 3)
 
 
-def _send_import(client: Client, stream: Any, path: Path, as_json: bool, import_id: str) -> int:
+def _send_import(client: Client, stream: Any, path: Path, as_json: bool, import_id: str,
+                 progress: Progress) -> int:
     errors: dict[int, str] = {}
     local: dict[int, str] = {}
     bad_count = total = 0
@@ -101,6 +137,7 @@ def _send_import(client: Client, stream: Any, path: Path, as_json: bool, import_
             errors.update((n, m) for n, m in res["bad"])
             bad_count = res["bad_count"]
             total = first + len(lines) - 1
+            progress.update(total)
         if not bad_count:
             committed = True  # from here a lost answer is retried under the same id, never aborted
             result = client.call("memories.import_commit", {"token": token, "total_lines": total})

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from memwarden import __version__, paths
-from memwarden.cli import render
+from memwarden.cli import config_cmds, render
 from memwarden.cli.memory_import import import_memories
 from memwarden.cli.usage import Parser, fail, run_quietly
 from memwarden.control.client import Client, ConnectError
@@ -27,6 +27,8 @@ COMMANDS = {
     "alerts": ("alerts", render.alerts, "active alerts and recent history"),
     "reload": ("config.reload", render.reload, "re-read the config file (admin)"),
     "gpu": ("gpu", render.gpu, "each GPU's VRAM, temperature, processes and budgets; Ollama's models; leases"),
+    "diagnostics": ("diagnostics", render.diagnostics, "the daemon's own footprint: RSS, CPU, threads, open fds, "
+                    "clients, and whether heavy modules were loaded"),
 }
 # Words of 0.1 that name something else now (the RPC methods were renamed with them: control/registry.py).
 RENAMED_COMMANDS = {"leaks": "memwardenctl containers leaks", "restart-history": "memwardenctl containers history"}
@@ -105,10 +107,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     adapters.add_argument("verb", nargs="?", choices=list(ADAPTER_VERBS), default="list")
     adapters.add_argument("name", nargs="?")
     add_memories_parser(sub)
-    train = sub.add_parser("train", help="training runs: train start ADAPTER | status | history | cancel ADAPTER")
-    train.add_argument("verb", choices=list(TRAIN_VERBS))
+    train = sub.add_parser("train", help="training runs: train start ADAPTER | status | watch [ADAPTER] | history "
+                           "| cancel ADAPTER")
+    train.add_argument("verb", choices=[*TRAIN_VERBS, "watch"])
     train.add_argument("adapter", nargs="?")
     train.add_argument("--limit", type=int, default=20)
+    # SUPPRESS: `memwardenctl --json train watch` must not be undone by this option's default.
+    train.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                       help="watch: one JSON object per change of progress")
+    config_cmds.add_parsers(sub)
+    completion = sub.add_parser("completion", help="completion bash|zsh: print the shell completion script",
+                                description="print memwardenctl's completion script for bash or zsh")
+    completion.add_argument("shell", choices=["bash", "zsh"])
     model = sub.add_parser("model", help="model init-demo DIR: build a tiny offline Llama base model to learn on")
     model.add_argument("verb", choices=["init-demo"])
     model.add_argument("dir", type=Path)
@@ -116,6 +126,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     call.add_argument("method")
     call.add_argument("params", nargs="?", default=None, help="params as a JSON object")
     args = p.parse_args(argv)
+    args.parser = p  # completion is generated from it
     if args.command == "lease":
         _parse_lease(args)
     elif args.command == "containers" and (args.verb == "restart") != (args.name is not None):
@@ -168,6 +179,8 @@ def add_memories_parser(sub: Any) -> None:
                      "and optionally response and created_at ('-': stdin)")
     imp.add_argument("--import-id", help="the import's id (default: a fresh one); an import already committed "
                      "under this id is not imported again")
+    imp.add_argument("--progress", action="store_true", default=None,
+                     help="show progress on stderr even when it is not a terminal (default: on a terminal only)")
     lst = verbs.add_parser("list", help="memories, newest first")
     for name in ("profile", "kind", "adapter"):
         lst.add_argument(f"--{name}", help=f"only this {name}")
@@ -232,6 +245,27 @@ def init_demo(directory: Path) -> int:
     return 0
 
 
+def local(args: argparse.Namespace) -> bool:
+    """Whether the command line is answered here, or by more than one RPC call, rather than by request()."""
+    return (config_cmds.is_local(args) or args.command == "completion"
+            or (args.command == "train" and args.verb == "watch"))
+
+
+def run_local(args: argparse.Namespace, sock: Path) -> int:
+    if args.command == "completion":
+        from memwarden.cli.completion import script
+
+        print(script(args.parser, args.shell), end="")
+        return 0
+    if args.command == "version":
+        return config_cmds.version(sock, args.timeout, args.json)
+    if args.command == "config":
+        return config_cmds.check(args.file, args.json)
+    from memwarden.cli.train_watch import watch
+
+    return talking_to_daemon(sock, args.timeout, lambda: watch(sock, args.timeout, args.adapter, args.json))[1]
+
+
 def request(args: argparse.Namespace) -> Request:
     """The RPC call a parsed command line makes (every command but a lease's run, an import and init-demo)."""
     params: dict[str, Any] | None = None
@@ -265,6 +299,9 @@ def request(args: argparse.Namespace) -> Request:
     elif args.command == "memories":
         method, renderer = MEMORY_VERBS[args.verb]
         params = memory_params(args)
+    elif args.command == "config":
+        method, renderer = "config.show", render.config_show
+        params = {"secrets": True} if args.secrets else None
     elif args.command == "call":
         method, renderer, params = args.method, None, args.params
     else:
@@ -287,9 +324,11 @@ def _main(argv: list[str] | None) -> int:
         return lease.main(sock, args.words)
     if args.command == "model":
         return init_demo(args.dir)
+    if local(args):
+        return run_local(args, sock)
     if args.command == "memories" and args.verb == "import":
         _, code = talking_to_daemon(sock, args.timeout, lambda: import_memories(
-            sock, args.file, args.timeout, args.json, args.import_id))
+            sock, args.file, args.timeout, args.json, args.import_id, args.progress))
         return code
     try:
         req = request(args)

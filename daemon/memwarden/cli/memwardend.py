@@ -83,9 +83,9 @@ def _main(argv: list[str] | None) -> int:
     try:
         config = locate_and_load(args.config)
     except ConfigError as exc:
-        print(f"memwardend: invalid configuration ({len(exc.problems)} problem"
-              f"{'s' if len(exc.problems) != 1 else ''}):", file=sys.stderr)
-        print(str(exc), file=sys.stderr)
+        from memwarden.cli.config_cmds import problems_text
+
+        print(f"memwardend: {problems_text(exc)}", file=sys.stderr)
         return EX_CONFIG
     if args.check_config:
         print(f"{config.source or 'embedded defaults'}: OK")

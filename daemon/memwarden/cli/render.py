@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -44,9 +45,19 @@ def status(r: dict[str, Any]) -> str:
                         f"every {format_duration(last['interval_s'])})"),
         ("summary", r["summary"]),
         ("degraded", ", ".join(f"{k}: {v}" for k, v in r["degraded"].items()) or "no"),
+        ("last reload", last_reload(r.get("last_reload"))),
     ])
     return out + "\n\nactive alerts:\n" + table(alert_rows(r["active_alerts"]),
                                                 ["SEVERITY", "KIND", "KEY", "RAISED", "MESSAGE"])
+
+
+def last_reload(x: dict[str, Any] | None) -> str:
+    if x is None:
+        return "none since the start"
+    when = f"{ago(x['at'])} ({x['trigger']})"
+    if x["reloaded"]:
+        return f"{when}: reloaded, changed " + (", ".join(x["changed"]) or "nothing")
+    return f"{when}: REFUSED, the running config is kept: " + "; ".join(x["errors"])
 
 
 def host(r: dict[str, Any]) -> str:
@@ -150,9 +161,14 @@ def _rate(bps: float | None) -> str:
     return "-" if bps is None else f"{format_size(bps * 60)}/min"
 
 
+def _restarts(c: dict[str, Any]) -> str:
+    total, day = c.get("restarts", 0), c.get("restarts_24h", 0)
+    return str(total) if total == day else f"{total} ({day} in 24h)"
+
+
 def containers(r: dict[str, Any]) -> str:
     rows = [[c["name"], format_size(c["working_set"]), format_size(c["limit"]) if c["limit"] else "none",
-             _rate(c["slope_bps"]), c["verdict"], c["action"], c["restart_count"]] for c in r["containers"]]
+             _rate(c["slope_bps"]), c["verdict"], c["action"], _restarts(c)] for c in r["containers"]]
     out = table(rows, ["NAME", "WORKING SET", "LIMIT", "SLOPE", "VERDICT", "ACTION", "RESTARTS"])
     return (f"docker: unreachable ({r['error']})\n" if r["error"] else "") + out
 
@@ -253,18 +269,37 @@ def runs(r: list[dict[str, Any]]) -> str:
     return table(rows, ["RUN", "ADAPTER", "STATE", "TRIGGER", "CREATED", "MEMORIES", "HOLDOUT", "VERSION", "NOTE"])
 
 
+def progress_line(cur: dict[str, Any]) -> str:
+    """One run in progress on one line: `run ID (ADAPTER): STATE, step N of M (P%), loss L, T tokens/s, ETA`."""
+    last, prog = cur.get("last") or {}, cur.get("progress") or {}
+    head = f"run {cur['run_id']} ({cur['adapter']}): {cur['state']}"
+    if prog.get("step") is None:
+        return f"{head}, {last.get('event') or 'starting'}"
+    step, total = prog["step"], prog.get("steps")
+    parts = [f"{prog.get('phase', 'training')} step {step}" + (
+        f" of {total} ({100 * step / total:.0f}%)" if total else "")]
+    loss, tps = prog.get("loss", last.get("loss")), prog.get("tokens_per_s", last.get("tokens_per_s"))
+    if isinstance(loss, (int, float)):
+        parts.append(f"loss {loss:.3f}")
+    if isinstance(tps, (int, float)):
+        parts.append(f"{tps:.0f} tokens/s")
+    if last.get("event") not in (None, "step"):
+        parts.append(last["event"])
+    if prog.get("eta_s") is not None:
+        parts.append(f"ETA {format_duration(prog['eta_s'])}")
+    return f"{head}, " + ", ".join(parts)
+
+
 def train_status(r: dict[str, Any]) -> str:
     cur = r["current"]
     lines = [f"learning: {'enabled' if r['enabled'] else 'disabled (learning.enabled = false)'}"]
     if cur:
-        last = cur["last"] or {}
-        step = (f"step {last.get('step')}, loss {last.get('loss')}, {last.get('tokens_per_s')} tokens/s"
-                if last.get("event") == "step" else last.get("event", "starting"))
-        lines.append(f"running: {cur['run_id']} ({cur['adapter']}), {cur['state']}: {step}")
-    else:
-        lines.append("running: none")
-    if r["pending"]:
-        lines.append("pending: " + ", ".join(r["pending"]))
+        lines.append(progress_line(cur))
+    pending = r.get("pending_runs") or [{"id": p, "adapter": "?", "state": "pending"} for p in r["pending"]]
+    lines += [f"run {p['id']} ({p['adapter']}): pending ({p['state']})" for p in pending
+              if not cur or p["id"] != cur["run_id"]]
+    if len(lines) == 1:
+        lines.append("runs: none in progress or pending")
     due = [[d["adapter"], f"{d['importance']:g}/{d['threshold']:g}", "yes" if d["due"] else "no", d["message"]]
            for d in r["due"]]
     lines += ["", table(due, ["ADAPTER", "IMPORTANCE", "DUE", "WHY"])]
@@ -304,3 +339,25 @@ def adapter(r: dict[str, Any]) -> str:
 
 def rollback(r: dict[str, Any]) -> str:
     return f"{r['adapter']}: v{r['active']} active again (was v{r['was']})"
+
+
+def diagnostics(r: dict[str, Any]) -> str:
+    return kv([
+        ("RSS", format_size(r["rss_bytes"])),
+        ("CPU", f"{r['cpu_user_s']:.1f}s user, {r['cpu_system_s']:.1f}s system"),
+        ("threads", r["threads"]),
+        ("open fds", r["open_fds"]),
+        ("clients", f"{r['clients']} connected, {r['requests_served']} requests served"),
+        ("python", r["python"]),
+        ("heavy modules", ", ".join(r["heavy_modules_loaded"]) or "none loaded (as it should be)"),
+        ("optional modules", ", ".join(r["optional_modules_loaded"]) or "none loaded"),
+    ])
+
+
+def config_show(r: dict[str, Any]) -> str:
+    """The config in effect as TOML-like `key = value` lines under their sections: what a file would say."""
+    lines = [f"# {r['source'] or 'embedded defaults'}" + (", secrets redacted" if r["redacted"] else "")]
+    for section, values in r["config"].items():
+        lines += ["", f"[{section}]"]
+        lines += [f"{k} = {json.dumps(v, ensure_ascii=False, default=str)}" for k, v in values.items()]
+    return "\n".join(lines)

@@ -37,6 +37,13 @@ class RestartHistory:
                         False if r["error"] else (None if r["effective"] is None else bool(r["effective"])),
                         bool(r["dry_run"])) for r in rows]
 
+    def counts(self, since: float) -> dict[str, tuple[int, int]]:
+        """container → (restarts since `since`, restarts in all), dry-run and failed attempts included: what
+        `containers` shows (Docker's own restart count stays 0 for a restart made through its API)."""
+        return {r["container"]: (r["recent"], r["total"]) for r in self._db.query(
+            "SELECT container, SUM(at >= ?) AS recent, COUNT(*) AS total FROM container_restarts "
+            "GROUP BY container", [since])}
+
     def pending(self) -> list[dict[str, Any]]:
         return list(self._db.query(
             "SELECT * FROM container_restarts WHERE effective IS NULL AND error IS NULL AND dry_run = 0"))

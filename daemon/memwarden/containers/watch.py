@@ -224,6 +224,7 @@ class ContainerWatch:
 
     def rows(self) -> list[dict[str, Any]]:
         out = []
+        restarts = self.history.counts(self.clock() - DAY)
         for c in self.last.containers if self.last else ():
             s = self.series.get(c.name)
             v = s.verdict if s else None
@@ -232,6 +233,7 @@ class ContainerWatch:
                 "name": c.name, "id": c.id[:12], "image": c.image, "compose_service": c.compose_service,
                 "working_set": c.working_set, "usage": c.usage, "rss": c.rss, "limit": c.limit,
                 "no_limit": c.limit == 0, "restart_count": c.restart_count, "action": action,
+                "restarts_24h": restarts.get(c.name, (0, 0))[0], "restarts": restarts.get(c.name, (0, 0))[1],
                 "verdict": "idle leak" if s and s.idle_leak else (v.verdict if v else "warming"),
                 "slope_bps": None if v is None else v.slope,
                 "exhaustion_in_s": None if v is None else v.exhaustion_in,

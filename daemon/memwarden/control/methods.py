@@ -58,6 +58,7 @@ def register_all(reg: Registry, s: Services, reload: Callable[[str], Awaitable[d
                 "interval_s": s.effective_interval(),
             },
             "degraded": s.degraded(),
+            "last_reload": readings.last_reload,
             "active_alerts": s.dispatcher.active_list(),
         }
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from memwarden.learning.leasing import Granted
 
 RECENT_STEPS = 256  # step events kept besides the baseline: enough for any trend a health check looks at
+RATE_WINDOW = 20  # the steps an ETA is taken over: recent enough to follow a slowdown, enough to be steady
 Event = Mapping[str, Any]
 
 
@@ -72,6 +73,26 @@ class CurrentRun:
     @property
     def dry_run(self) -> bool:
         return bool(self.start and self.start.get("dry_run"))
+
+    def progress(self) -> dict[str, Any]:
+        """Step N of M in this phase, the last step's numbers (`last` may be a checkpoint since) and the rate of
+        the recent steps (the trainer's own timestamps): a percentage and an ETA without every event."""
+        last = self.steps.last
+        total = self.start.get("steps") if self.start else None
+        window = list(self.steps.recent)[-RATE_WINDOW:]
+        rate = None
+        if len(window) >= 2 and window[-1].get("t") and window[0].get("t"):
+            span = window[-1]["t"] - window[0]["t"]
+            done = (window[-1].get("step") or 0) - (window[0].get("step") or 0)
+            rate = done / span if span > 0 and done > 0 else None
+        step = last.get("step") if last else None
+        eta = None
+        if rate and isinstance(total, int) and isinstance(step, int):
+            eta = max(0, total - step) / rate
+        return {"phase": "dry run" if self.dry_run else "training", "step": step, "steps": total,
+                "loss": last.get("loss") if last else None, "tokens_per_s": last.get("tokens_per_s") if last else None,
+                "steps_per_s": None if rate is None else round(rate, 3),
+                "eta_s": None if eta is None else round(eta, 1)}
 
     @property
     def trainer_pid(self) -> int | None:

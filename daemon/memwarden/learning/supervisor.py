@@ -93,13 +93,15 @@ class LearningSupervisor:
 
     def status(self) -> dict[str, Any]:
         cur = self.current
+        pending = self.runs.pending()
         return {
             "enabled": self.config.learning.enabled,
             "current": None if cur is None else {
                 "run_id": cur.run_id, "adapter": cur.adapter, "state": self.runs.state(cur.run_id),
                 "lease": dict(cur.lease.lease) if cur.lease else None, "last": cur.last,
-                "steps_seen": cur.steps.seen, "trainer_pid": cur.trainer_pid},
-            "pending": self.runs.pending(),
+                "steps_seen": cur.steps.seen, "trainer_pid": cur.trainer_pid, "progress": cur.progress()},
+            "pending": pending,
+            "pending_runs": [{k: self.runs.get(r)[k] for k in ("id", "adapter", "state")} for r in pending],
             "due": [d.to_dict() for d in self.due(self.clock())],
             "versions": self.versions.listing(),
         }

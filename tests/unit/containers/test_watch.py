@@ -431,8 +431,8 @@ async def test_rows_fields(closing):
     assert calm["exhaustion_in_s"] is None and calm["exhaustion_of"] is None
     assert set(web) == set(calm) == {
         "name", "id", "image", "compose_service", "working_set", "usage", "rss", "limit", "no_limit",
-        "restart_count", "action", "verdict", "slope_bps", "exhaustion_in_s", "exhaustion_of", "models_loaded",
-        "source"}
+        "restart_count", "restarts", "restarts_24h", "action", "verdict", "slope_bps", "exhaustion_in_s",
+        "exhaustion_of", "models_loaded", "source"}
 
 
 # ---- idle leak ---------------------------------------------------------------------------------------------

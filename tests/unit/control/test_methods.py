@@ -155,3 +155,14 @@ async def test_adapters_are_the_lora_adapters_memories_feed_with_their_versions(
     rolled = await call(h, "adapters.rollback", name="alice")
     assert (rolled["active"], rolled["was"]) == (1, 2)
     assert (await call(h, "adapters.list"))[0]["active_version"] == 1
+
+
+async def test_containers_count_the_restarts_in_the_history_not_dockers_restart_count(made):
+    h = await made(World(containers=[container("web", 300 * MiB, limit=GiB)]), containers={"enabled": True})
+    await h.sample(passes=1)
+    history, now = h.services.containers.history, h.services.containers.clock()
+    for at in (now - 3 * 86400, now - 600, now - 60):
+        history.add("web", "c0ffee", at, "leak", 900 * MiB, dry_run=False)
+    history.add("other", "beef", now - 60, "leak", MiB, dry_run=False)
+    [web] = (await call(h, "containers.list"))["containers"]
+    assert (web["restarts"], web["restarts_24h"], web["restart_count"]) == (3, 2, 0)

@@ -1,0 +1,99 @@
+"""What the new commands print, from fixed inputs: train status and watch lines, the last reload in status,
+restarts, diagnostics, the config; and their command lines, with usage errors that exit 2."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from memwarden.cli import memwardenctl, render, train_watch
+
+CURRENT = {"run_id": "r1", "adapter": "alice", "state": "running",
+           "last": {"event": "step", "step": 12, "loss": 5.524620056152344, "tokens_per_s": 1234.56},
+           "progress": {"phase": "training", "step": 12, "steps": 24, "steps_per_s": 0.5, "eta_s": 24.0}}
+STATUS = {"enabled": True, "current": CURRENT, "pending": ["r1", "r2"], "due": [], "versions": [],
+          "pending_runs": [{"id": "r1", "adapter": "alice", "state": "running"},
+                           {"id": "r2", "adapter": "bob", "state": "queued"}]}
+
+
+def test_train_status_is_one_line_per_run_with_rounded_numbers_progress_and_eta():
+    lines = render.train_status(STATUS).splitlines()
+    assert lines[1] == ("run r1 (alice): running, training step 12 of 24 (50%), loss 5.525, 1235 tokens/s, "
+                        "ETA 24s")
+    assert lines[2] == "run r2 (bob): pending (queued)"
+    assert "running:" not in "\n".join(lines)
+    idle = render.train_status({**STATUS, "current": None, "pending": [], "pending_runs": []})
+    assert "runs: none in progress or pending" in idle
+
+
+def test_a_run_before_its_first_step_says_what_it_is_doing():
+    starting = {**CURRENT, "last": {"event": "start"}, "progress": {"phase": "dry run", "step": None}}
+    assert render.progress_line(starting) == "run r1 (alice): running, start"
+
+
+def test_watch_snapshots_round_and_the_bar_fits_one_line():
+    snap = train_watch.snapshot("r1", "alice", CURRENT, "running")
+    assert (snap["percent"], snap["loss"], snap["tokens_per_s"], snap["eta_s"]) == (50.0, 5.525, 1235, 24.0)
+    json.dumps(snap)
+    assert train_watch.bar(snap) == ("alice [############............]  50% training step 12/24, loss 5.525, "
+                                     "ETA 24s")
+    assert train_watch.bar(train_watch.snapshot("r1", "alice", None, "queued")) == "alice: queued"
+
+
+def test_watch_follows_the_run_in_progress_else_the_next_pending_one():
+    assert train_watch.pick(STATUS, None) == ("r1", "alice")
+    assert train_watch.pick(STATUS, "bob") == ("r2", "bob")
+    assert train_watch.pick(STATUS, "carol") is None
+
+
+def test_status_shows_a_refused_reload_and_when():
+    base = {"version": "0.2.0", "pid": 1, "uptime_s": 5, "config": None, "state_dir": "/s", "dry_run": False,
+            "summary": "ok", "degraded": {}, "active_alerts": [],
+            "last_sample": {"at": time.time(), "duration_ms": 1.0, "count": 1, "interval_s": 5}}
+    assert "last reload: none since the start" in render.status({**base, "last_reload": None})
+    refused = {"at": time.time() - 3, "trigger": "SIGHUP", "reloaded": False,
+               "errors": ["/etc/m.toml: at 'host.ram_crit_percent': expected a number, got 'x'"]}
+    out = render.status({**base, "last_reload": refused})
+    assert "(SIGHUP): REFUSED, the running config is kept: /etc/m.toml: at 'host.ram_crit_percent'" in out
+    ok = {"at": time.time(), "trigger": "control socket", "reloaded": True, "changed": ["host.reserve"]}
+    assert "reloaded, changed host.reserve" in render.status({**base, "last_reload": ok})
+
+
+def test_containers_restarts_come_from_the_history():
+    row = {"name": "web", "working_set": 1, "limit": 0, "slope_bps": None, "verdict": "steady", "action": "restart",
+           "restart_count": 0, "restarts": 3, "restarts_24h": 1}
+    assert "3 (1 in 24h)" in render.containers({"error": None, "containers": [row]})
+    assert render.containers({"error": None, "containers": [{**row, "restarts_24h": 3}]}).splitlines()[1].endswith("3")
+
+
+def test_diagnostics_and_config_show_are_readable():
+    out = render.diagnostics({"rss_bytes": 50 * 1024**2, "cpu_user_s": 1.25, "cpu_system_s": 0.5, "threads": 4,
+                              "open_fds": 12, "clients": 1, "requests_served": 9, "python": "3.11.2",
+                              "heavy_modules_loaded": [], "optional_modules_loaded": ["aiohttp"]})
+    assert "RSS:" in out and "50.0 MiB" in out and "none loaded (as it should be)" in out and "aiohttp" in out
+    shown = render.config_show({"source": "/etc/m.toml", "redacted": True,
+                                "config": {"alerts": {"webhook_url": "<redacted>", "hold": 30}}})
+    assert shown.splitlines() == ["# /etc/m.toml, secrets redacted", "", "[alerts]",
+                                  'webhook_url = "<redacted>"', "hold = 30"]
+
+
+def test_the_new_command_lines_parse():
+    assert memwardenctl.request(memwardenctl.parse_args(["config", "show", "--secrets"])).params == {"secrets": True}
+    assert memwardenctl.request(memwardenctl.parse_args(["diagnostics"])).method == "diagnostics"
+    for argv in (["config", "check", "x.toml"], ["version"], ["completion", "zsh"], ["train", "watch"]):
+        assert memwardenctl.local(memwardenctl.parse_args(argv))
+    assert memwardenctl.parse_args(["--json", "train", "watch"]).json is True
+    assert memwardenctl.parse_args(["train", "watch", "alice", "--json"]).json is True
+    assert memwardenctl.parse_args(["memories", "import", "--progress", "f.jsonl"]).progress is True
+
+
+@pytest.mark.parametrize("argv", [["config"], ["config", "check"], ["config", "show", "extra"],
+                                  ["completion"], ["completion", "fish"], ["version", "now"],
+                                  ["diagnostics", "--limit", "3"], ["train", "watch", "a", "b"]])
+def test_usage_errors_of_the_new_commands_exit_2_with_one_line(argv, capsys):
+    with pytest.raises(SystemExit) as stop:
+        memwardenctl.parse_args(argv)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.count("\n") == 1
