@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from memwarden.sim.ollama import wait_until
+
 MAX_LINES = 20  # of one command's output; the rest is counted, not shown
 
 
@@ -139,11 +141,7 @@ def http(method: str, url: str, body: Any = None, timeout: float = 120.0) -> tup
 
 def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
     """Poll external state until `predicate()` is truthy (and return it); StepFailed after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise StepFailed(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
+    try:
+        return wait_until(predicate, timeout, interval, message=what)
+    except TimeoutError as exc:
+        raise StepFailed(str(exc)) from None
