@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     become_subreaper()
     signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (`cmd &`)
     signal.signal(signal.SIGCHLD, lambda *_: None)  # so that signal.pause() wakes when a part dies
     stack = Stack(docker=not args.no_docker)
     c = Console(ctl=BIN / "memwardenctl", socket=stack.socket)
