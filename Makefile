@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: run test test-unit lint bench clean check-config deb
+.PHONY: run test test-unit lint bench clean check-config deb demo
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "memwarden needs Python 3.11+"' \
@@ -28,6 +28,10 @@ run: $(VENV)/.installed
 
 check-config: $(VENV)/.installed
 	$(BIN)/memwardend --check-config $(ARGS)
+
+# A tour on a simulated host (no GPU, no network; docs in README.md): ARGS=--keep leaves it up for poking.
+demo: $(VENV)/.installed-test
+	$(BIN)/python -m memwarden.demo $(ARGS)
 
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check daemon tests bench

@@ -510,11 +510,10 @@ def test_the_request_log_and_config_hooks(od):
 def test_the_cli_prints_one_line_and_stops_on_sigterm(workdir, sim):
     models = workdir / "models.json"
     models.write_text(json.dumps(MODELS[:1]))
-    tests_dir = Path(__file__).resolve().parents[1]
-    proc = subprocess.Popen([sys.executable, "-m", "support.ollama_double", "--host", "127.0.0.1", "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "memwarden.sim.ollama", "--listen", "127.0.0.1:0",
                              "--sim-file", str(sim), "--gpu", "0", "--models", str(models),
                              "--models-dir", str(workdir / "m")],
-                            cwd=tests_dir, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         line = proc.stdout.readline()
         assert re.fullmatch(r"listening on http://127\.0\.0\.1:\d+\n", line), line
@@ -526,3 +525,19 @@ def test_the_cli_prints_one_line_and_stops_on_sigterm(workdir, sim):
             proc.kill()
             proc.wait()
         proc.stdout.close()
+
+
+def test_on_two_gpus_each_model_goes_whole_to_the_roomiest_and_evictions_free_the_right_one(workdir):
+    second = {"index": 1, "name": "Sim 12G b", "total_bytes": 12 * GiB}
+    sim = sim_gpu(workdir / "two.json", 12 * GiB, extra_gpus=[second])
+    models = [{"name": n, "size": 7 * GiB} for n in ("a", "b", "c")]
+    with OllamaDouble(sim, models, gpu=[0, 1], unload_linger=0.2, load_seconds=0.01, workdir=workdir / "od") as od:
+        od.load("a", keep_alive="1h")
+        od.load("b", keep_alive="10m")
+        placed = {r["name"]: r["gpu"] for r in od.state()["loaded"]}
+        assert placed == {"a:latest": 0, "b:latest": 1}
+        assert gpu_used(sim, 0) == gpu_used(sim, 1) == 7 * GiB
+        od.load("c", keep_alive="1h")  # fits on neither: the shortest keep_alive (b, GPU 1) makes room
+        placed = {r["name"]: r["gpu"] for r in od.state()["loaded"]}
+        assert placed == {"a:latest": 0, "c:latest": 1}
+        assert gpu_used(sim, 0) == gpu_used(sim, 1) == 7 * GiB

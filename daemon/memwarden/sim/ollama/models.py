@@ -36,7 +36,7 @@ class ModelSpec:
     parent_model: str = ""
     families: list[str] | None = None
     capabilities: list[str] = dataclasses.field(default_factory=lambda: ["completion"])
-    license: str = "Test double license: no rights reserved."
+    license: str = "Ollama simulator (memwarden.sim.ollama): no rights reserved."
     template: str = DEFAULT_TEMPLATE
     system: str = ""
     parameters: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(DEFAULT_PARAMETERS))

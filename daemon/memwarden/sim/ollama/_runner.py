@@ -13,7 +13,9 @@ import signal
 
 def main() -> None:
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        libc.prctl(15, b"ollama", 0, 0, 0)  # PR_SET_NAME: the name NVML (and the sim probe) shows, as Ollama's
     parent = int(os.environ.get("OLLAMA_DOUBLE_SERVER_PID", "0") or 0)
     if parent and os.getppid() != parent:
         return  # the server died before prctl took effect

@@ -4,10 +4,11 @@
 - A loading model is already in the loaded set, so /api/ps lists it (expires_at = now + keep_alive), as Ollama does.
 - keep_alive: the request's value replaces the runner's; absent keeps the runner's (a new load takes the default).
   The expiry timer runs only while the runner is idle; 0 unloads as soon as the last request finishes.
-- A load that does not fit the GPU (free = total - bytes booked by live pids in the sim file, other processes
-  included) evicts idle runners one at a time, shortest keep_alive first, then by name (not LRU), and after each
-  eviction polls the sim file every 250 ms for up to 5 s until 75 % of the victim's VRAM shows free. When nothing
-  idle is left it loads partially: size_vram = the free bytes (0 if none). At max_loaded it evicts in the same
+- A model goes whole on the GPU with the most free VRAM that fits it (gpus.py: free = total − bytes booked by live
+  pids in the sim file, other processes included). When none fits, idle runners are evicted one at a time,
+  shortest keep_alive first, then by name (not LRU), whatever their GPU, and after each eviction the sim file is
+  polled every 250 ms for up to 5 s until 75 % of the victim's VRAM shows free. When nothing idle is left it loads
+  partially on the roomiest GPU: size_vram = its free bytes (0 if none). At max_loaded it evicts in the same
   order, waiting for a runner to go idle if all are busy.
 - Unloading: the model leaves the loaded set at once (so /api/ps stops listing it), but its runner stays alive,
   with its VRAM booked, for `unload_linger` seconds, then is killed and unbooked.
@@ -19,99 +20,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
-import os
-import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from memwarden.gpu import simfile
 
-from .goformat import FOREVER_NS, format_duration, rfc3339
+from .goformat import FOREVER_NS, format_duration
+from .gpus import SimGpus
 from .models import ModelSpec, Registry
+from .runners import Busy, LoadError, Runner, Settings, spawn_runner
 
-log = logging.getLogger("ollama_double")
-RUNNER_SCRIPT = Path(__file__).with_name("_runner.py")
-
-
-class Busy(Exception):
-    """Too many pending requests (OLLAMA_MAX_QUEUE)."""
-
-    MESSAGE = "server busy, please try again.  maximum pending requests exceeded"
-
-
-class LoadError(Exception):
-    pass
-
-
-@dataclasses.dataclass
-class Settings:
-    unload_linger: float = 2.0
-    load_seconds: float = 0.05
-    keep_alive_ns: int = 5 * 60 * 10**9
-    max_loaded: int = 3
-    max_queue: int = 512
-    num_parallel: int = 1
-    chunk_delay: float = 0.001
-    response: str = "The sky is blue because molecules in the air scatter blue light more than red light."
-    hang_loads: bool = False
-    fail_loads: int = 0  # the next N loads fail with a 500, as when a runner crashes while loading
-    vram_recovery_timeout: float = 5.0
-    vram_poll_interval: float = 0.25
-    vram_recovery_fraction: float = 0.75
-
-    def public(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["keep_alive"] = format_duration(self.keep_alive_ns)
-        return out
-
-
-@dataclasses.dataclass(eq=False)
-class Runner:
-    spec: ModelSpec
-    num_ctx: int
-    keep_alive_ns: int
-    size_vram: int
-    slots: asyncio.Semaphore
-    state: str = "loading"  # loading → loaded → unloading → exited
-    proc: asyncio.subprocess.Process | None = None
-    in_flight: int = 0
-    expires_ns: int = 0
-    loaded_at_ns: int = 0
-    timer: asyncio.TimerHandle | None = None
-    ready: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
-    exited: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
-    error: str | None = None
-    unload_reason: str | None = None
-    unload_started: float | None = None
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid if self.proc is not None else 0
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
-
-    def expires_at(self) -> str:
-        return rfc3339(self.expires_ns)
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.spec.name, "pid": self.pid, "state": self.state, "alive": self.alive,
-                "in_flight": self.in_flight, "size": self.spec.size, "size_vram": self.size_vram,
-                "keep_alive_ns": self.keep_alive_ns, "keep_alive": format_duration(self.keep_alive_ns),
-                "expires_at": self.expires_at(), "context_length": self.num_ctx, "digest": self.spec.digest,
-                "unload_reason": self.unload_reason}
+log = logging.getLogger("ollama_sim")
+__all__ = ["Busy", "LoadError", "Runner", "Scheduler", "Settings"]
 
 
 class Scheduler:
-    def __init__(self, settings: Settings, registry: Registry, sim_file: Path, gpu: int):
+    def __init__(self, settings: Settings, registry: Registry, sim_file: Path, gpus: Sequence[int]):
         self.settings = settings
         self.registry = registry
-        self.sim_file = sim_file
-        self.gpu = gpu
+        self.gpus = SimGpus(sim_file, gpus)
         self.loaded: dict[str, Runner] = {}
         self.unloading: list[Runner] = []
         self.processes: set[Runner] = set()  # every runner with a process we have not reaped yet
@@ -151,25 +81,6 @@ class Scheduler:
         else:
             self.loads_released.set()
 
-    # ---- the simulated GPU ----
-    def _gpu_free_sync(self) -> int:
-        data = simfile.read(self.sim_file)
-        for gpu in data["gpus"]:
-            if gpu["index"] == self.gpu:
-                used = sum(p["used_bytes"] for p in gpu["processes"] if simfile.pid_alive(p["pid"]))
-                return gpu["total_bytes"] - used
-        raise simfile.SimFileError(f"{self.sim_file}: no GPU with index {self.gpu}")
-
-    async def gpu_free(self) -> int:
-        return await asyncio.to_thread(self._gpu_free_sync)
-
-    async def _book(self, pid: int, used: int) -> None:
-        await asyncio.to_thread(simfile.book, self.sim_file, self.gpu, pid, used)
-
-    async def _unbook(self, pid: int) -> None:
-        with contextlib.suppress(simfile.SimFileError, OSError):
-            await asyncio.to_thread(simfile.unbook, self.sim_file, pid)
-
     # ---- requests ----
     def lookup(self, name: str) -> Runner | None:
         return self.loaded.get(name)
@@ -181,9 +92,7 @@ class Scheduler:
 
     def _use(self, r: Runner, keep_alive_ns: int | None) -> None:
         r.in_flight += 1
-        if r.timer is not None:
-            r.timer.cancel()
-            r.timer = None
+        r.cancel_timer()
         if keep_alive_ns is not None:
             r.keep_alive_ns = keep_alive_ns
         r.expires_ns = time.time_ns() + r.keep_alive_ns
@@ -243,9 +152,7 @@ class Scheduler:
         r = self.loaded.get(name)
         if r is None:
             return None
-        if r.timer is not None:
-            r.timer.cancel()
-            r.timer = None
+        r.cancel_timer()
         r.keep_alive_ns = 0
         r.expires_ns = time.time_ns()
         if r.in_flight == 0 and r.state == "loaded":
@@ -262,27 +169,18 @@ class Scheduler:
         await self._changed.wait()
 
     async def _evict(self, victim: Runner) -> None:
-        before = await self.gpu_free()
+        before = (await self.gpus.free())[victim.gpu]
         self.counters["evictions"] += 1
         self.begin_unload(victim, "evicted")
         await self._wait_vram_recovery(victim, before)
 
     async def _wait_vram_recovery(self, victim: Runner, free_before: int) -> None:
-        """waitForVRAMRecovery: poll until 75 % of the victim's VRAM shows free, for up to 5 s."""
-        if victim.size_vram <= 0:
-            return
-        s = self.settings
-        target = free_before + s.vram_recovery_fraction * victim.size_vram
-        deadline = time.monotonic() + s.vram_recovery_timeout
-        while True:
-            if await self.gpu_free() >= target:
-                return
-            if time.monotonic() >= deadline:
-                self.counters["vram_recovery_timeouts"] += 1
-                self.event("vram_recovery_timeout", model=victim.spec.name, pid=victim.pid,
-                           seconds=s.vram_recovery_timeout)
-                return
-            await asyncio.sleep(s.vram_poll_interval)
+        def timed_out() -> None:
+            self.counters["vram_recovery_timeouts"] += 1
+            self.event("vram_recovery_timeout", model=victim.spec.name, pid=victim.pid, gpu=victim.gpu,
+                       seconds=self.settings.vram_recovery_timeout)
+
+        await self.gpus.wait_recovery(victim, free_before, self.settings, timed_out)
 
     async def _retire(self, r: Runner) -> None:
         """needsReload: wait for the runner's requests to finish, unload it, wait for its VRAM."""
@@ -290,7 +188,7 @@ class Scheduler:
             await self._wait_changed()
         if r.state in ("loaded", "loading"):
             self.counters["reloads"] += 1
-            before = await self.gpu_free()
+            before = (await self.gpus.free())[r.gpu]
             self.begin_unload(r, "reload")
             if r.alive:
                 await self._wait_vram_recovery(r, before)
@@ -306,20 +204,22 @@ class Scheduler:
                 await self._evict(victim)
         need = spec.size_vram
         while True:
-            free = await self.gpu_free()
-            if free >= need:
+            free = await self.gpus.free()
+            gpu = self.gpus.place(free, need)
+            if gpu is not None:
                 size_vram = need
                 break
             victim = self._victim()
             if victim is None:
-                size_vram = max(0, free)
+                gpu = self.gpus.roomiest(free)
+                size_vram = max(0, free[gpu])
                 break
             await self._evict(victim)
         r = Runner(spec=spec, num_ctx=num_ctx, keep_alive_ns=keep, size_vram=size_vram,
-                   slots=asyncio.Semaphore(max(1, s.num_parallel)), in_flight=1,
+                   slots=asyncio.Semaphore(max(1, s.num_parallel)), gpu=gpu, in_flight=1,
                    expires_ns=time.time_ns() + keep)
         self.loaded[spec.name] = r
-        self.event("load_start", model=spec.name, size=spec.size, size_vram=size_vram, free=free,
+        self.event("load_start", model=spec.name, size=spec.size, size_vram=size_vram, gpu=gpu, free=free[gpu],
                    keep_alive=format_duration(keep))
         try:
             await self._start_runner(r)
@@ -354,26 +254,18 @@ class Scheduler:
     async def _start_runner(self, r: Runner) -> None:
         if self.closing:
             raise LoadError("server shutting down")
-        blob = self.registry.blob_path(r.spec.weights_digest)
-        argv = ["ollama", "-I", "-S", str(RUNNER_SCRIPT), "runner", "--model", str(blob),
-                "--ctx-size", str(r.num_ctx), "--port", "0"]
-        for adapter in r.spec.adapters:
-            argv += ["--lora", str(self.registry.blob_path(adapter.split(":", 1)[1]))]
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OLLAMA_DOUBLE_SERVER_PID": str(os.getpid())}
-        r.proc = await asyncio.create_subprocess_exec(
-            *argv, executable=sys.executable, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL, env=env, start_new_session=False)
+        r.proc = await spawn_runner(r, self.registry)
         self.processes.add(r)
         self._spawn(self._watch(r))
         if r.size_vram > 0:
-            await self._book(r.pid, r.size_vram)
+            await self.gpus.book(r.gpu, r.pid, r.size_vram)
 
     async def _watch(self, r: Runner) -> None:
         assert r.proc is not None
         rc = await r.proc.wait()
         r.exited.set()
         self.processes.discard(r)
-        await self._unbook(r.pid)
+        await self.gpus.unbook(r.pid)
         if r.state == "loaded" and not self.closing:
             self.counters["runner_crashes"] += 1
             self.event("runner_died", model=r.spec.name, pid=r.pid, returncode=rc)
@@ -385,9 +277,7 @@ class Scheduler:
             return
         if self.loaded.get(r.spec.name) is r:
             del self.loaded[r.spec.name]
-        if r.timer is not None:
-            r.timer.cancel()
-            r.timer = None
+        r.cancel_timer()
         r.state = "unloading"
         r.unload_reason = reason
         r.unload_started = time.monotonic()
@@ -416,14 +306,13 @@ class Scheduler:
                 r.proc.kill()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(r.exited.wait(), 5)
-        await self._unbook(r.pid)
+        await self.gpus.unbook(r.pid)
 
     async def shutdown(self) -> None:
         """SIGTERM: kill every runner (loaded, loading, lingering) and unbook it."""
         self.closing = True
         for r in list(self.loaded.values()):
-            if r.timer is not None:
-                r.timer.cancel()
+            r.cancel_timer()
         self.loads_released.set()
         runners = list(self.processes)
         for r in runners:
@@ -433,7 +322,7 @@ class Scheduler:
         for r in runners:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(r.exited.wait(), 5)
-            await self._unbook(r.pid)
+            await self.gpus.unbook(r.pid)
         for task in list(self._tasks):
             task.cancel()
         self.loaded.clear()
