@@ -43,6 +43,23 @@ def parse_size(value: str | int | float) -> int:
     return int(nbytes)
 
 
+def _suggestion(amount: float) -> str:
+    shown = f"{amount:g}"
+    # A few units of something leased or reserved are GiB; hundreds are MiB (a 512 GiB reserve is no one's intent).
+    return f"{shown}GiB" if amount < 100 else f"{shown}MiB"
+
+
+def parse_memory_size(value: str | int | float) -> int:
+    """parse_size for an amount of RAM or VRAM (a lease, a reserve): a number with no unit under 1 MiB is
+    refused, since `lease 4` meant 4 GiB, not 4 bytes. Bytes from JSON clients (≥ 1 MiB) and 0 still pass."""
+    nbytes = parse_size(value)
+    bare = not isinstance(value, str) or not (match := _SIZE_RE.match(value)) or not match.group(2)
+    if bare and 0 < (amount := float(value)) < MiB:  # float: "0.5" is 0 bytes, and no less a missing unit
+        raise ValueError(f"size {amount:g} has no unit and is under 1 MiB: did you mean {_suggestion(amount)}? "
+                         "(units: GiB = 2^30 bytes, GB = 10^9)")
+    return nbytes
+
+
 def parse_duration(value: str | int | float) -> float:
     """Seconds from a number or a string like "30s", "5m", "1h30m", "250ms"."""
     if isinstance(value, bool):

@@ -1,6 +1,6 @@
 import pytest
 
-from memwarden.units import format_duration, format_size, parse_duration, parse_size
+from memwarden.units import format_duration, format_size, parse_duration, parse_memory_size, parse_size
 
 # ---- parse_size ------------------------------------------------------------------------------------------
 
@@ -201,3 +201,22 @@ def test_parse_duration_rejects_infinity(value):
     # never ends.
     with pytest.raises(ValueError):
         parse_duration(value)
+
+
+# ---- parse_memory_size: a lease or a reserve ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "hint"), [(4, "did you mean 4GiB?"), ("4", "did you mean 4GiB?"),
+                                             (512, "did you mean 512MiB?"), ("0.5", "did you mean 0.5GiB?")])
+def test_parse_memory_size_refuses_a_bare_number_under_a_mib(value, hint):
+    with pytest.raises(ValueError, match="has no unit and is under 1 MiB") as err:
+        parse_memory_size(value)
+    assert hint in str(err.value)
+    assert "GB = 10^9" in str(err.value)
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (0, 0), ("0", 0), (1024**2, 1024**2), ("2097152", 2 * 1024**2), ("4GB", 4 * 10**9), ("4GiB", 4 * 1024**3),
+    ("4B", 4), ("64KiB", 64 * 1024)])
+def test_parse_memory_size_keeps_units_bytes_from_a_mib_and_zero(value, expected):
+    assert parse_memory_size(value) == expected

@@ -160,7 +160,7 @@ class LeaseLedger:
             if isinstance(outcome, Lease):
                 return outcome.to_dict()
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or outcome.never:
                 self.inputs.stats["refusals"] += 1
                 raise ArbiterError(outcome.reason)
             # Something may change: a lease released, a model unloaded. Re-plan then, or every few seconds.
@@ -247,8 +247,11 @@ class LeaseLedger:
             g = snap.gpu(lease.gpu)
             holders = holders_on(g, inputs.residents(await inputs.loaded()), self.held(snap)) if g else []
             return Refusal(f"evicted {', '.join(plan.evict)} but GPU {lease.gpu} did not free "
-                           f"{format_size(lease.size)} within {timeout:g}s; held by: "
-                           f"{', '.join(holders) or 'nothing visible'}", tuple(holders))
+                           f"{format_size(lease.size)} within {timeout:g}s (gpu.evict_timeout); held by: "
+                           f"{', '.join(holders) or 'nothing memwarden can name'}; the models were reloaded. "
+                           "Raise gpu.evict_timeout" + ("" if self.config.gpu.escalate else
+                                                        ", or set gpu.escalate (and ollama.service) to restart "
+                                                        "Ollama as a last resort"), tuple(holders))
         lease.state = "active"
         log.info("evicted VRAM confirmed free", lease=lease.id, gpu=lease.gpu, waited_s=round(waited, 3),
                  per_pid=bool(runner_pids))

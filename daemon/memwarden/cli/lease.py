@@ -21,7 +21,7 @@ from memwarden.cli.leased import FORWARDED, LeasedCommand, exit_code
 from memwarden.cli.usage import Parser
 from memwarden.control.client import Client, ConnectError
 from memwarden.control.protocol import RpcError
-from memwarden.units import format_duration, format_size, parse_duration, parse_size
+from memwarden.units import format_duration, format_size, parse_duration, parse_memory_size
 
 USAGE = "memwardenctl lease SIZE [options] -- CMD [ARGS…]\n       memwardenctl lease list | release ID | preempt ID"
 AFTER_DASHES = "memwardenctl lease SIZE [options] -- CMD ARGS…"
@@ -31,7 +31,9 @@ def parser() -> Parser:
     """The lease's options (also read by cli/completion.py)."""
     p = Parser(prog="memwardenctl lease", usage=USAGE, description=__doc__,
                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("size", nargs="?", metavar="SIZE", help="VRAM to lease, e.g. 4GiB")
+    p.add_argument("size", nargs="?", metavar="SIZE",
+                   help="VRAM to lease, e.g. 4GiB: GiB and MiB are 2^30 and 2^20 bytes, GB and MB 10^9 and 10^6 "
+                        "(4GB is 3.7 GiB); a number with no unit is bytes and must be at least 1 MiB")
     p.add_argument("--gpu", default="auto", metavar="N|auto",
                    help="GPU index, or auto for the one needing the least eviction (default)")
     p.add_argument("--wait", default="0", metavar="DURATION",
@@ -61,7 +63,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     if args.size is None:
         p.error(f"SIZE is missing: {AFTER_DASHES}")
     try:
-        parse_size(args.size)
+        parse_memory_size(args.size)
     except ValueError as exc:
         p.error(f"SIZE: {exc}")
     if not args.command:

@@ -21,6 +21,7 @@ from memwarden.config.values import (
     http_url,
     http_urls,
     integer,
+    memory_size,
     metrics_listen,
     model_dir,
     number,
@@ -28,7 +29,6 @@ from memwarden.config.values import (
     rate,
     secret_url,
     setting,
-    size,
     size_between,
     text,
 )
@@ -85,7 +85,7 @@ class HostConfig:
         5, number(0, 50), "A level clears only once the value is this many points below its threshold.")
     hold: float = setting("10s", duration(), "A level must persist this long before it is raised or cleared.")
     reserve: int = setting(
-        "1GiB", size, "RAM kept for critical services: admission checks never plan to use it.")
+        "1GiB", memory_size, "RAM kept for critical services: admission checks never plan to use it.")
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,8 @@ class GpuConfig:
         "auto: NVML when it initialises, else none. sim: read the simulated-GPU file gpu.sim_file.")
     sim_file: Path | None = setting("", optional_path, "The simulated-GPU file (JSON) read when backend is sim.")
     reserve: int = setting(
-        "512MiB", size, "VRAM per GPU never planned for (CUDA context, fragmentation): leases and loads leave it.")
+        "512MiB", memory_size,
+        "VRAM per GPU never planned for (CUDA context, fragmentation): leases and loads leave it.")
     vram_warn_percent: float = setting(90, number(1, 100), "VRAM used on a GPU that warns.")
     vram_crit_percent: float = setting(98, number(1, 100), "VRAM used on a GPU that is critical.")
     temp_warn_c: float = setting(85, number(1, 150), "GPU temperature (°C) that warns.")
@@ -163,7 +164,7 @@ class ContainersConfig:
     verify_after: float = setting(
         "30s", duration(0), "When to check that a restart brought the working set down (by at least half).")
     idle_leak_threshold: int = setting(
-        "2GiB", size, "A serving container (Ollama) holding this much with no model loaded is an idle leak.")
+        "2GiB", memory_size, "A serving container (Ollama) holding this much with no model loaded is an idle leak.")
     ollama_urls: tuple[str, ...] = setting(
         [], http_urls, "Ollama APIs a container may name with its memwarden.ollama_url label (besides ollama.url, "
         "which an image named ollama is read at); a label naming any other URL is ignored.")
@@ -210,7 +211,7 @@ class LearningConfig:
     checkpoint_interval: float = setting("10m", duration(1), "... or this long, whichever comes first.")
     dry_run_steps: int = setting(10, integer(0, 1000), "Steps of the pre-flight run before a long run (0: none).")
     lease_size: int = setting(
-        0, size, "VRAM to lease for a GPU run (0: estimated from the model size and method).")
+        0, memory_size, "VRAM to lease for a GPU run (0: estimated from the model size and method).")
     keep_versions: int = setting(5, integer(1, 1000), "Adapter versions kept per adapter (rollback targets).")
 
 

@@ -9,7 +9,8 @@ from memwarden.config.schema import SECTIONS, section_fields
 
 HEADER = """\
 # memwarden configuration. Every key is shown commented out with its default: uncomment to change it.
-# Sizes: "512MiB", "4GiB", "1.5GB" or a number of bytes. Durations: "250ms", "30s", "5m", "1h30m", "2d".
+# Sizes: "512MiB", "4GiB", "1.5GB" or a number of bytes (GiB/MiB are 2^30/2^20 bytes, GB/MB 10^9/10^6; a reserve
+# written as a bare number must be at least 1 MiB). Durations: "250ms", "30s", "5m", "1h30m", "2d".
 # Check a file with `memwardend --check-config --config FILE`; reload a running daemon with
 # `systemctl reload memwarden` or `memwardenctl reload` (a bad file is refused and the old config kept).
 """

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from memwarden.units import parse_duration, parse_size
+from memwarden.units import parse_duration, parse_memory_size, parse_size
 
 Parser = Callable[[Any], Any]
 
@@ -56,6 +56,12 @@ def integer(lo: int, hi: int) -> Parser:
 
 def size(value: Any) -> int:
     return parse_size(value)
+
+
+
+def memory_size(value: Any) -> int:
+    """An amount of RAM or VRAM (a reserve, a lease): a bare number under 1 MiB is refused as a missing unit."""
+    return parse_memory_size(value)
 
 
 

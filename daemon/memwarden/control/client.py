@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import grp
 import itertools
 import json
 import os
 import socket
+import stat
 import struct
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,29 @@ TRUST_HINT = "whoever made it can read what you send; use the daemon's own socke
 
 class ConnectError(Exception):
     pass
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def denied(path: Path, st: os.stat_result | None) -> str:
+    """Why connecting to `path` was refused and what to do, from the socket's owner and mode (`st`; None when
+    the socket cannot even be looked at: its directory is closed to us)."""
+    if st is None:
+        return (f"permission denied on {path}: its directory {path.parent} is closed to you; ask the daemon's "
+                "administrator, or run memwardenctl as the daemon's user")
+    mode, group = stat.S_IMODE(st.st_mode), _group_name(st.st_gid)
+    if st.st_gid == 0 or not mode & stat.S_IWGRP:
+        # Joining root's group is no answer: the daemon must hand the socket to a group made for its users.
+        return (f"permission denied on {path}: the socket belongs to group {group} (mode {mode:04o}), which "
+                "is not for memwardenctl users; set daemon.socket_group (SocketGroup= in memwarden.socket under "
+                "systemd) to a group such as memwarden, restart the daemon, and join that group")
+    return (f"permission denied on {path}: the socket belongs to group {group}; join it "
+            f"(sudo usermod -aG {group} $USER, then log in again)")
 
 
 class Client:
@@ -53,7 +78,11 @@ class Client:
             raise ConnectError(f"nothing listens on {self.path} (memwardend stopped?)") from None
         except PermissionError:
             self._sock.close()
-            raise ConnectError(f"permission denied on {self.path} (join the socket's group)") from None
+            try:
+                st: os.stat_result | None = self.path.stat()
+            except OSError:
+                st = None
+            raise ConnectError(denied(self.path, st)) from None
         self._sock.settimeout(timeout)
         self._file = self._sock.makefile("rb")
 

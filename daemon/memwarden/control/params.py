@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from memwarden.control.protocol import InvalidParams
-from memwarden.units import format_duration, parse_duration, parse_size
+from memwarden.units import format_duration, parse_duration, parse_memory_size
 
 
 def size_param(name: str, value: Any) -> int:
+    """An amount of memory: bytes (a JSON number, at least 1 MiB) or a string with a unit ("4GiB")."""
     try:
-        nbytes = parse_size(value)
+        nbytes = parse_memory_size(value)
     except ValueError as exc:
         raise InvalidParams(f"'{name}': {exc}") from None
     if nbytes <= 0:

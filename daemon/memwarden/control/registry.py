@@ -51,7 +51,8 @@ class Registry:
             raise RpcError(METHOD_NOT_FOUND, f"method not found: {name!r} (try 'methods')")
         if method.admin and not may_change_state:
             raise RpcError(PERMISSION_DENIED,
-                           f"permission denied: {name!r} changes state; run as root or the admin group")
+                           f"permission denied: {name!r} changes state: run it as root (sudo), as the daemon's "
+                           "user, or as a member of the group daemon.admin_group names")
         if "peer" in params:
             raise InvalidParams(f"{name}: 'peer' is set by the server, not the client")
         wants_peer = "peer" in inspect.signature(method.handler).parameters

@@ -125,6 +125,11 @@ class RunExecution:
                 return  # the daemon is stopping: the run resumes from its checkpoint after the restart
             if code == EXIT_DONE:
                 break
+            if self.current is not None and self.current.cancelling:
+                self.runs.set_state(run_id, "cancelled", finished_at=self.clock())
+                log.info("training run cancelled by an operator; its checkpoint is kept", run=run_id,
+                         adapter=adapter, code=code)
+                return
             if code == EXIT_PREEMPTED:
                 self.runs.set_state(run_id, "preempted")
                 log.info("training run preempted; it resumes from its checkpoint when the GPU is free",
@@ -186,5 +191,7 @@ class RunExecution:
         cur.record(event)
         kind = event.get("event")
         if kind in LOGGED_EVENTS:
+            if kind == "preempted" and cur.cancelling:
+                kind = "stopped for a cancel"  # the trainer cannot tell a cancel from a preemption; the log can
             fields = {k: v for k, v in event.items() if k not in ("event", "run", "run_id", "adapter", "level")}
             log.info(f"trainer: {kind}", run=cur.run_id, adapter=cur.adapter, **fields)

@@ -56,6 +56,9 @@ class CurrentRun:
     steps: StepHistory = field(default_factory=StepHistory)
     last: Event | None = None  # the trainer's latest event of any kind
     start: Event | None = None  # the phase's start event: how many steps it runs (metrics)
+    # An operator's cancel stops the trainer the way a preemption does (checkpoint, exit 75): only this tells
+    # the run's end apart, so that it is logged and recorded as a cancel.
+    cancelling: bool = False
 
     def new_phase(self) -> None:
         """A dry run and the real run are phases: progress counts from 0 in each."""

@@ -131,6 +131,7 @@ class LearningSupervisor:
         cur = self.current
         if cur is None or cur.adapter != adapter:
             raise RuntimeError(f"no run of {adapter} in progress")
+        cur.cancelling = True
         if cur.job is not None:
             cur.job.preempt()  # the trainer checkpoints first
         task = self.task

@@ -49,6 +49,7 @@ class Plan:
 class Refusal:
     reason: str
     holders: tuple[str, ...]
+    never: bool = False  # no wait can help: the lease is larger than any GPU it may go on
 
 
 def available(gpu: Gpu, leases: Sequence[Held], reserve: int) -> int:
@@ -126,12 +127,30 @@ def plan_lease(size: int, gpus: Sequence[Gpu], residents: Sequence[Resident], le
     plans = [p for g in candidates if (p := _plan_on(g, size, residents, leases, reserve)) is not None]
     if plans:
         return min(plans, key=lambda p: (p.evicted_bytes, len(p.evict), p.gpu))
+    where = f"GPU {gpu}" if gpu is not None else "any GPU"
+    too_big = [g for g in candidates if size > g.total_bytes - reserve]
+    if len(too_big) == len(candidates):
+        # No eviction could ever make room: say so, and how much could be had, not who holds the GPU today.
+        if len(candidates) == 1:
+            g = candidates[0]
+            than = f"GPU {g.index}'s {format_size(g.total_bytes)} (total)"
+        else:
+            than = "every GPU's total (" + ", ".join(f"GPU {g.index} {format_size(g.total_bytes)}"
+                                                    for g in candidates) + ")"
+        most = max(g.total_bytes - reserve for g in candidates)
+        return Refusal(f"{format_size(size)} is more than {than}: ask for at most {format_size(most)} (the total "
+                       f"less the {format_size(reserve)} gpu.reserve)", (), never=True)
     parts, all_holders = [], []
     for g in candidates:
+        if g in too_big:
+            parts.append(f"GPU {g.index} ({g.name}) has only {format_size(g.total_bytes)} in all")
+            continue
         holders = holders_on(g, residents, leases)
         all_holders += holders
         usable = g.total_bytes - reserve
-        parts.append(f"GPU {g.index} ({g.name}) has {format_size(usable)} usable after the "
-                     f"{format_size(reserve)} reserve; held by: {', '.join(holders) or 'nothing visible'}")
-    where = f"GPU {gpu}" if gpu is not None else "any GPU"
-    return Refusal(f"cannot lease {format_size(size)} on {where}: " + "; ".join(parts), tuple(all_holders))
+        held = ", ".join(holders) or "nothing memwarden can name (a process NVML does not list?)"
+        parts.append(f"GPU {g.index} ({g.name}) has {format_size(max(0, available(g, leases, reserve)))} free of "
+                     f"{format_size(usable)} usable after the {format_size(reserve)} reserve; held by: {held}")
+    return Refusal(f"cannot lease {format_size(size)} on {where}: " + "; ".join(parts)
+                   + "; wait for it (--wait), or free what holds it (pinned models are never evicted)",
+                   tuple(all_holders))

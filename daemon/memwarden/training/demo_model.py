@@ -4,12 +4,17 @@ It lets the whole memory → training → adapter cycle run on any laptop and in
 download: `python -m memwarden.training.demo_model DIR` (or `build_demo_model(DIR)`) writes config.json,
 model.safetensors, generation_config.json and the tokenizer files (with a chat template) into DIR, loadable with
 AutoModelForCausalLM / AutoTokenizer.from_pretrained(DIR, local_files_only=True).
+
+The files are as readable as DIR: a model root built with the usual umask (DIR 0755) has 0644 files, so the
+service user can read it; a DIR made private (0700) keeps them private.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -125,7 +130,24 @@ def build_demo_model(
     model.to(torch.float32)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    share_like_directory(out)
     return out
+
+
+def share_like_directory(directory: Path) -> None:
+    """Give everything under `directory` at least the directory's own read bits (and search bits to subdirs).
+
+    safetensors writes through a temporary file (mode 0600, whatever the umask): the weights came out private in
+    a model root everyone else could list. The directory's mode is the caller's umask, or the caller's choice.
+    """
+    read = stat.S_IMODE(directory.stat().st_mode) & 0o444
+    for root, dirs, files in os.walk(directory):
+        for name in dirs:
+            path = Path(root, name)
+            path.chmod(stat.S_IMODE(path.stat().st_mode) | read | read >> 2)
+        for name in files:
+            path = Path(root, name)
+            path.chmod(stat.S_IMODE(path.stat().st_mode) | read)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -60,10 +60,16 @@ async def test_a_lease_that_needs_room_evicts_in_policy_order_and_records_what_t
 
 async def test_a_lease_that_cannot_fit_is_refused_and_counted_without_a_trace(world):
     _, ollama, inputs, ledger = world
-    with pytest.raises(ArbiterError, match="cannot lease"):
+    with pytest.raises(ArbiterError, match=r"20.0 GiB is more than GPU 0.s 12.0 GiB \(total\)"):
         await ledger.acquire(20 * GiB, "trainer")
     assert ledger.leases == {} and ledger.store.active() == [] and ollama.calls == []
     assert inputs.stats["refusals"] == 1 and inputs.stats["grants"] == 0
+
+
+async def test_a_lease_larger_than_the_gpu_is_refused_at_once_even_with_a_wait(world):
+    _, _, _, ledger = world
+    with pytest.raises(ArbiterError, match="is more than GPU 0's"):
+        await asyncio.wait_for(ledger.acquire(20 * GiB, "trainer", wait=600), 5)  # no wait makes a GPU larger
 
 
 async def test_only_a_preemptible_lease_may_be_preempted_and_its_watcher_hears_it(world):

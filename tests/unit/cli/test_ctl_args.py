@@ -67,7 +67,7 @@ def test_lease_help_exits_0_and_shows_every_option_and_the_verbs(capsys, argv):
     assert stop.value.code == 0
     out = capsys.readouterr().out
     for word in ("--gpu", "--wait", "--holder", "--priority", "--preemptible", "--requeue", "-- CMD",
-                 "lease list | release ID | preempt ID"):
+                 "lease list | release ID | preempt ID", "GB and MB 10^9 and 10^6"):
         assert word in out
 
 
@@ -89,6 +89,7 @@ def test_lease_verbs_keep_working():
     (["lease", "4GiB", "extra", "--", "true"], "one SIZE only"),
     (["lease", "4GiB", "--bogus", "--", "true"], "unrecognized option '--bogus'"),
     (["lease", "lots", "--", "true"], "SIZE: expected a size"),
+    (["lease", "4", "--", "true"], "SIZE: size 4 has no unit and is under 1 MiB: did you mean 4GiB?"),
     (["lease", "4GiB", "--wait", "forever", "--", "true"], "--wait: expected a duration"),
     (["lease", "4GiB", "--wait", "--", "true"], "--wait: expected one argument"),
     (["lease", "4GiB", "--gpu", "first", "--", "true"], "--gpu must be a GPU index or auto"),

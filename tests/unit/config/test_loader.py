@@ -406,3 +406,12 @@ def test_an_odd_unknown_key_is_quoted_on_one_line(name, shown):
     assert err.problems[0].startswith(f"at 'daemon.{shown}': unknown key")
     assert err.problems[1].startswith(f"at '{shown}': unknown section")
     assert all("\n" not in p for p in err.problems)
+
+
+@pytest.mark.parametrize(("section", "key"), [("host", "reserve"), ("gpu", "reserve"),
+                                              ("learning", "lease_size"), ("containers", "idle_leak_threshold")])
+def test_a_reserve_with_no_unit_under_a_mib_is_refused_naming_the_key(section, key):
+    err = problems_of({section: {key: 512}})
+    assert err.problems == [f"at '{section}.{key}': size 512 has no unit and is under 1 MiB: did you mean "
+                            "512MiB? (units: GiB = 2^30 bytes, GB = 10^9)"]
+    assert getattr(getattr(parse({section: {key: 2 * 1024**2}}), section), key) == 2 * 1024**2

@@ -79,3 +79,35 @@ def test_a_refusal_sent_before_the_request_is_read():
         server.close()
         with contextlib.suppress(OSError):
             shutil.rmtree(path.parent)
+
+
+def _stat(gid: int, mode: int):
+    import os
+    import stat
+
+    return os.stat_result((stat.S_IFSOCK | mode, 0, 0, 1, 0, gid, 0, 0, 0, 0))
+
+
+def test_permission_denied_names_the_sockets_group_to_join():
+    import grp
+
+    from memwarden.control.client import denied
+
+    group = next(g for g in grp.getgrall() if g.gr_gid != 0)
+    said = denied(Path("/run/memwarden/control.sock"), _stat(group.gr_gid, 0o660))
+    assert said == (f"permission denied on /run/memwarden/control.sock: the socket belongs to group "
+                    f"{group.gr_name}; join it (sudo usermod -aG {group.gr_name} $USER, then log in again)")
+
+
+def test_permission_denied_on_a_root_group_socket_says_to_set_daemon_socket_group():
+    from memwarden.control.client import denied
+
+    said = denied(Path("/run/memwarden/control.sock"), _stat(0, 0o660))
+    assert "belongs to group root" in said and "set daemon.socket_group" in said
+    assert "join it" not in said
+
+
+def test_permission_denied_before_the_socket_is_seen_names_its_directory():
+    from memwarden.control.client import denied
+
+    assert "its directory /run/memwarden is closed to you" in denied(Path("/run/memwarden/control.sock"), None)

@@ -8,7 +8,16 @@ GiB = 1024**3
 
 def test_size_param_parses_sizes():
     assert size_param("size", "4GiB") == 4 * GiB
-    assert size_param("size", 1024) == 1024
+    assert size_param("size", 1024**2) == 1024**2  # a JSON client sends bytes
+    assert size_param("size", "4B") == 4  # a unit is a choice, however small
+
+
+@pytest.mark.parametrize("value", [4, "4", 1024, 2.5, 1024**2 - 1])
+def test_size_param_refuses_a_bare_number_under_a_mib_as_a_missing_unit(value):
+    with pytest.raises(InvalidParams) as err:
+        size_param("size", value)
+    assert "has no unit and is under 1 MiB: did you mean" in err.value.message
+    assert err.value.message.startswith("invalid params: 'size': ")
 
 
 @pytest.mark.parametrize("value", ["lots", "4 parsecs", True, None, [], -5, float("inf")])
@@ -19,7 +28,7 @@ def test_size_param_invalid_names_the_param(value):
     assert err.value.message.startswith("invalid params: 'vram': ")
 
 
-@pytest.mark.parametrize("value", [0, "0", "0GiB", 0.5])
+@pytest.mark.parametrize("value", [0, "0", "0GiB", "0.1B"])
 def test_size_param_rejects_zero_bytes(value):
     with pytest.raises(InvalidParams, match="'vram' must be more than 0 bytes"):
         size_param("vram", value)

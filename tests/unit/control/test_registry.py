@@ -42,6 +42,7 @@ async def test_admin_method_denied_without_permission(registry):
         await registry.call("reload", {}, may_change_state=False)
     assert info.value.code == PERMISSION_DENIED
     assert "'reload' changes state" in info.value.message
+    assert "daemon.admin_group" in info.value.message  # the key that grants it, not "the admin group"
 
 
 async def test_admin_method_allowed_with_permission(registry):

@@ -84,6 +84,7 @@ class Script:
     code: int = EXIT_DONE
     events: list[dict[str, Any]] = field(default_factory=list)
     hold: bool = False
+    on_stop: list[dict[str, Any]] = field(default_factory=list)  # events of a held job once asked to stop
     holdout_after: float = 1.0  # the holdout loss it reaches (from 2.0): ≥ 2.0 is not promoted
 
 
@@ -113,6 +114,8 @@ class FakeJob:
         self.emitted.set()
         if self.script.hold:
             await self.preempted.wait()
+            for event in self.script.on_stop:
+                self.on_event(event)
             return EXIT_PREEMPTED
         if self.script.code == EXIT_DONE and not self.request.spec.dry_run_steps:
             finish_like_the_trainer(self.request, after=self.script.holdout_after)

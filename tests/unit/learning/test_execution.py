@@ -146,6 +146,22 @@ async def test_cancel_checkpoints_and_marks_the_run_cancelled(make, store):
     assert sup.status()["pending"] == []
 
 
+async def test_cancel_is_logged_and_recorded_as_a_cancel_not_a_preemption(make, store):
+    from structlog.testing import capture_logs
+
+    sup, executor = make(Script(hold=True, on_stop=[{"event": "preempted", "step": 3}]))  # as the trainer says
+    remember(store)
+    run_id = sup.start("alice")["id"]
+    await executor.started.wait()
+    with capture_logs() as logs:
+        reply = await sup.cancel("alice")
+    said = [e["event"] for e in logs]
+    assert "training run cancelled by an operator; its checkpoint is kept" in said
+    assert "trainer: stopped for a cancel" in said
+    assert not [e for e in said if "preempt" in e], said
+    assert reply["state"] == "cancelled" and sup.run(run_id)["state"] == "cancelled"
+
+
 async def test_a_refused_lease_leaves_the_run_waiting(make, store):
     arbiter = FakeArbiter(refuse="no room: 1 GiB free")
     sup, executor = make(arbiter=arbiter, backend="sim", device="auto", lease_size="2GiB")

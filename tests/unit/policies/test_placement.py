@@ -147,8 +147,9 @@ def test_refusal_names_models_leases_and_unknown_pids_on_each_gpu():
     assert isinstance(refusal, Refusal)
     reason = refusal.reason
     assert reason.startswith("cannot lease 8.0 GiB on any GPU: ")
-    assert "GPU 0 (Card A) has 23.0 GiB usable after the 1.0 GiB reserve" in reason
-    assert "GPU 1 (Card B) has 11.0 GiB usable after the 1.0 GiB reserve" in reason
+    assert "GPU 0 (Card A) has 0 B free of 23.0 GiB usable after the 1.0 GiB reserve" in reason
+    assert "GPU 1 (Card B) has 0 B free of 11.0 GiB usable after the 1.0 GiB reserve" in reason
+    assert reason.endswith("; wait for it (--wait), or free what holds it (pinned models are never evicted)")
     assert "model llama:latest 10.0 GiB, pinned" in reason
     assert "lease abc123 (finetune) 6.0 GiB" in reason
     assert "pid 300 python3 2.0 GiB" in reason
@@ -158,14 +159,37 @@ def test_refusal_names_models_leases_and_unknown_pids_on_each_gpu():
                                "pid 300 python3 2.0 GiB", "pid 400 ?")
 
 
-def test_refusal_on_an_explicit_gpu_says_which_and_nothing_visible():
+def test_refusal_on_an_explicit_gpu_says_which_and_that_nothing_it_can_name_holds_it():
     gpus = [gpu(0, total=8 * GiB, used=8 * GiB, processes=()), gpu(1, used=0)]
     refusal = plan_lease(4 * GiB, gpus, [], [], reserve=0, gpu=0)
     assert isinstance(refusal, Refusal)
     assert refusal.reason.startswith("cannot lease 4.0 GiB on GPU 0: ")
     assert "GPU 1" not in refusal.reason
-    assert "held by: nothing visible" in refusal.reason
+    assert "held by: nothing memwarden can name (a process NVML does not list?)" in refusal.reason
     assert refusal.holders == ()
+
+
+def test_a_lease_larger_than_the_gpu_says_so_not_who_holds_it():
+    g = gpu(0, total=12 * GiB, used=512 * MiB, processes=())
+    refusal = plan_lease(20 * GiB, [g], [], [], reserve=512 * MiB)
+    assert refusal == Refusal("20.0 GiB is more than GPU 0's 12.0 GiB (total): ask for at most 11.5 GiB (the total "
+                              "less the 512.0 MiB gpu.reserve)", (), never=True)
+
+
+def test_a_lease_larger_than_every_gpu_names_each_total():
+    gpus = [gpu(0, total=12 * GiB), gpu(1, total=8 * GiB)]
+    refusal = plan_lease(20 * GiB, gpus, [], [], reserve=0)
+    assert isinstance(refusal, Refusal)
+    assert refusal.reason.startswith("20.0 GiB is more than every GPU's total (GPU 0 12.0 GiB, GPU 1 8.0 GiB): "
+                                     "ask for at most 12.0 GiB")
+
+
+def test_a_lease_too_big_for_one_gpu_but_blocked_on_the_other_names_both():
+    gpus = [gpu(0, total=24 * GiB, used=24 * GiB, processes=()), gpu(1, total=8 * GiB)]
+    refusal = plan_lease(12 * GiB, gpus, [], [], reserve=0)
+    assert isinstance(refusal, Refusal)
+    assert "GPU 1 (Test 1) has only 8.0 GiB in all" in refusal.reason
+    assert "GPU 0 (Test 0) has 0 B free of 24.0 GiB usable" in refusal.reason
 
 
 def test_no_gpus_is_refused():
