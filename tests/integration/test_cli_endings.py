@@ -65,8 +65,11 @@ def test_ctrl_c_while_a_lease_waits_for_room_ends_without_a_traceback(make_daemo
     d.write_config({**d.sections, "gpu": {"backend": "sim", "sim_file": str(sim), "reserve": "1GiB"}})
     d.start()
     held = d.call("lease.acquire", {"size": "10GiB", "holder": "test"})
+    # Ctrl-C as a terminal delivers it, whatever this run inherited: a job started with `&` by a
+    # non-interactive shell ignores SIGINT, and so would the client.
     ctl = subprocess.Popen([BIN / "memwardenctl", "--socket", d.socket_path, "lease", "8GiB", "--wait", "10m",
-                            "--", "true"], stderr=subprocess.PIPE, text=True)
+                            "--", "true"], stderr=subprocess.PIPE, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         # Its request is in: the daemon counts its connection next to the one asking.
         wait_until(lambda: d.call("diagnostics")["clients"] >= 2, timeout=60, message="the lease request")
