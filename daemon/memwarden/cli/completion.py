@@ -7,7 +7,7 @@ choices) and whether it takes a path. Two words deep is all memwardenctl has (`m
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,13 +41,14 @@ def _node(parser: argparse.ArgumentParser, helptext: str = "") -> Node:
     return node
 
 
-def tree(parser: argparse.ArgumentParser) -> Node:
-    """The parser as completion sees it; `lease` parses its own words (cli/lease.py), so it is read there."""
-    from memwarden.cli import lease, memwardenctl
+def tree(parser: argparse.ArgumentParser, lease_verbs: Iterable[str] = ()) -> Node:
+    """The parser as completion sees it; `lease` parses its own words (cli/lease.py), so it is read there, with
+    the verbs memwardenctl gives it (`lease list`, …)."""
+    from memwarden.cli import lease
 
     root = _node(parser)
     own = _node(lease.parser(), root.verbs["lease"].help)
-    own.verbs = {v: Node() for v in memwardenctl.LEASE_VERBS}
+    own.verbs = {v: Node() for v in lease_verbs}
     root.verbs["lease"] = own
     return root
 
@@ -132,5 +133,5 @@ def zsh(root: Node, prog: str = "memwardenctl") -> str:
 SHELLS = {"bash": bash, "zsh": zsh}
 
 
-def script(parser: argparse.ArgumentParser, shell: str) -> str:
-    return SHELLS[shell](tree(parser))
+def script(parser: argparse.ArgumentParser, shell: str, lease_verbs: Iterable[str] = ()) -> str:
+    return SHELLS[shell](tree(parser, lease_verbs))

@@ -255,7 +255,7 @@ def run_local(args: argparse.Namespace, sock: Path) -> int:
     if args.command == "completion":
         from memwarden.cli.completion import script
 
-        print(script(args.parser, args.shell), end="")
+        print(script(args.parser, args.shell, LEASE_VERBS), end="")
         return 0
     if args.command == "version":
         return config_cmds.version(sock, args.timeout, args.json)

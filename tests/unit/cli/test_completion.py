@@ -35,7 +35,7 @@ def commands_and_verbs() -> dict[str, list[str]]:
 
 @pytest.mark.parametrize("shell", ["bash", "zsh"])
 def test_the_script_names_every_command_and_verb_of_the_parser(shell):
-    text = completion.script(parser(), shell)
+    text = completion.script(parser(), shell, memwardenctl.LEASE_VERBS)
     expected = commands_and_verbs()
     assert {"config", "diagnostics", "version", "completion", "train", "memories"} <= set(expected)
     assert "watch" in expected["train"] and {"show", "check"} <= set(expected["config"])
@@ -51,7 +51,7 @@ def test_bash_accepts_the_script_and_completes_commands_and_verbs(tmp_path):
     if shutil.which("bash") is None:
         pytest.skip("bash is not installed")
     script = tmp_path / "memwardenctl.bash"
-    script.write_text(completion.script(parser(), "bash"))
+    script.write_text(completion.script(parser(), "bash", memwardenctl.LEASE_VERBS))
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True).returncode == 0
 
     def complete(*words: str) -> list[str]:
@@ -71,6 +71,6 @@ def test_zsh_accepts_the_script(tmp_path):
     if shutil.which("zsh") is None:
         pytest.skip("zsh is not installed on this machine: its syntax check cannot run here")
     script = tmp_path / "_memwardenctl"
-    script.write_text(completion.script(parser(), "zsh"))
+    script.write_text(completion.script(parser(), "zsh", memwardenctl.LEASE_VERBS))
     done = subprocess.run(["zsh", "-n", str(script)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
