@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import os
 import socket
 from types import MappingProxyType
@@ -22,6 +21,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from memwarden.alerts.model import Condition
 from memwarden.logs import get_logger
+from memwarden.loopback import is_loopback
 from memwarden.metrics.collector import DaemonCollector
 
 if TYPE_CHECKING:
@@ -41,13 +41,6 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class MetricsServer:

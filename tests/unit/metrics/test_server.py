@@ -4,8 +4,9 @@ import socket
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from memwarden.loopback import is_loopback
 from memwarden.metrics import server as server_module
-from memwarden.metrics.server import MetricsServer, is_loopback
+from memwarden.metrics.server import MetricsServer
 
 
 async def http(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:

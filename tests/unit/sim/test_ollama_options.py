@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from memwarden.sim.ollama.options import DEFAULT_LISTEN, OptionError, is_loopback, parse, split_listen
+from memwarden.loopback import is_loopback
+from memwarden.sim.ollama.options import DEFAULT_LISTEN, OptionError, parse, split_listen
 
 GiB = 1024**3
 

@@ -7,13 +7,13 @@ beyond reading it.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from memwarden.loopback import is_loopback
 from memwarden.units import parse_size
 
 from .goformat import DurationError, normalize_name, parse_env_keep_alive
@@ -115,13 +115,6 @@ def split_listen(text: str) -> tuple[str, int]:
     return host, port
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to anything
 
 
 def parse_model(text: str) -> dict[str, Any]:
