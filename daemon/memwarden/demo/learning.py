@@ -46,7 +46,8 @@ def progress_line(status: dict[str, Any], max_steps: int) -> str | None:
     cur = status.get("current")
     if not cur:
         return None
-    last = cur.get("last") or {}
+    # The last event may be a checkpoint or the phase's start: the progress keeps the last step's figures.
+    last = {**(cur.get("progress") or {}), **{k: v for k, v in (cur.get("last") or {}).items() if v is not None}}
     parts = [f"run {cur['run_id']} ({cur['adapter']}): {cur.get('state', '?')}"]
     step = last.get("step")
     if isinstance(step, int):
