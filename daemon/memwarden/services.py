@@ -81,7 +81,7 @@ class Services:
 
     def degraded(self) -> dict[str, str]:
         """Each probe whose last read failed, with why."""
-        return {name: r.error for name, r in self.runners.items() if r.error is not None}
+        return {name: r.error for name, r in self.runners.items() if r.degraded and r.error is not None}
 
     def fresh(self, probe: str) -> bool:
         """A degraded probe's last reading is stale."""
@@ -158,7 +158,8 @@ def build(config: Config, db: Any, *, env: Mapping[str, str] | None = None,
     runners = {"host": ProbeRunner(host_probe or HostProbe(), timeout),
                "gpu": ProbeRunner(gpu_probe or make_gpu_probe(config.gpu), timeout)}
     if ollama is not None:
-        runners["ollama"] = ProbeRunner(OllamaProbe(ollama), timeout)
+        # Ollama at its default address, on a machine that may have none: no alert until one has answered there.
+        runners["ollama"] = ProbeRunner(OllamaProbe(ollama), timeout, optional="ollama.url" not in config.given)
     if config.containers.enabled:
         runners["containers"] = ProbeRunner(
             container_probe or ContainerProbe(config.containers.docker_url, timeout=timeout), timeout)

@@ -255,14 +255,14 @@ def test_dockerd_stopped_mid_run_is_a_degraded_probe_then_recovers(docker, make_
                    "the containers probe degraded")
     assert "degraded: containers" in status["summary"]
     until(lambda: any(a["kind"] == "probe.degraded" and a["key"] == "containers"
-                      for a in d.call("status")["active_alerts"]), 10, "a probe.degraded alert")
+                      for a in d.call("status")["active_alerts"]), 30, "a probe.degraded alert")  # after its hold
     view = d.call("containers.list")
     assert view["error"] and "unreachable" in view["error"]
     assert "docker: unreachable" in ctl(d, "containers").stdout
 
     docker.start()
     until(lambda: "containers" not in d.call("status")["degraded"], 30, "the containers probe recovered")
-    until(lambda: not any(a["kind"] == "probe.degraded" for a in d.call("status")["active_alerts"]), 10,
+    until(lambda: not any(a["kind"] == "probe.degraded" for a in d.call("status")["active_alerts"]), 30,
           "the probe.degraded alert resolved")
     resolved = alerts(d, "probe.degraded", "containers")
     assert len(resolved) == 1 and resolved[0]["resolved_at"] is not None

@@ -125,7 +125,7 @@ def test_a_port_in_use_keeps_the_daemon_running_and_alerts_until_it_is_free(make
         def alert():
             return next((a for a in d.call("alerts")["active"] if a["kind"] == "metrics.unavailable"), None)
 
-        raised = wait_until(alert, timeout=10, message="a metrics.unavailable alert")
+        raised = wait_until(alert, timeout=30, message="a metrics.unavailable alert")  # after its hold
         assert raised["key"] == listen
         assert raised["message"] == f"metrics not served: cannot listen on metrics.listen {listen}: " \
             f"{os.strerror(errno.EADDRINUSE)}"
@@ -135,5 +135,5 @@ def test_a_port_in_use_keeps_the_daemon_running_and_alerts_until_it_is_free(make
     finally:
         holder.close()
     wait_until(lambda: scrape_or_none(port), timeout=10, message="metrics served once the port is free")
-    wait_until(lambda: alert() is None, timeout=10, message="the metrics.unavailable alert resolved")
+    wait_until(lambda: alert() is None, timeout=30, message="the metrics.unavailable alert resolved")
     assert d.proc.poll() is None

@@ -93,7 +93,9 @@ async def house(tmp_path: Path, world: World | None = None, index: int = 0,
     """The parts over a fresh state database in tmp_path/state{index}; `sections` override the config."""
     world = world or World()
     clock = Clock(T0)
-    data: dict[str, dict[str, Any]] = {"ollama": {"url": ""}, "gpu": {"backend": "none"}, "host": {"hold": "0s"}}
+    # No holds, the host's nor the alerts': a test steps through them itself (tests/unit/alerts/test_hold.py).
+    data: dict[str, dict[str, Any]] = {"ollama": {"url": ""}, "gpu": {"backend": "none"}, "host": {"hold": "0s"},
+                                       "alerts": {"hold": {"default": "0s", "training": "0s"}}}
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
     state = tmp_path / f"state{index}"

@@ -8,6 +8,7 @@ from dataclasses import replace
 from types import MappingProxyType
 
 from memwarden.alerts.history import AlertHistory
+from memwarden.alerts.hold import hold
 from memwarden.alerts.model import ActiveAlert, AlertEvent, Condition, EventType, reconcile
 from memwarden.alerts.sinks.exec_hook import ExecSink
 from memwarden.alerts.sinks.queued import QueuedSink
@@ -56,6 +57,7 @@ class AlertDispatcher:
         self.active: dict[tuple[str, str], ActiveAlert] = {
             a.condition.ident: a for a in history.open_alerts()}
         self.raised: dict[tuple[str, str], int] = {}  # (kind, severity) → alerts raised since start (metrics)
+        self.holding: dict[tuple[str, str], float] = {}  # conditions within their alerts.hold (alerts/hold.py)
 
     async def reconfigure(self, cfg: AlertsConfig) -> None:
         if cfg == self.cfg:
@@ -68,7 +70,8 @@ class AlertDispatcher:
 
     def update(self, scope: str, conditions: Iterable[Condition], now: float) -> list[AlertEvent]:
         self._follow_clock_step(now)
-        conditions = [_redacted(c) for c in conditions]
+        conditions, self.holding = hold(self.active, [_redacted(c) for c in conditions], scope, self.mono(),
+                                        self.cfg.hold.of, self.holding)
         self.active, events = reconcile(self.active, conditions, scope, now, self.cfg.renotify_interval)
         for event in events:
             self.emit(event)

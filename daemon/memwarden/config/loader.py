@@ -117,7 +117,8 @@ def parse_config(data: dict[str, Any], source: Path | None = None,
             problems.append(f"at '{_key(name)}': unknown section{hint}")
             continue
         sections[name] = _build_section(name, section_type, raw, problems)
-    config = Config(**sections, source=source)
+    given = frozenset(f"{name}.{key}" for name, raw in data.items() if isinstance(raw, dict) for key in raw)
+    config = Config(**sections, source=source, given=given)
     _cross_checks(config, problems)
     if problems:
         raise ConfigError(source, problems)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from memwarden.config.holds import DEFAULT_RAW as DEFAULT_HOLDS
+from memwarden.config.holds import Holds, holds
 from memwarden.config.routes import Route, routes
 from memwarden.config.values import (
     boolean,
@@ -113,7 +115,10 @@ class GpuConfig:
 
 @dataclass(frozen=True)
 class OllamaConfig:
-    url: str = setting("http://127.0.0.1:11434", http_url, "Ollama's API (empty: no Ollama on this machine).")
+    url: str = setting(
+        "http://127.0.0.1:11434", http_url,
+        "Ollama's API (empty: no Ollama on this machine). Not set in the file: Ollama is looked for at the "
+        "default address, and none there is no alert until one has answered there.")
     service: str = setting(
         "", text, "How to stop/start Ollama as a last resort: a systemd unit (ending in .service) or a "
         "Docker container name. Empty: never.")
@@ -227,6 +232,11 @@ class AlertsConfig:
     webhook_retries: int = setting(3, integer(0, 20), "Retries of a failed POST, with exponential backoff.")
     exec_timeout: float = setting("10s", duration(0.1), "The exec hook is killed after this long.")
     history_retention: float = setting("30d", duration(3600), "Resolved alerts older than this are pruned.")
+    hold: Holds = setting(
+        DEFAULT_HOLDS, holds,
+        "How long a condition must last before its alert is raised, and be gone before it resolves, by kind "
+        "(training.throughput), scope (training) or default; a table here changes only the keys it names. host "
+        "and gpu hold in their policy (host.hold).")
 
 
 @dataclass(frozen=True)
@@ -250,6 +260,7 @@ class Config:
     alerts: AlertsConfig = AlertsConfig()
     metrics: MetricsConfig = MetricsConfig()
     source: Path | None = None  # the file it was read from; None = embedded defaults
+    given: frozenset[str] = frozenset()  # the key paths the file set ("ollama.url"), defaults or not
 
 
 SECTIONS: dict[str, type] = {

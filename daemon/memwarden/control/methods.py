@@ -29,6 +29,7 @@ def _jsonable_config(services: Services, secrets: bool = False) -> dict[str, Any
     """The config in effect as JSON; secrets redacted (config/redact.py) unless `secrets`."""
     data = asdict(services.config)
     data.pop("source", None)
+    data.pop("given", None)
     shown = {section: {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in values.items()}
              for section, values in data.items()}
     return shown if secrets else redact_config(shown, secret_keys())

@@ -19,8 +19,11 @@ log = get_logger()
 
 
 class ProbeRunner:
-    def __init__(self, probe: Any, timeout: float):
+    def __init__(self, probe: Any, timeout: float, optional: bool = False):
         self.probe = probe
+        # An optional probe reads something that may well not exist here (an Ollama nobody configured, at its
+        # default address): it is degraded only once it has answered at least once, then lost it.
+        self.optional = optional
         self.name: str = probe.name
         self.timeout = timeout
         self.error: str | None = None
@@ -34,7 +37,12 @@ class ProbeRunner:
 
     @property
     def degraded(self) -> bool:
-        return self.error is not None
+        return self.error is not None and not self.absent
+
+    @property
+    def absent(self) -> bool:
+        """An optional probe that never answered: nothing is there, which is no fault."""
+        return self.optional and self.last_ok_at is None
 
     def _start(self) -> asyncio.Future:
         if self._is_async:
@@ -68,7 +76,9 @@ class ProbeRunner:
             self._fail(str(exc) or repr(exc))
             return None
         self.hung_since = None
-        if self.error is not None:
+        if self.absent:
+            log.info("the probe answers; it is degraded if it stops", probe=self.name)
+        elif self.error is not None:
             log.info("probe recovered", probe=self.name, after_error=self.error)
         self.error = None
         self.last = snapshot
@@ -76,7 +86,10 @@ class ProbeRunner:
         return snapshot
 
     def _fail(self, error: str) -> None:
-        if error != self.error:
+        if self.absent:
+            if self.error is None:
+                log.info("nothing answers the probe; going on without it", probe=self.name, error=error)
+        elif error != self.error:
             log.error("probe degraded", probe=self.name, error=error)
         self.error = error
 

@@ -6,6 +6,7 @@ from types import MappingProxyType
 from memwarden.alerts.dispatch import AlertDispatcher
 from memwarden.alerts.history import AlertHistory
 from memwarden.alerts.model import Condition
+from memwarden.config.holds import holds
 from memwarden.config.schema import AlertsConfig
 from memwarden.state.db import open_state
 
@@ -21,7 +22,7 @@ class Inbox:
 def test_credentials_in_an_alert_reach_no_reader(tmp_path):
     db = open_state(tmp_path / "state")
     try:
-        d = AlertDispatcher(AlertHistory(db), AlertsConfig())
+        d = AlertDispatcher(AlertHistory(db), AlertsConfig(hold=holds({"probe": 0})))  # raised at once
         inbox = Inbox()
         d.sinks = [inbox]
         url = "http://admin:s3cretpw@10.0.0.5:11434/?key=k3y"

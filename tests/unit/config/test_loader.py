@@ -415,3 +415,9 @@ def test_a_reserve_with_no_unit_under_a_mib_is_refused_naming_the_key(section, k
     assert err.problems == [f"at '{section}.{key}': size 512 has no unit and is under 1 MiB: did you mean "
                             "512MiB? (units: GiB = 2^30 bytes, GB = 10^9)"]
     assert getattr(getattr(parse({section: {key: 2 * 1024**2}}), section), key) == 2 * 1024**2
+
+
+def test_the_config_knows_which_keys_the_file_set_even_at_their_default():
+    cfg = parse({"ollama": {"url": "http://127.0.0.1:11434"}, "host": {"hold": "10s"}})
+    assert cfg.given == frozenset({"ollama.url", "host.hold"})
+    assert parse({}).given == frozenset()

@@ -7,7 +7,7 @@ from memwarden.config import schema
 
 
 def test_sections_match_config_fields():
-    config_sections = {f.name: f.type for f in dataclasses.fields(schema.Config) if f.name != "source"}
+    config_sections = {f.name: f.type for f in dataclasses.fields(schema.Config) if f.name not in ("source", "given")}
     assert set(config_sections) == set(schema.SECTIONS)
     for name, section_type in schema.SECTIONS.items():
         assert isinstance(getattr(schema.Config(), name), section_type)

@@ -153,3 +153,28 @@ async def test_async_probe_that_hangs_is_single_flight(runners):
     assert await r.sample() == "fresh"
     assert probe.calls == 2
     assert r.error is None
+
+
+async def test_an_optional_probe_that_never_answered_is_absent_not_degraded():
+    from structlog.testing import capture_logs
+
+    runner = ProbeRunner(SyncProbe([ConnectionRefusedError("refused"), ConnectionRefusedError("refused"), "snap",
+                                    ConnectionRefusedError("refused")]), timeout=5, optional=True)
+    with capture_logs() as logs:
+        assert await runner.sample() is None
+        assert await runner.sample() is None
+        assert (runner.degraded, runner.absent, runner.error) == (False, True, "refused")  # `gpu` still says why
+        assert await runner.sample() == "snap"  # it answered once: losing it now is worth an alert
+        assert await runner.sample() is None
+        assert (runner.degraded, runner.absent) == (True, False)
+    said = [(e["log_level"], e["event"]) for e in logs]
+    assert said == [("info", "nothing answers the probe; going on without it"),
+                    ("info", "the probe answers; it is degraded if it stops"), ("error", "probe degraded")]
+    runner.close()
+
+
+async def test_a_probe_that_is_not_optional_is_degraded_from_its_first_failure():
+    runner = ProbeRunner(SyncProbe([ConnectionRefusedError("refused")]), timeout=5)
+    assert await runner.sample() is None
+    assert runner.degraded and not runner.absent
+    runner.close()
