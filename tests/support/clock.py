@@ -9,3 +9,7 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now

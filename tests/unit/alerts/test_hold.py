@@ -15,28 +15,17 @@ from memwarden.config import ConfigError, parse_config
 from memwarden.config.holds import holds
 from memwarden.config.schema import AlertsConfig
 from memwarden.state.db import open_state
+from support.clock import Clock
 
 SLOW = Condition("training.throughput", "alice", "warning", "training alice: 40 tokens/s, 60% below the run's 100",
                  MappingProxyType({"tokens_per_s": 40}))
 HOLDS = holds({"training": "1m", "probe": "5s"})
 
 
-class FakeClock:
-    def __init__(self, start: float = 1000.0):
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> float:
-        self.now += seconds
-        return self.now
-
-
 class Lifecycle:
     """hold() then reconcile(), as the dispatcher runs them, for one scope."""
 
-    def __init__(self, clock: FakeClock, scope: str = "training"):
+    def __init__(self, clock: Clock, scope: str = "training"):
         self.clock, self.scope = clock, scope
         self.active: dict = {}
         self.since: dict = {}
@@ -55,14 +44,14 @@ class Lifecycle:
 
 
 def test_a_throughput_dip_of_seconds_raises_nothing():
-    life = Lifecycle(FakeClock())
+    life = Lifecycle(Clock(1000.0))
     assert life.run(10, SLOW) == []  # 10 s slow: a busy CPU, not a problem
     assert life.run(30) == []
     assert life.active == {} and life.since == {}
 
 
 def test_a_condition_is_raised_once_it_lasted_its_hold_unbroken():
-    life = Lifecycle(FakeClock())
+    life = Lifecycle(Clock(1000.0))
     assert life.step(SLOW, dt=0) == []  # first seen
     assert life.run(59, SLOW) == []
     assert life.step() == []  # one pass without it: the count starts over
@@ -73,7 +62,7 @@ def test_a_condition_is_raised_once_it_lasted_its_hold_unbroken():
 
 
 def test_an_active_alert_resolves_once_gone_for_its_hold_and_a_blip_back_restarts_the_count():
-    life = Lifecycle(FakeClock())
+    life = Lifecycle(Clock(1000.0))
     life.step(SLOW, dt=0)
     life.run(60, SLOW)
     assert life.events == ["raised"]
@@ -87,14 +76,14 @@ def test_an_active_alert_resolves_once_gone_for_its_hold_and_a_blip_back_restart
 
 
 def test_a_kind_held_0s_is_raised_and_resolved_at_once():
-    life = Lifecycle(FakeClock())
+    life = Lifecycle(Clock(1000.0))
     failed = Condition("training.failed", "alice", "warning", "training run r1 of alice failed: boom")
     assert life.step(failed) == ["raised"]
     assert life.step() == ["resolved"]
 
 
 def test_a_severity_change_of_an_active_alert_is_not_held():
-    life = Lifecycle(FakeClock())
+    life = Lifecycle(Clock(1000.0))
     life.step(SLOW, dt=0)
     life.run(60, SLOW)
     worse = Condition(SLOW.kind, SLOW.key, "critical", SLOW.message)
@@ -102,7 +91,7 @@ def test_a_severity_change_of_an_active_alert_is_not_held():
 
 
 def test_other_scopes_pending_conditions_are_left_alone():
-    clock = FakeClock()
+    clock = Clock(1000.0)
     since = {("probe.degraded", "ollama"): 990.0}
     passed, since = hold({}, [SLOW], "training", clock(), HOLDS.of, since)
     assert passed == [] and since == {("probe.degraded", "ollama"): 990.0, SLOW.ident: 1000.0}
@@ -130,7 +119,7 @@ def test_a_bad_hold_names_its_key_path(hold_table, problem):
 def test_the_dispatcher_holds_on_the_monotonic_clock(tmp_path):
     db = open_state(tmp_path / "state")
     try:
-        mono = FakeClock()
+        mono = Clock(1000.0)
         d = AlertDispatcher(AlertHistory(db), AlertsConfig(hold=HOLDS), mono=mono)
         wall = 1_800_000_000.0
         assert d.update("training", [SLOW], wall) == []

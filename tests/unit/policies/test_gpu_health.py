@@ -2,22 +2,11 @@ from memwarden.config.schema import GpuConfig, HostConfig
 from memwarden.policies.gpu_health import GpuPolicyState, evaluate
 from memwarden.policies.levels import Level
 from memwarden.snapshots import Gpu, GpuSnapshot
+from support.clock import Clock
 
 GiB = 1024**3
 CFG = GpuConfig(vram_warn_percent=90, vram_crit_percent=98, temp_warn_c=85, temp_crit_c=95)
 HOST = HostConfig(hysteresis_percent=5, hold=10.0)
-
-
-class FakeClock:
-    def __init__(self, start: float = 1000.0):
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> float:
-        self.now += seconds
-        return self.now
 
 
 def snap(*gpus: Gpu) -> GpuSnapshot:
@@ -33,7 +22,7 @@ class Driver:
     """Feeds snapshots through evaluate with a fake clock, carrying the state."""
 
     def __init__(self, cfg: GpuConfig = CFG, host: HostConfig = HOST):
-        self.clock = FakeClock()
+        self.clock = Clock(1000.0)
         self.state = GpuPolicyState()
         self.cfg, self.host = cfg, host
         self.changes: list = []

@@ -14,21 +14,10 @@ from memwarden.policies.host_memory import (
 )
 from memwarden.policies.levels import Level, Thresholds
 from memwarden.snapshots import HostSnapshot, Pressure
+from support.clock import Clock
 
 GiB = 1024**3
 CFG = HostConfig(hold=10.0)
-
-
-class FakeClock:
-    def __init__(self, start: float = 1000.0):
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> float:
-        self.now += seconds
-        return self.now
 
 
 def pressure(some_avg10: float = 0.0) -> Pressure:
@@ -93,7 +82,7 @@ def test_healthy_host_has_no_conditions_or_changes():
 
 
 def test_ram_warning_only_after_hold():
-    clock = FakeClock()
+    clock = Clock(1000.0)
     hot = snap(ram_used_pct=90)
     verdict = evaluate(hot, HostPolicyState(), CFG, clock())
     assert verdict.conditions == ()
@@ -122,7 +111,7 @@ def test_ram_warning_only_after_hold():
 
 
 def test_condition_persists_while_level_held_without_new_change():
-    clock = FakeClock()
+    clock = Clock(1000.0)
     verdict, _ = drive(snap(ram_used_pct=97), 10, clock)
     assert [c.severity for c in verdict.conditions] == ["critical"]
     verdict2 = evaluate(snap(ram_used_pct=96), verdict.state, CFG, clock.advance(1))
@@ -132,7 +121,7 @@ def test_condition_persists_while_level_held_without_new_change():
 
 
 def test_all_three_kinds_raise_independently():
-    clock = FakeClock()
+    clock = Clock(1000.0)
     verdict, changes = drive(snap(ram_used_pct=96, swap_used_pct=60, psi=15.0), 10, clock)
     by_kind = {c.kind: c for c in verdict.conditions}
     assert set(by_kind) == {"host.ram", "host.swap", "host.psi"}
@@ -146,7 +135,7 @@ def test_all_three_kinds_raise_independently():
 
 
 def test_no_swap_and_no_psi_produce_no_conditions():
-    clock = FakeClock()
+    clock = Clock(1000.0)
     verdict, changes = drive(snap(ram_used_pct=96, swap_used_pct=None, psi=None), 20, clock)
     assert [c.kind for c in verdict.conditions] == ["host.ram"]
     assert {c.metric for c in changes} == {"ram"}
@@ -155,7 +144,7 @@ def test_no_swap_and_no_psi_produce_no_conditions():
 
 
 def test_metric_disappearing_resets_its_level_and_records_change():
-    clock = FakeClock()
+    clock = Clock(1000.0)
     verdict, _ = drive(snap(psi=50.0), 10, clock)
     assert [c.kind for c in verdict.conditions] == ["host.psi"]
     gone = evaluate(snap(psi=None), verdict.state, CFG, clock.advance(1))
@@ -166,7 +155,7 @@ def test_metric_disappearing_resets_its_level_and_records_change():
 
 
 def test_clearing_needs_hysteresis_and_hold():
-    clock = FakeClock()
+    clock = Clock(1000.0)
     verdict, _ = drive(snap(ram_used_pct=90), 10, clock)
     assert verdict.state.tracks["ram"].level is Level.WARNING
     # 82% is below warn but within the 5-point hysteresis: still warning, indefinitely.
