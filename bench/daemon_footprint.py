@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -85,13 +86,23 @@ class Watch:
         }
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def main() -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=60.0, help="measurement window after READY (default 60)")
     p.add_argument("--poll", type=float, default=0.5, help="RSS sampling period in seconds (default 0.5)")
     p.add_argument("--with-ollama", action="store_true",
                    help="the daemon also watches the Ollama double (one model loaded) on a 12 GiB sim GPU")
+    p.add_argument("--everything", action="store_true",
+                   help="--with-ollama, and the proxy, the container watch (the local dockerd), /metrics and "
+                        "learning (idle: no memories) on")
     args = p.parse_args()
+    args.with_ollama = args.with_ollama or args.everything
     exit_cleanly_on_sigterm()
 
     with contextlib.ExitStack() as stack:
@@ -109,6 +120,12 @@ def main() -> int:
             stack.callback(double.cleanup)
             double.load("m:1b", keep_alive=-1)
             config.update(gpu={"backend": "sim", "sim_file": str(sim)}, ollama={"url": double.url})
+        if args.everything:
+            (workdir / "base").mkdir()
+            config.update(proxy={"enabled": True, "listen": f"127.0.0.1:{free_port()}"},
+                          containers={"enabled": True},
+                          metrics={"enabled": True, "listen": f"127.0.0.1:{free_port()}"},
+                          learning={"enabled": True, "base_model": str(workdir / "base")})
         daemon = DaemonProcess(config, workdir=workdir)
         drain = stack.enter_context(managed(daemon))  # returns once READY=1 has arrived
         base, mine = Watch(sleeper.pid), Watch(daemon.pid)
@@ -164,7 +181,8 @@ def main() -> int:
         "notify_datagrams_in_window": notified,
         "diagnostics": diag,
     }
-    emit("Daemon footprint (sample_interval 1s)", text, results, args.json)
+    on = "everything on" if args.everything else "with the Ollama double" if args.with_ollama else "defaults"
+    emit(f"Daemon footprint (sample_interval 1s, {on})", text, results, args.json)
     return 0
 
 

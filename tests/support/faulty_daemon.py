@@ -56,6 +56,7 @@ def inject(target: str, flag: Path) -> None:
 def main(args: list[str]) -> int:
     target, flag, *rest = args
     sys.modules.setdefault("numpy", None)  # as memwardend does, before anything imports sqlite_utils
+    sys.modules.setdefault("rich", None)  # and before structlog
     inject(target, Path(flag))
     from memwarden.cli.memwardend import main as memwardend
 

@@ -7,6 +7,10 @@ import sys
 # sqlite-utils imports numpy whenever it can (for numpy column types), and the `train` extra puts numpy in the
 # same environment: ~20 MB of RSS the daemon never uses. Only the trainer subprocess may load it.
 sys.modules.setdefault("numpy", None)  # before sqlite_utils is first imported, hence the late imports below
+# structlog renders console tracebacks with rich whenever it can import it, and the `train` extra installs rich
+# (through huggingface_hub): ~4 MB for output the daemon's JSON and journal logs never use; the console
+# renderer formats plainly without it.
+sys.modules.setdefault("rich", None)
 
 import argparse
 import asyncio

@@ -20,7 +20,7 @@ from memwarden.policies.host_memory import admittable_bytes, levels
 from memwarden.services import Services
 
 # Only the trainer subprocess may import these; the daemon reports if any slipped in (a test reads the list too).
-HEAVY_MODULES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "trl", "ray", "numpy")
+HEAVY_MODULES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "trl", "ray", "numpy", "rich")
 # Imported only once something needs them: metrics.enabled; the proxy or a webhook; a container restart.
 OPTIONAL_MODULES = ("prometheus_client", "aiohttp", "docker")
 
