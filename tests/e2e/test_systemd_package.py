@@ -34,6 +34,10 @@ sim_file = "{SIM_FILE}"
 
 [metrics]
 enabled = true
+
+# Configured, and not running in the machine: its probe.degraded alert is a warning for the journal to carry.
+[ollama]
+url = "http://127.0.0.1:11434"
 """
 WATCHDOG_S = 6
 WATCHDOG_DROPIN = f"""\
@@ -146,7 +150,7 @@ def test_journal_entries_carry_priority_and_structured_fields(configured: Machin
     assert starting["STATE_DIR"] == "/var/lib/memwarden"
     assert starting["GPU_BACKEND"] == "sim"
     assert starting["_SYSTEMD_UNIT"] == UNIT
-    # Alerts are warnings with a stable MESSAGE_ID per kind (Ollama is not running in the machine).
+    # Alerts are warnings with a stable MESSAGE_ID per kind (the configured Ollama is not running in the machine).
     alerts = eventually(lambda: [e for e in m.journal("-b", "SYSLOG_IDENTIFIER=memwarden")
                                  if str(e.get("MESSAGE", "")).startswith("alert:") and "MESSAGE_ID" in e],
                         timeout=30, message="an alert entry with a MESSAGE_ID")
