@@ -116,6 +116,19 @@ def test_install_creates_user_units_and_conffile_and_starts(installed: Machine) 
     assert m.sh("ls /opt/memwarden/lib/python3*/site-packages/memwarden/__pycache__/*.pyc | head -1").stdout
 
 
+def test_setup_training_targets_the_packages_venv_and_needs_root(installed: Machine) -> None:
+    m = installed
+    dry = m.run("memwardenctl", "setup", "training", "--dry-run", "--cpu").stdout.splitlines()
+    assert dry[:2] == ["torch build: cpu (--cpu given)", "venv: /opt/memwarden"]
+    commands = [line for line in dry if line.startswith("$ ")]
+    assert len(commands) == 2 and all(c.startswith("$ /opt/memwarden/bin/python -m pip install ") for c in commands)
+    assert "--index-url https://download.pytorch.org/whl/cpu 'torch>=2.3'" in commands[0]
+    refused = m.run("runuser", "-u", "nobody", "--", "memwardenctl", "setup", "training", check=False)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr == ("memwardenctl: /opt/memwarden/bin is not writable by this user: run it as root "
+                              "(sudo memwardenctl setup training)\n")
+
+
 def test_first_client_starts_the_service_by_socket_activation(configured: Machine) -> None:
     m = configured
     m.run("systemctl", "stop", UNIT)

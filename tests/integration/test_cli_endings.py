@@ -115,7 +115,8 @@ def test_init_demo_without_the_train_extra_says_which_command_installs_it(tmp_pa
                           text=True, timeout=120, env=env)
     assert done.returncode == 1, done.stderr
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
-    assert "pip install 'memwarden[train]'" in done.stderr and "No module named 'torch'" in done.stderr
+    assert "install it with: sudo memwardenctl setup training" in done.stderr
+    assert "No module named 'torch'" in done.stderr
     assert not (tmp_path / "base").exists()
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from memwarden import __version__, paths
-from memwarden.cli import config_cmds, render
+from memwarden.cli import config_cmds, render, setup_training
 from memwarden.cli.memory_import import import_memories
 from memwarden.cli.usage import Parser, fail, run_quietly
 from memwarden.control.client import Client, ConnectError
@@ -116,6 +116,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     train.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                        help="watch: one JSON object per change of progress")
     config_cmds.add_parsers(sub)
+    setup_training.add_parser(sub)
     completion = sub.add_parser("completion", help="completion bash|zsh: print the shell completion script",
                                 description="print memwardenctl's completion script for bash or zsh")
     completion.add_argument("shell", choices=["bash", "zsh"])
@@ -238,7 +239,7 @@ def init_demo(directory: Path) -> int:
         out = build_demo_model(directory)
     except ImportError as exc:
         return fail(f"model init-demo needs the train extra ({exc}); install it with: "
-                    f"{sys.executable} -m pip install 'memwarden[train]'")
+                    "sudo memwardenctl setup training")
     except OSError as exc:
         return fail(f"{exc.filename or directory}: {exc.strerror or exc}")
     print(f"demo base model in {out}: point learning.base_model at it")
@@ -247,7 +248,7 @@ def init_demo(directory: Path) -> int:
 
 def local(args: argparse.Namespace) -> bool:
     """Whether the command line is answered here, or by more than one RPC call, rather than by request()."""
-    return (config_cmds.is_local(args) or args.command == "completion"
+    return (config_cmds.is_local(args) or args.command in ("completion", "setup")
             or (args.command == "train" and args.verb == "watch"))
 
 
@@ -261,6 +262,8 @@ def run_local(args: argparse.Namespace, sock: Path) -> int:
         return config_cmds.version(sock, args.timeout, args.json)
     if args.command == "config":
         return config_cmds.check(args.file, args.json)
+    if args.command == "setup":
+        return setup_training.run(args)
     from memwarden.cli.train_watch import watch
 
     return talking_to_daemon(sock, args.timeout, lambda: watch(sock, args.timeout, args.adapter, args.json))[1]

@@ -37,13 +37,15 @@ def commands_and_verbs() -> dict[str, list[str]]:
 def test_the_script_names_every_command_and_verb_of_the_parser(shell):
     text = completion.script(parser(), shell, memwardenctl.LEASE_VERBS)
     expected = commands_and_verbs()
-    assert {"config", "diagnostics", "version", "completion", "train", "memories"} <= set(expected)
+    assert {"config", "diagnostics", "version", "completion", "train", "memories", "setup"} <= set(expected)
     assert "watch" in expected["train"] and {"show", "check"} <= set(expected["config"])
+    assert expected["setup"] == ["training"]
     for name, verbs in expected.items():
         case = re.search(rf"^        {re.escape(name)}\)\n(.*?)(?=^        \S|^    esac)", text, re.M | re.S)
         assert case, f"{shell}: no case for {name}"
         assert [v for v in verbs if v not in case.group(1)] == [], f"{shell}: verbs of {name} missing"
-    for option in ("--socket", "--json", "--timeout", "--limit", "--import-id", "--preemptible", "--secrets"):
+    for option in ("--socket", "--json", "--timeout", "--limit", "--import-id", "--preemptible", "--secrets",
+                   "--cpu", "--cuda", "--dry-run"):
         assert option in text
 
 
@@ -65,6 +67,8 @@ def test_bash_accepts_the_script_and_completes_commands_and_verbs(tmp_path):
     assert complete("memories", "list", "--li") == ["--limit"]
     assert set(complete("lease", "")) >= {"list", "release", "preempt", "--gpu", "--wait"}
     assert complete("completion", "") == ["bash", "zsh", "--help"]
+    assert complete("setup", "") == ["training", "--help"]
+    assert complete("setup", "training", "--") == ["--help", "--cpu", "--cuda", "--dry-run"]
 
 
 def test_zsh_accepts_the_script(tmp_path):
