@@ -136,11 +136,11 @@ def check_load(path: Path) -> Config | None:
     assert isinstance(config, Config) and config.source == path
     for route in config.learning.routes:  # what the schema accepts, the memory store can use
         assert NAME_RE.match(route.adapter) and all(NAME_RE.match(p) for p in route.profiles), route
-    for section in fields(config):
-        for f in fields(getattr(config, section.name) or ()) if section.name != "source" else ():
-            v = getattr(getattr(config, section.name), f.name)
+    for name in SECTIONS:
+        for f in fields(getattr(config, name)):
+            v = getattr(getattr(config, name), f.name)
             if isinstance(v, float):
-                assert math.isfinite(v), f"{section.name}.{f.name} = {v} was accepted"
+                assert math.isfinite(v), f"{name}.{f.name} = {v} was accepted"
     return config
 
 
