@@ -2,7 +2,8 @@
 
 The state machine, recorded in the run's row (runs.py):
 - curating: the first time, the memories become files and a JobSpec (preparation.py);
-- waiting: the lease was refused; the next tick relaunches the run;
+- waiting: the lease was refused; the next tick relaunches the run. Past `learning.gpu_wait` (gpu_wait.py) it
+  is blocked (alerted), or with `learning.cpu_fallback` it runs on the CPU, niced, if host RAM has room;
 - running: under the lease (if any), a dry run of `dry_run_steps` once, then the real run, each a Job of the
   executor (executor.py);
 - preempted: the trainer checkpointed and exited 75; the run resumes from the checkpoint when relaunched;
@@ -15,8 +16,10 @@ The state machine, recorded in the run's row (runs.py):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import MappingProxyType
@@ -24,7 +27,7 @@ from typing import Any
 
 from memwarden.alerts.model import Condition
 from memwarden.config.schema import Config
-from memwarden.learning import leasing
+from memwarden.learning import gpu_wait, leasing
 from memwarden.learning.executor import Executor, JobRequest
 from memwarden.learning.jobspec import EXIT_DONE, EXIT_PREEMPTED, JobSpec
 from memwarden.learning.leasing import Granted, Refused, TrainingLeases
@@ -34,6 +37,7 @@ from memwarden.learning.runs import RunStore
 from memwarden.learning.store import MemoryStore
 from memwarden.learning.versions import VersionStore
 from memwarden.logs import get_logger
+from memwarden.snapshots import HostSnapshot
 
 log = get_logger()
 
@@ -48,7 +52,7 @@ Finish = Callable[[str, str, Path], Awaitable[bool]]  # (run, adapter, run dir) 
 class RunExecution:
     def __init__(self, config: Config, runs: RunStore, store: MemoryStore, versions: VersionStore,
                  leases: TrainingLeases, executor: Executor, finish: Finish, runs_dir: Path, gpu_backend: str,
-                 clock: Callable[[], float]):
+                 clock: Callable[[], float], monotonic: Callable[[], float] = time.monotonic):
         self.config = config
         self.runs = runs
         self.store = store
@@ -59,6 +63,10 @@ class RunExecution:
         self.runs_dir = runs_dir
         self.gpu_backend = gpu_backend
         self.clock = clock
+        self.monotonic = monotonic
+        self.host: Callable[[], HostSnapshot | None] = lambda: None  # the last host reading (services.py sets it)
+        self.waits: dict[str, gpu_wait.GpuWait] = {}  # run → its wait for a lease, since the first refusal
+        self.wait_decisions: dict[str, gpu_wait.WaitDecision] = {}  # run → the latest decision on that wait
         self.current: CurrentRun | None = None
         self.failed: dict[str, Condition] = {}  # adapter → its last failed run, until a run of it promotes
         self.closing = False
@@ -110,11 +118,23 @@ class RunExecution:
             spec = prepare(self.config, self.store, self.runs, self.versions, run_id, adapter, out,
                            leasing.device(self.config, self.gpu_backend))
         attempts = 0
+        on_cpu = False
         while True:
-            lease = await self.leases.acquire(run_id, adapter)
+            lease = leasing.NotNeeded() if on_cpu else await self.leases.acquire(run_id, adapter)
             if isinstance(lease, Refused):
-                self.runs.set_state(run_id, "waiting")
-                return  # the next tick tries again
+                if self.runs.state(run_id) == "cancelled":
+                    self.end_wait(run_id)
+                    return  # cancelled by an operator while it asked for the lease
+                if self.weigh_wait(run_id, adapter, lease).action != "cpu":
+                    self.runs.set_state(run_id, "waiting")
+                    return  # the next tick tries again
+                on_cpu = True
+                spec = dataclasses.replace(spec, device="cpu", nice=gpu_wait.CPU_NICE,
+                                           cpu_threads=gpu_wait.cpu_threads())
+                lease = leasing.NotNeeded()
+                if self.current is not None:
+                    self.current.cpu_fallback = True
+            self.end_wait(run_id)
             self.runs.set_state(run_id, "running", started_at=row["started_at"] or self.clock())
             try:
                 code = await self._phases(run_id, out, spec, lease if isinstance(lease, Granted) else None)
@@ -142,6 +162,41 @@ class RunExecution:
                 raise RuntimeError(f"trainer failed {attempts} times (last exit {code}): {self._why(out)}")
         if await self.finish(run_id, adapter, out):
             self.failed.pop(adapter, None)
+
+    def weigh_wait(self, run_id: str, adapter: str, refused: Refused) -> gpu_wait.WaitDecision:
+        """The refused run's wait decided (gpu_wait.py) and logged whenever its action changes."""
+        now = self.monotonic()
+        previous = self.waits.get(run_id)
+        wait = gpu_wait.GpuWait(run_id, adapter, previous.since if previous else now, refused.reason, refused.holders)
+        self.waits[run_id] = wait
+        try:
+            ram = leasing.lease_size(self.config)
+        except OSError:
+            ram = 0
+        decision = gpu_wait.decide(wait, now, self.config, self.host(), ram)
+        last = self.wait_decisions.get(run_id)
+        if last is None or (last.action, last.reason) != (decision.action, decision.reason):
+            log.info(f"decision: training run {decision.action}", **decision.log_fields(),
+                     dry_run=self.config.daemon.dry_run)
+        self.wait_decisions[run_id] = decision
+        return decision
+
+    def end_wait(self, run_id: str) -> None:
+        """The run got its lease, went to the CPU, or is cancelled: its wait (and its alert) ends."""
+        self.waits.pop(run_id, None)
+        self.wait_decisions.pop(run_id, None)
+
+    def waiting(self) -> list[gpu_wait.WaitDecision]:
+        """The decisions on the runs still waiting for the GPU, oldest wait first."""
+        out = []
+        for run_id, decision in list(self.wait_decisions.items()):
+            try:
+                state = self.runs.state(run_id)
+            except Exception:  # noqa: BLE001 - a run row gone or unreadable: no wait to show
+                state = None
+            if state == "waiting":
+                out.append(decision)
+        return out
 
     def _why(self, out: Path) -> str:
         """The trainer's own error line, else its log's tail: on a full disk the log (beside the run) holds a

@@ -99,9 +99,11 @@ class LearningSupervisor:
             "current": None if cur is None else {
                 "run_id": cur.run_id, "adapter": cur.adapter, "state": self.runs.state(cur.run_id),
                 "lease": dict(cur.lease.lease) if cur.lease else None, "last": cur.last,
-                "steps_seen": cur.steps.seen, "trainer_pid": cur.trainer_pid, "progress": cur.progress()},
+                "steps_seen": cur.steps.seen, "trainer_pid": cur.trainer_pid, "progress": cur.progress(),
+                "cpu_fallback": cur.cpu_fallback},
             "pending": pending,
             "pending_runs": [{k: self.runs.get(r)[k] for k in ("id", "adapter", "state")} for r in pending],
+            "waiting_runs": [d.to_dict() for d in self.execution.waiting()],
             "due": [d.to_dict() for d in self.due(self.clock())],
             "versions": self.versions.listing(),
         }
@@ -109,7 +111,8 @@ class LearningSupervisor:
     def conditions(self) -> list[Condition]:
         cur = self.current
         out = health.assess(cur.adapter, cur.steps) if cur else []
-        return out + list(self.execution.failed.values())
+        blocked = [c for d in self.execution.waiting() if (c := d.condition()) is not None]
+        return out + blocked + list(self.execution.failed.values())
 
     # ---- actions -------------------------------------------------------------------------------------------
 
@@ -130,7 +133,13 @@ class LearningSupervisor:
     async def cancel(self, adapter: str) -> dict[str, Any]:
         cur = self.current
         if cur is None or cur.adapter != adapter:
-            raise RuntimeError(f"no run of {adapter} in progress")
+            waiting = [r for r in self.runs.pending() if self.runs.get(r)["adapter"] == adapter]
+            if not waiting:
+                raise RuntimeError(f"no run of {adapter} in progress")
+            for run_id in waiting:  # queued or waiting for the GPU: nothing runs, nothing to checkpoint
+                self.runs.set_state(run_id, "cancelled", finished_at=self.clock())
+                self.execution.end_wait(run_id)
+            return self.runs.get(waiting[-1])
         cur.cancelling = True
         if cur.job is not None:
             cur.job.preempt()  # the trainer checkpoints first
