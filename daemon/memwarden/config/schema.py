@@ -219,6 +219,8 @@ class LearningConfig:
     cpu_fallback: bool = setting(
         False, boolean, "Past learning.gpu_wait, train on the CPU (niced, threads for the host) unless that would "
         "push host RAM past host.ram_warn_percent.")
+    cpu_to_gpu: bool = setting(
+        True, boolean, "A run that fell back to the CPU moves to the GPU at a checkpoint once its lease is granted.")
 
 
 @dataclass(frozen=True)

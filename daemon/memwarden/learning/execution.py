@@ -3,7 +3,9 @@
 The state machine, recorded in the run's row (runs.py):
 - curating: the first time, the memories become files and a JobSpec (preparation.py);
 - waiting: the lease was refused; the next tick relaunches the run. Past `learning.gpu_wait` (gpu_wait.py) it
-  is blocked (alerted), or with `learning.cpu_fallback` it runs on the CPU, niced, if host RAM has room;
+  is blocked (alerted), or with `learning.cpu_fallback` it runs on the CPU, niced, if host RAM has room; with
+  `learning.cpu_to_gpu`, at each checkpoint of a CPU run the lease is asked for again, and once granted the
+  trainer checkpoints and stops and the run resumes from that checkpoint on the GPU;
 - running: under the lease (if any), a dry run of `dry_run_steps` once, then the real run, each a Job of the
   executor (executor.py);
 - preempted: the trainer checkpointed and exited 75; the run resumes from the checkpoint when relaunched;
@@ -16,6 +18,7 @@ The state machine, recorded in the run's row (runs.py):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import shutil
 import sqlite3
@@ -43,7 +46,7 @@ log = get_logger()
 
 MAX_ATTEMPTS = 3  # crashes (not preemptions) of the trainer before a run is failed
 DRY_FAILED = -1000  # a failed dry run's exit, offset so that it never reads as a real run's code
-LOGGED_EVENTS = ("clamp", "oom_retry", "preempted", "error", "checkpoint")  # trainer events worth a log line
+LOGGED_EVENTS = ("start", "clamp", "oom_retry", "preempted", "error", "checkpoint")  # trainer events worth a log line
 ERROR_TAIL = 800  # characters of the trainer's log quoted when it died without an error line
 
 Finish = Callable[[str, str, Path], Awaitable[bool]]  # (run, adapter, run dir) → promoted
@@ -67,6 +70,8 @@ class RunExecution:
         self.host: Callable[[], HostSnapshot | None] = lambda: None  # the last host reading (services.py sets it)
         self.waits: dict[str, gpu_wait.GpuWait] = {}  # run → its wait for a lease, since the first refusal
         self.wait_decisions: dict[str, gpu_wait.WaitDecision] = {}  # run → the latest decision on that wait
+        self.handover: Granted | None = None  # the lease a CPU run moves to the GPU under, once its trainer stops
+        self._moving: asyncio.Task | None = None
         self.current: CurrentRun | None = None
         self.failed: dict[str, Condition] = {}  # adapter → its last failed run, until a run of it promotes
         self.closing = False
@@ -119,8 +124,15 @@ class RunExecution:
                            leasing.device(self.config, self.gpu_backend))
         attempts = 0
         on_cpu = False
+        gpu_spec = spec
         while True:
             lease = leasing.NotNeeded() if on_cpu else await self.leases.acquire(run_id, adapter)
+            if on_cpu and self.handover is not None:  # the CPU trainer stopped at its checkpoint: on to the GPU
+                lease, self.handover, on_cpu, spec = self.handover, None, False, gpu_spec
+                if self.current is not None:
+                    self.current.cpu_fallback = False
+                log.info("training run resumes on the GPU from its checkpoint", run=run_id, adapter=adapter,
+                         lease=lease.id, gpu=lease.gpu)
             if isinstance(lease, Refused):
                 if self.runs.state(run_id) == "cancelled":
                     self.end_wait(run_id)
@@ -136,10 +148,12 @@ class RunExecution:
                     self.current.cpu_fallback = True
             self.end_wait(run_id)
             self.runs.set_state(run_id, "running", started_at=row["started_at"] or self.clock())
+            code = None
             try:
                 code = await self._phases(run_id, out, spec, lease if isinstance(lease, Granted) else None)
             finally:
                 await self.leases.release(lease)
+                await self._end_move(keep=on_cpu and code == EXIT_PREEMPTED)
             if self.closing:
                 self.runs.set_state(run_id, "interrupted")
                 return  # the daemon is stopping: the run resumes from its checkpoint after the restart
@@ -150,6 +164,8 @@ class RunExecution:
                 log.info("training run cancelled by an operator; its checkpoint is kept", run=run_id,
                          adapter=adapter, code=code)
                 return
+            if code == EXIT_PREEMPTED and on_cpu and self.handover is not None:
+                continue
             if code == EXIT_PREEMPTED:
                 self.runs.set_state(run_id, "preempted")
                 log.info("training run preempted; it resumes from its checkpoint when the GPU is free",
@@ -198,6 +214,34 @@ class RunExecution:
                 out.append(decision)
         return out
 
+    async def _move_to_gpu(self, run_id: str, adapter: str) -> None:
+        """A CPU run at a checkpoint: if the lease is granted now, the trainer stops (it checkpoints first) and
+        the run resumes under that lease."""
+        lease = await self.leases.acquire(run_id, adapter)
+        cur = self.current
+        if not isinstance(lease, Granted):
+            return
+        if cur is None or cur.run_id != run_id or cur.job is None or cur.cancelling or self.closing:
+            await self.leases.release(lease)
+            return
+        self.handover = lease
+        log.info("decision: a CPU run moves to the GPU at its checkpoint", decision="training.cpu_to_gpu",
+                 run=run_id, adapter=adapter, lease=lease.id, gpu=lease.gpu, step=(cur.last or {}).get("step"))
+        cur.job.preempt()
+
+    async def _end_move(self, keep: bool) -> None:
+        """After a phase: a move still asking for its lease stops; a granted one is kept only for the CPU run
+        it was granted to (`keep`), and only while nothing else ended that run."""
+        if self._moving is not None and not self._moving.done():
+            self._moving.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._moving
+        self._moving = None
+        cur = self.current
+        if self.handover is not None and not (keep and not self.closing and cur is not None and not cur.cancelling):
+            await self.leases.release(self.handover)
+            self.handover = None
+
     def _why(self, out: Path) -> str:
         """The trainer's own error line, else its log's tail: on a full disk the log (beside the run) holds a
         torn traceback at best."""
@@ -245,6 +289,10 @@ class RunExecution:
             return
         cur.record(event)
         kind = event.get("event")
+        if (kind == "checkpoint" and cur.cpu_fallback and self.config.learning.cpu_to_gpu and self.handover is None
+                and (self._moving is None or self._moving.done())):
+            self._moving = asyncio.get_running_loop().create_task(self._move_to_gpu(cur.run_id, cur.adapter),
+                                                                  name=f"cpu-to-gpu-{cur.run_id}")
         if kind in LOGGED_EVENTS:
             if kind == "preempted" and cur.cancelling:
                 kind = "stopped for a cancel"  # the trainer cannot tell a cancel from a preemption; the log can

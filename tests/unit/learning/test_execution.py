@@ -221,6 +221,55 @@ async def test_with_cpu_fallback_a_run_past_gpu_wait_trains_on_the_cpu_niced(mak
     assert arbiter.acquired == [] and sup.conditions() == []
 
 
+async def cpu_run_holding(make, store, **learning):
+    """A run fallen back to the CPU, its trainer running (held until stopped)."""
+    sup, executor, arbiter, _ = refused_run(make, store, Script(hold=True), Script(), gpu_wait="0s",
+                                               cpu_fallback=True, **learning)
+    sup.execution.host = lambda: HostSnapshot(0.0, 64 * GiB, 60 * GiB, 0, 0, None)
+    sup.start("alice")
+    await executor.started.wait()
+    await executor.jobs[0].emitted.wait()
+    assert executor.requests[0].gpu is None and sup.status()["current"]["cpu_fallback"]
+    return sup, executor, arbiter
+
+
+async def test_a_cpu_run_moves_to_the_gpu_at_a_checkpoint_once_the_lease_is_granted(make, store, tmp_path):
+    sup, executor, arbiter = await cpu_run_holding(make, store)
+    cpu_job = executor.jobs[0]
+    cpu_job.on_event({"event": "checkpoint", "step": 4})  # still refused: it stays on the CPU
+    await sup.execution._moving
+    assert not cpu_job.preempted.is_set() and arbiter.acquired == []
+    arbiter.refuse = None  # the pin is lifted
+    cpu_job.on_event({"event": "checkpoint", "step": 8})
+    assert (await finished(sup))["state"] == "promoted"
+    assert cpu_job.preempted.is_set(), "the CPU trainer was stopped at its checkpoint"
+    gpu_request = executor.requests[1]
+    assert gpu_request.gpu == 0 and gpu_request.spec.sim_gpu is not None
+    assert (gpu_request.spec.nice, gpu_request.spec.cpu_threads) == (0, None)
+    assert gpu_request.spec.output_dir == executor.requests[0].spec.output_dir, "it resumes the same checkpoints"
+    assert arbiter.released == ["L1"] and sup.execution.handover is None
+
+
+async def test_without_cpu_to_gpu_a_cpu_run_stays_on_the_cpu(make, store):
+    sup, executor, arbiter = await cpu_run_holding(make, store, cpu_to_gpu=False)
+    arbiter.refuse = None
+    executor.jobs[0].on_event({"event": "checkpoint", "step": 4})
+    assert sup.execution._moving is None and arbiter.acquired == []
+    await sup.cancel("alice")
+    assert len(executor.requests) == 1
+
+
+async def test_a_cpu_run_cancelled_while_its_move_is_granted_releases_the_lease(make, store):
+    sup, executor, arbiter = await cpu_run_holding(make, store)
+    arbiter.refuse = None
+    sup.current.cancelling = True  # as cancel() marks it, before the checkpoint's move is decided
+    executor.jobs[0].on_event({"event": "checkpoint", "step": 4})
+    await sup.execution._moving
+    assert arbiter.released == ["L1"] and sup.execution.handover is None
+    await sup.cancel("alice")
+    assert sup.history(1)[0]["state"] == "cancelled" and len(executor.requests) == 1
+
+
 async def test_a_cpu_run_that_would_cross_the_ram_warning_level_is_held_and_alerted(make, store):
     sup, executor, _, _ = refused_run(make, store, Script(), gpu_wait="0s", cpu_fallback=True)
     sup.execution.host = lambda: HostSnapshot(0.0, 16 * GiB, 3 * GiB, 0, 0, None)  # 81 % used + 2 GiB: 94 %
