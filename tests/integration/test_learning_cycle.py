@@ -322,3 +322,25 @@ def test_a_cpu_run_that_would_cross_the_ram_warning_level_is_held_with_its_reaso
     [wait] = d.call("train.status")["waiting_runs"]
     assert wait["action"] == "held" and "host.ram_warn_percent" in wait["reason"]
     assert [r["state"] for r in runs(d)] == ["waiting"], "no trainer started"
+
+
+def test_unpinning_mid_run_moves_a_cpu_run_to_the_gpu_at_its_next_checkpoint_no_step_lost(learning, tmp_path):
+    d, _ = gpu_full_with_a_pinned_model(learning, gpu_wait="1s", cpu_fallback=True, max_steps=120, dry_run_steps=0)
+    memories_file(tmp_path / "alice.jsonl", "alice")
+    assert ctl(d, "memories", "import", str(tmp_path / "alice.jsonl")).returncode == 0
+    wait_until(lambda: (cur := d.call("train.status")["current"]) and cur["cpu_fallback"] and cur["steps_seen"] >= 2,
+               timeout=RUN_TIMEOUT, interval=0.2, message="the run training on the CPU")
+
+    d.call("models.unpin", {"name": BIG})
+    run = wait_for_run(d)
+    assert run["state"] == "promoted", run
+    events = d.log_events()
+    said = [e["event"] for e in events]
+    assert "decision: a CPU run moves to the GPU at its checkpoint" in said
+    assert "training run resumes on the GPU from its checkpoint" in said
+    stopped = next(e for e in events if e.get("event") == "trainer: preempted")
+    starts = [e for e in events if e.get("event") == "trainer: start"]
+    assert [s["resumed_from_step"] for s in starts] == [0, stopped["step"]], "resumed at the step it stopped at"
+    exits = [e["code"] for e in events if e.get("event") == "trainer exited"]
+    assert exits == [75, 0]
+    assert any(x["holder"].startswith("training alice") for x in d.call("lease.list")["recent"]), "on the GPU"
