@@ -185,11 +185,8 @@ class RunExecution:
         previous = self.waits.get(run_id)
         wait = gpu_wait.GpuWait(run_id, adapter, previous.since if previous else now, refused.reason, refused.holders)
         self.waits[run_id] = wait
-        try:
-            ram = leasing.lease_size(self.config)
-        except OSError:
-            ram = 0
-        decision = gpu_wait.decide(wait, now, self.config, self.host(), ram)
+        # A CPU run holds about what its lease would: the weights as the method loads them, with activations.
+        decision = gpu_wait.decide(wait, now, self.config, self.host(), leasing.lease_size(self.config))
         last = self.wait_decisions.get(run_id)
         if last is None or (last.action, last.reason) != (decision.action, decision.reason):
             log.info(f"decision: training run {decision.action}", **decision.log_fields(),
