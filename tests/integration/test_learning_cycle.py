@@ -328,8 +328,9 @@ def test_unpinning_mid_run_moves_a_cpu_run_to_the_gpu_at_its_next_checkpoint_no_
     d, _ = gpu_full_with_a_pinned_model(learning, gpu_wait="1s", cpu_fallback=True, max_steps=120, dry_run_steps=0)
     memories_file(tmp_path / "alice.jsonl", "alice")
     assert ctl(d, "memories", "import", str(tmp_path / "alice.jsonl")).returncode == 0
-    wait_until(lambda: (cur := d.call("train.status")["current"]) and cur["cpu_fallback"] and cur["steps_seen"] >= 2,
-               timeout=RUN_TIMEOUT, interval=0.2, message="the run training on the CPU")
+    cpu = wait_until(lambda: (c := d.call("train.status")["current"]) and c["cpu_fallback"] and c["steps_seen"] >= 2
+                     and c, timeout=RUN_TIMEOUT, interval=0.2, message="the run training on the CPU")
+    assert os.getpriority(os.PRIO_PROCESS, cpu["trainer_pid"]) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10)
 
     d.call("models.unpin", {"name": BIG})
     run = wait_for_run(d)
