@@ -176,5 +176,6 @@ def build(config: Config, db: Any, *, env: Mapping[str, str] | None = None,
                                   runners["gpu"].probe.backend, clock=wall)
     services = Services(config, db, state, dispatcher, runners, ollama, arbiter, containers, memories, learning,
                         Notifier(os.environ if env is None else env), Readings(started_at=wall()), clock, wall)
+    learning.execution.host = lambda: services.readings.host
     dispatcher.on_record_error = services.state.record_error("alert history")
     return services

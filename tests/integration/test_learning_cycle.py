@@ -1,6 +1,7 @@
 """The whole learning cycle under the real daemon: memories imported past the threshold → a run scheduled →
 the trainer subprocess trains (real torch on CPU, the tiny demo model) under a preemptible lease on the sim
-GPU → evaluated → promoted → exported into the Ollama double → memories consolidated, once."""
+GPU → evaluated → promoted → exported into the Ollama double → memories consolidated, once; and a run the GPU
+is refused to (a pinned model fills it): blocked and alerted past learning.gpu_wait, or trained on the CPU."""
 
 from __future__ import annotations
 
@@ -45,13 +46,13 @@ def memories_file(path, profile, importance=5, repeat=2):
 def learning(make_daemon, demo_base):
     started = []
 
-    def start(extra=None, with_double=True):
+    def start(extra=None, with_double=True, models=()):
         d = make_daemon()
         sim = d.workdir / "gpu.json"
         sim_gpu(sim, 12 * GiB)
         double = None
         if with_double:
-            double = OllamaDouble(sim, [{"name": BASE, "size": GiB, "family": "llama"}], unload_linger=0.2,
+            double = OllamaDouble(sim, [{"name": BASE, "size": GiB, "family": "llama"}, *models], unload_linger=0.2,
                                   workdir=d.workdir / "od").start()
             started.append(double)
         sections = {k: dict(v) for k, v in d.sections.items()}
@@ -248,3 +249,99 @@ def test_train_start_runs_now_and_full_fine_tune_clamps_the_learning_rate(learni
     clamps = [e for e in d.log_events() if e.get("event") == "trainer: clamp"]
     assert clamps and clamps[0]["requested"] == 5e-6 and clamps[0]["used"] == 1e-5
     assert d.call("diagnostics")["heavy_modules_loaded"] == []
+
+
+BIG = "big:7b"
+PINNED = f"model {BIG} 11.0 GiB, pinned"
+
+
+def gpu_full_with_a_pinned_model(learning, host=None, **learning_keys):
+    """The 12 GiB sim GPU holds an 11 GiB pinned model: a 2 GiB training lease is refused until it is unpinned."""
+    d, double = learning({"learning": learning_keys, "host": host or {}},
+                         models=[{"name": BIG, "size": 11 * GiB, "family": "llama"}])
+    double.load(BIG)
+    wait_until(lambda: any(m["name"] == BIG and m["resident"] for m in d.call("models.list")), timeout=30,
+               message=f"{BIG} resident in the daemon's view")
+    d.call("models.pin", {"name": BIG})
+    return d, double
+
+
+def blocked_alert(d):
+    return next((a for a in d.call("alerts")["active"] if a["kind"] == "training.blocked"), None)
+
+
+def test_a_run_refused_the_gpu_waits_then_raises_training_blocked_naming_the_pin(learning, tmp_path):
+    d, _ = gpu_full_with_a_pinned_model(learning, gpu_wait="2s")
+    memories_file(tmp_path / "alice.jsonl", "alice")
+    assert ctl(d, "memories", "import", str(tmp_path / "alice.jsonl")).returncode == 0
+
+    alert = wait_until(lambda: blocked_alert(d), timeout=60, interval=0.3,
+                       message=lambda: f"training.blocked; status: {d.call('train.status')}")
+    assert alert["key"] == "alice" and alert["severity"] == "warning"
+    assert PINNED in alert["message"] and alert["fields"]["waited_s"] >= 2
+    [wait] = d.call("train.status")["waiting_runs"]
+    assert wait["action"] == "blocked" and PINNED in wait["holders"]
+    shown = ctl(d, "train", "status")
+    assert shown.returncode == 0 and "blocked: waiting for the GPU past learning.gpu_wait" in shown.stdout
+    assert PINNED in shown.stdout
+    assert [r["state"] for r in runs(d)] == ["waiting"], "no trainer started while the GPU is held"
+
+    d.call("models.unpin", {"name": BIG})  # now the lease may evict it: the run gets its GPU
+    run = wait_for_run(d)
+    assert run["state"] == "promoted", run
+    wait_until(lambda: blocked_alert(d) is None, timeout=30, interval=0.3, message="training.blocked resolved")
+    assert any(x["holder"].startswith("training alice") for x in d.call("lease.list")["recent"])
+
+
+def test_with_cpu_fallback_a_run_refused_the_gpu_trains_on_the_cpu_and_is_promoted(learning, tmp_path):
+    d, _ = gpu_full_with_a_pinned_model(learning, gpu_wait="2s", cpu_fallback=True)
+    memories_file(tmp_path / "alice.jsonl", "alice")
+    assert ctl(d, "memories", "import", str(tmp_path / "alice.jsonl")).returncode == 0
+
+    run = wait_for_run(d)
+    assert run["state"] == "promoted", run
+    assert d.call("lease.list")["recent"] == [], "the run never held a lease"
+    spec = json.loads((d.workdir / "state" / "runs" / run["id"] / "job.run.json").read_text())
+    assert spec["device"] == "cpu" and spec["sim_gpu"] is None and spec["nice"] == 10 and spec["cpu_threads"] >= 1
+    assert any(e.get("event") == "decision: training run cpu" and PINNED in e.get("holders", ())
+               for e in d.log_events())
+    assert blocked_alert(d) is None
+
+
+def test_a_cpu_run_that_would_cross_the_ram_warning_level_is_held_with_its_reason(learning, tmp_path):
+    # Any CPU run crosses a 1 % warning level: the 2 GiB it needs are counted on top of what the host uses now.
+    d, _ = gpu_full_with_a_pinned_model(learning, {"ram_warn_percent": 1, "ram_crit_percent": 2},
+                                        gpu_wait="2s", cpu_fallback=True)
+    memories_file(tmp_path / "alice.jsonl", "alice")
+    assert ctl(d, "memories", "import", str(tmp_path / "alice.jsonl")).returncode == 0
+
+    alert = wait_until(lambda: blocked_alert(d), timeout=60, interval=0.3,
+                       message=lambda: f"training.blocked; status: {d.call('train.status')}")
+    assert "not started on the CPU" in alert["message"] and "1% warning level" in alert["message"]
+    assert PINNED in alert["message"]
+    [wait] = d.call("train.status")["waiting_runs"]
+    assert wait["action"] == "held" and "host.ram_warn_percent" in wait["reason"]
+    assert [r["state"] for r in runs(d)] == ["waiting"], "no trainer started"
+
+
+def test_unpinning_mid_run_moves_a_cpu_run_to_the_gpu_at_its_next_checkpoint_no_step_lost(learning, tmp_path):
+    d, _ = gpu_full_with_a_pinned_model(learning, gpu_wait="1s", cpu_fallback=True, max_steps=120, dry_run_steps=0)
+    memories_file(tmp_path / "alice.jsonl", "alice")
+    assert ctl(d, "memories", "import", str(tmp_path / "alice.jsonl")).returncode == 0
+    cpu = wait_until(lambda: (c := d.call("train.status")["current"]) and c["cpu_fallback"] and c["steps_seen"] >= 2
+                     and c, timeout=RUN_TIMEOUT, interval=0.2, message="the run training on the CPU")
+    assert os.getpriority(os.PRIO_PROCESS, cpu["trainer_pid"]) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10)
+
+    d.call("models.unpin", {"name": BIG})
+    run = wait_for_run(d)
+    assert run["state"] == "promoted", run
+    events = d.log_events()
+    said = [e["event"] for e in events]
+    assert "decision: a CPU run moves to the GPU at its checkpoint" in said
+    assert "training run resumes on the GPU from its checkpoint" in said
+    stopped = next(e for e in events if e.get("event") == "trainer: preempted")
+    starts = [e for e in events if e.get("event") == "trainer: start"]
+    assert [s["resumed_from_step"] for s in starts] == [0, stopped["step"]], "resumed at the step it stopped at"
+    exits = [e["code"] for e in events if e.get("event") == "trainer exited"]
+    assert exits == [75, 0]
+    assert any(x["holder"].startswith("training alice") for x in d.call("lease.list")["recent"]), "on the GPU"

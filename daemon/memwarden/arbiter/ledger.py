@@ -162,7 +162,7 @@ class LeaseLedger:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or outcome.never:
                 self.inputs.stats["refusals"] += 1
-                raise ArbiterError(outcome.reason)
+                raise ArbiterError(outcome.reason, outcome.holders)
             # Something may change: a lease released, a model unloaded. Re-plan then, or every few seconds.
             async with self.changed:
                 with contextlib.suppress(TimeoutError):

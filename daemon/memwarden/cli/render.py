@@ -290,14 +290,27 @@ def progress_line(cur: dict[str, Any]) -> str:
     return f"{head}, " + ", ".join(parts)
 
 
+WAIT_WORDS = {"wait": "waiting for the GPU", "blocked": "blocked: waiting for the GPU past learning.gpu_wait",
+              "held": "held: the GPU is refused and a CPU run would cross the RAM warning level",
+              "cpu": "moving to the CPU"}
+
+
+def waiting_line(p: dict[str, Any], w: dict[str, Any]) -> str:
+    """A run waiting for its lease: for how long, what holds the GPU, and why (the arbiter's words)."""
+    holders = ", ".join(w["holders"]) or "nothing memwarden can name"
+    return (f"run {p['id']} ({p['adapter']}): {WAIT_WORDS.get(w['action'], w['action'])} for "
+            f"{format_duration(w['waited_s'])}; held by: {holders}\n  why: {w['reason']}")
+
+
 def train_status(r: dict[str, Any]) -> str:
     cur = r["current"]
     lines = [f"learning: {'enabled' if r['enabled'] else 'disabled (learning.enabled = false)'}"]
     if cur:
         lines.append(progress_line(cur))
     pending = r.get("pending_runs") or [{"id": p, "adapter": "?", "state": "pending"} for p in r["pending"]]
-    lines += [f"run {p['id']} ({p['adapter']}): pending ({p['state']})" for p in pending
-              if not cur or p["id"] != cur["run_id"]]
+    waits = {w["run_id"]: w for w in r.get("waiting_runs") or ()}
+    lines += [waiting_line(p, waits[p["id"]]) if p["id"] in waits else f"run {p['id']} ({p['adapter']}): pending "
+              f"({p['state']})" for p in pending if not cur or p["id"] != cur["run_id"]]
     if len(lines) == 1:
         lines.append("runs: none in progress or pending")
     due = [[d["adapter"], f"{d['importance']:g}/{d['threshold']:g}", "yes" if d["due"] else "no", d["message"]]

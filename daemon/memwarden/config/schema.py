@@ -218,6 +218,14 @@ class LearningConfig:
     lease_size: int = setting(
         0, memory_size, "VRAM to lease for a GPU run (0: estimated from the model size and method).")
     keep_versions: int = setting(5, integer(1, 1000), "Adapter versions kept per adapter (rollback targets).")
+    gpu_wait: float = setting(
+        "30m", duration(0), "How long a due run may wait for its VRAM lease before it falls back to the CPU "
+        "(learning.cpu_fallback) or raises a training.blocked alert.")
+    cpu_fallback: bool = setting(
+        False, boolean, "Past learning.gpu_wait, train on the CPU (niced, threads for the host) unless that would "
+        "push host RAM past host.ram_warn_percent.")
+    cpu_to_gpu: bool = setting(
+        True, boolean, "A run that fell back to the CPU moves to the GPU at a checkpoint once its lease is granted.")
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,10 @@
 
 The state machine, recorded in the run's row (runs.py):
 - curating: the first time, the memories become files and a JobSpec (preparation.py);
-- waiting: the lease was refused; the next tick relaunches the run;
+- waiting: the lease was refused; the next tick relaunches the run. Past `learning.gpu_wait` (gpu_wait.py) it
+  is blocked (alerted), or with `learning.cpu_fallback` it runs on the CPU, niced, if host RAM has room; with
+  `learning.cpu_to_gpu`, at each checkpoint of a CPU run the lease is asked for again, and once granted the
+  trainer checkpoints and stops and the run resumes from that checkpoint on the GPU;
 - running: under the lease (if any), a dry run of `dry_run_steps` once, then the real run, each a Job of the
   executor (executor.py);
 - preempted: the trainer checkpointed and exited 75; the run resumes from the checkpoint when relaunched;
@@ -15,8 +18,11 @@ The state machine, recorded in the run's row (runs.py):
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import shutil
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import MappingProxyType
@@ -24,7 +30,7 @@ from typing import Any
 
 from memwarden.alerts.model import Condition
 from memwarden.config.schema import Config
-from memwarden.learning import leasing
+from memwarden.learning import gpu_wait, leasing
 from memwarden.learning.executor import Executor, JobRequest
 from memwarden.learning.jobspec import EXIT_DONE, EXIT_PREEMPTED, JobSpec
 from memwarden.learning.leasing import Granted, Refused, TrainingLeases
@@ -34,12 +40,13 @@ from memwarden.learning.runs import RunStore
 from memwarden.learning.store import MemoryStore
 from memwarden.learning.versions import VersionStore
 from memwarden.logs import get_logger
+from memwarden.snapshots import HostSnapshot
 
 log = get_logger()
 
 MAX_ATTEMPTS = 3  # crashes (not preemptions) of the trainer before a run is failed
 DRY_FAILED = -1000  # a failed dry run's exit, offset so that it never reads as a real run's code
-LOGGED_EVENTS = ("clamp", "oom_retry", "preempted", "error", "checkpoint")  # trainer events worth a log line
+LOGGED_EVENTS = ("start", "clamp", "oom_retry", "preempted", "error", "checkpoint")  # trainer events worth a log line
 ERROR_TAIL = 800  # characters of the trainer's log quoted when it died without an error line
 
 Finish = Callable[[str, str, Path], Awaitable[bool]]  # (run, adapter, run dir) → promoted
@@ -48,7 +55,7 @@ Finish = Callable[[str, str, Path], Awaitable[bool]]  # (run, adapter, run dir) 
 class RunExecution:
     def __init__(self, config: Config, runs: RunStore, store: MemoryStore, versions: VersionStore,
                  leases: TrainingLeases, executor: Executor, finish: Finish, runs_dir: Path, gpu_backend: str,
-                 clock: Callable[[], float]):
+                 clock: Callable[[], float], monotonic: Callable[[], float] = time.monotonic):
         self.config = config
         self.runs = runs
         self.store = store
@@ -59,6 +66,12 @@ class RunExecution:
         self.runs_dir = runs_dir
         self.gpu_backend = gpu_backend
         self.clock = clock
+        self.monotonic = monotonic
+        self.host: Callable[[], HostSnapshot | None] = lambda: None  # the last host reading (services.py sets it)
+        self.waits: dict[str, gpu_wait.GpuWait] = {}  # run → its wait for a lease, since the first refusal
+        self.wait_decisions: dict[str, gpu_wait.WaitDecision] = {}  # run → the latest decision on that wait
+        self.handover: Granted | None = None  # the lease a CPU run moves to the GPU under, once its trainer stops
+        self._moving: asyncio.Task | None = None
         self.current: CurrentRun | None = None
         self.failed: dict[str, Condition] = {}  # adapter → its last failed run, until a run of it promotes
         self.closing = False
@@ -110,16 +123,37 @@ class RunExecution:
             spec = prepare(self.config, self.store, self.runs, self.versions, run_id, adapter, out,
                            leasing.device(self.config, self.gpu_backend))
         attempts = 0
+        on_cpu = False
+        gpu_spec = spec
         while True:
-            lease = await self.leases.acquire(run_id, adapter)
+            lease = leasing.NotNeeded() if on_cpu else await self.leases.acquire(run_id, adapter)
+            if on_cpu and self.handover is not None:  # the CPU trainer stopped at its checkpoint: on to the GPU
+                lease, self.handover, on_cpu, spec = self.handover, None, False, gpu_spec
+                if self.current is not None:
+                    self.current.cpu_fallback = False
+                log.info("training run resumes on the GPU from its checkpoint", run=run_id, adapter=adapter,
+                         lease=lease.id, gpu=lease.gpu)
             if isinstance(lease, Refused):
-                self.runs.set_state(run_id, "waiting")
-                return  # the next tick tries again
+                if self.runs.state(run_id) == "cancelled":
+                    self.end_wait(run_id)
+                    return  # cancelled by an operator while it asked for the lease
+                if self.weigh_wait(run_id, adapter, lease).action != "cpu":
+                    self.runs.set_state(run_id, "waiting")
+                    return  # the next tick tries again
+                on_cpu = True
+                spec = dataclasses.replace(spec, device="cpu", nice=gpu_wait.CPU_NICE,
+                                           cpu_threads=gpu_wait.cpu_threads())
+                lease = leasing.NotNeeded()
+                if self.current is not None:
+                    self.current.cpu_fallback = True
+            self.end_wait(run_id)
             self.runs.set_state(run_id, "running", started_at=row["started_at"] or self.clock())
+            code = None
             try:
                 code = await self._phases(run_id, out, spec, lease if isinstance(lease, Granted) else None)
             finally:
                 await self.leases.release(lease)
+                await self._end_move(keep=on_cpu and code == EXIT_PREEMPTED)
             if self.closing:
                 self.runs.set_state(run_id, "interrupted")
                 return  # the daemon is stopping: the run resumes from its checkpoint after the restart
@@ -130,6 +164,8 @@ class RunExecution:
                 log.info("training run cancelled by an operator; its checkpoint is kept", run=run_id,
                          adapter=adapter, code=code)
                 return
+            if code == EXIT_PREEMPTED and on_cpu and self.handover is not None:
+                continue
             if code == EXIT_PREEMPTED:
                 self.runs.set_state(run_id, "preempted")
                 log.info("training run preempted; it resumes from its checkpoint when the GPU is free",
@@ -142,6 +178,66 @@ class RunExecution:
                 raise RuntimeError(f"trainer failed {attempts} times (last exit {code}): {self._why(out)}")
         if await self.finish(run_id, adapter, out):
             self.failed.pop(adapter, None)
+
+    def weigh_wait(self, run_id: str, adapter: str, refused: Refused) -> gpu_wait.WaitDecision:
+        """The refused run's wait decided (gpu_wait.py) and logged whenever its action changes."""
+        now = self.monotonic()
+        previous = self.waits.get(run_id)
+        wait = gpu_wait.GpuWait(run_id, adapter, previous.since if previous else now, refused.reason, refused.holders)
+        self.waits[run_id] = wait
+        # A CPU run holds about what its lease would: the weights as the method loads them, with activations.
+        decision = gpu_wait.decide(wait, now, self.config, self.host(), leasing.lease_size(self.config))
+        last = self.wait_decisions.get(run_id)
+        if last is None or (last.action, last.reason) != (decision.action, decision.reason):
+            log.info(f"decision: training run {decision.action}", **decision.log_fields(),
+                     dry_run=self.config.daemon.dry_run)
+        self.wait_decisions[run_id] = decision
+        return decision
+
+    def end_wait(self, run_id: str) -> None:
+        """The run got its lease, went to the CPU, or is cancelled: its wait (and its alert) ends."""
+        self.waits.pop(run_id, None)
+        self.wait_decisions.pop(run_id, None)
+
+    def waiting(self) -> list[gpu_wait.WaitDecision]:
+        """The decisions on the runs still waiting for the GPU, oldest wait first."""
+        out = []
+        for run_id, decision in list(self.wait_decisions.items()):
+            try:
+                state = self.runs.state(run_id)
+            except Exception:  # noqa: BLE001 - a run row gone or unreadable: no wait to show
+                state = None
+            if state == "waiting":
+                out.append(decision)
+        return out
+
+    async def _move_to_gpu(self, run_id: str, adapter: str) -> None:
+        """A CPU run at a checkpoint: if the lease is granted now, the trainer stops (it checkpoints first) and
+        the run resumes under that lease."""
+        lease = await self.leases.acquire(run_id, adapter)
+        cur = self.current
+        if not isinstance(lease, Granted):
+            return
+        if cur is None or cur.run_id != run_id or cur.job is None or cur.cancelling or self.closing:
+            await self.leases.release(lease)
+            return
+        self.handover = lease
+        log.info("decision: a CPU run moves to the GPU at its checkpoint", decision="training.cpu_to_gpu",
+                 run=run_id, adapter=adapter, lease=lease.id, gpu=lease.gpu, step=(cur.last or {}).get("step"))
+        cur.job.preempt()
+
+    async def _end_move(self, keep: bool) -> None:
+        """After a phase: a move still asking for its lease stops; a granted one is kept only for the CPU run
+        it was granted to (`keep`), and only while nothing else ended that run."""
+        if self._moving is not None and not self._moving.done():
+            self._moving.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._moving
+        self._moving = None
+        cur = self.current
+        if self.handover is not None and not (keep and not self.closing and cur is not None and not cur.cancelling):
+            await self.leases.release(self.handover)
+            self.handover = None
 
     def _why(self, out: Path) -> str:
         """The trainer's own error line, else its log's tail: on a full disk the log (beside the run) holds a
@@ -190,6 +286,10 @@ class RunExecution:
             return
         cur.record(event)
         kind = event.get("event")
+        if (kind == "checkpoint" and cur.cpu_fallback and self.config.learning.cpu_to_gpu and self.handover is None
+                and (self._moving is None or self._moving.done())):
+            self._moving = asyncio.get_running_loop().create_task(self._move_to_gpu(cur.run_id, cur.adapter),
+                                                                  name=f"cpu-to-gpu-{cur.run_id}")
         if kind in LOGGED_EVENTS:
             if kind == "preempted" and cur.cancelling:
                 kind = "stopped for a cancel"  # the trainer cannot tell a cancel from a preemption; the log can

@@ -76,6 +76,8 @@ class JobSpec:
     dry_run_steps: int = 0  # run this many steps first and stop (a pre-flight of a long run)
     inject_oom_at_step: int | None = None  # test hook: raise a CUDA-style OOM once at this step
     sim_gpu: SimGpu | None = None  # set when the daemon runs on the sim GPU backend and the run holds a lease
+    nice: int = 0  # the trainer lowers its own priority by this much first (a CPU run leaves the cores to serving)
+    cpu_threads: int | None = None  # torch's intra-op threads on the CPU (None: torch's own choice)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)

@@ -39,6 +39,7 @@ class NotNeeded:
 @dataclass(frozen=True)
 class Refused:
     reason: str
+    holders: tuple[str, ...] = ()  # what holds the GPU (the arbiter's refusal names them), largest first
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ class TrainingLeases:
             if self._refusals.get(run_id) != reason:
                 log.info("training waits for VRAM", run=run_id, reason=reason)
                 self._refusals[run_id] = reason
-            return Refused(reason)
+            return Refused(reason, tuple(getattr(exc, "holders", ())))
         return Granted(lease)
 
     async def release(self, outcome: LeaseOutcome) -> None:

@@ -59,6 +59,7 @@ class CurrentRun:
     # An operator's cancel stops the trainer the way a preemption does (checkpoint, exit 75): only this tells
     # the run's end apart, so that it is logged and recorded as a cancel.
     cancelling: bool = False
+    cpu_fallback: bool = False  # the GPU was refused past learning.gpu_wait: the run trains on the CPU
 
     def new_phase(self) -> None:
         """A dry run and the real run are phases: progress counts from 0 in each."""

@@ -4,6 +4,7 @@ One run at a time, its state in the `runs` table (runs.py) so that a daemon rest
 - scheduling.py: when a run starts (pending runs, the trigger, the window);
 - execution.py: one run's state machine (curate, lease, dry run, run, preempt, resume, fail), the trainer
   behind an executor (executor.py; SubprocessExecutor is the one implementation);
+- gpu_wait.py: what a run refused its lease does (wait, blocked and alerted, or the CPU within the RAM reserve);
 - publisher.py: judge, promote (one transaction), export to Ollama, prune, roll back;
 - runs.py and versions.py: the one owner of each table.
 """
@@ -99,9 +100,11 @@ class LearningSupervisor:
             "current": None if cur is None else {
                 "run_id": cur.run_id, "adapter": cur.adapter, "state": self.runs.state(cur.run_id),
                 "lease": dict(cur.lease.lease) if cur.lease else None, "last": cur.last,
-                "steps_seen": cur.steps.seen, "trainer_pid": cur.trainer_pid, "progress": cur.progress()},
+                "steps_seen": cur.steps.seen, "trainer_pid": cur.trainer_pid, "progress": cur.progress(),
+                "cpu_fallback": cur.cpu_fallback},
             "pending": pending,
             "pending_runs": [{k: self.runs.get(r)[k] for k in ("id", "adapter", "state")} for r in pending],
+            "waiting_runs": [d.to_dict() for d in self.execution.waiting()],
             "due": [d.to_dict() for d in self.due(self.clock())],
             "versions": self.versions.listing(),
         }
@@ -109,7 +112,8 @@ class LearningSupervisor:
     def conditions(self) -> list[Condition]:
         cur = self.current
         out = health.assess(cur.adapter, cur.steps) if cur else []
-        return out + list(self.execution.failed.values())
+        blocked = [c for d in self.execution.waiting() if (c := d.condition()) is not None]
+        return out + blocked + list(self.execution.failed.values())
 
     # ---- actions -------------------------------------------------------------------------------------------
 
@@ -130,7 +134,13 @@ class LearningSupervisor:
     async def cancel(self, adapter: str) -> dict[str, Any]:
         cur = self.current
         if cur is None or cur.adapter != adapter:
-            raise RuntimeError(f"no run of {adapter} in progress")
+            waiting = [r for r in self.runs.pending() if self.runs.get(r)["adapter"] == adapter]
+            if not waiting:
+                raise RuntimeError(f"no run of {adapter} in progress")
+            for run_id in waiting:  # queued or waiting for the GPU: nothing runs, nothing to checkpoint
+                self.runs.set_state(run_id, "cancelled", finished_at=self.clock())
+                self.execution.end_wait(run_id)
+            return self.runs.get(waiting[-1])
         cur.cancelling = True
         if cur.job is not None:
             cur.job.preempt()  # the trainer checkpoints first

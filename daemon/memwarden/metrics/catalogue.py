@@ -95,6 +95,10 @@ FAMILIES: tuple[Family, ...] = (
     Family("memwarden_training_loss", "gauge", RUN, "Training loss at the last step."),
     Family("memwarden_training_grad_norm", "gauge", RUN, "Gradient norm at the last step."),
     Family("memwarden_training_tokens_per_second", "gauge", RUN, "Trainer throughput at the last step."),
+    Family("memwarden_training_gpu_wait_seconds", "gauge", ("adapter", "run"),
+           "How long a run has waited for its VRAM lease (monotonic seconds since the first refusal)."),
+    Family("memwarden_training_blocked", "gauge", ("adapter", "run"),
+           "1 while a waiting run is past learning.gpu_wait (blocked, or held by the RAM reserve), else 0."),
     # alerts
     Family("memwarden_alerts_active", "gauge", ("kind", "key", "severity"), "1 for each active alert."),
     Family("memwarden_alerts_raised_total", "counter", ("kind", "severity"),

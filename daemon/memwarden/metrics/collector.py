@@ -148,6 +148,10 @@ def training_metrics(d: Services, out: Families) -> None:
     # Every state, at 0 when no run is in it: a dashboard's "failed" panel reads 0 rather than "no data".
     for state, n in d.learning.runs.count_by_state().items():
         out.add("memwarden_training_runs", n, state=state)
+    for wait in d.learning.execution.waiting():
+        labels = {"adapter": wait.adapter, "run": wait.run_id}
+        out.add("memwarden_training_gpu_wait_seconds", wait.waited_s, **labels)
+        out.add("memwarden_training_blocked", int(wait.action in ("blocked", "held")), **labels)
     cur = d.learning.current
     if cur is None or cur.start is None or cur.steps.last is None:
         return

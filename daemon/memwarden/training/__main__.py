@@ -63,7 +63,14 @@ def main(argv: list[str] | None = None) -> int:
             emit.emit("error", message=f"cannot book the sim GPU: {type(exc).__name__}: {exc}")
             return EXIT_FAILED
 
+    if spec.nice:
+        os.nice(spec.nice)
     from memwarden.training.trainer import Trainer  # torch from here on
+
+    if spec.cpu_threads:
+        import torch
+
+        torch.set_num_threads(spec.cpu_threads)
 
     return Trainer(spec, emit, stop).run()
 

@@ -66,6 +66,17 @@ async def test_a_lease_that_cannot_fit_is_refused_and_counted_without_a_trace(wo
     assert inputs.stats["refusals"] == 1 and inputs.stats["grants"] == 0
 
 
+async def test_a_refusal_for_room_carries_what_holds_the_gpu(world):
+    _, _, _, ledger = world
+    held = await ledger.acquire(3 * GiB, "trainer")
+    with pytest.raises(ArbiterError) as refused:
+        await ledger.acquire(9 * GiB, "second")
+    holders = refused.value.holders
+    assert any(h.startswith(f"lease {held['id']} (trainer)") for h in holders)
+    assert {OLD, NEW} <= {h.split()[1] for h in holders if h.startswith("model ")}
+    assert all(h in str(refused.value) for h in holders), "the message names them too"
+
+
 async def test_a_lease_larger_than_the_gpu_is_refused_at_once_even_with_a_wait(world):
     _, _, _, ledger = world
     with pytest.raises(ArbiterError, match="is more than GPU 0's"):

@@ -28,6 +28,16 @@ def test_train_status_is_one_line_per_run_with_rounded_numbers_progress_and_eta(
     assert "runs: none in progress or pending" in idle
 
 
+def test_a_waiting_run_shows_how_long_what_holds_the_gpu_and_why():
+    waiting = {**STATUS, "waiting_runs": [{"run_id": "r2", "adapter": "bob", "action": "blocked", "waited_s": 1830.0,
+                                           "reason": "cannot lease 2.0 GiB on any GPU: ...",
+                                           "holders": ["model big:7b 6.0 GiB, pinned"]}]}
+    lines = render.train_status(waiting).splitlines()
+    assert lines[2] == ("run r2 (bob): blocked: waiting for the GPU past learning.gpu_wait for 30m30s; held by: "
+                        "model big:7b 6.0 GiB, pinned")
+    assert lines[3] == "  why: cannot lease 2.0 GiB on any GPU: ..."
+
+
 def test_a_run_before_its_first_step_says_what_it_is_doing():
     starting = {**CURRENT, "last": {"event": "start"}, "progress": {"phase": "dry run", "step": None}}
     assert render.progress_line(starting) == "run r1 (alice): running, start"

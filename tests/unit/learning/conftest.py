@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from memwarden.arbiter.errors import ArbiterError
 from memwarden.config import parse_config
 from memwarden.learning.eval_report import EvalReport, Losses
 from memwarden.learning.executor import JobRequest, OnEvent, Placement
@@ -155,15 +156,16 @@ class FakeExecutor:
 class FakeArbiter:
     """Grants leases of GPU 0 (or refuses with `refuse`); `preempt()` ends a lease's watch as preempted."""
 
-    def __init__(self, refuse: str | None = None):
+    def __init__(self, refuse: str | None = None, holders: tuple[str, ...] = ()):
         self.refuse = refuse
+        self.holders = holders
         self.acquired: list[dict[str, Any]] = []
         self.released: list[str] = []
         self._preempted = asyncio.Event()
 
     async def acquire(self, size: int, holder: str, pid: int | None = None, *, preemptible: bool = False):
         if self.refuse:
-            raise RuntimeError(self.refuse)
+            raise ArbiterError(self.refuse, self.holders)
         lease = {"id": f"L{len(self.acquired) + 1}", "gpu": 0, "size": size, "holder": holder,
                  "preemptible": preemptible}
         self.acquired.append(lease)

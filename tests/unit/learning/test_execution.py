@@ -8,6 +8,7 @@ import pytest
 
 from memwarden.learning.jobspec import EXIT_FAILED, EXIT_PREEMPTED, SimGpu
 from memwarden.learning.supervisor import LearningSupervisor
+from memwarden.snapshots import HostSnapshot
 
 from .conftest import FakeArbiter, FakeExecutor, Script, remember
 
@@ -169,6 +170,126 @@ async def test_a_refused_lease_leaves_the_run_waiting(make, store):
     run_id = sup.start("alice")["id"]
     assert (await finished(sup))["state"] == "waiting"
     assert executor.jobs == [] and sup.status()["pending"] == [run_id]
+
+
+GiB = 1024**3
+PIN = "model big:7b 6.0 GiB, pinned"
+
+
+def refused_run(make, store, *scripts, **learning):
+    """A run on the sim GPU whose lease is refused by a pinned model; the monotonic clock in the test's hand."""
+    arbiter = FakeArbiter(refuse="cannot lease 2.0 GiB on any GPU", holders=(PIN,))
+    sup, executor = make(*scripts, arbiter=arbiter, backend="sim", device="auto", lease_size="2GiB", **learning)
+    mono = [500.0]
+    sup.execution.monotonic = lambda: mono[0]
+    remember(store)
+    return sup, executor, arbiter, mono
+
+
+async def test_a_run_refused_past_gpu_wait_is_blocked_and_alerted_until_it_gets_its_lease(make, store):
+    sup, executor, arbiter, mono = refused_run(make, store, Script(), gpu_wait="2s")
+    run_id = sup.start("alice")["id"]
+    assert (await finished(sup))["state"] == "waiting"
+    assert sup.conditions() == []
+    [wait] = sup.status()["waiting_runs"]
+    assert (wait["run_id"], wait["action"], wait["holders"]) == (run_id, "wait", [PIN])
+    mono[0] += 2
+    await sup.tick()
+    assert (await finished(sup))["state"] == "waiting"
+    [alert] = sup.conditions()
+    assert (alert.kind, alert.key, alert.severity) == ("training.blocked", "alice", "warning")
+    assert PIN in alert.message and "2s" in alert.message
+    assert sup.status()["waiting_runs"][0]["action"] == "blocked"
+    arbiter.refuse = None  # the pin is lifted
+    await sup.tick()
+    assert (await finished(sup))["state"] == "promoted"
+    assert sup.conditions() == [] and sup.status()["waiting_runs"] == []
+    assert executor.requests[0].gpu == 0
+
+
+async def test_with_cpu_fallback_a_run_past_gpu_wait_trains_on_the_cpu_niced(make, store):
+    sup, executor, arbiter, mono = refused_run(make, store, Script(), gpu_wait="2s", cpu_fallback=True)
+    sup.execution.host = lambda: HostSnapshot(0.0, 64 * GiB, 60 * GiB, 0, 0, None)
+    sup.start("alice")
+    assert (await finished(sup))["state"] == "waiting"
+    mono[0] += 2
+    await sup.tick()
+    assert (await finished(sup))["state"] == "promoted"
+    [request] = executor.requests
+    assert request.gpu is None and request.spec.sim_gpu is None and request.spec.device == "cpu"
+    assert request.spec.nice == 10 and request.spec.cpu_threads >= 1
+    assert arbiter.acquired == [] and sup.conditions() == []
+
+
+async def cpu_run_holding(make, store, **learning):
+    """A run fallen back to the CPU, its trainer running (held until stopped)."""
+    sup, executor, arbiter, _ = refused_run(make, store, Script(hold=True), Script(), gpu_wait="0s",
+                                               cpu_fallback=True, **learning)
+    sup.execution.host = lambda: HostSnapshot(0.0, 64 * GiB, 60 * GiB, 0, 0, None)
+    sup.start("alice")
+    await executor.started.wait()
+    await executor.jobs[0].emitted.wait()
+    assert executor.requests[0].gpu is None and sup.status()["current"]["cpu_fallback"]
+    return sup, executor, arbiter
+
+
+async def test_a_cpu_run_moves_to_the_gpu_at_a_checkpoint_once_the_lease_is_granted(make, store, tmp_path):
+    sup, executor, arbiter = await cpu_run_holding(make, store)
+    cpu_job = executor.jobs[0]
+    cpu_job.on_event({"event": "checkpoint", "step": 4})  # still refused: it stays on the CPU
+    await sup.execution._moving
+    assert not cpu_job.preempted.is_set() and arbiter.acquired == []
+    arbiter.refuse = None  # the pin is lifted
+    cpu_job.on_event({"event": "checkpoint", "step": 8})
+    assert (await finished(sup))["state"] == "promoted"
+    assert cpu_job.preempted.is_set(), "the CPU trainer was stopped at its checkpoint"
+    gpu_request = executor.requests[1]
+    assert gpu_request.gpu == 0 and gpu_request.spec.sim_gpu is not None
+    assert (gpu_request.spec.nice, gpu_request.spec.cpu_threads) == (0, None)
+    assert gpu_request.spec.output_dir == executor.requests[0].spec.output_dir, "it resumes the same checkpoints"
+    assert arbiter.released == ["L1"] and sup.execution.handover is None
+
+
+async def test_without_cpu_to_gpu_a_cpu_run_stays_on_the_cpu(make, store):
+    sup, executor, arbiter = await cpu_run_holding(make, store, cpu_to_gpu=False)
+    arbiter.refuse = None
+    executor.jobs[0].on_event({"event": "checkpoint", "step": 4})
+    assert sup.execution._moving is None and arbiter.acquired == []
+    await sup.cancel("alice")
+    assert len(executor.requests) == 1
+
+
+async def test_a_cpu_run_cancelled_while_its_move_is_granted_releases_the_lease(make, store):
+    sup, executor, arbiter = await cpu_run_holding(make, store)
+    arbiter.refuse = None
+    sup.current.cancelling = True  # as cancel() marks it, before the checkpoint's move is decided
+    executor.jobs[0].on_event({"event": "checkpoint", "step": 4})
+    await sup.execution._moving
+    assert arbiter.released == ["L1"] and sup.execution.handover is None
+    await sup.cancel("alice")
+    assert sup.history(1)[0]["state"] == "cancelled" and len(executor.requests) == 1
+
+
+async def test_a_cpu_run_that_would_cross_the_ram_warning_level_is_held_and_alerted(make, store):
+    sup, executor, _, _ = refused_run(make, store, Script(), gpu_wait="0s", cpu_fallback=True)
+    sup.execution.host = lambda: HostSnapshot(0.0, 16 * GiB, 3 * GiB, 0, 0, None)  # 81 % used + 2 GiB: 94 %
+    sup.start("alice")
+    assert (await finished(sup))["state"] == "waiting"
+    assert executor.requests == []
+    [alert] = sup.conditions()
+    assert "not started on the CPU" in alert.message and "85% warning level" in alert.message
+    assert sup.status()["waiting_runs"][0]["action"] == "held"
+
+
+async def test_cancelling_a_waiting_run_ends_its_wait_and_its_alert(make, store):
+    sup, _, _, _ = refused_run(make, store, gpu_wait="0s")
+    run_id = sup.start("alice")["id"]
+    assert (await finished(sup))["state"] == "waiting"
+    assert [c.kind for c in sup.conditions()] == ["training.blocked"]
+    assert (await sup.cancel("alice"))["state"] == "cancelled"
+    assert sup.run(run_id)["state"] == "cancelled" and sup.conditions() == []
+    await sup.tick()
+    assert sup.task is None or sup.task.done(), "a cancelled run is not relaunched"
 
 
 async def test_on_the_sim_gpu_the_trainer_books_its_lease_and_the_daemon_writes_no_sim_file(make, store, tmp_path):

@@ -4,6 +4,7 @@ import pytest
 
 from memwarden import __version__
 from memwarden.learning import runs as run_states
+from memwarden.learning.leasing import Refused
 from memwarden.learning.progress import CurrentRun
 from memwarden.metrics import collector
 from memwarden.metrics.catalogue import FAMILIES
@@ -41,12 +42,36 @@ async def busy_daemon(make):
     for run_id, state in (("r1", "promoted"), ("r2", "promoted"), ("r3", "failed"), ("r4", "running")):
         d.learning.runs.insert(run_id, "alice", "alice", "threshold", T0, "lora")
         d.learning.runs.set_state(run_id, state)
+    d.learning.runs.insert("r5", "bob", "bob", "threshold", T0, "lora")
+    d.learning.runs.set_state("r5", "waiting")
+    d.learning.execution.weigh_wait("r5", "bob", Refused("cannot lease", ("model big 6.0 GiB, pinned",)))
     d.learning.execution.current = current = CurrentRun("r4", "alice")
     current.record({"event": "start", "steps": 40, "dry_run": False, "max_steps": 40})
     for step in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10):
         current.record({"event": "step", "step": step, "loss": 3.0 - step / 10, "grad_norm": 0.9,
                         "tokens_per_s": 1200.0 + step})
     return h, lease
+
+
+async def test_a_run_waiting_for_the_gpu_shows_its_wait_and_whether_it_is_blocked(make):
+    h = await make(learning={"enabled": False, "gpu_wait": "1m"})
+    mono = [1000.0]
+    ex = h.services.learning.execution
+    ex.monotonic = lambda: mono[0]
+    h.services.learning.runs.insert("r1", "bob", "bob", "threshold", T0, "lora")
+    h.services.learning.runs.set_state("r1", "waiting")
+    refused = Refused("cannot lease", ("model big 6.0 GiB, pinned",))
+    ex.weigh_wait("r1", "bob", refused)
+    mono[0] += 30
+    ex.weigh_wait("r1", "bob", refused)
+    m = scrape(h.services)
+    assert value(m, "memwarden_training_gpu_wait_seconds", adapter="bob", run="r1") == 30
+    assert value(m, "memwarden_training_blocked", adapter="bob", run="r1") == 0
+    mono[0] += 30
+    ex.weigh_wait("r1", "bob", refused)
+    assert value(scrape(h.services), "memwarden_training_blocked", adapter="bob", run="r1") == 1
+    h.services.learning.runs.set_state("r1", "cancelled")
+    assert "memwarden_training_blocked" not in scrape(h.services), "a cancelled run waits no more"
 
 
 async def test_host_families_carry_the_snapshot(make):

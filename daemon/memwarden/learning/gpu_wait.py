@@ -1,0 +1,100 @@
+"""What a due run does while its VRAM lease is refused: a pure policy of (refusal, time waited, host, config).
+
+- wait: the run has waited less than `learning.gpu_wait`; it stays queued and asks again on the next pass;
+- cpu: past the wait with `learning.cpu_fallback` on, the run trains on the CPU (niced, threads for the host);
+- held: the CPU run would push host RAM past `host.ram_warn_percent` (or host RAM is not read yet): not started;
+- blocked: past the wait without the fallback: the run stays queued and a `training.blocked` alert names what
+  holds the GPU and for how long.
+
+Time waited is monotonic: a step of the wall clock neither ends nor prolongs a wait.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from memwarden.alerts.model import Condition
+from memwarden.config.schema import Config
+from memwarden.snapshots import HostSnapshot
+from memwarden.units import format_duration, format_size
+
+ACTIONS = ("wait", "cpu", "held", "blocked")
+CPU_NICE = 10  # a CPU run yields the cores to serving and to everything interactive
+
+
+@dataclass(frozen=True)
+class GpuWait:
+    """A refused run's wait: since when (monotonic) and the latest refusal."""
+
+    run_id: str
+    adapter: str
+    since: float
+    reason: str
+    holders: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class WaitDecision:
+    action: str  # one of ACTIONS
+    run_id: str
+    adapter: str
+    waited_s: float
+    reason: str  # why the GPU was refused (the arbiter's words), or why a CPU run is held
+    holders: tuple[str, ...]
+    cpu_ram_bytes: int | None = None  # the CPU run's estimated RAM, when the fallback was weighed
+
+    def log_fields(self) -> dict[str, Any]:
+        return {"decision": "training.gpu_wait", "action": self.action, "run": self.run_id, "adapter": self.adapter,
+                "waited_s": round(self.waited_s, 1), "reason": self.reason, "holders": list(self.holders),
+                "cpu_ram_bytes": self.cpu_ram_bytes}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "adapter": self.adapter, "action": self.action,
+                "waited_s": round(self.waited_s, 1), "reason": self.reason, "holders": list(self.holders)}
+
+    def condition(self) -> Condition | None:
+        """The `training.blocked` alert of a blocked run (or of a CPU run held by the RAM reserve)."""
+        if self.action not in ("blocked", "held"):
+            return None
+        held = ", ".join(self.holders) or "nothing memwarden can name"
+        message = (f"training run {self.run_id} of {self.adapter} has waited {format_duration(self.waited_s)} "
+                   f"for the GPU, held by: {held}")
+        if self.action == "held":
+            message += f"; not started on the CPU: {self.reason}"
+        return Condition("training.blocked", self.adapter, "warning", message,
+                         MappingProxyType({"run": self.run_id, "waited_s": round(self.waited_s, 1),
+                                           "holders": self.holders, "reason": self.reason}))
+
+
+def decide(wait: GpuWait, now: float, config: Config, host: HostSnapshot | None, cpu_ram_bytes: int) -> WaitDecision:
+    """`now`: the monotonic clock; `cpu_ram_bytes`: the RAM a CPU run of this job would take (its lease size)."""
+    cfg = config.learning
+    waited = max(0.0, now - wait.since)
+
+    def decision(action: str, reason: str = wait.reason, ram: int | None = None) -> WaitDecision:
+        return WaitDecision(action, wait.run_id, wait.adapter, waited, reason, wait.holders, ram)
+
+    if waited < cfg.gpu_wait:
+        return decision("wait")
+    if not cfg.cpu_fallback:
+        return decision("blocked")
+    if host is None or host.mem_total <= 0:
+        return decision("held", "host RAM has not been read yet", cpu_ram_bytes)
+    used = host.mem_total - host.mem_available + cpu_ram_bytes
+    percent = 100.0 * used / host.mem_total
+    warn = config.host.ram_warn_percent
+    if percent >= warn:
+        return decision("held", f"a CPU run needs about {format_size(cpu_ram_bytes)}: host RAM would reach "
+                                f"{percent:.0f}%, past the {warn:g}% warning level (host.ram_warn_percent)",
+                        cpu_ram_bytes)
+    return decision("cpu", wait.reason, cpu_ram_bytes)
+
+
+def cpu_threads(cpus: int | None = None) -> int:
+    """Threads for a CPU run: every core this process may use but one, left to serving and the daemon."""
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus - 1)
