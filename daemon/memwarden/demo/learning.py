@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from memwarden.control.client import Client
+
 from .console import Console, StepFailed, shown_path, wait_for
 from .stack import BASE, Stack
 
@@ -67,19 +69,20 @@ def learn(c: Console, stack: Stack, max_steps: int = 16) -> None:
     c.run_ctl("memories", "import", shown_path(path))
     c.run_ctl("memories", "count")
     c.command(c.ctl_argv("train", "status"))
-    c.note("polled every half second while the run trains:")
+    c.note("polled five times a second while the run trains (one connection: a few steps take a second):")
     started = time.monotonic()
     shown: str | None = None
 
-    def finished() -> dict[str, Any] | None:
+    def finished(client: Client) -> dict[str, Any] | None:
         nonlocal shown
-        line = progress_line(c.ctl_json("train", "status"), max_steps)
+        line = progress_line(client.call("train.status"), max_steps)
         if line and line != shown:
             c.progress(line)
             shown = line
-        return next((r for r in c.ctl_json("train", "history") if r["state"] in FINISHED), None)
+        return next((r for r in client.call("train.history") if r["state"] in FINISHED), None)
 
-    run = wait_for(finished, RUN_TIMEOUT_S, "the training run to finish", interval=0.5)
+    with Client(stack.socket) as client:
+        run = wait_for(lambda: finished(client), RUN_TIMEOUT_S, "the training run to finish", interval=0.2)
     took = time.monotonic() - started
     if run["state"] != "promoted":
         raise StepFailed(f"run {run['id']} ended {run['state']}: {run.get('reason') or run.get('error') or ''}")
