@@ -17,15 +17,17 @@ from memwarden.units import parse_duration
 KINDS = (
     "host.ram", "host.swap", "host.psi", "gpu.vram", "gpu.temperature", "container.leak", "container.idle_leak",
     "container.restart_ineffective", "training.grad_norm", "training.throughput", "training.loss",
-    "training.failed", "probe.degraded", "component.failed", "metrics.unavailable", "state.database", "state.file",
+    "training.failed", "training.blocked", "probe.degraded", "component.failed", "metrics.unavailable",
+    "state.database", "state.file",
 )
 KEYS = ("default", *sorted({k.split(".")[0] for k in KINDS}), *KINDS)
 
 # host.* and gpu.* hold in their policy already (host.hold, with hysteresis); a container's leak verdict spans
 # containers.leak_window; a failed write, a removed state file or a failed run is a fact, not a reading that
-# wavers. Training health is read from a handful of steps, which a busy CPU slows for seconds at a time.
+# wavers; a run is blocked only once it has waited learning.gpu_wait. Training health is read from a handful
+# of steps, which a busy CPU slows for seconds at a time.
 DEFAULT_RAW = {"default": "5s", "host": "0s", "gpu": "0s", "container": "0s", "state": "0s", "training": "1m",
-               "training.failed": "0s"}
+               "training.failed": "0s", "training.blocked": "0s"}
 
 
 class Holds(dict[str, float]):

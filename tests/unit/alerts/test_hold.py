@@ -3,6 +3,7 @@ unbroken, and resolves once it has been gone that long; the dispatcher applies i
 
 from __future__ import annotations
 
+import re
 from types import MappingProxyType
 
 import pytest
@@ -129,3 +130,13 @@ def test_the_dispatcher_holds_on_the_monotonic_clock(tmp_path):
         assert [e.type.value for e in d.update("training", [SLOW], wall + 3630)] == ["raised"]
     finally:
         db.close()
+
+
+def test_every_kind_the_alerts_page_lists_can_be_given_a_hold():
+    from pathlib import Path
+
+    from memwarden.config.holds import KINDS
+
+    page = (Path(__file__).resolve().parents[3] / "docs" / "alerts.md").read_text()
+    listed = re.findall(r"`([a-z]+\.[a-z_]+)`", page[page.index("*kind*"):page.index("*key*")])
+    assert set(listed) == set(KINDS)
