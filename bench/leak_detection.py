@@ -104,8 +104,12 @@ def main() -> int:
     p.add_argument("--window", default="60s", help="containers.leak_window (default 60s)")
     p.add_argument("--min-rate", default="1MiB/min", help="containers.leak_min_rate (default 1MiB/min)")
     p.add_argument("--rates", default="1,5,20", help="leak rates in MB/s, comma-separated (default 1,5,20)")
+    p.add_argument("--replay", action="store_true",
+                   help="instead: pure replays through the policies, seeded (bench/leak_replay.py)")
     args = p.parse_args()
     exit_cleanly_on_sigterm()
+    if args.replay:
+        return replays(args.json)
     title = "container leak detection"
     missing = requirements()
     if missing:
@@ -218,6 +222,22 @@ def main() -> int:
     emit(title, text, {"window_s": window, "min_rate_bps": min_rate, "minutes": round(watched_min, 2),
                        "dockerd": dockerd, "detection": det_results, "false_alarms": fa_results,
                        "sampler_errors": sampler.errors}, args.json)
+    return 0
+
+
+def replays(as_json: bool) -> int:
+    import leak_replay
+
+    det, fa, results = leak_replay.run()
+    def s(v: Any) -> str:
+        return "never" if v is None else (f"{v:g} s" if v < 600 else f"{v / 60:g} min")
+    text = table(["leak", "replayed", "first alarm", "scale", "alarms", "leak at end", "goal",
+                  "baseline first alarm", "baseline alarms"],
+                 [[r[0], r[1], s(r[2]), s(r[3]), r[4], r[5], s(r[6]) if r[6] else "-", s(r[7]), r[8]] for r in det])
+    text += "\n\n" + table(["benign, 24 h", "alarms", "first alarm", "baseline alarms", "policy CPU s",
+                              "baseline CPU s"], [[r[0], r[1], s(r[2]), r[3], r[4], r[5]] for r in fa])
+    text += "\n\n" + leak_replay.__doc__.split("\n\n")[1].replace("\n", " ")
+    emit("leak detection, pure replays", text, results, as_json)
     return 0
 
 

@@ -191,7 +191,8 @@ def test_a_backward_step_restarts_a_leak_series_instead_of_fitting_across_it(tmp
         db.close()
     assert "leak" not in verdicts  # a flat working set: nothing leaks, before or after the step
     assert verdicts[30] == "warming" and verdicts[-1] == "steady"  # it started over and warmed up again
-    assert all(s.t <= watch.series["web"].samples[-1].t for s in watch.series["web"].samples)
+    history = watch.series["web"].history
+    assert history.count == 30 and history.first == history.last.t - 29  # only the samples from the step on
 
 
 # ---- learning: min_interval across steps --------------------------------------------------------------------------

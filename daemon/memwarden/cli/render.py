@@ -176,9 +176,10 @@ def containers(r: dict[str, Any]) -> str:
 def leaks(r: list[dict[str, Any]]) -> str:
     rows = [[c["name"], c["verdict"], format_size(c["working_set"]),
              format_size(c["limit"]) if c["limit"] else "none", _rate(c["slope_bps"]),
+             "-" if c.get("scale_s") is None else format_duration(c["scale_s"]),
              "-" if c["exhaustion_in_s"] is None else f"{format_duration(c['exhaustion_in_s'])} ({c['exhaustion_of']})"]
             for c in r]
-    return table(rows, ["NAME", "VERDICT", "WORKING SET", "LIMIT", "SLOPE", "EXHAUSTED IN"])
+    return table(rows, ["NAME", "VERDICT", "WORKING SET", "LIMIT", "SLOPE", "SCALE", "EXHAUSTED IN"])
 
 
 def container_history(r: list[dict[str, Any]]) -> str:

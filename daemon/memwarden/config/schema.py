@@ -155,9 +155,13 @@ class ProxyConfig:
 class ContainersConfig:
     enabled: bool = setting(False, boolean, "Watch Docker containers' memory for leaks.")
     docker_url: str = setting("unix:///var/run/docker.sock", docker_url, "The Docker engine's API.")
-    leak_window: float = setting("10m", duration(5), "The span of samples a leak verdict is based on.")
+    leak_window: float = setting(
+        "24h", duration(5),
+        "The longest time scale a leak is judged at; the shorter ones of 10s, 1m, 10m, 1h, 6h come with it.")
     leak_min_rate: float = setting(
-        "1MiB/min", rate, "Growth of the working set's lower envelope that counts as a leak (per s, min or h).")
+        "1MiB/h", rate,
+        "Slowest growth of the working set's lower envelope that can be a leak (per s, min or h); a leak must "
+        "also stand clear of the series' own noise at its scale.")
     action: str = setting(
         "alert", choice("alert", "restart"),
         "What a leak gets: alert, or restart (graceful stop, then verify). A container's memwarden.action label "

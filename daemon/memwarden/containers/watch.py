@@ -1,9 +1,10 @@
-"""Per-container watch: samples over the leak window, verdicts, and the remediation ladder carried out.
+"""Per-container watch: samples at every leak scale, verdicts, and the remediation ladder carried out.
 
 The daemon calls `act()` once per sample pass with a fresh ContainersSnapshot. Verdicts come from the pure
-policies (policies/leak.py, policies/remediation.py); this class keeps their inputs (a bounded series per
-container, the restart history in SQLite), logs each decision with them, and restarts containers through the
-Docker API when a decision says so — or only logs it under daemon.dry_run.
+policies (policies/leak_scales.py, policies/remediation.py); this class keeps their inputs (a series per
+container downsampled per scale, bounded whatever its span; the restart history in SQLite), logs each decision
+with them, and restarts containers through the Docker API when a decision says so — or only logs it under
+daemon.dry_run.
 """
 
 from __future__ import annotations
@@ -11,9 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -22,19 +22,16 @@ from memwarden.config.schema import Config
 from memwarden.containers.history import RestartHistory
 from memwarden.containers.serving import ServingCounter, ServingUrls
 from memwarden.logs import get_logger
-from memwarden.policies import leak, remediation
+from memwarden.policies import leak, leak_scales, remediation
 from memwarden.snapshots import ContainerMemory, ContainersSnapshot
 from memwarden.units import DAY, HOUR, format_duration, format_size
 
 log = get_logger()
 
-MAX_SAMPLES = 4096  # per container; the window is trimmed by time first, this only bounds a tiny interval
-
-
 @dataclass
 class Series:
     container_id: str
-    samples: deque = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))
+    history: leak_scales.LeakHistory
     verdict: leak.LeakVerdict | None = None
     idle_leak: bool = False
     models_loaded: int | None = None
@@ -57,16 +54,17 @@ class ContainerWatch:
     def _record(self, c: ContainerMemory, now: float) -> Series:
         s = self.series.get(c.name)
         if s is None or s.container_id != c.id:
-            s = self.series[c.name] = Series(c.id)  # a new container (or a recreated one) starts a new series
-        if s.samples and now < s.samples[-1].t:
+            s = self.series[c.name] = Series(c.id, self._history())  # a new (or recreated) container: new series
+        if s.history.last is not None and now < s.history.last.t:
             # The wall clock stepped back: times that run backwards have no slope (nor a span that ever reaches
-            # the window), so start over, warming up again, rather than fit across the step.
-            s.samples.clear()
-        s.samples.append(leak.Sample(now, c.working_set))
-        cutoff = now - self.config.containers.leak_window
-        while s.samples and s.samples[0].t < cutoff:
-            s.samples.popleft()
+            # a scale), so start over, warming up again, rather than fit across the step.
+            s.history, s.verdict = self._history(), None
+        s.history.add(leak.Sample(now, c.working_set))
         return s
+
+    def _history(self) -> leak_scales.LeakHistory:
+        cfg = self.config.containers
+        return leak_scales.LeakHistory(leak_scales.LeakSettings.of(cfg.leak_window, cfg.leak_min_rate))
 
     async def act(self, snap: ContainersSnapshot, host_available: int | None) -> list[Condition]:
         cfg = self.config.containers
@@ -80,8 +78,9 @@ class ContainerWatch:
         loaded = await self.serving.count(snap.containers, urls, self.config.ollama.timeout)
         for c, models in zip(snap.containers, loaded, strict=True):
             s = self._record(c, now)
-            previous = s.verdict.verdict if s.verdict else None
-            s.verdict = leak.assess(list(s.samples), cfg.leak_window, cfg.leak_min_rate, c.limit, host_available)
+            before = s.verdict
+            previous = before.verdict if before else None
+            s.verdict = leak_scales.verdict_of(s.history, before, c.limit, host_available)
             s.models_loaded = models
             s.idle_leak = leak.idle_leak(c.working_set, models, cfg.idle_leak_threshold)
             inputs = self._inputs(c, s)
@@ -113,8 +112,9 @@ class ContainerWatch:
         v = s.verdict
         assert v is not None
         return {"working_set": c.working_set, "limit": c.limit, "slope_bps": round(v.slope, 1),
-                "recent_slope_bps": round(v.recent_slope, 1), "window_s": self.config.containers.leak_window,
-                "samples": v.samples, "span_s": round(v.span, 1), "drops": v.drops,
+                "window_s": self.config.containers.leak_window, "scale_s": v.scale,
+                "growth_bytes": round(v.growth), "noise_bytes": round(v.noise),
+                "samples": v.samples, "span_s": round(v.span, 1),
                 "exhaustion_in_s": None if v.exhaustion_in is None else round(v.exhaustion_in),
                 "exhaustion_of": v.exhaustion_of, "models_loaded": s.models_loaded,
                 "min_rate_bps": round(self.config.containers.leak_min_rate, 1)}
@@ -134,7 +134,8 @@ class ContainerWatch:
             eta = "" if v.exhaustion_in is None else (
                 f"; {'its limit' if v.exhaustion_of == 'limit' else 'host RAM'} exhausted in "
                 f"~{format_duration(v.exhaustion_in)}")
-            message = (f"container {c.name} leaking {format_size(v.slope * 60)}/min "
+            scale = "" if v.scale is None else f" over {format_duration(v.scale)}"
+            message = (f"container {c.name} leaking {format_size(v.slope * 60)}/min{scale} "
                        f"(working set {format_size(c.working_set)}, {limit}){eta}{withheld}")
             critical = v.exhaustion_in is not None and v.exhaustion_in < HOUR
             return Condition("container.leak", c.name, "critical" if critical else "warning", message,
@@ -236,6 +237,7 @@ class ContainerWatch:
                 "restarts_24h": restarts.get(c.name, (0, 0))[0], "restarts": restarts.get(c.name, (0, 0))[1],
                 "verdict": "idle leak" if s and s.idle_leak else (v.verdict if v else "warming"),
                 "slope_bps": None if v is None else v.slope,
+                "scale_s": None if v is None else v.scale,
                 "exhaustion_in_s": None if v is None else v.exhaustion_in,
                 "exhaustion_of": None if v is None else v.exhaustion_of,
                 "models_loaded": s.models_loaded if s else None,

@@ -84,7 +84,8 @@ FAMILIES: tuple[Family, ...] = (
     Family("memwarden_container_memory_limit_bytes", "gauge", CONTAINER,
            "The container's memory limit (absent: no limit)."),
     Family("memwarden_container_memory_leak_slope_bytes_per_second", "gauge", CONTAINER,
-           "Growth of the working set's lower envelope over containers.leak_window (Theil–Sen)."),
+           "Growth of the working set's lower envelope (Theil–Sen) at the scale that saw the leak, else the "
+           "longest judged."),
     Family("memwarden_container_memory_leaking", "gauge", CONTAINER, "1 while the verdict is leak or idle leak."),
     Family("memwarden_container_memory_exhaustion_seconds", "gauge", CONTAINER,
            "Projected time until a leak reaches the limit (or the host's available RAM)."),

@@ -46,6 +46,9 @@ class LeakVerdict:
     drops: int  # sharp falls seen (a sawtooth has several)
     exhaustion_in: float | None = None  # seconds until the limit (or the host's available RAM) is reached
     exhaustion_of: str | None = None  # "limit" or "host"
+    scale: float | None = None  # seconds: the time scale that saw the leak (policies/leak_scales.py)
+    growth: float = 0.0  # bytes the envelope grew over that scale (or the longest one judged)
+    noise: float = 0.0  # bytes: the envelope's noise at that scale
 
     @property
     def leaking(self) -> bool:

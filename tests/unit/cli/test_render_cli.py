@@ -78,6 +78,14 @@ def test_containers_restarts_come_from_the_history():
     assert render.containers({"error": None, "containers": [{**row, "restarts_24h": 3}]}).splitlines()[1].endswith("3")
 
 
+def test_leaks_name_the_scale_that_saw_each():
+    row = {"name": "web", "verdict": "leak", "working_set": 1 << 30, "limit": 0, "slope_bps": 1000.0,
+           "scale_s": 3600.0, "exhaustion_in_s": None, "exhaustion_of": None}
+    header, line = render.leaks([row]).splitlines()[:2]
+    assert "SCALE" in header.split() and "1h" in line.split()
+    assert "-" in render.leaks([{**row, "scale_s": None}]).splitlines()[1].split()
+
+
 def test_diagnostics_and_config_show_are_readable():
     out = render.diagnostics({"rss_bytes": 50 * 1024**2, "cpu_user_s": 1.25, "cpu_system_s": 0.5, "threads": 4,
                               "open_fds": 12, "clients": 1, "requests_served": 9, "python": "3.11.2",

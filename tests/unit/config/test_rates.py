@@ -24,7 +24,7 @@ def test_rate_good(text, bps):
 
 
 def test_rate_default_is_one_mebibyte_per_minute():
-    assert ContainersConfig().leak_min_rate == pytest.approx(MiB / 60)
+    assert ContainersConfig().leak_min_rate == pytest.approx(MiB / 3600)
 
 
 @pytest.mark.parametrize(("value", "message"), [

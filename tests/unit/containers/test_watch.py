@@ -5,6 +5,7 @@ import pytest
 from memwarden.config import parse_config
 from memwarden.containers.serving import ServingCounter
 from memwarden.containers.watch import ContainerWatch
+from memwarden.policies.leak_scales import BUCKETS
 from memwarden.snapshots import ContainerMemory, ContainersSnapshot
 from memwarden.state.db import open_state
 
@@ -122,8 +123,8 @@ def kinds(conditions) -> list[str]:
 async def test_steady_leak_raises_condition_and_restarts(closing):
     h = closing()
     passes = await h.leak_until_restarted()
-    # warming for the first 80 % of the 20 s window, then a leak: 17 passes (span 16 s)
-    assert len(passes) == 17
+    # warming for the first 80 % of the shortest scale (10 s of the 10 s and 20 s ones), then a leak: 9 passes
+    assert len(passes) == 9
     assert all(c == [] for c in passes[:-1])
     (cond,) = passes[-1]
     assert cond.kind == "container.leak" and cond.key == "web"
@@ -131,7 +132,7 @@ async def test_steady_leak_raises_condition_and_restarts(closing):
     assert "leaking" in cond.message and "no memory limit" in cond.message
     assert cond.fields["slope_bps"] == pytest.approx(LEAK_RATE, rel=0.02)
     assert cond.fields["min_rate_bps"] == pytest.approx(100 * KiB)
-    assert cond.fields["window_s"] == 20.0
+    assert cond.fields["window_s"] == 20.0 and cond.fields["scale_s"] == 10.0 and "over 10s" in cond.message
     assert cond.fields["exhaustion_in_s"] is None
 
     assert h.restart.calls == [(CID, 7.0)]
@@ -139,7 +140,7 @@ async def test_steady_leak_raises_condition_and_restarts(closing):
     assert row["container"] == "web" and row["container_id"] == CID
     assert row["at"] == h.clock.now
     assert row["reason"] == "leak"
-    assert row["working_set_before"] == 100 * MiB + 16 * LEAK_RATE
+    assert row["working_set_before"] == 100 * MiB + 8 * LEAK_RATE
     assert row["dry_run"] == 0 and row["error"] is None and row["effective"] is None
     assert "web" not in h.watch.series  # a new process: growth measured from scratch
     assert h.watch._busy == set()
@@ -299,7 +300,7 @@ async def test_an_alert_only_container_says_nothing_about_restarts(closing):
 
 async def test_failed_restart_is_recorded_and_not_fatal(closing):
     h = closing(restart_error=RuntimeError("permission denied"))
-    passes = await _feed_leak(h, 17)
+    passes = await _feed_leak(h, 9)
     assert kinds(passes[-1]) == ["container.leak"]
     assert len(h.restart.calls) == 1
     (row,) = h.watch.history.recent()
@@ -320,7 +321,7 @@ async def test_failing_restart_is_not_retried_beyond_the_budget(closing):
 
 async def test_dry_run_records_a_row_without_restarting(closing):
     h = closing(dry_run=True)
-    passes = await _feed_leak(h, 17)
+    passes = await _feed_leak(h, 9)
     assert kinds(passes[-1]) == ["container.leak"]
     assert h.restart.calls == []
     rows = h.watch.history.recent()
@@ -364,18 +365,18 @@ async def test_disappeared_container_is_dropped(closing):
     assert set(h.watch.series) == {"a", "b"}
     await h.step(container(MiB, name="b", cid="2"))
     assert set(h.watch.series) == {"b"}
-    assert len(h.watch.series["b"].samples) == 3
+    assert h.watch.series["b"].history.count == 3
 
 
 async def test_recreated_container_starts_a_new_series(closing):
     h = closing(action="alert")
     for _ in range(5):
         await h.step(container(MiB, cid="old"))
-    assert len(h.watch.series["web"].samples) == 5
+    assert h.watch.series["web"].history.count == 5
     await h.step(container(MiB, cid="new"))
     s = h.watch.series["web"]
     assert s.container_id == "new"
-    assert len(s.samples) == 1
+    assert s.history.count == 1
 
 
 async def test_recreated_container_does_not_inherit_a_leak(closing):
@@ -386,13 +387,15 @@ async def test_recreated_container_does_not_inherit_a_leak(closing):
     assert h.watch.series["web"].verdict.verdict == "warming"
 
 
-async def test_series_trimmed_to_the_window(closing):
+async def test_series_bounded_per_scale(closing):
     h = closing(action="alert")
-    for _ in range(60):
+    for _ in range(200):
         await h.step(container(MiB))
-    samples = h.watch.series["web"].samples
-    assert h.clock.now - samples[0].t <= 20.0
-    assert len(samples) == 21
+    history = h.watch.series["web"].history
+    assert history.count == 200
+    assert [s.scale for s in history.scales] == [10.0, 20.0]  # the ladder's rungs under leak_window, and it
+    for s in history.scales:
+        assert len(s.buckets) <= BUCKETS + 1 and h.clock.now - s.buckets[0][0] <= s.scale + s.width
 
 
 # ---- rows --------------------------------------------------------------------------------------------------
@@ -431,7 +434,7 @@ async def test_rows_fields(closing):
     assert calm["exhaustion_in_s"] is None and calm["exhaustion_of"] is None
     assert set(web) == set(calm) == {
         "name", "id", "image", "compose_service", "working_set", "usage", "rss", "limit", "no_limit",
-        "restart_count", "restarts", "restarts_24h", "action", "verdict", "slope_bps", "exhaustion_in_s",
+        "restart_count", "restarts", "restarts_24h", "action", "verdict", "slope_bps", "scale_s", "exhaustion_in_s",
         "exhaustion_of", "models_loaded", "source"}
 
 

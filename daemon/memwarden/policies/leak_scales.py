@@ -1,0 +1,232 @@
+"""Leaks at several time scales at once: the working set's lower envelope judged over 10 s up to a day.
+
+Each scale S keeps its series in BUCKETS buckets of S / BUCKETS seconds (min, max, last of the samples in each),
+so a day of 2-s samples costs a few hundred numbers per scale, and every call is bounded. At each scale:
+- the envelope is the bucket minima; its robust slope (Theil–Sen) times the span covered is the *growth*;
+- the *noise* is the larger of the envelope's residual spread around that line (1.4826 × MAD) and the series'
+  own jitter (from consecutive samples), and growth is *significant* when it exceeds SIGNIFICANCE noise units
+  scaled by the estimator's spread for that many points (√(12/n)): a slope passes when the growth over the
+  scale stands clear of the noise, so a fast scale needs a fast leak and a slow scale sees a slow one;
+- growth that has been *undone* is a rhythm, not a leak: a leak keeps raising its floor, so the current floor
+  must stand at the highest envelope of the window (up to noise) and clearly above the highest envelope of the
+  retained past (up to the longest scale before the window). A sawtooth, a daily cycle or a cache that fills
+  and empties only returns to levels it held before; the troughs of a rhythm that climb are a leak again, at a
+  scale whose buckets are longer than its period. The first rise of a rhythm never seen before cannot be told
+  from a leak: it is one, at its scale, until it is undone.
+Hysteresis: a leak verdict holds at its scale while the growth there stays above half the significance and is
+not undone, so a slope near the threshold does not flap.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from memwarden.policies.leak import LeakVerdict, Sample, theil_sen
+
+BUCKETS = 12  # per scale: the envelope's points (Theil–Sen over 66 pairs)
+LADDER = (10.0, 60.0, 600.0, 3600.0, 6 * 3600.0, 24 * 3600.0)  # the scales, up to containers.leak_window
+COVERAGE = 0.8  # a scale judges once its samples span this share of it
+SIGNIFICANCE = 5.5  # growth over a scale must exceed this many noise units (a 5.5σ event: none in a day)
+RELEASE = 0.5  # a held leak is released when its growth falls under this share of the significance
+UNDONE = 3.0  # the floor may sit this many noise units under the highest envelope seen and still be a leak
+PAST_POINTS = 256  # the retained past's maxima are kept at a width of at most horizon / PAST_POINTS
+JITTER_STEPS = 256  # consecutive differences kept for the series' own jitter
+MIN_POINTS = 4
+
+
+@dataclass(frozen=True)
+class LeakSettings:
+    scales: tuple[float, ...]  # seconds, shortest first
+    min_rate: float  # bytes/s: no slope under this is a leak, however clear of the noise
+
+    @classmethod
+    def of(cls, window: float, min_rate: float) -> LeakSettings:
+        """containers.leak_window is the longest scale; the ladder's shorter rungs come with it."""
+        return cls((*(s for s in LADDER if s < window), window), min_rate)
+
+
+@dataclass(frozen=True)
+class ScaleReading:
+    scale: float
+    slope: float  # bytes/s of the envelope
+    growth: float  # bytes over the span covered
+    noise: float  # bytes
+    threshold: float  # bytes: growth beyond this is significant
+    undone: bool  # the floor stands clearly under a higher envelope seen before
+    covered: bool  # the samples span COVERAGE of the scale
+    points: int
+
+
+class _Scale:
+    """One scale's buckets over its window, and the running maximum of its envelope over the retained past."""
+
+    def __init__(self, scale: float, horizon: float):
+        self.scale = scale
+        self.width = scale / BUCKETS
+        self.horizon = horizon
+        self.buckets: deque[list[float]] = deque()  # [start, min, max, last, count, time of the min]
+        self.past_width = max(self.width, horizon / PAST_POINTS)
+        self.coarse: list[float] | None = None  # [start, highest bucket minimum] of the past stretch being filled
+        self.past: deque[tuple[float, float]] = deque()  # (start, highest minimum): a monotonic max queue
+        self.reading: ScaleReading | None = None
+        self.stale = True
+        self.index = 0
+
+    def add(self, t: float, v: float) -> None:
+        b = self.buckets[-1] if self.buckets else None
+        index = math.floor(t / self.width)  # an index, not a start time: float starts can repeat a bucket
+        if b is None or index > self.index:
+            self.index = index
+            self.buckets.append([index * self.width, v, v, v, 1, t])
+            self.stale = True
+            while self.buckets[0][0] < t - self.scale:
+                self._retire(self.buckets.popleft())
+        else:
+            if v < b[1]:
+                b[1], b[5] = v, t
+            b[2], b[3], b[4] = max(b[2], v), v, b[4] + 1
+
+    def _retire(self, b: list[float]) -> None:
+        c = self.coarse
+        if c is None or b[0] >= c[0] + self.past_width:
+            if c is not None:
+                while self.past and self.past[-1][1] <= c[1]:
+                    self.past.pop()
+                self.past.append((c[0], c[1]))
+            self.coarse = c = [b[0], b[1]]
+        c[1] = max(c[1], b[1])  # the highest envelope (bucket minimum) of the stretch
+        while self.past and self.past[0][0] < b[0] - self.horizon:
+            self.past.popleft()
+
+    def past_max(self) -> float | None:
+        values = ([self.past[0][1]] if self.past else []) + ([self.coarse[1]] if self.coarse else [])
+        return max(values) if values else None
+
+
+def judge_scale(scale: float, points: Sequence[tuple[float, float]], counts: Sequence[int], past_max: float | None,
+                jitter: float, span: float) -> ScaleReading:
+    """Pure: one scale's envelope (time and value of each bucket's minimum), samples per bucket, the highest
+    envelope before the window, the series' jitter (σ of one sample) and how long the samples have been coming."""
+    n = len(points)
+    covered = span >= scale * COVERAGE and n >= MIN_POINTS
+    if n < 2:
+        return ScaleReading(scale, 0.0, 0.0, jitter, math.inf, False, False, n)
+    slope = theil_sen(points)
+    intercept = statistics.median(v - slope * t for t, v in points)
+    residuals = [abs(v - (intercept + slope * t)) for t, v in points]
+    # The minimum of many samples wanders less than one sample: half the jitter once buckets hold ten or more.
+    per_point = jitter * (0.5 if statistics.median(counts) >= 10 else 1.0)
+    noise = max(1.4826 * statistics.median(residuals), per_point)
+    threshold = SIGNIFICANCE * noise * math.sqrt(12 / n)
+    growth = slope * (points[-1][0] - points[0][0] + scale / BUCKETS)
+    # Within the window the floor may not have fallen from a higher envelope; against the past (before the
+    # window) it must be a new high: a rhythm's rise only returns to levels its earlier periods held.
+    floor = points[-1][1]
+    undone = max(v for _, v in points) - floor > UNDONE * noise or (
+        past_max is not None and floor - past_max <= UNDONE * noise)
+    return ScaleReading(scale, slope, growth, noise, threshold, undone, covered, n)
+
+
+class LeakHistory:
+    """A container's samples so far, downsampled per scale: bounded memory whatever the span."""
+
+    def __init__(self, settings: LeakSettings):
+        self.settings = settings
+        horizon = max(settings.scales)
+        self.scales = [_Scale(s, horizon) for s in settings.scales]
+        self.first: float | None = None
+        self.last: Sample | None = None
+        self.steps: deque[float] = deque(maxlen=JITTER_STEPS)
+        self.count = 0
+        self.step: int | None = None
+
+    def add(self, sample: Sample) -> None:
+        if self.last is not None:
+            step = sample.working_set - self.last.working_set
+            if self.step is not None:
+                self.steps.append(abs(step - self.step))
+            self.step = step
+        self.first = sample.t if self.first is None else self.first
+        self.last = sample
+        self.count += 1
+        for s in self.scales:
+            s.add(sample.t, float(sample.working_set))
+
+    def jitter(self) -> float:
+        # Second differences cancel a steady slope; of Gaussian noise they have σ√6, so a median |.| of 1.652 σ.
+        return statistics.median(self.steps) / 1.652 if self.steps else 0.0
+
+    def readings(self) -> list[ScaleReading]:
+        """Each scale's reading, recomputed only when a bucket has closed (bounded work per sample)."""
+        assert self.last is not None and self.first is not None
+        span = self.last.t - self.first
+        jitter = max(self.jitter(), 1.0)
+        out = []
+        for s in self.scales:
+            if s.stale or s.reading is None:
+                closed = list(s.buckets)[:-1] if len(s.buckets) > 1 else list(s.buckets)
+                s.reading = judge_scale(s.scale, [(b[5], b[1]) for b in closed], [int(b[4]) for b in closed],
+                                        s.past_max(), jitter, span)
+                s.stale = False
+            out.append(s.reading)
+        return out
+
+
+def decide(readings: Sequence[ScaleReading], previous: LeakVerdict | None, settings: LeakSettings,
+           samples: int, span: float, current: int, limit: int = 0,
+           host_available: int | None = None) -> LeakVerdict:
+    """Pure: the verdict from each scale's reading and the previous verdict (its scale holds a leak until the
+    evidence there is gone)."""
+    def leaks(r: ScaleReading, share: float) -> bool:
+        return (r.covered and not r.undone and r.growth > share * r.threshold and r.slope >= settings.min_rate)
+
+    seen: ScaleReading | None = None
+    if previous is not None and previous.leaking and previous.scale is not None:
+        held = [r for r in readings if r.scale == previous.scale]
+        if held and leaks(held[0], RELEASE):
+            seen = held[0]
+    if seen is None:
+        seen = next((r for r in readings if leaks(r, 1.0)), None)
+    if seen is not None:
+        verdict = "leak"
+    elif not any(r.covered for r in readings):
+        verdict = "warming"
+    elif any(r.covered and r.undone and r.growth > r.threshold for r in readings):
+        verdict = "sawtooth"  # clear growth, undone: a rhythm
+    else:
+        verdict = "steady"
+    shown = seen or next((r for r in reversed(readings) if r.covered), readings[0])
+    exhaustion_in = exhaustion_of = None
+    if seen is not None and seen.slope > 0:
+        options = []
+        if limit > 0:
+            options.append((max(0.0, (limit - current) / seen.slope), "limit"))
+        if host_available is not None:
+            options.append((max(0.0, host_available / seen.slope), "host"))
+        if options:
+            exhaustion_in, exhaustion_of = min(options)
+    return LeakVerdict(verdict, shown.slope, shown.slope, samples, span, 0, exhaustion_in, exhaustion_of,
+                       scale=shown.scale if seen is not None else None, growth=shown.growth, noise=shown.noise)
+
+
+def verdict_of(history: LeakHistory, previous: LeakVerdict | None = None, limit: int = 0,
+               host_available: int | None = None) -> LeakVerdict:
+    assert history.last is not None and history.first is not None
+    return decide(history.readings(), previous, history.settings, history.count, history.last.t - history.first,
+                  history.last.working_set, limit, host_available)
+
+
+def judge(samples: Iterable[Sample], settings: LeakSettings, previous: LeakVerdict | None = None,
+          limit: int = 0, host_available: int | None = None) -> LeakVerdict:
+    """The pure entry: a container's samples so far (oldest first, any span), its settings
+    (LeakSettings.of(containers.leak_window, containers.leak_min_rate)) and the previous verdict → the verdict."""
+    history = LeakHistory(settings)
+    for s in samples:
+        history.add(s)
+    if history.last is None:
+        return LeakVerdict("warming", 0.0, 0.0, 0, 0.0, 0)
+    return verdict_of(history, previous, limit, host_available)

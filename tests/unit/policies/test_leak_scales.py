@@ -1,0 +1,120 @@
+import math
+import random
+
+import pytest
+
+from memwarden.policies.leak import Sample
+from memwarden.policies.leak_scales import (
+    BUCKETS,
+    PAST_POINTS,
+    LeakHistory,
+    LeakSettings,
+    ScaleReading,
+    decide,
+    judge,
+    verdict_of,
+)
+
+MiB = 1 << 20
+GiB = 1 << 30
+HOUR = 3600.0
+DAY = 24 * HOUR
+SETTINGS = LeakSettings.of(DAY, MiB / HOUR)  # the defaults: containers.leak_window 24h, leak_min_rate 1MiB/h
+
+
+def replay(f, seconds: float, step: float = 2.0, seed: int = 7, noise: float = 2 * MiB):
+    """Feed 2 GiB + f(t) + Gaussian noise into a history, judging every sample with its previous verdict.
+    Returns (first leak time, its scale, number of transitions into leak, last verdict, the history)."""
+    rnd = random.Random(seed)
+    history, previous, first, alarms = LeakHistory(SETTINGS), None, None, 0
+    for i in range(int(seconds / step) + 1):
+        t = i * step
+        history.add(Sample(t, int(2 * GiB + f(t) + rnd.gauss(0, noise))))
+        v = verdict_of(history, previous)
+        if v.leaking and not (previous is not None and previous.leaking):
+            alarms += 1
+            first = first or (t, v.scale)
+        previous = v
+    return first, alarms, previous, history
+
+
+def teeth(period: float, height: float):
+    """A sawtooth that starts at its top: drops, climbs linearly for a period, drops again."""
+    return lambda t: height * (((t + period - 2.0) % period) / period)
+
+
+@pytest.mark.parametrize(("rate", "seconds", "scale", "within"), [
+    (20e6, 60, 10.0, 10), (1e6, 120, 60.0, 60), (60e6 / HOUR, 1800, 600.0, 900),
+    (10e6 / HOUR, 4 * HOUR, HOUR, 3 * HOUR),
+])
+def test_each_scale_sees_its_leak_once_and_names_itself(rate, seconds, scale, within):
+    first, alarms, last, _ = replay(lambda t: rate * t, seconds)
+    assert first is not None and first[0] <= within and first[1] == scale
+    assert alarms == 1 and last.leaking and last.scale == scale
+    assert last.slope == pytest.approx(rate, rel=0.3)
+
+
+def test_steady_noise_is_never_a_leak():
+    _, alarms, last, _ = replay(lambda t: 0.0, 6 * HOUR)
+    assert alarms == 0 and last.verdict == "steady"
+
+
+def test_a_daily_cycle_is_not_a_leak():
+    first, alarms, _, _ = replay(lambda t: 300 * MiB * math.cos(2 * math.pi * t / DAY), DAY, step=10.0)
+    assert alarms == 0, first
+
+
+@pytest.mark.parametrize("period", [60.0, 300.0])
+def test_a_sawtooth_is_a_leak_only_on_its_first_tooth(period):
+    # The first rise of a rhythm never seen before is a leak at its scale; once undone, the rhythm is known.
+    first, alarms, last, _ = replay(teeth(period, 300 * MiB), 2 * HOUR)
+    assert alarms == 1 and first[0] < period
+    assert not last.leaking
+
+
+def test_troughs_that_climb_under_a_sawtooth_are_a_leak_at_a_scale_longer_than_its_period():
+    saw = teeth(60.0, 100 * MiB)
+    _, alarms, last, _ = replay(lambda t: 60e6 / HOUR * t + saw(t), 2 * HOUR)
+    assert last.leaking and last.scale is not None and last.scale > 60.0 * BUCKETS / 2
+    assert alarms >= 1
+
+
+def reading(growth: float, threshold: float = 10 * MiB, scale: float = 600.0) -> ScaleReading:
+    return ScaleReading(scale, growth / scale, growth, threshold / 5.5, threshold, False, True, BUCKETS)
+
+
+def test_hysteresis_holds_a_leak_between_the_release_and_the_call():
+    settings = LeakSettings.of(DAY, 0.0)
+    fresh = decide([reading(7 * MiB)], None, settings, 100, 600.0, GiB)
+    assert not fresh.leaking  # 7 MiB is under the 10 MiB a new leak needs
+    called = decide([reading(12 * MiB)], fresh, settings, 100, 600.0, GiB)
+    assert called.leaking and called.scale == 600.0
+    held = decide([reading(7 * MiB)], called, settings, 100, 600.0, GiB)
+    assert held.leaking and held.scale == 600.0  # above half the significance: still the same leak
+    released = decide([reading(4 * MiB)], held, settings, 100, 600.0, GiB)
+    assert not released.leaking
+
+
+def test_a_leak_near_the_threshold_does_not_flap():
+    _, alarms, last, _ = replay(lambda t: 60e6 / HOUR * t, 3 * HOUR, seed=3)
+    assert alarms == 1 and last.leaking
+
+
+def test_the_pure_entry_gives_the_incremental_verdict():
+    samples = [Sample(i * 2.0, int(GiB + 1e6 * i * 2.0)) for i in range(60)]
+    history = LeakHistory(SETTINGS)
+    for s in samples:
+        history.add(s)
+    assert judge(samples, SETTINGS) == verdict_of(history)
+    assert judge([], SETTINGS).verdict == "warming"
+
+
+def test_a_day_of_samples_is_kept_in_bounded_memory():
+    *_, history = replay(lambda t: 0.0, DAY, step=10.0)
+    for s in history.scales:
+        assert len(s.buckets) <= BUCKETS + 1 and len(s.past) <= PAST_POINTS + 1
+
+
+def test_the_scales_stop_at_the_leak_window():
+    assert LeakSettings.of(15.0, 1.0).scales == (10.0, 15.0)
+    assert LeakSettings.of(DAY, 1.0).scales == (10.0, 60.0, 600.0, HOUR, 6 * HOUR, DAY)
