@@ -15,7 +15,8 @@ carries it out, and commits the planned state.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from memwarden.arbiter.errors import ArbiterError
@@ -37,8 +38,10 @@ NO_OLLAMA = "no Ollama configured (ollama.url is empty)"
 
 
 class ModelScheduler:
-    def __init__(self, inputs: ArbiterInputs, table: ModelTable, lock: asyncio.Lock, leases: LeaseLedger):
+    def __init__(self, inputs: ArbiterInputs, table: ModelTable, lock: asyncio.Lock, leases: LeaseLedger,
+                 timer: Callable[[], float] = time.monotonic):
         self.inputs = inputs
+        self.timer = timer  # times the loads: their seconds are gdsf-decay's cost
         self.table = table
         self.lock = lock
         self.leases = leases
@@ -196,13 +199,18 @@ class ModelScheduler:
                 inputs.stats["evictions"] += 1
             if plan.victims:
                 await self.leases.confirm_free(plan.gpu, plan.need, set(), self.config.gpu.evict_timeout)
+            load_seconds = 0.0
             if plan.load:
+                started = self.timer()
                 await inputs.ollama.load(name, keep_alive_value(self.keep_alive_for(name)))
+                load_seconds = self.timer() - started
         except BaseException:
             # Only part of the plan happened: keep the request's record; residency is read again next pass.
             self._commit(base, plan.noted, None)
             raise
-        self._commit(base, plan.state_after, name)
+        self._commit(base, plan.state_after, None)
+        inputs.cache = cache.note_load_time(inputs.cache, name, load_seconds)
+        self._save_entry(name)
         return {"model": name, "hit": False, "evicted": list(plan.victims), "loaded": plan.load}
 
     def _commit(self, base: cache.CacheState, planned: cache.CacheState, save: str | None) -> None:

@@ -109,8 +109,9 @@ class GpuConfig:
         False, boolean,
         "Last resort when unloading does not free the VRAM in time: stop ollama.service, start it again on release.")
     scheduler: str = setting(
-        "lru", choice("lru", "gdsf"),
-        "Which resident model to evict first: lru (least recently used) or gdsf (GreedyDual-Size-Frequency).")
+        "lru", choice("lru", "gdsf", "gdsf-decay"),
+        "Which resident model to evict first: lru (least recently used), gdsf (GreedyDual-Size-Frequency) or "
+        "gdsf-decay (GDSF with uses that halve every 200 requests and the measured load time as cost).")
 
 
 @dataclass(frozen=True)

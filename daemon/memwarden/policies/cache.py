@@ -1,8 +1,14 @@
-"""Which resident model to evict: plain LRU, or GreedyDual-Size-Frequency (Cherkasova 1998).
+"""Which resident model to evict: plain LRU, GreedyDual-Size-Frequency (Cherkasova 1998), or GDSF with decayed
+frequencies and the load time as cost.
 
 GDSF gives each model a priority H = L + frequency × cost / size and evicts the lowest H; L rises to the H of
 each victim, so models not used for a while age out. With cost = 1 it maximises the hit rate per byte of VRAM:
-a small specialist used often outranks a large model used as often. Pure functions over a frozen state.
+a small specialist used often outranks a large model used as often.
+
+gdsf-decay keeps GDSF's L but counts uses with a half-life of HALF_LIFE_REQUESTS requests (to all models), so a
+model that was popular once loses its lead once demand moves; and its cost is the seconds a load of the model
+takes (measured by the arbiter, `note_load_time`; 1 s + size / 2 GB/s until then), so it keeps in VRAM what
+users would wait longest to load again, per byte. Pure functions over a frozen state.
 """
 
 from __future__ import annotations
@@ -11,7 +17,16 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
-POLICIES = ("lru", "gdsf")
+POLICIES = ("lru", "gdsf", "gdsf-decay")
+# gdsf-decay: a use counts half after this many requests (to any model), a quarter after twice as many. Chosen
+# on bench/scheduler_hitrate.py's trace families (BENCHMARKS.md): long enough that a Zipf favourite keeps its
+# lead, short enough that a reshuffle of popularity is followed within a few hundred requests.
+HALF_LIFE_REQUESTS = 200.0
+# The load time of a model not yet measured: Ollama's fixed start-up plus reading the weights at 2 GB/s.
+LOAD_FIXED_SECONDS = 1.0
+LOAD_BYTES_PER_SECOND = 2e9
+# A new measurement of a load time weighs this much against what was known (loads vary with the page cache).
+LOAD_TIME_WEIGHT = 0.5
 # The most models the scheduler keeps a record of. Only installed models are tracked, so this is a backstop
 # (the learning loop creates one Ollama model per adapter version); it keeps the table, its SQLite rows and the
 # `models` reply bounded whatever Ollama lists, and is well above the 10,000 the benchmarks plan for.
@@ -29,12 +44,17 @@ class Entry:
     hits: int = 0
     priority: float = 0.0  # GDSF's H
     gpu: int | None = None  # where it is resident, when known
+    freq: float = 0.0  # gdsf-decay: uses, decayed to request number `tick`
+    tick: int = 0  # the state's request count at the last use
+    inflation_at_use: float = 0.0  # GDSF's L at the last use
+    load_seconds: float = 0.0  # measured load time (seconds); 0 until one is measured
 
 
 @dataclass(frozen=True)
 class CacheState:
     entries: Mapping[str, Entry] = field(default_factory=lambda: MappingProxyType({}))
     inflation: float = 0.0  # GDSF's L
+    ticks: int = 0  # requests seen (touch), the clock gdsf-decay's half-life counts in
 
     def with_entry(self, entry: Entry) -> CacheState:
         # dict(proxy) copies in C; {**proxy} would go key by key (1 ms at 10,000 models, per request).
@@ -43,8 +63,8 @@ class CacheState:
         return replace(self, entries=MappingProxyType(entries))
 
     @staticmethod
-    def of(entries: Iterable[Entry], inflation: float = 0.0) -> CacheState:
-        return CacheState(MappingProxyType({e.name: e for e in entries}), inflation)
+    def of(entries: Iterable[Entry], inflation: float = 0.0, ticks: int = 0) -> CacheState:
+        return CacheState(MappingProxyType({e.name: e for e in entries}), inflation, ticks)
 
     def resident(self) -> list[Entry]:
         return [e for e in self.entries.values() if e.resident]
@@ -54,14 +74,43 @@ def _gdsf_priority(state: CacheState, hits: int, size: int) -> float:
     return state.inflation + hits / max(size, 1)
 
 
+def load_time(entry: Entry) -> float:
+    """Seconds a load of `entry` takes: as measured, else estimated from its size."""
+    if entry.load_seconds > 0:
+        return entry.load_seconds
+    return LOAD_FIXED_SECONDS + entry.size / LOAD_BYTES_PER_SECOND
+
+
+def decayed_uses(entry: Entry, ticks: int) -> float:
+    """The entry's uses as counted at request number `ticks`: each halves every HALF_LIFE_REQUESTS requests."""
+    return entry.freq * 0.5 ** ((ticks - entry.tick) / HALF_LIFE_REQUESTS)
+
+
+def decay_priority(state: CacheState, entry: Entry) -> float:
+    """gdsf-decay's H now: L at the last use + decayed uses × load seconds / size."""
+    return entry.inflation_at_use + decayed_uses(entry, state.ticks) * load_time(entry) / max(entry.size, 1)
+
+
 def touch(state: CacheState, name: str, now: float, size: int | None = None) -> CacheState:
     """A request for `name`: one more use, now."""
     prior = state.entries.get(name) or Entry(name, size or 0)
     hits = prior.hits + 1
     new_size = prior.size if size is None else size
+    ticks = state.ticks + 1
     entry = replace(prior, size=new_size, last_used=now, hits=hits,
-                    priority=_gdsf_priority(state, hits, new_size))
-    return state.with_entry(entry)
+                    priority=_gdsf_priority(state, hits, new_size),
+                    freq=decayed_uses(prior, ticks) + 1.0, tick=ticks, inflation_at_use=state.inflation)
+    return replace(state.with_entry(entry), ticks=ticks)
+
+
+def note_load_time(state: CacheState, name: str, seconds: float) -> CacheState:
+    """A load of `name` took `seconds`: the first measurement replaces the estimate, later ones are averaged."""
+    prior = state.entries.get(name)
+    if prior is None or not seconds > 0:
+        return state
+    known = prior.load_seconds
+    learned = seconds if known <= 0 else known + LOAD_TIME_WEIGHT * (seconds - known)
+    return state.with_entry(replace(prior, load_seconds=learned))
 
 
 def set_resident(state: CacheState, name: str, resident: bool, size: int | None = None,
@@ -89,6 +138,8 @@ def eviction_order(state: CacheState, policy: str, exclude: Iterable[str] = ()) 
         return sorted(candidates, key=lambda e: (e.priority, e.last_used, e.name))
     if policy == "lru":
         return sorted(candidates, key=lambda e: (e.last_used, e.name))
+    if policy == "gdsf-decay":
+        return sorted(candidates, key=lambda e: (decay_priority(state, e), e.last_used, e.name))
     raise ValueError(f"unknown scheduler policy {policy!r}; expected one of {POLICIES}")
 
 
@@ -98,6 +149,8 @@ def evicted(state: CacheState, name: str, policy: str) -> CacheState:
     new = set_resident(state, name, False)
     if policy == "gdsf":
         new = replace(new, inflation=max(state.inflation, entry.priority))
+    elif policy == "gdsf-decay":
+        new = replace(new, inflation=max(state.inflation, decay_priority(state, entry)))
     return new
 
 
@@ -140,7 +193,7 @@ def estimate_size(entry: Entry | None, installed_size: int | None) -> int:
 def on_gpu(state: CacheState, index: int) -> CacheState:
     """The entries that count on GPU `index`: those resident there or of unknown placement, and the others."""
     return CacheState({n: e for n, e in state.entries.items() if e.gpu in (index, None) or not e.resident},
-                      state.inflation)
+                      state.inflation, state.ticks)
 
 
 def plan_room_on(state: CacheState, name: str, need: int, budgets: Mapping[int, int], policy: str,
@@ -219,7 +272,8 @@ def commit(current: CacheState, base: CacheState, planned: CacheState) -> CacheS
             entries[name] = entry if now is None or now.pinned == entry.pinned else replace(entry, pinned=now.pinned)
     for name in base.entries.keys() - planned.entries.keys():
         entries.pop(name, None)
-    return CacheState(MappingProxyType(entries), max(current.inflation, planned.inflation))
+    return CacheState(MappingProxyType(entries), max(current.inflation, planned.inflation),
+                      max(current.ticks, planned.ticks))
 
 
 @dataclass(frozen=True)

@@ -142,3 +142,14 @@ async def test_ensure_meets_the_cache_policy_once_then_only_commits(world, monke
     assert policy.count("plan_ensure") == 1
     first_call = asked.index("ollama.unload")
     assert [a for a in asked[first_call:] if not a.startswith("ollama.")] in ([], ["commit"])
+
+
+async def test_a_load_the_scheduler_makes_is_timed_into_the_models_load_time(world):
+    scheduler, _, _ = world(budget=10 * GiB)
+    ticks = iter([100.0, 107.5])
+    scheduler.timer = ticks.__next__  # the load of c takes 7.5 s
+    await scheduler.ensure(C)
+    assert scheduler.inputs.cache.entries[C].load_seconds == 7.5
+    assert scheduler.inputs.cache.entries[B].load_seconds == 0.0  # evicted, never loaded here: still estimated
+    await scheduler.ensure(A, load=False)  # a hit: nothing loaded, nothing timed
+    assert scheduler.inputs.cache.entries[A].load_seconds == 0.0
