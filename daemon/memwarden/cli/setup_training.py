@@ -35,7 +35,8 @@ _EXTRA_MARKER = re.compile(r"""^\s*extra\s*==\s*["']([^"']+)["']\s*$""")
 Build = Literal["cuda", "cpu"]
 # Run in the venv's interpreter after the install: the CLI itself never imports the heavy modules.
 CHECK_SCRIPT = """\
-import peft, torch, transformers
+import importlib
+peft, torch, transformers = (importlib.import_module(m) for m in ("peft", "torch", "transformers"))
 cuda = torch.version.cuda
 print(f"torch {torch.__version__} ({'CUDA ' + cuda if cuda else 'CPU'} build; "
       f"GPU usable: {'yes' if torch.cuda.is_available() else 'no'})")
