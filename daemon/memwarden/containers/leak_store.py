@@ -16,6 +16,7 @@ from typing import Any
 
 import sqlite_utils
 
+from memwarden.policies import leak_scales
 from memwarden.policies.leak import LeakVerdict, Sample
 from memwarden.policies.leak_scales import HistoryState, LeakHistory, LeakSettings, ScaleReading, ScaleState
 
@@ -29,7 +30,10 @@ def _dump(value: Any) -> str:
 
 
 def _settings(s: LeakSettings) -> str:
-    return _dump({"scales": list(s.scales), "min_rate": s.min_rate})
+    # With the policy's own shape: a history kept by a daemon whose policy cut buckets otherwise (an upgrade
+    # that changed BUCKETS or PAST_POINTS) cannot be resumed exactly, so it starts over.
+    return _dump({"scales": list(s.scales), "min_rate": s.min_rate, "buckets": leak_scales.BUCKETS,
+                  "past_points": leak_scales.PAST_POINTS})
 
 
 class LeakStore:

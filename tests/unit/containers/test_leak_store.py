@@ -3,6 +3,7 @@ import random
 import pytest
 
 from memwarden.containers.leak_store import BadLeakRow, LeakStore
+from memwarden.policies import leak_scales
 from memwarden.policies.leak import Sample
 from memwarden.policies.leak_scales import LeakHistory, LeakSettings, verdict_of
 from memwarden.state.db import open_state
@@ -53,6 +54,13 @@ def test_another_container_id_or_other_settings_start_over(db):
     assert store.load("web", "d" * 64, DEFAULTS) is None  # recreated under the same name
     assert store.load("web", CID, LeakSettings.of(HOUR, MiB / HOUR)) is None  # leak_window changed
     assert store.load("db", CID, DEFAULTS) is None
+
+
+def test_a_history_cut_by_another_policy_shape_starts_over(db, monkeypatch):
+    store = LeakStore(db)
+    store.save("web", CID, leaking(60)[0], None, 60.0)
+    monkeypatch.setattr(leak_scales, "BUCKETS", leak_scales.BUCKETS + 1)  # an upgrade that re-cut the buckets
+    assert store.load("web", CID, DEFAULTS) is None
 
 
 def test_a_second_save_replaces_the_first(db):
