@@ -5,12 +5,20 @@ policies (policies/leak_scales.py, policies/remediation.py); this class keeps th
 container downsampled per scale, bounded whatever its span; the restart history in SQLite), logs each decision
 with them, and restarts containers through the Docker API when a decision says so — or only logs it under
 daemon.dry_run.
+
+Each series is kept in SQLite too (containers/leak_store.py), so a daemon restart or upgrade resumes it where it
+was: a container's history is saved every SAVE_EVERY passes, at once when a leak verdict starts or ends, and at
+shutdown; the save is small (bounded whatever the span) and spread over the passes, a few containers a pass, so
+no pass waits on one large write. A container's history is loaded when the watch first sees it (the same id,
+the same leak settings) and deleted when it is gone, restarted or its clock stepped back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +28,7 @@ from typing import Any
 from memwarden.alerts.model import Condition
 from memwarden.config.schema import Config
 from memwarden.containers.history import RestartHistory
+from memwarden.containers.leak_store import BadLeakRow, LeakStore
 from memwarden.containers.serving import ServingCounter, ServingUrls
 from memwarden.logs import get_logger
 from memwarden.policies import leak, leak_scales, remediation
@@ -27,6 +36,10 @@ from memwarden.snapshots import ContainerMemory, ContainersSnapshot
 from memwarden.units import DAY, HOUR, format_duration, format_size
 
 log = get_logger()
+
+# Passes between two saves of a container's leak history: at the default 2-s interval, a crash (no shutdown
+# save) loses at most a minute of samples, and each pass writes about len(containers) / SAVE_EVERY histories.
+SAVE_EVERY = 30
 
 @dataclass
 class Series:
@@ -36,6 +49,7 @@ class Series:
     idle_leak: bool = False
     models_loaded: int | None = None
     withheld: tuple[str | None, str] | None = None  # (problem, why) of the last restart held back: logged once
+    saved: int = 0  # the pass that last saved its history (containers/leak_store.py)
 
 
 class ContainerWatch:
@@ -43,6 +57,8 @@ class ContainerWatch:
                  clock: Callable[[], float] = time.time, serving: ServingCounter | None = None):
         self.config = config
         self.history = RestartHistory(db)
+        self.leaks = LeakStore(db)
+        self.passes = 0
         self._restart = restart  # blocking: docker restart (id, stop timeout)
         self.serving = serving or ServingCounter()  # models loaded in each serving container (it reads them)
         self.clock = clock
@@ -53,14 +69,50 @@ class ContainerWatch:
 
     def _record(self, c: ContainerMemory, now: float) -> Series:
         s = self.series.get(c.name)
-        if s is None or s.container_id != c.id:
-            s = self.series[c.name] = Series(c.id, self._history())  # a new (or recreated) container: new series
+        if s is None:
+            s = self.series[c.name] = self._resume(c)
+        elif s.container_id != c.id:
+            self._forget(c.name)
+            s = self.series[c.name] = Series(c.id, self._history(), saved=self.passes)  # recreated: new series
         if s.history.last is not None and now < s.history.last.t:
             # The wall clock stepped back: times that run backwards have no slope (nor a span that ever reaches
             # a scale), so start over, warming up again, rather than fit across the step.
+            self._forget(c.name)
             s.history, s.verdict = self._history(), None
         s.history.add(leak.Sample(now, c.working_set))
         return s
+
+    def _resume(self, c: ContainerMemory) -> Series:
+        """The container's series as a previous daemon left it in SQLite, or a new one."""
+        cfg = self.config.containers
+        try:
+            saved = self.leaks.load(c.name, c.id, leak_scales.LeakSettings.of(cfg.leak_window, cfg.leak_min_rate))
+        except (BadLeakRow, sqlite3.Error) as exc:
+            log.warning("leak history not resumed", container=c.name, error=str(exc))
+            self._forget(c.name)
+            saved = None
+        if saved is None:
+            return Series(c.id, self._history(), saved=self.passes)
+        history, verdict = saved
+        log.info("leak history resumed", container=c.name, samples=history.count, verdict=verdict and verdict.verdict)
+        return Series(c.id, history, verdict, saved=self.passes)
+
+    def _forget(self, name: str) -> None:
+        with contextlib.suppress(sqlite3.Error):  # logged by the next save that fails, if the disk stays bad
+            self.leaks.remove(name)
+
+    def _save(self, name: str, s: Series, now: float) -> None:
+        s.saved = self.passes
+        try:
+            self.leaks.save(name, s.container_id, s.history, s.verdict, now)
+        except sqlite3.Error as exc:  # a full or locked disk: the series goes on in memory, saved again later
+            log.warning("leak history not saved", container=name, error=str(exc))
+
+    def _save_due(self, now: float) -> None:
+        """The histories saved longest ago, SAVE_EVERY passes or more: a share of the containers each pass."""
+        due = sorted((s.saved, name) for name, s in self.series.items() if self.passes - s.saved >= SAVE_EVERY)
+        for _, name in due[:math.ceil(len(self.series) / SAVE_EVERY)]:
+            self._save(name, self.series[name], now)
 
     def _history(self) -> leak_scales.LeakHistory:
         cfg = self.config.containers
@@ -70,9 +122,14 @@ class ContainerWatch:
         cfg = self.config.containers
         now = snap.taken_at
         self.last = snap
+        self.passes += 1
         present = {c.name for c in snap.containers}
+        if self.passes == 1:
+            with contextlib.suppress(sqlite3.Error):  # gone while the daemon was not running
+                self.leaks.keep_only(present)
         for gone in set(self.series) - present:
             del self.series[gone]
+            self._forget(gone)
         conditions: list[Condition] = []
         urls = ServingUrls(self.config.ollama.url, cfg.ollama_urls)
         loaded = await self.serving.count(snap.containers, urls, self.config.ollama.timeout)
@@ -81,6 +138,8 @@ class ContainerWatch:
             before = s.verdict
             previous = before.verdict if before else None
             s.verdict = leak_scales.verdict_of(s.history, before, c.limit, host_available)
+            if s.verdict.leaking != (before is not None and before.leaking):
+                self._save(c.name, s, now)  # the hysteresis' state, at once
             s.models_loaded = models
             s.idle_leak = leak.idle_leak(c.working_set, models, cfg.idle_leak_threshold)
             inputs = self._inputs(c, s)
@@ -97,6 +156,7 @@ class ContainerWatch:
             decision = await self._remediate(c, s, problem, action, inputs, now)
             if problem is not None and action != "ignore":
                 conditions.append(self._condition(c, s, problem, inputs, decision))
+        self._save_due(now)
         await self._verify(snap, now)
         conditions += [cond for c in snap.containers if (cond := self._ineffective(c, now)) is not None]
         return conditions
@@ -196,6 +256,7 @@ class ContainerWatch:
             self._busy.discard(c.name)
         row = self.history.add(c.name, c.id, now, reason, c.working_set, False)
         self.series.pop(c.name, None)  # a new process: its growth starts from scratch
+        self._forget(c.name)
         return {"container": c.name, "restarted": True, "dry_run": False, "id": row}
 
     async def _verify(self, snap: ContainersSnapshot, now: float) -> None:
@@ -245,5 +306,9 @@ class ContainerWatch:
         return out
 
     async def close(self) -> None:
+        """Cancel restarts under way; save every history, so the next daemon resumes where this one stopped."""
         for task in list(self._tasks):
             task.cancel()
+        now = self.clock()
+        for name, s in self.series.items():
+            self._save(name, s, now)

@@ -61,6 +61,30 @@ class ScaleReading:
     points: int
 
 
+@dataclass(frozen=True)
+class ScaleState:
+    """One scale's state as plain data: enough to rebuild it exactly (LeakHistory.state / from_state)."""
+    scale: float
+    index: int  # the open bucket's index
+    buckets: tuple[tuple[float, ...], ...]  # (start, min, max, last, count, time of the min), oldest first
+    coarse: tuple[float, float] | None  # (start, highest bucket minimum) of the past stretch being filled
+    past: tuple[tuple[float, float], ...]  # (start, highest minimum) of the retained past, a monotonic max queue
+    reading: ScaleReading | None  # the reading of the buckets closed so far
+    stale: bool  # a bucket closed since that reading
+
+
+@dataclass(frozen=True)
+class HistoryState:
+    """A LeakHistory as plain data (numbers, tuples, frozen dataclasses): what the state database keeps."""
+    settings: LeakSettings
+    first: float | None
+    last: Sample | None
+    count: int
+    step: int | None  # the last step between consecutive samples, bytes
+    steps: tuple[float, ...]  # the jitter's second differences, oldest first
+    scales: tuple[ScaleState, ...]
+
+
 class _Scale:
     """One scale's buckets over its window, and the running maximum of its envelope over the retained past."""
 
@@ -101,6 +125,18 @@ class _Scale:
         c[1] = max(c[1], b[1])  # the highest envelope (bucket minimum) of the stretch
         while self.past and self.past[0][0] < b[0] - self.horizon:
             self.past.popleft()
+
+    def state(self) -> ScaleState:
+        return ScaleState(self.scale, self.index, tuple(tuple(b) for b in self.buckets),
+                          None if self.coarse is None else (self.coarse[0], self.coarse[1]), tuple(self.past),
+                          self.reading, self.stale)
+
+    def restore(self, state: ScaleState) -> None:
+        self.index = state.index
+        self.buckets = deque(list(b) for b in state.buckets)
+        self.coarse = None if state.coarse is None else list(state.coarse)
+        self.past = deque(state.past)
+        self.reading, self.stale = state.reading, state.stale
 
     def past_max(self) -> float | None:
         values = ([self.past[0][1]] if self.past else []) + ([self.coarse[1]] if self.coarse else [])
@@ -155,6 +191,23 @@ class LeakHistory:
         self.count += 1
         for s in self.scales:
             s.add(sample.t, float(sample.working_set))
+
+    def state(self) -> HistoryState:
+        """Lossless: LeakHistory.from_state(h.state()) judges every later sample exactly as h would."""
+        return HistoryState(self.settings, self.first, self.last, self.count, self.step, tuple(self.steps),
+                            tuple(s.state() for s in self.scales))
+
+    @classmethod
+    def from_state(cls, state: HistoryState) -> LeakHistory:
+        if tuple(s.scale for s in state.scales) != state.settings.scales:
+            raise ValueError(f"leak history: scales {[s.scale for s in state.scales]} do not match the settings' "
+                             f"{list(state.settings.scales)}")
+        history = cls(state.settings)
+        history.first, history.last, history.count, history.step = state.first, state.last, state.count, state.step
+        history.steps.extend(state.steps)
+        for scale, saved in zip(history.scales, state.scales, strict=True):
+            scale.restore(saved)
+        return history
 
     def jitter(self) -> float:
         # Second differences cancel a steady slope; of Gaussian noise they have σ√6, so a median |.| of 1.652 σ.

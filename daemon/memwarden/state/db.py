@@ -113,6 +113,18 @@ def _m7_models_table(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE adapters RENAME TO models")
 
 
+def _m8_leak_history(db: sqlite_utils.Database) -> None:
+    # A container's leak history (containers/leak_store.py): one row per container, one per scale of it.
+    db["leak_series"].create({
+        "container": str, "container_id": str, "settings": str, "first": float, "last_t": float, "last_ws": int,
+        "count": int, "step": int, "steps": str, "verdict": str, "saved_at": float,
+    }, pk="container", not_null={"container_id", "settings", "count", "steps", "saved_at"})
+    db["leak_scales"].create({
+        "container": str, "scale": float, "idx": int, "buckets": str, "coarse": str, "past": str, "reading": str,
+        "stale": int,
+    }, pk=("container", "scale"), not_null={"idx", "buckets", "past", "stale"})
+
+
 # Append only: a migration, once released, never changes; the next one fixes what it got wrong.
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "alert history", _m1_alert_history),
@@ -122,6 +134,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (5, "lease processes", _m5_lease_processes),
     (6, "memory import ids and the listing index", _m6_memory_imports),
     (7, "the Ollama model table is named models", _m7_models_table),
+    (8, "leak history per container and scale", _m8_leak_history),
 ]
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from memwarden.config import parse_config
 from memwarden.containers.serving import ServingCounter
-from memwarden.containers.watch import ContainerWatch
+from memwarden.containers.watch import SAVE_EVERY, ContainerWatch
 from memwarden.policies.leak_scales import BUCKETS
 from memwarden.snapshots import ContainerMemory, ContainersSnapshot
 from memwarden.state.db import open_state
@@ -450,3 +450,97 @@ async def test_idle_leak_condition(closing):
     assert "no model loaded" in cond.message
     assert h.watch.rows()[0]["verdict"] == "idle leak"
     assert h.watch.rows()[0]["models_loaded"] == 0
+
+
+# ---- leak history across a daemon restart (containers/leak_store.py) ---------------------------------------
+
+def _leak_ws(i: int) -> int:
+    # A 1 MiB/s leak with a few KiB of deterministic wobble, then flat: called, then held, then released.
+    return 100 * MiB + LEAK_RATE * min(i, 25) + (i * 7919 % 13) * 4 * KiB
+
+
+async def _verdicts(tmp_path, name: str, passes: int, restart_at: set[int]) -> list:
+    """Feed the series to a watch, replacing it by a new one over the same state file (the daemon restarting:
+    the old one closed, the new one built on a reopened database) before each pass in restart_at."""
+    config = make_config(tmp_path, action="alert")
+    clock, db = FakeClock(), open_state(tmp_path / name)
+    watch = ContainerWatch(config, db, FakeRestart(), clock=clock)
+    out = []
+    for i in range(passes):
+        if i in restart_at:
+            await watch.close()
+            db.close()
+            db = open_state(tmp_path / name)
+            watch = ContainerWatch(config, db, FakeRestart(), clock=clock)
+        clock.now += 1.0
+        await watch.act(ContainersSnapshot(clock.now, (container(_leak_ws(i)),), 2), None)
+        s = watch.series["web"]
+        out.append((s.verdict, s.history.state()))
+    await watch.close()
+    db.close()
+    return out
+
+
+async def test_verdicts_are_unchanged_across_daemon_restarts_mid_leak(tmp_path):
+    straight = await _verdicts(tmp_path, "straight", 70, set())
+    kinds_seen = [v.verdict for v, _ in straight]
+    assert "leak" in kinds_seen and kinds_seen[-1] != "leak", "the series must be called, then released"
+    first_leak = kinds_seen.index("leak")
+    restarted = await _verdicts(tmp_path, "restarted", 70, {5, first_leak, first_leak + 1, 40})
+    assert restarted == straight
+
+
+async def test_a_crash_resumes_from_the_last_periodic_save(make):
+    h = make(action="alert")
+    for i in range(SAVE_EVERY + 3):  # first seen at pass 1, saved at pass 1 + SAVE_EVERY
+        await h.step(container(100 * MiB + i * KiB))
+    again = ContainerWatch(h.watch.config, h.db, FakeRestart(), clock=h.clock)  # no close(): a crash
+    h.clock.now += 1.0
+    await again.act(ContainersSnapshot(h.clock.now, (container(100 * MiB),), 2), None)
+    assert again.series["web"].history.count == SAVE_EVERY + 2
+
+
+async def test_a_removed_container_loses_its_stored_history(closing):
+    h = closing()
+    for _ in range(SAVE_EVERY + 2):  # one history saved a pass: both saved by then
+        await h.step(container(100 * MiB), container(50 * MiB, name="db", cid="d" * 64))
+    assert h.watch.leaks.containers() == ["db", "web"]
+    await h.step(container(100 * MiB))
+    assert h.watch.leaks.containers() == ["web"]
+
+
+async def test_a_container_gone_while_the_daemon_was_down_loses_its_stored_history(make):
+    h = make()
+    await h.step(container(100 * MiB), container(50 * MiB, name="db", cid="d" * 64))
+    await h.watch.close()
+    assert h.watch.leaks.containers() == ["db", "web"]
+    again = ContainerWatch(h.watch.config, h.db, FakeRestart(), clock=h.clock)
+    h.clock.now += 1.0
+    await again.act(ContainersSnapshot(h.clock.now, (container(100 * MiB),), 2), None)
+    assert again.leaks.containers() == ["web"] and again.series["web"].history.count == 2
+
+
+async def test_a_recreated_container_or_new_leak_settings_start_a_new_history(make, tmp_path):
+    h = make()
+    await h.step(container(100 * MiB))
+    await h.watch.close()
+    recreated = ContainerWatch(h.watch.config, h.db, FakeRestart(), clock=h.clock)
+    h.clock.now += 1.0
+    await recreated.act(ContainersSnapshot(h.clock.now, (container(100 * MiB, cid="e" * 64),), 2), None)
+    assert recreated.series["web"].history.count == 1
+    await recreated.close()
+    config = make_config(tmp_path, leak_window="1h")
+    rewindowed = ContainerWatch(config, h.db, FakeRestart(), clock=h.clock)
+    h.clock.now += 1.0
+    await rewindowed.act(ContainersSnapshot(h.clock.now, (container(100 * MiB, cid="e" * 64),), 2), None)
+    assert rewindowed.series["web"].history.count == 1
+
+
+async def test_a_restarted_container_loses_its_stored_history(closing):
+    h = closing(action="restart")
+    for i in range(SAVE_EVERY):
+        await h.step(container(100 * MiB + (LEAK_RATE * i if i > SAVE_EVERY - 20 else 0)))
+        if h.restart.calls:
+            break
+    assert h.restart.calls, "the leak was not restarted"
+    assert "web" not in h.watch.leaks.containers()

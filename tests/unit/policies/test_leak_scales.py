@@ -1,7 +1,10 @@
+import dataclasses
 import math
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from memwarden.policies.leak import Sample
 from memwarden.policies.leak_scales import (
@@ -118,3 +121,34 @@ def test_a_day_of_samples_is_kept_in_bounded_memory():
 def test_the_scales_stop_at_the_leak_window():
     assert LeakSettings.of(15.0, 1.0).scales == (10.0, 15.0)
     assert LeakSettings.of(DAY, 1.0).scales == (10.0, 60.0, 600.0, HOUR, 6 * HOUR, DAY)
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps=st.lists(st.tuples(st.floats(0.5, 30.0), st.integers(-8 * MiB, 8 * MiB)), min_size=1, max_size=300),
+       cut=st.integers(0, 300), window=st.sampled_from([15.0, 120.0, 900.0]))
+def test_a_history_rebuilt_from_its_state_judges_every_later_sample_as_the_original(steps, cut, window):
+    """Round trip: history → state → history is exact, at any point of any series (the daemon's restart)."""
+    leak_settings = LeakSettings.of(window, 1024.0)
+    original, t, ws, previous = LeakHistory(leak_settings), 0.0, GiB, None
+    cut = min(cut, len(steps))
+    rebuilt = None
+    for i, (dt, dv) in enumerate(steps):
+        if i == cut:
+            state = original.state()
+            rebuilt = LeakHistory.from_state(state)
+            assert rebuilt.state() == state
+        t, ws = t + dt, max(0, ws + dv)
+        original.add(Sample(t, ws))
+        v = verdict_of(original, previous)
+        if rebuilt is not None:
+            rebuilt.add(Sample(t, ws))
+            assert verdict_of(rebuilt, previous) == v
+        previous = v
+    if rebuilt is not None:
+        assert rebuilt.state() == original.state()
+
+
+def test_a_state_whose_scales_do_not_match_its_settings_is_refused():
+    state = LeakHistory(LeakSettings.of(600.0, 1.0)).state()
+    with pytest.raises(ValueError, match="do not match"):
+        LeakHistory.from_state(dataclasses.replace(state, settings=LeakSettings.of(DAY, 1.0)))
