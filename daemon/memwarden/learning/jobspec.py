@@ -115,6 +115,6 @@ class JobSpec:
 #   oom_retry   {step, micro_batch, grad_accum}                        (halved / doubled, same effective batch)
 #   preempted   {step, checkpoint}                                      (then exit 75)
 #   done        {step, final_dir, eval: {holdout_loss_before, holdout_loss_after, probe_loss_before,
-#                probe_loss_after}, tokens_per_s}
+#                probe_loss_after}, tokens_per_s, recall: EvalReport.recall_fields()}
 #   error       {message}
 EVENTS = ("start", "clamp", "step", "eval", "checkpoint", "oom_retry", "preempted", "done", "error")
