@@ -104,9 +104,18 @@ def test_memories_past_the_threshold_become_a_promoted_exported_adapter(learning
     assert run["state"] == "promoted", run
     assert run["trigger"] == "threshold" and run["adapter"] == "alice"
     assert run["eval"]["holdout_loss_after"] < run["eval"]["holdout_loss_before"]
+    # Recall of the run's own memories, in train history's JSON: every trained memory decoded (under
+    # learning.recall_sample), with a token accuracy; no earlier round, so no probe.
+    ev = run["eval"]
+    assert ev["recall_memories"] > 0 and 0 <= ev["recall_recalled"] <= ev["recall_memories"]
+    assert ev["recall"] == ev["recall_recalled"] / ev["recall_memories"]
+    assert 0 <= ev["recall_token_accuracy"] <= 1
+    assert ev["probe_recall_after_memories"] == 0 and ev["probe_recall_after"] is None
 
     status = d.call("train.status")
     assert [(v["adapter"], v["version"], v["active"]) for v in status["versions"]] == [("alice", 1, 1)]
+    assert status["versions"][0]["recall_memories"] == ev["recall_memories"]
+    assert f"{ev['recall_recalled']}/{ev['recall_memories']} (acc" in ctl(d, "train", "history").stdout
     learned = consolidated(d)
     assert learned and all(m["consolidated_run"] == run["id"] for m in learned)
     assert len(learned) <= n

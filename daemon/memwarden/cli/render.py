@@ -256,6 +256,23 @@ def run(r: dict[str, Any]) -> str:
                                                                   r["state"] in ("rejected", "promoted") else "")
 
 
+def recall_cell(e: dict[str, Any] | None, prefix: str = "recall") -> str:
+    """`recalled/memories` and the mean token accuracy, e.g. `36/40 (acc 0.95)`; `-` where not measured."""
+    e = e or {}
+    if not e.get(f"{prefix}_memories"):
+        return "-"
+    acc = e.get(f"{prefix}_token_accuracy")
+    return f"{e[f'{prefix}_recalled']}/{e[f'{prefix}_memories']}" + ("" if acc is None else f" (acc {acc:.2f})")
+
+
+def probe_cell(e: dict[str, Any] | None) -> str:
+    """Earlier rounds' memories recalled before → after the run, e.g. `18/20→17/20`."""
+    e = e or {}
+    before, after = (f"{e.get(f'{p}_recalled')}/{e.get(f'{p}_memories')}" if e.get(f"{p}_memories") else "-"
+                     for p in ("probe_recall_before", "probe_recall_after"))
+    return "-" if before == after == "-" else f"{before}→{after}"
+
+
 def runs(r: list[dict[str, Any]]) -> str:
     def ev(x: dict[str, Any]) -> str:
         e = x.get("eval") or {}
@@ -264,10 +281,12 @@ def runs(r: list[dict[str, Any]]) -> str:
         return f"{e['holdout_loss_before']:.3f}→{e['holdout_loss_after']:.3f}"
 
     rows = [[x["id"], x["adapter"], x["state"], x["trigger"], ago(x["created_at"]), x["memory_ids"], ev(x),
+             recall_cell(x.get("eval")), probe_cell(x.get("eval")),
              "-" if x.get("version") is None else f"v{x['version']}",
              (x.get("error") or (x.get("reason") if x["state"] in ("rejected", "promoted") else "") or "")[:60]]
             for x in r]
-    return table(rows, ["RUN", "ADAPTER", "STATE", "TRIGGER", "CREATED", "MEMORIES", "HOLDOUT", "VERSION", "NOTE"])
+    return table(rows, ["RUN", "ADAPTER", "STATE", "TRIGGER", "CREATED", "MEMORIES", "HOLDOUT", "RECALL", "PROBE",
+                        "VERSION", "NOTE"])
 
 
 def progress_line(cur: dict[str, Any]) -> str:
@@ -318,9 +337,9 @@ def train_status(r: dict[str, Any]) -> str:
            for d in r["due"]]
     lines += ["", table(due, ["ADAPTER", "IMPORTANCE", "DUE", "WHY"])]
     versions = [[v["adapter"], f"v{v['version']}", "active" if v["active"] else "", v["ollama_model"] or "-",
-                 ago(v["created_at"])] for v in r["versions"]]
+                 ago(v["created_at"]), recall_cell(v), probe_cell(v)] for v in r["versions"]]
     if versions:
-        lines += ["", table(versions, ["ADAPTER", "VERSION", "", "OLLAMA MODEL", "CREATED"])]
+        lines += ["", table(versions, ["ADAPTER", "VERSION", "", "OLLAMA MODEL", "CREATED", "RECALL", "PROBE"])]
     return "\n".join(lines)
 
 

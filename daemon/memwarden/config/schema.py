@@ -217,6 +217,10 @@ class LearningConfig:
     warmup_steps: int = setting(20, integer(0, 1_000_000), "Linear warm-up before the cosine decay.")
     max_seq_len: int = setting(512, integer(16, 131072), "Tokens per training sequence.")
     seed: int = setting(42, integer(0, 2**31 - 1), "Random seed of a run.")
+    recall_sample: int = setting(
+        64, integer(0, 100_000), "Memories greedily decoded per run to measure recall, of this run's memories and "
+        "of the earlier rounds' probe (0: recall not measured).")
+    recall_max_new_tokens: int = setting(48, integer(1, 4096), "Tokens decoded per memory when measuring recall.")
     checkpoint_steps: int = setting(50, integer(1, 1_000_000), "Checkpoint every this many steps ...")
     checkpoint_interval: float = setting("10m", duration(1), "... or this long, whichever comes first.")
     dry_run_steps: int = setting(10, integer(0, 1000), "Steps of the pre-flight run before a long run (0: none).")

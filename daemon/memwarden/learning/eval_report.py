@@ -26,6 +26,29 @@ class Losses:
 
 
 @dataclass(frozen=True)
+class Recall:
+    """Greedy recall of a set of memories (learning/recall_score.py): how many were decoded and given back, and
+    the mean teacher-forced token accuracy of their responses; `memories` 0 where nothing was measured."""
+
+    memories: int = 0
+    recalled: int = 0
+    token_accuracy: float | None = None
+
+    @property
+    def fraction(self) -> float | None:
+        return self.recalled / self.memories if self.memories else None
+
+    def flat(self, prefix: str) -> dict[str, Any]:
+        return {f"{prefix}": self.fraction, f"{prefix}_recalled": self.recalled,
+                f"{prefix}_memories": self.memories, f"{prefix}_token_accuracy": self.token_accuracy}
+
+    @staticmethod
+    def from_dict(data: dict[str, Any] | None) -> Recall:
+        data = data or {}
+        return Recall(int(data.get("memories") or 0), int(data.get("recalled") or 0), data.get("token_accuracy"))
+
+
+@dataclass(frozen=True)
 class ExportCheck:
     ok: bool | None = None  # None: not checked (a full fine-tune is not an adapter)
     problems: tuple[str, ...] = ()
@@ -45,11 +68,20 @@ class EvalReport:
     fisher_samples: int = 0
     fisher_combined_with_prior: bool = False
     export: ExportCheck = field(default_factory=ExportCheck)
+    recall: Recall = field(default_factory=Recall)  # this run's new memories, after training
+    probe_recall_before: Recall = field(default_factory=Recall)  # earlier rounds' memories
+    probe_recall_after: Recall = field(default_factory=Recall)
 
     def judged(self) -> dict[str, Any]:
-        """What promotion.judge reads and the run's `eval` column keeps: the losses, throughput, the step."""
-        return {**asdict(self.eval), "tokens_per_s": self.tokens_per_s, "step": self.step,
+        """What promotion.judge reads and the run's `eval` column keeps: the losses, recall, throughput, the step."""
+        return {**asdict(self.eval), **self.recall_fields(), "tokens_per_s": self.tokens_per_s, "step": self.step,
                 "fisher_combined_with_prior": self.fisher_combined_with_prior}
+
+    def recall_fields(self) -> dict[str, Any]:
+        """recall, recall_recalled, recall_memories, recall_token_accuracy, and the same for probe_recall_before
+        and probe_recall_after."""
+        return {**self.recall.flat("recall"), **self.probe_recall_before.flat("probe_recall_before"),
+                **self.probe_recall_after.flat("probe_recall_after")}
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -68,9 +100,11 @@ class EvalReport:
         data = dict(data)
         losses = Losses(**{f.name: data.get("eval", {}).get(f.name) for f in fields(Losses)})
         export = data.pop("export", None) or {}
+        recalls = {name: Recall.from_dict(data.pop(name, None))
+                   for name in ("recall", "probe_recall_before", "probe_recall_after")}
         known = {f.name for f in fields(EvalReport)} - {"eval", "export"}
         return EvalReport(eval=losses, export=ExportCheck(export.get("ok"), tuple(export.get("problems", ()))),
-                          **{k: v for k, v in data.items() if k in known})
+                          **recalls, **{k: v for k, v in data.items() if k in known})
 
     @staticmethod
     def read(out_dir: Path) -> EvalReport:

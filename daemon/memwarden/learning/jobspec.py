@@ -35,6 +35,8 @@ class Hyper:
     seed: int = 42
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     eval_every: int = 100  # steps between holdout evaluations during training
+    recall_sample: int = 64  # memories greedily decoded per recall measurement (0: no recall measured)
+    recall_max_new_tokens: int = 48
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class JobSpec:
     train_file: str  # JSONL of {"messages": [{"role", "content"}, ...]}
     holdout_file: str
     probe_file: str | None = None  # earlier memories: loss before/after measures forgetting
+    recall_file: str | None = None  # this run's new memories, one pair each: recall after training
     init_adapter: str | None = None  # the promoted version this run continues from
     hyper: Hyper = field(default_factory=Hyper)
     ewc: Ewc = field(default_factory=Ewc)
@@ -112,6 +115,6 @@ class JobSpec:
 #   oom_retry   {step, micro_batch, grad_accum}                        (halved / doubled, same effective batch)
 #   preempted   {step, checkpoint}                                      (then exit 75)
 #   done        {step, final_dir, eval: {holdout_loss_before, holdout_loss_after, probe_loss_before,
-#                probe_loss_after}, tokens_per_s}
+#                probe_loss_after}, tokens_per_s, recall: EvalReport.recall_fields()}
 #   error       {message}
 EVENTS = ("start", "clamp", "step", "eval", "checkpoint", "oom_retry", "preempted", "done", "error")

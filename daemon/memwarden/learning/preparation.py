@@ -36,6 +36,9 @@ def prepare(config: Config, store: MemoryStore, runs: RunStore, versions: Versio
     out.mkdir(parents=True, exist_ok=True)
     curator.write_jsonl(out / "train.jsonl", cur.train)
     curator.write_jsonl(out / "holdout.jsonl", cur.holdout or cur.train[:1])
+    trained = set(cur.train_ids)
+    recall = [p for p in cur.train if p.memory_id in trained and not p.flipped]
+    curator.write_jsonl(out / "recall.jsonl", recall)
     probe = None
     if cur.probe:
         curator.write_jsonl(out / "probe.jsonl", cur.probe)
@@ -45,10 +48,12 @@ def prepare(config: Config, store: MemoryStore, runs: RunStore, versions: Versio
     spec = JobSpec(
         run_id=run_id, adapter=adapter, base_model=cfg.base_model, method=cfg.method, output_dir=str(out),
         train_file=str(out / "train.jsonl"), holdout_file=str(out / "holdout.jsonl"), probe_file=probe,
+        recall_file=str(out / "recall.jsonl") if recall else None,
         init_adapter=active.path if active and cfg.method != "full" else None,
         hyper=Hyper(lr=cfg.lr, rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout, micro_batch=cfg.micro_batch,
                     grad_accum=cfg.grad_accum, max_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
-                    max_seq_len=cfg.max_seq_len, seed=cfg.seed),
+                    max_seq_len=cfg.max_seq_len, seed=cfg.seed,
+                    recall_sample=cfg.recall_sample, recall_max_new_tokens=cfg.recall_max_new_tokens),
         ewc=Ewc(lam=cfg.ewc_lambda, prior_fisher=str(prior_fisher) if prior_fisher and prior_fisher.exists()
                 else None),
         device=device, checkpoint_every_steps=cfg.checkpoint_steps, checkpoint_every_seconds=cfg.checkpoint_interval,

@@ -34,6 +34,9 @@ def ollama_name(adapter: str) -> str:
     return "memwarden/" + re.sub(r"[^a-z0-9._-]+", "-", adapter.lower()).strip("-.")
 
 
+RECALL_SHOWN = ("recall", "recall_token_accuracy", "probe_recall_before", "probe_recall_after")
+
+
 class Publisher:
     def __init__(self, config: Config, db: Any, runs: RunStore, versions: VersionStore, store: MemoryStore,
                  ollama: OllamaClient | None, versions_dir: Path, clock: Any):
@@ -54,7 +57,8 @@ class Publisher:
         log.info("decision: promote" if verdict.promote else "decision: keep the current version",
                  decision="learning.promote", run=run_id, adapter=adapter, promote=verdict.promote,
                  reason=verdict.reason, epsilon=epsilon,
-                 **{k: v for k, v in ev.items() if k.endswith(("_loss_before", "_loss_after"))})
+                 **{k: v for k, v in ev.items() if k.endswith(("_loss_before", "_loss_after"))},
+                 **{k: ev.get(k) for k in RECALL_SHOWN})
         now = self.clock()
         if not verdict.promote:
             self.runs.set_state(run_id, "rejected", eval=json.dumps(ev), reason=verdict.reason, finished_at=now)

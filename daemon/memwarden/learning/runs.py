@@ -60,6 +60,12 @@ class RunStore:
             r["memory_ids"] = len(json.loads(r["memory_ids"])) if r["memory_ids"] else 0
         return rows
 
+    def recall(self, run_id: str | None) -> dict[str, Any]:
+        """The recall fields of a finished run's evaluation (eval_report.EvalReport.recall_fields), {} if none."""
+        rows = list(self.db.query("SELECT eval FROM runs WHERE id = ?", [run_id])) if run_id else []
+        ev = json.loads(rows[0]["eval"]) if rows and rows[0]["eval"] else {}
+        return {k: v for k, v in ev.items() if k.startswith(("recall", "probe_recall"))}
+
     def pending(self, limit: int | None = None) -> list[str]:
         """Runs to (re)launch, oldest first."""
         marks = ", ".join("?" * len(PENDING))

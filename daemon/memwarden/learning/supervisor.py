@@ -106,7 +106,7 @@ class LearningSupervisor:
             "pending_runs": [{k: self.runs.get(r)[k] for k in ("id", "adapter", "state")} for r in pending],
             "waiting_runs": [d.to_dict() for d in self.execution.waiting()],
             "due": [d.to_dict() for d in self.due(self.clock())],
-            "versions": self.versions.listing(),
+            "versions": [{**v, **self.runs.recall(v["run_id"])} for v in self.versions.listing()],
         }
 
     def conditions(self) -> list[Condition]:

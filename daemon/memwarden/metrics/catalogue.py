@@ -100,6 +100,11 @@ FAMILIES: tuple[Family, ...] = (
            "How long a run has waited for its VRAM lease (monotonic seconds since the first refusal)."),
     Family("memwarden_training_blocked", "gauge", ("adapter", "run"),
            "1 while a waiting run is past learning.gpu_wait (blocked, or held by the RAM reserve), else 0."),
+    Family("memwarden_training_recall_ratio", "gauge", ("adapter", "set"),
+           "Share of memories the active version gives back under greedy decoding (set: run = the memories of "
+           "the run that made it, probe = earlier rounds' memories after that run)."),
+    Family("memwarden_training_recall_token_accuracy", "gauge", ("adapter", "set"),
+           "Mean teacher-forced token accuracy of the active version on those memories."),
     # alerts
     Family("memwarden_alerts_active", "gauge", ("kind", "key", "severity"), "1 for each active alert."),
     Family("memwarden_alerts_raised_total", "counter", ("kind", "severity"),

@@ -152,6 +152,9 @@ def training_metrics(d: Services, out: Families) -> None:
         labels = {"adapter": wait.adapter, "run": wait.run_id}
         out.add("memwarden_training_gpu_wait_seconds", wait.waited_s, **labels)
         out.add("memwarden_training_blocked", int(wait.action in ("blocked", "held")), **labels)
+    for version in d.learning.versions.listing():
+        if version["active"]:
+            recall_metrics(version["adapter"], d.learning.runs.recall(version["run_id"]), out)
     cur = d.learning.current
     if cur is None or cur.start is None or cur.steps.last is None:
         return
@@ -164,6 +167,16 @@ def training_metrics(d: Services, out: Families) -> None:
                       ("tokens_per_s", "memwarden_training_tokens_per_second")):
         if step.get(key) is not None:  # a NaN loss arrives as null (training/events.py)
             out.add(name, step[key], **labels)
+
+
+def recall_metrics(adapter: str, ev: dict, out: Families) -> None:
+    for set_name, prefix in (("run", "recall"), ("probe", "probe_recall_after")):
+        if not ev.get(f"{prefix}_memories"):
+            continue  # not measured: no sample rather than a 0 that reads as "forgot everything"
+        out.add("memwarden_training_recall_ratio", ev[prefix], adapter=adapter, set=set_name)
+        if ev.get(f"{prefix}_token_accuracy") is not None:
+            out.add("memwarden_training_recall_token_accuracy", ev[f"{prefix}_token_accuracy"], adapter=adapter,
+                    set=set_name)
 
 
 def alert_metrics(d: Services, out: Families) -> None:

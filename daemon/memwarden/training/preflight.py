@@ -28,7 +28,7 @@ def validate(spec: JobSpec) -> None:
         problems.append(f"method must be one of {list(METHODS)}, got {spec.method!r}")
     if not (Path(spec.base_model) / "config.json").is_file():
         problems.append(f"base_model {spec.base_model} is not a model directory (no config.json)")
-    for name in ("train_file", "holdout_file", "probe_file", "init_adapter"):
+    for name in ("train_file", "holdout_file", "probe_file", "recall_file", "init_adapter"):
         value = getattr(spec, name)
         if value is not None and not Path(value).exists():
             problems.append(f"{name} {value} does not exist")
@@ -44,6 +44,8 @@ def validate(spec: JobSpec) -> None:
         ("alpha", h.alpha, 1),
         ("eval_every", h.eval_every, 0),
         ("seed", h.seed, 0),
+        ("recall_sample", h.recall_sample, 0),
+        ("recall_max_new_tokens", h.recall_max_new_tokens, 1),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             problems.append(f"hyper.{name} must be an integer ≥ {low}, got {value!r}")

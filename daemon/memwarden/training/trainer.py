@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from memwarden.learning.adapter_check import check_adapter
-from memwarden.learning.eval_report import EvalReport, ExportCheck, Losses
+from memwarden.learning.eval_report import EvalReport, ExportCheck, Losses, Recall
 from memwarden.learning.jobspec import EXIT_DONE, EXIT_FAILED, EXIT_PREEMPTED, JobSpec
 from memwarden.training import checkpoint
 from memwarden.training.data import DataError, Order, Split, collate, load_split
@@ -37,6 +37,7 @@ from memwarden.training.ewc import EwcPenalty, combine, compute_fisher, load_fis
 from memwarden.training.export import FISHER_FILE, write_final
 from memwarden.training.model import build, is_oom, memory_bytes
 from memwarden.training.preflight import GiveUp, already_done, validate
+from memwarden.training.recall import RecallMeter, load_items
 from memwarden.training.stop import StopFlag
 
 CLIP_NORM = 1.0
@@ -118,6 +119,10 @@ class Trainer:
         self.train = load_split("train", spec.train_file, tok, h.max_seq_len)
         self.holdout = load_split("holdout", spec.holdout_file, tok, h.max_seq_len)
         self.probe = load_split("probe", spec.probe_file, tok, h.max_seq_len)
+        self.recall_meter = RecallMeter(self.built, h.recall_max_new_tokens, self.check_stop)
+        sample = 0 if self.dry else h.recall_sample
+        self.recall_items = load_items(spec.recall_file, tok, h.max_seq_len, sample, h.seed)
+        self.probe_items = load_items(spec.probe_file, tok, h.max_seq_len, sample, h.seed)
         if not self.train.examples:
             raise GiveUp(f"no usable training example in {spec.train_file} ({self.train.lines} lines, "
                          f"{self.train.dropped} with no assistant token within max_seq_len {h.max_seq_len})")
@@ -157,7 +162,8 @@ class Trainer:
             self.emit.emit("clamp", **self.built.clamp)
         self.check_stop()
         if self.eval_before is None:
-            self.eval_before = {"holdout_loss": self._loss(self.holdout), "probe_loss": self._loss(self.probe)}
+            self.eval_before = {"holdout_loss": self._loss(self.holdout), "probe_loss": self._loss(self.probe),
+                                "probe_recall": asdict(self.recall_meter.measure(self.probe_items))}
         self._loop()
         return self._finish()
 
@@ -354,6 +360,8 @@ class Trainer:
         if self.last_ckpt is None or self.last_ckpt[0] != self.step:
             self._checkpoint()  # a crash or preemption from here on resumes straight into this final phase
         losses = self._losses()
+        recall = self.recall_meter.measure(self.recall_items)
+        probe_after = self.recall_meter.measure(self.probe_items)
         fisher, samples = None, 0
         if self.spec.ewc.fisher_samples > 0:
             new, samples = compute_fisher(self.params, lambda: self.evaluation.fisher_losses(
@@ -369,13 +377,13 @@ class Trainer:
             run_id=self.spec.run_id, adapter=self.spec.adapter, method=self.spec.method, step=self.step,
             final_dir=str(final), eval=losses, tokens_per_s=tokens_per_s, lr=self.built.lr,
             fisher=str(final / FISHER_FILE) if fisher else None, fisher_samples=samples,
-            fisher_combined_with_prior=bool(fisher and self.prior), export=export)
+            fisher_combined_with_prior=bool(fisher and self.prior), export=export, recall=recall,
+            probe_recall_before=Recall.from_dict(self.eval_before.get("probe_recall")), probe_recall_after=probe_after)
         report.write(self.out)
         self.emit.emit("done", step=self.step, final_dir=str(final), eval=asdict(losses), tokens_per_s=tokens_per_s,
-                       fisher=report.fisher, export=report.to_dict()["export"])
+                       fisher=report.fisher, export=report.to_dict()["export"], recall=report.recall_fields())
         checkpoint.remove_all(self.ckpt_root)  # the adapter ships alone; checkpoints are for resuming only
         return EXIT_DONE
-
 
     def _loss(self, split: Split) -> float | None:
         return self.evaluation.loss(split, self.micro_batch)

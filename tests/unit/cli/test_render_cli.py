@@ -115,3 +115,30 @@ def test_usage_errors_of_the_new_commands_exit_2_with_one_line(argv, capsys):
         memwardenctl.parse_args(argv)
     assert stop.value.code == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+RECALLED = {"recall": 0.9, "recall_recalled": 36, "recall_memories": 40, "recall_token_accuracy": 0.954,
+            "probe_recall_before_recalled": 18, "probe_recall_before_memories": 20,
+            "probe_recall_after_recalled": 17, "probe_recall_after_memories": 20}
+
+
+def test_train_status_shows_the_recall_of_each_version():
+    version = {"adapter": "alice", "version": 2, "active": True, "ollama_model": None, "created_at": time.time(),
+               **RECALLED}
+    out = render.train_status({**STATUS, "current": None, "versions": [version]})
+    header, row = out.splitlines()[-2:]
+    assert "RECALL" in header and "PROBE" in header
+    assert "36/40 (acc 0.95)" in row and "18/20→17/20" in row
+
+
+def test_train_history_shows_recall_and_a_dash_for_runs_without_it():
+    base = {"adapter": "alice", "state": "promoted", "trigger": "manual", "created_at": time.time(),
+            "memory_ids": 40, "version": 1, "reason": "ok"}
+    out = render.runs([{**base, "id": "r2", "eval": {"holdout_loss_before": 2.0, "holdout_loss_after": 1.0,
+                                                     **RECALLED}},
+                       {**base, "id": "r1", "eval": {"holdout_loss_before": 2.0, "holdout_loss_after": 1.5}}])
+    new, old = out.splitlines()[1:3]
+    assert "36/40 (acc 0.95)" in new and "18/20→17/20" in new
+    assert "acc" not in old and "→" in old  # only the holdout column has an arrow
+    assert render.recall_cell({"recall_memories": 4, "recall_recalled": 0, "recall_token_accuracy": None}) == "0/4"
+    assert render.probe_cell({"probe_recall_after_recalled": 1, "probe_recall_after_memories": 2}) == "-→1/2"

@@ -53,6 +53,14 @@ def test_history_is_newest_first_filtered_and_decoded(runs):
     assert alice[0]["eval"] is None and alice[0]["memory_ids"] == 0
 
 
+def test_recall_is_the_recall_part_of_a_runs_evaluation(runs):
+    add(runs, "r1", state="promoted", eval='{"holdout_loss_after": 1.5, "recall": 0.9, "recall_memories": 40, '
+        '"probe_recall_after": 0.5}')
+    add(runs, "r2")
+    assert runs.recall("r1") == {"recall": 0.9, "recall_memories": 40, "probe_recall_after": 0.5}
+    assert runs.recall("r2") == {} and runs.recall("nope") == {} and runs.recall(None) == {}
+
+
 def test_pending_runs_are_the_relaunchable_ones_oldest_first(runs):
     for i, state in enumerate(("promoted", "preempted", "queued", "running", "waiting", "interrupted", "failed")):
         add(runs, f"r{i}", at=T0 + 10 - i, state=state)

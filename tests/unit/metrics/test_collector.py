@@ -1,3 +1,4 @@
+import json
 import os
 
 import pytest
@@ -42,6 +43,12 @@ async def busy_daemon(make):
     for run_id, state in (("r1", "promoted"), ("r2", "promoted"), ("r3", "failed"), ("r4", "running")):
         d.learning.runs.insert(run_id, "alice", "alice", "threshold", T0, "lora")
         d.learning.runs.set_state(run_id, state)
+    d.learning.runs.update("r2", eval=json.dumps({"recall": 0.9, "recall_recalled": 36, "recall_memories": 40,
+                                                  "recall_token_accuracy": 0.95, "probe_recall_after": 0.5,
+                                                  "probe_recall_after_recalled": 10, "probe_recall_after_memories": 20,
+                                                  "probe_recall_after_token_accuracy": None}))
+    d.learning.versions.promote("alice", 1, "r1", "/v1", T0)
+    d.learning.versions.promote("alice", 2, "r2", "/v2", T0 + 1)
     d.learning.runs.insert("r5", "bob", "bob", "threshold", T0, "lora")
     d.learning.runs.set_state("r5", "waiting")
     d.learning.execution.weigh_wait("r5", "bob", Refused("cannot lease", ("model big 6.0 GiB, pinned",)))
@@ -200,6 +207,17 @@ async def test_training_progress_and_runs_by_state(make):
     m = scrape(h.services)
     assert value(m, "memwarden_training_step", **run) == 11
     assert "memwarden_training_loss" not in m and "memwarden_training_grad_norm" not in m
+
+
+async def test_recall_of_each_active_version(make):
+    h, _ = await busy_daemon(make)
+    m = scrape(h.services)
+    assert value(m, "memwarden_training_recall_ratio", adapter="alice", set="run") == pytest.approx(0.9)
+    assert value(m, "memwarden_training_recall_ratio", adapter="alice", set="probe") == pytest.approx(0.5)
+    assert value(m, "memwarden_training_recall_token_accuracy", adapter="alice", set="run") == pytest.approx(0.95)
+    assert {s.labels["set"] for s in m["memwarden_training_recall_token_accuracy"]} == {"run"}
+    h.services.learning.versions.activate("alice", 1)  # v1's run measured no recall
+    assert "memwarden_training_recall_ratio" not in scrape(h.services)
 
 
 async def test_a_dry_run_phase_is_labelled_and_reset_between_phases(make):

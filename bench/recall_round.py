@@ -1,0 +1,126 @@
+"""Recall after one round: does an adapter trained on 40 personal facts give them back?
+
+40 distinct fact exchanges ("What do you remember about my godson Zeno?" → "Your godson Zeno lives in Tbilisi and
+grows beans.") are drawn from name/relation/city/hobby lists with --seed (each name once). The trainer is run as
+the daemon runs it (`python -m memwarden.training JOB.json`) on the demo base (`memwardenctl model init-demo`
+builds it into a temporary directory unless --base is given), with the daemon's default learning settings
+(learning.* in the schema: lr, rank, alpha, dropout, micro_batch, grad_accum, max_steps, warmup_steps,
+max_seq_len, seed, recall_sample, recall_max_new_tokens; target modules of the job spec's default) unless
+--lr / --steps override them. All 40 pairs are trained and are the recall file (each memory decoded once,
+greedily); 4 further facts are the holdout. Reported: the trainer's own recall (learning/recall_score.py:
+recalled when ≥ 80 % of the answer's content words come back), mean token accuracy, holdout loss before/after,
+and the wall time of the trainer process, beside the base model's recall and token accuracy (the same run with
+0 steps is not allowed, so the baseline is a 1-step run at lr 1e-8: the base model as it is).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import parser
+
+from memwarden.config.schema import LearningConfig
+from memwarden.learning.eval_report import EvalReport
+from memwarden.learning.jobspec import EXIT_DONE, Hyper, JobSpec
+
+NAMES = ("Zeno", "Ines", "Mira", "Tomas", "Aiko", "Bruno", "Carla", "Dario", "Elif", "Farid", "Greta", "Hugo",
+         "Ilse", "Jonas", "Kira", "Leon", "Maren", "Nils", "Olga", "Pavel", "Quinn", "Rosa", "Sven", "Tara",
+         "Ugo", "Vera", "Wim", "Xenia", "Yusuf", "Zora", "Anya", "Boris", "Celia", "Dmitri", "Esme", "Filip",
+         "Gaia", "Hanno", "Iris", "Jasper", "Kasia", "Lotte", "Milo", "Nadia")
+RELATIONS = ("godson", "cousin", "neighbour", "aunt", "colleague", "friend", "nephew", "niece", "uncle",
+             "landlord", "teacher", "sister")
+CITIES = ("Tbilisi", "Oslo", "Lisbon", "Porto", "Krakow", "Tallinn", "Ghent", "Bergen", "Lyon", "Turin",
+          "Graz", "Malmo", "Riga", "Split", "Bilbao", "Leeds")
+HOBBIES = ("grows beans", "plays the harp", "keeps bees", "restores clocks", "paints ships", "bakes rye bread",
+           "collects stamps", "builds kites", "sings in a choir", "rows on the river", "carves spoons",
+           "breeds canaries")
+
+
+def facts(seed: int, n: int) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    names = rng.sample(NAMES, n)
+    out = []
+    for name in names:
+        rel, city, hobby = rng.choice(RELATIONS), rng.choice(CITIES), rng.choice(HOBBIES)
+        out.append((f"What do you remember about my {rel} {name}?",
+                    f"Your {rel} {name} lives in {city} and {hobby}."))
+    return out
+
+
+def write(path: Path, pairs: list[tuple[str, str]]) -> str:
+    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q},
+                                                     {"role": "assistant", "content": a}]}) + "\n"
+                            for q, a in pairs))
+    return str(path)
+
+
+def default_hyper() -> Hyper:
+    c = LearningConfig()
+    return Hyper(lr=c.lr, rank=c.rank, alpha=c.alpha, dropout=c.dropout, micro_batch=c.micro_batch,
+                 grad_accum=c.grad_accum, max_steps=c.max_steps, warmup_steps=c.warmup_steps,
+                 max_seq_len=c.max_seq_len, seed=c.seed, recall_sample=c.recall_sample,
+                 recall_max_new_tokens=c.recall_max_new_tokens)
+
+
+def train(root: Path, base: Path, name: str, hyper: Hyper, train_file: str, holdout: str) -> dict:
+    out = root / f"run-{name}"
+    out.mkdir(parents=True)
+    spec = JobSpec(run_id=name, adapter="bench", base_model=str(base), method="lora", output_dir=str(out / "run"),
+                   train_file=train_file, holdout_file=holdout, recall_file=train_file, hyper=hyper,
+                   checkpoint_every_steps=100_000, checkpoint_every_seconds=1e9)
+    spec.write(out / "job.json")
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "memwarden.training", str(out / "job.json")],
+                          capture_output=True, text=True)
+    wall = time.monotonic() - started
+    if proc.returncode != EXIT_DONE:
+        raise SystemExit(f"trainer of {name} exited {proc.returncode}: {proc.stderr[-2000:]}")
+    r = EvalReport.read(out / "run")
+    return {"run": name, "lr": hyper.lr, "steps": r.step, "recalled": r.recall.recalled,
+            "memories": r.recall.memories, "token_accuracy": r.recall.token_accuracy,
+            "holdout_loss_before": r.eval.holdout_loss_before, "holdout_loss_after": r.eval.holdout_loss_after,
+            "wall_s": round(wall, 1)}
+
+
+def main() -> int:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--facts", type=int, default=40)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--lr", type=float, default=None, help="override learning.lr")
+    p.add_argument("--steps", type=int, default=None, help="override learning.max_steps")
+    p.add_argument("--base", type=Path, default=None, help="a demo base already built")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="recall-round-") as tmp:
+        root = Path(tmp)
+        base = args.base
+        if base is None:
+            base = root / "base"
+            subprocess.run([sys.executable, "-m", "memwarden.training.demo_model", str(base)], check=True,
+                           capture_output=True)
+        pairs = facts(args.seed, args.facts + 4)
+        train_file, holdout = write(root / "train.jsonl", pairs[: args.facts]), write(root / "holdout.jsonl",
+                                                                                     pairs[args.facts:])
+        hyper = default_hyper()
+        changes = {k: v for k, v in (("lr", args.lr), ("max_steps", args.steps)) if v is not None}
+        rows = [train(root, base, "base", dataclasses.replace(hyper, lr=1e-8, max_steps=1, warmup_steps=0),
+                      train_file, holdout),
+                train(root, base, "trained", dataclasses.replace(hyper, **changes), train_file, holdout)]
+    print(f"{'RUN':8} {'LR':>8} {'STEPS':>5} {'RECALLED':>9} {'TOKEN ACC':>9} {'HOLDOUT':>15} {'WALL':>7}")
+    for r in rows:
+        print(f"{r['run']:8} {r['lr']:8.0e} {r['steps']:5d} {r['recalled']:4d}/{r['memories']:<4d} "
+              f"{r['token_accuracy']:9.3f} {r['holdout_loss_before']:7.3f}→{r['holdout_loss_after']:<7.3f} "
+              f"{r['wall_s']:6.1f}s")
+    if args.json:
+        print(json.dumps({"facts": args.facts, "seed": args.seed, "runs": rows}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Recall: does the model give a memory back? Greedy decoding of each pair's response from its user turn through
+the chat template, scored by key content (learning/recall_score.py), and teacher-forced token accuracy.
+
+At most `sample` conversations are decoded (a seeded choice, the same before and after training), each for at
+most `max_new_tokens` tokens, so that recall stays cheap on a CPU. A conversation's prompt is everything before
+its last assistant turn; the remembered response is that turn.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from memwarden.learning.eval_report import Recall
+from memwarden.learning.recall_score import recalled, token_accuracy
+from memwarden.training.data import IGNORE, encode, read_conversations
+from memwarden.training.evaluation import autocast
+from memwarden.training.model import Built
+
+
+@dataclass(frozen=True)
+class Item:
+    prompt_ids: tuple[int, ...]
+    response: str
+    example: Any  # data.Example of the whole conversation (labels on the response)
+
+
+def load_items(path: str | Path | None, tokenizer: Any, max_seq_len: int, sample: int, seed: int) -> list[Item]:
+    """Up to `sample` conversations of the file as recall items, chosen by seed."""
+    if path is None or sample <= 0:
+        return []
+    convs = read_conversations(path)
+    chosen = sorted(random.Random(f"{seed}:recall").sample(range(len(convs)), min(sample, len(convs))))
+    items = []
+    for i in chosen:
+        msgs = convs[i]
+        last = max(n for n, m in enumerate(msgs) if m["role"] == "assistant")
+        msgs = msgs[: last + 1]
+        example, _ = encode(tokenizer, msgs, max_seq_len)
+        if example is None:
+            continue
+        prompt = tokenizer.apply_chat_template(msgs[:last], tokenize=False, add_generation_prompt=True)
+        ids = tuple(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        items.append(Item(ids, msgs[last]["content"], example))
+    return items
+
+
+class RecallMeter:
+    def __init__(self, built: Built, max_new_tokens: int, check_stop: Callable[[], None]):
+        self.built = built
+        self.max_new_tokens = max_new_tokens
+        self.check_stop = check_stop
+
+    @torch.no_grad()
+    def measure(self, items: list[Item]) -> Recall:
+        if not items:
+            return Recall()
+        model = self.built.model
+        model.eval()
+        try:
+            hits, accs = 0, []
+            for item in items:
+                self.check_stop()
+                accs.append(self._accuracy(item.example))
+                hits += recalled(item.response, self._greedy(item.prompt_ids))
+            return Recall(memories=len(items), recalled=hits, token_accuracy=round(sum(accs) / len(accs), 4))
+        finally:
+            model.train()
+
+    def _accuracy(self, example: Any) -> float:
+        ids = torch.tensor([example.input_ids], device=self.built.device)
+        with autocast(self.built):
+            logits = self.built.model(input_ids=ids).logits[0, :-1]
+        labels = example.labels[1:]
+        pos = [i for i, lab in enumerate(labels) if lab != IGNORE]
+        predicted = logits[pos].argmax(-1).tolist()
+        return token_accuracy(predicted, [labels[i] for i in pos])
+
+    def _greedy(self, prompt_ids: tuple[int, ...]) -> str:
+        tok = self.built.tokenizer
+        ids = torch.tensor([prompt_ids], device=self.built.device)
+        with autocast(self.built):
+            out = self.built.model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=self.max_new_tokens,
+                do_sample=False, num_beams=1, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        return tok.decode(out[0, len(prompt_ids):], skip_special_tokens=True)

@@ -1,0 +1,71 @@
+"""Recall in the trainer's report: real torch on CPU, the tiny demo base, the trainer as a subprocess."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from memwarden.learning.eval_report import EvalReport
+from memwarden.learning.jobspec import EXIT_DONE, Hyper, JobSpec
+
+pytestmark = pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in ("torch", "transformers", "peft")),
+    reason="the train extra (torch, transformers, peft) is not installed",
+)
+
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+FACTS = [("Who is Mira?", "Mira is your sister; she lives in Lisbon and plays the cello."),
+         ("What is my cat called?", "Your cat is called Pepper."),
+         ("Which train do I take?", "The 8:12 to the city, platform two."),
+         ("Where is the wifi password?", "It is written on the card under the lamp.")]
+PROBE = [("Say hello.", "Hello! How are you today?"), ("Count to five.", "One, two, three, four, five.")]
+
+
+def _write(path: Path, pairs) -> str:
+    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q},
+                                                     {"role": "assistant", "content": a}]}) + "\n"
+                            for q, a in pairs))
+    return str(path)
+
+
+def _train(demo_base: Path, tmp_path: Path, **hyper) -> EvalReport:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    facts = _write(tmp_path / "train.jsonl", FACTS)
+    spec = JobSpec(run_id="recall-1", adapter="memories", base_model=str(demo_base), method="lora",
+                   output_dir=str(tmp_path / "run"), train_file=facts, holdout_file=facts,
+                   probe_file=_write(tmp_path / "probe.jsonl", PROBE), recall_file=facts,
+                   hyper=Hyper(micro_batch=4, grad_accum=1, warmup_steps=0, max_seq_len=96,
+                               eval_every=0, target_modules=ALL_LINEAR, recall_max_new_tokens=24, **hyper),
+                   checkpoint_every_steps=1000)
+    spec.write(tmp_path / "job.json")
+    proc = subprocess.run([sys.executable, "-m", "memwarden.training", str(tmp_path / "job.json")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == EXIT_DONE, proc.stderr[-3000:]
+    done = [json.loads(line) for line in proc.stdout.splitlines() if '"done"' in line][-1]
+    report = EvalReport.read(tmp_path / "run")
+    assert done["recall"] == report.recall_fields()
+    return report
+
+
+def test_a_run_reports_recall_on_its_memories_and_the_probe(demo_base, tmp_path):
+    report = _train(demo_base, tmp_path, lr=2e-2, max_steps=40)
+    assert report.recall.memories == len(FACTS)
+    assert report.probe_recall_before.memories == report.probe_recall_after.memories == len(PROBE)
+    # forty steps at a high learning rate on four facts: the trained answers come back token by token
+    assert report.recall.token_accuracy > 0.9
+    assert report.recall.recalled >= 3
+    ev = report.judged()
+    assert ev["recall"] == report.recall.recalled / len(FACTS)
+    assert ev["recall_token_accuracy"] == report.recall.token_accuracy
+
+
+def test_recall_sample_caps_the_decoded_memories_and_zero_turns_it_off(demo_base, tmp_path):
+    capped = _train(demo_base, tmp_path / "capped", lr=1e-4, max_steps=1, recall_sample=2)
+    assert capped.recall.memories == 2 and capped.probe_recall_after.memories == 2
+    off = _train(demo_base, tmp_path / "off", lr=1e-4, max_steps=1, recall_sample=0)
+    assert off.recall.memories == 0 and off.judged()["recall"] is None

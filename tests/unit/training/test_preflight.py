@@ -1,0 +1,31 @@
+from dataclasses import replace
+
+import pytest
+
+from memwarden.learning.jobspec import Hyper, JobSpec
+from memwarden.training.preflight import GiveUp, validate
+
+
+@pytest.fixture
+def spec(tmp_path) -> JobSpec:
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "config.json").write_text("{}")
+    (tmp_path / "train.jsonl").write_text("")
+    return JobSpec(run_id="r", adapter="a", base_model=str(tmp_path / "base"), method="lora",
+                   output_dir=str(tmp_path / "out"), train_file=str(tmp_path / "train.jsonl"),
+                   holdout_file=str(tmp_path / "train.jsonl"), recall_file=str(tmp_path / "train.jsonl"))
+
+
+def test_a_valid_spec_passes(spec):
+    validate(spec)
+
+
+def test_recall_settings_and_file_are_checked(spec, tmp_path):
+    bad = replace(spec, recall_file=str(tmp_path / "gone.jsonl"),
+                  hyper=Hyper(recall_sample=-1, recall_max_new_tokens=0))
+    with pytest.raises(GiveUp) as err:
+        validate(bad)
+    message = str(err.value)
+    assert "recall_file" in message and "gone.jsonl" in message
+    assert "hyper.recall_sample must be an integer ≥ 0" in message
+    assert "hyper.recall_max_new_tokens must be an integer ≥ 1" in message
