@@ -11,8 +11,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from memwarden.policies import host_trend
 from memwarden.policies.gpu_health import GpuPolicyState
 from memwarden.policies.host_memory import HostPolicyState
+from memwarden.policies.leak_scales import LeakHistory
 from memwarden.snapshots import GpuSnapshot, HostSnapshot, OllamaSnapshot
 
 
@@ -26,6 +28,8 @@ class Readings:
     ollama: OllamaSnapshot | None = None
     host_state: HostPolicyState = field(default_factory=HostPolicyState)
     gpu_state: GpuPolicyState = field(default_factory=GpuPolicyState)
+    host_used: LeakHistory = field(default_factory=host_trend.new_history)  # used RAM at every leak scale
+    host_trend: host_trend.HostTrend | None = None
     samples: int = 0  # passes completed
     last_at: float | None = None  # wall-clock end of the last pass
     last_ms: float | None = None  # how long it took

@@ -18,7 +18,7 @@ from typing import Any
 
 from memwarden.alerts.model import Condition
 from memwarden.logs import get_logger
-from memwarden.policies import gpu_health
+from memwarden.policies import gpu_health, host_trend
 from memwarden.policies.host_memory import evaluate
 from memwarden.services import Services
 from memwarden.snapshots import ContainersSnapshot, GpuSnapshot, HostSnapshot, OllamaSnapshot
@@ -90,7 +90,17 @@ class SamplePass:
         for change in verdict.changes:
             log.info("decision: host level changed", decision="host.level", previous=change.previous.label,
                      level=change.level.label, dry_run=s.config.daemon.dry_run, **change.inputs)
-        s.dispatcher.update("host", verdict.conditions, s.wall())
+        host_trend.observe(s.readings.host_used, snap, s.clock())
+        before = s.readings.host_trend
+        trend = s.readings.host_trend = host_trend.forecast(s.readings.host_used, before, snap, s.config.host)
+        if trend.warned != (before is not None and before.warned):
+            v = trend.verdict
+            log.info("decision: host RAM trend", decision="host.trend", warned=trend.warned, verdict=v.verdict,
+                     scale_s=v.scale, slope_bps=round(v.slope, 1), growth=round(v.growth), noise=round(v.noise),
+                     exhausted_in_s=None if trend.exhausted_in is None else round(trend.exhausted_in, 1),
+                     mem_available=snap.mem_available, horizon_s=s.config.host.trend_horizon)
+        conditions = (*verdict.conditions, *((trend.condition,) if trend.condition else ()))
+        s.dispatcher.update("host", list(conditions), s.wall())
 
     def act_on_gpu(self, snap: GpuSnapshot) -> None:
         s = self.s

@@ -150,3 +150,5 @@ class ContainersSnapshot:
     taken_at: float
     containers: tuple[ContainerMemory, ...]
     cgroup_version: int | None = None
+    # Running containers whose memory could not be read this pass: still there, so their history is kept.
+    unread: frozenset[str] = frozenset()

@@ -177,6 +177,27 @@ def test_leaks_are_found_restarted_verified_and_held_to_the_budget_while_steady_
     assert d.proc.poll() is None
 
 
+def test_a_daemon_restart_mid_leak_resumes_each_history_and_verdict_without_warming_again(docker, make_daemon):
+    docker.run("leaker", leaker(2))
+    docker.run("steady", steady())
+    d = make_daemon(config=config(docker, action="alert")).start()
+    until(lambda: alerts(d, "container.leak", "leaker"), WINDOW + 10, "a container.leak alert for leaker")
+    until(lambda: rows(d)["steady"]["verdict"] == "steady", WINDOW + 10, "steady judged steady")
+    assert d.stop() == 0
+    first_run = len(d.log_events())
+
+    d.start()
+    wait_passes(d, 3)
+    after = d.log_events()[first_run:]
+    resumed = {e["container"]: e["verdict"] for e in after if e.get("event") == "leak history resumed"}
+    assert resumed == {"leaker": "leak", "steady": "steady"}
+    view = rows(d)
+    assert view["leaker"]["verdict"] == "leak" and view["steady"]["verdict"] == "steady"
+    # A history started over would be "warming" for most of a window before any verdict.
+    assert [e for e in after if e.get("decision") == "container.verdict" and e.get("verdict") == "warming"] == []
+    assert alerts(d, "container.leak", "leaker")[0]["resolved_at"] is None
+
+
 def test_dry_run_logs_the_restart_once_and_leaves_the_container_alone(docker, make_daemon):
     docker.run("dry", leaker(2))
     before = docker.inspect("dry")["State"]["StartedAt"], docker.inspect("dry")["RestartCount"]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from memwarden import __version__, paths
-from memwarden.cli import config_cmds, render, setup_training
+from memwarden.cli import config_cmds, render, render_containers, setup_training
 from memwarden.cli.memory_import import import_memories
 from memwarden.cli.usage import Parser, fail, run_quietly
 from memwarden.control.client import Client, ConnectError
@@ -38,9 +38,10 @@ LEASE_VERBS = {"list": ("lease.list", render.leases), "release": ("lease.release
 MODEL_VERBS = {"load": "models.load", "evict": "models.evict", "pin": "models.pin", "unpin": "models.unpin"}
 ADAPTER_VERBS = {"list": ("adapters.list", render.adapters), "show": ("adapters.show", render.adapter),
                  "versions": ("adapters.versions", render.versions), "rollback": ("adapters.rollback", render.rollback)}
-CONTAINER_VERBS = {"list": ("containers.list", render.containers), "leaks": ("containers.leaks", render.leaks),
-                   "history": ("containers.history", render.container_history),
-                   "restart": ("containers.restart", render.restarted)}
+CONTAINER_VERBS = {"list": ("containers.list", render_containers.containers),
+                   "leaks": ("containers.leaks", render_containers.leaks),
+                   "history": ("containers.history", render_containers.container_history),
+                   "restart": ("containers.restart", render_containers.restarted)}
 TRAIN_VERBS = {"start": "train.start", "status": "train.status", "history": "train.history", "cancel": "train.cancel"}
 MEMORY_VERBS = {"add": ("memories.add", render.memory_added), "list": ("memories.list", render.memories),
                 "count": ("memories.count", render.memory_counts), "show": ("memories.show", render.memory)}

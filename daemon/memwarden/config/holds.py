@@ -15,9 +15,9 @@ from memwarden.units import parse_duration
 
 # Every alert kind the daemon raises (docs/alerts.md lists them with what they mean).
 KINDS = (
-    "host.ram", "host.swap", "host.psi", "gpu.vram", "gpu.temperature", "container.leak", "container.idle_leak",
-    "container.restart_ineffective", "training.grad_norm", "training.throughput", "training.loss",
-    "training.failed", "training.blocked", "probe.degraded", "component.failed", "metrics.unavailable",
+    "host.ram", "host.swap", "host.psi", "host.ram_trend", "gpu.vram", "gpu.temperature", "container.leak",
+    "container.idle_leak", "container.restart_ineffective", "training.grad_norm", "training.throughput",
+    "training.loss", "training.failed", "training.blocked", "probe.degraded", "component.failed", "metrics.unavailable",
     "state.database", "state.file",
 )
 KEYS = ("default", *sorted({k.split(".")[0] for k in KINDS}), *KINDS)

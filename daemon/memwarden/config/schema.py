@@ -88,6 +88,10 @@ class HostConfig:
     hold: float = setting("10s", duration(), "A level must persist this long before it is raised or cleared.")
     reserve: int = setting(
         "1GiB", memory_size, "RAM kept for critical services: admission checks never plan to use it.")
+    trend_horizon: float = setting(
+        "6h", duration(),
+        "Warn (host.ram_trend) when used RAM grows steadily enough to use up the available RAM within this long; "
+        "0 turns the forecast warning off.")
 
 
 @dataclass(frozen=True)

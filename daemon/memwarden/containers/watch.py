@@ -123,7 +123,7 @@ class ContainerWatch:
         now = snap.taken_at
         self.last = snap
         self.passes += 1
-        present = {c.name for c in snap.containers}
+        present = {c.name for c in snap.containers} | snap.unread
         if self.passes == 1:
             with contextlib.suppress(sqlite3.Error):  # gone while the daemon was not running
                 self.leaks.keep_only(present)

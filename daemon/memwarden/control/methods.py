@@ -16,6 +16,7 @@ from memwarden.control.learning_methods import register_learning
 from memwarden.control.memory_methods import register_memories
 from memwarden.control.protocol import PERMISSION_DENIED, InvalidParams, RpcError
 from memwarden.control.registry import Registry
+from memwarden.policies import host_trend
 from memwarden.policies.host_memory import admittable_bytes, levels
 from memwarden.services import Services
 
@@ -78,6 +79,7 @@ def register_all(reg: Registry, s: Services, reload: Callable[[str], Awaitable[d
             "admittable_bytes": admittable_bytes(snap, cfg),
             "levels": {m: {"value": None if x.value is None else round(x.value, 2), "level": x.level.label,
                            "warn": x.warn, "crit": x.crit} for m, x in shown.items()},
+            "trend": host_trend.view(readings.host_trend),
         }
 
     async def alerts(limit: int = 50) -> dict[str, Any]:

@@ -51,6 +51,8 @@ FAMILIES: tuple[Family, ...] = (
            "Time all tasks stalled on memory (PSI full total)."),
     Family("memwarden_host_memory_level", "gauge", ("metric",),
            "Alert level of ram, swap or psi after hysteresis and hold: 0 ok, 1 warning, 2 critical."),
+    Family("memwarden_host_memory_exhaustion_seconds", "gauge", (),
+           "While used RAM trends upward: seconds until the available RAM is used up at that trend."),
     # GPUs
     Family("memwarden_gpu_memory_total_bytes", "gauge", GPU, "VRAM of the GPU."),
     Family("memwarden_gpu_memory_used_bytes", "gauge", GPU, "VRAM in use."),

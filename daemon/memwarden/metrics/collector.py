@@ -77,6 +77,9 @@ def host_metrics(d: Services, out: Families) -> None:
     for metric, shown in levels(snap, d.readings.host_state, d.config.host).items():
         if shown.value is not None:
             out.add("memwarden_host_memory_level", int(shown.level), metric=metric)
+    trend = d.readings.host_trend
+    if trend is not None and trend.exhausted_in is not None:
+        out.add("memwarden_host_memory_exhaustion_seconds", round(trend.exhausted_in, 1))
 
 
 def gpu_metrics(d: Services, out: Families) -> None:

@@ -182,10 +182,12 @@ class ContainerProbe:
                 raise DockerUnavailable(self._error or "Docker not reachable")
             watched = list(self._watched.values())
         out = []
+        unread = set()
         version = None
         for w in watched:
             mem = self._memory(w)
             if mem is None:
+                unread.add(w.name)
                 continue
             usage, working_set, rss, version_or_none, source = mem
             version = version or version_or_none
@@ -194,7 +196,8 @@ class ContainerProbe:
                 id=w.id, name=w.name, image=w.image, working_set=working_set, usage=usage, limit=w.limit, rss=rss,
                 restart_count=w.restart_count, compose_service=labels.get("com.docker.compose.service"),
                 labels=w.labels, started_at=w.started_at, source=source))
-        return ContainersSnapshot(self._clock(), tuple(sorted(out, key=lambda c: c.name)), version)
+        return ContainersSnapshot(self._clock(), tuple(sorted(out, key=lambda c: c.name)), version,
+                                  frozenset(unread))
 
     def _memory(self, w: Watched) -> tuple[int, int, int | None, int | None, str] | None:
         if w.cgroup is not None:

@@ -1,5 +1,5 @@
 """What the new commands print, from fixed inputs: train status and watch lines, the last reload in status,
-restarts, diagnostics, the config; and their command lines, with usage errors that exit 2."""
+diagnostics, the config; and their command lines, with usage errors that exit 2."""
 
 from __future__ import annotations
 
@@ -71,21 +71,6 @@ def test_status_shows_a_refused_reload_and_when():
     assert "reloaded, changed host.reserve" in render.status({**base, "last_reload": ok})
 
 
-def test_containers_restarts_come_from_the_history():
-    row = {"name": "web", "working_set": 1, "limit": 0, "slope_bps": None, "verdict": "steady", "action": "restart",
-           "restart_count": 0, "restarts": 3, "restarts_24h": 1}
-    assert "3 (1 in 24h)" in render.containers({"error": None, "containers": [row]})
-    assert render.containers({"error": None, "containers": [{**row, "restarts_24h": 3}]}).splitlines()[1].endswith("3")
-
-
-def test_leaks_name_the_scale_that_saw_each():
-    row = {"name": "web", "verdict": "leak", "working_set": 1 << 30, "limit": 0, "slope_bps": 1000.0,
-           "scale_s": 3600.0, "exhaustion_in_s": None, "exhaustion_of": None}
-    header, line = render.leaks([row]).splitlines()[:2]
-    assert "SCALE" in header.split() and "1h" in line.split()
-    assert "-" in render.leaks([{**row, "scale_s": None}]).splitlines()[1].split()
-
-
 def test_diagnostics_and_config_show_are_readable():
     out = render.diagnostics({"rss_bytes": 50 * 1024**2, "cpu_user_s": 1.25, "cpu_system_s": 0.5, "threads": 4,
                               "open_fds": 12, "clients": 1, "requests_served": 9, "python": "3.11.2",
@@ -142,3 +127,12 @@ def test_train_history_shows_recall_and_a_dash_for_runs_without_it():
     assert "acc" not in old and "→" in old  # only the holdout column has an arrow
     assert render.recall_cell({"recall_memories": 4, "recall_recalled": 0, "recall_token_accuracy": None}) == "0/4"
     assert render.probe_cell({"probe_recall_after_recalled": 1, "probe_recall_after_memories": 2}) == "-→1/2"
+
+
+def test_host_shows_the_ram_trend_and_its_forecast():
+    assert render.trend(None).startswith("warming up")
+    assert render.trend({"verdict": "steady", "scale": None, "slope": 0.0, "exhausted_in": None,
+                         "warned": False}) == "steady (no steady growth)"
+    line = render.trend({"verdict": "leak", "scale": 3600.0, "slope": 1024 * 1024 * 1024 / 3600,
+                         "exhausted_in": 5 * 3600.0, "warned": True})
+    assert line == "growing 1.0 GiB/h at the 1h scale; available RAM used up in 5h (warned)"

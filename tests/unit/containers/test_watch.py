@@ -544,3 +544,27 @@ async def test_a_restarted_container_loses_its_stored_history(closing):
             break
     assert h.restart.calls, "the leak was not restarted"
     assert "web" not in h.watch.leaks.containers()
+
+
+async def test_a_container_whose_memory_is_unread_keeps_its_series_and_stored_history(closing):
+    h = closing()
+    for _ in range(SAVE_EVERY + 2):
+        await h.step(container(100 * MiB), container(50 * MiB, name="db", cid="d" * 64))
+    h.clock.now += 1.0
+    await h.watch.act(ContainersSnapshot(h.clock.now, (container(100 * MiB),), 2, frozenset({"db"})), None)
+    assert h.watch.leaks.containers() == ["db", "web"]
+    assert h.watch.series["db"].history.count == SAVE_EVERY + 2
+
+
+async def test_a_first_pass_that_reads_no_memory_wipes_no_stored_history(make):
+    h = make()
+    await h.step(container(100 * MiB), container(50 * MiB, name="db", cid="d" * 64))
+    await h.watch.close()
+    again = ContainerWatch(h.watch.config, h.db, FakeRestart(), clock=h.clock)
+    h.clock.now += 1.0
+    await again.act(ContainersSnapshot(h.clock.now, (), 2, frozenset({"db", "web"})), None)
+    assert again.leaks.containers() == ["db", "web"]
+    h.clock.now += 1.0
+    await again.act(ContainersSnapshot(h.clock.now, (container(100 * MiB),), 2, frozenset({"db"})), None)
+    assert again.series["web"].history.count == 2
+    await again.close()

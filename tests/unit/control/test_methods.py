@@ -87,6 +87,21 @@ async def test_host_shows_each_level_and_nothing_to_judge_where_the_host_has_no_
     assert shown["admittable_bytes"] == max(0, 2 * GiB - h.services.config.host.reserve)
 
 
+async def test_used_ram_trending_to_exhaustion_raises_host_ram_trend_and_host_shows_the_forecast(made):
+    world = World(host=host(mem_total=32 * GiB, mem_available=10 * GiB))
+    h = await made(world, host={"trend_horizon": "6h"})
+    for i in range(2 * 360):  # two hours of 10-s samples, 1.5 GiB more used an hour, a few MiB of wobble
+        world.host = host(mem_total=32 * GiB, mem_available=10 * GiB - i * GiB // 240 - (i * 7919 % 5) * MiB)
+        await h.sample(dt=10.0)
+    shown = await call(h, "host")
+    assert shown["levels"]["ram"]["level"] == "ok", "the trend must be seen before the RAM level trips"
+    trend = shown["trend"]
+    assert trend["verdict"] == "leak" and trend["warned"] is True and trend["scale"] >= 600
+    assert 3.5 * 3600 <= trend["exhausted_in"] <= 6 * 3600  # 7 GiB left at 1.5 GiB/h: 4.7 h
+    active = {a["kind"]: a for a in (await call(h, "alerts"))["active"]}
+    assert "would be used up in about" in active["host.ram_trend"]["message"]
+
+
 async def test_config_show_keeps_secrets_from_all_but_root(made):
     h = await made(alerts={"webhook": "https://user:hunter2@hooks.example/x"})
     shown = await call(h, "config.show", peer=USER)

@@ -9,6 +9,8 @@ from memwarden.learning.leasing import Refused
 from memwarden.learning.progress import CurrentRun
 from memwarden.metrics import collector
 from memwarden.metrics.catalogue import FAMILIES
+from memwarden.policies.host_trend import HostTrend
+from memwarden.policies.leak import LeakVerdict
 from memwarden.policies.placement import available
 from memwarden.proxy.server import OllamaProxy
 from memwarden.snapshots import GpuSnapshot, LoadedModel, Pressure
@@ -34,6 +36,8 @@ async def busy_daemon(make):
                             container("db", 300 * MiB)]
         await h.sample()
     d = h.services
+    d.readings.host_trend = HostTrend(LeakVerdict("leak", MiB, MiB, 100, 3600.0, 0, 1024.0, "host", scale=600.0),
+                                      1024.0, True, None)  # used RAM growing 1 MiB/s: the GiB available in 17 min
     lease = await d.arbiter.acquire(2 * GiB, "test", pid=os.getpid(), gpu=0)
     d.arbiter.observe([LoadedModel("small:latest", 3 * GiB, 3 * GiB)], d.readings.gpu)
     d.arbiter.note_use("small:latest", None)

@@ -280,10 +280,11 @@ def test_stats_api_fallback_when_the_cgroup_vanishes(env):
     assert (c.source, c.working_set) == ("api", 90 * MiB)
 
 
-def test_container_whose_stats_fail_is_left_out(env):
+def test_container_whose_stats_fail_is_left_out_and_named_unread(env):
     env.docker.containers["c1"] = attrs("c1", "flaky", 999)  # no cgroup, no stats
     start_synced(env)
-    assert env.probe.read().containers == ()
+    snap = env.probe.read()
+    assert snap.containers == () and snap.unread == {"flaky"}
 
 
 def test_start_event_adds_a_container(env):
