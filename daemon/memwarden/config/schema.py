@@ -89,7 +89,7 @@ class HostConfig:
     reserve: int = setting(
         "1GiB", memory_size, "RAM kept for critical services: admission checks never plan to use it.")
     trend_horizon: float = setting(
-        "6h", duration(),
+        "24h", duration(),
         "Warn (host.ram_trend) when used RAM grows steadily enough to use up the available RAM within this long; "
         "0 turns the forecast warning off.")
 
