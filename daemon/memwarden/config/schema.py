@@ -235,8 +235,9 @@ class LearningConfig:
         "30m", duration(0), "How long a due run may wait for its VRAM lease before it falls back to the CPU "
         "(learning.cpu_fallback) or raises a training.blocked alert.")
     cpu_fallback: bool = setting(
-        False, boolean, "Past learning.gpu_wait, train on the CPU (niced, threads for the host) unless that would "
-        "push host RAM past host.ram_warn_percent.")
+        False, boolean, "Past learning.gpu_wait, train on the CPU (niced, threads for the host, the micro-batch "
+        "halved until host RAM stays under host.ram_warn_percent, the same effective batch); held if even a "
+        "micro-batch of 1 would cross it.")
     cpu_to_gpu: bool = setting(
         True, boolean, "A run that fell back to the CPU moves to the GPU at a checkpoint once its lease is granted.")
 

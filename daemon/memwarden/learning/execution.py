@@ -137,12 +137,16 @@ class RunExecution:
                 if self.runs.state(run_id) == "cancelled":
                     self.end_wait(run_id)
                     return  # cancelled by an operator while it asked for the lease
-                if self.weigh_wait(run_id, adapter, lease).action != "cpu":
+                weighed = self.weigh_wait(run_id, adapter, lease)
+                if weighed.action != "cpu":
                     self.runs.set_state(run_id, "waiting")
                     return  # the next tick tries again
                 on_cpu = True
+                h = spec.hyper  # a spec resumed after an out-of-memory retry may be below the configured batch
+                micro = min(h.micro_batch, weighed.micro_batch or h.micro_batch)
+                hyper = dataclasses.replace(h, micro_batch=micro, grad_accum=h.micro_batch * h.grad_accum // micro)
                 spec = dataclasses.replace(spec, device="cpu", nice=gpu_wait.CPU_NICE,
-                                           cpu_threads=gpu_wait.cpu_threads())
+                                           cpu_threads=gpu_wait.cpu_threads(), hyper=hyper)
                 lease = leasing.NotNeeded()
                 if self.current is not None:
                     self.current.cpu_fallback = True

@@ -1,8 +1,11 @@
 """What a due run does while its VRAM lease is refused: a pure policy of (refusal, time waited, host, config).
 
 - wait: the run has waited less than `learning.gpu_wait`; it stays queued and asks again on the next pass;
-- cpu: past the wait with `learning.cpu_fallback` on, the run trains on the CPU (niced, threads for the host);
-- held: the CPU run would push host RAM past `host.ram_warn_percent` (or host RAM is not read yet): not started;
+- cpu: past the wait with `learning.cpu_fallback` on, the run trains on the CPU (niced, threads for the host),
+  with the largest micro-batch whose RAM keeps the host under `host.ram_warn_percent`: the micro-batch halves and
+  the gradient accumulation doubles, so the effective batch, and what the run learns, stay the same;
+- held: even a micro-batch of one would push host RAM past `host.ram_warn_percent` (or host RAM is not read
+  yet): not started;
 - blocked: past the wait without the fallback: the run stays queued and a `training.blocked` alert names what
   holds the GPU and for how long.
 
@@ -23,6 +26,7 @@ from memwarden.units import format_duration, format_size
 
 ACTIONS = ("wait", "cpu", "held", "blocked")
 CPU_NICE = 10  # a CPU run yields the cores to serving and to everything interactive
+ACTIVATIONS = 1024**3  # of a run's RAM estimate, the share that scales with the micro-batch (leasing.lease_size)
 
 
 @dataclass(frozen=True)
@@ -45,11 +49,13 @@ class WaitDecision:
     reason: str  # why the GPU was refused (the arbiter's words), or why a CPU run is held
     holders: tuple[str, ...]
     cpu_ram_bytes: int | None = None  # the CPU run's estimated RAM, when the fallback was weighed
+    micro_batch: int | None = None  # cpu: the micro-batch and gradient accumulation the CPU run uses
+    grad_accum: int | None = None
 
     def log_fields(self) -> dict[str, Any]:
         return {"decision": "training.gpu_wait", "action": self.action, "run": self.run_id, "adapter": self.adapter,
                 "waited_s": round(self.waited_s, 1), "reason": self.reason, "holders": list(self.holders),
-                "cpu_ram_bytes": self.cpu_ram_bytes}
+                "cpu_ram_bytes": self.cpu_ram_bytes, "micro_batch": self.micro_batch, "grad_accum": self.grad_accum}
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "adapter": self.adapter, "action": self.action,
@@ -70,7 +76,8 @@ class WaitDecision:
 
 
 def decide(wait: GpuWait, now: float, config: Config, host: HostSnapshot | None, cpu_ram_bytes: int) -> WaitDecision:
-    """`now`: the monotonic clock; `cpu_ram_bytes`: the RAM a CPU run of this job would take (its lease size)."""
+    """`now`: the monotonic clock; `cpu_ram_bytes`: the RAM a CPU run of this job would take at the configured
+    micro-batch (its lease size: the weights as the method loads them, and ACTIVATIONS)."""
     cfg = config.learning
     waited = max(0.0, now - wait.since)
 
@@ -83,14 +90,20 @@ def decide(wait: GpuWait, now: float, config: Config, host: HostSnapshot | None,
         return decision("blocked")
     if host is None or host.mem_total <= 0:
         return decision("held", "host RAM has not been read yet", cpu_ram_bytes)
-    used = host.mem_total - host.mem_available + cpu_ram_bytes
-    percent = 100.0 * used / host.mem_total
     warn = config.host.ram_warn_percent
-    if percent >= warn:
-        return decision("held", f"a CPU run needs about {format_size(cpu_ram_bytes)}: host RAM would reach "
-                                f"{percent:.0f}%, past the {warn:g}% warning level (host.ram_warn_percent)",
-                        cpu_ram_bytes)
-    return decision("cpu", wait.reason, cpu_ram_bytes)
+    micro, accum = cfg.micro_batch, cfg.grad_accum
+    fixed = cpu_ram_bytes - min(ACTIVATIONS, cpu_ram_bytes)
+    while True:
+        need = fixed + (cpu_ram_bytes - fixed) * micro // cfg.micro_batch
+        percent = 100.0 * (host.mem_total - host.mem_available + need) / host.mem_total
+        if percent < warn:
+            return WaitDecision("cpu", wait.run_id, wait.adapter, waited, wait.reason, wait.holders, need, micro,
+                                accum)
+        if micro == 1:
+            return decision("held", f"a CPU run needs about {format_size(need)} even at a micro-batch of 1: host "
+                                    f"RAM would reach {percent:.0f}%, past the {warn:g}% warning level "
+                                    f"(host.ram_warn_percent)", need)
+        micro, accum = max(1, micro // 2), accum * 2
 
 
 def cpu_threads(cpus: int | None = None) -> int:

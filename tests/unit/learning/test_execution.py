@@ -221,6 +221,19 @@ async def test_with_cpu_fallback_a_run_past_gpu_wait_trains_on_the_cpu_niced(mak
     assert arbiter.acquired == [] and sup.conditions() == []
 
 
+async def test_a_cpu_run_on_a_tight_host_trains_with_a_smaller_micro_batch_and_the_same_effective_batch(make, store):
+    sup, executor, _, _ = refused_run(make, store, Script(), gpu_wait="0s", cpu_fallback=True, micro_batch=4,
+                                      grad_accum=4)
+    # 16 GiB, 85 % warns at 13.6 GiB: 12 GiB used + 1 GiB of weights + 1 GiB of activations is past it,
+    # with half the activations (a micro-batch of 2) it is not.
+    sup.execution.host = lambda: HostSnapshot(0.0, 16 * GiB, 4 * GiB, 0, 0, None)
+    sup.start("alice")
+    assert (await finished(sup))["state"] == "promoted"
+    [request] = executor.requests
+    assert request.spec.device == "cpu"
+    assert (request.spec.hyper.micro_batch, request.spec.hyper.grad_accum) == (2, 8)
+
+
 async def cpu_run_holding(make, store, **learning):
     """A run fallen back to the CPU, its trainer running (held until stopped)."""
     sup, executor, arbiter, _ = refused_run(make, store, Script(hold=True), Script(), gpu_wait="0s",
@@ -246,6 +259,7 @@ async def test_a_cpu_run_moves_to_the_gpu_at_a_checkpoint_once_the_lease_is_gran
     gpu_request = executor.requests[1]
     assert gpu_request.gpu == 0 and gpu_request.spec.sim_gpu is not None
     assert (gpu_request.spec.nice, gpu_request.spec.cpu_threads) == (0, None)
+    assert gpu_request.spec.hyper == executor.requests[0].spec.hyper  # a roomy host: the configured batch
     assert gpu_request.spec.output_dir == executor.requests[0].spec.output_dir, "it resumes the same checkpoints"
     assert arbiter.released == ["L1"] and sup.execution.handover is None
 
