@@ -49,6 +49,7 @@ class LeakVerdict:
     scale: float | None = None  # seconds: the time scale that saw the leak (policies/leak_scales.py)
     growth: float = 0.0  # bytes the envelope grew over that scale (or the longest one judged)
     noise: float = 0.0  # bytes: the envelope's noise at that scale
+    seen_at: float | None = None  # the sample time at which a leak's evidence was last seen (leak_scales.py)
 
     @property
     def leaking(self) -> bool:

@@ -14,11 +14,15 @@ so a day of 2-s samples costs a few hundred numbers per scale, and every call is
   scale whose buckets are longer than its period. The first rise of a rhythm never seen before cannot be told
   from a leak: it is one, at its scale, until it is undone.
 Hysteresis: a leak verdict holds at its scale while the growth there stays above half the significance and is
-not undone, so a slope near the threshold does not flap.
+not undone, so a slope near the threshold does not flap. A leak under a rhythm is undone at every drop and seen
+again only at a later period's new high; so a leak undone by a drop still holds for UNDONE_HOLD spans of its
+scale (at most UNDONE_HOLD_MAX) after its evidence was last seen: one alarm per leak, not one per tooth. A
+rhythm's first rise, called a leak, is released that much later.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from collections import deque
@@ -36,6 +40,8 @@ UNDONE = 3.0  # the floor may sit this many noise units under the highest envelo
 PAST_POINTS = 256  # the retained past's maxima are kept at a width of at most horizon / PAST_POINTS
 JITTER_STEPS = 256  # consecutive differences kept for the series' own jitter
 MIN_POINTS = 4
+UNDONE_HOLD = 15.0  # spans of its scale a leak undone by a drop still holds after its evidence was last seen
+UNDONE_HOLD_MAX = 3600.0  # seconds: the longest such hold, whatever the scale
 
 
 @dataclass(frozen=True)
@@ -231,9 +237,9 @@ class LeakHistory:
 
 def decide(readings: Sequence[ScaleReading], previous: LeakVerdict | None, settings: LeakSettings,
            samples: int, span: float, current: int, limit: int = 0,
-           host_available: int | None = None) -> LeakVerdict:
+           host_available: int | None = None, now: float | None = None) -> LeakVerdict:
     """Pure: the verdict from each scale's reading and the previous verdict (its scale holds a leak until the
-    evidence there is gone)."""
+    evidence there is gone); `now`, the time of the latest sample, times the hold of a leak undone by a drop."""
     def leaks(r: ScaleReading, share: float) -> bool:
         return (r.covered and not r.undone and r.growth > share * r.threshold and r.slope >= settings.min_rate)
 
@@ -244,6 +250,8 @@ def decide(readings: Sequence[ScaleReading], previous: LeakVerdict | None, setti
             seen = held[0]
     if seen is None:
         seen = next((r for r in readings if leaks(r, 1.0)), None)
+    if seen is None and previous is not None and previous.leaking and _undone_hold(readings, previous, now):
+        return dataclasses.replace(previous, samples=samples, span=span)
     if seen is not None:
         verdict = "leak"
     elif not any(r.covered for r in readings):
@@ -263,14 +271,25 @@ def decide(readings: Sequence[ScaleReading], previous: LeakVerdict | None, setti
         if options:
             exhaustion_in, exhaustion_of = min(options)
     return LeakVerdict(verdict, shown.slope, shown.slope, samples, span, 0, exhaustion_in, exhaustion_of,
-                       scale=shown.scale if seen is not None else None, growth=shown.growth, noise=shown.noise)
+                       scale=shown.scale if seen is not None else None, growth=shown.growth, noise=shown.noise,
+                       seen_at=now if seen is not None else None)
+
+
+def _undone_hold(readings: Sequence[ScaleReading], previous: LeakVerdict, now: float | None) -> bool:
+    """A leak whose evidence a drop undid holds a while yet: until a later period's new high shows it again."""
+    if now is None or previous.seen_at is None or previous.scale is None:
+        return False
+    at_scale = [r for r in readings if r.scale == previous.scale]
+    if not at_scale or not at_scale[0].undone:
+        return False  # the growth itself faded: released as before
+    return now - previous.seen_at < min(UNDONE_HOLD * previous.scale, UNDONE_HOLD_MAX)
 
 
 def verdict_of(history: LeakHistory, previous: LeakVerdict | None = None, limit: int = 0,
                host_available: int | None = None) -> LeakVerdict:
     assert history.last is not None and history.first is not None
     return decide(history.readings(), previous, history.settings, history.count, history.last.t - history.first,
-                  history.last.working_set, limit, host_available)
+                  history.last.working_set, limit, host_available, history.last.t)
 
 
 def judge(samples: Iterable[Sample], settings: LeakSettings, previous: LeakVerdict | None = None,

@@ -10,6 +10,8 @@ from memwarden.policies.leak import Sample
 from memwarden.policies.leak_scales import (
     BUCKETS,
     PAST_POINTS,
+    UNDONE_HOLD,
+    UNDONE_HOLD_MAX,
     LeakHistory,
     LeakSettings,
     ScaleReading,
@@ -79,11 +81,35 @@ def test_troughs_that_climb_under_a_sawtooth_are_a_leak_at_a_scale_longer_than_i
     saw = teeth(60.0, 100 * MiB)
     _, alarms, last, _ = replay(lambda t: 60e6 / HOUR * t + saw(t), 2 * HOUR)
     assert last.leaking and last.scale is not None and last.scale > 60.0 * BUCKETS / 2
-    assert alarms >= 1
+    # The first rise is called at 1 min and held through the teeth for UNDONE_HOLD minutes; the troughs' climb is
+    # significant at 10 min only later, so this slow leak under a fast rhythm is called twice, not once per tooth.
+    assert 1 <= alarms <= 2
 
 
-def reading(growth: float, threshold: float = 10 * MiB, scale: float = 600.0) -> ScaleReading:
-    return ScaleReading(scale, growth / scale, growth, threshold / 5.5, threshold, False, True, BUCKETS)
+@pytest.mark.parametrize(("rate", "seconds"), [(20e6, 360), (1e6, 1800), (60e6 / HOUR, 2 * HOUR)])
+def test_a_leak_under_a_sawtooth_is_one_alarm_not_one_per_tooth(rate, seconds):
+    # Each drop undoes the leak at its scale; it is seen again only at a later tooth's new high.
+    first, alarms, last, _ = replay(lambda t: rate * t + teeth(300.0, 300 * MiB)(t), seconds)
+    assert first is not None and last.leaking
+    assert alarms == 1
+
+
+def reading(growth: float, threshold: float = 10 * MiB, scale: float = 600.0, undone: bool = False) -> ScaleReading:
+    return ScaleReading(scale, growth / scale, growth, threshold / 5.5, threshold, undone, True, BUCKETS)
+
+
+def test_a_leak_undone_by_a_drop_holds_for_its_hold_while_one_whose_growth_fades_is_released_at_once():
+    settings = LeakSettings.of(DAY, 0.0)
+    called = decide([reading(12 * MiB, scale=60.0)], None, settings, 100, 600.0, GiB, now=1000.0)
+    assert called.leaking and called.seen_at == 1000.0
+    dropped = reading(-100 * MiB, scale=60.0, undone=True)
+    held = decide([dropped], called, settings, 130, 660.0, GiB, now=1000.0 + UNDONE_HOLD * 60 - 1)
+    assert held.leaking and held.seen_at == 1000.0 and held.samples == 130
+    assert not decide([dropped], held, settings, 131, 661.0, GiB, now=1000.0 + UNDONE_HOLD * 60).leaking
+    assert not decide([reading(1 * MiB, scale=60.0)], called, settings, 101, 602.0, GiB, now=1002.0).leaking
+    day = decide([reading(12 * MiB, scale=DAY)], None, settings, 100, DAY, GiB, now=0.0)
+    assert not decide([reading(-GiB, scale=DAY, undone=True)], day, settings, 101, DAY, GiB,
+                      now=UNDONE_HOLD_MAX).leaking, "a day-scale leak undone is held at most UNDONE_HOLD_MAX"
 
 
 def test_hysteresis_holds_a_leak_between_the_release_and_the_call():
