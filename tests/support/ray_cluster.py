@@ -1,6 +1,8 @@
 """A two-node Ray cluster on this machine, loopback only: a head without the trainer's resource and workers
-with it (`--resources '{"trainer_gpu": 1}'`), each node with its own temp dir and one CPU. close() stops this
-cluster's processes and removes the dirs, whatever happened."""
+with it (`--resources '{"trainer_gpu": 1}'`), one CPU each. The nodes share one temp dir: the Jobs API reads a
+job's log where the head's temp dir says, so nodes on one machine with temp dirs of their own lose the log of a
+job that runs off the head (Ray's own multi-node tests share theirs too). close() stops this cluster's processes,
+and only them, and removes the dir, whatever happened."""
 
 from __future__ import annotations
 
@@ -37,8 +39,10 @@ class RayCluster:
         self.root = Path(tempfile.mkdtemp(prefix="mwray-", dir="/tmp"))  # short: Ray's unix sockets live here
         self.gcs_port = free_port()
         self.dashboard_port = free_port()
-        self.nodes: list[Path] = []
+        self.temp = self.root / "ray"
+        self.workers: list[int] = []  # each worker's raylet pid
         self.env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "RAY_USAGE_STATS_ENABLED": "0",
+                    "OMP_NUM_THREADS": "1",
                     "MEMWARDEN_RAY_RUNS": str(node_runs),
                     # A dead node is noticed within seconds, not the default half minute.
                     "RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
@@ -49,36 +53,33 @@ class RayCluster:
         """The Jobs API as the host's loopback reaches it."""
         return f"http://127.0.0.1:{self.forwarded}"
 
-    def _ray(self, *args: str, temp: Path) -> None:
+    def _ray(self, *args: str) -> None:
         proc = subprocess.run([*self.netns.prefix(), str(BIN / "ray"), "start", "--node-ip-address=127.0.0.1",
-                               "--num-cpus=1", "--num-gpus=0", f"--temp-dir={temp}", "--disable-usage-stats", *args],
+                               "--num-cpus=1", "--num-gpus=0", f"--dashboard-agent-listen-port={free_port()}",
+                               f"--temp-dir={self.temp}", "--disable-usage-stats", *args],
                               env=self.env, capture_output=True, text=True, timeout=START_TIMEOUT)
         if proc.returncode != 0:
             raise RuntimeError(f"ray start failed: {proc.stdout[-2000:]} {proc.stderr[-2000:]}")
 
     def start_head(self) -> RayCluster:
-        temp = self.root / "head"
-        self.nodes.append(temp)
         self._ray("--head", f"--port={self.gcs_port}", "--dashboard-host=127.0.0.1",
-                  f"--dashboard-port={self.dashboard_port}", "--include-dashboard=true", temp=temp)
+                  f"--dashboard-port={self.dashboard_port}", "--include-dashboard=true")
         self.forwarded = self.netns.forward(self.dashboard_port)
         return self
 
-    def add_worker(self) -> Path:
-        temp = self.root / f"w{len(self.nodes)}"
-        self.nodes.append(temp)
-        self._ray(f"--address=127.0.0.1:{self.gcs_port}", "--resources", json.dumps({RESOURCE: 1}), temp=temp)
-        return temp
+    def add_worker(self) -> int:
+        """A node with the trainer's resource; its raylet's pid."""
+        before = self._raylets()
+        self._ray(f"--address=127.0.0.1:{self.gcs_port}", "--resources", json.dumps({RESOURCE: 1}))
+        (pid,) = self._raylets() - before
+        self.workers.append(pid)
+        return pid
 
-    def raylet(self, temp: Path) -> psutil.Process:
-        for p in psutil.process_iter(["name", "cmdline"]):
-            cmd = " ".join(p.info["cmdline"] or [])
-            if "raylet" in (p.info["name"] or "") and str(temp) in cmd:
-                return p
-        raise LookupError(f"no raylet of {temp}")
+    def _raylets(self) -> set[int]:
+        return {p.pid for p in self.processes() if _name(p) == "raylet"}
 
-    def kill_raylet(self, temp: Path) -> None:
-        self.raylet(temp).send_signal(signal.SIGKILL)
+    def kill_raylet(self, pid: int) -> None:
+        psutil.Process(pid).send_signal(signal.SIGKILL)
 
     def interfaces(self) -> list[str]:
         """The namespace's network interfaces: loopback alone."""
@@ -121,3 +122,10 @@ def _children(pid: int) -> list[psutil.Process]:
         return psutil.Process(pid).children(recursive=True)
     except psutil.Error:
         return []
+
+
+def _name(p: psutil.Process) -> str:
+    try:
+        return p.name()
+    except psutil.Error:
+        return ""

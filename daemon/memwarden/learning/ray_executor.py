@@ -125,8 +125,9 @@ def sha256(path: Path) -> str:
 class RayJob:
     outlives_daemon = True  # the daemon's stop leaves it running; the next daemon re-attaches
 
-    def __init__(self, api: RayJobsApi, job_id: str, run_dir: Path, on_event: OnEvent):
+    def __init__(self, api: RayJobsApi, job_id: str, run_dir: Path, on_event: OnEvent, expect_adapter: bool):
         self.api = api
+        self.expect_adapter = expect_adapter  # a real run's job sends its adapter; a dry run's does not
         self.job_id = job_id
         self.run_dir = run_dir
         self.on_event = on_event
@@ -222,9 +223,9 @@ class RayJob:
         except TimeoutError:
             self._tail.cancel()
         code = exit_code(info, self.said)
-        if code == EXIT_DONE and self.receiver.files and not self.receiver.complete():
+        if code == EXIT_DONE and self.expect_adapter and not self.receiver.complete():
             await asyncio.wait_for(self._follow(collect_only=True), TAIL_GRACE)  # the log once more
-        if code == EXIT_DONE and self.receiver.files:
+        if code == EXIT_DONE and self.expect_adapter:
             if not self.receiver.complete():
                 log.error("the adapter did not come home whole", job=self.job_id)
                 code = EXIT_FAILED
@@ -261,7 +262,7 @@ class RayExecutor:
             info = await self.api.info(record["job_id"])
             if info is not None and (not info.terminal or info.status == "SUCCEEDED"):
                 log.info("re-attached to the Ray job", job=info.job_id, status=info.status, node=info.node_id)
-                return RayJob(self.api, info.job_id, request.run_dir, on_event)
+                return RayJob(self.api, info.job_id, request.run_dir, on_event, not request.spec.dry_run_steps)
         job_id = f"memwarden-{request.spec.run_id}-{uuid.uuid4().hex[:8]}"
         runtime_env = await self._runtime_env(request)
         custom, gpus, cpus = split_resources(self.resources)
@@ -270,7 +271,7 @@ class RayExecutor:
         tmp.write_text(json.dumps({"job_id": job_id, "phase": phase}))
         tmp.replace(request.run_dir / JOB_FILE)
         log.info("submitted the Ray job", job=job_id, run=request.spec.run_id, phase=phase, resources=self.resources)
-        return RayJob(self.api, job_id, request.run_dir, on_event)
+        return RayJob(self.api, job_id, request.run_dir, on_event, not request.spec.dry_run_steps)
 
     async def _runtime_env(self, request: JobRequest) -> dict[str, Any]:
         shipped, files = ship(request.spec, request.run_dir, self.device)

@@ -7,8 +7,8 @@ there. The trainer runs as a child; its progress lines are this job's log, which
 (SIGTERM to the job) makes the trainer checkpoint and exit 75, as under the daemon.
 
 After a finished real run the adapter goes home through the same log: a manifest (name, size, sha256 of each
-adapter file, and the bytes of the whole output directory), then the files in base64 chunks, then an `exit` line
-with the trainer's code. Only ADAPTER_FILES travel: never checkpoints or optimizer state.
+adapter file, and the bytes of the whole output directory at its largest), then the files in base64 chunks,
+then an `exit` line with the trainer's code. Only ADAPTER_FILES travel: never checkpoints or optimizer state.
 
 With MEMWARDEN_RAY_LEASE=1 in the node's environment (a worker host that runs memwarden too), the trainer runs
 under that host's VRAM lease: `memwardenctl lease SIZE -- python -m memwarden.training JOB`.
@@ -86,9 +86,9 @@ def tree_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def send_adapter(out: Path) -> None:
+def send_adapter(out: Path, peak_bytes: int) -> None:
     files = manifest(out)
-    emit({"event": "adapter_manifest", "files": files, "output_bytes": tree_bytes(out)})
+    emit({"event": "adapter_manifest", "files": files, "output_bytes": max(peak_bytes, tree_bytes(out))})
     for entry in files:
         with (out / entry["name"]).open("rb") as f:
             offset = 0
@@ -96,6 +96,19 @@ def send_adapter(out: Path) -> None:
                 emit({"event": "adapter_chunk", "name": entry["name"], "offset": offset,
                       "data": base64.b64encode(block).decode()})
                 offset += len(block)
+
+
+def relay(child: subprocess.Popen, out: Path) -> int:
+    """The trainer's lines to the job's log; the output directory's size at its largest (at a checkpoint, with
+    the optimizer state), which is what shipping the whole directory would cost."""
+    assert child.stdout is not None
+    peak = 0
+    for line in child.stdout:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        if '"checkpoint"' in line:
+            peak = max(peak, tree_bytes(out))
+    return peak
 
 
 def trainer_command(spec_file: Path, lease_size: int) -> list[str]:
@@ -116,12 +129,14 @@ def main(argv: list[str]) -> int:
     local = out.parent / f"{out.name}.job.json"
     local.write_text(json.dumps(spec, indent=1))
     env = {**os.environ, "MEMWARDEN_PARENT_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"}
-    child = subprocess.Popen(trainer_command(local, lease_size), env=env, stdin=subprocess.DEVNULL)
+    child = subprocess.Popen(trainer_command(local, lease_size), env=env, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, text=True)
     # A stop reaches every process of the job; the trainer checkpoints, this one waits for it to finish.
     signal.signal(signal.SIGTERM, lambda *_: child.poll() is None and child.send_signal(signal.SIGTERM))
+    peak = relay(child, out)
     code = child.wait()
     if code == 0 and not spec.get("dry_run_steps"):
-        send_adapter(out)
+        send_adapter(out, peak)
     emit({"event": "exit", "code": code})
     return code
 
