@@ -161,4 +161,6 @@ class LearningSupervisor:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.shield(task), CLOSE_WAIT)
         if task is not None and not task.done():
-            task.cancel()
+            task.cancel()  # the run records itself interrupted as the cancel unwinds it
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
