@@ -134,6 +134,7 @@ class RayJob:
         self.node: str | None = None
         self.last_event: dict[str, Any] | None = None
         self.said: int | None = None
+        self._exited = asyncio.Event()  # the entry's exit line was read
         self.receiver = AdapterReceiver(run_dir)
         self._lines = 0  # log lines handled: a reconnected tail skips them
         self._partial = ""
@@ -205,6 +206,7 @@ class RayJob:
             self.receiver.chunk(event)
         elif kind == "exit":
             self.said = int(event.get("code", EXIT_FAILED))
+            self._exited.set()
         elif not collect_only:
             self.last_event = event
             try:
@@ -213,15 +215,29 @@ class RayJob:
                 log.exception("training progress handler failed", event=kind)
 
     async def wait(self) -> int:
+        """Until the trainer's exit line (the last the entry writes: every chunk before it is in) or the job's
+        end, whichever comes first: the status that follows the line adds nothing but delay."""
+        exited = asyncio.get_running_loop().create_task(self._exited.wait())
         try:
-            info = await self._watch
+            await asyncio.wait({self._watch, exited}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:  # the daemon stops: the job runs on, re-attached to by the next daemon
-            self._tail.cancel()
+            for task in (self._tail, self._watch, exited):
+                task.cancel()
             raise
-        try:
-            await asyncio.wait_for(asyncio.shield(self._tail), TAIL_GRACE)
-        except TimeoutError:
-            self._tail.cancel()
+        exited.cancel()
+        if self._watch.done():
+            info = self._watch.result()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._tail), TAIL_GRACE)
+            except TimeoutError:
+                self._tail.cancel()
+        else:
+            self._watch.cancel()
+            info = JobInfo(self.job_id, "EXITED", self.node, self.said, "")
+            if self.node is None:  # placed and done between two status reads
+                with contextlib.suppress(RayApiError):
+                    read = await self.api.info(self.job_id)
+                    self.node = read.node_id if read else None
         code = exit_code(info, self.said)
         if code == EXIT_DONE and self.expect_adapter and not self.receiver.complete():
             await asyncio.wait_for(self._follow(collect_only=True), TAIL_GRACE)  # the log once more
