@@ -20,7 +20,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 # package pulls a multi-GB CUDA build in.
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) install 'torch==2.13.0'
-	$(PIP) install -e '.[test,train]' 'ruff==0.17.6'
+	$(PIP) install -e '.[test,train,ray]' 'ruff==0.17.6'
 	@touch $@
 
 run: $(VENV)/.installed

@@ -32,9 +32,16 @@ def toml(sections: Mapping[str, Mapping[str, Any]]) -> str:
     out = []
     for name, values in sections.items():
         out.append(f"[{name}]")
-        out.extend(f"{k} = {json.dumps(v)}" for k, v in values.items())
+        out.extend(f"{k} = {toml_value(v)}" for k, v in values.items())
         out.append("")
     return "\n".join(out)
+
+
+def toml_value(v: Any) -> str:
+    """JSON is TOML for strings, numbers, booleans and arrays; a table is written inline."""
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(x)}" for k, x in v.items()) + " }"
+    return json.dumps(v)
 
 
 class NotifyListener:

@@ -251,11 +251,17 @@ def runs(r: list[dict[str, Any]]) -> str:
 
     rows = [[x["id"], x["adapter"], x["state"], x["trigger"], ago(x["created_at"]), x["memory_ids"], ev(x),
              recall_cell(x.get("eval")), probe_cell(x.get("eval")),
-             "-" if x.get("version") is None else f"v{x['version']}",
+             "-" if x.get("version") is None else f"v{x['version']}", where_cell(x),
              (x.get("error") or (x.get("reason") if x["state"] in ("rejected", "promoted") else "") or "")[:60]]
             for x in r]
     return table(rows, ["RUN", "ADAPTER", "STATE", "TRIGGER", "CREATED", "MEMORIES", "HOLDOUT", "RECALL", "PROBE",
-                        "VERSION", "NOTE"])
+                        "VERSION", "WHERE", "NOTE"])
+
+
+def where_cell(x: dict[str, Any]) -> str:
+    """The run's executor, and its cluster node (shortened) when it ran on one."""
+    node = x.get("node")
+    return (x.get("executor") or "-") + (f"@{node[:12]}" if node else "")
 
 
 def progress_line(cur: dict[str, Any]) -> str:

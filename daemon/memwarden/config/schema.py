@@ -29,6 +29,7 @@ from memwarden.config.values import (
     number,
     optional_path,
     rate,
+    resources,
     secret_url,
     setting,
     size_between,
@@ -240,6 +241,12 @@ class LearningConfig:
         "micro-batch of 1 would cross it.")
     cpu_to_gpu: bool = setting(
         True, boolean, "A run that fell back to the CPU moves to the GPU at a checkpoint once its lease is granted.")
+    ray_address: str = setting(
+        "", http_url, "The Ray Jobs API (the dashboard's address, e.g. http://127.0.0.1:8265): runs are Ray jobs on "
+        "a node with learning.ray_resources, and the adapter comes home (docs/executors.md). Empty: no Ray.")
+    ray_resources: dict = setting(
+        {}, resources, "What a run's Ray job needs of its node: custom resources (e.g. { trainer_gpu = 1 }), "
+        "num_gpus or num_cpus.")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ HEADER = """\
 
 
 def toml_literal(value: object) -> str:
+    if isinstance(value, dict) and not value:
+        return "{}"
     if isinstance(value, dict):  # an inline table; a dotted key is quoted, or TOML would read it as nesting
         return "{ " + ", ".join(f"{k if k.replace('_', '').isalnum() else json.dumps(k)} = {toml_literal(v)}"
                                 for k, v in value.items()) + " }"

@@ -216,3 +216,24 @@ def metrics_listen(value: Any) -> str:
     if host.startswith("[") != host.endswith("]") or (":" in host and not host.startswith("[")):
         raise ValueError(f"expected HOST:PORT with an IPv6 address in brackets ('[::1]:9847'), got {value!r}")
     return value
+
+
+class Resources(dict[str, float]):
+    """A table of Ray resource amounts (read-only by convention, hashable so the frozen config is)."""
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(sorted(self.items())))
+
+
+def resources(value: Any) -> Resources:
+    """A table of resource names to positive amounts, e.g. { trainer_gpu = 1 } or { num_gpus = 1 }."""
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a table such as {{ trainer_gpu = 1 }}, got {value!r}")
+    out = Resources()
+    for name, amount in value.items():
+        if not isinstance(name, str) or not name or any(c.isspace() for c in name):
+            raise ValueError(f"expected a resource name without spaces, got {name!r}")
+        if isinstance(amount, bool) or not isinstance(amount, int | float) or not 0 < amount <= 1e6:
+            raise ValueError(f"expected a positive amount for resource {name!r}, got {amount!r}")
+        out[name] = float(amount)
+    return out

@@ -126,7 +126,8 @@ class RunExecution:
         on_cpu = False
         gpu_spec = spec
         while True:
-            lease = leasing.NotNeeded() if on_cpu else await self.leases.acquire(run_id, adapter)
+            remote = getattr(self.executor, "remote", False)  # a cluster node's GPU is not this host's to lease
+            lease = leasing.NotNeeded() if on_cpu or remote else await self.leases.acquire(run_id, adapter)
             if on_cpu and self.handover is not None:  # the CPU trainer stopped at its checkpoint: on to the GPU
                 lease, self.handover, on_cpu, spec = self.handover, None, False, gpu_spec
                 if self.current is not None:
@@ -273,6 +274,7 @@ class RunExecution:
         job = await self.executor.start(JobRequest(phase.spec, phase.spec_file, out, lease.gpu if lease else None),
                                         self._on_event)
         current.job, current.lease = job, lease
+        self._record_placement(run_id, job)
         watcher = (asyncio.get_running_loop().create_task(self.leases.watch_preemption(lease, job.preempt))
                    if lease else None)
         try:
@@ -280,9 +282,19 @@ class RunExecution:
         finally:
             if watcher is not None:
                 watcher.cancel()
+        self._record_placement(run_id, job)
         log.info("trainer exited", run=run_id, code=code, dry_run=dry,
                  last_event=(job.last_event or {}).get("event"))
         return code
+
+    def _record_placement(self, run_id: str, job: Any) -> None:
+        """Where the run's trainer runs, for `train history`: the executor, and the cluster node once placed."""
+        where = job.placement
+        fields = {"executor": where.executor, **({"node": where.node} if where.node else {})}
+        try:
+            self.runs.update(run_id, **fields)
+        except sqlite3.Error as exc:
+            log.warning("could not record where the run ran", run=run_id, error=str(exc))
 
     def _on_event(self, event: dict[str, Any]) -> None:
         cur = self.current

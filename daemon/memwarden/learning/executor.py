@@ -40,9 +40,11 @@ class JobRequest:
 
 @dataclass(frozen=True)
 class Placement:
-    executor: str  # "subprocess"
+    executor: str  # "subprocess" | "ray"
     pid: int | None = None
     gpu: int | None = None
+    node: str | None = None  # the cluster node it runs on (ray), once placed
+    job_id: str | None = None  # the cluster's id of the job (ray)
 
 
 class Job(Protocol):
@@ -91,6 +93,8 @@ class SubprocessJob:
 
 
 class SubprocessExecutor:
+    remote = False  # the trainer runs on this host, under this host's lease
+
     def __init__(self, runs_dir: Path, monotonic: Callable[[], float] = time.monotonic):
         self.runs_dir = runs_dir
         self.monotonic = monotonic

@@ -154,10 +154,13 @@ class LearningSupervisor:
     async def close(self) -> None:
         self.scheduler.closing = self.execution.closing = True
         cur, task = self.current, self.task
-        if cur is not None and cur.job is not None:
+        # A job that outlives the daemon (a cluster job) keeps running: the next daemon re-attaches to it.
+        if cur is not None and cur.job is not None and not getattr(cur.job, "outlives_daemon", False):
             cur.job.preempt()  # checkpoint now; the run resumes after the restart
             if task is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.shield(task), CLOSE_WAIT)
         if task is not None and not task.done():
-            task.cancel()
+            task.cancel()  # the run records itself interrupted as the cancel unwinds it
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

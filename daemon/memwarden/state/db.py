@@ -126,6 +126,12 @@ def _m8_leak_history(db: sqlite_utils.Database) -> None:
 
 
 # Append only: a migration, once released, never changes; the next one fixes what it got wrong.
+def _m9_run_placement(db: sqlite_utils.Database) -> None:
+    # Which executor ran a run and, on a cluster, on which node: `train history` shows both.
+    db["runs"].add_column("executor", str)
+    db["runs"].add_column("node", str)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "alert history", _m1_alert_history),
     (2, "leases and adapters", _m2_leases),
@@ -135,6 +141,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (6, "memory import ids and the listing index", _m6_memory_imports),
     (7, "the Ollama model table is named models", _m7_models_table),
     (8, "leak history per container and scale", _m8_leak_history),
+    (9, "where a training run ran", _m9_run_placement),
 ]
 
 

@@ -129,6 +129,18 @@ def test_train_history_shows_recall_and_a_dash_for_runs_without_it():
     assert render.probe_cell({"probe_recall_after_recalled": 1, "probe_recall_after_memories": 2}) == "-→1/2"
 
 
+def test_train_history_says_where_each_run_ran():
+    base = {"adapter": "alice", "state": "promoted", "trigger": "manual", "created_at": time.time(),
+            "memory_ids": 40, "version": 1, "reason": "ok", "eval": None}
+    out = render.runs([{**base, "id": "r3", "executor": "ray", "node": "3230cdbbcb0010c230d8eac6"},
+                       {**base, "id": "r2", "executor": "subprocess", "node": None},
+                       {**base, "id": "r1"}])  # a run from before runs recorded it
+    lines = out.splitlines()
+    header, (ray, local, old) = lines[0], lines[-3:]
+    assert "WHERE" in header
+    assert "ray@3230cdbbcb00 " in ray and "subprocess" in local and " - " in old
+
+
 def test_host_shows_the_ram_trend_and_its_forecast():
     assert render.trend(None).startswith("warming up")
     assert render.trend({"verdict": "steady", "scale": None, "slope": 0.0, "exhausted_in": None,

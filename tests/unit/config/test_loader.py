@@ -165,6 +165,10 @@ def test_empty_path_strings_mean_default_location():
         ("alerts", "webhook_retries", False, "expected a whole number"),
         ("alerts", "renotify_interval", "500ms", "at least 1s"),
         ("alerts", "history_retention", "10m", "at least 3600s"),
+        ("learning", "ray_address", "127.0.0.1:8265", "expected an http:// or https:// URL"),
+        ("learning", "ray_resources", "trainer_gpu", "expected a table such as { trainer_gpu = 1 }"),
+        ("learning", "ray_resources", {"trainer_gpu": 0}, "expected a positive amount for resource 'trainer_gpu'"),
+        ("learning", "ray_resources", {"trainer_gpu": True}, "expected a positive amount"),
     ],
 )
 def test_bad_value_error_names_key_path_and_file(section, key, value, fragment):

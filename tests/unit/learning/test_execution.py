@@ -341,3 +341,25 @@ async def test_the_first_tick_stops_orphans_even_with_learning_off(make):
     await sup.execution.begin_open()
     await sup.tick()
     assert executor.orphans_stopped == 1 and sup.task is None
+
+
+async def test_a_remote_executor_takes_no_lease_here_and_the_run_records_where_it_ran(make, store):
+    sup, executor = make(Script(), backend="sim")
+    executor.remote = True  # a cluster node's GPU: not this host's to lease
+    remember(store)
+    run_id = sup.start("alice")["id"]
+    assert (await finished(sup))["state"] == "promoted"
+    assert executor.requests[0].gpu is None and executor.requests[0].spec.sim_gpu is None
+    assert (sup.run(run_id)["executor"], sup.run(run_id)["node"]) == ("fake", None)
+
+
+async def test_a_job_that_outlives_the_daemon_keeps_running_when_the_daemon_stops(make, store):
+    sup, executor = make(Script(hold=True, events=[{"event": "start", "steps": 24}]))
+    remember(store)
+    run_id = sup.start("alice")["id"]
+    await executor.started.wait()
+    await executor.jobs[0].emitted.wait()
+    executor.jobs[0].outlives_daemon = True  # a cluster job: the next daemon re-attaches to it
+    await sup.close()
+    assert not executor.jobs[0].preempted.is_set()
+    assert sup.run(run_id)["state"] == "interrupted"
