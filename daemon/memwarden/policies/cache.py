@@ -9,13 +9,18 @@ gdsf-decay keeps GDSF's L but counts uses with a half-life of HALF_LIFE_REQUESTS
 model that was popular once loses its lead once demand moves; and its cost is the seconds a load of the model
 takes (measured by the arbiter, `note_load_time`; 1 s + size / 2 GB/s until then), so it keeps in VRAM what
 users would wait longest to load again, per byte. Pure functions over a frozen state.
+
+The state's table is a persistent map (pyrsistent): a request changes one entry and shares the rest with the
+state before it, so a decision costs the same with 10 models or 10,000, and every earlier state stays valid for
+a plan made from it. The resident models are indexed beside it: a plan looks at those alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from types import MappingProxyType
+
+from pyrsistent import PMap, pmap
 
 POLICIES = ("lru", "gdsf", "gdsf-decay")
 # gdsf-decay: a use counts half after this many requests (to any model), a quarter after twice as many. Chosen
@@ -52,22 +57,41 @@ class Entry:
 
 @dataclass(frozen=True)
 class CacheState:
-    entries: Mapping[str, Entry] = field(default_factory=lambda: MappingProxyType({}))
+    entries: Mapping[str, Entry] = field(default_factory=pmap)  # any mapping given is made a persistent one
     inflation: float = 0.0  # GDSF's L
     ticks: int = 0  # requests seen (touch), the clock gdsf-decay's half-life counts in
+    # The names of the resident entries, kept with the table (computed from it when not given).
+    residents: PMap = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.entries, PMap):
+            object.__setattr__(self, "entries", pmap(self.entries))
+        if self.residents is None:
+            object.__setattr__(self, "residents", pmap({n: True for n, e in self.entries.items() if e.resident}))
 
     def with_entry(self, entry: Entry) -> CacheState:
-        # dict(proxy) copies in C; {**proxy} would go key by key (1 ms at 10,000 models, per request).
-        entries = dict(self.entries)
-        entries[entry.name] = entry
-        return replace(self, entries=MappingProxyType(entries))
+        entries: PMap = self.entries  # type: ignore[assignment]
+        residents = self.residents
+        if entry.resident:
+            residents = residents.set(entry.name, True) if entry.name not in residents else residents
+        elif entry.name in residents:
+            residents = residents.remove(entry.name)
+        return CacheState(entries.set(entry.name, entry), self.inflation, self.ticks, residents)
+
+    def without(self, names: Iterable[str]) -> CacheState:
+        entries, residents = self.entries.evolver(), self.residents.evolver()  # type: ignore[attr-defined]
+        for name in names:
+            entries.remove(name)
+            if name in residents:
+                residents.remove(name)
+        return CacheState(entries.persistent(), self.inflation, self.ticks, residents.persistent())
 
     @staticmethod
     def of(entries: Iterable[Entry], inflation: float = 0.0, ticks: int = 0) -> CacheState:
-        return CacheState(MappingProxyType({e.name: e for e in entries}), inflation, ticks)
+        return CacheState(pmap({e.name: e for e in entries}), inflation, ticks)
 
     def resident(self) -> list[Entry]:
-        return [e for e in self.entries.values() if e.resident]
+        return [self.entries[n] for n in sorted(self.residents)]
 
 
 def _gdsf_priority(state: CacheState, hits: int, size: int) -> float:
@@ -100,7 +124,11 @@ def touch(state: CacheState, name: str, now: float, size: int | None = None) -> 
     entry = replace(prior, size=new_size, last_used=now, hits=hits,
                     priority=_gdsf_priority(state, hits, new_size),
                     freq=decayed_uses(prior, ticks) + 1.0, tick=ticks, inflation_at_use=state.inflation)
-    return replace(state.with_entry(entry), ticks=ticks)
+    return _ticked(state.with_entry(entry), ticks)
+
+
+def _ticked(state: CacheState, ticks: int) -> CacheState:
+    return CacheState(state.entries, state.inflation, ticks, state.residents)
 
 
 def note_load_time(state: CacheState, name: str, seconds: float) -> CacheState:
@@ -192,7 +220,7 @@ def estimate_size(entry: Entry | None, installed_size: int | None) -> int:
 
 def on_gpu(state: CacheState, index: int) -> CacheState:
     """The entries that count on GPU `index`: those resident there or of unknown placement, and the others."""
-    return CacheState({n: e for n, e in state.entries.items() if e.gpu in (index, None) or not e.resident},
+    return CacheState(pmap({n: e for n, e in state.entries.items() if e.gpu in (index, None) or not e.resident}),
                       state.inflation, state.ticks)
 
 
@@ -204,7 +232,9 @@ def plan_room_on(state: CacheState, name: str, need: int, budgets: Mapping[int, 
         return RoomPlan((), True, 0, 0)
     if len(budgets) == 1 or any(e.gpu is None for e in state.resident()):
         return plan_room(state, name, need, sum(budgets.values()), policy, max_resident)
-    plans = [plan_room(on_gpu(state, index), name, need, budget, policy, max_resident)
+    # Only the resident entries bear on a plan: each GPU's are taken from the index, not the whole table.
+    plans = [plan_room(CacheState.of((e for e in state.resident() if e.gpu == index), state.inflation,
+                                     state.ticks), name, need, budget, policy, max_resident)
              for index, budget in budgets.items()]
     return min(plans, key=lambda p: (not p.fits, len(p.victims)))
 
@@ -265,14 +295,15 @@ def commit(current: CacheState, base: CacheState, planned: CacheState) -> CacheS
     keeping its pin as it is now (a pin is the operator's, never a plan's); all others stay as they are now."""
     if current is base:
         return planned
-    entries = dict(current.entries)
+    entries = current.entries.evolver()  # type: ignore[attr-defined]
     for name, entry in planned.entries.items():
         if base.entries.get(name) is not entry:  # with_entry replaces only the entries it changes
             now = current.entries.get(name)
             entries[name] = entry if now is None or now.pinned == entry.pinned else replace(entry, pinned=now.pinned)
     for name in base.entries.keys() - planned.entries.keys():
-        entries.pop(name, None)
-    return CacheState(MappingProxyType(entries), max(current.inflation, planned.inflation),
+        if name in entries:
+            entries.remove(name)
+    return CacheState(entries.persistent(), max(current.inflation, planned.inflation),
                       max(current.ticks, planned.ticks))
 
 
@@ -296,7 +327,4 @@ def prune(state: CacheState, installed: Collection[str] | None, max_entries: int
     forgotten = [e.name for e in sorted(gone, key=lambda e: (e.last_used, e.name))] + [e.name for e in rest[:over]]
     if not forgotten:
         return Pruned(state, (), 0)
-    entries = dict(state.entries)
-    for name in forgotten:
-        del entries[name]
-    return Pruned(replace(state, entries=MappingProxyType(entries)), tuple(forgotten), len(gone))
+    return Pruned(state.without(forgotten), tuple(forgotten), len(gone))

@@ -1,9 +1,12 @@
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from memwarden.policies.cache import (
     MAX_ENTRIES,
     CacheState,
     Entry,
+    commit,
     evicted,
     eviction_order,
     plan_room,
@@ -245,3 +248,36 @@ def test_prune_with_nothing_to_forget_returns_the_same_state():
     state = used_at(("a", 1.0))
     assert prune(state, None).state is state
     assert MAX_ENTRIES >= 10_000, "the benchmarks plan for 10,000 models"
+
+
+@given(st.lists(st.tuples(st.sampled_from(["touch", "load", "unload", "evict", "pin", "prune", "commit"]),
+                          st.sampled_from(["a", "b", "c", "d", "e"])), max_size=60))
+@settings(max_examples=200, deadline=None)
+def test_the_resident_index_always_names_exactly_the_resident_entries(ops):
+    state = CacheState()
+    for i, (op, name) in enumerate(ops):
+        base = state
+        if op == "touch":
+            state = touch(state, name, float(i), GiB)
+        elif op == "load":
+            state = set_resident(state, name, True, GiB, measured=True, gpu=i % 2)
+        elif op == "unload":
+            state = set_resident(state, name, False)
+        elif op == "evict" and name in state.entries and state.entries[name].resident:
+            state = evicted(state, name, "gdsf-decay")
+        elif op == "pin":
+            state = set_pinned(state, name, not (name in state.entries and state.entries[name].pinned))
+        elif op == "prune":
+            state = prune(state, {"a", "b"}, max_entries=3).state
+        elif op == "commit":
+            state = commit(touch(base, "e", float(i), GiB), base, set_resident(base, name, True, GiB))
+        assert [e.name for e in state.resident()] == sorted(n for n, e in state.entries.items() if e.resident)
+        assert CacheState.of(state.entries.values()).resident() == state.resident()
+
+
+def test_a_change_leaves_the_state_it_was_made_from_as_it_was():
+    before = CacheState.of([Entry(f"m{i}", GiB) for i in range(100)])
+    after = set_resident(touch(before, "m5", 1.0), "m5", True)
+    assert before.entries["m5"].hits == 0 and not before.entries["m5"].resident and before.resident() == []
+    assert after.entries["m5"].hits == 1 and [e.name for e in after.resident()] == ["m5"]
+    assert after.entries["m6"] is before.entries["m6"]
