@@ -256,8 +256,8 @@ def decide(readings: Sequence[ScaleReading], previous: LeakVerdict | None, setti
         verdict = "leak"
     elif not any(r.covered for r in readings):
         verdict = "warming"
-    elif any(r.covered and r.undone and r.growth > r.threshold for r in readings):
-        verdict = "sawtooth"  # clear growth, undone: a rhythm
+    elif any(r.covered and r.undone and r.growth > r.threshold and r.slope >= settings.min_rate for r in readings):
+        verdict = "sawtooth"  # growth that would be a leak, undone: a rhythm (a few KiB that come and go are not)
     else:
         verdict = "steady"
     shown = seen or next((r for r in reversed(readings) if r.covered), readings[0])

@@ -178,3 +178,11 @@ def test_a_state_whose_scales_do_not_match_its_settings_is_refused():
     state = LeakHistory(LeakSettings.of(600.0, 1.0)).state()
     with pytest.raises(ValueError, match="do not match"):
         LeakHistory.from_state(dataclasses.replace(state, settings=LeakSettings.of(DAY, 1.0)))
+
+
+def test_growth_too_slow_to_be_a_leak_is_no_rhythm_either():
+    settings = LeakSettings.of(DAY, MiB / 60)  # 1 MiB/min
+    blip = ScaleReading(60.0, 1024.0, 60 * 1024.0, 100.0, 1000.0, True, True, BUCKETS)  # 60 KiB undone, 1 KiB/s
+    assert decide([blip], None, settings, 100, 600.0, GiB).verdict == "steady"
+    saw = dataclasses.replace(blip, slope=MiB / 30, growth=2 * MiB)
+    assert decide([saw], None, settings, 100, 600.0, GiB).verdict == "sawtooth"
