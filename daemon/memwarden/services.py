@@ -24,6 +24,7 @@ from memwarden.arbiter.arbiter import GpuArbiter
 from memwarden.config import Config
 from memwarden.containers.restart import docker_restarter
 from memwarden.containers.watch import ContainerWatch
+from memwarden.learning.executor_choice import make_executor
 from memwarden.learning.store import MemoryStore
 from memwarden.learning.supervisor import LearningSupervisor
 from memwarden.ollama.client import OllamaClient
@@ -173,7 +174,8 @@ def build(config: Config, db: Any, *, env: Mapping[str, str] | None = None,
                                     clock=wall)
     memories = MemoryStore(db, config.learning.routes)
     learning = LearningSupervisor(config, db, memories, arbiter, ollama, config.daemon.state_dir,
-                                  runners["gpu"].probe.backend, clock=wall)
+                                  runners["gpu"].probe.backend, clock=wall,
+                                  executor=make_executor(config, config.daemon.state_dir / "runs", env))
     services = Services(config, db, state, dispatcher, runners, ollama, arbiter, containers, memories, learning,
                         Notifier(os.environ if env is None else env), Readings(started_at=wall()), clock, wall)
     learning.execution.host = lambda: services.readings.host

@@ -240,6 +240,11 @@ class LearningConfig:
         "micro-batch of 1 would cross it.")
     cpu_to_gpu: bool = setting(
         True, boolean, "A run that fell back to the CPU moves to the GPU at a checkpoint once its lease is granted.")
+    executor: str = setting(
+        "auto", choice("auto", "subprocess", "systemd", "ray"),
+        "Where a trainer runs. subprocess: a child of the daemon. systemd: its own unit, memwarden-train@RUN.service "
+        "(own cgroup capped at MemoryMax, low CPU and I/O weight, kept across daemon restarts). ray: a Ray job. "
+        "auto: systemd when the daemon runs under systemd with a system bus, else subprocess.")
 
 
 @dataclass(frozen=True)

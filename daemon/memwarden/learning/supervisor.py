@@ -30,9 +30,12 @@ from memwarden.learning.runs import RunStore
 from memwarden.learning.scheduling import RunScheduler
 from memwarden.learning.store import MemoryStore
 from memwarden.learning.versions import VersionStore
+from memwarden.logs import get_logger
 from memwarden.ollama.client import OllamaClient
 
 __all__ = ["LearningSupervisor", "ollama_name"]
+
+log = get_logger()
 
 CANCEL_WAIT = 60.0  # seconds a cancelled run's trainer has to checkpoint
 CLOSE_WAIT = 30.0  # seconds the run in progress has to checkpoint when the daemon stops
@@ -154,7 +157,14 @@ class LearningSupervisor:
     async def close(self) -> None:
         self.scheduler.closing = self.execution.closing = True
         cur, task = self.current, self.task
-        if cur is not None and cur.job is not None:
+        if cur is not None and cur.job is not None and cur.job.placement.outlives_daemon:
+            log.info("the trainer keeps running; the next daemon re-attaches to it", run=cur.run_id,
+                     unit=cur.job.placement.unit)
+            if task is not None:
+                task.cancel()  # stops the waiting only: the run is marked interrupted, its trainer runs on
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        elif cur is not None and cur.job is not None:
             cur.job.preempt()  # checkpoint now; the run resumes after the restart
             if task is not None:
                 with contextlib.suppress(Exception):
