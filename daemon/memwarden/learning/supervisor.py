@@ -3,7 +3,8 @@
 One run at a time, its state in the `runs` table (runs.py) so that a daemon restart resumes it. The parts:
 - scheduling.py: when a run starts (pending runs, the trigger, the window);
 - execution.py: one run's state machine (curate, lease, dry run, run, preempt, resume, fail), the trainer
-  behind an executor (executor.py; SubprocessExecutor is the one implementation);
+  behind an executor (executor.py: a child process; systemd_executor.py: a unit of its own; executor_choice.py
+  picks one by learning.executor);
 - gpu_wait.py: what a run refused its lease does (wait, blocked and alerted, or the CPU within the RAM reserve);
 - publisher.py: judge, promote (one transaction), export to Ollama, prune, roll back;
 - runs.py and versions.py: the one owner of each table.
