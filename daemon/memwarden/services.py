@@ -24,6 +24,7 @@ from memwarden.arbiter.arbiter import GpuArbiter
 from memwarden.config import Config
 from memwarden.containers.restart import docker_restarter
 from memwarden.containers.watch import ContainerWatch
+from memwarden.learning.executor_choice import make_executor
 from memwarden.learning.store import MemoryStore
 from memwarden.learning.supervisor import LearningSupervisor
 from memwarden.ollama.client import OllamaClient
@@ -173,20 +174,10 @@ def build(config: Config, db: Any, *, env: Mapping[str, str] | None = None,
                                     clock=wall)
     memories = MemoryStore(db, config.learning.routes)
     learning = LearningSupervisor(config, db, memories, arbiter, ollama, config.daemon.state_dir,
-                                  runners["gpu"].probe.backend, clock=wall, executor=ray_executor(config))
+                                  runners["gpu"].probe.backend, clock=wall,
+                                  executor=make_executor(config, config.daemon.state_dir / "runs", env))
     services = Services(config, db, state, dispatcher, runners, ollama, arbiter, containers, memories, learning,
                         Notifier(os.environ if env is None else env), Readings(started_at=wall()), clock, wall)
     learning.execution.host = lambda: services.readings.host
     dispatcher.on_record_error = services.state.record_error("alert history")
     return services
-
-
-def ray_executor(config: Config) -> Any:
-    """learning.ray_address set: runs are Ray jobs (learning/ray_executor.py); else the default executor."""
-    if not config.learning.ray_address:
-        return None
-    from memwarden.learning.leasing import lease_size
-    from memwarden.learning.ray_executor import RayExecutor
-
-    return RayExecutor(config.learning.ray_address, config.learning.ray_resources, config.learning.device,
-                       lease_size(config), config.daemon.state_dir / "runs")

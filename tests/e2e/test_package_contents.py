@@ -36,6 +36,8 @@ def test_layout(deb: Path) -> None:
     assert files["/usr/bin/memwardend"] == "lrwxrwxrwx /opt/memwarden/bin/memwardend"
     assert files["/usr/bin/memwardenctl"] == "lrwxrwxrwx /opt/memwarden/bin/memwardenctl"
     for path in ("/lib/systemd/system/memwarden.service", "/lib/systemd/system/memwarden.socket",
+                 "/lib/systemd/system/memwarden-train@.service",
+                 "/usr/share/polkit-1/rules.d/50-memwarden-train.rules",
                  "/etc/memwarden/memwarden.toml", "/usr/lib/sysusers.d/memwarden.conf",
                  "/usr/share/doc/memwarden/copyright", "/usr/share/doc/memwarden/changelog.Debian.gz",
                  "/usr/share/doc/memwarden/changelog.gz",

@@ -50,3 +50,33 @@ def test_units_pass_systemd_analyze_verify(tmp_path):
                           tmp_path / "memwarden.socket"], capture_output=True, text=True)
     # verify exits 0 on unknown keys and bad values; only silence means the units are clean.
     assert run.returncode == 0 and run.stderr == "" and run.stdout == "", run.stderr + run.stdout
+
+
+def unit_settings(name: str) -> list[str]:
+    return [line for line in (ROOT / "systemd" / name).read_text().splitlines() if line and line[0] not in "#["]
+
+
+def test_only_the_trainer_unit_allows_wx_memory_and_stops_alone_on_oom():
+    daemon, trainer = unit_settings("memwarden.service"), unit_settings("memwarden-train@.service")
+    assert "MemoryDenyWriteExecute=yes" in daemon and "MemoryDenyWriteExecute=no" in trainer
+    assert not [s for s in daemon if s.startswith("OOMPolicy=")]
+    for setting in ("OOMPolicy=stop", "Nice=10", "IPAddressDeny=any", "IPAddressAllow=localhost",
+                    "SyslogIdentifier=memwarden-train-%i", "LogExtraFields=MEMWARDEN_RUN=%i",
+                    "ExecStart=/opt/memwarden/bin/python -m memwarden.learning.unit_entry %i"):
+        assert setting in trainer
+    assert not [s for s in trainer if s.split("=")[0] in ("BindsTo", "PartOf")], "it must outlive the daemon"
+
+
+def test_the_polkit_rule_names_only_trainer_units():
+    rule = (ROOT / "packaging" / "deb" / "memwarden-train.rules").read_text()
+    assert '/^memwarden-train@[A-Za-z0-9_-]+\\.service$/' in rule and 'subject.user == "memwarden"' in rule
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_the_trainer_template_passes_systemd_analyze_verify(tmp_path):
+    template = (ROOT / "systemd" / "memwarden-train@.service").read_text()
+    (tmp_path / "memwarden-train@.service").write_text(
+        template.replace("/opt/memwarden/bin/python", str(BIN / "python")))
+    run = subprocess.run(["systemd-analyze", "verify", tmp_path / "memwarden-train@r1.service"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0 and run.stderr == "" and run.stdout == "", run.stderr + run.stdout

@@ -241,6 +241,12 @@ class LearningConfig:
         "micro-batch of 1 would cross it.")
     cpu_to_gpu: bool = setting(
         True, boolean, "A run that fell back to the CPU moves to the GPU at a checkpoint once its lease is granted.")
+    executor: str = setting(
+        "auto", choice("auto", "subprocess", "systemd", "ray"),
+        "Where a trainer runs. subprocess: a child of the daemon. systemd: its own unit, memwarden-train@RUN.service "
+        "(own cgroup capped at MemoryMax, low CPU and I/O weight, kept across daemon restarts). ray: a Ray job. "
+        "auto: ray when learning.ray_address is set, else systemd when the daemon runs under systemd with a system "
+        "bus, else subprocess.")
     ray_address: str = setting(
         "", http_url, "The Ray Jobs API (the dashboard's address, e.g. http://127.0.0.1:8265): runs are Ray jobs on "
         "a node with learning.ray_resources, and the adapter comes home (docs/executors.md). Empty: no Ray.")

@@ -38,6 +38,7 @@ from memwarden.learning.preparation import phase_spec, prepare
 from memwarden.learning.progress import CurrentRun
 from memwarden.learning.runs import RunStore
 from memwarden.learning.store import MemoryStore
+from memwarden.learning.systemd_executor import EXIT_OOM_KILLED
 from memwarden.learning.versions import VersionStore
 from memwarden.logs import get_logger
 from memwarden.snapshots import HostSnapshot
@@ -50,6 +51,13 @@ LOGGED_EVENTS = ("start", "clamp", "oom_retry", "preempted", "error", "checkpoin
 ERROR_TAIL = 800  # characters of the trainer's log quoted when it died without an error line
 
 Finish = Callable[[str, str, Path], Awaitable[bool]]  # (run, adapter, run dir) → promoted
+
+
+def halved_batch(spec: JobSpec) -> JobSpec:
+    h = spec.hyper
+    micro = max(1, h.micro_batch // 2)
+    return dataclasses.replace(spec, hyper=dataclasses.replace(h, micro_batch=micro,
+                                                               grad_accum=h.micro_batch * h.grad_accum // micro))
 
 
 class RunExecution:
@@ -176,6 +184,11 @@ class RunExecution:
                 log.info("training run preempted; it resumes from its checkpoint when the GPU is free",
                          run=run_id, adapter=adapter)
                 return
+            if code == EXIT_OOM_KILLED and spec.hyper.micro_batch > 1:
+                spec = halved_batch(spec)  # killed at its MemoryMax: the same effective batch in smaller pieces
+                gpu_spec = spec if not on_cpu else gpu_spec
+                self._on_event({"event": "oom_retry", "killed": True, "micro_batch": spec.hyper.micro_batch,
+                                "grad_accum": spec.hyper.grad_accum})
             attempts += 1
             log.warning("trainer exited abnormally; resuming from the last checkpoint", run=run_id, code=code,
                         attempt=attempts, of=MAX_ATTEMPTS)
@@ -271,8 +284,12 @@ class RunExecution:
         current = self.current
         assert current is not None
         current.new_phase()
-        job = await self.executor.start(JobRequest(phase.spec, phase.spec_file, out, lease.gpu if lease else None),
-                                        self._on_event)
+        # The run's size as its lease is sized (weights as the method loads them, with activations) caps its RAM.
+        request = JobRequest(phase.spec, phase.spec_file, out, lease.gpu if lease else None,
+                             ram_bytes=leasing.lease_size(self.config))
+        # A trainer that outlived a daemon restart (a systemd unit) is re-attached to, never started twice.
+        job = (await self.executor.adopt(request, self._on_event)
+               or await self.executor.start(request, self._on_event))
         current.job, current.lease = job, lease
         self._record_placement(run_id, job)
         watcher = (asyncio.get_running_loop().create_task(self.leases.watch_preemption(lease, job.preempt))

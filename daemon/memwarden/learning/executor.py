@@ -2,11 +2,15 @@
 
 An Executor starts a JobSpec and hands back a Job: its progress arrives as events (jobspec.py) through the
 callback, `preempt()` asks it to checkpoint and stop (exit 75), `cancel()` stops it at once, `wait()` gives its
-exit code, `placement` says where it runs. `stop_orphans()` runs once before the first job: a job left running
-by a daemon that died is stopped (it checkpoints) before its run resumes elsewhere.
+exit code, `placement` says where it runs. `adopt()` re-attaches to the job of a request that is still running
+after a daemon restart (None: there is none, or the executor cannot keep a job across restarts).
+`stop_orphans()` runs once before the first job: a job left running by a daemon that died, and that cannot be
+adopted, is stopped (it checkpoints) before its run resumes elsewhere.
 
 SubprocessExecutor is `python -m memwarden.training` as a child of the daemon (process.py), with a pid file in
-the run's directory so that the next daemon can find a trainer the last one left behind.
+the run's directory so that the next daemon can find a trainer the last one left behind. It adopts nothing: its
+trainer checkpoints out when the daemon dies (MEMWARDEN_PARENT_PID). systemd_executor.py runs each trainer as
+its own unit, which outlives the daemon and is adopted.
 """
 
 from __future__ import annotations
@@ -36,15 +40,18 @@ class JobRequest:
     spec_file: Path  # where the spec is written for the trainer to read
     run_dir: Path  # the run's directory: the trainer's log (and, for a subprocess, its pid file) live here
     gpu: int | None  # the leased GPU, None for none
+    ram_bytes: int | None = None  # the run's RAM estimate, where one was made (an executor may cap the job by it)
 
 
 @dataclass(frozen=True)
 class Placement:
-    executor: str  # "subprocess" | "ray"
+    executor: str  # "subprocess", "systemd" or "ray"
     pid: int | None = None
     gpu: int | None = None
+    unit: str | None = None  # the systemd unit the job runs as
     node: str | None = None  # the cluster node it runs on (ray), once placed
     job_id: str | None = None  # the cluster's id of the job (ray)
+    outlives_daemon: bool = False  # a daemon that stops leaves the job running (it is adopted after the restart)
 
 
 class Job(Protocol):
@@ -59,6 +66,7 @@ class Job(Protocol):
 
 class Executor(Protocol):
     async def start(self, request: JobRequest, on_event: OnEvent) -> Job: ...
+    async def adopt(self, request: JobRequest, on_event: OnEvent) -> Job | None: ...
     async def stop_orphans(self) -> None: ...
 
 
@@ -107,6 +115,10 @@ class SubprocessExecutor:
         pid_file = request.run_dir / PID_FILE
         pid_file.write_text(str(proc.pid))
         return SubprocessJob(proc, pid_file, request.gpu)
+
+    async def adopt(self, request: JobRequest, on_event: OnEvent) -> None:
+        """A child trainer does not outlive its daemon: there is never one to adopt."""
+        return None
 
     async def stop_orphans(self) -> None:
         """SIGTERM (it checkpoints), then SIGKILL after ORPHAN_GRACE: waited for without blocking the loop."""

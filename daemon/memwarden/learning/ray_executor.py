@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import memwarden
+from memwarden.config import Config
 from memwarden.learning.executor import JobRequest, OnEvent, Placement
 from memwarden.learning.jobspec import EXIT_DONE, EXIT_FAILED, EXIT_PREEMPTED, JobSpec
 from memwarden.learning.ray_api import JobInfo, RayApiError, RayJobsApi, tree_files, zip_package
@@ -123,8 +124,6 @@ def sha256(path: Path) -> str:
 
 
 class RayJob:
-    outlives_daemon = True  # the daemon's stop leaves it running; the next daemon re-attaches
-
     def __init__(self, api: RayJobsApi, job_id: str, run_dir: Path, on_event: OnEvent, expect_adapter: bool):
         self.api = api
         self.expect_adapter = expect_adapter  # a real run's job sends its adapter; a dry run's does not
@@ -144,7 +143,8 @@ class RayJob:
 
     @property
     def placement(self) -> Placement:
-        return Placement("ray", None, None, node=self.node, job_id=self.job_id)
+        # The daemon's stop leaves the job running; the next daemon re-attaches to it by its id.
+        return Placement("ray", None, None, node=self.node, job_id=self.job_id, outlives_daemon=True)
 
     def preempt(self) -> None:
         self._stops.append(asyncio.get_running_loop().create_task(self._stop()))
@@ -270,15 +270,20 @@ class RayExecutor:
     async def stop_orphans(self) -> None:
         """Nothing to stop: a job left by the last daemon is re-attached to when its run resumes."""
 
+    async def adopt(self, request: JobRequest, on_event: OnEvent) -> RayJob | None:
+        """The job the last daemon submitted for this phase, still running or done: re-attached to by its id."""
+        record = read_record(request.run_dir)
+        if not record or record.get("phase") != request.spec_file.name:
+            return None
+        info = await self.api.info(record["job_id"])
+        if info is None or (info.terminal and info.status != "SUCCEEDED"):
+            return None
+        log.info("re-attached to the Ray job", job=info.job_id, status=info.status, node=info.node_id)
+        return RayJob(self.api, info.job_id, request.run_dir, on_event, not request.spec.dry_run_steps)
+
     async def start(self, request: JobRequest, on_event: OnEvent) -> RayJob:
         request.spec.write(request.spec_file)
         phase = request.spec_file.name
-        record = read_record(request.run_dir)
-        if record and record.get("phase") == phase:
-            info = await self.api.info(record["job_id"])
-            if info is not None and (not info.terminal or info.status == "SUCCEEDED"):
-                log.info("re-attached to the Ray job", job=info.job_id, status=info.status, node=info.node_id)
-                return RayJob(self.api, info.job_id, request.run_dir, on_event, not request.spec.dry_run_steps)
         job_id = f"memwarden-{request.spec.run_id}-{uuid.uuid4().hex[:8]}"
         runtime_env = await self._runtime_env(request)
         custom, gpus, cpus = split_resources(self.resources)
@@ -329,3 +334,13 @@ def read_record(run_dir: Path) -> dict[str, Any] | None:
         return record if isinstance(record, dict) and "job_id" in record else None
     return None
 
+
+def make_executor(config: Config, runs_dir: Path) -> RayExecutor:
+    """learning.executor = "ray" (or auto with learning.ray_address set): runs are Ray jobs."""
+    from memwarden.learning.executor_choice import ExecutorUnavailable
+    from memwarden.learning.leasing import lease_size
+
+    if not config.learning.ray_address:
+        raise ExecutorUnavailable("learning.executor: 'ray' needs learning.ray_address (the Ray Jobs API address)")
+    return RayExecutor(config.learning.ray_address, config.learning.ray_resources, config.learning.device,
+                       lease_size(config), runs_dir)

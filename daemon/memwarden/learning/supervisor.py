@@ -3,7 +3,8 @@
 One run at a time, its state in the `runs` table (runs.py) so that a daemon restart resumes it. The parts:
 - scheduling.py: when a run starts (pending runs, the trigger, the window);
 - execution.py: one run's state machine (curate, lease, dry run, run, preempt, resume, fail), the trainer
-  behind an executor (executor.py; SubprocessExecutor is the one implementation);
+  behind an executor (executor.py: a child process; systemd_executor.py: a unit of its own; executor_choice.py
+  picks one by learning.executor);
 - gpu_wait.py: what a run refused its lease does (wait, blocked and alerted, or the CPU within the RAM reserve);
 - publisher.py: judge, promote (one transaction), export to Ollama, prune, roll back;
 - runs.py and versions.py: the one owner of each table.
@@ -30,9 +31,12 @@ from memwarden.learning.runs import RunStore
 from memwarden.learning.scheduling import RunScheduler
 from memwarden.learning.store import MemoryStore
 from memwarden.learning.versions import VersionStore
+from memwarden.logs import get_logger
 from memwarden.ollama.client import OllamaClient
 
 __all__ = ["LearningSupervisor", "ollama_name"]
+
+log = get_logger()
 
 CANCEL_WAIT = 60.0  # seconds a cancelled run's trainer has to checkpoint
 CLOSE_WAIT = 30.0  # seconds the run in progress has to checkpoint when the daemon stops
@@ -154,8 +158,15 @@ class LearningSupervisor:
     async def close(self) -> None:
         self.scheduler.closing = self.execution.closing = True
         cur, task = self.current, self.task
-        # A job that outlives the daemon (a cluster job) keeps running: the next daemon re-attaches to it.
-        if cur is not None and cur.job is not None and not getattr(cur.job, "outlives_daemon", False):
+        # A trainer in its own unit, or a cluster job, keeps running: the next daemon re-attaches to it.
+        if cur is not None and cur.job is not None and cur.job.placement.outlives_daemon:
+            log.info("the trainer keeps running; the next daemon re-attaches to it", run=cur.run_id,
+                     unit=cur.job.placement.unit, job=cur.job.placement.job_id)
+            if task is not None:
+                task.cancel()  # stops the waiting only: the run is marked interrupted, its trainer runs on
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        elif cur is not None and cur.job is not None:
             cur.job.preempt()  # checkpoint now; the run resumes after the restart
             if task is not None:
                 with contextlib.suppress(Exception):

@@ -90,8 +90,10 @@ class Script:
 
 
 class FakeJob:
-    def __init__(self, request: JobRequest, script: Script, on_event: OnEvent, pid: int):
+    def __init__(self, request: JobRequest, script: Script, on_event: OnEvent, pid: int,
+                 outlives_daemon: bool = False):
         self.request, self.script, self.on_event, self.pid = request, script, on_event, pid
+        self.outlives_daemon = outlives_daemon
         self.last_event: dict[str, Any] | None = None
         self.preempted = asyncio.Event()
         self.emitted = asyncio.Event()  # its events are out: it runs (or holds)
@@ -99,7 +101,7 @@ class FakeJob:
 
     @property
     def placement(self) -> Placement:
-        return Placement("fake", self.pid, self.request.gpu)
+        return Placement("fake", self.pid, self.request.gpu, outlives_daemon=self.outlives_daemon)
 
     def preempt(self) -> None:
         self.preempted.set()
@@ -141,10 +143,26 @@ class FakeExecutor:
         self.jobs: list[FakeJob] = []
         self.started = asyncio.Event()
         self.orphans_stopped = 0
+        self.adoptable: Script | None = None
+        self.adopted: list[FakeJob] = []
+        self.outlives_daemon = False  # the jobs it starts keep running when the daemon stops (systemd units)
 
     async def start(self, request: JobRequest, on_event: OnEvent) -> FakeJob:
         self.requests.append(request)
-        job = FakeJob(request, self.scripts.pop(0) if self.scripts else Script(), on_event, 4000 + len(self.jobs))
+        job = FakeJob(request, self.scripts.pop(0) if self.scripts else Script(), on_event, 4000 + len(self.jobs),
+                      self.outlives_daemon)
+        self.jobs.append(job)
+        self.started.set()
+        return job
+
+    async def adopt(self, request: JobRequest, on_event: OnEvent) -> FakeJob | None:
+        """The `adoptable` script's job, once, as a unit left running by the last daemon would be."""
+        if self.adoptable is None:
+            return None
+        self.requests.append(request)
+        job = FakeJob(request, self.adoptable, on_event, 5000, outlives_daemon=True)
+        self.adoptable = None
+        self.adopted.append(job)
         self.jobs.append(job)
         self.started.set()
         return job

@@ -8,6 +8,7 @@ import pytest
 
 from memwarden.learning.jobspec import EXIT_FAILED, EXIT_PREEMPTED, SimGpu
 from memwarden.learning.supervisor import LearningSupervisor
+from memwarden.learning.systemd_executor import EXIT_OOM_KILLED
 from memwarden.snapshots import HostSnapshot
 
 from .conftest import FakeArbiter, FakeExecutor, Script, remember
@@ -353,13 +354,32 @@ async def test_a_remote_executor_takes_no_lease_here_and_the_run_records_where_i
     assert (sup.run(run_id)["executor"], sup.run(run_id)["node"]) == ("fake", None)
 
 
-async def test_a_job_that_outlives_the_daemon_keeps_running_when_the_daemon_stops(make, store):
-    sup, executor = make(Script(hold=True, events=[{"event": "start", "steps": 24}]))
+async def test_a_trainer_killed_at_its_memory_max_is_retried_with_a_halved_micro_batch(make, store):
+    sup, executor = make(Script(EXIT_OOM_KILLED), Script(), micro_batch=4, grad_accum=4)
+    remember(store)
+    sup.start("alice")
+    assert (await finished(sup))["state"] == "promoted"
+    first, retry = (r.spec.hyper for r in executor.requests)
+    assert (first.micro_batch, first.grad_accum) == (4, 4)
+    assert (retry.micro_batch, retry.grad_accum) == (2, 8)  # the same effective batch
+
+
+async def test_a_trainer_left_running_by_the_last_daemon_is_adopted_not_started(make, store):
+    sup, executor = make()
+    executor.adoptable = Script(events=[{"event": "step", "step": 9, "loss": 1.5}])
+    remember(store)
+    sup.start("alice")
+    assert (await finished(sup))["state"] == "promoted"
+    assert len(executor.adopted) == 1 and executor.jobs == executor.adopted  # no second trainer started
+
+
+async def test_a_daemon_stopping_leaves_a_trainer_that_outlives_it_running(make, store):
+    sup, executor = make(Script(hold=True))
+    executor.outlives_daemon = True
     remember(store)
     run_id = sup.start("alice")["id"]
     await executor.started.wait()
     await executor.jobs[0].emitted.wait()
-    executor.jobs[0].outlives_daemon = True  # a cluster job: the next daemon re-attaches to it
     await sup.close()
-    assert not executor.jobs[0].preempted.is_set()
-    assert sup.run(run_id)["state"] == "interrupted"
+    assert not executor.jobs[0].preempted.is_set() and not executor.jobs[0].cancelled
+    assert sup.run(run_id)["state"] == "interrupted"  # the next daemon resumes it, adopting the unit
