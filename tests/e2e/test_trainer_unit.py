@@ -4,6 +4,7 @@ unit still denying W+X memory, and one run started over the real system bus by t
 from __future__ import annotations
 
 import json
+import time
 
 from support.nspawn import Machine
 
@@ -54,6 +55,18 @@ def test_a_run_started_over_the_bus_runs_as_its_own_unit_and_reports_its_exit(ma
     # No base model (and no torch in the package): the trainer fails, and its status comes back through the unit.
     assert result["unit"] == TRAINER and result["code"] not in (0, 75)
     assert m.show(TRAINER, "MemoryMax")["MemoryMax"] == str(int(1.5 * (1 << 30)))  # runtime property kept
-    tagged = m.run("journalctl", "--no-pager", "-b", "MEMWARDEN_RUN=e2erun-1", "-o", "cat").stdout
-    assert tagged.strip(), "the trainer's stderr reaches the journal tagged with its run"
+    assert journal_tagged(m, "e2erun-1"), "the trainer's stderr reaches the journal tagged with its run"
     assert m.is_active("memwarden.service") == "active"
+
+
+def journal_tagged(m: Machine, run_id: str, timeout: float = 30.0) -> str:
+    """The journal's lines tagged with the run: journald stores a unit's last lines after the unit has exited,
+    so each look first asks it to flush (--sync), then reads, until the lines are there or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        m.run("journalctl", "--sync")
+        tagged = m.run("journalctl", "--no-pager", "-b", f"MEMWARDEN_RUN={run_id}", "-o", "cat").stdout.strip()
+        if tagged or time.monotonic() >= deadline:
+            return tagged
+        time.sleep(0.5)
+

@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None, trainer: str = "memwarden.training") -> 
         code = child.wait()
         status = code if code >= 0 else 128 - code
         out.write(json.dumps({"event": "unit_exit", "code": status}).encode() + b"\n")
+    if status not in (0, 75):  # the journal, tagged with the run, says so even when the trainer said nothing
+        print(f"trainer of run {args[0]} exited with status {status}; its progress: {progress}", file=sys.stderr)
     return status
 
 

@@ -37,3 +37,15 @@ def test_a_missing_launch_file_is_a_config_error(tmp_path, monkeypatch, capsys):
     assert unit_entry.main(["r1"]) == 78
     assert "cannot read the launch file" in capsys.readouterr().err
     assert unit_entry.main([]) == 64
+
+
+def test_a_failed_trainer_is_said_on_stderr_for_the_journal(tmp_path, monkeypatch, capsys):
+    (tmp_path / "pkg" / "failing_trainer").mkdir(parents=True)
+    (tmp_path / "pkg" / "failing_trainer" / "__main__.py").write_text("import sys\nsys.exit(3)\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "pkg"))
+    monkeypatch.setattr(unit_entry, "LAUNCH_DIR", tmp_path / "launch")
+    (tmp_path / "launch").mkdir()
+    progress = tmp_path / "progress.jsonl"
+    (tmp_path / "launch" / "r2.json").write_text(json.dumps({"spec": "/s.json", "progress": str(progress)}))
+    assert unit_entry.main(["r2"], trainer="failing_trainer") == 3
+    assert "trainer of run r2 exited with status 3" in capsys.readouterr().err
