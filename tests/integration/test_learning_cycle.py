@@ -18,6 +18,7 @@ from support.daemon import BIN
 from support.memories import FACTS
 from support.ollama_double import OllamaDouble
 from support.ollama_double.manager import sim_gpu, wait_until
+from support.tiny_run import BASE, tiny_learning
 
 pytestmark = pytest.mark.skipif(
     any(importlib.util.find_spec(m) is None for m in ("torch", "transformers", "peft", "bitsandbytes")),
@@ -26,10 +27,6 @@ pytestmark = pytest.mark.skipif(
 
 GiB = 1024**3
 RUN_TIMEOUT = 300
-BASE = "demo:tiny"
-
-
-
 
 
 def memories_file(path, profile, importance=5, repeat=2):
@@ -59,11 +56,7 @@ def learning(make_daemon, demo_base):
         sections["daemon"]["sample_interval"] = "300ms"
         sections["gpu"] = {"backend": "sim", "sim_file": str(sim), "reserve": "512MiB"}
         sections["ollama"] = {"url": double.url if double else ""}
-        sections["learning"] = {
-            "enabled": True, "base_model": str(demo_base), "ollama_base": BASE, "method": "lora",
-            "importance_threshold": 50, "min_interval": "0s", "lr": 3e-3, "rank": 4, "alpha": 8, "max_steps": 24,
-            "warmup_steps": 2, "micro_batch": 2, "grad_accum": 1, "max_seq_len": 64, "dry_run_steps": 2,
-            "checkpoint_steps": 4, "forgetting_epsilon": 10.0, "lease_size": "2GiB", "device": "auto"}
+        sections["learning"] = tiny_learning(demo_base)
         for name, values in (extra or {}).items():
             sections.setdefault(name, {}).update(values)
         d.write_config(sections)

@@ -17,6 +17,7 @@ from support.daemon import BIN
 from support.memories import FACTS
 from support.ollama_double import OllamaDouble
 from support.ollama_double.manager import sim_gpu, wait_until
+from support.tiny_run import BASE, tiny_learning
 
 pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("ray") is None,
@@ -29,7 +30,7 @@ pytestmark = [
 
 GiB = 1024**3
 RUN_TIMEOUT = 600
-BASE = "demo:tiny"
+
 # Long enough (a minute of the demo model on one core) that a run is still training when a test acts on it.
 LONG_RUN = {"max_steps": 3000, "checkpoint_steps": 100}
 
@@ -62,12 +63,8 @@ def learning(make_daemon, demo_base, cluster):
         sections["daemon"]["sample_interval"] = "300ms"
         sections["gpu"] = {"backend": "sim", "sim_file": str(sim), "reserve": "512MiB"}
         sections["ollama"] = {"url": double.url}
-        sections["learning"] = {
-            "enabled": True, "base_model": str(demo_base), "ollama_base": BASE, "method": "lora",
-            "importance_threshold": 50, "min_interval": "0s", "lr": 3e-3, "rank": 4, "alpha": 8, "max_steps": 24,
-            "warmup_steps": 2, "micro_batch": 2, "grad_accum": 1, "max_seq_len": 64, "dry_run_steps": 0,
-            "checkpoint_steps": 4, "forgetting_epsilon": 10.0, "lease_size": "2GiB", "device": "auto",
-            "ray_address": cluster.address, "ray_resources": {"trainer_gpu": 1}}
+        sections["learning"] = tiny_learning(demo_base, dry_run_steps=0, ray_address=cluster.address,
+                                              ray_resources={"trainer_gpu": 1})
         for name, values in (extra or {}).items():
             sections.setdefault(name, {}).update(values)
         d.write_config(sections)

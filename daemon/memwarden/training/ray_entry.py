@@ -75,11 +75,8 @@ def manifest(out: Path) -> list[dict[str, Any]]:
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def tree_bytes(path: Path) -> int:
