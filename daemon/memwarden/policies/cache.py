@@ -218,12 +218,6 @@ def estimate_size(entry: Entry | None, installed_size: int | None) -> int:
     return installed_size or (entry.size if entry else 0)
 
 
-def on_gpu(state: CacheState, index: int) -> CacheState:
-    """The entries that count on GPU `index`: those resident there or of unknown placement, and the others."""
-    return CacheState(pmap({n: e for n, e in state.entries.items() if e.gpu in (index, None) or not e.resident}),
-                      state.inflation, state.ticks)
-
-
 def plan_room_on(state: CacheState, name: str, need: int, budgets: Mapping[int, int], policy: str,
                  max_resident: int = 0) -> RoomPlan:
     """Room on the GPU that needs the fewest victims; with models of unknown placement, or one GPU, all GPUs
