@@ -57,11 +57,7 @@ def learning(make_daemon, demo_base):
         sections["gpu"] = {"backend": "sim", "sim_file": str(sim), "reserve": "512MiB"}
         sections["ollama"] = {"url": double.url if double else ""}
         sections["learning"] = tiny_learning(demo_base)
-        for name, values in (extra or {}).items():
-            sections.setdefault(name, {}).update(values)
-        d.write_config(sections)
-        d.sections = sections
-        return d.start(), double
+        return d.start_with(sections, extra), double
 
     yield start
     for double in started:

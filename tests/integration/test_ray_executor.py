@@ -65,11 +65,7 @@ def learning(make_daemon, demo_base, cluster):
         sections["ollama"] = {"url": double.url}
         sections["learning"] = tiny_learning(demo_base, dry_run_steps=0, ray_address=cluster.address,
                                               ray_resources={"trainer_gpu": 1})
-        for name, values in (extra or {}).items():
-            sections.setdefault(name, {}).update(values)
-        d.write_config(sections)
-        d.sections = sections
-        return d.start(), double
+        return d.start_with(sections, extra), double
 
     yield start
     for double in started:

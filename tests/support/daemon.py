@@ -125,6 +125,15 @@ class DaemonProcess:
         env.update(NOTIFY_SOCKET=str(self.notify.path), PYTHONUNBUFFERED="1", **self.extra_env)
         return env
 
+    def start_with(self, sections: dict[str, dict[str, Any]],
+                   extra: Mapping[str, Mapping[str, Any]] | None = None) -> DaemonProcess:
+        """Start on `sections` with `extra`'s keys laid over them, section by section."""
+        for name, values in (extra or {}).items():
+            sections.setdefault(name, {}).update(values)
+        self.write_config(sections)
+        self.sections = sections
+        return self.start()
+
     def start(self, wait_ready: bool = True, argv: list[str] | None = None, **popen: Any) -> DaemonProcess:
         cmd = argv or [str(BIN / "memwardend"), "--config", str(self.config_path)]
         self._log = self.log_path.open("ab")

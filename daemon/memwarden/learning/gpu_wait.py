@@ -81,8 +81,9 @@ def decide(wait: GpuWait, now: float, config: Config, host: HostSnapshot | None,
     cfg = config.learning
     waited = max(0.0, now - wait.since)
 
-    def decision(action: str, reason: str = wait.reason, ram: int | None = None) -> WaitDecision:
-        return WaitDecision(action, wait.run_id, wait.adapter, waited, reason, wait.holders, ram)
+    def decision(action: str, reason: str = wait.reason, ram: int | None = None, micro: int | None = None,
+                 accum: int | None = None) -> WaitDecision:
+        return WaitDecision(action, wait.run_id, wait.adapter, waited, reason, wait.holders, ram, micro, accum)
 
     if waited < cfg.gpu_wait:
         return decision("wait")
@@ -97,8 +98,7 @@ def decide(wait: GpuWait, now: float, config: Config, host: HostSnapshot | None,
         need = fixed + (cpu_ram_bytes - fixed) * micro // cfg.micro_batch
         percent = 100.0 * (host.mem_total - host.mem_available + need) / host.mem_total
         if percent < warn:
-            return WaitDecision("cpu", wait.run_id, wait.adapter, waited, wait.reason, wait.holders, need, micro,
-                                accum)
+            return decision("cpu", ram=need, micro=micro, accum=accum)
         if micro == 1:
             return decision("held", f"a CPU run needs about {format_size(need)} even at a micro-batch of 1: host "
                                     f"RAM would reach {percent:.0f}%, past the {warn:g}% warning level "
