@@ -53,8 +53,10 @@ class GpuProbe:
 
 @pytest.fixture
 def world(tmp_path):
-    def make(installed: dict[str, int], rows: list[dict] = ()) -> tuple[GpuArbiter, FakeOllama]:
-        config = parse_config({"daemon": {"state_dir": str(tmp_path)}, "gpu": {"backend": "none", "reserve": 0},
+    def make(installed: dict[str, int], rows: list[dict] = (), scheduler: str = cache.DEFAULT_POLICY
+             ) -> tuple[GpuArbiter, FakeOllama]:
+        config = parse_config({"daemon": {"state_dir": str(tmp_path)},
+                               "gpu": {"backend": "none", "reserve": 0, "scheduler": scheduler},
                                "ollama": {"keep_alive": "5m"}})
         db = open_state(tmp_path)
         for row in rows:
@@ -118,7 +120,7 @@ async def test_a_stored_keep_alive_that_does_not_parse_is_dropped_and_the_defaul
 
 async def test_the_table_keeps_at_most_max_entries_in_memory_and_in_sqlite(world, monkeypatch):
     monkeypatch.setattr(cache, "MAX_ENTRIES", 5)
-    arbiter, ollama = world({f"m{i}:latest": GiB for i in range(10)})
+    arbiter, ollama = world({f"m{i}:latest": GiB for i in range(10)}, scheduler="lru")  # residents: the latest
     for i in range(10):
         arbiter.clock = lambda i=i: 1000.0 + i
         await arbiter.ensure(f"m{i}")
