@@ -245,7 +245,7 @@ def test_a_proxy_request_preempts_a_preemptible_lease(world):
 
 
 def test_the_scheduler_evicts_least_recently_used_and_respects_pins(world):
-    d, double, _ = world(config={"gpu": {"reserve": "512MiB"}})
+    d, double, _ = world(config={"gpu": {"reserve": "512MiB", "scheduler": "lru"}})
     for name in ("small-a", "small-b", "small-c"):
         assert d.call("models.load", {"name": name})["loaded"] is True
     # 3 × 3 GiB fill 9 of 11.5 GiB; a 6 GiB model needs two of them gone: the two least recently used.
