@@ -160,3 +160,10 @@ async def test_the_models_reply_lists_resident_first_then_most_recent_up_to_its_
     arbiter.observe([LoadedModel("m0:latest", GiB, GiB)], None)
     assert [a["name"] for a in arbiter.models()] == ["m0:latest", "m3:latest", "m2:latest", "m1:latest"]
     assert [a["name"] for a in arbiter.models(limit=2)] == ["m0:latest", "m3:latest"]
+
+
+async def test_the_load_duration_of_a_proxied_answer_reaches_the_policy_through_the_arbiter(world):
+    arbiter, _ = world({"a:latest": GiB, "b:latest": GiB})
+    await arbiter.ensure("a", load=False)
+    arbiter.note_answer("a:latest", {"done": True, "done_reason": "stop", "load_duration": 7_500_000_000})
+    assert cache.load_time(arbiter.cache.entries["a:latest"]) == 7.5
