@@ -162,20 +162,19 @@ def touch(state: CacheState, name: str, now: float, size: int | None = None) -> 
     prior = state.entries.get(name) or Entry(name, size or 0)
     hits = prior.hits + 1
     new_size = prior.size if size is None else size
-    ticks = state.ticks + 1
-    entry = replace(prior, size=new_size, last_used=now, hits=hits,
-                    priority=_gdsf_priority(state, hits, new_size),
-                    freq=decayed_uses(prior, ticks) + 1.0, tick=ticks, inflation_at_use=state.inflation)
-    switches = state.switches
+    ticks, switches = state.ticks + 1, state.switches
+    visits, visit_switch = prior.visits, prior.visit_switch
     if name != state.last_name or name not in state.entries:
         switches += 1
-        visits = prior.visits * 0.5 ** ((switches - prior.visit_switch) / DEMAND_HALF_LIFE) if prior.visits else 0.0
-        entry = replace(entry, visits=visits + 1.0, visit_switch=switches)
-    return _ticked(state.with_entry(entry), ticks, switches, name)
-
-
-def _ticked(state: CacheState, ticks: int, switches: int, last_name: str) -> CacheState:
-    return CacheState(state.entries, state.inflation, ticks, state.residents, switches, last_name)
+        visits = (visits * 0.5 ** ((switches - visit_switch) / DEMAND_HALF_LIFE) if visits else 0.0) + 1.0
+        visit_switch = switches
+    entry = replace(prior, size=new_size, last_used=now, hits=hits,
+                    priority=_gdsf_priority(state, hits, new_size),
+                    freq=decayed_uses(prior, ticks) + 1.0, tick=ticks, inflation_at_use=state.inflation,
+                    visits=visits, visit_switch=visit_switch)
+    # A use leaves residency as it was: the resident index stays.
+    return CacheState(state.entries.set(name, entry), state.inflation, ticks,  # type: ignore[attr-defined]
+                      state.residents, switches, name)
 
 
 def note_load_time(state: CacheState, name: str, seconds: float) -> CacheState:
