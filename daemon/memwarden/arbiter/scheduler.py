@@ -260,5 +260,6 @@ class ModelScheduler:
         """Up to `limit` models: resident first, then the most recently used."""
         order = sorted(self.inputs.cache.entries.values(), key=lambda e: (not e.resident, -e.last_used, e.name))
         return [{"name": e.name, "resident": e.resident, "size": e.size, "size_measured": e.size_measured,
+                 "load_seconds": round(cache.load_time(e), 3), "load_measured": e.load_seconds > 0,
                  "last_used": e.last_used or None, "hits": e.hits, "pinned": e.pinned, "gpu": e.gpu}
                 for e in order[:limit]]

@@ -167,3 +167,12 @@ async def test_the_load_duration_of_a_proxied_answer_reaches_the_policy_through_
     await arbiter.ensure("a", load=False)
     arbiter.note_answer("a:latest", {"done": True, "done_reason": "stop", "load_duration": 7_500_000_000})
     assert cache.load_time(arbiter.cache.entries["a:latest"]) == 7.5
+
+
+async def test_the_models_reply_says_each_models_load_time_and_whether_it_was_measured(world):
+    arbiter, _ = world({"a:latest": 4 * 10**9, "b:latest": 2 * 10**9})
+    await arbiter.ensure("a", load=False)
+    await arbiter.ensure("b", load=False)
+    arbiter.note_answer("a:latest", {"done": True, "load_duration": 9_250_000_000})
+    loads = {m["name"]: (m["load_seconds"], m["load_measured"]) for m in arbiter.models()}
+    assert loads == {"a:latest": (9.25, True), "b:latest": (2.0, False)}, "b: 1 s + 2 GB at 2 GB/s"
