@@ -6,9 +6,10 @@ which it is asked for now × the seconds a load of it takes ÷ its size, and the
 - Only a switch counts: a request for a model other than the one requested just before. A run of requests for
   one model can cost at most one load, so it counts once; the decay's clock (`switches`) counts switches too,
   so a long session does not age every other model.
-- The rate is the decayed count of a model's switches ÷ DEMAND_HALF_LIFE switches (its mean life), and it is
-  never taken above DEMAND_STALE / (switches since the model's last use): a model whose requests stopped loses
-  its place within a few switches however popular it was, which no decayed count alone does.
+- The rate is the decayed count of a model's switches ÷ DEMAND_HALF_LIFE (switches to it per switch, up to a
+  constant factor the same for all), and it is never taken above DEMAND_STALE / (switches since the model's last
+  use): a model whose requests stopped loses its place within a few switches however popular it was, which no
+  decayed count alone does.
 - The cost is `load_time`: Ollama's load time as measured, the size-based estimate until then.
 No inflation value (GDSF's L): the staleness bound ages a model out, and L would let a newcomer's one use outrank
 a steady favourite's many (BENCHMARKS.md, section 5, compares them).
@@ -146,7 +147,7 @@ def decay_priority(state: CacheState, entry: Entry) -> float:
 
 def demand_rate(entry: Entry, switches: int) -> float:
     """demand's estimate of how often `entry` is switched to, per switch, at switch number `switches`: its
-    decayed switches over the half-life's mean life, bounded by DEMAND_STALE / the switches since its last use."""
+    decayed switches ÷ the half-life, bounded by DEMAND_STALE / the switches since its last use."""
     age = switches - entry.visit_switch
     rate = entry.visits * 0.5 ** (age / DEMAND_HALF_LIFE) / DEMAND_HALF_LIFE
     return min(rate, DEMAND_STALE / age) if age > 0 else rate
