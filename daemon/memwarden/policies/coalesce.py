@@ -7,13 +7,18 @@ why the rest wait; when to look again).
 Ollama serves its queue in arrival order, and each request for a model that is not loaded is a swap, so a burst
 A B A A C costs up to four loads where three would do. The proxy keeps the requests Ollama need not see yet and
 sends them in this order:
-1. `overdue`: a request that has waited proxy.max_wait goes now, whatever it costs (no model starves);
+1. `overdue`: a request that has waited proxy.max_wait goes now, whatever it costs (no model starves), with
+   the rest of its model's queue right behind it (`join`), so that Ollama serves them all on one load;
 2. `resident`: requests for resident models, up to ollama.num_parallel in flight per model (Ollama's own
    OLLAMA_NUM_PARALLEL: more would only queue inside Ollama, where they can no longer be reordered);
 3. `join`: requests for a model whose load is under way ride on that load;
-4. `swap`: one load at a time, and only once no resident model has work queued (its requests would otherwise
-   see their model evicted and swapped back): the model of the oldest queued request, with its whole group.
-Never more than ollama.max_queue requests are in flight (Ollama answers 503 beyond its queue).
+4. `swap`: one load at a time, and only once no resident model has work queued or in flight (the load could
+   evict that model, and its next requests would swap it back): the model of the oldest queued request, with
+   its whole group. The policy cannot tell whether a load would evict anything, so with room to spare a new
+   model may wait up to max_wait behind a busy resident one.
+While a load's room is being made (the arbiter evicting for it), nothing but overdue requests and those riding
+on that load is sent: a request for a model about to be evicted would load it again. Never more than
+ollama.max_queue requests are in flight (Ollama answers 503 beyond its queue).
 
 The wait that max_wait bounds is the time in the proxy's queue, before the request is sent to Ollama.
 """
@@ -33,7 +38,8 @@ SWAP = "swap"
 FULL = "full"  # ollama.max_queue requests in flight
 BUSY = "busy"  # their model has ollama.num_parallel in flight
 LOADING = "loading"  # another model's load is under way
-RESIDENT_WORK = "resident_work"  # resident models still have requests queued
+RESIDENT_WORK = "resident_work"  # resident models still have requests queued or in flight
+MAKING_ROOM = "making_room"  # the arbiter is evicting for a load
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,7 @@ class Plan:
 
 
 def plan(queue: Sequence[Queued], in_flight: Mapping[str, int], resident: Collection[str],
-         loading: Collection[str], now: float, limits: Limits) -> Plan:
+         loading: Collection[str], now: float, limits: Limits, making_room: bool = False) -> Plan:
     flying = dict(in_flight)
     total = sum(flying.values())
     loads = set(loading)
@@ -91,22 +97,27 @@ def plan(queue: Sequence[Queued], in_flight: Mapping[str, int], resident: Collec
         total += 1
 
     for q in queue:  # oldest first, so the overdue ones lead
-        if now - q.since < limits.max_wait:
+        if now < q.since + limits.max_wait or total >= limits.total:  # next_check's sum: due at it exactly
             break
-        if total >= limits.total:
-            break
+        if q.key in taken:
+            continue
         if q.model not in resident and q.model not in loads:
             loads.add(q.model)
             swap = swap or q.model
         send(q, OVERDUE)
+        for other in queue:  # its whole group right behind it, so that Ollama serves it on one load
+            if other.model == q.model and other.key not in taken and total < limits.total:
+                send(other, OVERDUE if now >= other.since + limits.max_wait else JOIN)
     rest = [q for q in queue if q.key not in taken]
-    resident_waiting = False
+    resident_waiting = any(n > 0 and m in resident for m, n in flying.items())
     for q in rest:
         if total >= limits.total:
             held_by = FULL
             break
-        if q.model in resident:
-            if flying.get(q.model, 0) < per_model:
+        if q.model in resident and q.model not in loads:
+            if making_room:
+                held_by = held_by or MAKING_ROOM
+            elif flying.get(q.model, 0) < per_model:
                 send(q, RESIDENT)
             else:
                 resident_waiting = True
@@ -117,9 +128,12 @@ def plan(queue: Sequence[Queued], in_flight: Mapping[str, int], resident: Collec
             else:
                 held_by = held_by or BUSY
     rest = [q for q in rest if q.key not in taken]
+    resident_waiting = resident_waiting or any(s.reason == RESIDENT for s in sent)
     pending_swap = [q for q in rest if q.model not in resident and q.model not in loads]
     if pending_swap and total < limits.total:
-        if loads:
+        if making_room:
+            held_by = MAKING_ROOM
+        elif loads:
             held_by = LOADING
         elif resident_waiting:
             held_by = RESIDENT_WORK

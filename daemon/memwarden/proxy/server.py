@@ -8,11 +8,14 @@ Ollama-shaped: {"error": "..."}.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from memwarden.logs import get_logger
+from memwarden.policies import coalesce
 from memwarden.proxy.admission import Admitter, read_request
 from memwarden.proxy.bodies import BUFFERED_BODIES, CAPPED_ENDPOINTS, BodyBudget, Refusal, read_capped, too_large
+from memwarden.proxy.queue import RequestQueue
 from memwarden.units import format_size
 
 if TYPE_CHECKING:
@@ -47,6 +50,7 @@ class OllamaProxy:
         self.arbiter = arbiter
         self.upstream = upstream.rstrip("/")
         self.admitter = Admitter(arbiter, cfg)
+        self.queue = RequestQueue(self.limits, lambda model: self.arbiter.resident(model))
         self.budget = BodyBudget(BUFFERED_BODIES * cfg.max_request_body)
         self._cfg = cfg
         self.runner: Any = None
@@ -64,6 +68,10 @@ class OllamaProxy:
         self._cfg = cfg
         self.admitter.cfg = cfg
         self.budget.limit = BUFFERED_BODIES * cfg.max_request_body
+
+    def limits(self) -> coalesce.Limits:
+        ollama = self.arbiter.config.ollama
+        return coalesce.Limits(self._cfg.max_wait, ollama.num_parallel, ollama.max_queue)
 
     @property
     def held(self) -> int:
@@ -130,13 +138,23 @@ class OllamaProxy:
             return self._refuse_body(request, body)
         try:
             assert body.raw is not None
-            admission = await self.admitter.admit(read_request(request.path, body.raw))
-            if admission.refusal is not None:
-                return refuse(admission.refusal)
-            response = await self.forward(request, body.stream(), body.size)
-            if admission.model is not None and response.status == 200:
-                self.arbiter.mark_resident(admission.model)
-            return response
+            req = read_request(request.path, body.raw)
+            if req.model is None or req.refused is not None or req.unload:
+                return await self.forward(request, body.stream(), body.size)  # Ollama answers it in its words
+            async with self.queue.slot(req.model) as ticket:
+                try:
+                    admission = await self.admitter.admit(req)
+                finally:
+                    self.queue.admitted(ticket)
+                if admission.refusal is not None:
+                    return refuse(admission.refusal)
+
+                def answered(status: int) -> None:
+                    if admission.model is not None and status == 200:
+                        self.arbiter.mark_resident(admission.model)
+                    self.queue.answered(ticket)
+
+                return await self.forward(request, body.stream(), body.size, answered)
         finally:
             body.release()
 
@@ -147,7 +165,8 @@ class OllamaProxy:
                  buffered=self.budget.used, buffered_limit=self.budget.limit)
         return refuse(refusal)
 
-    async def forward(self, request: web.Request, data: Any, length: int | None) -> web.StreamResponse:
+    async def forward(self, request: web.Request, data: Any, length: int | None,
+                      answered: Callable[[int], None] | None = None) -> web.StreamResponse:
         """Send the request upstream with `data` as its body (streamed: never read whole here) and stream the
         answer back. `length` is sent as Content-Length when known, else the body goes chunked."""
         import aiohttp
@@ -161,6 +180,8 @@ class OllamaProxy:
         try:
             async with self.session.request(request.method, url, data=data, headers=headers,
                                             allow_redirects=False) as up:
+                if answered is not None:
+                    answered(up.status)
                 response = web.StreamResponse(status=up.status, reason=up.reason, headers={
                     k: v for k, v in up.headers.items() if k.lower() not in HOP_BY_HOP})
                 await response.prepare(request)

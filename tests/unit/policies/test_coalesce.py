@@ -96,12 +96,15 @@ def test_requests_for_resident_models_go_first_up_to_num_parallel_each():
     assert p.next_check == q[0].since + LIMITS.max_wait
 
 
-def test_no_swap_while_a_resident_model_still_has_requests_queued():
+def test_no_swap_while_a_resident_model_still_has_requests_queued_or_in_flight():
     q = queue("cold", "hot")
     p = plan(q, {"hot": 1}, {"hot"}, set(), 1.0, LIMITS)
     assert p.send == () and p.held_by == RESIDENT_WORK
 
-    p = plan(q[:1], {"hot": 1}, {"hot"}, set(), 1.0, LIMITS)  # hot's queue drained: cold's swap may start
+    p = plan(q[:1], {"hot": 1}, {"hot"}, set(), 1.0, LIMITS)  # hot's queue drained, its last one in flight
+    assert p.send == () and p.held_by == RESIDENT_WORK
+
+    p = plan(q[:1], {}, {"hot"}, set(), 1.0, LIMITS)  # hot is idle: cold's swap may start
     assert sent(p) == [(0, "cold", SWAP)] and p.swap == "cold"
 
 
@@ -163,3 +166,15 @@ def test_the_plan_logs_its_inputs_as_fields():
 def test_a_resident_models_requests_beyond_num_parallel_wait_in_the_proxy_not_in_ollama():
     p = plan(queue("hot", "hot"), {"hot": 1}, {"hot"}, set(), 1.0, Limits(10.0, per_model=1, total=512))
     assert p.send == () and p.held == 2 and p.held_by == BUSY
+
+
+def test_a_resident_request_sent_by_the_plan_holds_the_swap_behind_it():
+    p = plan(queue("hot", "cold"), {}, {"hot"}, set(), 1.0, LIMITS)
+    assert sent(p) == [(0, "hot", RESIDENT)] and p.held_by == RESIDENT_WORK and p.swap is None
+
+
+def test_an_overdue_request_takes_its_models_queue_with_it_onto_one_load():
+    q = [Queued(0, "b", 0.0), Queued(1, "c", 0.5), Queued(2, "b", 3.0), Queued(3, "b", 4.0)]
+    p = plan(q, {"hot": 1}, {"hot"}, set(), 10.0, Limits(max_wait=7.0, per_model=1, total=512))
+    assert sent(p) == [(0, "b", OVERDUE), (2, "b", OVERDUE), (3, "b", JOIN), (1, "c", OVERDUE)]
+    assert p.swap == "b", "one load of b serves all three; c's load follows in Ollama's queue"
