@@ -152,7 +152,7 @@ class ProxyConfig:
     preempt: bool = setting(
         False, boolean, "Serving has priority: a request preempts a preemptible lease instead of waiting.")
     max_wait: float = setting(
-        "10s", duration(0),
+        "5s", duration(0),
         "Longest a request waits in the proxy's queue while requests for resident models go first and those for "
         "the others are grouped into one load per model; past it, the request is sent at once.")
     resume_after_idle: float = setting(
