@@ -103,6 +103,7 @@ async def forward(upstream: Upstream, method: str, target: str, headers: list[tu
         raise UpstreamFailed(f"unreadable answer: {exc}") from None
     out = resp.forwarded()
     no_body = method == "HEAD" or status in (204, 304)
+    relay: http.ChunkedRelay | None = None
     if no_body:
         if up_length is not None:
             out.append(("Content-Length", str(up_length)))
@@ -112,7 +113,8 @@ async def forward(upstream: Upstream, method: str, target: str, headers: list[tu
         pieces = http.body(conn.reader, up_length, False)
     elif up_chunked and http11:
         out.append(("Transfer-Encoding", "chunked"))
-        pieces = http.chunked_raw(conn.reader)
+        relay = http.ChunkedRelay(conn.reader)
+        pieces = aiter(relay)
     else:  # to an HTTP/1.0 client, or an answer that ends with its connection: the end is the close
         up_keep = up_keep and up_chunked
         keep_alive = False
@@ -135,7 +137,7 @@ async def forward(upstream: Upstream, method: str, target: str, headers: list[tu
         log.warning("proxied answer broken", target=target[:200], error=repr(exc)[:200])
         conn.close()
         return Outcome(status, False)
-    if up_keep:
+    if up_keep and not (relay is not None and relay.extra):
         upstream.give(conn)
     else:
         conn.close()

@@ -104,16 +104,8 @@ async def read_head(reader: asyncio.StreamReader) -> Head | None:
     return Head((parts[0], parts[1], parts[2]), tuple(headers))
 
 
-async def _chunk_size(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    line = await reader.readuntil(CRLF)
-    size = line.split(b";", 1)[0].strip()
-    try:
-        n = int(size, 16)
-    except ValueError:
-        raise BadMessage("invalid chunk size") from None
-    if n < 0 or not size or size.startswith((b"-", b"+", b"0x", b"0X")):
-        raise BadMessage("invalid chunk size")
-    return n, line
+async def _chunk_size(reader: asyncio.StreamReader) -> int:
+    return _size(await reader.readuntil(CRLF))
 
 
 async def _copy_exactly(reader: asyncio.StreamReader, n: int) -> AsyncIterator[bytes]:
@@ -130,7 +122,7 @@ async def body(reader: asyncio.StreamReader, length: int | None, chunked: bool,
     """A message body's bytes, decoded from its framing, as they arrive."""
     if chunked:
         while True:
-            n, _ = await _chunk_size(reader)
+            n = await _chunk_size(reader)
             if n == 0:
                 while (await reader.readuntil(CRLF)) != CRLF:  # trailers: dropped
                     pass
@@ -147,29 +139,63 @@ async def body(reader: asyncio.StreamReader, length: int | None, chunked: bool,
             yield data
 
 
-async def chunked_raw(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
-    """A chunked body in its own framing, each chunk whole with its size line (what an HTTP/1.1 peer gets)."""
-    while True:
-        n, line = await _chunk_size(reader)
-        if n == 0:
-            tail = [line]
-            while (trailer := await reader.readuntil(CRLF)) != CRLF:
-                tail.append(trailer)
-            tail.append(CRLF)
-            yield b"".join(tail)
-            return
-        if n + 2 <= READ_SIZE:
-            data = await reader.readexactly(n + 2)
-            if not data.endswith(CRLF):
-                raise BadMessage("chunk not followed by CRLF")
-            yield line + data
-            continue
-        yield line
-        async for data in _copy_exactly(reader, n):
+class ChunkedRelay:
+    """A chunked body in its own framing, passed on in whatever pieces arrive: each piece is parsed only for
+    where its chunks begin and end (to know where the body ends), never split or copied apart. A streamed answer
+    costs one read and one write per arrival, however many chunks it holds.
+
+    `extra` says bytes followed the body in the last read (a peer that does not wait for the next request):
+    the connection cannot be reused then."""
+
+    MAX_LINE = 4096  # a chunk-size line or a trailer; Ollama's are a few bytes
+
+    def __init__(self, reader: asyncio.StreamReader):
+        self.reader = reader
+        self.extra = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        need = 0  # bytes left of the current chunk's data and its CRLF
+        line = b""  # a size line or trailer split across reads
+        trailers = False
+        while True:
+            data = await self.reader.read(READ_SIZE)
+            if not data:
+                raise asyncio.IncompleteReadError(line, None)
+            i, n = 0, len(data)
+            while i < n:
+                if need:
+                    step = min(need, n - i)
+                    i += step
+                    need -= step
+                    continue
+                j = data.find(b"\n", i)
+                if j < 0:
+                    line += data[i:]
+                    if len(line) > self.MAX_LINE:
+                        raise BadMessage("chunk-size line too long")
+                    break
+                line, i = line + data[i:j + 1], j + 1
+                if trailers:
+                    if line in (CRLF, b"\n"):
+                        self.extra = i < n
+                        yield data[:i]
+                        return
+                elif (size := _size(line)) == 0:
+                    trailers = True
+                else:
+                    need = size + 2
+                line = b""
             yield data
-        if await reader.readexactly(2) != CRLF:
-            raise BadMessage("chunk not followed by CRLF")
-        yield CRLF
+
+
+def _size(line: bytes) -> int:
+    size = line.split(b";", 1)[0].strip()
+    if not size or size.startswith((b"-", b"+", b"0x", b"0X")):
+        raise BadMessage("invalid chunk size")
+    try:
+        return int(size, 16)
+    except ValueError:
+        raise BadMessage("invalid chunk size") from None
 
 
 def encode_head(start: str, headers: list[tuple[str, str]]) -> bytes:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 log = get_logger()
 
 IDLE_S = 300.0  # a client connection with no request (or a head not finished) for this long is closed
+LINGER_S = 2.0  # a refused body's sender gets this long to stop sending and read the refusal
 
 
 class _Chunks:
@@ -59,6 +60,17 @@ async def error_answer(writer: asyncio.StreamWriter, status: int, message: str, 
         headers.append(("Connection", "close"))
     writer.write(http.encode_head(f"HTTP/1.1 {status} {http.REASONS.get(status, 'Error')}", headers) + body)
     await writer.drain()
+
+
+async def linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """After an answer sent while the client was still sending: end our side, then read and drop what it still
+    sends (briefly), so that closing does not reset the connection before the client has read the answer."""
+    with contextlib.suppress(OSError, RuntimeError, TimeoutError):
+        if writer.can_write_eof():
+            writer.write_eof()
+        async with asyncio.timeout(LINGER_S):
+            while await reader.read(http.READ_SIZE):
+                pass
 
 
 class OllamaProxy:
@@ -170,7 +182,8 @@ class OllamaProxy:
                         http11: bool, keep: bool) -> bool:
         cap = self.cfg.max_request_body
         if length is not None and length > cap:  # refused before a byte is read (or sent, with Expect)
-            return await self._refuse_body(writer, path, length, too_large(cap, f"of {format_size(length)} is"))
+            return await self._refuse_body(reader, writer, path, length,
+                                           too_large(cap, f"of {format_size(length)} is"))
         if expects:
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         try:
@@ -180,7 +193,7 @@ class OllamaProxy:
             await error_answer(writer, 400, "memwarden proxy: request body incomplete", close=True)
             return False
         if isinstance(body, Refusal):
-            return await self._refuse_body(writer, path, length, body)
+            return await self._refuse_body(reader, writer, path, length, body)
         try:
             assert body.raw is not None
             req = read_request(path, body.raw)
@@ -200,14 +213,15 @@ class OllamaProxy:
         finally:
             body.release()
 
-    async def _refuse_body(self, writer: asyncio.StreamWriter, path: str, declared: int | None,
-                           refusal: Refusal) -> bool:
+    async def _refuse_body(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str,
+                           declared: int | None, refusal: Refusal) -> bool:
         self.refused_bodies += 1
         log.info("decision: proxy refuses a request body", decision="proxy.body", path=path,
                  status=refusal.status, declared=declared, cap=self.cfg.max_request_body,
                  buffered=self.budget.used, buffered_limit=self.budget.limit)
         # The rest of the body is unread: the connection cannot carry another request.
         await error_answer(writer, refusal.status, refusal.message, refusal.retry_after, close=True)
+        await linger(reader, writer)
         return False
 
     async def _forward(self, head: http.Head, writer: asyncio.StreamWriter, body: Body, length: int | None,

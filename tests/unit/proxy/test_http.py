@@ -73,20 +73,40 @@ async def test_a_chunked_body_is_decoded_with_extensions_and_trailers_dropped():
     assert await r.read() == b"NEXT", "the body ends where its framing says, not at the connection's end"
 
 
-async def test_a_chunked_answer_passes_through_in_its_own_bytes_one_chunk_at_a_time():
+async def test_a_chunked_answer_passes_through_in_its_own_bytes_as_they_arrive():
     raw = b'e\r\n{"response":1}\r\n0\r\n\r\n'
-    r = reader_of(raw + b"NEXT")
-    chunks = await collect(http.chunked_raw(r))
-    assert chunks == [b'e\r\n{"response":1}\r\n', b"0\r\n\r\n"] and b"".join(chunks) == raw
-    assert await r.read() == b"NEXT"
+    r = asyncio.StreamReader()
+    relay = http.ChunkedRelay(r)
+    pieces = aiter(relay)
+    r.feed_data(raw[:9])  # a read ends inside the chunk's data: what came is passed on at once
+    assert await anext(pieces) == raw[:9]
+    r.feed_data(raw[9:])
+    r.feed_data(b"NEXT")
+    assert await anext(pieces) == raw[9:]
+    with pytest.raises(StopAsyncIteration):
+        await anext(pieces)
+    assert relay.extra, "bytes after the body: the connection is not reused"
 
 
-async def test_a_large_chunk_passes_through_in_pieces():
-    data = b"x" * (3 * http.READ_SIZE)
-    r = reader_of(b"%x\r\n" % len(data) + data + b"\r\n0\r\n\r\n")
-    chunks = await collect(http.chunked_raw(r))
-    assert b"".join(chunks) == b"%x\r\n" % len(data) + data + b"\r\n0\r\n\r\n"
-    assert max(map(len, chunks)) <= http.READ_SIZE
+async def test_many_chunks_in_one_read_leave_in_one_piece_and_a_split_size_line_is_joined():
+    body = b"".join(b"%x\r\n%s\r\n" % (len(w), w) for w in (b"a" * 20, b"bb", b"c" * 300)) + b"0\r\nX-T: 1\r\n\r\n"
+    r = reader_of(body)
+    assert await collect(aiter(http.ChunkedRelay(r))) == [body]
+    r = asyncio.StreamReader()
+    relay = http.ChunkedRelay(r)
+    pieces = aiter(relay)
+    r.feed_data(b"1")
+    assert await anext(pieces) == b"1"
+    r.feed_data(b"4\r\n" + b"x" * 20 + b"\r\n0\r\n\r\n")
+    r.feed_eof()
+    assert await anext(pieces) == b"4\r\n" + b"x" * 20 + b"\r\n0\r\n\r\n" and not relay.extra
+
+
+async def test_an_answer_cut_short_is_an_error_not_an_end():
+    with pytest.raises(asyncio.IncompleteReadError):
+        await collect(aiter(http.ChunkedRelay(reader_of(b"5\r\nhel"))))
+    with pytest.raises(http.BadMessage):
+        await collect(aiter(http.ChunkedRelay(reader_of(b"zz\r\nhello\r\n"))))
 
 
 @pytest.mark.parametrize("raw", [b"zz\r\nhello\r\n", b"5\r\nhelloXX0\r\n\r\n", b"-5\r\nhello\r\n"])
