@@ -11,6 +11,8 @@ Targets, in the same run, taking turns in blocks so drift hits them alike:
   direct        the double itself (the baseline every ratio is taken against);
   memwarden     memwardend's proxy (the coalescing queue, admission's hit path, then a pooled raw forward);
   aiohttp fwd   a bare aiohttp pass-through proxy (same interpreter, no admission): what the extra hop alone costs;
+  (each with the CPU time its server process spent per timed request, read from /proc: a figure the machine's
+  load disturbs far less than latency; memwardend's includes its 1 s sample passes)
   BASTION       bastion-broker 0.6.0 (FastAPI) in front of the same double, from a separate venv (--bastion), with
                 its defaults plus what it needs without nvidia-smi; and once more with
                 scheduler.concurrent_dispatch_delay_seconds = 0. Reported as unavailable when its executable is
@@ -133,14 +135,24 @@ def bastion(binary: str, double_port: int, tuned: bool, stack: contextlib.ExitSt
     yield port
 
 
-def start_forwarder(upstream: str, stack: contextlib.ExitStack) -> int:
+def start_forwarder(upstream: str, stack: contextlib.ExitStack, pids: dict[str, int]) -> int:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-c", FORWARDER, str(port), upstream], stdin=subprocess.DEVNULL)
     stack.callback(kill_process, proc)
     wait_until(lambda: proc.poll() is not None or http_ready(port), 20, "the aiohttp forwarder")
     if proc.poll() is not None:
         raise RuntimeError(f"the aiohttp forwarder exited with {proc.returncode}")
+    pids["forwarder"] = proc.pid
     return port
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process so far (0 when unknown)."""
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def one_request(conn: HTTPConnection, body: bytes, stream: bool) -> float:
@@ -163,7 +175,9 @@ def one_request(conn: HTTPConnection, body: bytes, stream: bool) -> float:
 
 
 def measure(targets: dict[str, int], counts: dict[str, int], warmup: dict[str, int], stream: bool,
-            blocks: int, clients: int = 1) -> dict[str, list[float]]:
+            blocks: int, clients: int = 1, pids: dict[str, int] | None = None,
+            cpu: dict[str, float] | None = None) -> dict[str, list[float]]:
+    """Samples per target; `cpu` gets each target's server CPU seconds over its timed requests (by `pids`)."""
     body = json.dumps({"model": MODEL, "prompt": PROMPT, "stream": stream}).encode()
     conns = {name: [HTTPConnection("127.0.0.1", port, timeout=30) for _ in range(clients)]
              for name, port in targets.items()}
@@ -197,7 +211,10 @@ def measure(targets: dict[str, int], counts: dict[str, int], warmup: dict[str, i
             for name in conns:
                 per = counts[name] // blocks
                 n = per if b < blocks - 1 else counts[name] - per * (blocks - 1)
+                c0 = cpu_seconds((pids or {}).get(name))
                 together(name, n, samples[name])
+                if cpu is not None:
+                    cpu[name] = cpu.get(name, 0.0) + cpu_seconds((pids or {}).get(name)) - c0
     finally:
         for group in conns.values():
             for conn in group:
@@ -223,15 +240,16 @@ def render(results: dict[str, Any], mode: str, title: str) -> str:
             continue
         s = results[mode][name]
         row = [LABELS[name], fmt(s["p50_us"]), fmt(s["p99_us"])]
+        cpu_row = fmt(s.get("cpu_us_per_request")) if s.get("cpu_us_per_request") is not None else "—"
         if name == "direct":
-            row += ["—", "—", "1.00×", "1.00×", s["n"]]
+            row += ["—", "—", "1.00×", "1.00×", cpu_row, s["n"]]
         else:
             row += [fmt(round(s["p50_us"] - base["p50_us"], 1)), fmt(round(s["p99_us"] - base["p99_us"], 1)),
                     fmt_ratio(ratio(s["p50_us"], base["p50_us"])), fmt_ratio(ratio(s["p99_us"], base["p99_us"])),
-                    s["n"]]
+                    cpu_row, s["n"]]
         rows.append(row)
     return table([title, "p50 (µs)", "p99 (µs)", "added p50 (µs)", "added p99 (µs)", "ratio p50", "ratio p99",
-                  "n"], rows)
+                  "server CPU per request (µs)", "n"], rows)
 
 
 def main() -> int:
@@ -258,8 +276,9 @@ def main() -> int:
         world = stack.enter_context(arbitration_world(MODELS, [MODEL], total_bytes=24 * GiB, double_kw=double_kw,
                                                       proxy=True, ollama={"num_parallel": 8}))
         assert world.proxy_port is not None
+        pids = {"direct": world.double.pid, "memwarden": world.daemon.pid}
         targets = {"direct": world.double.port, "memwarden": world.proxy_port,
-                   "forwarder": start_forwarder(world.double.url, stack)}
+                   "forwarder": start_forwarder(world.double.url, stack, pids)}
         for key, tuned in (("bastion", False), ("bastion_tuned", True)):
             if not args.bastion:
                 results["bastion"][key] = "skipped (--bastion '')"
@@ -274,8 +293,11 @@ def main() -> int:
         warmup = {name: min(args.warmup, 20) if name.startswith("bastion") else args.warmup for name in targets}
         for suffix, clients in (("", 1), ("_concurrent", args.clients)):
             for mode, stream in (("generate", False), ("ttfc", True)):
-                samples = measure(targets, counts, warmup, stream, args.blocks, clients)
-                results[mode + suffix] = {name: stats(v) for name, v in samples.items()}
+                cpu: dict[str, float] = {}
+                samples = measure(targets, counts, warmup, stream, args.blocks, clients, pids, cpu)
+                results[mode + suffix] = {name: {**stats(v), "cpu_us_per_request": round(1e6 * cpu[name] / len(v))
+                                                 if name in cpu and name in pids else None}
+                                          for name, v in samples.items()}
         state = world.double.state()
         results["double_loads"] = state["counters"].get("loads")
         results["daemon_hits"] = world.daemon.call("gpu").get("scheduler", {}).get("hits")
