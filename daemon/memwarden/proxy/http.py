@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 MAX_HEAD = 64 * 1024  # request line and headers; Ollama's clients send a few hundred bytes
 READ_SIZE = 64 * 1024
@@ -39,18 +39,21 @@ class Head:
 
     start: tuple[str, str, str]  # (method, target, version) or (version, status, reason)
     headers: tuple[tuple[str, str], ...]
+    fields: dict[str, list[str]] = field(default_factory=dict, compare=False, repr=False)  # lower-case name
+
+    def __post_init__(self) -> None:
+        if not self.fields:
+            for k, v in self.headers:
+                self.fields.setdefault(k.lower(), []).append(v)
 
     def get(self, name: str) -> str | None:
-        name = name.lower()
-        for k, v in self.headers:
-            if k.lower() == name:
-                return v
-        return None
+        values = self.fields.get(name.lower())
+        return values[0] if values else None
 
     @property
     def length(self) -> int | None:
         """Content-Length; None when absent. BadMessage when it cannot be trusted."""
-        values = [v for k, v in self.headers if k.lower() == "content-length"]
+        values = self.fields.get("content-length")
         if not values:
             return None
         if len(set(values)) > 1 or not values[0].strip().isdigit():
@@ -61,20 +64,20 @@ class Head:
 
     @property
     def chunked(self) -> bool:
-        te = self.get("transfer-encoding")
-        if te is None:
+        values = self.fields.get("transfer-encoding")
+        if not values:
             return False
-        if te.strip().lower() != "chunked":
-            raise BadMessage(f"Transfer-Encoding {te[:40]!r} not supported", 501)
+        if len(values) > 1 or values[0].strip().lower() != "chunked":
+            raise BadMessage(f"Transfer-Encoding {', '.join(values)[:40]!r} not supported", 501)
         return True
 
     def tokens(self, name: str) -> set[str]:
-        return {t.strip().lower() for k, v in self.headers if k.lower() == name for t in v.split(",")}
+        return {t.strip().lower() for v in self.fields.get(name, ()) for t in v.split(",")}
 
     def forwarded(self) -> list[tuple[str, str]]:
         """The end-to-end headers: what the next hop gets."""
-        named = self.tokens("connection")  # headers the Connection header names are hop-by-hop too
-        return [(k, v) for k, v in self.headers if k.lower() not in HOP_BY_HOP and k.lower() not in named]
+        drop = HOP_BY_HOP | self.tokens("connection") if "connection" in self.fields else HOP_BY_HOP
+        return [(k, v) for k, v in self.headers if k.lower() not in drop]
 
 
 async def read_head(reader: asyncio.StreamReader) -> Head | None:
@@ -98,7 +101,7 @@ async def read_head(reader: asyncio.StreamReader) -> Head | None:
         if not line:
             continue
         name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip() or any(c in name for c in " \t"):
+        if not sep or not name or " " in name or "\t" in name:
             raise BadMessage("malformed header line")
         headers.append((name, value.strip()))
     return Head((parts[0], parts[1], parts[2]), tuple(headers))
@@ -189,8 +192,8 @@ class ChunkedRelay:
 
 
 def _size(line: bytes) -> int:
-    size = line.split(b";", 1)[0].strip()
-    if not size or size.startswith((b"-", b"+", b"0x", b"0X")):
+    size = line.split(b";", 1)[0].strip() if b";" in line else line.strip()
+    if not size.isalnum() or size[:2] in (b"0x", b"0X"):  # 1*HEXDIG only: no sign, prefix, "_" or space
         raise BadMessage("invalid chunk size")
     try:
         return int(size, 16)

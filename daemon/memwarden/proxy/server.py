@@ -20,7 +20,16 @@ from memwarden.logs import get_logger
 from memwarden.policies import coalesce
 from memwarden.proxy import http
 from memwarden.proxy.admission import Admitter, read_request
-from memwarden.proxy.bodies import BUFFERED_BODIES, CAPPED_ENDPOINTS, BodyBudget, Refusal, read_capped, too_large
+from memwarden.proxy.bodies import (
+    BUFFERED_BODIES,
+    CAPPED_ENDPOINTS,
+    SMALL_BODY,
+    BodyBudget,
+    Refusal,
+    read_capped,
+    read_small,
+    too_large,
+)
 from memwarden.proxy.forward import Body, ClientGone, UpstreamFailed, forward
 from memwarden.proxy.queue import RequestQueue, Ticket
 from memwarden.proxy.upstream import Upstream
@@ -187,9 +196,12 @@ class OllamaProxy:
         if expects:
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         try:
-            body = await read_capped(_Chunks(http.body(reader, length, chunked)), length, cap, self.budget)
-        except ClientGone as exc:  # the client hung up or broke its framing mid-body
-            log.info("proxy request body not received", path=path, error=str(exc))
+            if length is not None and length <= SMALL_BODY:
+                body = await read_small(reader, length, cap, self.budget)
+            else:
+                body = await read_capped(_Chunks(http.body(reader, length, chunked)), length, cap, self.budget)
+        except (ClientGone, OSError, asyncio.IncompleteReadError) as exc:  # the client hung up mid-body
+            log.info("proxy request body not received", path=path, error=repr(exc)[:200])
             await error_answer(writer, 400, "memwarden proxy: request body incomplete", close=True)
             return False
         if isinstance(body, Refusal):
