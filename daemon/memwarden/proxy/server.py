@@ -42,7 +42,10 @@ if TYPE_CHECKING:
 log = get_logger()
 
 IDLE_S = 300.0  # a client connection with no request (or a head not finished) for this long is closed
-LINGER_S = 2.0  # a refused body's sender gets this long to stop sending and read the refusal
+# A refused body's sender gets this long to stop sending and read the refusal (nginx's lingering_time and
+# lingering_timeout): what it still sends is read and dropped, never held.
+LINGER_S = 30.0
+LINGER_IDLE_S = 5.0
 
 
 class _Chunks:
@@ -78,7 +81,7 @@ async def linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         if writer.can_write_eof():
             writer.write_eof()
         async with asyncio.timeout(LINGER_S):
-            while await reader.read(http.READ_SIZE):
+            while await asyncio.wait_for(reader.read(http.READ_SIZE), LINGER_IDLE_S):
                 pass
 
 
