@@ -10,7 +10,9 @@ sends them in this order:
 1. `overdue`: a request that has waited proxy.max_wait goes now, whatever it costs (no model starves), with
    the rest of its model's queue right behind it (`join`), so that Ollama serves them all on one load;
 2. `resident`: requests for resident models, up to ollama.num_parallel in flight per model (Ollama's own
-   OLLAMA_NUM_PARALLEL: more would only queue inside Ollama, where they can no longer be reordered);
+   OLLAMA_NUM_PARALLEL: more would only queue inside Ollama, where they can no longer be reordered); while no
+   request for another model waits and no load is under way there is nothing to reorder, and they all go (an
+   Ollama configured for more than ollama.num_parallel says is then never held back by the proxy);
 3. `join`: requests for a model whose load is under way ride on that load;
 4. `swap`: one load at a time, and only once no resident model has work queued or in flight (the load could
    evict that model, and its next requests would swap it back): the model of the oldest queued request, with
@@ -110,6 +112,8 @@ def plan(queue: Sequence[Queued], in_flight: Mapping[str, int], resident: Collec
                 send(other, OVERDUE if now >= other.since + limits.max_wait else JOIN)
     rest = [q for q in queue if q.key not in taken]
     resident_waiting = any(n > 0 and m in resident for m, n in flying.items())
+    if not loads and all(q.model in resident for q in rest):
+        per_model = limits.total  # nothing to reorder them with, and no load they could be evicted by
     for q in rest:
         if total >= limits.total:
             held_by = FULL

@@ -163,9 +163,17 @@ def test_the_plan_logs_its_inputs_as_fields():
     assert fields["sent"] == [("a", SWAP, 1.0)]
 
 
-def test_a_resident_models_requests_beyond_num_parallel_wait_in_the_proxy_not_in_ollama():
-    p = plan(queue("hot", "hot"), {"hot": 1}, {"hot"}, set(), 1.0, Limits(10.0, per_model=1, total=512))
-    assert p.send == () and p.held == 2 and p.held_by == BUSY
+def test_a_resident_models_requests_beyond_num_parallel_wait_in_the_proxy_while_another_model_waits():
+    p = plan(queue("hot", "hot", "cold"), {"hot": 1}, {"hot"}, set(), 1.0, Limits(10.0, per_model=1, total=512))
+    assert p.send == () and p.held == 3 and p.held_by == RESIDENT_WORK
+
+    p = plan(queue("hot", "hot"), {"hot": 1}, {"hot"}, {"cold"}, 1.0, Limits(10.0, per_model=1, total=512))
+    assert p.send == () and p.held_by == BUSY, "nor while a load is under way"
+
+
+def test_with_no_other_model_waiting_num_parallel_holds_nothing_back():
+    p = plan(queue("hot", "hot", "warm"), {"hot": 1}, {"hot", "warm"}, set(), 1.0, Limits(10.0, 1, total=4))
+    assert [s.reason for s in p.send] == [RESIDENT] * 3 and p.in_flight == 4, "only Ollama's queue bounds them"
 
 
 def test_a_resident_request_sent_by_the_plan_holds_the_swap_behind_it():
