@@ -135,8 +135,8 @@ class OllamaConfig:
         0, integer(0, 10000), "Ollama's OLLAMA_MAX_LOADED_MODELS, so the scheduler evicts before Ollama would "
         "(0: Ollama's default, 3 per GPU). Raise both to keep many small specialists resident.")
     num_parallel: int = setting(
-        1, integer(1, 1024), "Ollama's OLLAMA_NUM_PARALLEL: the proxy sends at most this many requests per model "
-        "at once and keeps the rest in its own queue, where it can still order them.")
+        1, integer(1, 1024), "Ollama's OLLAMA_NUM_PARALLEL: while requests for other models wait, the proxy sends "
+        "at most this many per model at once and keeps the rest in its own queue, where it can still order them.")
     max_queue: int = setting(
         512, integer(1, 1_000_000), "Ollama's OLLAMA_MAX_QUEUE: the proxy never has more requests in flight to "
         "Ollama (beyond it Ollama answers 503).")
