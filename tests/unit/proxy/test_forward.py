@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+
+import pytest
 
 from memwarden.proxy import http
-from memwarden.proxy.forward import forward
-from memwarden.proxy.upstream import Upstream
+from memwarden.proxy.forward import UpstreamFailed, forward
+from memwarden.proxy.upstream import Connection, Upstream
 
 
 class Sink:
@@ -87,22 +90,41 @@ async def test_a_chunked_answer_reaches_the_client_chunk_by_chunk():
     assert up.heads[0].get("host") == url.removeprefix("http://") and up.bodies == [b'{"model":"m"}']
 
 
-async def test_the_connection_is_reused_and_a_stale_one_is_retried_on_a_new_one():
+async def test_the_connection_is_reused_and_a_stale_one_is_retried_on_a_new_one(monkeypatch):
+    closed = asyncio.Event()
+
     async def answer(head, body, writer):
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         await writer.drain()
         if head.get("x-last") == "1":
             writer.close()  # Ollama closes this connection once it sits idle in the pool
+            await writer.wait_closed()
+            closed.set()
 
     async with Upstream1(answer) as up:
         pool = Upstream(up.url)
-        for last in ("0", "1", "0"):
+        for last in ("0", "1"):
             sink = Sink()
             outcome = await forward(pool, "GET", "/api/tags", [("X-Last", last)], None, None, sink, True, True)
             assert outcome.status == 200 and bytes(sink.data).endswith(b"\r\n\r\nok")
-            await asyncio.sleep(0.05) if last == "1" else None  # let the close arrive, as it would while idle
-        assert up.connections == 2 and pool.opened == 2
+        assert up.connections == 1 and pool.opened == 1, "the second request reused the first one's connection"
+        await closed.wait()
+        # As if the close had not been seen yet when the next request takes the connection from the pool:
+        monkeypatch.setattr(Connection, "usable", lambda self: True)
+        sink = Sink()
+        outcome = await forward(pool, "GET", "/api/tags", [], None, None, sink, True, True)
+        assert outcome.status == 200 and bytes(sink.data).endswith(b"\r\n\r\nok")
+        assert up.connections == 2 and pool.opened == 2, "retried once, on a new connection"
         pool.close()
+
+
+async def test_ollama_unreachable_is_upstream_failed_for_the_caller_to_answer_502():
+    with contextlib.closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, never listening: connections are refused
+        with pytest.raises(UpstreamFailed):
+            await forward(Upstream(f"http://127.0.0.1:{port}"), "GET", "/api/tags", [], None, None, Sink(), True,
+                          True)
 
 
 async def test_a_streamed_body_goes_up_chunked_and_an_answer_to_http10_ends_with_the_close():
