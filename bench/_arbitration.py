@@ -78,6 +78,7 @@ class World:
 def arbitration_world(models: list[dict[str, Any]], resident: list[str], *, total_bytes: int,
                       double_kw: dict[str, Any] | None = None, gpu: dict[str, Any] | None = None,
                       proxy: bool = False, daemon: dict[str, Any] | None = None,
+                      ollama: dict[str, Any] | None = None,
                       resident_keep_alive: str = "-1m") -> Iterator[World]:
     """A sim GPU of `total_bytes`, the double with `models` installed and `resident` loaded (keep_alive forever),
     and a memwardend with gpu.backend = "sim" and ollama.url = the double (and its proxy on a free loopback port
@@ -95,7 +96,7 @@ def arbitration_world(models: list[dict[str, Any]], resident: list[str], *, tota
         config: dict[str, dict[str, Any]] = {
             "daemon": {"sample_interval": "1s", "log_level": "info", **(daemon or {})},
             "gpu": {"backend": "sim", "sim_file": str(sim), "evict_timeout": "20s", **(gpu or {})},
-            "ollama": {"url": double.url, "timeout": "5s"},
+            "ollama": {"url": double.url, "timeout": "5s", **(ollama or {})},
         }
         if proxy:
             config["proxy"] = {"enabled": True, "listen": f"127.0.0.1:{proxy_port}"}

@@ -32,7 +32,7 @@ SCRIPTS = ("daemon_footprint.py", "status_latency.py", "startup.py", "proxy_late
            "decision_time.py", "lease_latency.py", "memory_ingest.py", "container_sample_cost.py",
            "leak_detection.py", "trainer_throughput.py", "forgetting.py", "preemption_latency.py",
            "rss_24h.py", "fuzz_counts.py", "systemd_start.py", "proxy_body_memory.py", "socket_fairness.py",
-           "reply_stall.py", "leak_history_size.py", "ray_executor.py", "demand_ablation.py")
+           "reply_stall.py", "leak_history_size.py", "ray_executor.py", "proxy_coalescing.py", "demand_ablation.py")
 # Shorter than their defaults, to keep `make bench` short; BENCHMARKS.md records the full-length runs.
 ARGS = {"container_sample_cost.py": ("--api-passes", "1"), "leak_detection.py": ("--minutes", "2", "--window", "30s"),
         "reply_stall.py": ("--seconds", "15"), "demand_ablation.py": ("--seeds", "1", "--length", "10000")}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sized
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -48,11 +48,20 @@ class ClientCounts(Protocol):
     served: int
 
 
+class ProxyQueueCounts(Protocol):
+    """What the metrics read of the proxy's queue."""
+
+    swaps: int
+    overdue: int
+    waiting: Sized
+
+
 class ProxyCounts(Protocol):
     """What the metrics read of the Ollama proxy."""
 
     requests: int
     preemptions: int
+    queue: ProxyQueueCounts
 
 
 @dataclass

@@ -543,3 +543,24 @@ def test_on_two_gpus_each_model_goes_whole_to_the_roomiest_and_evictions_free_th
         placed = {r["name"]: r["gpu"] for r in od.state()["loaded"]}
         assert placed == {"a:latest": 0, "c:latest": 1}
         assert gpu_used(sim, 0) == gpu_used(sim, 1) == 7 * GiB
+
+
+def test_every_connection_sends_without_nagles_delay(od):
+    od.generate("alpha", "hi")
+    od.get("/api/tags")
+    assert [r["nodelay"] for r in od.state()["requests"]] == [True, True]
+
+
+def test_pending_requests_are_served_in_arrival_order_so_a_burst_swaps_on_each_change_of_model(make_double):
+    od = make_double(max_loaded=1, chunk_delay=0.05)
+    od.load("alpha", "1h")
+    busy, _ = in_background(od.generate, "alpha", "keep me busy")
+    wait_until(lambda: loaded(od)["alpha:latest"]["in_flight"] == 1, message="alpha to be busy")
+    swap, _ = in_background(od.generate, "beta", "hi")  # waits for alpha to go idle
+    wait_until(lambda: od.state()["pending"] == 1, message="beta pending")
+    behind, out = in_background(od.generate, "alpha", "hi")  # alpha is loaded, but beta is ahead of it
+    for t in (busy, swap, behind):
+        t.join(20)
+    assert out[0].status == 200
+    assert [e["model"] for e in od.state()["events"] if e["event"] == "loaded"] == \
+        ["alpha:latest", "beta:latest", "alpha:latest"]

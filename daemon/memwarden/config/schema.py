@@ -136,6 +136,12 @@ class OllamaConfig:
     max_loaded_models: int = setting(
         0, integer(0, 10000), "Ollama's OLLAMA_MAX_LOADED_MODELS, so the scheduler evicts before Ollama would "
         "(0: Ollama's default, 3 per GPU). Raise both to keep many small specialists resident.")
+    num_parallel: int = setting(
+        1, integer(1, 1024), "Ollama's OLLAMA_NUM_PARALLEL: while requests for other models wait, the proxy sends "
+        "at most this many per model at once and keeps the rest in its own queue, where it can still order them.")
+    max_queue: int = setting(
+        512, integer(1, 1_000_000), "Ollama's OLLAMA_MAX_QUEUE: the proxy never has more requests in flight to "
+        "Ollama (beyond it Ollama answers 503).")
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,10 @@ class ProxyConfig:
         "2m", duration(0), "While a lease holds the GPU, a request waits this long before a 503 with Retry-After.")
     preempt: bool = setting(
         False, boolean, "Serving has priority: a request preempts a preemptible lease instead of waiting.")
+    max_wait: float = setting(
+        "5s", duration(0),
+        "Longest a request waits in the proxy's queue while requests for resident models go first and those for "
+        "the others are grouped into one load per model; past it, the request is sent at once.")
     resume_after_idle: float = setting(
         "2m", duration(0), "A preempted lease is granted again once serving has been idle this long.")
     # 32 MiB: Ollama takes images as base64 inside the JSON (a third larger than the file), and chat clients

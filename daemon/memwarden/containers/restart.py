@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 def docker_restarter(docker_url: str) -> Callable[[str, float], None]:
     def restart(container_id: str, stop_timeout: float) -> None:
-        import docker
+        from memwarden.containers.engine import connect
 
-        client = docker.DockerClient(base_url=docker_url, timeout=int(stop_timeout) + 60)
+        client = connect(docker_url, stop_timeout + 60)
         try:
             client.api.restart(container_id, timeout=int(stop_timeout))
         finally:

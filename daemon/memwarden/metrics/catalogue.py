@@ -78,6 +78,10 @@ FAMILIES: tuple[Family, ...] = (
     Family("memwarden_scheduler_resident_bytes", "gauge", (), "VRAM of the resident models (measured or estimated)."),
     Family("memwarden_proxy_requests_total", "counter", (), "Requests through the Ollama proxy."),
     Family("memwarden_proxy_preemptions_total", "counter", (), "Preemptible leases the proxy asked to yield."),
+    Family("memwarden_proxy_loads_started_total", "counter", (),
+           "Requests the proxy's queue sent for a model not resident (each one load, whatever rides on it)."),
+    Family("memwarden_proxy_overdue_total", "counter", (), "Requests sent because they had waited proxy.max_wait."),
+    Family("memwarden_proxy_queued_requests", "gauge", (), "Requests waiting in the proxy's queue."),
     # containers
     Family("memwarden_container_memory_working_set_bytes", "gauge", CONTAINER,
            "Working set: usage − inactive file cache."),

@@ -123,6 +123,9 @@ def arbiter_metrics(d: Services, out: Families) -> None:
     if d.proxy is not None:
         out.add("memwarden_proxy_requests_total", d.proxy.requests)
         out.add("memwarden_proxy_preemptions_total", d.proxy.preemptions)
+        out.add("memwarden_proxy_loads_started_total", d.proxy.queue.swaps)
+        out.add("memwarden_proxy_overdue_total", d.proxy.queue.overdue)
+        out.add("memwarden_proxy_queued_requests", len(d.proxy.queue.waiting))
 
 
 def container_metrics(d: Services, out: Families) -> None:

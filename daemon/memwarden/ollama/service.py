@@ -35,16 +35,15 @@ class ServiceControl:
             raise ServiceError(f"systemctl {verb} {self.service} failed: {err.decode(errors='replace').strip()}")
 
     def _docker(self, verb: str) -> None:
-        import docker  # the daemon talks to Docker only when a container is configured
+        from memwarden.containers.engine import connect  # Docker only when a container is configured
 
-        client = docker.DockerClient(base_url=self.docker_url, timeout=int(self.timeout))
+        client = connect(self.docker_url, self.timeout)
         try:
-            container = client.containers.get(self.service)
             if verb == "stop":
-                container.stop(timeout=int(min(self.timeout, 30)))
+                client.api.stop(self.service, timeout=int(min(self.timeout, 30)))
             else:
-                container.start()
-        except docker.errors.DockerException as exc:
+                client.api.start(self.service)
+        except Exception as exc:  # noqa: BLE001 - the engine's error, or the SDK's for an ssh:// engine
             raise ServiceError(f"docker {verb} {self.service} failed: {exc}") from None
         finally:
             client.close()

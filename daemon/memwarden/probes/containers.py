@@ -88,9 +88,9 @@ class ContainerProbe:
         self.api_fallbacks = 0
 
     def _default_client(self) -> Any:
-        import docker  # only when container watching is enabled
+        from memwarden.containers.engine import connect
 
-        return docker.DockerClient(base_url=self.docker_url, timeout=int(self._timeout))
+        return connect(self.docker_url, self._timeout)
 
     # ---- the events thread -----------------------------------------------------------------------------
 

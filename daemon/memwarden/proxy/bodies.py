@@ -2,7 +2,8 @@
 
 Only the bodies admission must read are held in memory: the JSON of the model endpoints, each at most
 proxy.max_request_body, and all of them together at most BUFFERED_BODIES times that (counted as bytes arrive, so
-a client that only announces a large body holds nothing). Every other body, blob uploads above all, is never
+a client that only announces a large body holds nothing; one of at most SMALL_BODY is counted whole at once and
+read in one call). Every other body, blob uploads above all, is never
 held: the client's stream is the upstream request's body, read chunk by chunk as Ollama takes it, so a slow
 Ollama slows the client down instead of filling the daemon's memory.
 """
@@ -21,6 +22,7 @@ CAPPED_ENDPOINTS = frozenset({"/api/generate", "/api/chat", "/api/embed", "/api/
 BUFFERED_BODIES = 8  # capped bodies held at once, counted in bytes: 8 × 32 MiB by default
 BODY_DEADLINE_S = 120.0  # a capped body must arrive within this, or its memory would be held at the client's pace
 BUSY_RETRY_AFTER_S = 1
+SMALL_BODY = 64 * 1024  # read_small's limit
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,30 @@ class HeldBody:
 def too_large(cap: int, what: str) -> Refusal:
     return Refusal(413, f"memwarden proxy: request body {what} over the {format_size(cap)} limit "
                         "(proxy.max_request_body)")
+
+
+async def read_small(reader: asyncio.StreamReader, length: int, cap: int, budget: BodyBudget,
+                     deadline_s: float = BODY_DEADLINE_S) -> HeldBody | Refusal:
+    """A capped body of a known Content-Length up to SMALL_BODY, read in one call (the common case: a prompt).
+    Its budget is taken before it arrives, which a client that only announces it can hold at most SMALL_BODY of;
+    a larger body goes through read_capped, counted as it arrives.
+    asyncio.IncompleteReadError (the client went away) gives it back and propagates."""
+    assert length <= SMALL_BODY
+    if length > cap:
+        return too_large(cap, f"of {format_size(length)} is")
+    if not budget.take(length):
+        return Refusal(503, "memwarden proxy: busy: too many large request bodies in flight "
+                            f"({format_size(budget.used)}); try again", BUSY_RETRY_AFTER_S)
+    try:
+        async with asyncio.timeout(deadline_s):
+            raw = bytearray(await reader.readexactly(length))
+    except TimeoutError:
+        budget.give(length)
+        return Refusal(408, f"memwarden proxy: request body not received within {deadline_s:g}s")
+    except BaseException:
+        budget.give(length)
+        raise
+    return HeldBody(raw, budget)
 
 
 async def read_capped(content: Any, declared: int | None, cap: int, budget: BodyBudget,

@@ -1,56 +1,101 @@
-"""The drop-in Ollama proxy (aiohttp): point clients at proxy.listen instead of Ollama.
+"""The drop-in Ollama proxy: point clients at proxy.listen instead of Ollama.
 
-Requests to the model endpoints go through admission first (admission.py), with their JSON body read whole but
-capped (bodies.py); every other request, blob uploads included, streams through with its body never held.
-Answers are forwarded unbuffered, so streamed NDJSON reaches the client chunk by chunk. Errors are
-Ollama-shaped: {"error": "..."}.
+HTTP/1.1 on asyncio streams (http.py), forwarded over pooled raw connections to Ollama (forward.py,
+upstream.py): no HTTP library in the daemon, and no body gathered that need not be. Requests to the model
+endpoints have their JSON body read whole but capped (bodies.py), wait in the queue for the coalescing policy's
+word (queue.py) and go through admission (admission.py); every other request, blob uploads included, streams
+through with its body never held. Answers stream back as they come, so NDJSON reaches the client line by line.
+Errors are Ollama-shaped: {"error": "..."}.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from memwarden.logs import get_logger
+from memwarden.policies import coalesce
+from memwarden.proxy import http
 from memwarden.proxy.admission import Admitter, read_request
-from memwarden.proxy.bodies import BUFFERED_BODIES, CAPPED_ENDPOINTS, BodyBudget, Refusal, read_capped, too_large
+from memwarden.proxy.bodies import (
+    BUFFERED_BODIES,
+    CAPPED_ENDPOINTS,
+    SMALL_BODY,
+    BodyBudget,
+    Refusal,
+    read_capped,
+    read_small,
+    too_large,
+)
+from memwarden.proxy.forward import Body, ClientGone, UpstreamFailed, forward
+from memwarden.proxy.queue import RequestQueue, Ticket
+from memwarden.proxy.upstream import Upstream
 from memwarden.units import format_size
 
 if TYPE_CHECKING:
-    from aiohttp import web
-
     from memwarden.arbiter.arbiter import GpuArbiter
     from memwarden.config.schema import ProxyConfig
 
 log = get_logger()
 
-HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
-              "transfer-encoding", "upgrade", "host", "content-length", "expect"}
+IDLE_S = 300.0  # a client connection with no request (or a head not finished) for this long is closed
+# A refused body's sender gets this long to stop sending and read the refusal (nginx's lingering_time and
+# lingering_timeout): what it still sends is read and dropped, never held.
+LINGER_S = 30.0
+LINGER_IDLE_S = 5.0
 
 
-def ollama_error(status: int, message: str, retry_after: int | None = None) -> web.Response:
-    from aiohttp import web
+class _Chunks:
+    """A client's body as read_capped reads it (iter_any), with its failures told apart from Ollama's."""
 
-    headers = {"Retry-After": str(retry_after)} if retry_after else None
-    return web.json_response({"error": message}, status=status, headers=headers)
+    def __init__(self, chunks: AsyncIterator[bytes]):
+        self._chunks = chunks
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        try:
+            async for data in self._chunks:
+                yield data
+        except (OSError, asyncio.IncompleteReadError, http.BadMessage) as exc:
+            raise ClientGone(repr(exc)[:200]) from None
 
 
-def refuse(refusal: Refusal) -> web.Response:
-    return ollama_error(refusal.status, refusal.message, refusal.retry_after)
+async def error_answer(writer: asyncio.StreamWriter, status: int, message: str, retry_after: int | None = None,
+                       close: bool = False) -> None:
+    body = json.dumps({"error": message}).encode()
+    headers = [("Content-Type", "application/json; charset=utf-8"), ("Content-Length", str(len(body)))]
+    if retry_after:
+        headers.append(("Retry-After", str(retry_after)))
+    if close:
+        headers.append(("Connection", "close"))
+    writer.write(http.encode_head(f"HTTP/1.1 {status} {http.REASONS.get(status, 'Error')}", headers) + body)
+    await writer.drain()
 
 
-def capped(request: web.Request) -> bool:
-    return request.method == "POST" and request.path in CAPPED_ENDPOINTS
+async def linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """After an answer sent while the client was still sending: end our side, then read and drop what it still
+    sends (briefly), so that closing does not reset the connection before the client has read the answer."""
+    with contextlib.suppress(OSError, RuntimeError, TimeoutError):
+        if writer.can_write_eof():
+            writer.write_eof()
+        async with asyncio.timeout(LINGER_S):
+            while await asyncio.wait_for(reader.read(http.READ_SIZE), LINGER_IDLE_S):
+                pass
 
 
 class OllamaProxy:
     def __init__(self, arbiter: GpuArbiter, cfg: ProxyConfig, upstream: str):
         self.arbiter = arbiter
-        self.upstream = upstream.rstrip("/")
+        self.upstream = Upstream(upstream.rstrip("/"))
+        self.upstream_url = upstream.rstrip("/")
         self.admitter = Admitter(arbiter, cfg)
+        self.queue = RequestQueue(self.limits, lambda model: self.arbiter.resident(model))
         self.budget = BodyBudget(BUFFERED_BODIES * cfg.max_request_body)
         self._cfg = cfg
-        self.runner: Any = None
-        self.session: Any = None
+        self.server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
         self.requests = 0
         self.refused_bodies = 0
 
@@ -60,10 +105,14 @@ class OllamaProxy:
 
     @cfg.setter
     def cfg(self, cfg: ProxyConfig) -> None:
-        """A reload: the cap, the budget and admission's settings apply to the next request."""
+        """A reload: the cap, the budget, max_wait and admission's settings apply to the next request."""
         self._cfg = cfg
         self.admitter.cfg = cfg
         self.budget.limit = BUFFERED_BODIES * cfg.max_request_body
+
+    def limits(self) -> coalesce.Limits:
+        ollama = self.arbiter.config.ollama
+        return coalesce.Limits(self._cfg.max_wait, ollama.num_parallel, ollama.max_queue)
 
     @property
     def held(self) -> int:
@@ -80,97 +129,130 @@ class OllamaProxy:
         self.admitter.preemptions = value
 
     async def start(self) -> None:
-        import aiohttp
-        from aiohttp import web
-
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10), auto_decompress=False)
-        # No body is read through client_max_size: capped ones go through read_capped, the rest are streamed.
-        app = web.Application(client_max_size=self.cfg.max_request_body)
-        app.router.add_route("*", "/{tail:.*}", self.handle, expect_handler=self.expect)
-        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self.runner.setup()
         host, _, port = self.cfg.listen.rpartition(":")
-        await web.TCPSite(self.runner, host.strip("[]"), int(port)).start()
-        log.info("Ollama proxy listening", listen=self.cfg.listen, upstream=self.upstream,
-                 max_request_body=self.cfg.max_request_body)
+        self.server = await asyncio.start_server(self._serve, host.strip("[]"), int(port), limit=http.MAX_HEAD)
+        log.info("Ollama proxy listening", listen=self.cfg.listen, upstream=self.upstream_url,
+                 max_request_body=self.cfg.max_request_body, max_wait=self.cfg.max_wait)
 
     async def close(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-        if self.session is not None:
-            await self.session.close()
+        if self.server is not None:
+            self.server.close()
+        for writer in list(self._writers):
+            writer.close()
+        self.upstream.close()
+        if self.server is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await self.server.wait_closed()
 
-    async def expect(self, request: web.Request) -> web.Response | None:
-        """Expect: 100-continue: a capped body announced over the cap is refused before it is sent."""
-        if capped(request) and (request.content_length or 0) > self.cfg.max_request_body:
-            return self._refuse_body(request, too_large(self.cfg.max_request_body,
-                                                        f"of {format_size(request.content_length)} is"))
-        from aiohttp.web_urldispatcher import _default_expect_handler
-
-        await _default_expect_handler(request)
-        return None
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        self.requests += 1
-        if capped(request):
-            return await self._admitted(request)
-        return await self.forward(request, request.content if request.body_exists else None,
-                                  request.content_length)
-
-    async def _admitted(self, request: web.Request) -> web.StreamResponse:
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
         try:
-            body = await read_capped(request.content, request.content_length, self.cfg.max_request_body,
-                                     self.budget)
-        except (OSError, ValueError) as exc:  # the client hung up or broke its framing mid-body
-            log.info("proxy request body not received", path=request.path, error=repr(exc)[:200])
-            return ollama_error(400, "memwarden proxy: request body incomplete")
+            while True:
+                try:
+                    async with asyncio.timeout(IDLE_S):
+                        head = await http.read_head(reader)
+                except http.BadMessage as exc:
+                    await error_answer(writer, exc.status, f"memwarden proxy: {exc}", close=True)
+                    break
+                if head is None or not await self.handle(head, reader, writer):
+                    break
+        except (TimeoutError, ConnectionError, ClientGone):
+            pass  # idle too long, or gone: nothing to answer
+        except Exception:  # one connection's failure never reaches the daemon
+            log.exception("proxy connection failed")
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+    async def handle(self, head: http.Head, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """Answer one request; whether the connection may carry another."""
+        self.requests += 1
+        method, target, version = head.start
+        http11 = version == "HTTP/1.1"
+        if not http11 and version != "HTTP/1.0":
+            await error_answer(writer, 400, f"memwarden proxy: unsupported {version[:20]}", close=True)
+            return False
+        keep = "close" not in head.tokens("connection") if http11 else "keep-alive" in head.tokens("connection")
+        try:
+            length, chunked = head.length, head.chunked
+        except http.BadMessage as exc:
+            await error_answer(writer, exc.status, f"memwarden proxy: {exc}", close=True)
+            return False
+        has_body = chunked or bool(length)
+        expects = http11 and has_body and (head.get("expect") or "").lower() == "100-continue"
+        path = target.split("?", 1)[0]
+        if method == "POST" and path in CAPPED_ENDPOINTS:
+            return await self._admitted(head, path, reader, writer, length, chunked, expects, http11, keep)
+        if expects:
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        body = _Chunks(http.body(reader, length, chunked)).iter_any() if has_body else None
+        return await self._forward(head, writer, body, None if chunked else length, http11, keep)
+
+    async def _admitted(self, head: http.Head, path: str, reader: asyncio.StreamReader,
+                        writer: asyncio.StreamWriter, length: int | None, chunked: bool, expects: bool,
+                        http11: bool, keep: bool) -> bool:
+        cap = self.cfg.max_request_body
+        if length is not None and length > cap:  # refused before a byte is read (or sent, with Expect)
+            return await self._refuse_body(reader, writer, path, length,
+                                           too_large(cap, f"of {format_size(length)} is"))
+        if expects:
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        try:
+            if length is not None and length <= SMALL_BODY:
+                body = await read_small(reader, length, cap, self.budget)
+            else:
+                body = await read_capped(_Chunks(http.body(reader, length, chunked)), length, cap, self.budget)
+        except (ClientGone, OSError, asyncio.IncompleteReadError) as exc:  # the client hung up mid-body
+            log.info("proxy request body not received", path=path, error=repr(exc)[:200])
+            await error_answer(writer, 400, "memwarden proxy: request body incomplete", close=True)
+            return False
         if isinstance(body, Refusal):
-            return self._refuse_body(request, body)
+            return await self._refuse_body(reader, writer, path, length, body)
         try:
             assert body.raw is not None
-            admission = await self.admitter.admit(read_request(request.path, body.raw))
-            if admission.refusal is not None:
-                return refuse(admission.refusal)
-            response = await self.forward(request, body.stream(), body.size)
-            if admission.model is not None and response.status == 200:
-                self.arbiter.mark_resident(admission.model)
-            return response
+            req = read_request(path, body.raw)
+            if req.model is None or req.refused is not None or req.unload:  # Ollama answers it in its words
+                return await self._forward(head, writer, body.raw, body.size, http11, keep)
+            async with self.queue.slot(req.model) as ticket:
+                try:
+                    admission = await self.admitter.admit(req)
+                finally:
+                    self.queue.admitted(ticket)
+                if admission.refusal is not None:
+                    r = admission.refusal
+                    await error_answer(writer, r.status, r.message, r.retry_after, close=not keep)
+                    return keep
+                return await self._forward(head, writer, body.raw, body.size, http11, keep,
+                                           ticket, admission.model)
         finally:
             body.release()
 
-    def _refuse_body(self, request: web.Request, refusal: Refusal) -> web.Response:
+    async def _refuse_body(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str,
+                           declared: int | None, refusal: Refusal) -> bool:
         self.refused_bodies += 1
-        log.info("decision: proxy refuses a request body", decision="proxy.body", path=request.path,
-                 status=refusal.status, declared=request.content_length, cap=self.cfg.max_request_body,
+        log.info("decision: proxy refuses a request body", decision="proxy.body", path=path,
+                 status=refusal.status, declared=declared, cap=self.cfg.max_request_body,
                  buffered=self.budget.used, buffered_limit=self.budget.limit)
-        return refuse(refusal)
+        # The rest of the body is unread: the connection cannot carry another request.
+        await error_answer(writer, refusal.status, refusal.message, refusal.retry_after, close=True)
+        await linger(reader, writer)
+        return False
 
-    async def forward(self, request: web.Request, data: Any, length: int | None) -> web.StreamResponse:
-        """Send the request upstream with `data` as its body (streamed: never read whole here) and stream the
-        answer back. `length` is sent as Content-Length when known, else the body goes chunked."""
-        import aiohttp
-        from aiohttp import web
+    async def _forward(self, head: http.Head, writer: asyncio.StreamWriter, body: Body, length: int | None,
+                       http11: bool, keep: bool, ticket: Ticket | None = None, model: str | None = None) -> bool:
+        def answered(status: int) -> None:
+            if model is not None and status == 200:
+                self.arbiter.mark_resident(model)
+            if ticket is not None:
+                self.queue.answered(ticket)
 
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-        if data is not None and length is not None:
-            headers["Content-Length"] = str(length)
-        url = self.upstream + request.rel_url.raw_path_qs
-        response: web.StreamResponse | None = None
+        method, target, _ = head.start
         try:
-            async with self.session.request(request.method, url, data=data, headers=headers,
-                                            allow_redirects=False) as up:
-                response = web.StreamResponse(status=up.status, reason=up.reason, headers={
-                    k: v for k, v in up.headers.items() if k.lower() not in HOP_BY_HOP})
-                await response.prepare(request)
-                async for chunk in up.content.iter_any():
-                    await response.write(chunk)
-                await response.write_eof()
-                return response
-        except (aiohttp.ClientError, OSError) as exc:
-            if response is not None and response.prepared:
-                # Mid-stream: the status is sent; cutting the stream short is all that is left to say.
-                log.warning("proxied stream broken", url=url, error=repr(exc))
-                return response
-            return ollama_error(502, f"memwarden proxy: Ollama at {self.upstream} unreachable: {exc}")
+            outcome = await forward(self.upstream, method, target, head.forwarded(), body, length, writer, http11,
+                                    keep, answered)
+        except UpstreamFailed as exc:
+            await error_answer(writer, 502, f"memwarden proxy: Ollama at {self.upstream_url} unreachable: {exc}",
+                               close=True)
+            return False
+        return outcome.keep_alive

@@ -169,6 +169,9 @@ def test_empty_path_strings_mean_default_location():
         ("learning", "ray_resources", "trainer_gpu", "expected a table such as { trainer_gpu = 1 }"),
         ("learning", "ray_resources", {"trainer_gpu": 0}, "expected a positive amount for resource 'trainer_gpu'"),
         ("learning", "ray_resources", {"trainer_gpu": True}, "expected a positive amount"),
+        ("proxy", "max_wait", "soon", "expected a duration"),
+        ("ollama", "num_parallel", 0, "from 1 to 1024"),
+        ("ollama", "max_queue", 2.5, "expected a whole number"),
     ],
 )
 def test_bad_value_error_names_key_path_and_file(section, key, value, fragment):

@@ -44,6 +44,7 @@ async def busy_daemon(make):
     d.arbiter.note_use("small:latest", None)
     d.proxy = OllamaProxy(d.arbiter, d.config.proxy, "http://127.0.0.1:9")
     d.proxy.requests, d.proxy.preemptions = 5, 1  # what handle() and admit() count
+    d.proxy.queue.swaps, d.proxy.queue.overdue = 3, 2  # what the queue counts as it sends
     for run_id, state in (("r1", "promoted"), ("r2", "promoted"), ("r3", "failed"), ("r4", "running")):
         d.learning.runs.insert(run_id, "alice", "alice", "threshold", T0, "lora")
         d.learning.runs.set_state(run_id, state)
@@ -166,6 +167,9 @@ async def test_leases_and_scheduler(make):
     assert value(m, "memwarden_scheduler_resident_bytes") == 3 * GiB
     assert value(m, "memwarden_proxy_requests_total") == 5
     assert value(m, "memwarden_proxy_preemptions_total") == 1
+    assert value(m, "memwarden_proxy_loads_started_total") == 3
+    assert value(m, "memwarden_proxy_overdue_total") == 2
+    assert value(m, "memwarden_proxy_queued_requests") == 0
     await d.arbiter.release(lease["id"])
     m = scrape(d)
     assert value(m, "memwarden_gpu_leases", gpu=0) == 0 and value(m, "memwarden_gpu_lease_bytes", gpu=0) == 0

@@ -2,7 +2,7 @@ import asyncio
 
 import pytest
 
-from memwarden.proxy.bodies import BodyBudget, HeldBody, Refusal, read_capped
+from memwarden.proxy.bodies import BodyBudget, HeldBody, Refusal, read_capped, read_small
 
 KiB = 1024
 
@@ -78,4 +78,30 @@ async def test_a_client_gone_mid_body_gives_its_bytes_back():
     budget = BodyBudget(100 * KiB)
     with pytest.raises(ConnectionResetError):
         await read_capped(Content(b"x" * KiB, then="reset"), None, 10 * KiB, budget)
+    assert budget.used == 0
+
+
+async def test_a_small_body_of_known_length_is_read_in_one_call_within_the_budget():
+    budget = BodyBudget(100)
+    r = asyncio.StreamReader()
+    r.feed_data(b'{"model": "m"}')
+    held = await read_small(r, 14, 10 * KiB, budget)
+    assert isinstance(held, HeldBody) and held.raw == b'{"model": "m"}' and budget.used == 14
+    held.release()
+    assert budget.used == 0
+    refused = await read_small(asyncio.StreamReader(), 101, 10 * KiB, budget)
+    assert isinstance(refused, Refusal) and refused.status == 503 and budget.used == 0
+
+
+async def test_a_small_body_that_never_completes_is_408_and_one_cut_short_gives_its_budget_back():
+    budget = BodyBudget(100 * KiB)
+    r = asyncio.StreamReader()
+    r.feed_data(b"x" * 10)
+    refusal = await read_small(r, 20, 10 * KiB, budget, deadline_s=0.05)
+    assert isinstance(refusal, Refusal) and refusal.status == 408 and budget.used == 0
+    r = asyncio.StreamReader()
+    r.feed_data(b"x" * 10)
+    r.feed_eof()
+    with pytest.raises(asyncio.IncompleteReadError):
+        await read_small(r, 20, 10 * KiB, budget)
     assert budget.used == 0

@@ -105,21 +105,20 @@ class Scheduler:
         ctx = num_ctx or spec.context_length
         self.pending += 1
         try:
-            while True:
-                r = self.loaded.get(spec.name)
-                if r is not None and not self._needs_reload(r, spec, ctx):
-                    if r.state == "loading":
-                        await r.ready.wait()
-                        if r.error:
-                            raise LoadError(r.error)
-                        continue
-                    self._use(r, keep_alive_ns)
-                    return r, 0
-                async with self.load_lock:
+            # processPending: one pending request at a time, in arrival order. A request for a loaded model
+            # waits behind a load ahead of it, so Ollama's own order swaps on every change of model.
+            async with self.load_lock:
+                while True:
                     r = self.loaded.get(spec.name)
-                    if r is not None:
-                        if not self._needs_reload(r, spec, ctx):
+                    if r is not None and not self._needs_reload(r, spec, ctx):
+                        if r.state == "loading":
+                            await r.ready.wait()
+                            if r.error:
+                                raise LoadError(r.error)
                             continue
+                        self._use(r, keep_alive_ns)
+                        return r, 0
+                    if r is not None:
                         await self._retire(r)
                     started = time.monotonic_ns()
                     try:

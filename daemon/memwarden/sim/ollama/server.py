@@ -67,7 +67,8 @@ class Simulator(CompletionRoutes, LibraryRoutes):
         entry: dict[str, Any] | None = None
         if request.path.startswith("/api/"):
             entry = {"t": time.time(), "method": request.method, "endpoint": request.path, "model": None,
-                     "keep_alive": None, "keep_alive_given": False, "status": None}
+                     "keep_alive": None, "keep_alive_given": False, "status": None,
+                     "nodelay": _nodelay(request)}
             self.requests.append(entry)
             del self.requests[:-10000]
             request["record"] = entry
@@ -125,6 +126,14 @@ class Simulator(CompletionRoutes, LibraryRoutes):
         self.requests.clear()
         self.sched.events.clear()
         return web.json_response({})
+
+
+def _nodelay(request: web.Request) -> bool | None:
+    """Whether the request's connection sends without Nagle's delay, as Go's net/http sets on every one."""
+    sock = request.transport.get_extra_info("socket") if request.transport is not None else None
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    return bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
 
 def _bind(host: str, port: int) -> socket.socket:

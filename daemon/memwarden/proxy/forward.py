@@ -1,0 +1,144 @@
+"""One request to Ollama and its answer back, streamed in both directions over a pooled connection.
+
+The request body goes up as it comes (a held body in one write; a client's stream chunk by chunk, each write
+awaited, so a slow Ollama slows the client instead of filling memory), and the answer comes back the same way:
+a Content-Length body piece by piece, a chunked one in Ollama's own chunks. A pooled connection that turns out
+closed before an answer began is retried once on a new one when the body can be sent again (held or empty); a
+streamed body is sent on a new connection from the start, since it cannot be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from memwarden.logs import get_logger
+from memwarden.proxy import http
+from memwarden.proxy.upstream import Connection, Upstream
+
+log = get_logger()
+
+Body = bytes | bytearray | memoryview | AsyncIterator[bytes] | None
+
+
+class UpstreamFailed(Exception):
+    """Ollama could not be reached, or broke off before its answer began: the client gets a 502."""
+
+
+class ClientGone(Exception):
+    """The client went away while its answer was being sent."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: int
+    keep_alive: bool  # the client connection may carry another request
+
+
+async def _send_request(conn: Connection, head: bytes, body: Body, length: int | None) -> None:
+    w = conn.writer
+    if body is None or isinstance(body, bytes | bytearray | memoryview):
+        w.write(head + bytes(body or b""))
+    else:
+        w.write(head)
+        async for data in body:
+            w.write(data if length is not None else http.chunk(data))
+            await w.drain()
+        if length is None:
+            w.write(b"0\r\n\r\n")
+    await w.drain()
+
+
+async def _open(upstream: Upstream, head: bytes, body: Body, length: int | None) -> tuple[Connection, http.Head]:
+    replayable = body is None or isinstance(body, bytes | bytearray | memoryview)
+    conn = upstream.take() if replayable else None
+    while True:
+        if conn is None:
+            try:
+                conn = await upstream.connect()
+            except (OSError, TimeoutError) as exc:
+                raise UpstreamFailed(str(exc) or type(exc).__name__) from None
+        try:
+            await _send_request(conn, head, body, length)
+            while True:
+                resp = await http.read_head(conn.reader)
+                if resp is None:
+                    raise ConnectionResetError("closed before answering")
+                if not resp.start[1].startswith("1"):  # an interim 1xx: the answer follows
+                    return conn, resp
+        except (OSError, asyncio.IncompleteReadError, http.BadMessage) as exc:
+            conn.close()
+            if not conn.pooled:
+                raise UpstreamFailed(str(exc) or type(exc).__name__) from None
+            conn = None  # a pooled connection Ollama had closed: once more on a new one
+
+
+async def _to_client(writer: asyncio.StreamWriter, conn: Connection, data: bytes) -> None:
+    try:
+        writer.write(data)
+        await writer.drain()
+    except (ConnectionError, RuntimeError) as exc:
+        conn.close()
+        raise ClientGone(str(exc)) from None
+
+
+async def forward(upstream: Upstream, method: str, target: str, headers: list[tuple[str, str]], body: Body,
+                  length: int | None, writer: asyncio.StreamWriter, http11: bool, keep_alive: bool,
+                  answered: Callable[[int], None] | None = None) -> Outcome:
+    """Send the request and stream the answer to `writer`. UpstreamFailed when no answer began (the caller
+    answers 502); once the answer's head is sent, a break cuts the client connection instead."""
+    headers = [*headers, ("Host", upstream.authority)]
+    if body is not None:
+        headers.append(("Content-Length", str(length)) if length is not None else ("Transfer-Encoding", "chunked"))
+    conn, resp = await _open(upstream, http.encode_head(f"{method} {target} HTTP/1.1", headers), body, length)
+    status = int(resp.start[1]) if resp.start[1].isdigit() else 502
+    if answered is not None:
+        answered(status)
+    up_keep = resp.start[0] == "HTTP/1.1" and "close" not in resp.tokens("connection")
+    try:
+        up_length, up_chunked = resp.length, resp.chunked
+    except http.BadMessage as exc:
+        conn.close()
+        raise UpstreamFailed(f"unreadable answer: {exc}") from None
+    out = resp.forwarded()
+    no_body = method == "HEAD" or status in (204, 304)
+    relay: http.ChunkedRelay | None = None
+    if no_body:
+        if up_length is not None:
+            out.append(("Content-Length", str(up_length)))
+        pieces: AsyncIterator[bytes] | None = None
+    elif up_length is not None:
+        out.append(("Content-Length", str(up_length)))
+        pieces = http.body(conn.reader, up_length, False)
+    elif up_chunked and http11:
+        out.append(("Transfer-Encoding", "chunked"))
+        relay = http.ChunkedRelay(conn.reader)
+        pieces = aiter(relay)
+    else:  # to an HTTP/1.0 client, or an answer that ends with its connection: the end is the close
+        up_keep = up_keep and up_chunked
+        keep_alive = False
+        pieces = http.body(conn.reader, None, up_chunked, until_eof=not up_chunked)
+    if not keep_alive:
+        out.append(("Connection", "close"))
+    start = f"HTTP/1.1 {resp.start[1]} {resp.start[2]}".encode("latin-1")
+    head = start + http.encode_head("", out)
+    try:
+        first = b""
+        if up_length is not None and pieces is not None and up_length <= http.READ_SIZE:
+            first = await conn.reader.readexactly(up_length)  # a small whole answer leaves in one write
+            pieces = None
+        await _to_client(writer, conn, head + first)
+        if pieces is not None:
+            async for data in pieces:  # Ollama's side breaking raises here, the client's in _to_client
+                await _to_client(writer, conn, data)
+    except (OSError, asyncio.IncompleteReadError, http.BadMessage) as exc:
+        # Mid-answer: the status is sent; cutting the client's connection short is all that is left to say.
+        log.warning("proxied answer broken", target=target[:200], error=repr(exc)[:200])
+        conn.close()
+        return Outcome(status, False)
+    if up_keep and not (relay is not None and relay.extra):
+        upstream.give(conn)
+    else:
+        conn.close()
+    return Outcome(status, keep_alive)

@@ -1,0 +1,145 @@
+"""Forwarding over pooled connections, against a loopback upstream this test plays by hand."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+
+import pytest
+
+from memwarden.proxy import http
+from memwarden.proxy.forward import UpstreamFailed, forward
+from memwarden.proxy.upstream import Connection, Upstream
+
+
+class Sink:
+    """A client connection's writer: what the proxy sends back."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.wrote = asyncio.Event()
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+        self.wrote.set()
+
+    async def drain(self) -> None:
+        pass
+
+
+class Upstream1:
+    """A loopback server answering each request with `answer(request_head, body)`'s bytes."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.heads: list[http.Head] = []
+        self.bodies: list[bytes] = []
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> Upstream1:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader, writer) -> None:
+        self.connections += 1
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while (head := await http.read_head(reader)) is not None:
+                body = b"".join([c async for c in http.body(reader, head.length, head.chunked)])
+                self.heads.append(head)
+                self.bodies.append(body)
+                await self.answer(head, body, writer)
+        writer.close()
+
+
+async def test_a_chunked_answer_reaches_the_client_chunk_by_chunk():
+    second = asyncio.Event()
+
+    async def answer(head, body, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"6\r\n{\"a\"}\n\r\n")
+        await writer.drain()
+        await second.wait()
+        writer.write(b"6\r\n{\"b\"}\n\r\n0\r\n\r\n")
+        await writer.drain()
+
+    async with Upstream1(answer) as up:
+        pool, sink, url = Upstream(up.url), Sink(), up.url
+        task = asyncio.create_task(forward(pool, "POST", "/api/generate", [("Content-Type", "application/json")],
+                                           b'{"model":"m"}', 13, sink, True, True))
+        while b'{"a"}' not in sink.data:  # the first line is out while Ollama still holds the second
+            sink.wrote.clear()
+            await asyncio.wait_for(sink.wrote.wait(), 5)
+        assert b'{"b"}' not in sink.data and not task.done()
+        second.set()
+        outcome = await asyncio.wait_for(task, 5)
+    assert outcome.status == 200 and outcome.keep_alive
+    head, _, rest = bytes(sink.data).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"Transfer-Encoding: chunked" in head
+    assert rest == b"6\r\n{\"a\"}\n\r\n6\r\n{\"b\"}\n\r\n0\r\n\r\n", "Ollama's own chunks, byte for byte"
+    assert up.heads[0].get("host") == url.removeprefix("http://") and up.bodies == [b'{"model":"m"}']
+
+
+async def test_the_connection_is_reused_and_a_stale_one_is_retried_on_a_new_one(monkeypatch):
+    closed = asyncio.Event()
+
+    async def answer(head, body, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        if head.get("x-last") == "1":
+            writer.close()  # Ollama closes this connection once it sits idle in the pool
+            await writer.wait_closed()
+            closed.set()
+
+    async with Upstream1(answer) as up:
+        pool = Upstream(up.url)
+        for last in ("0", "1"):
+            sink = Sink()
+            outcome = await forward(pool, "GET", "/api/tags", [("X-Last", last)], None, None, sink, True, True)
+            assert outcome.status == 200 and bytes(sink.data).endswith(b"\r\n\r\nok")
+        assert up.connections == 1 and pool.opened == 1, "the second request reused the first one's connection"
+        await closed.wait()
+        # As if the close had not been seen yet when the next request takes the connection from the pool:
+        monkeypatch.setattr(Connection, "usable", lambda self: True)
+        sink = Sink()
+        outcome = await forward(pool, "GET", "/api/tags", [], None, None, sink, True, True)
+        assert outcome.status == 200 and bytes(sink.data).endswith(b"\r\n\r\nok")
+        assert up.connections == 2 and pool.opened == 2, "retried once, on a new connection"
+        pool.close()
+
+
+async def test_ollama_unreachable_is_upstream_failed_for_the_caller_to_answer_502():
+    with contextlib.closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, never listening: connections are refused
+        with pytest.raises(UpstreamFailed):
+            await forward(Upstream(f"http://127.0.0.1:{port}"), "GET", "/api/tags", [], None, None, Sink(), True,
+                          True)
+
+
+async def test_a_streamed_body_goes_up_chunked_and_an_answer_to_http10_ends_with_the_close():
+    async def answer(head, body, writer):
+        writer.write(b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n")
+        await writer.drain()
+
+    async def stream():
+        for part in (b"one ", b"two"):
+            yield part
+
+    async with Upstream1(answer) as up:
+        sink = Sink()
+        outcome = await forward(Upstream(up.url), "POST", "/api/blobs/x", [], stream(), None, sink, False, True)
+    assert up.heads[0].chunked and up.bodies == [b"one two"]
+    assert outcome.status == 201 and not outcome.keep_alive
+    head, _, rest = bytes(sink.data).partition(b"\r\n\r\n")
+    assert b"Connection: close" in head and b"Transfer-Encoding" not in head and rest == b"hi"
