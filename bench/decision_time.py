@@ -3,7 +3,7 @@
 A cache state of --entries entries (default 10,000; 70 % specialists of 1–2 GiB, 30 % bases of 4–8 GiB, random
 recency and hit counts), some resident within a --budget-gib budget (default 24 GiB), timed call by call:
   hit                cache.touch on a resident model (the state carried from call to call, as the arbiter does);
-  miss decision      cache.plan_room for a model not resident (lru and gdsf);
+  miss decision      cache.plan_room for a model not resident (each of cache.POLICIES);
   miss, state work   what GpuArbiter.ensure does to the state on a miss: touch, set_resident(size), plan_room,
                      evicted(victim)…, set_resident(True);
   arbiter hit path   GpuArbiter.resident + GpuArbiter.note_use (what the proxy runs for a resident model);
@@ -40,8 +40,9 @@ GiB = 1024**3
 
 def build_state(n: int, budget: int, rng: random.Random) -> tuple[cache.CacheState, list[str], list[str]]:
     """A state of n entries built in one go (not through with_entry, which is quadratic); resident names first
-    in random order until the budget is full. Returns (state, resident names, non-resident names)."""
-    inflation = 1e-9
+    in random order until the budget is full, each with random uses for every policy's counts (demand's
+    switches among them). Returns (state, resident names, non-resident names)."""
+    inflation, switches = 1e-9, 100_000
     entries: dict[str, cache.Entry] = {}
     order = list(range(n))
     rng.shuffle(order)
@@ -58,8 +59,10 @@ def build_state(n: int, budget: int, rng: random.Random) -> tuple[cache.CacheSta
         else:
             other.append(name)
         entries[name] = cache.Entry(name, size, True, is_resident, False, rng.uniform(0, 1e6), hits,
-                                    inflation + hits / size, 0 if is_resident else None)
-    return cache.CacheState(MappingProxyType(entries), inflation), resident, other
+                                    inflation + hits / size, 0 if is_resident else None, freq=hits / 10,
+                                    tick=rng.randint(0, switches), visits=hits / 20,
+                                    visit_switch=rng.randint(0, switches))
+    return cache.CacheState(MappingProxyType(entries), inflation, switches, switches=switches), resident, other
 
 
 def timed(fn: Callable[[int], Any], calls: int, warmup: int) -> list[float]:
@@ -127,9 +130,9 @@ def main() -> int:
     def hit(i: int) -> None:
         box["state"] = cache.touch(box["state"], picks_res[i], 1e6 + i)
 
-    rows["hit: cache.touch (lru and gdsf alike)"] = stats(timed(hit, args.calls, args.warmup))
+    rows["hit: cache.touch (every policy alike)"] = stats(timed(hit, args.calls, args.warmup))
     victims: dict[str, list[int]] = {}
-    for policy in ("lru", "gdsf", "gdsf-decay"):
+    for policy in cache.POLICIES:
         def decide(i: int, policy: str = policy) -> None:
             name = picks_other[i]
             cache.plan_room(base, name, base.entries[name].size, budget, policy)
@@ -203,7 +206,7 @@ def main() -> int:
     text += (f"\n\n{args.entries} entries, {len(resident)} resident "
              f"({sum(base.entries[n].size for n in resident) / GiB:.1f} of {args.budget_gib:g} GiB); "
              f"{args.calls} timed calls per row after {args.warmup} warm-up calls; victims per miss on average: "
-             f"lru {mean_victims.get('lru')}, gdsf {mean_victims.get('gdsf')}. Python "
+             f"{', '.join(f'{k} {v}' for k, v in mean_victims.items())}. Python "
              f"{sys.version.split()[0]}, one thread, time.perf_counter_ns around each call.")
     results = {"entries": args.entries, "resident": len(resident), "calls": args.calls, "per_request": rows,
                "observe": per_pass, "load_cache_ms": load_ms,

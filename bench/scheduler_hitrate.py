@@ -21,6 +21,11 @@ Policies:
   Ollama         its own order (server/sched.go, shared/ollama-api.md): shortest keep_alive first, then by name;
                  every request has the same keep_alive, so by name alone (names shuffled, independent of size and
                  popularity); "Ollama default" also keeps OLLAMA_MAX_LOADED_MODELS' default of 3.
+  W-TinyLFU      an admission scheme (Caffeine's): a 1 % window LRU, then a frequency contest into an SLRU
+                 (bench/_yardsticks.py).
+  known popularity (A0)  evicts by the popularity each request was drawn from × load seconds ÷ size: no
+                 future, but the law of the next request, which a policy can only estimate from past requests.
+                 For independent requests the best online policy up to sizes: the mark to approach.
 Decision time: memwarden's state work per request (the steps above) with 10,000 models, Zipf 1.0, p50/p99.
 """
 
@@ -34,6 +39,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from _common import emit, exit_cleanly_on_sigterm, fmt_ratio, parser, percentile, table
+from _yardsticks import Popularity, run_known_popularity, run_wtinylfu
 
 from memwarden.policies import cache
 
@@ -41,9 +47,10 @@ GB = 10**9
 LOAD_FIXED_S = 1.0
 LOAD_BYTES_PER_S = 2 * GB
 Trace = list[int]
+Workload = tuple[Trace, Popularity]  # the requests, and the law each was drawn from
 Sizes = list[int]
 Result = tuple[int, float]  # hits, load-stall seconds
-Runner = Callable[[Trace, Sizes, list[str], int], Result]
+Runner = Callable[[Trace, Sizes, list[str], int, Popularity], Result]
 
 
 def load_seconds(size: int) -> float:
@@ -70,54 +77,78 @@ class Zipf:
     def draw(self, rng: random.Random) -> int:
         return min(bisect.bisect_left(self.cum, rng.random() * self.cum[-1]), self.n - 1)
 
-
-def zipf_trace(n: int, length: int, s: float, rng: random.Random) -> Trace:
-    ranking = list(range(n))
-    rng.shuffle(ranking)
-    z = Zipf(n, s)
-    return [ranking[z.draw(rng)] for _ in range(length)]
-
-
-def drift_trace(n: int, length: int, rng: random.Random, width: int = 6, every: int = 400) -> Trace:
-    z = Zipf(width, 1.0)
-    ranking = list(range(n))
-    rng.shuffle(ranking)
-    return [ranking[(t // every + z.draw(rng)) % n] for t in range(length)]
+    def p(self, rank: int) -> float:
+        """The probability of drawing `rank` (0 outside the ranks)."""
+        if not 0 <= rank < self.n:
+            return 0.0
+        return (self.cum[rank] - (self.cum[rank - 1] if rank else 0.0)) / self.cum[-1]
 
 
-def reshuffle_trace(n: int, length: int, rng: random.Random, phase: int = 3000) -> Trace:
-    z, ranking, out = Zipf(n, 1.0), list(range(n)), []
-    for t in range(length):
-        if t % phase == 0:
-            rng.shuffle(ranking)
-        out.append(ranking[z.draw(rng)])
+def positions(ranking: list[int]) -> list[int]:
+    """Each model's place in `ranking`."""
+    out = [0] * len(ranking)
+    for place, model in enumerate(ranking):
+        out[model] = place
     return out
 
 
-def sessions_trace(n: int, length: int, rng: random.Random, mean_run: int = 30) -> Trace:
+def zipf_trace(n: int, length: int, s: float, rng: random.Random) -> Workload:
+    ranking = list(range(n))
+    rng.shuffle(ranking)
+    z, place = Zipf(n, s), positions(ranking)
+    return [ranking[z.draw(rng)] for _ in range(length)], lambda t, m: z.p(place[m])
+
+
+def drift_trace(n: int, length: int, rng: random.Random, width: int = 6, every: int = 400) -> Workload:
+    z = Zipf(width, 1.0)
+    ranking = list(range(n))
+    rng.shuffle(ranking)
+    place = positions(ranking)
+    return ([ranking[(t // every + z.draw(rng)) % n] for t in range(length)],
+            lambda t, m: z.p((place[m] - t // every) % n))
+
+
+def reshuffle_trace(n: int, length: int, rng: random.Random, phase: int = 3000) -> Workload:
+    z, ranking, out, places = Zipf(n, 1.0), list(range(n)), [], []
+    for t in range(length):
+        if t % phase == 0:
+            rng.shuffle(ranking)
+            places.append(positions(ranking))
+        out.append(ranking[z.draw(rng)])
+    return out, lambda t, m: z.p(places[t // phase][m])
+
+
+def sessions_trace(n: int, length: int, rng: random.Random, mean_run: int = 30) -> Workload:
+    """Runs of one model; the popularity is that of a run's model, as a run's first request is drawn."""
     z, ranking, out = Zipf(n, 1.0), list(range(n)), []
     rng.shuffle(ranking)
+    place = positions(ranking)
     while len(out) < length:
         out += [ranking[z.draw(rng)]] * max(1, round(rng.expovariate(1 / mean_run)))
-    return out[:length]
+    return out[:length], lambda t, m: z.p(place[m])
 
 
-def tenants_trace(n: int, length: int, rng: random.Random, burst: int = 300, period: int = 1000) -> Trace:
+def tenants_trace(n: int, length: int, rng: random.Random, burst: int = 300, period: int = 1000) -> Workload:
     half = n // 2
     steady, bursty = Zipf(half, 1.0), Zipf(n - half, 1.0)
     ranking = list(range(n))
     rng.shuffle(ranking)
+    place = positions(ranking)
     out = []
     for t in range(length):
         if t % period < burst and rng.random() < 0.5:
             out.append(ranking[half + bursty.draw(rng)])
         else:
             out.append(ranking[steady.draw(rng)])
-    return out
+
+    def popularity(t: int, m: int) -> float:
+        share = 0.5 if t % period < burst else 0.0
+        return steady.p(place[m]) * (1 - share) + bursty.p(place[m] - half) * share
+    return out, popularity
 
 
 def run_memwarden(policy: str) -> Runner:
-    def run(trace: Trace, sizes: Sizes, names: list[str], budget: int) -> Result:
+    def run(trace: Trace, sizes: Sizes, names: list[str], budget: int, popularity: Popularity) -> Result:
         state = cache.CacheState()
         hits, stall = 0, 0.0
         for t, m in enumerate(trace):
@@ -155,7 +186,7 @@ def next_uses(trace: Trace) -> list[int]:
     return nxt
 
 
-def run_belady(trace: Trace, sizes: Sizes, names: list[str], budget: int) -> Result:
+def run_belady(trace: Trace, sizes: Sizes, names: list[str], budget: int, popularity: Popularity) -> Result:
     nxt = next_uses(trace)
     resident: dict[int, int] = {}  # model → its next request
     used, hits, stall = 0, 0, 0.0
@@ -175,7 +206,7 @@ def run_belady(trace: Trace, sizes: Sizes, names: list[str], budget: int) -> Res
 
 
 def run_ollama(max_loaded: int | None) -> Runner:
-    def run(trace: Trace, sizes: Sizes, names: list[str], budget: int) -> Result:
+    def run(trace: Trace, sizes: Sizes, names: list[str], budget: int, popularity: Popularity) -> Result:
         resident: set[int] = set()
         used, hits, stall = 0, 0, 0.0
         for m in trace:
@@ -198,8 +229,13 @@ BELADY = "Belady (furthest next use)"
 POLICIES: dict[str, Runner] = {BELADY: run_belady}
 POLICIES |= {f"memwarden {p}": run_memwarden(p) for p in cache.POLICIES}
 POLICIES |= {"Ollama order, VRAM budget only": run_ollama(None), "Ollama default (also ≤ 3 loaded)": run_ollama(3)}
+POLICIES |= {"W-TinyLFU": lambda trace, sizes, names, budget, popularity: run_wtinylfu(
+    trace, sizes, load_seconds, budget, len(sizes))}
+KNOWN = "known popularity (A0)"
+POLICIES |= {KNOWN: lambda trace, sizes, names, budget, popularity: run_known_popularity(
+    trace, popularity, sizes, load_seconds, budget)}
 
-TraceMaker = Callable[[int, int, random.Random], Trace]
+TraceMaker = Callable[[int, int, random.Random], Workload]
 FAMILIES: dict[str, tuple[TraceMaker, float, float]] = {  # trace, model sizes (GB, low–high)
     "zipf s=0.8": (lambda n, k, r: zipf_trace(n, k, 0.8, r), 1.5, 4.0),
     "zipf s=1.0": (lambda n, k, r: zipf_trace(n, k, 1.0, r), 1.5, 4.0),
@@ -218,9 +254,9 @@ def simulate(seeds: Sequence[int], length: int, n_models: int, budget: int) -> d
         per: dict[str, dict[str, list[float]]] = {p: {"hit_rate": [], "stall_s_per_1k": []} for p in POLICIES}
         for seed in seeds:
             names, sizes = make_models(n_models, low, high, random.Random(f"models-{seed}-{low}-{high}"))
-            trace = make(n_models, length, random.Random(f"{family}-{seed}-{length}"))
+            trace, popularity = make(n_models, length, random.Random(f"{family}-{seed}-{length}"))
             for label, run in POLICIES.items():
-                hits, stall = run(trace, sizes, names, budget)
+                hits, stall = run(trace, sizes, names, budget, popularity)
                 per[label]["hit_rate"].append(hits / length)
                 per[label]["stall_s_per_1k"].append(stall / length * 1000)
         out[family] = {label: {k: sum(v) / len(v) for k, v in d.items()} for label, d in per.items()}
@@ -231,7 +267,7 @@ def decision_times(n_models: int, budget: int, requests: int, warmup: int) -> di
     """Per-request state work (µs) with `n_models` tracked, for each memwarden policy."""
     rng = random.Random("decision")
     names, sizes = make_models(n_models, 1.5, 4.0, rng)
-    trace = zipf_trace(n_models, requests + warmup, 1.0, rng)
+    trace, _ = zipf_trace(n_models, requests + warmup, 1.0, rng)
     out = {}
     for policy in cache.POLICIES:
         state = cache.CacheState.of(cache.Entry(n, s) for n, s in zip(names, sizes, strict=True))

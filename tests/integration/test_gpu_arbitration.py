@@ -245,7 +245,7 @@ def test_a_proxy_request_preempts_a_preemptible_lease(world):
 
 
 def test_the_scheduler_evicts_least_recently_used_and_respects_pins(world):
-    d, double, _ = world(config={"gpu": {"reserve": "512MiB"}})
+    d, double, _ = world(config={"gpu": {"reserve": "512MiB", "scheduler": "lru"}})
     for name in ("small-a", "small-b", "small-c"):
         assert d.call("models.load", {"name": name})["loaded"] is True
     # 3 × 3 GiB fill 9 of 11.5 GiB; a 6 GiB model needs two of them gone: the two least recently used.
@@ -311,3 +311,11 @@ def test_escalation_stops_and_restarts_the_ollama_service_when_vram_never_frees(
     assert calls.read_text().split("\n")[0] == "stop ollama.service"
     d.call("lease.release", {"id": granted["id"]})
     assert calls.read_text().split("\n")[1] == "start ollama.service"
+
+
+def test_a_models_load_time_is_learned_from_the_load_the_scheduler_makes(world):
+    d, _, _ = world(load_seconds=0.4)
+    d.call("models.load", {"name": "small-a"})
+    models = {m["name"]: m for m in d.call("models.list")}
+    assert models["small-a:latest"]["load_measured"] is True
+    assert 0.4 <= models["small-a:latest"]["load_seconds"] < 10, "the double's load time, timed (its answer has none)"

@@ -53,6 +53,7 @@ class FakeOllama:
         self.load_gate: Gate | None = None
         self.keep_vram = False
         self.calls: list[tuple[str, str]] = []
+        self.load_duration: float | None = None  # the load seconds a load's answer reports (None: none, as Ollama)
 
     def put(self, name: str) -> None:
         while self.gpu.total - sum(self.gpu.booked.values()) < self.sizes[name] and self.resident:
@@ -79,12 +80,13 @@ class FakeOllama:
         if pid is not None and not self.keep_vram:
             self.gpu.booked.pop(pid, None)
 
-    async def load(self, name: str, keep_alive: int | str) -> None:
+    async def load(self, name: str, keep_alive: int | str) -> float | None:
         self.calls.append(("load", name))
         if self.load_gate is not None:
             await self.load_gate.pass_()
         if name not in self.resident:
             self.put(name)
+        return self.load_duration
 
 
 def make_arbiter(tmp_path: Path, db, gpu: FakeGpu, ollama: FakeOllama, reserve: int = 0,

@@ -186,6 +186,10 @@ class GpuArbiter:
     def mark_resident(self, name: str) -> None:
         self.scheduler.mark_resident(name)
 
+    def note_answer(self, name: str, answer: object) -> None:
+        """An answer's final object for `name`: its load_duration, when it loaded the model, is learned."""
+        self.scheduler.note_answer(name, answer)
+
     async def installed_size(self, name: str) -> int | None:
         return await self.scheduler.installed_size(name)
 

@@ -25,7 +25,7 @@ from memwarden.arbiter.ledger import LeaseLedger
 from memwarden.arbiter.model_table import ModelTable
 from memwarden.config.schema import Config
 from memwarden.logs import get_logger
-from memwarden.ollama.client import keep_alive_text, keep_alive_value, normalize
+from memwarden.ollama.client import keep_alive_text, keep_alive_value, normalize, reported_load_seconds
 from memwarden.ollama.installed import InstalledModels
 from memwarden.policies import cache
 from memwarden.snapshots import GpuSnapshot
@@ -41,7 +41,7 @@ class ModelScheduler:
     def __init__(self, inputs: ArbiterInputs, table: ModelTable, lock: asyncio.Lock, leases: LeaseLedger,
                  timer: Callable[[], float] = time.monotonic):
         self.inputs = inputs
-        self.timer = timer  # times the loads: their seconds are gdsf-decay's cost
+        self.timer = timer  # times the loads Ollama reports no load_duration for: their seconds are the cost
         self.table = table
         self.lock = lock
         self.leases = leases
@@ -109,6 +109,17 @@ class ModelScheduler:
             self.note_keep_alive(name, keep_alive)
         inputs.stats["hits"] += 1
         self._dirty.add(name)
+
+    def note_answer(self, name: str, answer: object) -> None:
+        """The final object of an answer Ollama gave for `name` (a generate or chat request that went past the
+        scheduler, the proxy's): when the request loaded the model, its load_duration is the model's load time,
+        the cost the eviction policy weighs. Only tracked models are recorded."""
+        seconds = reported_load_seconds(answer)
+        if seconds is None or name not in self.inputs.cache.entries:
+            return
+        self.inputs.cache = cache.note_load_time(self.inputs.cache, name, seconds)
+        log.debug("model load time reported", model=name, seconds=round(seconds, 3),
+                  learned=round(self.inputs.cache.entries[name].load_seconds, 3))
 
     def mark_resident(self, name: str) -> None:
         if name in self.inputs.cache.entries and not self.resident(name):
@@ -202,8 +213,8 @@ class ModelScheduler:
             load_seconds = 0.0
             if plan.load:
                 started = self.timer()
-                await inputs.ollama.load(name, keep_alive_value(self.keep_alive_for(name)))
-                load_seconds = self.timer() - started
+                reported = await inputs.ollama.load(name, keep_alive_value(self.keep_alive_for(name)))
+                load_seconds = reported or self.timer() - started
         except BaseException:
             # Only part of the plan happened: keep the request's record; residency is read again next pass.
             self._commit(base, plan.noted, None)
@@ -249,5 +260,6 @@ class ModelScheduler:
         """Up to `limit` models: resident first, then the most recently used."""
         order = sorted(self.inputs.cache.entries.values(), key=lambda e: (not e.resident, -e.last_used, e.name))
         return [{"name": e.name, "resident": e.resident, "size": e.size, "size_measured": e.size_measured,
+                 "load_seconds": round(cache.load_time(e), 3), "load_measured": e.load_seconds > 0,
                  "last_used": e.last_used or None, "hits": e.hits, "pinned": e.pinned, "gpu": e.gpu}
                 for e in order[:limit]]

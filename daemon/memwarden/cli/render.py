@@ -152,11 +152,23 @@ def lease(r: dict[str, Any]) -> str:
 
 def models(r: list[dict[str, Any]]) -> str:
     rows = [[a["name"], "yes" if a["resident"] else "no", format_size(a["size"]) + ("" if a["size_measured"] else "*"),
-             ago(a["last_used"]), a["hits"], "yes" if a["pinned"] else "", "-" if a["gpu"] is None else a["gpu"]]
+             _load(a), ago(a["last_used"]), a["hits"], "yes" if a["pinned"] else "",
+             "-" if a["gpu"] is None else a["gpu"]]
             for a in r]
-    return table(rows, ["MODEL", "RESIDENT", "SIZE", "LAST USE", "HITS", "PINNED", "GPU"]) + (
-        "\n(* size estimated from /api/tags until the model is seen loaded)" if any(
-            not a["size_measured"] for a in r) else "")
+    notes = [note for note, shown in (
+        ("* size estimated from /api/tags until the model is seen loaded", any(not a["size_measured"] for a in r)),
+        ("~ load time estimated from the size until a load is seen", any(not a.get("load_measured") for a in r)),
+    ) if shown]
+    return table(rows, ["MODEL", "RESIDENT", "SIZE", "LOAD", "LAST USE", "HITS", "PINNED", "GPU"]) + "".join(
+        f"\n({note})" for note in notes)
+
+
+def _load(a: dict[str, Any]) -> str:
+    """The seconds a load of the model takes, the cost the eviction policy weighs (~: estimated)."""
+    seconds = a.get("load_seconds")
+    if seconds is None:
+        return "-"
+    return ("" if a.get("load_measured") else "~") + f"{seconds:.1f} s"
 
 
 def model_result(r: dict[str, Any]) -> str:

@@ -35,6 +35,18 @@ def normalize(name: str) -> str:
     return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
 
 
+def reported_load_seconds(answer: object) -> float | None:
+    """The seconds Ollama says a request spent loading its model: the `load_duration` (nanoseconds) of the final
+    object of an /api/generate or /api/chat answer. None when there is none, or 0 (the model was resident);
+    Ollama's answer to a bare load (an empty prompt, done_reason "load") carries none."""
+    if not isinstance(answer, dict):
+        return None
+    ns = answer.get("load_duration")
+    if isinstance(ns, bool) or not isinstance(ns, int | float) or not math.isfinite(ns) or ns <= 0:
+        return None
+    return ns / 1e9
+
+
 def keep_alive_value(seconds: float) -> int | str:
     """keep_alive for a request from seconds (inf = forever, which Ollama spells as a negative value)."""
     if seconds == float("inf"):
@@ -153,10 +165,12 @@ class OllamaClient:
     async def show(self, name: str) -> dict[str, Any]:
         return await self._request("POST", "/api/show", {"model": name})
 
-    async def load(self, name: str, keep_alive: int | str) -> None:
-        """An empty prompt loads the model (done_reason "load"); loads can take long, so a longer time-out."""
-        await self._request("POST", "/api/generate", {"model": name, "prompt": "", "stream": False,
-                                                      "keep_alive": keep_alive}, self.timeout * 10)
+    async def load(self, name: str, keep_alive: int | str) -> float | None:
+        """An empty prompt loads the model (done_reason "load"); loads can take long, so a longer time-out.
+        Returns the load seconds Ollama reports, None when it reports none (the caller then times the call)."""
+        answer = await self._request("POST", "/api/generate", {"model": name, "prompt": "", "stream": False,
+                                                               "keep_alive": keep_alive}, self.timeout * 10)
+        return reported_load_seconds(answer)
 
     async def unload(self, name: str) -> None:
         """Ask for an unload. Returns when Ollama accepted it, which is BEFORE its VRAM is free."""

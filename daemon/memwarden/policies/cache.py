@@ -1,5 +1,18 @@
-"""Which resident model to evict: plain LRU, GreedyDual-Size-Frequency (Cherkasova 1998), or GDSF with decayed
-frequencies and the load time as cost.
+"""Which resident model to evict: `demand` (the default), plain LRU, GreedyDual-Size-Frequency (Cherkasova 1998),
+or GDSF with decayed frequencies and the load time as cost.
+
+demand keeps in VRAM what users would otherwise wait longest for, per byte: each model's value is the rate at
+which it is asked for now × the seconds a load of it takes ÷ its size, and the lowest value goes first.
+- Only a switch counts: a request for a model other than the one requested just before. A run of requests for
+  one model can cost at most one load, so it counts once; the decay's clock (`switches`) counts switches too,
+  so a long session does not age every other model.
+- The rate is the decayed count of a model's switches ÷ DEMAND_HALF_LIFE (switches to it per switch, up to a
+  constant factor the same for all), and it is never taken above DEMAND_STALE / (switches since the model's last
+  use): a model whose requests stopped loses its place within a few switches however popular it was, which no
+  decayed count alone does.
+- The cost is `load_time`: Ollama's load time as measured, the size-based estimate until then.
+No inflation value (GDSF's L): the staleness bound ages a model out, and L would let a newcomer's one use outrank
+a steady favourite's many (BENCHMARKS.md, section 5, compares them).
 
 GDSF gives each model a priority H = L + frequency × cost / size and evicts the lowest H; L rises to the H of
 each victim, so models not used for a while age out. With cost = 1 it maximises the hit rate per byte of VRAM:
@@ -22,7 +35,16 @@ from dataclasses import dataclass, field, replace
 
 from pyrsistent import PMap, pmap
 
-POLICIES = ("lru", "gdsf", "gdsf-decay")
+POLICIES = ("demand", "lru", "gdsf", "gdsf-decay")
+DEFAULT_POLICY = "demand"
+# demand: a switch to a model counts half after this many switches (to any model). Chosen on
+# bench/scheduler_hitrate.py's families: long enough that a Zipf rate is estimated from a few hundred switches,
+# short enough that a reshuffle of popularity is followed within a phase.
+DEMAND_HALF_LIFE = 250.0
+# demand: a model not asked for in `a` switches is taken to be asked for at most DEMAND_STALE / a times per
+# switch. A model still in use at rate r goes a ≫ 1/r switches without a request rarely; one whose demand moved
+# away does so at once, and this lets it go after a few switches instead of a few half-lives.
+DEMAND_STALE = 2.0
 # gdsf-decay: a use counts half after this many requests (to any model), a quarter after twice as many. Chosen
 # on bench/scheduler_hitrate.py's trace families (BENCHMARKS.md): long enough that a Zipf favourite keeps its
 # lead, short enough that a reshuffle of popularity is followed within a few hundred requests.
@@ -53,6 +75,8 @@ class Entry:
     tick: int = 0  # the state's request count at the last use
     inflation_at_use: float = 0.0  # GDSF's L at the last use
     load_seconds: float = 0.0  # measured load time (seconds); 0 until one is measured
+    visits: float = 0.0  # demand: switches to this model, decayed to switch number `visit_switch`
+    visit_switch: int = 0  # demand: the state's switch count at the model's last switch (its last use)
 
 
 @dataclass(frozen=True)
@@ -62,6 +86,8 @@ class CacheState:
     ticks: int = 0  # requests seen (touch), the clock gdsf-decay's half-life counts in
     # The names of the resident entries, kept with the table (computed from it when not given).
     residents: PMap = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
+    switches: int = 0  # requests for another model than the one before: demand's clock
+    last_name: str = ""  # the model of the last request
 
     def __post_init__(self) -> None:
         if not isinstance(self.entries, PMap):
@@ -76,7 +102,8 @@ class CacheState:
             residents = residents.set(entry.name, True) if entry.name not in residents else residents
         elif entry.name in residents:
             residents = residents.remove(entry.name)
-        return CacheState(entries.set(entry.name, entry), self.inflation, self.ticks, residents)
+        return CacheState(entries.set(entry.name, entry), self.inflation, self.ticks, residents, self.switches,
+                          self.last_name)
 
     def without(self, names: Iterable[str]) -> CacheState:
         entries, residents = self.entries.evolver(), self.residents.evolver()  # type: ignore[attr-defined]
@@ -84,11 +111,14 @@ class CacheState:
             entries.remove(name)
             if name in residents:
                 residents.remove(name)
-        return CacheState(entries.persistent(), self.inflation, self.ticks, residents.persistent())
+        return CacheState(entries.persistent(), self.inflation, self.ticks, residents.persistent(), self.switches,
+                          self.last_name)
 
     @staticmethod
-    def of(entries: Iterable[Entry], inflation: float = 0.0, ticks: int = 0) -> CacheState:
-        return CacheState(pmap({e.name: e for e in entries}), inflation, ticks)
+    def of(entries: Iterable[Entry], inflation: float = 0.0, ticks: int = 0, switches: int = 0,
+           last_name: str = "") -> CacheState:
+        return CacheState(pmap({e.name: e for e in entries}), inflation, ticks, None, switches,  # type: ignore[arg-type]
+                          last_name)
 
     def resident(self) -> list[Entry]:
         return [self.entries[n] for n in sorted(self.residents)]
@@ -115,20 +145,37 @@ def decay_priority(state: CacheState, entry: Entry) -> float:
     return entry.inflation_at_use + decayed_uses(entry, state.ticks) * load_time(entry) / max(entry.size, 1)
 
 
+def demand_rate(entry: Entry, switches: int) -> float:
+    """demand's estimate of how often `entry` is switched to, per switch, at switch number `switches`: its
+    decayed switches ÷ the half-life, bounded by DEMAND_STALE / the switches since its last use."""
+    age = switches - entry.visit_switch
+    rate = entry.visits * 0.5 ** (age / DEMAND_HALF_LIFE) / DEMAND_HALF_LIFE
+    return min(rate, DEMAND_STALE / age) if age > 0 else rate
+
+
+def demand_value(state: CacheState, entry: Entry) -> float:
+    """demand's value of keeping `entry` resident: load seconds a switch to it would cost, per switch, per byte."""
+    return demand_rate(entry, state.switches) * load_time(entry) / max(entry.size, 1)
+
+
 def touch(state: CacheState, name: str, now: float, size: int | None = None) -> CacheState:
-    """A request for `name`: one more use, now."""
+    """A request for `name`: one more use, now (and one more switch when the last request was for another)."""
     prior = state.entries.get(name) or Entry(name, size or 0)
     hits = prior.hits + 1
     new_size = prior.size if size is None else size
-    ticks = state.ticks + 1
+    ticks, switches = state.ticks + 1, state.switches
+    visits, visit_switch = prior.visits, prior.visit_switch
+    if name != state.last_name or name not in state.entries:
+        switches += 1
+        visits = (visits * 0.5 ** ((switches - visit_switch) / DEMAND_HALF_LIFE) if visits else 0.0) + 1.0
+        visit_switch = switches
     entry = replace(prior, size=new_size, last_used=now, hits=hits,
                     priority=_gdsf_priority(state, hits, new_size),
-                    freq=decayed_uses(prior, ticks) + 1.0, tick=ticks, inflation_at_use=state.inflation)
-    return _ticked(state.with_entry(entry), ticks)
-
-
-def _ticked(state: CacheState, ticks: int) -> CacheState:
-    return CacheState(state.entries, state.inflation, ticks, state.residents)
+                    freq=decayed_uses(prior, ticks) + 1.0, tick=ticks, inflation_at_use=state.inflation,
+                    visits=visits, visit_switch=visit_switch)
+    # A use leaves residency as it was: the resident index stays.
+    return CacheState(state.entries.set(name, entry), state.inflation, ticks,  # type: ignore[attr-defined]
+                      state.residents, switches, name)
 
 
 def note_load_time(state: CacheState, name: str, seconds: float) -> CacheState:
@@ -168,6 +215,8 @@ def eviction_order(state: CacheState, policy: str, exclude: Iterable[str] = ()) 
         return sorted(candidates, key=lambda e: (e.last_used, e.name))
     if policy == "gdsf-decay":
         return sorted(candidates, key=lambda e: (decay_priority(state, e), e.last_used, e.name))
+    if policy == "demand":
+        return sorted(candidates, key=lambda e: (demand_value(state, e), e.last_used, e.name))
     raise ValueError(f"unknown scheduler policy {policy!r}; expected one of {POLICIES}")
 
 
@@ -228,7 +277,8 @@ def plan_room_on(state: CacheState, name: str, need: int, budgets: Mapping[int, 
         return plan_room(state, name, need, sum(budgets.values()), policy, max_resident)
     # Only the resident entries bear on a plan: each GPU's are taken from the index, not the whole table.
     plans = [plan_room(CacheState.of((e for e in state.resident() if e.gpu == index), state.inflation,
-                                     state.ticks), name, need, budget, policy, max_resident)
+                                     state.ticks, state.switches, state.last_name),
+                       name, need, budget, policy, max_resident)
              for index, budget in budgets.items()]
     return min(plans, key=lambda p: (not p.fits, len(p.victims)))
 
@@ -297,8 +347,10 @@ def commit(current: CacheState, base: CacheState, planned: CacheState) -> CacheS
     for name in base.entries.keys() - planned.entries.keys():
         if name in entries:
             entries.remove(name)
+    latest = planned if planned.switches > current.switches else current
     return CacheState(entries.persistent(), max(current.inflation, planned.inflation),
-                      max(current.ticks, planned.ticks))
+                      max(current.ticks, planned.ticks), None, latest.switches,  # type: ignore[arg-type]
+                      latest.last_name)
 
 
 @dataclass(frozen=True)

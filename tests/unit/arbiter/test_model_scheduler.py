@@ -153,3 +153,24 @@ async def test_a_load_the_scheduler_makes_is_timed_into_the_models_load_time(wor
     assert scheduler.inputs.cache.entries[B].load_seconds == 0.0  # evicted, never loaded here: still estimated
     await scheduler.ensure(A, load=False)  # a hit: nothing loaded, nothing timed
     assert scheduler.inputs.cache.entries[A].load_seconds == 0.0
+
+
+async def test_a_load_whose_answer_reports_its_duration_is_learned_from_it_not_timed(world):
+    scheduler, ollama, _ = world(budget=10 * GiB)
+    ollama.load_duration = 12.25
+    scheduler.timer = iter([100.0, 100.5]).__next__  # the call itself took 0.5 s
+    await scheduler.ensure(C)
+    assert scheduler.inputs.cache.entries[C].load_seconds == 12.25
+
+
+async def test_the_load_duration_of_an_answer_that_passed_the_scheduler_is_the_models_load_time(world):
+    scheduler, _, _ = world(budget=10 * GiB)
+    await scheduler.ensure(C, load=False)  # room made; the request itself makes Ollama load it
+    assert scheduler.inputs.cache.entries[C].load_seconds == 0.0, "nothing loaded here: still the estimate"
+    scheduler.note_answer(C, {"done": True, "done_reason": "stop", "load_duration": 8_000_000_000})
+    assert scheduler.inputs.cache.entries[C].load_seconds == 8.0
+    scheduler.note_answer(C, {"done": True, "done_reason": "stop", "load_duration": 0})  # resident: no load
+    scheduler.note_answer(C, {"done": True, "done_reason": "stop", "load_duration": 4_000_000_000})
+    assert scheduler.inputs.cache.entries[C].load_seconds == 6.0, "averaged with what was known"
+    scheduler.note_answer("never-seen:latest", {"load_duration": 10**9})
+    assert "never-seen:latest" not in scheduler.inputs.cache.entries

@@ -53,8 +53,10 @@ class GpuProbe:
 
 @pytest.fixture
 def world(tmp_path):
-    def make(installed: dict[str, int], rows: list[dict] = ()) -> tuple[GpuArbiter, FakeOllama]:
-        config = parse_config({"daemon": {"state_dir": str(tmp_path)}, "gpu": {"backend": "none", "reserve": 0},
+    def make(installed: dict[str, int], rows: list[dict] = (), scheduler: str = cache.DEFAULT_POLICY
+             ) -> tuple[GpuArbiter, FakeOllama]:
+        config = parse_config({"daemon": {"state_dir": str(tmp_path)},
+                               "gpu": {"backend": "none", "reserve": 0, "scheduler": scheduler},
                                "ollama": {"keep_alive": "5m"}})
         db = open_state(tmp_path)
         for row in rows:
@@ -118,7 +120,7 @@ async def test_a_stored_keep_alive_that_does_not_parse_is_dropped_and_the_defaul
 
 async def test_the_table_keeps_at_most_max_entries_in_memory_and_in_sqlite(world, monkeypatch):
     monkeypatch.setattr(cache, "MAX_ENTRIES", 5)
-    arbiter, ollama = world({f"m{i}:latest": GiB for i in range(10)})
+    arbiter, ollama = world({f"m{i}:latest": GiB for i in range(10)}, scheduler="lru")  # residents: the latest
     for i in range(10):
         arbiter.clock = lambda i=i: 1000.0 + i
         await arbiter.ensure(f"m{i}")
@@ -158,3 +160,19 @@ async def test_the_models_reply_lists_resident_first_then_most_recent_up_to_its_
     arbiter.observe([LoadedModel("m0:latest", GiB, GiB)], None)
     assert [a["name"] for a in arbiter.models()] == ["m0:latest", "m3:latest", "m2:latest", "m1:latest"]
     assert [a["name"] for a in arbiter.models(limit=2)] == ["m0:latest", "m3:latest"]
+
+
+async def test_the_load_duration_of_a_proxied_answer_reaches_the_policy_through_the_arbiter(world):
+    arbiter, _ = world({"a:latest": GiB, "b:latest": GiB})
+    await arbiter.ensure("a", load=False)
+    arbiter.note_answer("a:latest", {"done": True, "done_reason": "stop", "load_duration": 7_500_000_000})
+    assert cache.load_time(arbiter.cache.entries["a:latest"]) == 7.5
+
+
+async def test_the_models_reply_says_each_models_load_time_and_whether_it_was_measured(world):
+    arbiter, _ = world({"a:latest": 4 * 10**9, "b:latest": 2 * 10**9})
+    await arbiter.ensure("a", load=False)
+    await arbiter.ensure("b", load=False)
+    arbiter.note_answer("a:latest", {"done": True, "load_duration": 9_250_000_000})
+    loads = {m["name"]: (m["load_seconds"], m["load_measured"]) for m in arbiter.models()}
+    assert loads == {"a:latest": (9.25, True), "b:latest": (2.0, False)}, "b: 1 s + 2 GB at 2 GB/s"

@@ -148,3 +148,14 @@ def test_host_shows_the_ram_trend_and_its_forecast():
     line = render.trend({"verdict": "leak", "scale": 3600.0, "slope": 1024 * 1024 * 1024 / 3600,
                          "exhausted_in": 5 * 3600.0, "warned": True})
     assert line == "growing 1.0 GiB/h at the 1h scale; available RAM used up in 5h (warned)"
+
+
+def test_models_show_the_load_time_marking_estimates():
+    row = {"name": "a:latest", "resident": True, "size": 4 * 2**30, "size_measured": True, "load_seconds": 9.25,
+           "load_measured": True, "last_used": None, "hits": 3, "pinned": False, "gpu": 0}
+    out = render.models([row, {**row, "name": "b:latest", "load_seconds": 2.0, "load_measured": False}])
+    lines = out.splitlines()
+    assert lines[0].split()[:5] == ["MODEL", "RESIDENT", "SIZE", "LOAD", "LAST"]
+    assert "9.2 s" in lines[1] and "~2.0 s" in lines[2]
+    assert lines[-1] == "(~ load time estimated from the size until a load is seen)"
+    assert "~" not in render.models([row])

@@ -1,6 +1,12 @@
 import pytest
 
-from memwarden.ollama.client import keep_alive_text, keep_alive_value, model_blob_path, normalize
+from memwarden.ollama.client import (
+    keep_alive_text,
+    keep_alive_value,
+    model_blob_path,
+    normalize,
+    reported_load_seconds,
+)
 from memwarden.units import parse_keep_alive
 
 
@@ -74,3 +80,20 @@ def test_keep_alive_text_is_one_spelling_that_reads_back(given, expected):
 def test_keep_alive_text_refuses_what_ollama_answers_400_for(given):
     with pytest.raises(ValueError):
         keep_alive_text(given)
+
+
+@pytest.mark.parametrize(("answer", "expected"), [
+    ({"done": True, "done_reason": "stop", "load_duration": 2_500_000_000}, 2.5),
+    ({"done": True, "load_duration": 1.5e9}, 1.5),
+    ({"done": True, "done_reason": "stop", "load_duration": 0}, None),  # the model was resident already
+    ({"done": True, "done_reason": "load"}, None),  # Ollama's answer to a bare load carries no durations
+    ({"load_duration": -5}, None),
+    ({"load_duration": True}, None),
+    ({"load_duration": "3s"}, None),
+    ({"load_duration": float("nan")}, None),
+    ({"load_duration": float("inf")}, None),
+    ("Ollama is running", None),
+    (None, None),
+])
+def test_reported_load_seconds_reads_load_duration_in_nanoseconds(answer, expected):
+    assert reported_load_seconds(answer) == expected

@@ -133,3 +133,17 @@ def test_commit_keeps_what_happened_meanwhile_to_other_models_and_every_pin():
     assert after.entries["new"].resident and after.entries["new"].pinned, "the plan's residency, the pin kept"
     assert not after.entries["a"].resident
     assert commit(base, base, p.state_after) is p.state_after, "nothing happened meanwhile: the plan as is"
+
+
+def test_each_gpus_plan_judges_demand_by_the_whole_states_clock():
+    state = CacheState()
+    for i in range(40):  # "fav" was asked for in half of 80 switches, then not for 60
+        state = touch(touch(state, "fav", float(i), 4 * GiB), f"x{i % 3}", float(i), GiB)
+    for i in range(60):
+        state = touch(state, "fresh" if i % 6 == 0 else f"x{i % 3}", 100.0 + i, 4 * GiB)
+    for name in ("fav", "fresh"):  # GPU 0, full
+        state = set_resident(state, name, True, 4 * GiB, measured=True, gpu=0)
+    for name in ("g1a", "g1b"):  # GPU 1, where 4 GiB more would take both
+        state = set_resident(touch(state, name, 200.0, 3 * GiB), name, True, 3 * GiB, measured=True, gpu=1)
+    p = plan(state, installed=4 * GiB, budgets={0: 8 * GiB, 1: 6 * GiB}, policy="demand")
+    assert p.victims == ("fav",), "GPU 0 needs one victim: the favourite whose requests stopped"

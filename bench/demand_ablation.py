@@ -1,0 +1,125 @@
+"""What each part of the demand policy is worth: demand against itself with one part changed, on the trace families
+of bench/scheduler_hitrate.py, as ratios to Belady's hit rate and load-stall seconds (the same traces, seeds and
+budget, so the "demand" rows equal that benchmark's).
+
+Variants (memwarden.policies.cache driven as scheduler_hitrate drives it; constants set for the variant's run):
+  demand                     as shipped: switches counted, half-life DEMAND_HALF_LIFE switches, staleness
+                             bound DEMAND_STALE / age, cost = load seconds
+  every request counts       a phantom request between any two, so each request is a switch (half-life doubled:
+                             the same number of requests)
+  no staleness bound         DEMAND_STALE = ∞: decayed counts alone
+  cost = 1                   load seconds taken as 1 for every model: hits per byte, not seconds
+  half-life H                DEMAND_HALF_LIFE = H switches
+  staleness bound c          DEMAND_STALE = c
+  known popularity (A0)      the mark (bench/_yardsticks.py)
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import scheduler_hitrate as sh
+from _common import emit, exit_cleanly_on_sigterm, fmt_ratio, parser, table
+
+from memwarden.policies import cache
+
+PHANTOM = "\0phantom"  # never requested for real, never resident: its requests only make the next one a switch
+
+
+def run_demand(every_request: bool = False) -> sh.Runner:
+    def run(trace: sh.Trace, sizes: sh.Sizes, names: list[str], budget: int, popularity: sh.Popularity
+            ) -> sh.Result:
+        state = cache.CacheState()
+        hits, stall = 0, 0.0
+        for t, m in enumerate(trace):
+            if every_request:
+                state = cache.touch(state, PHANTOM, float(t), 0)
+            state, hit = sh.memwarden_step(state, "demand", names[m], sizes[m], float(t), budget)
+            hits += hit
+            stall += 0.0 if hit else sh.load_seconds(sizes[m])
+        return hits, stall
+    return run
+
+
+@contextmanager
+def patched(**values: Any) -> Iterator[None]:
+    saved = {k: getattr(cache, k) for k in values}
+    for k, v in values.items():
+        setattr(cache, k, v)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(cache, k, v)
+
+
+Variant = tuple[sh.Runner, dict[str, Any]]
+
+
+def variants() -> dict[str, Variant]:
+    half_life = cache.DEMAND_HALF_LIFE
+    out: dict[str, Variant] = {
+        "demand": (run_demand(), {}),
+        "every request counts": (run_demand(every_request=True), {"DEMAND_HALF_LIFE": 2 * half_life}),
+        "no staleness bound": (run_demand(), {"DEMAND_STALE": float("inf")}),
+        "cost = 1": (run_demand(), {"load_time": lambda entry: 1.0}),
+    }
+    for h in (100.0, 600.0):
+        out[f"half-life {h:g}"] = (run_demand(), {"DEMAND_HALF_LIFE": h})
+    for c in (1.0, 4.0):
+        out[f"staleness bound {c:g}"] = (run_demand(), {"DEMAND_STALE": c})
+    out[sh.KNOWN] = (sh.POLICIES[sh.KNOWN], {})
+    return out
+
+
+def simulate(seeds: list[int], length: int, n_models: int, budget: int) -> dict[str, dict[str, Any]]:
+    runs = variants()
+    out: dict[str, dict[str, Any]] = {}
+    for family, (make, low, high) in sh.FAMILIES.items():
+        sums: dict[str, list[float]] = {label: [0.0, 0.0] for label in [sh.BELADY, *runs]}
+        for seed in seeds:
+            names, sizes = sh.make_models(n_models, low, high, random.Random(f"models-{seed}-{low}-{high}"))
+            trace, popularity = make(n_models, length, random.Random(f"{family}-{seed}-{length}"))
+            todo: dict[str, Variant] = {sh.BELADY: (sh.run_belady, {}), **runs}
+            for label, (run, constants) in todo.items():
+                with patched(**constants):
+                    hits, stall = run(trace, sizes, names, budget, popularity)
+                sums[label][0] += hits
+                sums[label][1] += stall
+        belady = sums[sh.BELADY]
+        out[family] = {label: {"hit_ratio": s[0] / belady[0], "stall_ratio": s[1] / belady[1]}
+                       for label, s in sums.items() if label != sh.BELADY}
+    return out
+
+
+def main() -> int:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--models", type=int, default=20)
+    p.add_argument("--budget-gb", type=float, default=12.0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--length", type=int, default=20000)
+    args = p.parse_args()
+    exit_cleanly_on_sigterm()
+    started = time.monotonic()
+    results = simulate(args.seeds, args.length, args.models, int(args.budget_gb * sh.GB))
+    labels = list(next(iter(results.values())))
+
+    def cell(r: dict[str, float]) -> str:
+        return f"{fmt_ratio(r['hit_ratio'])} / {fmt_ratio(r['stall_ratio'])}"
+
+    text = "hit rate ÷ Belady's / load-stall seconds ÷ Belady's\n\n" + table(
+        ["variant", *results], [[label] + [cell(results[f][label]) for f in results] for label in labels])
+    text += (f"\n\n{args.models} models, budget {args.budget_gb:g} GB; sums over seeds "
+             f"{', '.join(map(str, args.seeds))} of {args.length:,}-request traces. "
+             f"Simulated in {time.monotonic() - started:.1f} s.")
+    emit("demand ablation", text, {"seeds": args.seeds, "length": args.length, "results": results}, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
