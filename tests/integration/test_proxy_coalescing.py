@@ -121,3 +121,13 @@ def test_max_wait_bounds_the_time_a_request_waits_behind_a_busy_resident_model(p
     # b leaves the proxy's queue at max_wait; then a's request in flight finishes and a is unloaded for it.
     assert 0.9 <= waited <= 1.0 + 2 * 0.35 + 0.3, f"b reached Ollama {waited:.2f} s after it was sent"
     assert any(r["t"] > b_at and r["model"].startswith("a") for r in received), "a was still busy when b went"
+
+
+def test_a_models_load_time_is_learned_from_the_answer_ollama_gave_through_the_proxy(proxied):
+    d, double, url = proxied(max_wait="5s")
+    assert generate(url, "b") == 200  # Ollama loads b for the request itself, and says how long it took
+    reported = [e for e in double.state()["events"] if e["event"] == "loaded"]
+    assert [e["model"].removesuffix(":latest") for e in reported] == ["b"]
+    model = {m["name"]: m for m in d.call("models.list")}["b:latest"]
+    assert model["load_measured"] is True, model
+    assert 0.2 <= model["load_seconds"] < 10, "the simulator's load time (0.2 s), as its answer reported it"

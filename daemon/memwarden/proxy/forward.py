@@ -10,6 +10,7 @@ streamed body is sent on a new connection from the start, since it cannot be.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -20,6 +21,19 @@ from memwarden.proxy.upstream import Connection, Upstream
 log = get_logger()
 
 Body = bytes | bytearray | memoryview | AsyncIterator[bytes] | None
+
+# Ollama's final object ends with its durations and counts (a few hundred bytes after load_duration), so the
+# answer's last bytes carry it whether the answer was streamed or whole; a longer tail would only cost copies.
+TAIL_BYTES = 1024
+_LOAD_DURATION = re.compile(rb'"load_duration"\s*:\s*(\d{1,20})')
+
+
+def reported_load_ns(tail: bytes) -> int | None:
+    """The load_duration (ns) in an answer's last bytes: the last one there, None when there is none or 0 (the
+    model was resident)."""
+    found = _LOAD_DURATION.findall(tail)
+    ns = int(found[-1]) if found else 0
+    return ns or None
 
 
 class UpstreamFailed(Exception):
@@ -34,6 +48,7 @@ class ClientGone(Exception):
 class Outcome:
     status: int
     keep_alive: bool  # the client connection may carry another request
+    tail: bytes = b""  # the answer's last TAIL_BYTES, as received
 
 
 async def _send_request(conn: Connection, head: bytes, body: Body, length: int | None) -> None:
@@ -123,15 +138,18 @@ async def forward(upstream: Upstream, method: str, target: str, headers: list[tu
         out.append(("Connection", "close"))
     start = f"HTTP/1.1 {resp.start[1]} {resp.start[2]}".encode("latin-1")
     head = start + http.encode_head("", out)
+    tail = b""
     try:
         first = b""
         if up_length is not None and pieces is not None and up_length <= http.READ_SIZE:
             first = await conn.reader.readexactly(up_length)  # a small whole answer leaves in one write
             pieces = None
+            tail = first[-TAIL_BYTES:]
         await _to_client(writer, conn, head + first)
         if pieces is not None:
             async for data in pieces:  # Ollama's side breaking raises here, the client's in _to_client
                 await _to_client(writer, conn, data)
+                tail = (tail + data)[-TAIL_BYTES:] if len(data) < TAIL_BYTES else bytes(data[-TAIL_BYTES:])
     except (OSError, asyncio.IncompleteReadError, http.BadMessage) as exc:
         # Mid-answer: the status is sent; cutting the client's connection short is all that is left to say.
         log.warning("proxied answer broken", target=target[:200], error=repr(exc)[:200])
@@ -141,4 +159,4 @@ async def forward(upstream: Upstream, method: str, target: str, headers: list[tu
         upstream.give(conn)
     else:
         conn.close()
-    return Outcome(status, keep_alive)
+    return Outcome(status, keep_alive, tail)

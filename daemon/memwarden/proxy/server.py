@@ -30,7 +30,7 @@ from memwarden.proxy.bodies import (
     read_small,
     too_large,
 )
-from memwarden.proxy.forward import Body, ClientGone, UpstreamFailed, forward
+from memwarden.proxy.forward import Body, ClientGone, UpstreamFailed, forward, reported_load_ns
 from memwarden.proxy.queue import RequestQueue, Ticket
 from memwarden.proxy.upstream import Upstream
 from memwarden.units import format_size
@@ -255,4 +255,8 @@ class OllamaProxy:
             await error_answer(writer, 502, f"memwarden proxy: Ollama at {self.upstream_url} unreachable: {exc}",
                                close=True)
             return False
+        if model is not None and outcome.status == 200:  # the load time the eviction policy weighs
+            ns = reported_load_ns(outcome.tail)
+            if ns is not None:
+                self.arbiter.note_answer(model, {"load_duration": ns})
         return outcome.keep_alive

@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from memwarden.proxy import http
-from memwarden.proxy.forward import UpstreamFailed, forward
+from memwarden.proxy.forward import TAIL_BYTES, UpstreamFailed, forward, reported_load_ns
 from memwarden.proxy.upstream import Connection, Upstream
 
 
@@ -143,3 +143,29 @@ async def test_a_streamed_body_goes_up_chunked_and_an_answer_to_http10_ends_with
     assert outcome.status == 201 and not outcome.keep_alive
     head, _, rest = bytes(sink.data).partition(b"\r\n\r\n")
     assert b"Connection: close" in head and b"Transfer-Encoding" not in head and rest == b"hi"
+
+
+def test_the_load_duration_is_read_from_the_answers_last_bytes():
+    final = b'{"done":true,"context":[1,2,3],"total_duration":900,"load_duration":412000000,"eval_count":3}'
+    assert reported_load_ns(final) == 412_000_000
+    assert reported_load_ns(b'{"load_duration":5}\n{"load_duration":7}') == 7, "the last object's"
+    assert reported_load_ns(b'{"done":true,"load_duration":0}') is None, "0: the model was resident"
+    assert reported_load_ns(b'{"done":true,"response":"no durations"}') is None
+
+
+async def test_a_streamed_answers_tail_holds_its_final_object_however_long_the_answer():
+    lines = [b'{"response":"%s","done":false}\n' % (b"w" * 200) for _ in range(50)]
+    lines.append(b'{"done":true,"context":[' + b"7," * 600 + b'7],"load_duration":250000000,"eval_count":50}\n')
+
+    async def answer(head, body, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for line in lines:
+            writer.write(http.chunk(line))
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    async with Upstream1(answer) as up:
+        outcome = await asyncio.wait_for(forward(Upstream(up.url), "POST", "/api/generate", [], b"{}", 2, Sink(),
+                                                 True, True), 5)
+    assert len(outcome.tail) <= TAIL_BYTES
+    assert reported_load_ns(outcome.tail) == 250_000_000
