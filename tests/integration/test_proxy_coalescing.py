@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 
 from support.ollama_double import OllamaDouble
-from support.ollama_double.manager import sim_gpu
+from support.ollama_double.manager import sim_gpu, wait_until
 
 GiB = 1024**3
 MODELS = [{"name": n, "size": 7 * GiB, "family": "llama", "parameter_size": "8B"} for n in ("a", "b", "c")]
@@ -62,16 +62,16 @@ def loads(double: OllamaDouble) -> list[str]:
 def proxied(make_daemon):
     doubles: list[OllamaDouble] = []
 
-    def start(max_wait: str):
+    def start(max_wait: str, gpu: int = 12 * GiB, max_loaded: int = 1):
         d = make_daemon()
-        sim = sim_gpu(d.workdir / "gpu.json", 12 * GiB)
-        double = OllamaDouble(sim, MODELS, unload_linger=0.05, load_seconds=0.2, chunk_delay=WORD_DELAY, max_loaded=1,
-                              workdir=d.workdir / "od").start()
+        sim = sim_gpu(d.workdir / "gpu.json", gpu)
+        double = OllamaDouble(sim, MODELS, unload_linger=0.05, load_seconds=0.2, chunk_delay=WORD_DELAY,
+                              max_loaded=max_loaded, workdir=d.workdir / "od").start()
         doubles.append(double)
         port = free_port()
         d.start_with({k: dict(v) for k, v in d.sections.items()}, {
             "gpu": {"backend": "sim", "sim_file": str(sim), "reserve": "512MiB", "evict_timeout": "20s"},
-            "ollama": {"url": double.url, "timeout": "10s", "max_loaded_models": 1},
+            "ollama": {"url": double.url, "timeout": "10s", "max_loaded_models": max_loaded},
             "proxy": {"enabled": True, "listen": f"127.0.0.1:{port}", "max_wait": max_wait}})
         return d, double, f"http://127.0.0.1:{port}"
 
@@ -131,3 +131,36 @@ def test_a_models_load_time_is_learned_from_the_answer_ollama_gave_through_the_p
     model = {m["name"]: m for m in d.call("models.list")}["b:latest"]
     assert model["load_measured"] is True, model
     assert 0.2 <= model["load_seconds"] < 10, "the simulator's load time (0.2 s), as its answer reported it"
+
+
+def test_a_model_with_room_to_spare_goes_at_once_behind_a_busy_resident_one(proxied):
+    d, double, url = proxied(max_wait="60s", gpu=24 * GiB, max_loaded=2)  # room for two 7 GiB models
+    assert generate(url, "b") == 200  # b's size is known from now on
+    double.unload("b")
+    wait_until(lambda: not {m["name"]: m for m in d.call("models.list")}["b:latest"]["resident"], timeout=20,
+               message="b not resident in the daemon's view")
+    assert generate(url, "a") == 200
+    double.clear()
+    stop = threading.Event()
+    statuses: list[int] = []
+
+    def keep_a_busy() -> None:  # a always has a request in flight and one queued, until b is answered
+        while not stop.is_set():
+            statuses.append(generate(url, "a"))
+
+    clients = [threading.Thread(target=keep_a_busy) for _ in range(2)]
+    for c in clients:
+        c.start()
+    wait_until(lambda: len(statuses) >= 2, timeout=30, message="a busy")
+    sent = time.time()
+    assert generate(url, "b") == 200
+    stop.set()
+    for c in clients:
+        c.join(60)
+
+    assert set(statuses) == {200}
+    received = [r for r in double.state()["requests"] if r["endpoint"] == "/api/generate"]
+    b_at = next(r["t"] for r in received if r["model"].startswith("b"))
+    assert b_at - sent < 20, f"b reached Ollama {b_at - sent:.1f} s after it was sent, not at max_wait (60 s)"
+    assert any(r["t"] > b_at and r["model"].startswith("a") for r in received), "b went while a was busy"
+    assert not [e for e in double.state()["events"] if e["event"] == "unload_start"], "and evicted nothing"

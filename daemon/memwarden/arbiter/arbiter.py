@@ -186,6 +186,9 @@ class GpuArbiter:
     def mark_resident(self, name: str) -> None:
         self.scheduler.mark_resident(name)
 
+    def loads_freely(self, name: str) -> bool:
+        return self.scheduler.loads_freely(name)
+
     def note_answer(self, name: str, answer: object) -> None:
         """An answer's final object for `name`: its load_duration, when it loaded the model, is learned."""
         self.scheduler.note_answer(name, answer)

@@ -47,6 +47,8 @@ class ModelScheduler:
         self.leases = leases
         self._dirty: set[str] = set()  # touched in memory since the last flush()
         self._pruned_against: frozenset[str] | None = None  # the installed list flush() last pruned against
+        self._budgets: dict[int, int] = {}  # GPU index → model budget, as the last plan saw them
+        self._max_resident = 0
         self.installed = InstalledModels(inputs.ollama) if inputs.ollama is not None else None
         self._prune(None)
 
@@ -98,6 +100,17 @@ class ModelScheduler:
     def resident(self, name: str) -> bool:
         entry = self.inputs.cache.entries.get(name)
         return bool(entry and entry.resident)
+
+    def loads_freely(self, name: str) -> bool:
+        """Whether loading `name` would evict nothing: its known size against the model budgets of the last plan
+        and the models resident now. A hint for the proxy's queue, which admission checks by a plan of its own;
+        False while the model or the budgets are unknown."""
+        entry = self.inputs.cache.entries.get(name)
+        if entry is None or entry.resident or not entry.size or not self._budgets:
+            return False
+        room = cache.plan_room_on(self.inputs.cache, name, cache.estimate_size(entry, None), self._budgets,
+                                  self.config.gpu.scheduler, self._max_resident)
+        return room.fits and not room.victims
 
     def note_use(self, name: str, keep_alive: str | None) -> None:
         """A served request for a resident model: an in-memory touch, written to SQLite by flush()."""
@@ -169,6 +182,7 @@ class ModelScheduler:
             await inputs.locate_models(loaded, snap)
             inputs.observe(loaded, snap)
             budgets = {g.index: self.leases.model_budget(snap, g.index) for g in snap.gpus}
+            self._budgets, self._max_resident = budgets, self.max_loaded(snap)
             base = inputs.cache
             plan = cache.plan_ensure(base, name, now, listed=listed(loaded, name), installed_size=installed_size,
                                      budgets=budgets, policy=self.config.gpu.scheduler,

@@ -16,8 +16,8 @@ sends them in this order:
 3. `join`: requests for a model whose load is under way ride on that load;
 4. `swap`: one load at a time, and only once no resident model has work queued or in flight (the load could
    evict that model, and its next requests would swap it back): the model of the oldest queued request, with
-   its whole group. The policy cannot tell whether a load would evict anything, so with room to spare a new
-   model may wait up to max_wait behind a busy resident one.
+   its whole group. A model that loads into room to spare (`free`: its load evicts nothing) need not wait for
+   the resident models' work, since nothing it does can swap them out: the oldest such goes at once.
 While a load's room is being made (the arbiter evicting for it), nothing but overdue requests and those riding
 on that load is sent: a request for a model about to be evicted would load it again. Never more than
 ollama.max_queue requests are in flight (Ollama answers 503 beyond its queue).
@@ -81,7 +81,8 @@ class Plan:
 
 
 def plan(queue: Sequence[Queued], in_flight: Mapping[str, int], resident: Collection[str],
-         loading: Collection[str], now: float, limits: Limits, making_room: bool = False) -> Plan:
+         loading: Collection[str], now: float, limits: Limits, making_room: bool = False,
+         free: Collection[str] = ()) -> Plan:
     flying = dict(in_flight)
     total = sum(flying.values())
     loads = set(loading)
@@ -139,17 +140,19 @@ def plan(queue: Sequence[Queued], in_flight: Mapping[str, int], resident: Collec
             held_by = MAKING_ROOM
         elif loads:
             held_by = LOADING
-        elif resident_waiting:
+        elif resident_waiting and not any(q.model in free for q in pending_swap):
             held_by = RESIDENT_WORK
         else:
-            swap = pending_swap[0].model
+            swap = next(q.model for q in pending_swap if q.model in free) if resident_waiting \
+                else pending_swap[0].model
             for q in pending_swap:
                 if q.model == swap and flying.get(swap, 0) < per_model and total < limits.total:
                     send(q, JOIN if swap in loads else SWAP)
                     loads.add(swap)
             rest = [q for q in rest if q.key not in taken]
             if rest:
-                held_by = BUSY if all(q.model == swap or q.model in resident for q in rest) else LOADING
+                held_by = BUSY if all(q.model == swap or q.model in resident for q in rest) \
+                    else RESIDENT_WORK if resident_waiting else LOADING
     elif pending_swap:
         held_by = FULL
     if not rest:

@@ -36,9 +36,10 @@ class Ticket:
 
 class RequestQueue:
     def __init__(self, limits: Callable[[], coalesce.Limits], resident: Callable[[str], bool],
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, loads_freely: Callable[[str], bool] = lambda m: False):
         self.limits = limits
         self.resident = resident
+        self.loads_freely = loads_freely  # whether a model's load would evict nothing (room to spare)
         self.clock = clock
         self.waiting: dict[int, tuple[coalesce.Queued, asyncio.Future[coalesce.Send]]] = {}
         self.in_flight: dict[str, int] = {}
@@ -113,7 +114,9 @@ class RequestQueue:
         queued = [q for q, _ in self.waiting.values()]
         resident = {m for m in {q.model for q in queued} | self.in_flight.keys() if self.resident(m)}
         now = self.clock()
-        plan = coalesce.plan(queued, self.in_flight, resident, self.loading, now, self.limits(), self.making_room > 0)
+        free = {m for m in {q.model for q in queued} - resident if self.loads_freely(m)}
+        plan = coalesce.plan(queued, self.in_flight, resident, self.loading, now, self.limits(), self.making_room > 0,
+                             free)
         for send in plan.send:
             _, future = self.waiting.pop(send.key)
             self.in_flight[send.model] = self.in_flight.get(send.model, 0) + 1

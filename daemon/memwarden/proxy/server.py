@@ -91,7 +91,8 @@ class OllamaProxy:
         self.upstream = Upstream(upstream.rstrip("/"))
         self.upstream_url = upstream.rstrip("/")
         self.admitter = Admitter(arbiter, cfg)
-        self.queue = RequestQueue(self.limits, lambda model: self.arbiter.resident(model))
+        self.queue = RequestQueue(self.limits, lambda model: self.arbiter.resident(model),
+                                  loads_freely=lambda model: self.arbiter.loads_freely(model))
         self.budget = BodyBudget(BUFFERED_BODIES * cfg.max_request_body)
         self._cfg = cfg
         self.server: asyncio.Server | None = None

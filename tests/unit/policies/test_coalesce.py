@@ -186,3 +186,16 @@ def test_an_overdue_request_takes_its_models_queue_with_it_onto_one_load():
     p = plan(q, {"hot": 1}, {"hot"}, set(), 10.0, Limits(max_wait=7.0, per_model=1, total=512))
     assert sent(p) == [(0, "b", OVERDUE), (2, "b", OVERDUE), (3, "b", JOIN), (1, "c", OVERDUE)]
     assert p.swap == "b", "one load of b serves all three; c's load follows in Ollama's queue"
+
+
+def test_a_model_that_loads_into_room_to_spare_need_not_wait_for_resident_work():
+    q = queue("hot", "cold", "other", "cold")
+    p = plan(q, {"hot": 2}, {"hot"}, set(), 1.0, Limits(10.0, per_model=2, total=512), free={"cold"})
+    assert sent(p) == [(1, "cold", SWAP), (3, "cold", JOIN)] and p.swap == "cold", "nothing it evicts"
+    assert p.held == 2 and p.held_by == RESIDENT_WORK  # other's load may evict: it waits for hot's work
+
+    p = plan(q[2:3], {"hot": 1, "cold": 2}, {"hot"}, {"cold"}, 1.0, LIMITS, free={"other"})
+    assert p.send == () and p.held_by == LOADING, "still one load at a time"
+
+    p = plan(q[2:3], {"hot": 1}, {"hot"}, set(), 1.0, LIMITS)  # a load that may evict waits as before
+    assert p.send == () and p.held_by == RESIDENT_WORK
