@@ -36,9 +36,8 @@ def prepare(config: Config, store: MemoryStore, runs: RunStore, versions: Versio
     out.mkdir(parents=True, exist_ok=True)
     curator.write_jsonl(out / "train.jsonl", cur.train)
     curator.write_jsonl(out / "holdout.jsonl", cur.holdout or cur.train[:1])
-    trained = set(cur.train_ids)
-    recall = [p for p in cur.train if p.memory_id in trained and not p.flipped]
-    curator.write_jsonl(out / "recall.jsonl", recall)
+    recall = cur.recall  # per trained memory: a trained wording and a held-out one, tagged
+    curator.write_jsonl(out / "recall.jsonl", recall, tagged=True)
     probe = None
     if cur.probe:
         curator.write_jsonl(out / "probe.jsonl", cur.probe)
