@@ -84,8 +84,9 @@ def test_recall_pairs_a_trained_wording_with_one_never_trained():
 
 def test_dual_mode_flips_real_exchanges_only():
     ps = pairs_of(mem(1, "conversation", "question", "answer"), dual=True)
-    assert [(p.user, p.assistant, p.flipped) for p in ps][0] == ("question", "answer", False)
-    assert [(p.user, p.assistant, p.flipped) for p in ps][-1] == ("answer", "question", True)
+    first, last = ps[0], ps[-1]
+    assert (first.user, first.assistant, first.flipped) == ("question", "answer", False)
+    assert (last.user, last.assistant, last.flipped) == ("answer", "question", True)
     assert sum(p.flipped for p in ps) == 1 and len(ps) == cues.WORDINGS + 1
     assert not any(p.flipped for p in pairs_of(mem(2, "dream"), dual=True))
     c = curate([mem(i, "conversation", response=f"r{i}") for i in range(10)] + [mem(10, "dream")], dual=True,
