@@ -8,6 +8,8 @@ created_at, adapter), a Curated out; no I/O but write_jsonl().
   exchange's answer — a preference's chosen reply — or a content-only memory itself). An exchange's own user
   turn is its first wording, so the real exchange is always trained; no kind is dropped for lack of a response.
   Each trained memory has one more wording, held out (`heldout_wordings`): recall is measured on it too.
+- `extra` (learning.augment, augment.py): question/answer pairs the served model wrote about a new memory are
+  trained beside its wordings, except one that asks in its held-out wording.
 - Dual mode adds, for each exchange, the flipped pair (answer → user turn). A memory without one gets no
   flipped pair: the assistant would learn to say a prompt.
 - Superseded memories (cues.supersede: a newer memory of the profile has the same cue) are neither trained,
@@ -117,14 +119,16 @@ def content_key(m: Memory) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def pairs_of(m: Memory, dual: bool, seed: int = 42) -> list[Pair]:
-    """A memory's trained pairs: one per trained wording (an exchange's own turn first), then (dual mode, an
-    exchange) the flipped one."""
+def pairs_of(m: Memory, dual: bool, seed: int = 42, extra: Sequence[tuple[str, str]] = ()) -> list[Pair]:
+    """A memory's trained pairs: one per trained wording (an exchange's own turn first), the `extra` pairs, then
+    (dual mode, an exchange) the flipped one."""
     mid, kind = m.get("id"), m["kind"]
     ex = cues.exchange(m)
     reply = cues.answer(m)
-    out = [Pair(mid, kind, w, reply, synthetic=not (ex and w == ex[0]))
-           for w in cues.wordings(m, seed).trained]
+    wordings = cues.wordings(m, seed)
+    out = [Pair(mid, kind, w, reply, synthetic=not (ex and w == ex[0])) for w in wordings.trained]
+    out += [Pair(mid, kind, q, a, synthetic=True) for q, a in extra
+            if normalize(q) != normalize(wordings.heldout)]
     if dual and ex:
         out.append(Pair(mid, kind, ex[1], ex[0], flipped=True))
     return out
@@ -163,8 +167,9 @@ def _probe_rank(seed: int, m: Memory) -> str:
 
 def curate(new: Sequence[Memory], previous: Sequence[Memory] = (), *, dual: bool = False, max_samples: int = 2000,
            holdout_fraction: float = 0.1, replay_fraction: float = 0.1, seed: int = 42,
-           probe_size: int = PROBE_SIZE) -> Curated:
-    """`new`: the adapter's unconsolidated memories; `previous`: those it learned before (replay, probe)."""
+           probe_size: int = PROBE_SIZE, extra: Mapping[int, Sequence[tuple[str, str]]] | None = None) -> Curated:
+    """`new`: the adapter's unconsolidated memories; `previous`: those it learned before (replay, probe);
+    `extra`: memory id → question/answer pairs written about it (learning.augment)."""
     if not 0 <= holdout_fraction < 1 or not 0 <= replay_fraction < 1 or max_samples < 1:
         raise ValueError("curator: holdout_fraction and replay_fraction must be in [0, 1), max_samples ≥ 1")
     profile, adapter = _check_one_owner([*new, *previous])
@@ -193,7 +198,7 @@ def curate(new: Sequence[Memory], previous: Sequence[Memory] = (), *, dual: bool
     capped: list[Memory] = []
     used = 0
     for m in unique:
-        ps = pairs_of(m, dual, seed)
+        ps = pairs_of(m, dual, seed, (extra or {}).get(m.get("id"), ()))
         if capped or used + len(ps) > budget:
             capped.append(m)
             continue
@@ -270,6 +275,7 @@ def curate(new: Sequence[Memory], previous: Sequence[Memory] = (), *, dual: bool
         "flipped_pairs": sum(p.flipped for p in train_new + holdout),
         "synthetic_pairs": sum(p.synthetic for p in train_new + holdout),
         "heldout_wordings": sum(p.heldout for p in recall),
+        "augmented_pairs": sum(len((extra or {}).get(m.get("id"), ())) for m, _ in kept),
         "kinds": dict(Counter(m["kind"] for m in [*new, *superseded_new])),
         "dual": dual, "max_samples": max_samples, "holdout_fraction": holdout_fraction,
         "replay_fraction": replay_fraction, "seed": seed,
