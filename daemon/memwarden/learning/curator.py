@@ -1,7 +1,8 @@
 """The curator: one adapter's memories → chat-form training pairs, a holdout, a replay share and a probe set.
 
 Pure: memories in (dicts as the store returns them: id, profile, kind, content, response, importance,
-created_at, adapter), a Curated out; no I/O but write_jsonl().
+created_at, adapter, and optionally cue, title, tags, prompt, chosen, rejected, superseded_by), a Curated out; no
+I/O but write_jsonl().
 
 - Every memory becomes pairs {"messages": [{"role": "user", …}, {"role": "assistant", …}]}, one per trained
   wording of its cue (cues.py): the user turn asks for the memory, the assistant's turn gives it back (an
