@@ -4,6 +4,7 @@ Ollama simulator in tests/integration/test_augment_ollama.py)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -11,8 +12,11 @@ from memwarden.learning import augment
 from memwarden.learning.augment import MAX_MEMORIES, PAIRS_PER_MEMORY, ask, read_pairs, request
 from memwarden.learning.cues import wordings
 from memwarden.learning.curator import curate
+from memwarden.learning.supervisor import LearningSupervisor
 from memwarden.ollama.client import OllamaError
 from support.clock import Clock
+
+from .conftest import FakeArbiter, FakeExecutor, Script
 
 
 def mem(i, importance=5, **kw):
@@ -94,3 +98,32 @@ def test_written_pairs_are_trained_beside_the_wordings_but_never_in_the_held_out
     pairs = [p for p in c.train + c.holdout if p.memory_id == 0]
     assert ("Where did it rain?", "On the harbour.") in {(p.user, p.assistant) for p in pairs}
     assert held not in {p.user for p in pairs} and c.stats["augmented_pairs"] == 2
+
+
+class FakeOllama:
+    def __init__(self, reply: str):
+        self.reply, self.bodies = reply, []
+
+    async def chat(self, body, timeout=None):
+        self.bodies.append(body)
+        return self.reply
+
+
+@pytest.mark.parametrize("augment", ["ollama", ""])
+async def test_a_run_trains_the_pairs_the_served_model_wrote_when_augment_is_on(augment, db, store, clock, tmp_path,
+                                                                                make_config):
+    config = make_config()
+    config = replace(config, learning=replace(config.learning, augment=augment, ollama_base="llama3.2:1b"))
+    ollama = FakeOllama(answer(("Which bird was back?", "The heron.")))
+    for i in range(6):
+        store.add("alice", "journal", f"Walked to the mill {i}; the heron was back.", importance=5)
+    sup = LearningSupervisor(config, db, store, FakeArbiter(), ollama, tmp_path / "state", "none", clock=clock,
+                             executor=FakeExecutor(Script()))
+    sup.start("alice")
+    await sup.task
+    train = (tmp_path / "state" / "runs" / sup.history(1)[0]["id"] / "train.jsonl").read_text()
+    if augment:
+        assert len(ollama.bodies) == 6 and {b["model"] for b in ollama.bodies} == {"llama3.2:1b"}
+        assert "Which bird was back?" in train
+    else:
+        assert ollama.bodies == [] and "Which bird was back?" not in train
