@@ -130,7 +130,11 @@ class MemoryStore:
         """Mark the older memories of each (profile, cue_key) group superseded by its newest; returns how many
         rows changed. Call inside the transaction that inserted the group's new memories."""
         groups = sorted(set(groups))
-        return conn.execute(_SUPERSEDE, [json.dumps(groups)]).rowcount if groups else 0
+        if not groups:
+            return 0
+        before = conn.total_changes  # a statement that opens with WITH reports no rowcount
+        conn.execute(_SUPERSEDE, [json.dumps(groups)])
+        return conn.total_changes - before
 
     # ---- ingest --------------------------------------------------------------------------------------
 

@@ -268,7 +268,7 @@ def test_a_newer_memory_with_the_same_cue_supersedes_the_older_in_its_profile(st
     assert store.show(first)["superseded_by"] == newest
 
 
-def test_a_late_import_of_an_older_memory_is_superseded_by_the_newer_one(store, clock):
+def test_a_late_import_of_an_older_memory_is_superseded_by_the_newer_one(store, db, clock):
     token = store.begin_import()
     store.stage(token, [line(content="red car", title="the car", created_at=2000.0),
                         line(content="blue car", title="The car", created_at=1000.0),
@@ -276,6 +276,13 @@ def test_a_late_import_of_an_older_memory_is_superseded_by_the_newer_one(store, 
     store.commit_import(token)
     newest = next(r["id"] for r in store.rows() if r["content"] == "red car")
     assert superseded(store) == {"red car": None, "blue car": newest, "green car": newest}
+    with db.atomic():  # every older memory of the group now points at the newest: three rows change
+        assert store._supersede(db.conn, [("alice", "the car"), ("alice", "no such cue")]) == 0
+        db.execute("UPDATE memories SET created_at = 4000 WHERE content = 'blue car'")
+        assert store._supersede(db.conn, [("alice", "the car")]) == 3
+    db.execute("UPDATE memories SET created_at = 1000 WHERE content = 'blue car'")
+    with db.atomic():
+        assert store._supersede(db.conn, [("alice", "the car")]) == 3
     store.add("alice", "journal", "yellow car", importance=3, title="the car", created_at=3000.0)
     yellow = next(r["id"] for r in store.rows() if r["content"] == "yellow car")
     assert set(superseded(store).values()) == {yellow, None}
