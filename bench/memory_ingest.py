@@ -1,7 +1,9 @@
 """Memory ingest rate: memories/s through MemoryStore.import_lines and through `memwardenctl memories import`.
 
 --lines JSONL memories (default 100,000; ~250 bytes each, 5 profiles, 7 kinds, a fifth with a response, one
-route) are imported --repeat times (default 3) each way; the median is reported:
+route; with --cues F, that fraction of them carries a cue, about two memories per profile and cue, so that the
+later supersedes the earlier) are imported --repeat times (default 3) each way; the
+median is reported:
   in process   MemoryStore.import_lines (parse, validate every line, route, one transaction) on a fresh
                state database (open_state: WAL, synchronous NORMAL, the real schema);
   end to end   `memwardenctl memories import FILE` against a running memwardend: the CLI process, chunks of
@@ -41,8 +43,9 @@ WORDS = ("river", "morning", "light", "quiet", "train", "garden", "letter", "win
          "friend", "walk", "book", "dream", "city", "winter", "sea", "road", "voice")
 
 
-def make_lines(n: int, seed: int = 1) -> list[str]:
+def make_lines(n: int, seed: int = 1, cues: float = 0.0) -> list[str]:
     rng = random.Random(seed)
+    pool = max(1, round(n * cues / 10))  # five profiles: about two memories per (profile, cue)
     out = []
     for i in range(n):
         rec: dict[str, Any] = {
@@ -51,6 +54,8 @@ def make_lines(n: int, seed: int = 1) -> list[str]:
             "importance": rng.randint(1, 10), "created_at": 1.7e9 + i}
         if i % 5 == 0:
             rec["response"] = " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 15)))
+        if cues and rng.random() < cues:
+            rec["cue"] = f"day {rng.randrange(pool)}"
         out.append(json.dumps(rec))
     return out
 
@@ -139,10 +144,11 @@ def main() -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--lines", type=int, default=100_000, help="memories per import (default 100,000)")
     p.add_argument("--repeat", type=int, default=3, help="imports per way (default 3; the median is reported)")
+    p.add_argument("--cues", type=float, default=0.0, help="the fraction of memories with a cue (default 0)")
     args = p.parse_args()
     exit_cleanly_on_sigterm()
 
-    lines = make_lines(args.lines)
+    lines = make_lines(args.lines, cues=args.cues)
     file_bytes = sum(len(x) + 1 for x in lines)
     probe_store = MemoryStore(open_state(short_tmpdir("mwbench")), ROUTES)
     rows = [probe_store._row(parse_line(x, n)) for n, x in enumerate(lines, 1)]
@@ -170,7 +176,7 @@ def main() -> int:
     med = {k: statistics.median(v) for k, v in times.items()}
     rate = {k: args.lines / v for k, v in med.items()}
     results: dict[str, Any] = {
-        "lines": args.lines, "file_bytes": file_bytes, "repeat": args.repeat, "goal_per_s": GOAL,
+        "lines": args.lines, "file_bytes": file_bytes, "repeat": args.repeat, "goal_per_s": GOAL, "cues": args.cues,
         "seconds": {k: [round(x, 3) for x in v] for k, v in times.items()},
         "per_s": {k: round(v) for k, v in rate.items()},
         "ratio_in_process": round(rate["in_process"] / rate["baseline"], 3),

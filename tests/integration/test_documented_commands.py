@@ -161,7 +161,8 @@ class Values:
                      "--holder": "nightly-run", "--profile": "alice", "--kind": "journal", "--adapter": "alice",
                      "--response": "Black coffee, before eight.", "--created-at": "2024-05-01T10:00:00",
                      "--wait": "5s", "--timeout": "12.5", "--socket": self.socket, "--config": self.config,
-                     "--import-id": "nightly-2024-05-01"}
+                     "--import-id": "nightly-2024-05-01", "--cue": "my morning coffee", "--title": "Coffee",
+                     "--tag": "habits"}
         if before in by_option:
             return [by_option[before]]
         by_name = {"SIZE": ["4GiB"], "ID": ["42"], "NAME": ["assistant"], "ADAPTER": ["alice"],
@@ -211,6 +212,9 @@ CTL_OPTIONS: dict[str, tuple[bool, Check]] = {  # option → (takes a value, whe
     "--importance": (True, lambda a, r, v: r.params["importance"] == int(v)),
     "--response": (True, lambda a, r, v: r.params["response"] == v),
     "--created-at": (True, lambda a, r, v: r.params["created_at"] == v),
+    "--cue": (True, lambda a, r, v: r.params["cue"] == v),
+    "--title": (True, lambda a, r, v: r.params["title"] == v),
+    "--tag": (True, lambda a, r, v: r.params["tags"] == [v]),
     "--import-id": (True, lambda a, r, v: a.import_id == v),
     "--progress": (False, lambda a, r, v: a.progress is True),
     "--secrets": (False, lambda a, r, v: r.params == {"secrets": True}),

@@ -124,7 +124,7 @@ def test_add_list_show(daemon):
     listing = ctl(daemon, "memories", "list")
     assert listing.returncode == 0
     assert listing.stdout.splitlines()[0].split() == ["ID", "PROFILE", "KIND", "ADAPTER", "IMP", "CREATED",
-                                                      "CONSOLIDATED", "BY", "CONTENT"]
+                                                      "CONSOLIDATED", "BY", "SUPERSEDED", "BY", "CONTENT"]
     assert "How are you?" in listing.stdout and "dreams@bob" in listing.stdout
     data = ctl_json(daemon, "memories", "list", "--kind", "dream")
     assert data["total"] == 1 and data["memories"][0]["created_at"] == 1767225600.0
@@ -139,6 +139,44 @@ def test_add_list_show(daemon):
     bad = ctl(daemon, "memories", "add", "--profile", "bob", "--kind", "dream", "--importance", "11", "x")
     assert bad.returncode == 1
     assert "importance must be a whole number 1–10, got 11" in bad.stderr
+
+
+def test_cues_preferences_and_an_update_through_the_import_command(daemon):
+    bad = write(daemon, "prefs.jsonl", [
+        record(1, cue="my godson Zeno"),
+        record(2, kind="preference", content=None, prompt="Tea or coffee?", chosen="Tea.", rejected="Coffee."),
+        record(3, kind="preference", prompt="Tea or coffee?", chosen="Tea."),
+        record(4, kind="preference", prompt="Tea?", chosen="Tea.", rejected=" tea. "),
+        record(5, tags="family")])
+    out = ctl(daemon, "memories", "import", bad)
+    assert out.returncode == 1
+    assert out.stderr.splitlines()[:3] == [
+        "line 3: rejected is missing (a preference carries prompt, chosen, rejected)",
+        "line 4: chosen and rejected are the same text: nothing to prefer",
+        "line 5: tags must be a list of at most 16 strings, got 'family'"]
+    assert ctl_json(daemon, "memories", "count")["total"] == 0
+
+    first = write(daemon, "first.jsonl", [
+        record(1, content="Zeno lives in Tbilisi.", cue="my godson Zeno", tags=["family"],
+               created_at="2026-01-01T00:00:00"),
+        record(2, kind="preference", content=None, prompt="Tea or coffee?", chosen="Tea.", rejected="Coffee.")])
+    assert ctl(daemon, "memories", "import", first).returncode == 0
+    update = write(daemon, "update.jsonl", [record(3, content="Zeno moved to Batumi.", cue="My godson  Zeno",
+                                                   created_at="2026-02-01T00:00:00")])
+    assert ctl(daemon, "memories", "import", update).returncode == 0
+
+    rows = {m["content"]: m for m in ctl_json(daemon, "memories", "list")["memories"]}
+    old, new, pref = rows["Zeno lives in Tbilisi."], rows["Zeno moved to Batumi."], rows["Tea or coffee?"]
+    assert old["superseded_by"] == new["id"] and new["superseded_by"] is None and old["tags"] == ["family"]
+    assert (pref["prompt"], pref["chosen"], pref["rejected"]) == ("Tea or coffee?", "Tea.", "Coffee.")
+    listing = ctl(daemon, "memories", "list").stdout.splitlines()
+    column = listing[0].index("SUPERSEDED BY")
+    assert next(x for x in listing if "Tbilisi" in x)[column:].split()[0] == str(new["id"])
+    shown = ctl(daemon, "memories", "show", str(old["id"])).stdout
+    assert "cue:" in shown and "my godson Zeno" in shown and f"by memory {new['id']}" in shown
+    counts = ctl_json(daemon, "memories", "count")
+    assert counts["superseded"] == 1 and counts["unconsolidated"] == 2
+    assert "1 superseded by newer ones" in ctl(daemon, "memories", "count").stdout
 
 
 def test_profiles_stay_isolated_whatever_the_routes_say(daemon):

@@ -175,10 +175,15 @@ def add_memories_parser(sub: Any) -> None:
     add.add_argument("--importance", required=True, type=int, help="1 to 10")
     add.add_argument("--response", help="the reply, for a conversation")
     add.add_argument("--created-at", help="seconds since 1970 or an ISO 8601 date-time (default: now)")
+    add.add_argument("--cue", help="what the memory is about, as a prompt would name it; a newer memory with the same "
+                     "cue replaces it")
+    add.add_argument("--title", help="a title (the cue when there is no --cue)")
+    add.add_argument("--tag", dest="tags", action="append", help="a tag (repeatable)")
     add.add_argument("content", help="the memory's text ('-': read it from stdin)")
     imp = verbs.add_parser("import", help="import a JSONL file: all lines or none, bad lines reported (admin)")
     imp.add_argument("file", type=Path, help="one JSON object per line: profile, kind, content, importance, "
-                     "and optionally response and created_at ('-': stdin)")
+                     "and optionally response, created_at, cue, title, tags; kind preference: prompt, chosen, "
+                     "rejected ('-': stdin)")
     imp.add_argument("--import-id", help="the import's id (default: a fresh one); an import already committed "
                      "under this id is not imported again")
     imp.add_argument("--progress", action="store_true", default=None,
@@ -209,7 +214,8 @@ def memory_params(args: argparse.Namespace) -> dict[str, Any]:
                 created = float(created)
         return {k: v for k, v in {"profile": args.profile, "kind": args.kind, "content": content,
                                   "importance": args.importance, "response": args.response,
-                                  "created_at": created}.items() if v is not None}
+                                  "created_at": created, "cue": args.cue, "title": args.title,
+                                  "tags": args.tags}.items() if v is not None}
     if args.verb == "show":
         return {"id": args.id}
     names = ("profile", "kind", "adapter") + (("consolidated", "limit", "offset") if args.verb == "list" else ())

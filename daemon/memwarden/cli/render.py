@@ -205,8 +205,10 @@ def imported(r: dict[str, Any]) -> str:
 
 def memories(r: dict[str, Any]) -> str:
     rows = [[m["id"], m["profile"], m["kind"], m["adapter"], m["importance"], _when(m["created_at"]),
-             m["consolidated_run"] or "-", _one_line(m["content"])] for m in r["memories"]]
-    out = table(rows, ["ID", "PROFILE", "KIND", "ADAPTER", "IMP", "CREATED", "CONSOLIDATED BY", "CONTENT"])
+             m["consolidated_run"] or "-", m.get("superseded_by") or "-", _one_line(m["content"])]
+            for m in r["memories"]]
+    out = table(rows, ["ID", "PROFILE", "KIND", "ADAPTER", "IMP", "CREATED", "CONSOLIDATED BY", "SUPERSEDED BY",
+                       "CONTENT"])
     return out + (f"\n({len(r['memories'])} of {r['total']})" if r["total"] > len(r["memories"]) else "")
 
 
@@ -215,7 +217,8 @@ def memory_counts(r: dict[str, Any]) -> str:
               for g in r["groups"]]
     adapters = [[a["adapter"], a["profile"], a["count"], f"{a['importance']:g} / {r['threshold']:g}",
                  "yes" if a["importance"] >= r["threshold"] else "no"] for a in r["adapters"]]
-    return (f"{r['total']} memories, {r['unconsolidated']} not consolidated yet\n\n"
+    superseded = f", {r['superseded']} superseded by newer ones" if r.get("superseded") else ""
+    return (f"{r['total']} memories, {r['unconsolidated']} not consolidated yet{superseded}\n\n"
             + table(groups, ["PROFILE", "ADAPTER", "KIND", "MEMORIES", "UNCONSOLIDATED", "IMPORTANCE"])
             + "\n\nunconsolidated importance per adapter:\n"
             + table(adapters, ["ADAPTER", "PROFILE", "MEMORIES", "IMPORTANCE / THRESHOLD", "REACHED"]))
@@ -226,9 +229,15 @@ def memory(r: dict[str, Any]) -> str:
              ("importance", r["importance"]), ("created", f"{_when(r['created_at'])} ({ago(r['created_at'])})"),
              ("consolidated", "no" if r["consolidated_run"] is None else
               f"by run {r['consolidated_run']}, {_when(r['consolidated_at'])}")]
+    pairs += [(name, r[name]) for name in ("cue", "title") if r.get(name)]
+    if r.get("tags"):
+        pairs.append(("tags", ", ".join(r["tags"])))
+    if r.get("superseded_by") is not None:
+        pairs.append(("superseded", f"by memory {r['superseded_by']} (a newer one with the same cue)"))
     out = kv(pairs) + "\n\ncontent:\n" + r["content"]
-    if r["response"] is not None:
-        out += "\n\nresponse:\n" + r["response"]
+    for name in ("response", "prompt", "chosen", "rejected"):
+        if r.get(name) is not None:
+            out += f"\n\n{name}:\n" + r[name]
     return out
 
 
@@ -262,12 +271,12 @@ def runs(r: list[dict[str, Any]]) -> str:
         return f"{e['holdout_loss_before']:.3f}→{e['holdout_loss_after']:.3f}"
 
     rows = [[x["id"], x["adapter"], x["state"], x["trigger"], ago(x["created_at"]), x["memory_ids"], ev(x),
-             recall_cell(x.get("eval")), probe_cell(x.get("eval")),
+             recall_cell(x.get("eval")), recall_cell(x.get("eval"), "recall_heldout"), probe_cell(x.get("eval")),
              "-" if x.get("version") is None else f"v{x['version']}", where_cell(x),
              (x.get("error") or (x.get("reason") if x["state"] in ("rejected", "promoted") else "") or "")[:60]]
             for x in r]
-    return table(rows, ["RUN", "ADAPTER", "STATE", "TRIGGER", "CREATED", "MEMORIES", "HOLDOUT", "RECALL", "PROBE",
-                        "VERSION", "WHERE", "NOTE"])
+    return table(rows, ["RUN", "ADAPTER", "STATE", "TRIGGER", "CREATED", "MEMORIES", "HOLDOUT", "RECALL",
+                        "REWORDED", "PROBE", "VERSION", "WHERE", "NOTE"])
 
 
 def where_cell(x: dict[str, Any]) -> str:
@@ -324,9 +333,11 @@ def train_status(r: dict[str, Any]) -> str:
            for d in r["due"]]
     lines += ["", table(due, ["ADAPTER", "IMPORTANCE", "DUE", "WHY"])]
     versions = [[v["adapter"], f"v{v['version']}", "active" if v["active"] else "", v["ollama_model"] or "-",
-                 ago(v["created_at"]), recall_cell(v), probe_cell(v)] for v in r["versions"]]
+                 ago(v["created_at"]), recall_cell(v), recall_cell(v, "recall_heldout"), probe_cell(v)]
+                for v in r["versions"]]
     if versions:
-        lines += ["", table(versions, ["ADAPTER", "VERSION", "", "OLLAMA MODEL", "CREATED", "RECALL", "PROBE"])]
+        lines += ["", table(versions, ["ADAPTER", "VERSION", "", "OLLAMA MODEL", "CREATED", "RECALL", "REWORDED",
+                                       "PROBE"])]
     return "\n".join(lines)
 
 

@@ -86,6 +86,9 @@ def _cross_checks(config: Config, problems: list[str]) -> None:
         problems.append("at 'gpu.sim_file': required when gpu.backend is \"sim\"")
     if config.proxy.enabled and not (config.proxy.upstream or config.ollama.url):
         problems.append("at 'proxy.upstream': the proxy needs an upstream (or ollama.url)")
+    if config.learning.augment == "ollama" and not (config.ollama.url and config.learning.ollama_base):
+        problems.append("at 'learning.augment': \"ollama\" needs ollama.url and learning.ollama_base (the served "
+                        "model that writes the pairs)")
     if config.learning.enabled and not config.learning.base_model:
         problems.append("at 'learning.base_model': required when learning.enabled is true")
     try:

@@ -217,6 +217,10 @@ class LearningConfig:
         "unrouted memories feed the adapter named after their profile.")
     dual: bool = setting(
         False, boolean, "Also train each memory with user and assistant turns swapped (the dual mode).")
+    augment: str = setting(
+        "", choice("", "ollama"), "ollama: the served model (learning.ollama_base at ollama.url) also writes "
+        "question/answer pairs about each new memory, trained beside its cue wordings (bounded in time and size; "
+        "on any failure the cue wordings alone). Empty: cue wordings only.")
     max_samples: int = setting(2000, integer(10, 10_000_000), "At most this many training pairs per run.")
     holdout_fraction: float = setting(0.1, number(0.01, 0.5), "Share of new pairs kept out to evaluate on.")
     replay_fraction: float = setting(

@@ -71,16 +71,19 @@ def register_memories(reg: Registry, s: Services) -> None:
     store = s.memories
 
     async def memories_add(profile: Any = None, kind: Any = None, content: Any = None, response: Any = None,
-                           importance: Any = None, created_at: Any = None) -> dict[str, Any]:
-        """Add one memory: profile, kind, content, importance 1–10, optional response and created_at (admin)."""
+                           importance: Any = None, created_at: Any = None, cue: Any = None, title: Any = None,
+                           tags: Any = None, prompt: Any = None, chosen: Any = None,
+                           rejected: Any = None) -> dict[str, Any]:
+        """Add one memory: profile, kind, content, importance 1–10, optional response, created_at, cue, title and
+        tags; a preference's prompt, chosen and rejected (admin)."""
         try:
-            memory_id = store.add(profile, kind, content, response, importance=importance,
-                                       created_at=created_at)
+            memory_id = store.add(profile, kind, content, response, importance=importance, created_at=created_at,
+                                  cue=cue, title=title, tags=tags, prompt=prompt, chosen=chosen, rejected=rejected)
         except BadRecord as exc:
             raise InvalidParams(exc.message) from None
         row = store.show(memory_id)
         log.info("memory added", id=memory_id, profile=row["profile"], kind=row["kind"], adapter=row["adapter"],
-                 importance=row["importance"])
+                 importance=row["importance"], cue=row["cue"] or row["title"])
         return row
 
     async def memories_import(lines: Any, import_id: Any = None) -> dict[str, Any]:

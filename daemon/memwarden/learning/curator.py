@@ -1,14 +1,20 @@
 """The curator: one adapter's memories → chat-form training pairs, a holdout, a replay share and a probe set.
 
 Pure: memories in (dicts as the store returns them: id, profile, kind, content, response, importance,
-created_at, adapter), a Curated out; no I/O but write_jsonl().
+created_at, adapter, and optionally cue, title, tags, prompt, chosen, rejected, superseded_by), a Curated out; no
+I/O but write_jsonl().
 
-- Every memory becomes a pair {"messages": [{"role": "user", …}, {"role": "assistant", …}]}. A memory with
-  a response is a real exchange (content → response). One without gets a synthetic user prompt for its kind
-  (inner_dialogue, reflection, dream, journal, observation, conversation, and a generic one naming any other
-  kind), and its content is the assistant's turn: no kind is dropped for lack of a response.
-- Dual mode adds, for each memory with a response, the flipped pair (response → content). A memory without
-  one gets no flipped pair: the assistant would learn to say the synthetic prompt.
+- Every memory becomes pairs {"messages": [{"role": "user", …}, {"role": "assistant", …}]}, one per trained
+  wording of its cue (cues.py): the user turn asks for the memory, the assistant's turn gives it back (an
+  exchange's answer — a preference's chosen reply — or a content-only memory itself). An exchange's own user
+  turn is its first wording, so the real exchange is always trained; no kind is dropped for lack of a response.
+  Each trained memory has one more wording, held out (`heldout_wordings`): recall is measured on it too.
+- `extra` (learning.augment, augment.py): question/answer pairs the served model wrote about a new memory are
+  trained beside its wordings, except one that asks in its held-out wording.
+- Dual mode adds, for each exchange, the flipped pair (answer → user turn). A memory without one gets no
+  flipped pair: the assistant would learn to say a prompt.
+- Superseded memories (cues.supersede: a newer memory of the profile has the same cue) are neither trained,
+  held out, replayed nor probed (`superseded_ids` among the new ones).
 - Duplicates (same content and response after Unicode/case/whitespace normalisation) are dropped: among new
   memories the most important (then newest) is kept, and a new memory that repeats one learned before is
   dropped too (`duplicate_ids`; already learned, so fit to be marked consolidated).
@@ -34,40 +40,18 @@ import json
 import math
 import os
 import random
-import re
 import tempfile
-import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from memwarden.learning import cues
+from memwarden.learning.cues import normalize
+
 Memory = Mapping[str, Any]
 
-PROMPTS: dict[str, tuple[str, ...]] = {
-    "conversation": ("What do you remember from a recent conversation?",
-                     "Tell me about something that was said to you recently.",
-                     "What was one of your recent conversations about?"),
-    "inner_dialogue": ("What are you thinking about?",
-                       "What is going through your mind right now?",
-                       "Talk me through what you are thinking."),
-    "reflection": ("What have you been reflecting on lately?",
-                   "Looking back, what stands out to you?",
-                   "What did you learn from a recent experience?"),
-    "dream": ("Tell me about a dream you had.",
-              "What did you dream about?",
-              "Describe a dream you remember."),
-    "journal": ("Write a journal entry about your day.",
-                "What would you write in your journal today?",
-                "How did your day go?"),
-    "observation": ("What have you noticed recently?",
-                    "What did you observe?",
-                    "Describe something you noticed."),
-}
-GENERIC_PROMPTS = ("Tell me about a {kind} memory of yours.",
-                   "Share something from your {kind} memories.",
-                   "What do you remember? ({kind})")
 PROBE_SIZE = 64
 
 
@@ -77,12 +61,17 @@ class Pair:
     kind: str
     user: str
     assistant: str
-    synthetic: bool = False  # the user turn is a synthetic prompt for the kind
+    synthetic: bool = False  # the user turn is a wording of the memory's cue, not a user's own turn
     flipped: bool = False  # the dual-mode pair: user and assistant swapped
+    heldout: bool = False  # the held-out wording: measured, never trained
 
-    def to_json(self) -> dict[str, Any]:
-        return {"messages": [{"role": "user", "content": self.user},
-                             {"role": "assistant", "content": self.assistant}]}
+    def to_json(self, tagged: bool = False) -> dict[str, Any]:
+        """The pair as a conversation; `tagged` adds its memory and wording (the recall file)."""
+        out: dict[str, Any] = {"messages": [{"role": "user", "content": self.user},
+                                            {"role": "assistant", "content": self.assistant}]}
+        if tagged:
+            out.update(memory_id=self.memory_id, wording="heldout" if self.heldout else "trained")
+        return out
 
 
 @dataclass(frozen=True)
@@ -98,8 +87,14 @@ class Curated:
     probe_ids: list[int]  # earlier memories measuring forgetting
     duplicate_ids: list[int]  # new memories dropped as repeats (of a new one or of one learned before)
     capped_ids: list[int]  # new memories left for a later run by max_samples
+    superseded_ids: list[int]  # new memories a newer one with the same cue replaces: never trained
+    recall: list[Pair]  # per trained memory (by id): its first trained wording, then its held-out one
     by_kind: dict[str, dict[str, int]]
     stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def heldout_wordings(self) -> list[Pair]:
+        return [p for p in self.recall if p.heldout]
 
     @property
     def consolidate_ids(self) -> list[int]:
@@ -111,41 +106,39 @@ class Curated:
         return {"adapter": self.adapter, "profile": self.profile, "stats": self.stats, "by_kind": self.by_kind,
                 "train_ids": len(self.train_ids), "holdout_ids": len(self.holdout_ids),
                 "replay_ids": len(self.replay_ids), "probe_ids": len(self.probe_ids),
-                "duplicate_ids": len(self.duplicate_ids), "capped_ids": len(self.capped_ids)}
+                "duplicate_ids": len(self.duplicate_ids), "capped_ids": len(self.capped_ids),
+                "superseded_ids": len(self.superseded_ids)}
 
 
 # ---- pieces ----------------------------------------------------------------------------------------------
 
-_SPACE = re.compile(r"\s+")
-
-
-def normalize(text: str | None) -> str:
-    return _SPACE.sub(" ", unicodedata.normalize("NFKC", text or "")).strip().casefold()
-
-
 def content_key(m: Memory) -> str:
-    """The dedup key: a hash of the normalised content and response."""
-    return hashlib.sha256(f"{normalize(m['content'])}\x00{normalize(m.get('response'))}".encode()).hexdigest()
+    """The dedup key: a hash of the normalised content and response (and a preference's replies)."""
+    text = f"{normalize(m['content'])}\x00{normalize(m.get('response'))}"
+    if m.get("chosen") or m.get("rejected"):
+        text += f"\x00{normalize(m.get('prompt'))}\x00{normalize(m.get('chosen'))}\x00{normalize(m.get('rejected'))}"
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
-def synthetic_prompt(kind: str, content: str) -> str:
-    """A user prompt for a memory without a response, one of a few per kind, chosen by the content's hash."""
-    variants = PROMPTS.get(kind)
-    if variants is None:
-        variants = tuple(p.format(kind=kind.replace("_", " ").strip()) for p in GENERIC_PROMPTS)
-    digest = hashlib.sha256(content.encode()).digest()
-    return variants[int.from_bytes(digest[:4], "big") % len(variants)]
+def pairs_of(m: Memory, dual: bool, seed: int = 42, extra: Sequence[tuple[str, str]] = ()) -> list[Pair]:
+    """A memory's trained pairs: one per trained wording (an exchange's own turn first), the `extra` pairs, then
+    (dual mode, an exchange) the flipped one."""
+    mid, kind = m.get("id"), m["kind"]
+    ex = cues.exchange(m)
+    reply = cues.answer(m)
+    wordings = cues.wordings(m, seed)
+    out = [Pair(mid, kind, w, reply, synthetic=not (ex and w == ex[0])) for w in wordings.trained]
+    out += [Pair(mid, kind, q, a, synthetic=True) for q, a in extra
+            if normalize(q) != normalize(wordings.heldout)]
+    if dual and ex:
+        out.append(Pair(mid, kind, ex[1], ex[0], flipped=True))
+    return out
 
 
-def pairs_of(m: Memory, dual: bool) -> list[Pair]:
-    """A memory's pairs: its own, then (dual mode, with a response) the flipped one."""
-    mid, kind, content, response = m.get("id"), m["kind"], m["content"], m.get("response")
-    if response:
-        out = [Pair(mid, kind, content, response)]
-        if dual:
-            out.append(Pair(mid, kind, response, content, flipped=True))
-        return out
-    return [Pair(mid, kind, synthetic_prompt(kind, content), content, synthetic=True)]
+def heldout_pair(m: Memory, seed: int = 42) -> Pair | None:
+    """The memory's held-out wording as a pair, or None when it has none."""
+    w = cues.wordings(m, seed).heldout
+    return None if w is None else Pair(m.get("id"), m["kind"], w, cues.answer(m), synthetic=True, heldout=True)
 
 
 def priority(m: Memory) -> tuple:
@@ -175,11 +168,17 @@ def _probe_rank(seed: int, m: Memory) -> str:
 
 def curate(new: Sequence[Memory], previous: Sequence[Memory] = (), *, dual: bool = False, max_samples: int = 2000,
            holdout_fraction: float = 0.1, replay_fraction: float = 0.1, seed: int = 42,
-           probe_size: int = PROBE_SIZE) -> Curated:
-    """`new`: the adapter's unconsolidated memories; `previous`: those it learned before (replay, probe)."""
+           probe_size: int = PROBE_SIZE, extra: Mapping[int, Sequence[tuple[str, str]]] | None = None) -> Curated:
+    """`new`: the adapter's unconsolidated memories; `previous`: those it learned before (replay, probe);
+    `extra`: memory id → question/answer pairs written about it (learning.augment)."""
     if not 0 <= holdout_fraction < 1 or not 0 <= replay_fraction < 1 or max_samples < 1:
         raise ValueError("curator: holdout_fraction and replay_fraction must be in [0, 1), max_samples ≥ 1")
     profile, adapter = _check_one_owner([*new, *previous])
+    current, _ = cues.supersede([*previous, *new])
+    now_current = {id(m) for m in current}
+    superseded_new = [m for m in new if id(m) not in now_current]
+    new = [m for m in new if id(m) in now_current]
+    previous = [m for m in previous if id(m) in now_current]
 
     # Dedup: earlier memories first (their content is learned), then new ones by priority.
     learned_keys = {content_key(m) for m in previous}
@@ -200,7 +199,7 @@ def curate(new: Sequence[Memory], previous: Sequence[Memory] = (), *, dual: bool
     capped: list[Memory] = []
     used = 0
     for m in unique:
-        ps = pairs_of(m, dual)
+        ps = pairs_of(m, dual, seed, (extra or {}).get(m.get("id"), ()))
         if capped or used + len(ps) > budget:
             capped.append(m)
             continue
@@ -218,8 +217,8 @@ def curate(new: Sequence[Memory], previous: Sequence[Memory] = (), *, dual: bool
         held = set(order[:n_hold])
     for i, (_, ps) in enumerate(kept):
         (holdout if i in held else train_new).extend(ps)
-    if len(kept) == 1 and len(kept[0][1]) == 2 and holdout_fraction > 0:
-        train_new, holdout = [kept[0][1][0]], [kept[0][1][1]]  # a lone memory: hold out its flipped pair
+    if len(kept) == 1 and kept[0][1][-1].flipped and holdout_fraction > 0:
+        train_new, holdout = kept[0][1][:-1], kept[0][1][-1:]  # a lone memory: hold out its flipped pair
     holdout_memories = [kept[i][0] for i in sorted(held)]
     train_memories = [m for i, (m, _) in enumerate(kept) if i not in held]
 
@@ -234,7 +233,7 @@ def curate(new: Sequence[Memory], previous: Sequence[Memory] = (), *, dual: bool
     n_probe = min(probe_size, math.ceil(len(prev_unique) / 2))
     probe_memories = sorted(sorted(prev_unique, key=lambda m: _probe_rank(seed, m))[:n_probe], key=lambda m: m["id"])
     probe_set = {m["id"] for m in probe_memories}
-    probe = [pairs_of(m, dual=False)[0] for m in probe_memories]
+    probe = [pairs_of(m, False, seed)[0] for m in probe_memories]
 
     # Replay: earlier memories until they are replay_fraction of the training set (within max_samples).
     target = 0
@@ -248,18 +247,21 @@ def curate(new: Sequence[Memory], previous: Sequence[Memory] = (), *, dual: bool
     for m in candidates:
         if len(replay) >= target:
             break
-        ps = pairs_of(m, dual)[: target - len(replay)]
+        ps = pairs_of(m, dual, seed)[: target - len(replay)]
         replay.extend(ps)
         replay_memories.append(m)
 
     train = train_new + replay
     random.Random(f"{seed}:train").shuffle(train)
+    recall = [p for m in sorted(train_memories, key=lambda m: m.get("id") or 0)
+              for p in (pairs_of(m, False, seed)[0], heldout_pair(m, seed)) if p is not None]
 
     by_kind: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(
-        ("memories", "duplicates", "capped", "train", "holdout", "pairs", "synthetic"), 0))
-    for m in new:
+        ("memories", "duplicates", "capped", "superseded", "train", "holdout", "pairs", "synthetic"), 0))
+    for m in [*new, *superseded_new]:
         by_kind[m["kind"]]["memories"] += 1
-    for name, group in (("duplicates", duplicates), ("capped", capped), ("train", train_memories),
+    for name, group in (("duplicates", duplicates), ("capped", capped), ("superseded", superseded_new),
+                        ("train", train_memories),
                         ("holdout", holdout_memories)):
         for m in group:
             by_kind[m["kind"]][name] += 1
@@ -267,12 +269,15 @@ def curate(new: Sequence[Memory], previous: Sequence[Memory] = (), *, dual: bool
         by_kind[p.kind]["pairs"] += 1
         by_kind[p.kind]["synthetic"] += p.synthetic
     stats = {
-        "new": len(new), "unique": len(unique), "duplicates": len(duplicates), "capped": len(capped),
+        "new": len(new) + len(superseded_new), "superseded": len(superseded_new), "unique": len(unique),
+        "duplicates": len(duplicates), "capped": len(capped),
         "previous": len(previous), "train_pairs": len(train), "new_train_pairs": len(train_new),
         "holdout_pairs": len(holdout), "replay_pairs": len(replay), "probe_pairs": len(probe),
         "flipped_pairs": sum(p.flipped for p in train_new + holdout),
         "synthetic_pairs": sum(p.synthetic for p in train_new + holdout),
-        "kinds": dict(Counter(m["kind"] for m in new)),
+        "heldout_wordings": sum(p.heldout for p in recall),
+        "augmented_pairs": sum(len((extra or {}).get(m.get("id"), ())) for m, _ in kept),
+        "kinds": dict(Counter(m["kind"] for m in [*new, *superseded_new])),
         "dual": dual, "max_samples": max_samples, "holdout_fraction": holdout_fraction,
         "replay_fraction": replay_fraction, "seed": seed,
     }
@@ -280,12 +285,13 @@ def curate(new: Sequence[Memory], previous: Sequence[Memory] = (), *, dual: bool
         adapter=adapter, profile=profile, train=train, holdout=holdout, probe=probe,
         train_ids=ids(train_memories), holdout_ids=ids(holdout_memories), replay_ids=ids(replay_memories),
         probe_ids=ids(probe_memories), duplicate_ids=ids(duplicates), capped_ids=ids(capped),
+        superseded_ids=ids(superseded_new), recall=recall,
         by_kind={k: dict(v) for k, v in sorted(by_kind.items())}, stats=stats)
 
 
-def write_jsonl(path: Path | str, pairs: Iterable[Pair | Mapping[str, Any]]) -> int:
-    """Write pairs as JSONL ({"messages": [...]} per line) atomically: a temp file in the same directory,
-    fsynced, then renamed over `path`. Returns the number of lines."""
+def write_jsonl(path: Path | str, pairs: Iterable[Pair | Mapping[str, Any]], tagged: bool = False) -> int:
+    """Write pairs as JSONL ({"messages": [...]} per line; `tagged`: with memory_id and wording) atomically: a
+    temp file in the same directory, fsynced, then renamed over `path`. Returns the number of lines."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -293,7 +299,7 @@ def write_jsonl(path: Path | str, pairs: Iterable[Pair | Mapping[str, Any]]) -> 
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             for p in pairs:
-                obj = p.to_json() if isinstance(p, Pair) else {"messages": list(p["messages"])}
+                obj = p.to_json(tagged) if isinstance(p, Pair) else {"messages": list(p["messages"])}
                 f.write(json.dumps(obj, ensure_ascii=False) + "\n")
                 n += 1
             f.flush()

@@ -28,24 +28,39 @@ class Losses:
 @dataclass(frozen=True)
 class Recall:
     """Greedy recall of a set of memories (learning/recall_score.py): how many were decoded and given back, and
-    the mean teacher-forced token accuracy of their responses; `memories` 0 where nothing was measured."""
+    the mean teacher-forced token accuracy of their responses; `memories` 0 where nothing was measured. The
+    memories are asked for in a wording they were trained on; `heldout_*` is the same measure on a wording of
+    their cue that was never trained (learning/cues.py), where the recall file has one."""
 
     memories: int = 0
     recalled: int = 0
     token_accuracy: float | None = None
+    heldout_memories: int = 0
+    heldout_recalled: int = 0
+    heldout_token_accuracy: float | None = None
 
     @property
     def fraction(self) -> float | None:
         return self.recalled / self.memories if self.memories else None
 
+    @property
+    def heldout_fraction(self) -> float | None:
+        return self.heldout_recalled / self.heldout_memories if self.heldout_memories else None
+
     def flat(self, prefix: str) -> dict[str, Any]:
         return {f"{prefix}": self.fraction, f"{prefix}_recalled": self.recalled,
                 f"{prefix}_memories": self.memories, f"{prefix}_token_accuracy": self.token_accuracy}
 
+    def heldout_flat(self, prefix: str) -> dict[str, Any]:
+        return {f"{prefix}": self.heldout_fraction, f"{prefix}_recalled": self.heldout_recalled,
+                f"{prefix}_memories": self.heldout_memories, f"{prefix}_token_accuracy": self.heldout_token_accuracy}
+
     @staticmethod
     def from_dict(data: dict[str, Any] | None) -> Recall:
         data = data or {}
-        return Recall(int(data.get("memories") or 0), int(data.get("recalled") or 0), data.get("token_accuracy"))
+        return Recall(int(data.get("memories") or 0), int(data.get("recalled") or 0), data.get("token_accuracy"),
+                      int(data.get("heldout_memories") or 0), int(data.get("heldout_recalled") or 0),
+                      data.get("heldout_token_accuracy"))
 
 
 @dataclass(frozen=True)
@@ -78,9 +93,10 @@ class EvalReport:
                 "fisher_combined_with_prior": self.fisher_combined_with_prior}
 
     def recall_fields(self) -> dict[str, Any]:
-        """recall, recall_recalled, recall_memories, recall_token_accuracy, and the same for probe_recall_before
-        and probe_recall_after."""
-        return {**self.recall.flat("recall"), **self.probe_recall_before.flat("probe_recall_before"),
+        """recall, recall_recalled, recall_memories, recall_token_accuracy, the same for recall_heldout (this
+        run's memories in a held-out wording), probe_recall_before and probe_recall_after."""
+        return {**self.recall.flat("recall"), **self.recall.heldout_flat("recall_heldout"),
+                **self.probe_recall_before.flat("probe_recall_before"),
                 **self.probe_recall_after.flat("probe_recall_after")}
 
     def to_dict(self) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from typing import Any
 
 from memwarden.alerts.model import Condition
 from memwarden.config.schema import Config
-from memwarden.learning import gpu_wait, leasing
+from memwarden.learning import augment, gpu_wait, leasing
 from memwarden.learning.executor import Executor, JobRequest
 from memwarden.learning.jobspec import EXIT_DONE, EXIT_PREEMPTED, JobSpec
 from memwarden.learning.leasing import Granted, Refused, TrainingLeases
@@ -41,6 +41,7 @@ from memwarden.learning.store import MemoryStore
 from memwarden.learning.systemd_executor import EXIT_OOM_KILLED
 from memwarden.learning.versions import VersionStore
 from memwarden.logs import get_logger
+from memwarden.ollama.client import OllamaClient
 from memwarden.snapshots import HostSnapshot
 
 log = get_logger()
@@ -63,7 +64,8 @@ def halved_batch(spec: JobSpec) -> JobSpec:
 class RunExecution:
     def __init__(self, config: Config, runs: RunStore, store: MemoryStore, versions: VersionStore,
                  leases: TrainingLeases, executor: Executor, finish: Finish, runs_dir: Path, gpu_backend: str,
-                 clock: Callable[[], float], monotonic: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float], monotonic: Callable[[], float] = time.monotonic,
+                 ollama: OllamaClient | None = None):
         self.config = config
         self.runs = runs
         self.store = store
@@ -75,6 +77,7 @@ class RunExecution:
         self.gpu_backend = gpu_backend
         self.clock = clock
         self.monotonic = monotonic
+        self.ollama = ollama  # the served model writes training pairs through it (learning.augment)
         self.host: Callable[[], HostSnapshot | None] = lambda: None  # the last host reading (services.py sets it)
         self.waits: dict[str, gpu_wait.GpuWait] = {}  # run → its wait for a lease, since the first refusal
         self.wait_decisions: dict[str, gpu_wait.WaitDecision] = {}  # run → the latest decision on that wait
@@ -111,6 +114,16 @@ class RunExecution:
         finally:
             self.current = None
 
+    async def augmented(self, run_id: str, adapter: str) -> dict[int, tuple[tuple[str, str], ...]]:
+        """With learning.augment = "ollama", pairs the served model wrote about the adapter's new memories."""
+        cfg = self.config.learning
+        if cfg.augment != "ollama" or self.ollama is None:
+            return {}
+        new = [m for m in self.store.for_adapter(adapter, consolidated=False) if m.get("superseded_by") is None]
+        result = await augment.ask(self.ollama.chat, cfg.ollama_base, new)
+        log.info("augmented", run=run_id, adapter=adapter, model=cfg.ollama_base, **result.summary())
+        return dict(result.pairs)
+
     def fail(self, run_id: str, adapter: str, error: str) -> None:
         # The alert first: on a full disk the write below fails too, and the run must not fail silently.
         self.failed[adapter] = Condition("training.failed", adapter, "warning",
@@ -129,7 +142,7 @@ class RunExecution:
         else:
             self.runs.set_state(run_id, "curating")
             spec = prepare(self.config, self.store, self.runs, self.versions, run_id, adapter, out,
-                           leasing.device(self.config, self.gpu_backend))
+                           leasing.device(self.config, self.gpu_backend), await self.augmented(run_id, adapter))
         attempts = 0
         on_cpu = False
         gpu_spec = spec

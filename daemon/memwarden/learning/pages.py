@@ -55,11 +55,12 @@ class Page:
 
 def _row_json(conn: sqlite3.Connection) -> str:
     """SQL for one memory as a JSON object (its bytes), every column of the table as it is now. REAL columns
-    are written with 17 significant digits, as json_object's own 15 would round a time's microseconds."""
+    are written with 17 significant digits, as json_object's own 15 would round a time's microseconds; tags,
+    stored as a JSON list, as that list."""
     parts = []
     for _, name, kind, *_ in conn.execute("PRAGMA table_info(memories)"):
         value = (f"CASE WHEN {name} IS NULL THEN NULL ELSE json(printf('%!.17g', {name})) END"
-                 if kind.upper() == "REAL" else name)
+                 if kind.upper() == "REAL" else f"json({name})" if name == "tags" else name)
         parts.append(f"'{name}', {value}")
     return f"CAST(json_object({', '.join(parts)}) AS BLOB)"
 

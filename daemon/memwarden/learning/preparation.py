@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from memwarden.config.schema import Config
@@ -26,19 +27,20 @@ SPEC_FILE = "job.json"
 
 
 def prepare(config: Config, store: MemoryStore, runs: RunStore, versions: VersionStore, run_id: str,
-            adapter: str, out: Path, device: str) -> JobSpec:
+            adapter: str, out: Path, device: str, extra: Mapping[int, Sequence[tuple[str, str]]] | None = None
+            ) -> JobSpec:
+    """`extra`: question/answer pairs written about new memories (learning.augment, augment.py)."""
     cfg = config.learning
     cur = curator.curate(store.for_adapter(adapter, consolidated=False), store.for_adapter(adapter, consolidated=True),
                          dual=cfg.dual, max_samples=cfg.max_samples, holdout_fraction=cfg.holdout_fraction,
-                         replay_fraction=cfg.replay_fraction, seed=cfg.seed)
+                         replay_fraction=cfg.replay_fraction, seed=cfg.seed, extra=extra)
     if not cur.train:
         raise RuntimeError(f"no training pairs for {adapter}: {cur.summary()}")
     out.mkdir(parents=True, exist_ok=True)
     curator.write_jsonl(out / "train.jsonl", cur.train)
     curator.write_jsonl(out / "holdout.jsonl", cur.holdout or cur.train[:1])
-    trained = set(cur.train_ids)
-    recall = [p for p in cur.train if p.memory_id in trained and not p.flipped]
-    curator.write_jsonl(out / "recall.jsonl", recall)
+    recall = cur.recall  # per trained memory: a trained wording and a held-out one, tagged
+    curator.write_jsonl(out / "recall.jsonl", recall, tagged=True)
     probe = None
     if cur.probe:
         curator.write_jsonl(out / "probe.jsonl", cur.probe)

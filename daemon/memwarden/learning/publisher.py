@@ -34,7 +34,7 @@ def ollama_name(adapter: str) -> str:
     return "memwarden/" + re.sub(r"[^a-z0-9._-]+", "-", adapter.lower()).strip("-.")
 
 
-RECALL_SHOWN = ("recall", "recall_token_accuracy", "probe_recall_before", "probe_recall_after")
+RECALL_SHOWN = ("recall", "recall_token_accuracy", "recall_heldout", "probe_recall_before", "probe_recall_after")
 
 
 class Publisher:

@@ -1,5 +1,13 @@
 """A memory record, validated: one JSONL line or one dict → {profile, kind, content, response, importance,
-created_at}, or BadRecord naming every bad field. Pure: no database here (store.py inserts what passes).
+created_at, cue, title, tags, prompt, chosen, rejected}, or BadRecord naming every bad field. Pure: no database
+here (store.py inserts what passes).
+
+- `cue` and `title` (optional): a short phrase naming what the memory is about, one line of at most MAX_CUE
+  characters; `tags` (optional): a list of at most MAX_TAGS such phrases of at most MAX_TAG characters. They key
+  the memory's training prompts (cues.py); a cue (else a title) is also the memory's identity for updates.
+- Kind `preference` carries `prompt`, `chosen` and `rejected` (non-empty strings, chosen ≠ rejected), no
+  `response` (its answer is `chosen`); its `content` may be left out and is then its prompt. No other kind
+  carries them.
 """
 
 from __future__ import annotations
@@ -15,8 +23,14 @@ from typing import Any
 from memwarden.config.routes import MAX_KIND, NAME_RE, NAME_RULE
 
 MAX_TEXT = 200_000  # characters of content, and of response
-FIELDS = ("profile", "kind", "content", "response", "importance", "created_at")
-REQUIRED = ("profile", "kind", "content", "importance")
+MAX_CUE = 200  # characters of a cue or a title: a phrase that a prompt names, not a text
+MAX_TAG = 64
+MAX_TAGS = 16
+PREFERENCE = "preference"
+PREFERENCE_FIELDS = ("prompt", "chosen", "rejected")
+FIELDS = ("profile", "kind", "content", "response", "importance", "created_at", "cue", "title", "tags",
+          *PREFERENCE_FIELDS)
+REQUIRED = ("profile", "kind", "importance")
 
 
 class BadRecord(ValueError):
@@ -34,6 +48,20 @@ class BadRecord(ValueError):
     def __str__(self) -> str:
         return self.message if self.line_no is None else f"line {self.line_no}: {self.message}"
 
+
+class ImportRejected(Exception):
+    """An import had bad lines and nothing was imported. `errors` is [(line_no, message)], in line order
+    (possibly only the first MAX_REPORTED of `bad_count` for a staged import)."""
+
+    def __init__(self, errors: Sequence[tuple[int, str]], bad_count: int | None = None):
+        self.errors = list(errors)
+        self.bad_count = len(self.errors) if bad_count is None else bad_count
+        shown = "; ".join(f"line {n}: {m}" for n, m in self.errors[:5])
+        more = f"; … {self.bad_count - 5} more" if self.bad_count > 5 else ""
+        super().__init__(f"{self.bad_count} bad line{'s' if self.bad_count != 1 else ''}, nothing imported: "
+                         f"{shown}{more}")
+
+
 def _profile_problem(value: Any) -> str | None:
     if not isinstance(value, str) or not NAME_RE.match(value):
         return f"profile must be {NAME_RULE}, got {_short(value)}"
@@ -43,6 +71,51 @@ def _profile_problem(value: Any) -> str | None:
 def _short(value: Any, limit: int = 40) -> str:
     text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else repr(value)
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _phrase_problem(name: str, value: Any, limit: int) -> str | None:
+    if not isinstance(value, str) or not value.strip() or len(value) > limit or not value.isprintable():
+        return f"{name} must be a non-empty line of at most {limit} printable characters, got {_short(value)}"
+    return None
+
+
+def _tags(value: Any) -> tuple[list[str], list[str]]:
+    """The tags, stripped and without repeats (case-insensitive), and the problems."""
+    if not isinstance(value, list) or len(value) > MAX_TAGS:
+        return [], [f"tags must be a list of at most {MAX_TAGS} strings, got {_short(value)}"]
+    problems = [p for i, t in enumerate(value) if (p := _phrase_problem(f"tags[{i}]", t, MAX_TAG))]
+    if problems:
+        return [], problems
+    out: list[str] = []
+    for tag in value:
+        if tag.strip().casefold() not in {t.casefold() for t in out}:
+            out.append(tag.strip())
+    return out, []
+
+
+def _same_text(a: str, b: str) -> bool:
+    return " ".join(a.split()).casefold() == " ".join(b.split()).casefold()
+
+
+def _preference_problems(record: dict[str, Any], kind: Any) -> list[str]:
+    given = [name for name in PREFERENCE_FIELDS if record.get(name) is not None]
+    if kind != PREFERENCE:
+        return [f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for kind '{PREFERENCE}' only"] if given \
+            else []
+    problems = [f"{name} is missing (a preference carries {', '.join(PREFERENCE_FIELDS)})"
+                for name in PREFERENCE_FIELDS if record.get(name) is None]
+    for name in given:
+        value = record[name]
+        if not isinstance(value, str) or not value.strip():
+            problems.append(f"{name} must be a non-empty string, got {_short(value)}")
+        elif len(value) > MAX_TEXT:
+            problems.append(f"{name} is longer than {MAX_TEXT:,} characters ({len(value):,})")
+    chosen, rejected = record.get("chosen"), record.get("rejected")
+    if isinstance(chosen, str) and isinstance(rejected, str) and chosen.strip() and _same_text(chosen, rejected):
+        problems.append("chosen and rejected are the same text: nothing to prefer")
+    if record.get("response") is not None:
+        problems.append("a preference has no response: its answer is chosen")
+    return problems
 
 
 def _importance_ok(value: Any) -> bool:
@@ -85,6 +158,8 @@ def validate_record(record: Any, line_no: int | None = None, now: float | None =
         if record.get(name) is None:
             problems.append(f"{name} is missing")
     profile, kind, content = record.get("profile"), record.get("kind"), record.get("content")
+    if content is None and kind != PREFERENCE:
+        problems.append("content is missing")
     response, importance, created_at = record.get("response"), record.get("importance"), record.get("created_at")
     if profile is not None and (problem := _profile_problem(profile)):
         problems.append(problem)
@@ -109,13 +184,24 @@ def validate_record(record: Any, line_no: int | None = None, now: float | None =
         except (ValueError, OverflowError):
             problems.append(f"created_at must be seconds since 1970 or an ISO 8601 date-time, "
                             f"got {_short(created_at)}")
+    for name in ("cue", "title"):
+        if record.get(name) is not None and (problem := _phrase_problem(name, record[name], MAX_CUE)):
+            problems.append(problem)
+    tags, tag_problems = _tags(record["tags"]) if record.get("tags") is not None else ([], [])
+    problems += tag_problems
+    problems += _preference_problems(record, kind)
     if problems:
         raise BadRecord(line_no, problems)
+    prompt = record.get("prompt")
     return {
-        "profile": profile, "kind": kind, "content": content,
+        "profile": profile, "kind": kind, "content": content if content is not None else prompt,
         "response": response if response else None,  # "" is no response
         "importance": int(importance),
         "created_at": ts if ts is not None else (time.time() if now is None else now),
+        "cue": record["cue"].strip() if record.get("cue") is not None else None,
+        "title": record["title"].strip() if record.get("title") is not None else None,
+        "tags": tags or None,
+        "prompt": prompt, "chosen": record.get("chosen"), "rejected": record.get("rejected"),
     }
 
 

@@ -13,12 +13,18 @@ requests are limited to 1 MiB, an import is staged in chunks in a TEMP table of 
 (begin_import / stage / commit_import / abort_import) and copied into `memories` in one transaction at
 commit; a session with any bad line can only be aborted.
 
+Updates: a memory with a cue (else a title) supersedes the older memories of its profile with the same cue
+(learning/cues.py): `cue_key` holds the normalised cue, `superseded_by` the id of the newest memory with that key,
+set in the transaction that inserts the newer one. A superseded memory is kept (and listed) but neither trained,
+replayed nor counted towards a run being due.
+
 Consolidation is final: mark_consolidated() only touches memories not yet consolidated, and a trigger in the
 schema refuses to hand a consolidated memory to another run.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 import sqlite3
 import time
@@ -31,33 +37,33 @@ import sqlite_utils
 
 from memwarden.config.routes import Route
 from memwarden.learning import import_ledger
-from memwarden.learning.records import MAX_TEXT, BadRecord, parse_line, validate_record
+from memwarden.learning.cues import supersession_key
+from memwarden.learning.records import MAX_TEXT, BadRecord, ImportRejected, parse_line, validate_record
 from memwarden.learning.routing import adapter_for
 
 # Names callers import from the store: a record's rules and routing live beside it.
 __all__ = ["COLUMNS", "MAX_REPORTED", "MAX_TEXT", "BadRecord", "ImportRejected", "ImportSessionError",
            "MemoryNotFound", "MemoryStore", "adapter_for", "parse_line", "validate_record"]
 
-COLUMNS = ("profile", "kind", "content", "response", "importance", "created_at", "adapter")
+COLUMNS = ("profile", "kind", "content", "response", "importance", "created_at", "cue", "title", "tags", "prompt",
+           "chosen", "rejected", "cue_key", "adapter")  # the adapter last: imports count rows by it
 BATCH = 5000  # rows per executemany
 MAX_REPORTED = 1000  # bad lines kept with their message per import session (the rest are counted)
 IMPORT_IDLE_TIMEOUT = 600.0  # a staged import untouched this long is dropped
 MAX_IMPORTS = 4  # import sessions staged at once
 
 _INSERT = f"INSERT INTO memories ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
-
-
-class ImportRejected(Exception):
-    """An import had bad lines and nothing was imported. `errors` is [(line_no, message)], in line order
-    (possibly only the first MAX_REPORTED of `bad_count` for a staged import)."""
-
-    def __init__(self, errors: Sequence[tuple[int, str]], bad_count: int | None = None):
-        self.errors = list(errors)
-        self.bad_count = len(self.errors) if bad_count is None else bad_count
-        shown = "; ".join(f"line {n}: {m}" for n, m in self.errors[:5])
-        more = f"; … {self.bad_count - 5} more" if self.bad_count > 5 else ""
-        super().__init__(f"{self.bad_count} bad line{'s' if self.bad_count != 1 else ''}, nothing imported: "
-                         f"{shown}{more}")
+_CUE_KEY = COLUMNS.index("cue_key")
+_STAGED_COLUMNS = ", ".join(f"{c} {dict(importance='INTEGER', created_at='REAL').get(c, 'TEXT')}" for c in COLUMNS)
+# Every memory of the touched (profile, cue_key) groups points at its group's newest memory, the newest at none.
+_SUPERSEDE = """
+    WITH touched(profile, cue_key) AS (
+        SELECT DISTINCT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?)),
+    ranked(id, newest) AS (
+        SELECT m.id, first_value(m.id) OVER (PARTITION BY m.profile, m.cue_key ORDER BY m.created_at DESC, m.id DESC)
+        FROM memories m JOIN touched t ON m.profile = t.profile AND m.cue_key = t.cue_key)
+    UPDATE memories SET superseded_by = nullif(ranked.newest, memories.id) FROM ranked
+    WHERE ranked.id = memories.id AND memories.superseded_by IS NOT nullif(ranked.newest, memories.id)"""
 
 
 class MemoryNotFound(KeyError):
@@ -115,18 +121,35 @@ class MemoryStore:
 
     def _row(self, m: Mapping[str, Any]) -> tuple:
         return (m["profile"], m["kind"], m["content"], m["response"], m["importance"], m["created_at"],
+                m.get("cue"), m.get("title"), json.dumps(m["tags"], ensure_ascii=False) if m.get("tags") else None,
+                m.get("prompt"), m.get("chosen"), m.get("rejected"), supersession_key(m),
                 self.adapter_for(m["profile"], m["kind"]))
+
+    @staticmethod
+    def _supersede(conn: sqlite3.Connection, groups: Iterable[tuple[str, str]]) -> int:
+        """Mark the older memories of each (profile, cue_key) group superseded by its newest; returns how many
+        rows changed. Call inside the transaction that inserted the group's new memories."""
+        groups = sorted(set(groups))
+        if not groups:
+            return 0
+        before = conn.total_changes  # a statement that opens with WITH reports no rowcount
+        conn.execute(_SUPERSEDE, [json.dumps(groups)])
+        return conn.total_changes - before
 
     # ---- ingest --------------------------------------------------------------------------------------
 
-    def add(self, profile: str, kind: str, content: str, response: str | None = None, *, importance: int,
-            created_at: float | str | None = None) -> int:
-        """Insert one memory (validated like an imported line; BadRecord otherwise). Returns its id."""
+    def add(self, profile: str, kind: str, content: str | None, response: str | None = None, *, importance: int,
+            created_at: float | str | None = None, **optional: Any) -> int:
+        """Insert one memory (validated like an imported line; BadRecord otherwise): `optional` holds cue,
+        title, tags and a preference's prompt, chosen and rejected. Returns its id."""
         record = {"profile": profile, "kind": kind, "content": content, "response": response,
-                  "importance": importance, "created_at": created_at}
+                  "importance": importance, "created_at": created_at, **optional}
         clean = validate_record({k: v for k, v in record.items() if v is not None}, None, self.clock())
+        row = self._row(clean)
         with self.db.atomic():
-            cur = self.db.conn.execute(_INSERT, self._row(clean))
+            cur = self.db.conn.execute(_INSERT, row)
+            if row[_CUE_KEY] is not None:
+                self._supersede(self.db.conn, [(row[0], row[_CUE_KEY])])
         return cur.lastrowid
 
     def import_lines(self, lines: Iterable[str | bytes], first_line: int = 1,
@@ -153,6 +176,7 @@ class MemoryStore:
         with self.db.atomic():
             for i in range(0, len(rows), BATCH):
                 self.db.conn.executemany(_INSERT, rows[i:i + BATCH])
+            self._supersede(self.db.conn, ((r[0], r[_CUE_KEY]) for r in rows if r[_CUE_KEY] is not None))
             self._record(import_id, result)
         return result
 
@@ -197,9 +221,7 @@ class MemoryStore:
             raise ImportSessionError(f"{MAX_IMPORTS} imports are already in progress; try again later")
         token = secrets.token_hex(8)
         table = f"memory_import_{token}"
-        self.db.conn.execute(
-            f"CREATE TEMP TABLE {table} (profile TEXT, kind TEXT, content TEXT, response TEXT, importance INTEGER, "
-            f"created_at REAL, adapter TEXT)")
+        self.db.conn.execute(f"CREATE TEMP TABLE {table} ({_STAGED_COLUMNS})")
         self._sessions[token] = _Session(token, table, now, now, import_id=import_id)
         return token
 
@@ -251,6 +273,8 @@ class MemoryStore:
                     return import_ledger.already(session.import_id, earlier)
                 self.db.conn.execute(
                     f"INSERT INTO memories ({cols}) SELECT {cols} FROM temp.{session.table} ORDER BY rowid")
+                self._supersede(self.db.conn, self.db.conn.execute(
+                    f"SELECT DISTINCT profile, cue_key FROM temp.{session.table} WHERE cue_key IS NOT NULL"))
                 self._record(session.import_id, result)
             return result
         finally:
@@ -290,17 +314,19 @@ class MemoryStore:
 
     def count(self, profile: str | None = None, kind: str | None = None,
               adapter: str | None = None) -> dict[str, Any]:
-        """Totals and one group per (profile, adapter, kind): memories, unconsolidated ones, and the
-        unconsolidated importance."""
+        """Totals and one group per (profile, adapter, kind): memories, unconsolidated ones (not superseded), their
+        importance, and the superseded ones."""
         where, params = self._where(profile, kind, adapter)
         groups = [dict(r) for r in self.db.query(
             f"SELECT profile, adapter, kind, COUNT(*) AS memories, "
-            f"SUM(consolidated_run IS NULL) AS unconsolidated, "
-            f"COALESCE(SUM(CASE WHEN consolidated_run IS NULL THEN importance END), 0) AS importance "
+            f"SUM(consolidated_run IS NULL AND superseded_by IS NULL) AS unconsolidated, "
+            f"COALESCE(SUM(CASE WHEN consolidated_run IS NULL AND superseded_by IS NULL THEN importance END), 0) "
+            f"AS importance, SUM(superseded_by IS NOT NULL) AS superseded "
             f"FROM memories{where} GROUP BY profile, adapter, kind ORDER BY profile, adapter, kind", params)]
         return {
             "total": sum(g["memories"] for g in groups),
             "unconsolidated": sum(g["unconsolidated"] for g in groups),
+            "superseded": sum(g["superseded"] for g in groups),
             "groups": groups,
         }
 
@@ -308,14 +334,18 @@ class MemoryStore:
         rows = list(self.db.query("SELECT * FROM memories WHERE id = ?", [memory_id]))
         if not rows:
             raise MemoryNotFound(memory_id)
-        return rows[0]
+        row = rows[0]
+        row["tags"] = json.loads(row["tags"]) if row.get("tags") else None
+        return row
 
     def unconsolidated_importance(self) -> dict[str, dict[str, Any]]:
-        """adapter → {profile, importance, count} over its unconsolidated memories (the trigger's input)."""
+        """adapter → {profile, importance, count} over its unconsolidated memories that no newer one supersedes
+        (the trigger's input)."""
         return {r["adapter"]: {"profile": r["profile"], "importance": r["importance"], "count": r["count"]}
                 for r in self.db.query(
                     "SELECT adapter, MIN(profile) AS profile, SUM(importance) AS importance, COUNT(*) AS count "
-                    "FROM memories WHERE consolidated_run IS NULL GROUP BY adapter ORDER BY adapter")}
+                    "FROM memories WHERE consolidated_run IS NULL AND superseded_by IS NULL "
+                    "GROUP BY adapter ORDER BY adapter")}
 
     def adapters(self) -> dict[str, str]:
         """Every adapter with memories → its profile."""

@@ -57,7 +57,7 @@ class LearningSupervisor:
         self.execution = RunExecution(config, self.runs, store, self.versions,
                                       TrainingLeases(config, arbiter, gpu_backend),
                                       executor or SubprocessExecutor(runs_dir), self.publisher.finish, runs_dir,
-                                      gpu_backend, clock)
+                                      gpu_backend, clock, ollama=ollama)
         self.scheduler = RunScheduler(config, self.runs, store, self.execution.execute, clock)
         self.runs.interrupt_in_progress()  # the daemon died mid-run: resume from the checkpoint
 

@@ -108,7 +108,8 @@ FAMILIES: tuple[Family, ...] = (
            "1 while a waiting run is past learning.gpu_wait (blocked, or held by the RAM reserve), else 0."),
     Family("memwarden_training_recall_ratio", "gauge", ("adapter", "set"),
            "Share of memories the active version gives back under greedy decoding (set: run = the memories of "
-           "the run that made it, probe = earlier rounds' memories after that run)."),
+           "the run that made it, heldout = the same asked in a wording never trained, probe = earlier rounds' "
+           "memories after that run)."),
     Family("memwarden_training_recall_token_accuracy", "gauge", ("adapter", "set"),
            "Mean teacher-forced token accuracy of the active version on those memories."),
     # alerts

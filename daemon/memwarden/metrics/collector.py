@@ -176,7 +176,7 @@ def training_metrics(d: Services, out: Families) -> None:
 
 
 def recall_metrics(adapter: str, ev: dict, out: Families) -> None:
-    for set_name, prefix in (("run", "recall"), ("probe", "probe_recall_after")):
+    for set_name, prefix in (("run", "recall"), ("heldout", "recall_heldout"), ("probe", "probe_recall_after")):
         if not ev.get(f"{prefix}_memories"):
             continue  # not measured: no sample rather than a 0 that reads as "forgot everything"
         out.add("memwarden_training_recall_ratio", ev[prefix], adapter=adapter, set=set_name)

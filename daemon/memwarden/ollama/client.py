@@ -177,6 +177,14 @@ class OllamaClient:
         await self._request("POST", "/api/generate", {"model": name, "prompt": "", "stream": False,
                                                       "keep_alive": 0})
 
+    async def chat(self, body: dict[str, Any], timeout: float | None = None) -> str:
+        """One /api/chat exchange, not streamed: the content of the model's answer."""
+        reply = await self._request("POST", "/api/chat", {**body, "stream": False}, timeout)
+        message = reply.get("message") if isinstance(reply, dict) else None
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise OllamaError(f"Ollama POST /api/chat: no message in the answer: {str(reply)[:200]}")
+        return message["content"]
+
     async def has_blob(self, digest: str) -> bool:
         try:
             await self._request("HEAD", f"/api/blobs/{digest}")

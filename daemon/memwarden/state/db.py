@@ -132,6 +132,16 @@ def _m9_run_placement(db: sqlite_utils.Database) -> None:
     db["runs"].add_column("node", str)
 
 
+def _m10_memory_cues(db: sqlite_utils.Database) -> None:
+    # A memory's cue, title and tags (what its prompts ask about), a preference's prompt and replies, and
+    # updates: cue_key is the normalised cue (else title) an update is found by, superseded_by the newer memory
+    # that replaced this one (learning/cues.py).
+    for name in ("cue", "title", "tags", "prompt", "chosen", "rejected", "cue_key"):
+        db.execute(f"ALTER TABLE memories ADD COLUMN {name} TEXT")
+    db.execute("ALTER TABLE memories ADD COLUMN superseded_by INTEGER")
+    db.execute("CREATE INDEX idx_memories_cue_key ON memories (profile, cue_key) WHERE cue_key IS NOT NULL")
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "alert history", _m1_alert_history),
     (2, "leases and adapters", _m2_leases),
@@ -142,6 +152,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (7, "the Ollama model table is named models", _m7_models_table),
     (8, "leak history per container and scale", _m8_leak_history),
     (9, "where a training run ran", _m9_run_placement),
+    (10, "memory cues, preferences and updates", _m10_memory_cues),
 ]
 
 

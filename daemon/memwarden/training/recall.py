@@ -1,13 +1,19 @@
 """Recall: does the model give a memory back? Greedy decoding of each pair's response from its user turn through
 the chat template, scored by key content (learning/recall_score.py), and teacher-forced token accuracy.
 
-At most `sample` conversations are decoded (a seeded choice, the same before and after training), each for at
-most `max_new_tokens` tokens, so that recall stays cheap on a CPU. A conversation's prompt is everything before
-its last assistant turn; the remembered response is that turn.
+At most `sample` memories are decoded (a seeded choice, the same before and after training), each for at most
+`max_new_tokens` tokens, so that recall stays cheap on a CPU. A conversation's prompt is everything before its
+last assistant turn; the remembered response is that turn.
+
+A line of the recall file may name its memory (`memory_id`) and its `wording`: "trained" (the default) or
+"heldout" (a wording of the memory's cue never trained on, learning/cues.py). A memory's lines are chosen
+together, and the two wordings are scored apart (Recall's `heldout_*`). A line without a memory id is a memory
+of its own.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,22 +28,40 @@ from memwarden.training.data import IGNORE, encode, read_conversations
 from memwarden.training.evaluation import autocast
 from memwarden.training.model import Built
 
+TRAINED, HELDOUT = "trained", "heldout"
+
 
 @dataclass(frozen=True)
 class Item:
     prompt_ids: tuple[int, ...]
     response: str
     example: Any  # data.Example of the whole conversation (labels on the response)
+    wording: str = TRAINED  # TRAINED | HELDOUT
+
+
+def _tags(path: str | Path) -> list[tuple[Any, str]]:
+    """Each non-blank line's (memory id, wording), in the order read_conversations reads the lines."""
+    out = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines()):
+        if line.strip():
+            obj = json.loads(line)
+            out.append((obj.get("memory_id", ("line", n)), HELDOUT if obj.get("wording") == HELDOUT else TRAINED))
+    return out
 
 
 def load_items(path: str | Path | None, tokenizer: Any, max_seq_len: int, sample: int, seed: int) -> list[Item]:
-    """Up to `sample` conversations of the file as recall items, chosen by seed."""
+    """The lines of up to `sample` memories of the file as recall items, the memories chosen by seed."""
     if path is None or sample <= 0:
         return []
     convs = read_conversations(path)
-    chosen = sorted(random.Random(f"{seed}:recall").sample(range(len(convs)), min(sample, len(convs))))
+    tags = _tags(path)
+    groups: dict[Any, list[int]] = {}
+    for i, (memory, _) in enumerate(tags):
+        groups.setdefault(memory, []).append(i)
+    lines = list(groups.values())
+    picked = random.Random(f"{seed}:recall").sample(range(len(lines)), min(sample, len(lines)))
     items = []
-    for i in chosen:
+    for i in sorted(n for g in picked for n in lines[g]):
         msgs = convs[i]
         last = max(n for n, m in enumerate(msgs) if m["role"] == "assistant")
         msgs = msgs[: last + 1]
@@ -46,7 +70,7 @@ def load_items(path: str | Path | None, tokenizer: Any, max_seq_len: int, sample
             continue
         prompt = tokenizer.apply_chat_template(msgs[:last], tokenize=False, add_generation_prompt=True)
         ids = tuple(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        items.append(Item(ids, msgs[last]["content"], example))
+        items.append(Item(ids, msgs[last]["content"], example, tags[i][1]))
     return items
 
 
@@ -63,14 +87,20 @@ class RecallMeter:
         model = self.built.model
         model.eval()
         try:
-            hits, accs = 0, []
-            for item in items:
-                self.check_stop()
-                accs.append(self._accuracy(item.example))
-                hits += recalled(item.response, self._greedy(item.prompt_ids))
-            return Recall(memories=len(items), recalled=hits, token_accuracy=round(sum(accs) / len(accs), 4))
+            n, hits, acc = self._score([i for i in items if i.wording == TRAINED])
+            held_n, held_hits, held_acc = self._score([i for i in items if i.wording == HELDOUT])
+            return Recall(memories=n, recalled=hits, token_accuracy=acc, heldout_memories=held_n,
+                          heldout_recalled=held_hits, heldout_token_accuracy=held_acc)
         finally:
             model.train()
+
+    def _score(self, items: list[Item]) -> tuple[int, int, float | None]:
+        hits, accs = 0, []
+        for item in items:
+            self.check_stop()
+            accs.append(self._accuracy(item.example))
+            hits += recalled(item.response, self._greedy(item.prompt_ids))
+        return len(items), hits, round(sum(accs) / len(accs), 4) if accs else None
 
     def _accuracy(self, example: Any) -> float:
         ids = torch.tensor([example.input_ids], device=self.built.device)

@@ -33,12 +33,12 @@ def _write(path: Path, pairs) -> str:
     return str(path)
 
 
-def _train(demo_base: Path, tmp_path: Path, **hyper) -> EvalReport:
+def _train(demo_base: Path, tmp_path: Path, recall_file: str | None = None, **hyper) -> EvalReport:
     tmp_path.mkdir(parents=True, exist_ok=True)
     facts = _write(tmp_path / "train.jsonl", FACTS)
     spec = JobSpec(run_id="recall-1", adapter="memories", base_model=str(demo_base), method="lora",
                    output_dir=str(tmp_path / "run"), train_file=facts, holdout_file=facts,
-                   probe_file=_write(tmp_path / "probe.jsonl", PROBE), recall_file=facts,
+                   probe_file=_write(tmp_path / "probe.jsonl", PROBE), recall_file=recall_file or facts,
                    hyper=Hyper(micro_batch=4, grad_accum=1, warmup_steps=0, max_seq_len=96,
                                eval_every=0, target_modules=ALL_LINEAR, recall_max_new_tokens=24, **hyper),
                    checkpoint_every_steps=1000)
@@ -69,3 +69,20 @@ def test_recall_sample_caps_the_decoded_memories_and_zero_turns_it_off(demo_base
     assert capped.recall.memories == 2 and capped.probe_recall_after.memories == 2
     off = _train(demo_base, tmp_path / "off", lr=1e-4, max_steps=1, recall_sample=0)
     assert off.recall.memories == 0 and off.judged()["recall"] is None
+
+
+def test_a_held_out_wording_is_scored_apart_and_a_memory_is_sampled_with_both_wordings(demo_base, tmp_path):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, (q, a) in enumerate(FACTS):
+        for wording, user in (("trained", q), ("heldout", f"Remind me: {q}")):
+            lines.append({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": a}],
+                          "memory_id": 100 + i, "wording": wording})
+    recall = tmp_path / "recall.jsonl"
+    recall.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    report = _train(demo_base, tmp_path, str(recall), lr=1e-4, max_steps=1, recall_sample=3)
+    assert report.recall.memories == 3 and report.recall.heldout_memories == 3
+    assert report.recall.heldout_token_accuracy is not None
+    ev = report.judged()
+    assert ev["recall_heldout_memories"] == 3 and ev["recall_memories"] == 3
+    assert report.probe_recall_after.memories == 2 and report.probe_recall_after.heldout_memories == 0

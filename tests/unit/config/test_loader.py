@@ -261,6 +261,18 @@ def test_warn_against_default_crit_is_cross_checked():
     assert err.problems == ["at 'host.ram_warn_percent': must be below 'host.ram_crit_percent' (96 >= 95)"]
 
 
+@pytest.mark.parametrize(("ollama", "learning"), [({"url": ""}, {"ollama_base": "llama3.2:1b"}),
+                                                  ({"url": "http://127.0.0.1:11434"}, {})])
+def test_augment_by_ollama_needs_a_served_model(ollama, learning):
+    err = problems_of({"ollama": ollama, "learning": {"augment": "ollama", **learning}})
+    assert err.problems == ["at 'learning.augment': \"ollama\" needs ollama.url and learning.ollama_base (the "
+                            "served model that writes the pairs)"]
+    ok = parse({"ollama": {"url": "http://127.0.0.1:11434"},
+                "learning": {"augment": "ollama", "ollama_base": "llama3.2:1b"}})
+    assert ok.learning.augment == "ollama" and parse({}).learning.augment == ""
+    assert problems_of({"learning": {"augment": "openai"}}).problems[0].startswith("at 'learning.augment': ")
+
+
 @pytest.mark.parametrize("key", ["ram_warn_percent", "psi_crit_avg10", "hysteresis_percent"])
 def test_nan_threshold_is_rejected(key):
     # TOML allows `nan`; a NaN threshold compares false with everything, so its alert could never fire.

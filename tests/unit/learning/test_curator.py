@@ -7,25 +7,18 @@ import os
 
 import pytest
 
-from memwarden.learning.curator import (
-    PROMPTS,
-    Pair,
-    content_key,
-    curate,
-    pairs_of,
-    synthetic_prompt,
-    write_jsonl,
-)
+from memwarden.learning import cues
+from memwarden.learning.curator import Pair, content_key, curate, heldout_pair, pairs_of, write_jsonl
 
 KINDS = ("conversation", "inner_dialogue", "reflection", "dream", "journal", "observation")
 
 
 def mem(i, kind="journal", content=None, response=None, importance=5, created_at=None, profile="alice",
-        adapter="alice", consolidated=None):
+        adapter="alice", consolidated=None, **fields):
     return {"id": i, "profile": profile, "kind": kind, "content": content or f"memory number {i}",
             "response": response, "importance": importance, "created_at": float(i if created_at is None else
                                                                                    created_at),
-            "adapter": adapter, "consolidated_run": consolidated}
+            "adapter": adapter, "consolidated_run": consolidated, **fields}
 
 
 def all_pairs(c):
@@ -34,25 +27,22 @@ def all_pairs(c):
 
 # ---- pairs -----------------------------------------------------------------------------------------------
 
-def test_every_kind_becomes_a_pair():
+def test_every_kind_becomes_pairs():
     memories = [mem(1, "conversation", "how are you?", "fine, thanks")] + [
         mem(i, kind) for i, kind in enumerate((*KINDS[1:], "gratitude", "conversation"), start=2)]
     c = curate(memories, holdout_fraction=0.01, replay_fraction=0)
-    assert len(all_pairs(c)) == len(memories)
+    assert {p.memory_id for p in all_pairs(c)} == {m["id"] for m in memories}
+    trained = cues.WORDINGS - 1
     assert {k: v["pairs"] for k, v in c.by_kind.items()} == {
-        "conversation": 2, "inner_dialogue": 1, "reflection": 1, "dream": 1, "journal": 1, "observation": 1,
-        "gratitude": 1}
-    by_id = {p.memory_id: p for p in all_pairs(c)}
-    assert by_id[1].to_json() == {"messages": [{"role": "user", "content": "how are you?"},
-                                               {"role": "assistant", "content": "fine, thanks"}]}
-    assert not by_id[1].synthetic
-    for i in range(2, 8):
-        p = by_id[i]
-        assert p.synthetic and p.assistant == f"memory number {i}"
-    assert by_id[4].user in PROMPTS["dream"]
-    assert by_id[5].user in PROMPTS["journal"]
-    assert "gratitude" in by_id[7].user  # the generic prompt names an unknown kind
-    assert by_id[8].user in PROMPTS["conversation"]  # a conversation without a response
+        "conversation": 2 * trained + 1, "inner_dialogue": trained, "reflection": trained, "dream": trained,
+        "journal": trained, "observation": trained, "gratitude": trained}
+    own = [p for p in all_pairs(c) if p.memory_id == 1 and not p.synthetic]
+    assert [p.to_json() for p in own] == [{"messages": [{"role": "user", "content": "how are you?"},
+                                                        {"role": "assistant", "content": "fine, thanks"}]}]
+    for p in all_pairs(c):
+        if p.memory_id != 1:
+            assert p.synthetic and p.assistant == f"memory number {p.memory_id}"
+    assert all("gratitude" in p.user for p in all_pairs(c) if p.memory_id == 7)  # prompts name the kind
 
 
 def test_story_4_all_2181_memories_are_used_not_79():
@@ -60,24 +50,86 @@ def test_story_4_all_2181_memories_are_used_not_79():
     memories += [mem(i, KINDS[1 + i % 5]) for i in range(79, 2181)]
     c = curate(memories, max_samples=10_000, replay_fraction=0)
     assert len(c.train_ids) + len(c.holdout_ids) == 2181
-    assert c.stats["synthetic_pairs"] == 2181 - 79
+    assert c.stats["synthetic_pairs"] == 2181 * (cues.WORDINGS - 1)
     assert c.capped_ids == [] and c.duplicate_ids == []
 
 
-def test_synthetic_prompts_are_deterministic_and_vary_within_a_kind():
-    assert synthetic_prompt("dream", "a") == synthetic_prompt("dream", "a")
-    assert len({synthetic_prompt("dream", f"dream {i}") for i in range(50)}) == len(PROMPTS["dream"])
-    assert synthetic_prompt("weekly_summary", "x").count("weekly summary") == 1
+def test_forty_journal_entries_are_asked_for_in_forty_different_ways():
+    entries = [mem(i, "journal", f"Day {i}: the {i}th walk to the harbour, and bread.") for i in range(40)]
+    c = curate(entries, holdout_fraction=0.1, replay_fraction=0)
+    prompts = {}
+    for p in all_pairs(c) + c.heldout_wordings:
+        prompts.setdefault(p.user, set()).add(p.memory_id)
+    assert all(len(owners) == 1 for owners in prompts.values())  # no prompt is shared by two memories
+    assert len(prompts) == 40 * cues.WORDINGS - len(c.holdout_ids)  # holdout memories have no held-out wording
+
+
+def test_recall_pairs_a_trained_wording_with_one_never_trained():
+    memories = [mem(i, "conversation", f"Who is friend {i}?", f"Friend {i} lives in town {i}.") for i in range(20)]
+    memories += [mem(i, "journal", cue=f"the trip number {i}") for i in range(20, 30)]
+    c = curate(memories, dual=True, holdout_fraction=0.1, replay_fraction=0, seed=5)
+    trained_users = {(p.memory_id, p.user) for p in c.train}
+    by_memory = {}
+    for p in c.recall:
+        by_memory.setdefault(p.memory_id, []).append(p)
+    assert sorted(by_memory) == c.train_ids
+    for mid, (seen, unseen) in by_memory.items():
+        assert not seen.heldout and (mid, seen.user) in trained_users
+        assert unseen.heldout and (mid, unseen.user) not in trained_users
+        assert seen.assistant == unseen.assistant
+    exchange = next(p for p in c.recall if p.memory_id == 0 and not p.heldout)
+    assert exchange.user == "Who is friend 0?"  # an exchange's own turn is its trained recall wording
+    assert curate(memories, dual=True, holdout_fraction=0.1, replay_fraction=0, seed=5).recall == c.recall
 
 
 def test_dual_mode_flips_real_exchanges_only():
     ps = pairs_of(mem(1, "conversation", "question", "answer"), dual=True)
-    assert [(p.user, p.assistant, p.flipped) for p in ps] == [("question", "answer", False),
-                                                              ("answer", "question", True)]
-    assert len(pairs_of(mem(2, "dream"), dual=True)) == 1
+    first, last = ps[0], ps[-1]
+    assert (first.user, first.assistant, first.flipped) == ("question", "answer", False)
+    assert (last.user, last.assistant, last.flipped) == ("answer", "question", True)
+    assert sum(p.flipped for p in ps) == 1 and len(ps) == cues.WORDINGS + 1
+    assert not any(p.flipped for p in pairs_of(mem(2, "dream"), dual=True))
     c = curate([mem(i, "conversation", response=f"r{i}") for i in range(10)] + [mem(10, "dream")], dual=True,
                replay_fraction=0)
-    assert len(all_pairs(c)) == 21 and c.stats["flipped_pairs"] == 10
+    assert len(all_pairs(c)) == 10 * (cues.WORDINGS + 1) + cues.WORDINGS - 1 and c.stats["flipped_pairs"] == 10
+
+
+def test_a_preference_is_trained_on_its_chosen_reply():
+    pref = mem(1, "preference", content="tea or coffee?", prompt="Tea or coffee?", chosen="Tea, green.",
+               rejected="Coffee.")
+    ps = pairs_of(pref, dual=False)
+    assert (ps[0].user, ps[0].assistant, ps[0].synthetic) == ("Tea or coffee?", "Tea, green.", False)
+    assert all(p.assistant == "Tea, green." for p in ps) and heldout_pair(pref).assistant == "Tea, green."
+    other = {**pref, "id": 2, "chosen": "Coffee.", "rejected": "Tea, green."}
+    assert content_key(pref) != content_key(other)  # the same prompt preferring the other way is no repeat
+
+
+# ---- supersession ----------------------------------------------------------------------------------------
+
+def test_a_newer_memory_with_the_same_cue_is_trained_and_the_older_is_not():
+    old = mem(1, "journal", "Zeno lives in Tbilisi.", cue="my godson Zeno", created_at=10)
+    new = mem(2, "journal", "Zeno moved to Batumi.", cue="My godson  Zeno", created_at=20)
+    c = curate([new, old, mem(3), mem(4)], replay_fraction=0, holdout_fraction=0.01)
+    assert c.superseded_ids == [1] and 1 not in {p.memory_id for p in all_pairs(c) + c.recall}
+    assert 1 not in c.consolidate_ids and c.stats["superseded"] == 1 and c.by_kind["journal"]["superseded"] == 1
+    assert {p.assistant for p in all_pairs(c) if p.memory_id == 2} == {"Zeno moved to Batumi."}
+
+
+def test_a_learned_memory_that_an_update_supersedes_is_neither_replayed_nor_probed():
+    previous = [mem(100 + i, consolidated="r", cue=f"fact {i}") for i in range(40)]
+    update = mem(1, cue="Fact 7", content="fact 7, corrected", created_at=1000)
+    c = curate([update], previous, replay_fraction=0.5, probe_size=64)
+    assert 107 not in c.replay_ids + c.probe_ids
+    assert c.superseded_ids == [] and c.train_ids == [1]
+    marked = {**previous[3], "superseded_by": 55}  # marked by the store: gone even without its successor here
+    assert 103 not in curate([mem(2)], [marked, *previous[4:]], replay_fraction=0.5).probe_ids
+
+
+def test_a_late_memory_older_than_the_learned_one_is_superseded_by_it():
+    learned = mem(100, consolidated="r", cue="the car", content="a blue car", created_at=500)
+    late = mem(1, cue="the car", content="a red car", created_at=100)
+    c = curate([late, mem(2)], [learned], replay_fraction=0)
+    assert c.superseded_ids == [1] and c.train_ids == [2]
 
 
 # ---- dedup and the cap -----------------------------------------------------------------------------------
@@ -102,19 +154,20 @@ def test_a_repeat_of_a_learned_memory_is_a_duplicate_and_consolidated():
 
 def test_max_samples_keeps_the_most_important_then_newest():
     memories = [mem(i, importance=1 + i % 10, created_at=i) for i in range(100)]
-    c = curate(memories, max_samples=20, replay_fraction=0, holdout_fraction=0.1)
+    c = curate(memories, max_samples=20 * (cues.WORDINGS - 1), replay_fraction=0, holdout_fraction=0.1)
     kept = sorted(c.train_ids + c.holdout_ids)
     expected = sorted(m["id"] for m in sorted(memories, key=lambda m: (-m["importance"], -m["created_at"]))[:20])
     assert kept == expected
     assert len(c.capped_ids) == 80 and not set(c.capped_ids) & set(kept)
-    assert curate(list(reversed(memories)), max_samples=20, replay_fraction=0).train_ids == c.train_ids
+    assert curate(list(reversed(memories)), max_samples=20 * (cues.WORDINGS - 1),
+                  replay_fraction=0).train_ids == c.train_ids
 
 
 def test_max_samples_leaves_room_for_replay():
     previous = [mem(1000 + i, consolidated="r") for i in range(200)]
     c = curate([mem(i) for i in range(100)], previous, max_samples=50, replay_fraction=0.2, probe_size=8)
     assert len(c.train) <= 50
-    assert len(c.train_ids) + len(c.holdout_ids) == 40  # 50 × (1 − 0.2)
+    assert len(c.train_ids) + len(c.holdout_ids) == 40 // (cues.WORDINGS - 1)  # 50 × (1 − 0.2) pairs
 
 
 # ---- holdout ---------------------------------------------------------------------------------------------
@@ -135,12 +188,13 @@ def test_holdout_fraction_whole_memories_deterministic_by_seed():
 @pytest.mark.parametrize(("n", "holdout"), [(1, 0), (2, 1), (3, 1), (30, 3)])
 def test_at_least_one_holdout_and_never_all(n, holdout):
     c = curate([mem(i) for i in range(n)], holdout_fraction=0.01 if n < 30 else 0.1, replay_fraction=0)
-    assert len(c.holdout) == holdout and len(c.train) == n - holdout
+    assert len(c.holdout_ids) == holdout and len(c.train_ids) == n - holdout
+    assert len(c.holdout) == holdout * (cues.WORDINGS - 1)
 
 
 def test_a_lone_exchange_in_dual_mode_holds_out_its_flipped_pair():
     c = curate([mem(1, "conversation", "q", "a")], dual=True, replay_fraction=0)
-    assert [p.flipped for p in c.train] == [False] and [p.flipped for p in c.holdout] == [True]
+    assert not any(p.flipped for p in c.train) and [p.flipped for p in c.holdout] == [True]
     assert c.train_ids == [1] and c.holdout_ids == []
 
 
@@ -156,8 +210,8 @@ def test_replay_share_comes_from_earlier_memories_and_spares_the_probe():
     new = [mem(i) for i in range(100)]
     c = curate(new, previous, replay_fraction=0.1, holdout_fraction=0.1, probe_size=32)
     new_train = len(c.train) - c.stats["replay_pairs"]
-    assert new_train == 90
-    assert c.stats["replay_pairs"] == 10  # 10 % of the 100 training pairs
+    assert new_train == 90 * (cues.WORDINGS - 1)
+    assert c.stats["replay_pairs"] == 10 * (cues.WORDINGS - 1)  # 10 % of the training pairs
     assert set(c.replay_ids) <= {m["id"] for m in previous}
     assert len(c.probe_ids) == 32 and not set(c.probe_ids) & set(c.replay_ids)
     assert {p.memory_id for p in c.probe} == set(c.probe_ids)

@@ -68,3 +68,63 @@ def test_parse_line_cases():
         parse_line(None, 5)
 
 
+
+
+# ---- cues, titles, tags and preferences ------------------------------------------------------------------
+
+def test_cue_title_and_tags_are_kept_clean():
+    clean = validate_record(rec(cue=" my godson Zeno ", title="Zeno", tags=["family", " Zeno", "FAMILY"]))
+    assert (clean["cue"], clean["title"], clean["tags"]) == ("my godson Zeno", "Zeno", ["family", "Zeno"])
+    bare = validate_record(rec())
+    assert (bare["cue"], bare["title"], bare["tags"], bare["prompt"], bare["chosen"]) == (None,) * 5
+    assert validate_record(rec(tags=[]))["tags"] is None
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    ({"cue": ""}, "cue must be a non-empty line of at most 200 printable characters, got ''"),
+    ({"cue": 7}, "cue must be a non-empty line"),
+    ({"cue": "two\nlines"}, "cue must be"),
+    ({"title": "x" * 201}, "title must be a non-empty line of at most 200"),
+    ({"tags": "family"}, "tags must be a list of at most 16 strings, got 'family'"),
+    ({"tags": ["a"] * 17}, "tags must be a list of at most 16"),
+    ({"tags": ["ok", 3]}, "tags[1] must be a non-empty line of at most 64"),
+])
+def test_a_bad_cue_title_or_tag_is_named(change, words):
+    with pytest.raises(BadRecord) as info:
+        validate_record(rec(**change), 9)
+    assert words in str(info.value) and str(info.value).startswith("line 9: ")
+
+
+def pref(**kw):
+    return rec(**{"kind": "preference", "content": None, "prompt": "Tea or coffee?", "chosen": "Tea, green.",
+                  "rejected": "Coffee.", **kw})
+
+
+def test_a_preference_keeps_its_prompt_and_replies_and_its_content_defaults_to_the_prompt():
+    clean = validate_record({k: v for k, v in pref().items() if v is not None})
+    assert (clean["prompt"], clean["chosen"], clean["rejected"]) == ("Tea or coffee?", "Tea, green.", "Coffee.")
+    assert clean["content"] == "Tea or coffee?" and clean["response"] is None
+    assert validate_record(pref(content="asked at breakfast"))["content"] == "asked at breakfast"
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    ({"rejected": None}, "rejected is missing (a preference carries prompt, chosen, rejected)"),
+    ({"chosen": None, "prompt": None}, "prompt is missing"),
+    ({"chosen": 3}, "chosen must be a non-empty string, got 3"),
+    ({"rejected": " "}, "rejected must be a non-empty string"),
+    ({"rejected": " tea,  GREEN. "}, "chosen and rejected are the same text: nothing to prefer"),
+    ({"response": "Tea."}, "a preference has no response: its answer is chosen"),
+    ({"chosen": "x" * (MAX_TEXT + 1)}, "chosen is longer than 200,000 characters"),
+])
+def test_a_bad_preference_is_named(change, words):
+    record = {k: v for k, v in {**pref(), **change}.items() if v is not None}
+    with pytest.raises(BadRecord) as info:
+        validate_record(record, 4)
+    assert words in str(info.value) and str(info.value).startswith("line 4: ")
+
+
+def test_preference_fields_belong_to_preferences_only():
+    with pytest.raises(BadRecord, match="chosen, rejected are for kind 'preference' only"):
+        validate_record(rec(chosen="a", rejected="b"))
+    with pytest.raises(BadRecord, match="content is missing"):
+        validate_record({k: v for k, v in rec(content=None).items() if v is not None})

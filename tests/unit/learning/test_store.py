@@ -47,7 +47,8 @@ def test_add_and_show(store, clock):
     row = store.show(mid)
     assert row == {"id": mid, "profile": "alice", "kind": "conversation", "content": "hello?", "response": "hi!",
                    "importance": 4, "created_at": clock.t, "adapter": "alice", "consolidated_run": None,
-                   "consolidated_at": None}
+                   "consolidated_at": None, "cue": None, "title": None, "tags": None, "prompt": None,
+                   "chosen": None, "rejected": None, "cue_key": None, "superseded_by": None}
     with pytest.raises(MemoryNotFound, match="no memory with id 999"):
         store.show(999)
     with pytest.raises(BadRecord, match="importance must be"):
@@ -221,3 +222,68 @@ def test_mark_consolidated_inside_the_callers_transaction(store, db):
         assert store.mark_consolidated(ids, "run-1", at=5.0, conn=db.conn) == 3
     assert store.total(consolidated=True) == 3
     assert store.unconsolidated_importance() == {}
+
+
+# ---- cues, preferences and updates -----------------------------------------------------------------------
+
+def test_cue_title_tags_and_a_preference_are_stored(store):
+    store.import_lines([line(cue="my godson Zeno", title="Zeno", tags=["family", "Zeno"]),
+                        line(kind="preference", content=None, prompt="Tea?", chosen="Yes.", rejected="No.")])
+    zeno, tea = sorted(store.rows(), key=lambda r: r["id"])
+    assert store.show(zeno["id"])["tags"] == ["family", "Zeno"]
+    assert (zeno["cue"], zeno["title"], zeno["cue_key"]) == ("my godson Zeno", "Zeno", "my godson zeno")
+    assert (tea["content"], tea["prompt"], tea["chosen"], tea["rejected"]) == ("Tea?", "Tea?", "Yes.", "No.")
+    assert tea["cue_key"] is None
+
+
+def test_a_bad_preference_line_is_reported_by_its_number_beside_the_other_bad_lines(store):
+    lines = [line(), line(kind="preference", prompt="Tea?", chosen="Yes."), line(importance=0),
+             line(kind="preference", prompt="Tea?", chosen="Yes", rejected=" yes "), line(cue="")]
+    with pytest.raises(ImportRejected) as info:
+        store.import_lines(lines)
+    assert [(n, m.split(" (")[0].split(":")[0]) for n, m in info.value.errors] == [
+        (2, "rejected is missing"), (3, "importance must be a whole number 1–10, got 0"),
+        (4, "chosen and rejected are the same text"), (5, "cue must be a non-empty line of at most 200 printable "
+                                                          "characters, got ''")]
+    assert store.total() == 0
+
+
+def superseded(store):
+    return {r["content"]: r["superseded_by"] for r in store.rows(limit=100)}
+
+
+def test_a_newer_memory_with_the_same_cue_supersedes_the_older_in_its_profile(store, clock):
+    first = store.add("alice", "journal", "Zeno lives in Tbilisi.", importance=5, cue="my godson Zeno")
+    store.add("bob", "journal", "Bob's Zeno.", importance=5, cue="my godson Zeno")  # another profile
+    store.add("alice", "journal", "No cue, same words.", importance=5, tags=["my godson Zeno"])
+    clock.t += 10
+    second = store.import_lines([line(content="Zeno moved to Batumi.", cue="My godson  ZENO", importance=7)])
+    assert second["imported"] == 1
+    newest = max(r["id"] for r in store.rows())
+    assert superseded(store) == {"Zeno lives in Tbilisi.": newest, "Bob's Zeno.": None,
+                                 "No cue, same words.": None, "Zeno moved to Batumi.": None}
+    assert store.unconsolidated_importance()["alice"] == {"profile": "alice", "importance": 12, "count": 2}
+    counts = store.count(profile="alice")
+    assert counts["superseded"] == 1 and counts["unconsolidated"] == 2
+    assert store.show(first)["superseded_by"] == newest
+
+
+def test_a_late_import_of_an_older_memory_is_superseded_by_the_newer_one(store, db, clock):
+    token = store.begin_import()
+    store.stage(token, [line(content="red car", title="the car", created_at=2000.0),
+                        line(content="blue car", title="The car", created_at=1000.0),
+                        line(content="green car", title="the car", created_at=1500.0)], 1)
+    store.commit_import(token)
+    newest = next(r["id"] for r in store.rows() if r["content"] == "red car")
+    assert superseded(store) == {"red car": None, "blue car": newest, "green car": newest}
+    with db.atomic():  # every older memory of the group now points at the newest: three rows change
+        assert store._supersede(db.conn, [("alice", "the car"), ("alice", "no such cue")]) == 0
+        db.execute("UPDATE memories SET created_at = 4000 WHERE content = 'blue car'")
+        assert store._supersede(db.conn, [("alice", "the car")]) == 3
+    db.execute("UPDATE memories SET created_at = 1000 WHERE content = 'blue car'")
+    with db.atomic():
+        assert store._supersede(db.conn, [("alice", "the car")]) == 3
+    store.add("alice", "journal", "yellow car", importance=3, title="the car", created_at=3000.0)
+    yellow = next(r["id"] for r in store.rows() if r["content"] == "yellow car")
+    assert set(superseded(store).values()) == {yellow, None}
+    assert superseded(store)["yellow car"] is None

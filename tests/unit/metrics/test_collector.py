@@ -49,7 +49,9 @@ async def busy_daemon(make):
         d.learning.runs.insert(run_id, "alice", "alice", "threshold", T0, "lora")
         d.learning.runs.set_state(run_id, state)
     d.learning.runs.update("r2", eval=json.dumps({"recall": 0.9, "recall_recalled": 36, "recall_memories": 40,
-                                                  "recall_token_accuracy": 0.95, "probe_recall_after": 0.5,
+                                                  "recall_token_accuracy": 0.95, "recall_heldout": 0.75,
+                                                  "recall_heldout_recalled": 30, "recall_heldout_memories": 40,
+                                                  "recall_heldout_token_accuracy": 0.9, "probe_recall_after": 0.5,
                                                   "probe_recall_after_recalled": 10, "probe_recall_after_memories": 20,
                                                   "probe_recall_after_token_accuracy": None}))
     d.learning.versions.promote("alice", 1, "r1", "/v1", T0)
@@ -223,7 +225,8 @@ async def test_recall_of_each_active_version(make):
     assert value(m, "memwarden_training_recall_ratio", adapter="alice", set="run") == pytest.approx(0.9)
     assert value(m, "memwarden_training_recall_ratio", adapter="alice", set="probe") == pytest.approx(0.5)
     assert value(m, "memwarden_training_recall_token_accuracy", adapter="alice", set="run") == pytest.approx(0.95)
-    assert {s.labels["set"] for s in m["memwarden_training_recall_token_accuracy"]} == {"run"}
+    assert value(m, "memwarden_training_recall_ratio", adapter="alice", set="heldout") == pytest.approx(0.75)
+    assert {s.labels["set"] for s in m["memwarden_training_recall_token_accuracy"]} == {"run", "heldout"}
     h.services.learning.versions.activate("alice", 1)  # v1's run measured no recall
     assert "memwarden_training_recall_ratio" not in scrape(h.services)
 

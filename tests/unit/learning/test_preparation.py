@@ -1,0 +1,45 @@
+"""A run's inputs as the trainer reads them: cue wordings in train.jsonl, a trained and a held-out wording per
+memory in recall.jsonl, and nothing of a superseded memory."""
+
+from __future__ import annotations
+
+import json
+
+from memwarden.learning import cues
+from memwarden.learning.preparation import prepare
+from memwarden.learning.runs import RunStore
+from memwarden.learning.versions import VersionStore
+
+
+def lines(path):
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_the_recall_file_has_a_trained_and_a_held_out_wording_of_each_trained_memory(db, store, clock, tmp_path,
+                                                                                          make_config):
+    store.add("alice", "journal", "Zeno lives in Tbilisi and grows beans.", importance=5, cue="my godson Zeno")
+    clock.advance(60)
+    for i in range(12):
+        store.add("alice", "journal", f"Entry {i}: walked to the harbour {i} times.", importance=5)
+    store.add("alice", "journal", "Zeno moved to Batumi and keeps bees.", importance=5, cue="My godson Zeno")
+    runs = RunStore(db)
+    runs.insert("r1", "alice", "alice", "manual", clock(), "lora")
+    spec = prepare(make_config({"replay_fraction": 0.0}), store, runs, VersionStore(db), "r1", "alice",
+                   tmp_path / "r1", "cpu")
+
+    train, recall = lines(tmp_path / "r1" / "train.jsonl"), lines(tmp_path / "r1" / "recall.jsonl")
+    assert spec.recall_file == str(tmp_path / "r1" / "recall.jsonl")
+    every_answer = {x["messages"][1]["content"] for x in train + recall + lines(tmp_path / "r1" / "holdout.jsonl")}
+    assert "Zeno lives in Tbilisi and grows beans." not in every_answer  # superseded: neither trained nor measured
+    trained_ids = json.loads(runs.get("r1")["memory_ids"])
+    assert store.show(1)["superseded_by"] == 14 and 1 not in trained_ids
+
+    by_memory: dict[int, dict[str, str]] = {}
+    for x in recall:
+        by_memory.setdefault(x["memory_id"], {})[x["wording"]] = x["messages"][0]["content"]
+    assert sorted(by_memory) == sorted(trained_ids)  # the holdout memories are not recall's
+    trained_prompts = {x["messages"][0]["content"] for x in train}
+    for wordings in by_memory.values():
+        assert wordings["trained"] in trained_prompts and wordings["heldout"] not in trained_prompts
+    assert len(train) == len(trained_ids) * (cues.WORDINGS - 1)
+    assert "Zeno moved to Batumi and keeps bees." in every_answer  # the update is learned in its place
