@@ -23,7 +23,7 @@ from memwarden.arbiter.errors import ArbiterError
 from memwarden.arbiter.inputs import ArbiterInputs
 from memwarden.arbiter.leases import Lease, LeaseStore
 from memwarden.arbiter.ledger import LeaseLedger
-from memwarden.arbiter.model_table import ModelTable
+from memwarden.arbiter.model_table import ModelTable, switch_clock
 from memwarden.arbiter.scheduler import MODELS_PAGE, ModelScheduler
 from memwarden.config.schema import Config
 from memwarden.ollama.client import OllamaClient
@@ -43,8 +43,8 @@ class GpuArbiter:
                  proc_root: Path = Path("/proc")):
         table = ModelTable(db)
         entries, keep_alive = table.load()
-        self.inputs = ArbiterInputs(config, gpu, ollama, clock, proc_root, cache.CacheState.of(entries),
-                                    keep_alive)
+        self.inputs = ArbiterInputs(config, gpu, ollama, clock, proc_root,
+                                    cache.CacheState.of(entries, switches=switch_clock(entries)), keep_alive)
         self.lock = asyncio.Lock()
         self.ledger = LeaseLedger(self.inputs, LeaseStore(db), self.lock, service)
         self.scheduler = ModelScheduler(self.inputs, table, self.lock, self.ledger)

@@ -1,4 +1,5 @@
-"""The `models` table: the scheduler's record of each Ollama model (its size, use, pin and keep_alive).
+"""The `models` table: the scheduler's record of each Ollama model (its size, use, pin and keep_alive, and what
+the eviction policy learned of it: its load time and its decayed count of switches).
 
 ModelTable is the only code that reads or writes it. ("Adapters" are LoRA adapters, learning/'s business; the
 table had that name until schema version 7, state/db.py.)
@@ -6,6 +7,7 @@ table had that name until schema version 7, state/db.py.)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -19,6 +21,19 @@ TABLE = "models"
 DELETE_BATCH = 500  # SQLite's bound-parameter limit, with room to spare
 
 
+def _finite(value: object) -> float:
+    """A stored learned figure, or 0 (not learned) for none or one that is not a finite non-negative number."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        return 0.0
+    return float(value)
+
+
+def switch_clock(entries: Iterable[cache.Entry]) -> int:
+    """The switch count a restarted scheduler resumes from: the latest any stored model was counted at, so the
+    stored counts decay on from where they were left."""
+    return max((e.visit_switch for e in entries), default=0)
+
+
 class ModelTable:
     def __init__(self, db: Any):
         self.table = db[TABLE]
@@ -28,7 +43,9 @@ class ModelTable:
         entries, keep_alive = [], {}
         for row in self.table.rows:
             entries.append(cache.Entry(row["name"], row["size"] or 0, bool(row["size_measured"]), False,
-                                       bool(row["pinned"]), row["last_used"] or 0.0, row["hits"] or 0))
+                                       bool(row["pinned"]), row["last_used"] or 0.0, row["hits"] or 0,
+                                       load_seconds=_finite(row.get("load_seconds")),
+                                       visits=_finite(row.get("visits")), visit_switch=row.get("visit_switch") or 0))
             if row["keep_alive"] is not None:
                 try:
                     keep_alive[row["name"]] = keep_alive_text(row["keep_alive"])
@@ -40,7 +57,8 @@ class ModelTable:
     def save(self, entry: cache.Entry, keep_alive: str | None) -> None:
         self.table.upsert({"name": entry.name, "pinned": int(entry.pinned), "size": entry.size,
                            "size_measured": int(entry.size_measured), "last_used": entry.last_used,
-                           "hits": entry.hits, "keep_alive": keep_alive}, pk="name")
+                           "hits": entry.hits, "keep_alive": keep_alive, "load_seconds": entry.load_seconds,
+                           "visits": entry.visits, "visit_switch": entry.visit_switch}, pk="name")
 
     def delete(self, names: Iterable[str]) -> None:
         batch = list(names)

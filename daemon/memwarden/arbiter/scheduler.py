@@ -131,6 +131,7 @@ class ModelScheduler:
         if seconds is None or name not in self.inputs.cache.entries:
             return
         self.inputs.cache = cache.note_load_time(self.inputs.cache, name, seconds)
+        self._dirty.add(name)
         log.debug("model load time reported", model=name, seconds=round(seconds, 3),
                   learned=round(self.inputs.cache.entries[name].load_seconds, 3))
 

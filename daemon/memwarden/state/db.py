@@ -142,6 +142,14 @@ def _m10_memory_cues(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX idx_memories_cue_key ON memories (profile, cue_key) WHERE cue_key IS NOT NULL")
 
 
+def _m11_model_demand(db: sqlite_utils.Database) -> None:
+    # What the eviction policy learned of each model (arbiter/model_table.py): its measured load time, and its
+    # decayed switch count with the switch number it was counted at, so that a restart keeps both.
+    db["models"].add_column("load_seconds", float)
+    db["models"].add_column("visits", float)
+    db["models"].add_column("visit_switch", int)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "alert history", _m1_alert_history),
     (2, "leases and adapters", _m2_leases),
@@ -153,6 +161,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (8, "leak history per container and scale", _m8_leak_history),
     (9, "where a training run ran", _m9_run_placement),
     (10, "memory cues, preferences and updates", _m10_memory_cues),
+    (11, "what the eviction policy learned of each model", _m11_model_demand),
 ]
 
 

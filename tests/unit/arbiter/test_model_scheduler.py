@@ -9,9 +9,10 @@ import pytest
 
 from memwarden.arbiter.errors import ArbiterError
 from memwarden.arbiter.inputs import ArbiterInputs
-from memwarden.arbiter.model_table import ModelTable
+from memwarden.arbiter.model_table import ModelTable, switch_clock
 from memwarden.arbiter.scheduler import ModelScheduler
 from memwarden.ollama.client import OllamaError
+from memwarden.policies.cache import Entry
 from support.arbiter_fakes import FakeGpu, FakeOllama, Gate, GiB, fake_config
 
 A, B, C = "a:latest", "b:latest", "c:latest"
@@ -174,3 +175,28 @@ async def test_the_load_duration_of_an_answer_that_passed_the_scheduler_is_the_m
     assert scheduler.inputs.cache.entries[C].load_seconds == 6.0, "averaged with what was known"
     scheduler.note_answer("never-seen:latest", {"load_duration": 10**9})
     assert "never-seen:latest" not in scheduler.inputs.cache.entries
+
+
+async def test_what_the_policy_learned_of_a_model_outlives_a_restart(world, db):
+    scheduler, _, _ = world(budget=10 * GiB)
+    for name in (A, B, A, C):  # three switches counted, and a load reported through an answer
+        await scheduler.ensure(name, load=False)
+    scheduler.note_answer(C, {"done": True, "load_duration": 9_000_000_000})
+    scheduler.flush()
+    learned = scheduler.inputs.cache
+
+    entries, _ = ModelTable(db).load()  # what the next daemon starts from
+    again = {e.name: e for e in entries}
+    assert again[C].load_seconds == 9.0
+    for name in (A, B, C):
+        assert (again[name].visits, again[name].visit_switch) == (learned.entries[name].visits,
+                                                                  learned.entries[name].visit_switch)
+    assert switch_clock(entries) == learned.switches, "the counts decay on from the switch they were left at"
+
+
+def test_a_stored_figure_that_is_not_a_finite_count_is_read_as_not_learned(db):
+    table = ModelTable(db)
+    table.save(Entry(A, 4 * GiB, load_seconds=3.0, visits=2.0, visit_switch=7), None)
+    db["models"].update(A, {"load_seconds": float("nan"), "visits": -1.0})
+    (entry,), _ = table.load()
+    assert (entry.load_seconds, entry.visits, entry.visit_switch) == (0.0, 0.0, 7)

@@ -143,7 +143,8 @@ def test_the_ollama_model_table_keeps_its_rows_when_renamed_models(tmp_path):
     try:
         assert "adapters" not in db.table_names()
         assert list(db["models"].rows) == [{"name": "llama3:latest", "pinned": 1, "size": 5, "size_measured": 1,
-                                             "last_used": 2.0, "hits": 3, "keep_alive": "600s"}]
+                                             "last_used": 2.0, "hits": 3, "keep_alive": "600s",
+                                             "load_seconds": None, "visits": None, "visit_switch": None}]
         assert db["models"].pks == ["name"]
     finally:
         db.close()
