@@ -26,8 +26,10 @@ from support.ollama_double.manager import wait_until
 SUITE = "bookworm"
 MIRROR = os.environ.get("MEMWARDEN_E2E_MIRROR", "http://deb.debian.org/debian")
 # What a Debian 12 server running memwarden has: systemd as init, python3 for the venv, dbus for systemctl
-# talking to PID 1, procps/util-linux (flock) for the tests' own probing.
-PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "procps", "util-linux", "iproute2")
+# talking to PID 1, polkitd (the package recommends it) to apply the trainer units' rule, procps/util-linux
+# (flock) for the tests' own probing.
+PACKAGES = ("systemd", "systemd-sysv", "dbus", "polkitd", "python3", "python3-venv", "procps", "util-linux",
+            "iproute2")
 CACHE = Path(os.environ.get("MEMWARDEN_E2E_CACHE", "/var/cache/memwarden-e2e"))
 INSIDE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
