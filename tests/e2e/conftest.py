@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -20,10 +21,16 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_deb(REPO, tmp_path_factory.mktemp("deb"))
 
 
+@contextlib.contextmanager
+def installed(deb: Path, binds: Sequence[tuple[Path, str]] = ()) -> Iterator[Machine]:
+    """A freshly booted machine with the package installed the way an admin does it: dpkg -i with systemd
+    running, so postinst enables and starts the units. `binds` are more host directories, read-only."""
+    with Machine(base_rootfs(), binds=[(deb.parent, "/mnt/deb"), *binds]) as m:
+        m.run("dpkg", "-i", f"/mnt/deb/{deb.name}", timeout=SETUP_TIMEOUT)
+        yield m
+
+
 @pytest.fixture(scope="module")
 def machine(deb: Path) -> Iterator[Machine]:
-    """A freshly booted machine with the package installed the way an admin does it: dpkg -i with systemd
-    running, so postinst enables and starts the units."""
-    with Machine(base_rootfs(), binds=[(deb.parent, "/mnt/deb")]) as m:
-        m.run("dpkg", "-i", f"/mnt/deb/{deb.name}", timeout=SETUP_TIMEOUT)
+    with installed(deb) as m:
         yield m

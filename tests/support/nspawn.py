@@ -26,10 +26,11 @@ from support.ollama_double.manager import wait_until
 SUITE = "bookworm"
 MIRROR = os.environ.get("MEMWARDEN_E2E_MIRROR", "http://deb.debian.org/debian")
 # What a Debian 12 server running memwarden has: systemd as init, python3 for the venv, dbus for systemctl
-# talking to PID 1, polkitd (the package recommends it) to apply the trainer units' rule, procps/util-linux
-# (flock) for the tests' own probing.
-PACKAGES = ("systemd", "systemd-sysv", "dbus", "polkitd", "python3", "python3-venv", "procps", "util-linux",
-            "iproute2")
+# talking to PID 1, procps/util-linux (flock) for the tests' own probing.
+PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "procps", "util-linux", "iproute2")
+# Installed by apt in the debootstrapped tree, where systemd is configured: polkitd (the package recommends it,
+# to apply the trainer units' rule) fails to configure within debootstrap's own pass.
+LATER_PACKAGES = ("polkitd",)
 CACHE = Path(os.environ.get("MEMWARDEN_E2E_CACHE", "/var/cache/memwarden-e2e"))
 INSIDE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -80,7 +81,7 @@ def missing_means() -> str | None:
 
 def base_rootfs() -> Path:
     """The debootstrapped rootfs, built on first use and kept for later runs (keyed by suite and packages)."""
-    key = hashlib.sha256(f"{SUITE} {MIRROR} {' '.join(PACKAGES)}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{SUITE} {MIRROR} {' '.join(PACKAGES)} {' '.join(LATER_PACKAGES)}".encode()).hexdigest()[:12]
     root = CACHE / f"{SUITE}-{key}"
     if (root / ".complete").exists():
         return root
@@ -91,12 +92,17 @@ def base_rootfs() -> Path:
         try:
             code, _ = run_bounded(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE,
                                    str(partial), MIRROR], stdout=out, stderr=subprocess.STDOUT)
+            if code == 0:  # the host's network, no boot: apt in the tree as in a chroot
+                code, _ = run_bounded(["systemd-nspawn", "--quiet", "--register=no", "--keep-unit",
+                                       f"--directory={partial}", "--setenv=DEBIAN_FRONTEND=noninteractive",
+                                       "apt-get", "install", "-y", "-q", "--no-install-recommends",
+                                       *LATER_PACKAGES], stdout=out, stderr=subprocess.STDOUT)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
     if code != 0:
         shutil.rmtree(partial, ignore_errors=True)
-        raise MachineError(f"debootstrap failed with status {code}; see {log}")
+        raise MachineError(f"debootstrap or apt-get failed with status {code}; see {log}")
     # mkdtemp made the future "/" 0700: system users (messagebus, memwarden) could not reach anything.
     partial.chmod(0o755)
     (partial / "etc/hostname").write_text("mwtest\n")
