@@ -32,16 +32,17 @@ SCRIPTS = ("daemon_footprint.py", "status_latency.py", "startup.py", "proxy_late
            "decision_time.py", "lease_latency.py", "memory_ingest.py", "container_sample_cost.py",
            "leak_detection.py", "trainer_throughput.py", "forgetting.py", "preemption_latency.py",
            "rss_24h.py", "fuzz_counts.py", "systemd_start.py", "proxy_body_memory.py", "socket_fairness.py",
-           "reply_stall.py", "leak_history_size.py", "ray_executor.py")
+           "reply_stall.py", "leak_history_size.py", "ray_executor.py", "systemd_executor.py")
 # Shorter than their defaults, to keep `make bench` short; BENCHMARKS.md records the full-length runs.
 ARGS = {"container_sample_cost.py": ("--api-passes", "1"), "leak_detection.py": ("--minutes", "2", "--window", "30s"),
         "reply_stall.py": ("--seconds", "15")}
 TIMEOUT = 240.0
 TIMEOUTS = {"trainer_throughput.py": 480.0, "forgetting.py": 480.0, "preemption_latency.py": 360.0,
             "rss_24h.py": 900.0, "fuzz_counts.py": 900.0, "systemd_start.py": 600.0, "proxy_body_memory.py": 600.0,
-            "ray_executor.py": 600.0}
+            "ray_executor.py": 600.0, "systemd_executor.py": 900.0}
 TRAIN_EXTRA = ("torch", "transformers", "peft")
-NEEDS_TRAIN_EXTRA = {"trainer_throughput.py", "forgetting.py", "preemption_latency.py", "ray_executor.py"}
+NEEDS_TRAIN_EXTRA = {"trainer_throughput.py", "forgetting.py", "preemption_latency.py", "ray_executor.py",
+                     "systemd_executor.py"}
 
 
 def run(script: str) -> tuple[str, dict[str, Any]]:
