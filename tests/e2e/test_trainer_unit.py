@@ -33,10 +33,10 @@ RUN_TIMEOUT = 420.0
 # A unit that allocates this much under this MemoryMax ends only if the machine's systemd can cap memory.
 PROBE_ALLOC_MIB, PROBE_MAX = 256, "64M"
 
-# Run by the package's own interpreter, as root: the executor writes the launch file, sets MemoryMax, starts the
-# unit and waits for its exit over D-Bus.
+# Run by the package's own interpreter as the memwarden user, as the daemon would: the executor writes the launch
+# file, sets MemoryMax, starts the unit (as the shipped polkit rule allows) and waits for its exit over D-Bus.
 START_A_RUN = """
-import asyncio, json, os, pathlib, pwd
+import asyncio, json, pathlib
 from memwarden.learning.executor import JobRequest
 from memwarden.learning.jobspec import JobSpec
 from memwarden.learning.systemd_bus import BusUnitManager
@@ -45,8 +45,6 @@ from memwarden.learning.systemd_executor import SystemdExecutor
 async def main():
     run_dir = pathlib.Path("/var/lib/memwarden/runs/e2erun-1")
     run_dir.mkdir(parents=True, exist_ok=True)
-    user = pwd.getpwnam("memwarden")
-    os.chown(run_dir, user.pw_uid, user.pw_gid)  # the trainer writes its progress there as memwarden
     spec = JobSpec("e2erun-1", "alice", "/nonexistent", "lora", str(run_dir), "/t", "/h")
     units = BusUnitManager()
     executor = SystemdExecutor(units, lambda: 8 << 30, 1 << 30)
@@ -91,7 +89,7 @@ def test_the_daemons_unit_keeps_wx_memory_denied_and_the_trainers_allows_it(mach
 def test_a_run_started_over_the_bus_runs_as_its_own_unit_and_reports_its_exit(machine: Machine) -> None:
     m = machine
     m.write("/tmp/start_a_run.py", START_A_RUN)
-    out = m.run("/opt/memwarden/bin/python", "/tmp/start_a_run.py").stdout
+    out = m.run("runuser", "-u", "memwarden", "--", "/opt/memwarden/bin/python", "/tmp/start_a_run.py").stdout
     result = json.loads(out.strip().splitlines()[-1])
     # No base model at /nonexistent: the trainer fails, and its status comes back through the unit.
     assert result["unit"] == TRAINER and result["code"] not in (0, 75)
@@ -199,7 +197,11 @@ def progress(m: Machine, run_id: str) -> list[dict[str, Any]]:
 
 
 def checkpointed(m: Machine, run_id: str) -> bool:
-    return any(e["event"] == "checkpoint" for e in progress(m, run_id))
+    if any(e["event"] == "checkpoint" for e in progress(m, run_id)):
+        return True
+    run = ended(m, run_id)
+    assert run is None, f"run {run_id} ended before its first checkpoint: {run}"
+    return False
 
 
 def assert_retried_halved(m: Machine, run_id: str, killed: tuple[int, int], retried: tuple[int, int]) -> None:
