@@ -9,8 +9,9 @@ package's interpreter runs the same JobSpec
 every 4) --reps times by each executor, alternating, each rep a fresh run id, timed from `start()` to `wait()`
 returning. For systemd that is D-Bus (SetUnitProperties for MemoryMax, StartUnit), the unit's own start and
 unit_entry's interpreter, the trainer at the unit's Nice=10 and CPUWeight=20, and the executor's poll of the
-unit's state; for subprocess, the trainer as the bench's child at nice 0. Overhead = systemd's median − the
-subprocess median (goal ≤ +0.5 s).
+unit's state; for subprocess, the trainer as the bench's child, lowering its own priority by 10 (JobSpec.nice)
+so that both trainers run at the same nice (on a host with cgroup v1 the machine's systemd applies no CPUWeight,
+so the nice is all the priority there is). Overhead = systemd's median − the subprocess median (goal ≤ +0.5 s).
 Preemption latency: a run of 100000 steps, preempted after its first checkpoint; `preempt()` → `wait()`
 returning with 75 (the supervisor releases the lease right after it), for each executor.
 """
@@ -51,7 +52,7 @@ RUNS = pathlib.Path("/var/lib/memwarden/runs")
 USER = pwd.getpwnam("memwarden")
 
 
-def spec(name, steps):
+def spec(name, steps, nice):
     run = RUNS / name
     run.mkdir(parents=True, exist_ok=True)
     pairs = [{"messages": [{"role": "user", "content": f"What is fact {i}?"},
@@ -63,11 +64,11 @@ def spec(name, steps):
     return JobSpec(name, "alice", BASE, "lora", str(run), str(run / "train.jsonl"), str(run / "holdout.jsonl"),
                    hyper=Hyper(max_steps=steps, micro_batch=2, grad_accum=1, max_seq_len=64, warmup_steps=2, rank=4,
                                alpha=8, lr=3e-3, recall_sample=0),
-                   checkpoint_every_steps=4)
+                   checkpoint_every_steps=4, nice=nice)
 
 
-async def one(executor, name, steps, preempt=False):
-    s = spec(name, steps)
+async def one(executor, nice, name, steps, preempt=False):
+    s = spec(name, steps, nice)
     run = RUNS / name
     checkpointed = asyncio.Event()
     t0 = time.monotonic()
@@ -84,18 +85,19 @@ async def one(executor, name, steps, preempt=False):
 
 async def main():
     units = BusUnitManager()
-    executors = {"subprocess": SubprocessExecutor(RUNS),
-                 "systemd": SystemdExecutor(units, lambda: os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
-                                            1 << 30)}
+    # (executor, the trainer's own nice): the unit's trainer runs at the unit's Nice=10 already
+    executors = {"subprocess": (SubprocessExecutor(RUNS), 10),
+                 "systemd": (SystemdExecutor(units, lambda: os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+                                             1 << 30), 0)}
     times = {label: [] for label in executors}
     for rep in range(REPS):
-        for label, ex in executors.items():
-            took, code = await one(ex, f"{label}-{rep}", STEPS)
+        for label, (ex, nice) in executors.items():
+            took, code = await one(ex, nice, f"{label}-{rep}", STEPS)
             assert code == 0, (label, rep, code)
             times[label].append(took)
     preempt = {}
-    for label, ex in executors.items():
-        took, code = await one(ex, f"{label}-preempt", 100_000, preempt=True)
+    for label, (ex, nice) in executors.items():
+        took, code = await one(ex, nice, f"{label}-preempt", 100_000, preempt=True)
         assert code == 75, (label, code)
         preempt[label] = took
     await units.close()
