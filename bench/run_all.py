@@ -7,8 +7,9 @@ memory ingest about 30 s, the container benchmarks (a private dockerd; skipped w
 latency: the trainer subprocess with real torch on the CPU) add about 6 minutes more, and are skipped, with a line
 saying so, when the train extra (torch, transformers, peft) is not installed. The fault-suite figures (24 simulated
 hours of RSS, the fuzzers' counts) and the packaged daemon under real systemd (root: it builds the .deb and boots a
-container) add about 10 minutes more, and the control-socket ones (status under a connection flood from another
-uid, the loop stall under pages nobody reads) about 2 minutes.
+container) add about 10 minutes more, the systemd executor against the subprocess one (root and the train extra:
+the same container, runs of the demo model in it) about 5, and the control-socket ones (status under a connection
+flood from another uid, the loop stall under pages nobody reads) about 2 minutes.
 proxy_latency.py also measures BASTION when its executable is at $BASTION_BIN (default
 /tmp/bastion-venv/bin/bastion), and reports it as unavailable otherwise.
 """
