@@ -135,6 +135,8 @@ def test_a_trainer_killed_as_the_oom_killer_kills_is_retried_with_a_halved_micro
     assert run["state"] == "promoted", run
     assert any("exited with status 137" in line for line in journal_tagged(m, run_id).splitlines())
     assert_retried_halved(m, run_id, killed=(4, 1), retried=(2, 2))
+    (start,) = [e for e in progress(m, run_id) if e["event"] == "start"]
+    assert start["resumed_from_step"] >= 4  # from the killed trainer's checkpoint (every 4 steps), not from scratch
     assert m.show("memwarden.service", "NRestarts", "MainPID") == daemon  # the daemon was never touched
 
 
