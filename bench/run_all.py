@@ -7,8 +7,9 @@ memory ingest about 30 s, the container benchmarks (a private dockerd; skipped w
 latency: the trainer subprocess with real torch on the CPU) add about 6 minutes more, and are skipped, with a line
 saying so, when the train extra (torch, transformers, peft) is not installed. The fault-suite figures (24 simulated
 hours of RSS, the fuzzers' counts) and the packaged daemon under real systemd (root: it builds the .deb and boots a
-container) add about 10 minutes more, and the control-socket ones (status under a connection flood from another
-uid, the loop stall under pages nobody reads) about 2 minutes.
+container) add about 10 minutes more, the systemd executor against the subprocess one (root and the train extra:
+the same container, runs of the demo model in it) about 5, and the control-socket ones (status under a connection
+flood from another uid, the loop stall under pages nobody reads) about 2 minutes.
 proxy_latency.py also measures BASTION when its executable is at $BASTION_BIN (default
 /tmp/bastion-venv/bin/bastion), and reports it as unavailable otherwise.
 """
@@ -32,16 +33,18 @@ SCRIPTS = ("daemon_footprint.py", "status_latency.py", "startup.py", "proxy_late
            "decision_time.py", "lease_latency.py", "memory_ingest.py", "container_sample_cost.py",
            "leak_detection.py", "trainer_throughput.py", "forgetting.py", "preemption_latency.py",
            "rss_24h.py", "fuzz_counts.py", "systemd_start.py", "proxy_body_memory.py", "socket_fairness.py",
-           "reply_stall.py", "leak_history_size.py", "ray_executor.py", "proxy_coalescing.py", "demand_ablation.py")
+           "reply_stall.py", "leak_history_size.py", "ray_executor.py", "proxy_coalescing.py", "demand_ablation.py",
+           "systemd_executor.py")
 # Shorter than their defaults, to keep `make bench` short; BENCHMARKS.md records the full-length runs.
 ARGS = {"container_sample_cost.py": ("--api-passes", "1"), "leak_detection.py": ("--minutes", "2", "--window", "30s"),
         "reply_stall.py": ("--seconds", "15"), "demand_ablation.py": ("--seeds", "1", "--length", "10000")}
 TIMEOUT = 240.0
 TIMEOUTS = {"trainer_throughput.py": 480.0, "forgetting.py": 480.0, "preemption_latency.py": 360.0,
             "rss_24h.py": 900.0, "fuzz_counts.py": 900.0, "systemd_start.py": 600.0, "proxy_body_memory.py": 600.0,
-            "ray_executor.py": 600.0, "scheduler_hitrate.py": 600.0}
+            "ray_executor.py": 600.0, "scheduler_hitrate.py": 600.0, "systemd_executor.py": 900.0}
 TRAIN_EXTRA = ("torch", "transformers", "peft")
-NEEDS_TRAIN_EXTRA = {"trainer_throughput.py", "forgetting.py", "preemption_latency.py", "ray_executor.py"}
+NEEDS_TRAIN_EXTRA = {"trainer_throughput.py", "forgetting.py", "preemption_latency.py", "ray_executor.py",
+                     "systemd_executor.py"}
 
 
 def run(script: str) -> tuple[str, dict[str, Any]]:

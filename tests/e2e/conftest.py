@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from support.nspawn import SETUP_TIMEOUT, Machine, base_rootfs, build_deb, missing_means
+from support.nspawn import Machine, build_deb, installed, missing_means
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -22,8 +22,5 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def machine(deb: Path) -> Iterator[Machine]:
-    """A freshly booted machine with the package installed the way an admin does it: dpkg -i with systemd
-    running, so postinst enables and starts the units."""
-    with Machine(base_rootfs(), binds=[(deb.parent, "/mnt/deb")]) as m:
-        m.run("dpkg", "-i", f"/mnt/deb/{deb.name}", timeout=SETUP_TIMEOUT)
+    with installed(deb) as m:
         yield m

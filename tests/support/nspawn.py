@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import psutil
@@ -28,8 +30,14 @@ MIRROR = os.environ.get("MEMWARDEN_E2E_MIRROR", "http://deb.debian.org/debian")
 # What a Debian 12 server running memwarden has: systemd as init, python3 for the venv, dbus for systemctl
 # talking to PID 1, procps/util-linux (flock) for the tests' own probing.
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "procps", "util-linux", "iproute2")
+# Installed by apt in the debootstrapped tree, where systemd is configured: polkitd (the package recommends it,
+# to apply the trainer units' rule) fails to configure within debootstrap's own pass.
+LATER_PACKAGES = ("polkitd",)
 CACHE = Path(os.environ.get("MEMWARDEN_E2E_CACHE", "/var/cache/memwarden-e2e"))
 INSIDE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# The package's venv has no torch: a machine that trains borrows the train extra from the host's venv.
+TRAIN_MODULES = ("torch", "transformers", "peft")
+HOST_SITE = "/mnt/host-site"
 
 
 # `systemctl is-system-running` answers. "offline" is also what it prints while PID 1's private socket is not up
@@ -78,7 +86,7 @@ def missing_means() -> str | None:
 
 def base_rootfs() -> Path:
     """The debootstrapped rootfs, built on first use and kept for later runs (keyed by suite and packages)."""
-    key = hashlib.sha256(f"{SUITE} {MIRROR} {' '.join(PACKAGES)}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{SUITE} {MIRROR} {' '.join(PACKAGES)} {' '.join(LATER_PACKAGES)}".encode()).hexdigest()[:12]
     root = CACHE / f"{SUITE}-{key}"
     if (root / ".complete").exists():
         return root
@@ -89,12 +97,17 @@ def base_rootfs() -> Path:
         try:
             code, _ = run_bounded(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE,
                                    str(partial), MIRROR], stdout=out, stderr=subprocess.STDOUT)
+            if code == 0:  # the host's network, no boot: apt in the tree as in a chroot
+                code, _ = run_bounded(["systemd-nspawn", "--quiet", "--register=no", "--keep-unit",
+                                       f"--directory={partial}", "--setenv=DEBIAN_FRONTEND=noninteractive",
+                                       "apt-get", "install", "-y", "-q", "--no-install-recommends",
+                                       *LATER_PACKAGES], stdout=out, stderr=subprocess.STDOUT)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
     if code != 0:
         shutil.rmtree(partial, ignore_errors=True)
-        raise MachineError(f"debootstrap failed with status {code}; see {log}")
+        raise MachineError(f"debootstrap or apt-get failed with status {code}; see {log}")
     # mkdtemp made the future "/" 0700: system users (messagebus, memwarden) could not reach anything.
     partial.chmod(0o755)
     (partial / "etc/hostname").write_text("mwtest\n")
@@ -232,6 +245,14 @@ class Machine:
             raise MachineError(f"{' '.join(argv)} exited with {done.returncode}:\n{done.stdout}{done.stderr}")
         return done
 
+    def run_in_unit(self, *argv: str, timeout: float = 60, env: dict[str, str] | None = None,
+                    ) -> subprocess.CompletedProcess[str]:
+        """Run argv as a transient unit of the machine's systemd, as root, its output piped back; an error when
+        it fails. Torch's oneMKL does not load in a process nsenter put into the machine ("Cannot load
+        libtorch_cpu.so"), and does in the machine's units: whatever imports torch runs this way."""
+        setenv = [f"--setenv={k}={v}" for k, v in (env or {}).items()]
+        return self.run("systemd-run", "--wait", "--pipe", "--quiet", "--collect", *setenv, *argv, timeout=timeout)
+
     def sh(self, script: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return self.run("sh", "-c", script, check=check, timeout=timeout)
 
@@ -288,6 +309,44 @@ def run_bounded(argv: Sequence[str], timeout: float = SETUP_TIMEOUT, **popen: ob
         proc.wait()
         raise
     return proc.returncode, err or b""
+
+
+@contextlib.contextmanager
+def installed(deb: Path, binds: Sequence[tuple[Path, str]] = ()) -> Iterator[Machine]:
+    """A freshly booted machine with the package installed the way an admin does it: dpkg -i with systemd
+    running, so postinst enables and starts the units. `binds`: more host directories, read-only."""
+    with Machine(base_rootfs(), binds=[(deb.parent, "/mnt/deb"), *binds]) as m:
+        m.run("dpkg", "-i", f"/mnt/deb/{deb.name}", timeout=SETUP_TIMEOUT)
+        yield m
+
+
+def train_site() -> Path | None:
+    """The site-packages this interpreter's torch, transformers and peft come from, when all three are there."""
+    specs = [importlib.util.find_spec(name) for name in TRAIN_MODULES]
+    origins = [s.origin for s in specs if s is not None and s.origin is not None]
+    sites = {Path(origin).parents[1] for origin in origins}
+    return sites.pop() if len(origins) == len(TRAIN_MODULES) and len(sites) == 1 else None
+
+
+def train_binds() -> list[tuple[Path, str]]:
+    """The bind that lend_train_extra needs, when this interpreter has the train extra."""
+    site = train_site()
+    return [(site, HOST_SITE)] if site else []
+
+
+def lend_train_extra(m: Machine) -> str | None:
+    """Let the installed package's venv import the train extra from the host's site-packages (bound read-only at
+    HOST_SITE by train_binds): a .pth file after the venv's own site-packages, in this machine only. Why it
+    cannot, or None once it can."""
+    if train_site() is None:
+        return f"this interpreter lacks the train extra ({', '.join(TRAIN_MODULES)}) that the machine borrows"
+    own, same = m.run("/opt/memwarden/bin/python", "-c", "import sys, sysconfig; print(sysconfig.get_paths()"
+                      f"['purelib'], sys.version_info[:2] == {tuple(sys.version_info[:2])})").stdout.split()
+    if same != "True":
+        return (f"the machine's Python is not this interpreter's {sys.version_info[0]}.{sys.version_info[1]}: "
+                "the borrowed compiled wheels would not load")
+    m.write(f"{own}/zz-memwarden-host-train.pth", f"{HOST_SITE}\n")
+    return None
 
 
 def build_deb(repo: Path, out: Path) -> Path:

@@ -285,8 +285,8 @@ class RunExecution:
         dry_marker = out / "dry_run.ok"
         if spec.dry_run_steps and not dry_marker.exists():
             code = await self._train(run_id, out, spec, lease, dry=True)
-            if code != EXIT_DONE:
-                return code if code == EXIT_PREEMPTED else DRY_FAILED - abs(code)
+            if code != EXIT_DONE:  # preempted or killed at its MemoryMax: the run's own answers apply
+                return code if code in (EXIT_PREEMPTED, EXIT_OOM_KILLED) else DRY_FAILED - abs(code)
             dry_marker.touch()
             shutil.rmtree(out / "dry", ignore_errors=True)
         return await self._train(run_id, out, spec, lease, dry=False)

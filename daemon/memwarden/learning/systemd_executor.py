@@ -31,7 +31,10 @@ TEMPLATE = "memwarden-train@{}.service"
 LAUNCH_DIR = Path("/run/memwarden/train")  # the daemon's RuntimeDirectory, kept across its restarts
 PROGRESS_FILE = "progress.jsonl"
 EXIT_OOM_KILLED = 137  # 128 + SIGKILL: the kernel's OOM killer ended the trainer at its MemoryMax
-POLL = 0.5  # seconds between two reads of the progress file and the unit's state
+POLL = 0.5  # seconds between two looks at the unit's state (three D-Bus calls to PID 1)
+# Seconds between two reads of the progress file meanwhile (a read of what was appended): once it holds the
+# trainer's exit record the unit ends within moments, and the next look need not wait for the whole POLL.
+TAIL_POLL = 0.05
 MEMORY_FLOOR = 512 * 1024**2  # no trainer is capped below this
 HEADROOM = 1.5  # MemoryMax over the run's RAM estimate: the estimate is of the steady state, not its peaks
 RUNNING = frozenset({"active", "activating", "reloading", "deactivating"})
@@ -152,6 +155,19 @@ class SystemdJob:
     def _send(self, sig: int) -> None:
         self._signals.append(asyncio.get_running_loop().create_task(self.manager.kill(self.unit, sig)))
 
+    async def _until_next_look(self) -> None:
+        """POLL seconds, the progress read meanwhile; once it holds the trainer's exit record, a moment only."""
+        if self.tail.exit is not None:
+            await asyncio.sleep(min(TAIL_POLL, self.poll))
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.poll
+        while True:
+            await asyncio.sleep(min(TAIL_POLL, self.poll))
+            self.tail.read()
+            if self.tail.exit is not None or loop.time() >= deadline:
+                return
+
     async def wait(self) -> int:
         """Until the unit is no longer running: its progress read as it goes, then its exit status."""
         while True:
@@ -161,7 +177,7 @@ class SystemdJob:
                 self.main_pid = state.main_pid
             if state is None or not state.running:
                 break
-            await asyncio.sleep(self.poll)
+            await self._until_next_look()
         for task in self._signals:
             with contextlib.suppress(Exception):
                 await task

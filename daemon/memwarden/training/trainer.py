@@ -186,7 +186,11 @@ class Trainer:
             self.scheduler.load_state_dict(ck["state"]["scheduler"])
             checkpoint.restore_rng(ck["state"]["rng"])
             self.step, self.cursor = int(meta["step"]), int(meta["cursor"])
-            self.micro_batch, self.grad_accum = int(meta["micro_batch"]), int(meta["grad_accum"])
+            # The smaller micro-batch wins, at the same effective batch: the checkpoint's when this trainer's
+            # predecessor halved it on an out-of-memory error, the spec's when the daemon halved it after the
+            # kernel killed that predecessor at its MemoryMax.
+            if int(meta["micro_batch"]) < self.micro_batch:
+                self.micro_batch, self.grad_accum = int(meta["micro_batch"]), int(meta["grad_accum"])
             self.tokens, self.train_seconds = int(meta["tokens"]), float(meta["train_seconds"])
             self.eval_before = meta["eval_before"]
             self.oom_injected = bool(meta.get("oom_injected"))

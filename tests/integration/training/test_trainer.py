@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from memwarden.learning.adapter_check import check_adapter, read_safetensors_header
+from memwarden.learning.execution import halved_batch
 from memwarden.learning.jobspec import EXIT_DONE, EXIT_PREEMPTED, FULL_FT_LR_RANGE, Ewc, Hyper, JobSpec
 
 pytestmark = pytest.mark.skipif(
@@ -268,6 +269,23 @@ def test_preempted_then_killed_run_resumes_to_the_same_result(base_spec, referen
     # the same weights, optimizer, schedule, data order and dropout RNG as the uninterrupted run
     for key, value in reference["done"]["eval"].items():
         assert done["eval"][key] == pytest.approx(value, rel=1e-5), key
+
+
+def test_a_run_killed_at_its_memory_max_resumes_with_the_halved_micro_batch_of_its_new_spec(base_spec, tmp_path):
+    """The daemon restarts a trainer the kernel killed at its MemoryMax with the micro-batch halved; the
+    checkpoint it resumes from was written at the larger one, which must not come back."""
+    spec, job = _spec_at(base_spec, tmp_path, hyper=replace(base_spec.hyper, max_steps=12))
+    first = Trainer(job)
+    ckpt = first.until(lambda e: e["event"] == "checkpoint")
+    first.proc.kill()  # SIGKILL, as the OOM killer sends it
+    first.proc.wait()
+    halved_batch(spec).write(job)
+    rc, events, err = run(job)
+    done = assert_done(rc, events, err)
+    start = of(events, "start")[0]
+    assert start["resumed_from_step"] >= ckpt["step"]
+    assert (start["micro_batch"], start["grad_accum"]) == (1, 4)  # the same effective batch, in smaller pieces
+    assert done["step"] == 12
 
 
 def test_dry_run_stops_after_n_steps_and_an_oom_is_retried_with_half_the_micro_batch(base_spec, tmp_path):

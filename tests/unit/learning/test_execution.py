@@ -364,6 +364,18 @@ async def test_a_trainer_killed_at_its_memory_max_is_retried_with_a_halved_micro
     assert (retry.micro_batch, retry.grad_accum) == (2, 8)  # the same effective batch
 
 
+async def test_a_dry_run_killed_at_its_memory_max_is_retried_with_a_halved_micro_batch(make, store):
+    # The dry run goes first with the run's micro-batch, so it is where a cap too tight for it is met first.
+    sup, executor = make(Script(EXIT_OOM_KILLED), Script(), Script(), micro_batch=4, grad_accum=4, dry_run_steps=2)
+    remember(store)
+    sup.start("alice")
+    assert (await finished(sup))["state"] == "promoted"
+    killed, dry, real = (r.spec for r in executor.requests)
+    assert (killed.dry_run_steps, killed.hyper.micro_batch, killed.hyper.grad_accum) == (2, 4, 4)
+    assert (dry.dry_run_steps, dry.hyper.micro_batch, dry.hyper.grad_accum) == (2, 2, 8)
+    assert (real.dry_run_steps, real.hyper.micro_batch, real.hyper.grad_accum) == (0, 2, 8)
+
+
 async def test_a_trainer_left_running_by_the_last_daemon_is_adopted_not_started(make, store):
     sup, executor = make()
     executor.adoptable = Script(events=[{"event": "step", "step": 9, "loss": 1.5}])

@@ -128,6 +128,18 @@ async def test_progress_is_streamed_and_the_exit_record_gives_the_code(tmp_path)
     assert job.placement.pid == 4242
 
 
+async def test_the_wait_ends_at_the_trainers_exit_record_not_at_the_next_look_at_the_unit(tmp_path):
+    units = FakeUnits()
+    slow = SystemdExecutor(units, lambda: 16 * GiB, GiB, launch_dir=tmp_path / "launch", poll=3600)
+    req = request(tmp_path)
+    job = await slow.start(req, lambda e: None)
+    waiting = asyncio.get_running_loop().create_task(job.wait())
+    await units.polled.wait()  # the first look: running; the next one is an hour away
+    (req.run_dir / PROGRESS_FILE).write_text(json.dumps({"event": "unit_exit", "code": 0}) + "\n")
+    units.finish(job.unit, None)
+    assert await asyncio.wait_for(waiting, 30) == 0
+
+
 async def test_an_oom_killed_unit_returns_the_oom_code_and_is_reset(tmp_path):
     units = FakeUnits()
     job = await executor(units, tmp_path).start(request(tmp_path), lambda e: None)

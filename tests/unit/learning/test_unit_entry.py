@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from memwarden.learning import unit_entry
+from memwarden.learning.systemd_executor import EXIT_OOM_KILLED, UnitState, exit_code
 
 FAKE_TRAINER = """
 import json, os, sys
@@ -49,3 +50,20 @@ def test_a_failed_trainer_is_said_on_stderr_for_the_journal(tmp_path, monkeypatc
     (tmp_path / "launch" / "r2.json").write_text(json.dumps({"spec": "/s.json", "progress": str(progress)}))
     assert unit_entry.main(["r2"], trainer="failing_trainer") == 3
     assert "trainer of run r2 exited with status 3" in capsys.readouterr().err
+
+
+def test_a_trainer_killed_by_sigkill_reads_as_killed_at_its_memory_max(tmp_path, monkeypatch):
+    # The OOM killer's SIGKILL: under cgroup v2 systemd also reports Result=oom-kill; under v1 it sees only the
+    # unit's main process exit, and this record is what tells the executor.
+    (tmp_path / "pkg" / "killed_trainer").mkdir(parents=True)
+    (tmp_path / "pkg" / "killed_trainer" / "__main__.py").write_text(
+        "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "pkg"))
+    monkeypatch.setattr(unit_entry, "LAUNCH_DIR", tmp_path / "launch")
+    (tmp_path / "launch").mkdir()
+    progress = tmp_path / "progress.jsonl"
+    (tmp_path / "launch" / "r3.json").write_text(json.dumps({"spec": "/s.json", "progress": str(progress)}))
+    assert unit_entry.main(["r3"], trainer="killed_trainer") == EXIT_OOM_KILLED
+    record = json.loads(progress.read_text().splitlines()[-1])
+    assert record == {"event": "unit_exit", "code": EXIT_OOM_KILLED}
+    assert exit_code(UnitState("failed", "exit-code", 0, EXIT_OOM_KILLED), record["code"]) == EXIT_OOM_KILLED
