@@ -132,6 +132,12 @@ def _m9_run_placement(db: sqlite_utils.Database) -> None:
     db["runs"].add_column("node", str)
 
 
+def _m10_leak_shapes(db: sqlite_utils.Database) -> None:
+    # A leak history's latest drops and its young series' fit (policies/leak_shapes.py), JSON arrays.
+    db["leak_series"].add_column("drops", str)
+    db["leak_series"].add_column("young", str)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "alert history", _m1_alert_history),
     (2, "leases and adapters", _m2_leases),
@@ -142,6 +148,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (7, "the Ollama model table is named models", _m7_models_table),
     (8, "leak history per container and scale", _m8_leak_history),
     (9, "where a training run ran", _m9_run_placement),
+    (10, "leak history: drops and the young fit", _m10_leak_shapes),
 ]
 
 
