@@ -251,6 +251,11 @@ class LeakHistory:
             scale.restore(saved)
         return history
 
+    def warming_up(self) -> bool:
+        """A young series whose rise slows (leak_shapes.YoungFit); the jitter is only worked out while young."""
+        return (self.last is not None and self.young.young(self.last.t)
+                and self.young.warming_up(self.last.t, self.jitter()))
+
     def jitter(self) -> float:
         # Second differences cancel a steady slope; of Gaussian noise they have σ√6, so a median |.| of 1.652 σ.
         return statistics.median(self.steps) / 1.652 if self.steps else 0.0
@@ -339,7 +344,7 @@ def verdict_of(history: LeakHistory, previous: LeakVerdict | None = None, limit:
     assert history.last is not None and history.first is not None
     return decide(history.readings(), previous, history.settings, history.count, history.last.t - history.first,
                   history.last.working_set, limit, host_available, history.last.t,
-                  history.young.warming_up(history.last.t, history.jitter()))
+                  history.warming_up())
 
 
 def judge(samples: Iterable[Sample], settings: LeakSettings, previous: LeakVerdict | None = None,

@@ -104,10 +104,13 @@ class YoungFit:
         for k, x in enumerate((1.0, t, t * t, t ** 3, t ** 4, y, t * y, t * t * y)):
             self.sums[2 + k] += x
 
+    def young(self, now: float) -> bool:
+        return len(self.sums) >= 10 and now - self.sums[0] <= YOUNG
+
     def warming_up(self, now: float, jitter: float) -> bool:
         """Young (under YOUNG seconds) and its curvature YOUNG_CURVE standard errors (from the jitter, σ of one
         sample) under zero: a rise that slows."""
-        if len(self.sums) < 10 or now - self.sums[0] > YOUNG or self.sums[2] < 5:
+        if not self.young(now) or self.sums[2] < 5:
             return False
         n, st, st2, st3, st4, sv, stv, st2v = self.sums[2:]
         det = n * (st2 * st4 - st3 * st3) - st * (st * st4 - st3 * st2) + st2 * (st * st3 - st2 * st2)
