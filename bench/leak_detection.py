@@ -122,10 +122,12 @@ def main() -> int:
     p.add_argument("--rates", default="1,5,20", help="leak rates in MB/s, comma-separated (default 1,5,20)")
     p.add_argument("--replay", action="store_true",
                    help="instead: pure replays through the policies, seeded (bench/leak_replay.py)")
+    p.add_argument("--seeds", type=int, default=0,
+                   help="with --replay: replay every series with this many other seeds and count the misses")
     args = p.parse_args()
     exit_cleanly_on_sigterm()
     if args.replay:
-        return replays(args.json)
+        return sweeps(args.seeds, args.json) if args.seeds else replays(args.json)
     title = "container leak detection"
     missing = requirements()
     if missing:
@@ -259,6 +261,20 @@ def replays(as_json: bool) -> int:
                               "baseline CPU s"], [[r[0], r[1], s(r[2]), r[3], r[4], r[5]] for r in fa])
     text += "\n\n" + leak_replay.__doc__.split("\n\n")[1].replace("\n", " ")
     emit("leak detection, pure replays", text, results, as_json)
+    return 0
+
+
+def sweeps(seeds: int, as_json: bool) -> int:
+    import leak_replay
+
+    rows, results = leak_replay.sweep(seeds)
+    leaks = {label for label, *_ in leak_replay.LEAKS}
+    def s(v: Any) -> str:
+        return "never" if v is None else (f"{v:g} s" if v < 600 else f"{v / 60:g} min")
+    text = table(["series", "seeds", "leak: seeds late for the goal", "leak: seeds not one alarm / benign: seeds "
+                  "with an alarm", "leak: latest first alarm / benign: alarms in all"],
+                 [[*r[:4], s(r[4]) if r[0] in leaks else r[4]] for r in rows])
+    emit(f"leak detection, pure replays over {seeds} seeds", text, results, as_json)
     return 0
 
 
