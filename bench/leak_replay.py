@@ -5,8 +5,9 @@ Every series is 2 GiB plus its shape plus Gaussian noise of 2 MiB (seeded), one 
 memwarden.policies.leak_scales with the shipped defaults (containers.leak_window 24h, leak_min_rate 1MiB/h),
 fed sample by sample with its previous verdict. Baseline, same run, same samples: memwarden.policies.leak.assess
 with the previous defaults (one 10-min window, 1MiB/min), judged every 10 s over the trailing window.
-Benign rhythms start at the top of their cycle: a rhythm's first rise, never seen before, cannot be told from
-a leak (a "cold" daily cycle, starting at its trough, is shown too).
+Benign rhythms start at the top of their cycle, so a sawtooth's first rise follows a drop from its top; a smooth
+rhythm's first rise from its trough, never seen before, cannot be told from a leak (a "cold" daily cycle,
+starting at its trough, is shown too).
 Run by `bench/leak_detection.py --replay`; `--replay --seeds N` replays every series with N other seeds
 (sweep) and counts the seeds that miss a goal.
 """
