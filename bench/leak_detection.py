@@ -8,7 +8,8 @@ watches cycles over many periods (a day of a real rhythm cannot fit a bench; its
   steady               8 MB held, nothing else;
   sawtooth, fast       grows 5 MB/s for 4 s, frees it all, 1 s low (period ≈ 6 s: about 200 periods);
   sawtooth, slow       grows 1 MB/s for 25 s, frees it all, 5 s low (period ≈ 33 s: about 36 periods);
-  sawtooth, 2 min      grows 1 MB/s for 110 s, frees it all, 10 s low, watched from its top (about 10 periods);
+  sawtooth, 2 min      grows 1 MB/s for 110 s, frees it all, 10 s low; started once the daemon is ready, with
+                       its first tooth written at once, so watched from its top (about 10 periods);
   leak under the fast sawtooth  the fast sawtooth keeping 600 kB more at every drop (≈ 0.1 MB/s, 350 MB/h);
 and, started once the daemon is ready, leakers writing 1, 5 and 20 MB/s into /dev/shm (--rates), each removed
 as soon as it is called (to bound the memory they take).
@@ -146,7 +147,6 @@ def main() -> int:
         engine.run("steady", steady(8))
         engine.run("saw-fast", sawtooth(5, 4, 1))
         engine.run("saw-slow", sawtooth(1, 25, 5))
-        engine.run("saw-2min", sawtooth(1, 110, 10, top_first=True), shm_size="256m")
         engine.run("saw-leak", sawtooth(5, 4, 1, leak_kb_per_cycle=600), shm_size=f"{int(args.minutes * 8 + 64)}m")
         daemon = DaemonProcess({
             "daemon": {"sample_interval": f"{int(POLL_S * 1000)}ms", "log_level": "info"},
@@ -156,6 +156,8 @@ def main() -> int:
             sampler = Sampler(daemon)
             sampler.start()
             watch_from = time.time()
+            # Started once the daemon is ready, so it is watched from its first sample: from its top.
+            engine.run("saw-2min", sawtooth(1, 110, 10, top_first=True), shm_size="256m")
             for name, rate in leakers.items():
                 shm = max(64, int(rate * 240 * 1.5))
                 engine.run(name, leaker(rate), shm_size=f"{shm}m")
@@ -222,8 +224,12 @@ def main() -> int:
         verdict_counts = {v: judged.count(v) for v in sorted(set(judged))}
         ws = [w for _, w, _ in samples]
         first_leak = next((t for t, _, v in samples if v == "leak"), None)
+        calls = [{"at_s": round(iso(e["timestamp"]) - watch_from, 1), "scale_s": e.get("scale_s"),
+                  "slope_bps": e.get("slope_bps"), "growth": e.get("growth_bytes"), "noise": e.get("noise_bytes")}
+                 for e in events if e.get("decision") == "container.verdict" and e.get("container") == name
+                 and e.get("verdict") == "leak"]
         fa_results[name] = {"samples": len(samples), "judged": len(judged), "leak_verdicts": leak_calls,
-                            "periods": periods(ws),
+                            "periods": periods(ws), "leak_calls": calls,
                             "first_leak_s": None if first_leak is None else first_leak - samples[0][0],
                             "leak_alerts": leak_alerts, "verdicts": verdict_counts,
                             "naive_alarms": episodes(flags), "naive_share": sum(flags) / len(flags) if flags else None,

@@ -292,7 +292,9 @@ def decide(readings: Sequence[ScaleReading], previous: LeakVerdict | None, setti
             return False
         if fast(r.slope, current, limit, host_available):
             return True
-        return (r.scale >= FAST_SCALE and not r.decelerating and not (longer is not None and longer.decelerating)
+        # Under a minute only a fast leak, unless the scale is the longest there is (a leak_window under a minute).
+        return ((r.scale >= FAST_SCALE or longer is None) and not r.decelerating
+                and not (longer is not None and longer.decelerating)
                 and not (warm_up and r.scale < YOUNG))
 
     seen: ScaleReading | None = None

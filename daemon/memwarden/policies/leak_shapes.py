@@ -7,9 +7,10 @@
   (under YOUNG seconds) whose least-squares curvature since its first sample stands clearly under zero is warming
   up (YoungFit), and so is any rise whose envelope's recent half climbs clearly slower than its older half
   (decelerating).
-- A *fast* leak is one no rhythm or warm-up reaches: it would double the working set within FAST_DOUBLING, or
-  fill the limit or the host's available RAM within FAST_EXHAUSTION. Only a fast leak is called under FAST_SCALE,
-  and a fast leak is called whatever the shape of its rise.
+- A *fast* leak is one no rhythm or warm-up reaches: it would double the working set within FAST_DOUBLING at
+  FAST_MIN_RATE or more, or fill the limit or the host's available RAM within FAST_EXHAUSTION. Only a fast leak is
+  called under FAST_SCALE (but at the longest scale, when containers.leak_window is shorter), and a fast leak is
+  called whatever the shape of its rise.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ RISE_BUCKETS = 2  # a scale traces the rise after a drop once this many of its b
 DECEL = 3.0  # a rise slows when its older half outgrows its recent half by this many noise units
 FAST_SCALE = 60.0  # seconds: shorter scales call only a fast leak
 FAST_DOUBLING = 180.0  # seconds: a fast leak doubles the working set within this long, ...
-FAST_MIN_RATE = float(1 << 20)  # bytes/s: ... at this rate at least; ...
+FAST_MIN_RATE = float(8 << 20)  # bytes/s: ... at this rate at least (a small container's rhythm rises at MB/s); ...
 FAST_EXHAUSTION = 600.0  # seconds: ... or reaches the limit or the host's available RAM within this long
 YOUNG = 600.0  # seconds: a series this young whose rise slows is warming up (scales under it call no leak) ...
 YOUNG_CURVE = 1.0  # ... when its curvature since its first sample is this many standard errors under zero

@@ -68,7 +68,7 @@ def test_a_rise_that_slows_is_decelerating_and_a_straight_one_is_not():
 def test_fast_is_a_doubling_within_minutes_or_the_limit_or_host_reached_soon():
     assert fast(20e6, 2 * GiB, 0, None)  # doubles 2 GiB in 107 s
     assert not fast(3.6e6, GiB, 0, None)  # a warm-up's first rise: 300 s to double
-    assert not fast(0.5 * MiB, MiB, 0, None)  # doubles in 2 s, but under a MiB/s
+    assert not fast(5e6, 10 * MiB, 0, None)  # a small container's rhythm: doubles in 2 s, at 5 MB/s
     assert fast(1e6, 2 * GiB, 2 * GiB + int(FAST_EXHAUSTION * 1e6) - 1, None)  # the limit within 10 min
     assert fast(1e6, 2 * GiB, 0, int(FAST_EXHAUSTION * 1e6) - 1)  # the host's available RAM within 10 min
     assert not fast(1e6, 2 * GiB, 0, 4 * GiB)
@@ -114,7 +114,14 @@ def reading(scale: float, growth: float, decelerating: bool = False) -> ScaleRea
 ])
 def test_under_a_minute_only_a_fast_leak_is_called(growth, limit, called):
     settings = LeakSettings.of(86400.0, 1.0)
-    assert decide([reading(10.0, growth)], None, settings, 10, 10.0, GiB, limit).leaking is called
+    readings = [reading(10.0, growth), reading(60.0, 0.0)]
+    assert decide(readings, None, settings, 10, 10.0, GiB, limit).leaking is called
+
+
+def test_a_leak_window_under_a_minute_calls_any_leak_at_its_longest_scale():
+    settings = LeakSettings.of(20.0, 1.0)
+    slow = [reading(10.0, 36e6), reading(20.0, 72e6)]
+    assert decide(slow, None, settings, 20, 20.0, GiB).scale == 20.0
 
 
 def test_a_rise_that_slows_at_its_scale_or_the_next_longer_one_or_since_a_young_start_is_not_called():
