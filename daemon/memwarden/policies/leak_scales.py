@@ -61,6 +61,7 @@ JITTER_STEPS = 256  # consecutive differences kept for the series' own jitter
 MIN_POINTS = 4
 UNDONE_HOLD = 15.0  # spans of its scale a leak undone by a drop still holds after its evidence was last seen
 UNDONE_HOLD_MAX = 3600.0  # seconds: the longest such hold, whatever the scale
+DROP_JITTER_STEPS = 16  # steps of the jitter before it weighs on what counts as a drop
 
 
 @dataclass(frozen=True)
@@ -218,7 +219,9 @@ class LeakHistory:
     def add(self, sample: Sample) -> None:
         if self.last is not None:
             step = sample.working_set - self.last.working_set
-            drop = drop_of(sample.t, self.last.working_set, self.step, sample.working_set, self.jitter()) \
+            # A few steps say nothing of the jitter (a first fill would pass for it): DROP_MIN alone until then.
+            jitter = self.jitter() if len(self.steps) >= DROP_JITTER_STEPS else 0.0
+            drop = drop_of(sample.t, self.last.working_set, self.step, sample.working_set, jitter) \
                 if -step >= DROP_MIN else None
             if drop is not None:
                 add_drop(self.drops, drop, max(self.settings.scales))

@@ -194,3 +194,22 @@ def test_growth_too_slow_to_be_a_leak_is_no_rhythm_either():
     assert decide([blip], None, settings, 100, 600.0, GiB).verdict == "steady"
     saw = dataclasses.replace(blip, slope=MiB / 30, growth=2 * MiB)
     assert decide([saw], None, settings, 100, 600.0, GiB).verdict == "sawtooth"
+
+
+def test_a_cycle_whose_first_tooth_is_written_at_once_is_never_a_leak():
+    # A small container's 2-min cycle, stepping 1 MB a second, watched from its first sample: filled at once,
+    # freed 2 s in, then rising for 110 s and freed again. Its first fall must count as a drop although the
+    # fill is all the jitter seen so far.
+    def ws(t: float) -> int:
+        if t < 2.0:
+            return int(0.4e6 + 110e6 * min(t, 1.0))
+        t2 = (t - 2.0) % 120.0
+        return int(0.4e6 + (0 if t2 < 10 else 1e6 * int(t2 - 9)) + (int(t * 7) % 3) * 4096)
+
+    history, previous, alarms = LeakHistory(LeakSettings.of(600.0, MiB / HOUR)), None, 0
+    for i in range(2400):
+        history.add(Sample(i * 0.5, ws(i * 0.5)))
+        v = verdict_of(history, previous)
+        alarms += v.leaking and not (previous is not None and previous.leaking)
+        previous = v
+    assert alarms == 0
