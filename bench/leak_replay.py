@@ -5,9 +5,11 @@ Every series is 2 GiB plus its shape plus Gaussian noise of 2 MiB (seeded), one 
 memwarden.policies.leak_scales with the shipped defaults (containers.leak_window 24h, leak_min_rate 1MiB/h),
 fed sample by sample with its previous verdict. Baseline, same run, same samples: memwarden.policies.leak.assess
 with the previous defaults (one 10-min window, 1MiB/min), judged every 10 s over the trailing window.
-Benign rhythms start at the top of their cycle: a rhythm's first rise, never seen before, cannot be told from
-a leak (a "cold" daily cycle, starting at its trough, is shown too).
-Run by `bench/leak_detection.py --replay`.
+Benign rhythms start at the top of their cycle, so a sawtooth's first rise follows a drop from its top; a smooth
+rhythm's first rise from its trough, never seen before, cannot be told from a leak (a "cold" daily cycle,
+starting at its trough, is shown too).
+Run by `bench/leak_detection.py --replay`; `--replay --seeds N` replays every series with N other seeds
+(sweep) and counts the seeds that miss a goal.
 """
 
 from __future__ import annotations
@@ -110,3 +112,24 @@ def run(seed: int = 16) -> tuple[list[list], list[list], dict]:
         fa_rows.append([label, r["new"]["alarms"], r["new"]["first"], r["old"]["alarms"],
                         round(r["new_cpu_s"], 1), round(r["old_cpu_s"], 1)])
     return det_rows, fa_rows, results
+
+
+def sweep(seeds: int, first_seed: int = 1000) -> tuple[list[list], dict]:
+    """Every series replayed with `seeds` seeds: for a leak, the seeds whose first alarm missed its goal and those
+    with other than one alarm; for a benign series, the seeds with any alarm and the alarms in all."""
+    rows, results = [], {}
+    for n, (label, shape, seconds, goal) in enumerate(LEAKS):
+        runs = [replay(shape, seconds, first_seed + 1000 * n + k)["new"] for k in range(seeds)]
+        firsts = [r["first"] for r in runs]
+        late = sum(1 for f in firsts if f is None or (goal is not None and f > goal))
+        not_one = sum(1 for r in runs if r["alarms"] != 1)
+        worst = None if None in firsts else max(firsts)
+        results[label] = {"late": late, "not_one_alarm": not_one, "firsts": firsts,
+                          "alarms": [r["alarms"] for r in runs]}
+        rows.append([label, seeds, late if goal is not None else "-", not_one, worst])
+    for n, (label, shape) in enumerate(BENIGN):
+        runs = [replay(shape, 24 * HOUR, first_seed + 1000 * (n + len(LEAKS)) + k)["new"] for k in range(seeds)]
+        alarmed = sum(1 for r in runs if r["alarms"])
+        results[label] = {"seeds_with_alarms": alarmed, "alarms": [r["alarms"] for r in runs]}
+        rows.append([label, seeds, "-", alarmed, sum(r["alarms"] for r in runs)])
+    return rows, results

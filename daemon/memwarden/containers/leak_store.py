@@ -1,10 +1,11 @@
 """Leak history in SQLite, so a daemon restart or upgrade loses no evidence of a leak.
 
 Owner of the tables `leak_series` (one row per container: its settings, first and last sample, jitter, the
-previous verdict for hysteresis) and `leak_scales` (one row per container and scale: its buckets — min, max,
-last per bucket — and the retained past's maxima). A row holds what policies/leak_scales.HistoryState holds,
-so a history loaded from it judges the next sample exactly as the one saved would have. Its size is bounded
-whatever the span (a fixed number of buckets and past points per scale); rows go with their container.
+latest drops and the young series' fit, the previous verdict for hysteresis) and `leak_scales` (one row per
+container and scale: its buckets — min, max, last per bucket — and the retained past's maxima). A row holds
+what policies/leak_scales.HistoryState holds, so a history loaded from it judges the next sample exactly as the
+one saved would have. Its size is bounded whatever the span (a fixed number of buckets and past points per
+scale, at most DROPS_KEPT drops); rows go with their container.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class LeakStore:
             "container": container, "container_id": container_id, "settings": _settings(state.settings),
             "first": state.first, "last_t": None if state.last is None else state.last.t,
             "last_ws": None if state.last is None else state.last.working_set, "count": state.count,
-            "step": state.step, "steps": _dump(state.steps),
+            "step": state.step, "steps": _dump(state.steps), "drops": _dump(state.drops), "young": _dump(state.young),
             "verdict": None if verdict is None else _dump(dataclasses.asdict(verdict)), "saved_at": at}
         scales = [{
             "container": container, "scale": s.scale, "idx": s.index, "buckets": _dump(s.buckets),
@@ -80,8 +81,11 @@ class LeakStore:
                 for s in self._db.query("SELECT * FROM leak_scales WHERE container = ? ORDER BY scale",
                                         [container]))
             last = None if r["last_t"] is None else Sample(r["last_t"], r["last_ws"])
+            # A row saved before drops and the young fit were kept (schema 12) resumes without them.
             state = HistoryState(settings, r["first"], last, r["count"], r["step"],
-                                 tuple(json.loads(r["steps"])), scales)
+                                 tuple(json.loads(r["steps"])), scales,
+                                 tuple(tuple(d) for d in json.loads(r["drops"] or "[]")),
+                                 tuple(json.loads(r["young"] or "[]")))
             verdict = None if r["verdict"] is None else LeakVerdict(**json.loads(r["verdict"]))
             return LeakHistory.from_state(state), verdict
         except (ValueError, TypeError, KeyError) as exc:

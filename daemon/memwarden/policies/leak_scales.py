@@ -11,13 +11,20 @@ so a day of 2-s samples costs a few hundred numbers per scale, and every call is
   must stand at the highest envelope of the window (up to noise) and clearly above the highest envelope of the
   retained past (up to the longest scale before the window). A sawtooth, a daily cycle or a cache that fills
   and empties only returns to levels it held before; the troughs of a rhythm that climb are a leak again, at a
-  scale whose buckets are longer than its period. The first rise of a rhythm never seen before cannot be told
-  from a leak: it is one, at its scale, until it is undone.
+  scale whose buckets are longer than its period. A rise after a sharp drop must also climb clearly above the
+  top it fell from, at the scales that trace that rise (policies/leak_shapes.py: a sawtooth watched from its
+  top never is a leak);
+- a new leak is called at a scale only when its rise does not slow there or at the next longer scale, nor since
+  a young series' first sample (a warm-up), and under a minute only when it is fast: growth no rhythm or
+  warm-up reaches (leak_shapes.fast). A fast leak is called whatever its shape. A smooth rhythm never seen
+  before and watched from its trough (a daily cycle's first rising half) is still a leak at its scale until
+  it is undone.
 Hysteresis: a leak verdict holds at its scale while the growth there stays above half the significance and is
 not undone, so a slope near the threshold does not flap. A leak under a rhythm is undone at every drop and seen
 again only at a later period's new high; so a leak undone by a drop still holds for UNDONE_HOLD spans of its
-scale (at most UNDONE_HOLD_MAX) after its evidence was last seen: one alarm per leak, not one per tooth. A
-rhythm's first rise, called a leak, is released that much later.
+scale (at most UNDONE_HOLD_MAX) after its evidence was last seen: one alarm per leak, not one per tooth. So
+does a leak whose growth still climbs at a leak's rate but no longer clearly (a rhythm aliased in its buckets,
+until a longer scale sees the troughs climb); one whose growth is gone is released at once.
 """
 
 from __future__ import annotations
@@ -30,6 +37,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from memwarden.policies.leak import LeakVerdict, Sample, theil_sen
+from memwarden.policies.leak_shapes import (
+    DROP_MIN,
+    FAST_SCALE,
+    YOUNG,
+    Drop,
+    YoungFit,
+    add_drop,
+    decelerating,
+    drop_of,
+    fast,
+    rhythm_top,
+)
 
 BUCKETS = 12  # per scale: the envelope's points (Theil–Sen over 66 pairs)
 LADDER = (10.0, 60.0, 600.0, 3600.0, 6 * 3600.0, 24 * 3600.0)  # the scales, up to containers.leak_window
@@ -42,6 +61,7 @@ JITTER_STEPS = 256  # consecutive differences kept for the series' own jitter
 MIN_POINTS = 4
 UNDONE_HOLD = 15.0  # spans of its scale a leak undone by a drop still holds after its evidence was last seen
 UNDONE_HOLD_MAX = 3600.0  # seconds: the longest such hold, whatever the scale
+DROP_JITTER_STEPS = 16  # steps of the jitter before it weighs on what counts as a drop
 
 
 @dataclass(frozen=True)
@@ -65,6 +85,7 @@ class ScaleReading:
     undone: bool  # the floor stands clearly under a higher envelope seen before
     covered: bool  # the samples span COVERAGE of the scale
     points: int
+    decelerating: bool = False  # the envelope's recent half rises clearly slower than its older half
 
 
 @dataclass(frozen=True)
@@ -89,6 +110,8 @@ class HistoryState:
     step: int | None  # the last step between consecutive samples, bytes
     steps: tuple[float, ...]  # the jitter's second differences, oldest first
     scales: tuple[ScaleState, ...]
+    drops: tuple[Drop, ...] = ()  # (time, top, height) of the latest drops, oldest first (policies/leak_shapes.py)
+    young: tuple[float, ...] = ()  # the sums of a quadratic fit of the series' first seconds (leak_shapes.YoungFit)
 
 
 class _Scale:
@@ -150,9 +173,11 @@ class _Scale:
 
 
 def judge_scale(scale: float, points: Sequence[tuple[float, float]], counts: Sequence[int], past_max: float | None,
-                jitter: float, span: float) -> ScaleReading:
+                jitter: float, span: float, now: float | None = None,
+                drops: Sequence[Drop] = ()) -> ScaleReading:
     """Pure: one scale's envelope (time and value of each bucket's minimum), samples per bucket, the highest
-    envelope before the window, the series' jitter (σ of one sample) and how long the samples have been coming."""
+    envelope before the window, the series' jitter (σ of one sample), how long the samples have been coming,
+    the time of the latest sample and the latest drops (time, top, height), oldest first."""
     n = len(points)
     covered = span >= scale * COVERAGE and n >= MIN_POINTS
     if n < 2:
@@ -170,7 +195,10 @@ def judge_scale(scale: float, points: Sequence[tuple[float, float]], counts: Seq
     floor = points[-1][1]
     undone = max(v for _, v in points) - floor > UNDONE * noise or (
         past_max is not None and floor - past_max <= UNDONE * noise)
-    return ScaleReading(scale, slope, growth, noise, threshold, undone, covered, n)
+    top = rhythm_top(scale, scale / BUCKETS, threshold, now, drops)
+    undone = undone or (top is not None and floor - top <= threshold)  # beyond the top, growth that counts
+    return ScaleReading(scale, slope, growth, noise, threshold, undone, covered, n,
+                        decelerating(points, noise))
 
 
 class LeakHistory:
@@ -185,14 +213,23 @@ class LeakHistory:
         self.steps: deque[float] = deque(maxlen=JITTER_STEPS)
         self.count = 0
         self.step: int | None = None
+        self.drops: deque[Drop] = deque()
+        self.young = YoungFit()
 
     def add(self, sample: Sample) -> None:
         if self.last is not None:
             step = sample.working_set - self.last.working_set
+            # A few steps say nothing of the jitter (a first fill would pass for it): DROP_MIN alone until then.
+            jitter = self.jitter() if len(self.steps) >= DROP_JITTER_STEPS else 0.0
+            drop = drop_of(sample.t, self.last.working_set, self.step, sample.working_set, jitter) \
+                if -step >= DROP_MIN else None
+            if drop is not None:
+                add_drop(self.drops, drop, max(self.settings.scales))
             if self.step is not None:
                 self.steps.append(abs(step - self.step))
             self.step = step
         self.first = sample.t if self.first is None else self.first
+        self.young.add(sample.t, sample.working_set)
         self.last = sample
         self.count += 1
         for s in self.scales:
@@ -201,7 +238,7 @@ class LeakHistory:
     def state(self) -> HistoryState:
         """Lossless: LeakHistory.from_state(h.state()) judges every later sample exactly as h would."""
         return HistoryState(self.settings, self.first, self.last, self.count, self.step, tuple(self.steps),
-                            tuple(s.state() for s in self.scales))
+                            tuple(s.state() for s in self.scales), tuple(self.drops), tuple(self.young.sums))
 
     @classmethod
     def from_state(cls, state: HistoryState) -> LeakHistory:
@@ -211,9 +248,16 @@ class LeakHistory:
         history = cls(state.settings)
         history.first, history.last, history.count, history.step = state.first, state.last, state.count, state.step
         history.steps.extend(state.steps)
+        history.drops.extend(tuple(d) for d in state.drops)
+        history.young = YoungFit(state.young)
         for scale, saved in zip(history.scales, state.scales, strict=True):
             scale.restore(saved)
         return history
+
+    def warming_up(self) -> bool:
+        """A young series whose rise slows (leak_shapes.YoungFit); the jitter is only worked out while young."""
+        return (self.last is not None and self.young.young(self.last.t)
+                and self.young.warming_up(self.last.t, self.jitter()))
 
     def jitter(self) -> float:
         # Second differences cancel a steady slope; of Gaussian noise they have σ√6, so a median |.| of 1.652 σ.
@@ -229,7 +273,7 @@ class LeakHistory:
             if s.stale or s.reading is None:
                 closed = list(s.buckets)[:-1] if len(s.buckets) > 1 else list(s.buckets)
                 s.reading = judge_scale(s.scale, [(b[5], b[1]) for b in closed], [int(b[4]) for b in closed],
-                                        s.past_max(), jitter, span)
+                                        s.past_max(), jitter, span, self.last.t, tuple(self.drops))
                 s.stale = False
             out.append(s.reading)
         return out
@@ -237,11 +281,24 @@ class LeakHistory:
 
 def decide(readings: Sequence[ScaleReading], previous: LeakVerdict | None, settings: LeakSettings,
            samples: int, span: float, current: int, limit: int = 0,
-           host_available: int | None = None, now: float | None = None) -> LeakVerdict:
+           host_available: int | None = None, now: float | None = None, warm_up: bool = False) -> LeakVerdict:
     """Pure: the verdict from each scale's reading and the previous verdict (its scale holds a leak until the
     evidence there is gone); `now`, the time of the latest sample, times the hold of a leak undone by a drop."""
     def leaks(r: ScaleReading, share: float) -> bool:
         return (r.covered and not r.undone and r.growth > share * r.threshold and r.slope >= settings.min_rate)
+
+    def calls(i: int, r: ScaleReading) -> bool:
+        """A new leak at this scale: clear growth, not a warm-up's slowing rise here or at the next longer scale
+        judged, and at the shortest scales fast enough that no rhythm or warm-up rises so fast."""
+        longer = readings[i + 1] if i + 1 < len(readings) else None
+        if not leaks(r, 1.0):
+            return False
+        if fast(r.slope, current, limit, host_available):
+            return True
+        # Under a minute only a fast leak, unless the scale is the longest there is (a leak_window under a minute).
+        return ((r.scale >= FAST_SCALE or longer is None) and not r.decelerating
+                and not (longer is not None and longer.decelerating)
+                and not (warm_up and r.scale < YOUNG))
 
     seen: ScaleReading | None = None
     if previous is not None and previous.leaking and previous.scale is not None:
@@ -249,8 +306,8 @@ def decide(readings: Sequence[ScaleReading], previous: LeakVerdict | None, setti
         if held and leaks(held[0], RELEASE):
             seen = held[0]
     if seen is None:
-        seen = next((r for r in readings if leaks(r, 1.0)), None)
-    if seen is None and previous is not None and previous.leaking and _undone_hold(readings, previous, now):
+        seen = next((r for i, r in enumerate(readings) if calls(i, r)), None)
+    if seen is None and previous is not None and previous.leaking and _hold(readings, previous, now, settings.min_rate):
         return dataclasses.replace(previous, samples=samples, span=span)
     if seen is not None:
         verdict = "leak"
@@ -275,13 +332,15 @@ def decide(readings: Sequence[ScaleReading], previous: LeakVerdict | None, setti
                        seen_at=now if seen is not None else None)
 
 
-def _undone_hold(readings: Sequence[ScaleReading], previous: LeakVerdict, now: float | None) -> bool:
-    """A leak whose evidence a drop undid holds a while yet: until a later period's new high shows it again."""
+def _hold(readings: Sequence[ScaleReading], previous: LeakVerdict, now: float | None, min_rate: float) -> bool:
+    """A leak whose evidence a drop undid, or whose growth still climbs at a leak's rate but no longer clearly
+    (a rhythm aliased in its buckets), holds a while yet: until a later period's new high or a longer scale shows
+    it again. A leak whose growth is gone (its slope under the min rate) is released at once."""
     if now is None or previous.seen_at is None or previous.scale is None:
         return False
     at_scale = [r for r in readings if r.scale == previous.scale]
-    if not at_scale or not at_scale[0].undone:
-        return False  # the growth itself faded: released as before
+    if not at_scale or not (at_scale[0].undone or at_scale[0].slope >= max(min_rate, 1.0)):
+        return False
     return now - previous.seen_at < min(UNDONE_HOLD * previous.scale, UNDONE_HOLD_MAX)
 
 
@@ -289,7 +348,8 @@ def verdict_of(history: LeakHistory, previous: LeakVerdict | None = None, limit:
                host_available: int | None = None) -> LeakVerdict:
     assert history.last is not None and history.first is not None
     return decide(history.readings(), previous, history.settings, history.count, history.last.t - history.first,
-                  history.last.working_set, limit, host_available, history.last.t)
+                  history.last.working_set, limit, host_available, history.last.t,
+                  history.warming_up())
 
 
 def judge(samples: Iterable[Sample], settings: LeakSettings, previous: LeakVerdict | None = None,

@@ -50,11 +50,18 @@ def steady(mb: int = 8) -> str:
     return f"dd if=/dev/zero of=/dev/shm/hold bs=1M count={mb} 2>/dev/null; while true; do sleep 1; done"
 
 
-def sawtooth(mb_per_s: int = 5, grow_s: int = 4, low_s: int = 1) -> str:
+def sawtooth(mb_per_s: int = 5, grow_s: int = 4, low_s: int = 1, top_first: bool = False,
+             leak_kb_per_cycle: int = 0) -> str:
     """Grows `mb_per_s` MB/s for `grow_s` seconds, frees it all, stays low `low_s` seconds; again and again
-    (a garbage collector's pattern: troughs level, so no leak)."""
-    return (f"while true; do for i in $(seq {grow_s}); do dd if=/dev/zero of=/dev/shm/s$i bs=1M count={mb_per_s} "
-            f"2>/dev/null; sleep 1; done; rm -f /dev/shm/s*; sleep {low_s}; done")
+    (a garbage collector's pattern: troughs level, so no leak). `top_first`: the first tooth is written at once,
+    so the cycle is watched from its top. `leak_kb_per_cycle`: that much more is kept at every drop, never freed
+    (a leak under the cycle: its troughs climb)."""
+    fill = (f"for i in $(seq {grow_s}); do dd if=/dev/zero of=/dev/shm/s$i bs=1M count={mb_per_s} 2>/dev/null; "
+            "done; sleep 1; rm -f /dev/shm/s*; " if top_first else "")
+    keep = (f"dd if=/dev/zero of=/dev/shm/leak$n bs=1k count={leak_kb_per_cycle} 2>/dev/null; n=$((n+1)); "
+            if leak_kb_per_cycle > 0 else "")
+    return (f"n=0; {fill}while true; do for i in $(seq {grow_s}); do dd if=/dev/zero of=/dev/shm/s$i bs=1M "
+            f"count={mb_per_s} 2>/dev/null; sleep 1; done; rm -f /dev/shm/s*; {keep}sleep {low_s}; done")
 
 
 def requirements() -> list[str]:

@@ -150,6 +150,12 @@ def _m11_model_demand(db: sqlite_utils.Database) -> None:
     db["models"].add_column("visit_switch", int)
 
 
+def _m12_leak_shapes(db: sqlite_utils.Database) -> None:
+    # A leak history's latest drops and its young series' fit (policies/leak_shapes.py), JSON arrays.
+    db["leak_series"].add_column("drops", str)
+    db["leak_series"].add_column("young", str)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "alert history", _m1_alert_history),
     (2, "leases and adapters", _m2_leases),
@@ -162,6 +168,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (9, "where a training run ran", _m9_run_placement),
     (10, "memory cues, preferences and updates", _m10_memory_cues),
     (11, "what the eviction policy learned of each model", _m11_model_demand),
+    (12, "leak history: drops and the young fit", _m12_leak_shapes),
 ]
 
 

@@ -104,3 +104,23 @@ def test_seven_days_of_two_second_samples_stay_under_200_kb(db, rate):
             largest = max(largest, store.size("web"))
     assert history.count == 7 * 43_200
     assert 0 < largest <= 200_000
+
+
+def test_a_row_saved_before_drops_and_the_young_fit_were_kept_resumes_without_them(db):
+    history, verdict = leaking(120)
+    store = LeakStore(db)
+    store.save("web", CID, history, verdict, 120.0)
+    db.execute("UPDATE leak_series SET drops = NULL, young = NULL")  # as schema 9 left it
+    loaded, _ = store.load("web", CID, DEFAULTS)
+    assert loaded.state().drops == () and loaded.state().young == ()
+    assert loaded.state().scales == history.state().scales
+
+
+def test_drops_and_the_young_fit_load_back(db):
+    rnd, history = random.Random(1), LeakHistory(DEFAULTS)
+    for i in range(300):  # a sawtooth: a drop every minute
+        history.add(Sample(i * 2.0, int(GiB + (i % 30) * 10 * MiB + rnd.gauss(0, MiB))))
+    assert history.state().drops and history.state().young
+    store = LeakStore(db)
+    store.save("web", CID, history, None, 600.0)
+    assert store.load("web", CID, DEFAULTS)[0].state() == history.state()

@@ -12,7 +12,7 @@ from memwarden.state.db import open_state
 MiB = 1 << 20
 KiB = 1 << 10
 T0 = 50_000.0
-LEAK_RATE = MiB  # per second: ten times leak_min_rate (100KiB/s)
+LEAK_RATE = 8 * MiB  # per second: a fast leak (it doubles 100 MiB in 13 s), eighty times leak_min_rate (100KiB/s)
 CID = "f" * 64
 
 
@@ -148,18 +148,18 @@ async def test_steady_leak_raises_condition_and_restarts(closing):
 
 async def test_leak_close_to_the_limit_is_critical(closing):
     h = closing(action="alert")
-    passes = await _feed_leak(h, 17, limit=150 * MiB)
+    limit = 100 * MiB + 50 * LEAK_RATE
+    passes = await _feed_leak(h, 17, limit=limit)
     (cond,) = passes[-1]
     assert cond.severity == "critical"
     assert cond.fields["exhaustion_of"] == "limit"
-    assert cond.fields["exhaustion_in_s"] == pytest.approx((150 * MiB - (100 * MiB + 16 * LEAK_RATE)) / LEAK_RATE,
-                                                           abs=2)
+    assert cond.fields["exhaustion_in_s"] == pytest.approx((limit - (100 * MiB + 16 * LEAK_RATE)) / LEAK_RATE, abs=2)
     assert "its limit exhausted in" in cond.message
 
 
 async def test_leak_projected_on_host_ram(closing):
     h = closing(action="alert")
-    h_avail = 2 * 1024 * MiB
+    h_avail = 2048 * LEAK_RATE
     for i in range(17):
         conditions = await h.step(container(100 * MiB + LEAK_RATE * i), host_available=h_avail)
     (cond,) = conditions
