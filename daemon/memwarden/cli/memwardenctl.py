@@ -124,6 +124,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     model = sub.add_parser("model", help="model init-demo DIR: build a tiny offline Llama base model to learn on")
     model.add_argument("verb", choices=["init-demo"])
     model.add_argument("dir", type=Path)
+    model.add_argument("--pretrain-steps", type=int, default=None, metavar="N",
+                       help="pre-training steps on the generated corpus (default 600, a minute or two of CPU; "
+                            "0: the model as initialised)")
     call = sub.add_parser("call", help="call any RPC method: call METHOD [JSON-PARAMS]")
     call.add_argument("method")
     call.add_argument("params", nargs="?", default=None, help="params as a JSON object")
@@ -232,12 +235,17 @@ def talking_to_daemon(sock: Path, timeout: float, action: Callable[[], Any]) -> 
         return False, fail(f"{sock} answered something that is not memwardend's JSON-RPC ({exc})", 3)
 
 
-def init_demo(directory: Path) -> int:
+def init_demo(directory: Path, pretrain_steps: int | None) -> int:
     """Build the demo base model in this process's Python (it needs the `train` extra: torch, tokenizers)."""
+    if pretrain_steps is not None and pretrain_steps < 0:
+        return fail(f"--pretrain-steps must be 0 or more, got {pretrain_steps}", 2)
     try:
-        from memwarden.training.demo_model import build_demo_model
+        from memwarden.training.demo_model import DEFAULT_PRETRAIN_STEPS, build_demo_model
 
-        out = build_demo_model(directory)
+        steps = DEFAULT_PRETRAIN_STEPS if pretrain_steps is None else pretrain_steps
+        if steps:
+            print(f"pre-training the demo base for {steps} steps (about {steps // 5} s of CPU)", flush=True)
+        out = build_demo_model(directory, pretrain_steps=steps)
     except ImportError as exc:
         return fail(f"model init-demo needs the train extra ({exc}); install it with: "
                     "sudo memwardenctl setup training")
@@ -327,7 +335,7 @@ def _main(argv: list[str] | None) -> int:
 
         return lease.main(sock, args.words)
     if args.command == "model":
-        return init_demo(args.dir)
+        return init_demo(args.dir, args.pretrain_steps)
     if local(args):
         return run_local(args, sock)
     if args.command == "memories" and args.verb == "import":

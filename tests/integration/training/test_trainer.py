@@ -1,11 +1,11 @@
 """The trainer as the daemon runs it: `python -m memwarden.training JOB.json`, a real subprocess, real torch on
-CPU, on the tiny demo model built once for the session. Progress is read from its stdout, line by line."""
+CPU, on the tiny demo model built once for the session (tests/conftest.py). Progress is read from its stdout,
+line by line."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
 import signal
 import subprocess
@@ -46,19 +46,6 @@ def _conversation(question: str, answer: str, system: bool = False) -> str:
     if system:
         messages.insert(0, {"role": "system", "content": "You remember what matters."})
     return json.dumps({"messages": messages})
-
-
-@pytest.fixture(scope="session")
-def demo_base(tmp_path_factory) -> Path:
-    """The tiny offline Llama, built through its command line (no network, no Hub)."""
-    out = tmp_path_factory.mktemp("demo") / "base"
-    proc = subprocess.run(
-        [sys.executable, "-m", "memwarden.training.demo_model", str(out)],
-        capture_output=True, text=True, timeout=RUN_TIMEOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout.strip().splitlines()[-1])["directory"] == str(out)
-    return out
 
 
 @pytest.fixture(scope="session")
