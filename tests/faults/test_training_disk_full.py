@@ -78,7 +78,7 @@ def tiny_learning(base) -> dict:
     return {"enabled": True, "base_model": str(base), "method": "lora", "importance_threshold": 50,
             "min_interval": "0s", "lr": 3e-3, "rank": 4, "alpha": 8, "max_steps": 8, "warmup_steps": 1,
             "micro_batch": 2, "grad_accum": 1, "max_seq_len": 64, "dry_run_steps": 0, "checkpoint_steps": 4,
-            "forgetting_epsilon": 10.0, "device": "cpu"}
+            "min_recall": 0.0, "forgetting_epsilon": 10.0, "device": "cpu"}
 
 
 def digest(path) -> dict[str, str]:

@@ -242,6 +242,15 @@ def probe_cell(e: dict[str, Any] | None) -> str:
     return "-" if before == after == "-" else f"{before}→{after}"
 
 
+def general_cell(e: dict[str, Any] | None) -> str:
+    """The general-probe loss before → after the run and its relative change, e.g. `1.210→1.228 (+1.5%)`."""
+    e = e or {}
+    before, after = e.get("general_loss_before"), e.get("general_loss_after")
+    if not isinstance(before, int | float) or not isinstance(after, int | float):
+        return "-"
+    return f"{before:.3f}→{after:.3f}" + (f" ({(after - before) / before:+.1%})" if before > 0 else "")
+
+
 def runs(r: list[dict[str, Any]]) -> str:
     def ev(x: dict[str, Any]) -> str:
         e = x.get("eval") or {}
@@ -250,12 +259,12 @@ def runs(r: list[dict[str, Any]]) -> str:
         return f"{e['holdout_loss_before']:.3f}→{e['holdout_loss_after']:.3f}"
 
     rows = [[x["id"], x["adapter"], x["state"], x["trigger"], ago(x["created_at"]), x["memory_ids"], ev(x),
-             recall_cell(x.get("eval")), probe_cell(x.get("eval")),
+             recall_cell(x.get("eval")), probe_cell(x.get("eval")), general_cell(x.get("eval")),
              "-" if x.get("version") is None else f"v{x['version']}", where_cell(x),
              (x.get("error") or (x.get("reason") if x["state"] in ("rejected", "promoted") else "") or "")[:60]]
             for x in r]
     return table(rows, ["RUN", "ADAPTER", "STATE", "TRIGGER", "CREATED", "MEMORIES", "HOLDOUT", "RECALL", "PROBE",
-                        "VERSION", "WHERE", "NOTE"])
+                        "GENERAL", "VERSION", "WHERE", "NOTE"])
 
 
 def where_cell(x: dict[str, Any]) -> str:
@@ -312,9 +321,10 @@ def train_status(r: dict[str, Any]) -> str:
            for d in r["due"]]
     lines += ["", table(due, ["ADAPTER", "IMPORTANCE", "DUE", "WHY"])]
     versions = [[v["adapter"], f"v{v['version']}", "active" if v["active"] else "", v["ollama_model"] or "-",
-                 ago(v["created_at"]), recall_cell(v), probe_cell(v)] for v in r["versions"]]
+                 ago(v["created_at"]), recall_cell(v), probe_cell(v), general_cell(v)] for v in r["versions"]]
     if versions:
-        lines += ["", table(versions, ["ADAPTER", "VERSION", "", "OLLAMA MODEL", "CREATED", "RECALL", "PROBE"])]
+        lines += ["", table(versions, ["ADAPTER", "VERSION", "", "OLLAMA MODEL", "CREATED", "RECALL", "PROBE",
+                                       "GENERAL"])]
     return "\n".join(lines)
 
 

@@ -104,7 +104,8 @@ def test_usage_errors_of_the_new_commands_exit_2_with_one_line(argv, capsys):
 
 RECALLED = {"recall": 0.9, "recall_recalled": 36, "recall_memories": 40, "recall_token_accuracy": 0.954,
             "probe_recall_before_recalled": 18, "probe_recall_before_memories": 20,
-            "probe_recall_after_recalled": 17, "probe_recall_after_memories": 20}
+            "probe_recall_after_recalled": 17, "probe_recall_after_memories": 20,
+            "general_loss_before": 0.5, "general_loss_after": 0.51}
 
 
 def test_train_status_shows_the_recall_of_each_version():
@@ -112,8 +113,8 @@ def test_train_status_shows_the_recall_of_each_version():
                **RECALLED}
     out = render.train_status({**STATUS, "current": None, "versions": [version]})
     header, row = out.splitlines()[-2:]
-    assert "RECALL" in header and "PROBE" in header
-    assert "36/40 (acc 0.95)" in row and "18/20→17/20" in row
+    assert "RECALL" in header and "PROBE" in header and "GENERAL" in header
+    assert "36/40 (acc 0.95)" in row and "18/20→17/20" in row and "0.500→0.510 (+2.0%)" in row
 
 
 def test_train_history_shows_recall_and_a_dash_for_runs_without_it():
@@ -123,10 +124,12 @@ def test_train_history_shows_recall_and_a_dash_for_runs_without_it():
                                                      **RECALLED}},
                        {**base, "id": "r1", "eval": {"holdout_loss_before": 2.0, "holdout_loss_after": 1.5}}])
     new, old = out.splitlines()[1:3]
-    assert "36/40 (acc 0.95)" in new and "18/20→17/20" in new
-    assert "acc" not in old and "→" in old  # only the holdout column has an arrow
+    assert "36/40 (acc 0.95)" in new and "18/20→17/20" in new and "0.500→0.510 (+2.0%)" in new
+    assert "acc" not in old and old.count("→") == 1  # only the holdout column has an arrow
     assert render.recall_cell({"recall_memories": 4, "recall_recalled": 0, "recall_token_accuracy": None}) == "0/4"
     assert render.probe_cell({"probe_recall_after_recalled": 1, "probe_recall_after_memories": 2}) == "-→1/2"
+    assert render.general_cell({"general_loss_before": None, "general_loss_after": 0.4}) == "-"
+    assert render.general_cell({"general_loss_before": 0.0, "general_loss_after": 0.4}) == "0.000→0.400"
 
 
 def test_train_history_says_where_each_run_ran():
