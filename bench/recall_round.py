@@ -2,15 +2,18 @@
 
 40 distinct fact exchanges ("What do you remember about my godson Zeno?" → "Your godson Zeno lives in Tbilisi and
 grows beans.") are drawn from name/relation/city/hobby lists with --seed (each name once). The trainer is run as
-the daemon runs it (`python -m memwarden.training JOB.json`) on the demo base (`memwardenctl model init-demo`
-builds it into a temporary directory unless --base is given), with the daemon's default learning settings
+the daemon runs it (`python -m memwarden.training JOB.json`) on the demo base (`memwardenctl model init-demo`'s
+default build into a temporary directory, unless --base is given), with the daemon's default learning settings
 (learning.* in the schema: lr, rank, alpha, dropout, micro_batch, grad_accum, max_steps, warmup_steps,
-max_seq_len, seed, recall_sample, recall_max_new_tokens; target modules of the job spec's default) unless
---lr / --steps override them. All 40 pairs are trained and are the recall file (each memory decoded once,
-greedily); 4 further facts are the holdout. Reported: the trainer's own recall (learning/recall_score.py:
-recalled when ≥ 80 % of the answer's content words come back), mean token accuracy, holdout loss before/after,
-and the wall time of the trainer process, beside the base model's recall and token accuracy (the same run with
-0 steps is not allowed, so the baseline is a 1-step run at lr 1e-8: the base model as it is).
+max_seq_len, seed, recall_sample, recall_max_new_tokens, min_recall, recall_every — so the run stops once its
+recall reaches the target; target modules of the job spec's default) unless --lr / --steps override them. Each
+--try 'KEY=VALUE ...' adds a row with those job spec hyper fields changed: a sweep, one trainer at a time. All
+40 pairs are trained and are the recall file (each memory decoded once, greedily); 4 further facts are the
+holdout; the base's general_probe.jsonl is the general probe. Reported: steps trained, the trainer's own recall
+(learning/recall_score.py: recalled when ≥ 80 % of the answer's content words come back), mean token accuracy,
+holdout and general-probe loss before→after, and the trainer process's wall and CPU time (user + system), beside
+the base model's figures (the same run with 0 steps is not allowed, so the baseline is a 1-step run at lr 1e-8:
+the base model as it is).
 """
 
 from __future__ import annotations

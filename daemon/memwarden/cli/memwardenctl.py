@@ -124,7 +124,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     model = sub.add_parser("model", help="model init-demo DIR: build a tiny offline Llama base model to learn on")
     model.add_argument("verb", choices=["init-demo"])
     model.add_argument("dir", type=Path)
-    model.add_argument("--pretrain-steps", type=int, default=None, metavar="N",
+    model.add_argument("--pretrain-steps", type=_steps, default=None, metavar="N",
                        help="pre-training steps on the generated corpus (default 600, a minute or two of CPU; "
                             "0: the model as initialised)")
     call = sub.add_parser("call", help="call any RPC method: call METHOD [JSON-PARAMS]")
@@ -235,10 +235,18 @@ def talking_to_daemon(sock: Path, timeout: float, action: Callable[[], Any]) -> 
         return False, fail(f"{sock} answered something that is not memwardend's JSON-RPC ({exc})", 3)
 
 
+def _steps(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number of steps, 0 or more, got {text!r}")
+    return n
+
+
 def init_demo(directory: Path, pretrain_steps: int | None) -> int:
     """Build the demo base model in this process's Python (it needs the `train` extra: torch, tokenizers)."""
-    if pretrain_steps is not None and pretrain_steps < 0:
-        return fail(f"--pretrain-steps must be 0 or more, got {pretrain_steps}", 2)
     try:
         from memwarden.training.demo_model import DEFAULT_PRETRAIN_STEPS, build_demo_model
 
