@@ -248,6 +248,9 @@ def _steps(text: str) -> int:
 def init_demo(directory: Path, pretrain_steps: int | None) -> int:
     """Build the demo base model in this process's Python (it needs the `train` extra: torch, tokenizers)."""
     try:
+        import tokenizers  # noqa: F401 - the train extra is there before anything is said or written
+        import torch  # noqa: F401
+
         from memwarden.training.demo_model import DEFAULT_PRETRAIN_STEPS, build_demo_model
 
         steps = DEFAULT_PRETRAIN_STEPS if pretrain_steps is None else pretrain_steps
