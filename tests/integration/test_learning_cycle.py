@@ -197,8 +197,8 @@ def conversations_file(path, profile, repeat=2):
 
 
 # Settings under which a round of a few exchanges reaches the default recall target in a few dozen steps.
-RECALLING = {"min_recall": 0.9, "lr": 2e-2, "rank": 8, "alpha": 16, "max_steps": 200, "recall_every": 5,
-             "max_seq_len": 96, "dry_run_steps": 0, "checkpoint_steps": 50}
+RECALLING = {"min_recall": 0.9, "lr": 1e-2, "rank": 8, "alpha": 16, "max_steps": 200, "recall_every": 5,
+             "micro_batch": 4, "max_seq_len": 96, "dry_run_steps": 0, "checkpoint_steps": 50}
 
 
 def test_a_round_that_reaches_its_recall_target_stops_early_and_is_promoted(learning, tmp_path):

@@ -51,7 +51,7 @@ def build_demo_model(
     num_layers: int = 4,
     num_heads: int = 4,
     num_kv_heads: int = 2,
-    intermediate_size: int = 352,
+    intermediate_size: int = 384,
     max_positions: int = 1024,
     initializer_range: float = 0.02,
     pretrain_steps: int = DEFAULT_PRETRAIN_STEPS,
@@ -61,6 +61,7 @@ def build_demo_model(
     `pretrain_steps` steps on the generated corpus, write the general probe beside it, and return the directory.
 
     0 pre-training steps leave the model as initialised: a base for tests of the machinery, not of learning.
+    Widths are multiples of 64: bitsandbytes quantises each row in blocks of 64, so qlora needs them.
     """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pretrain-steps", type=int, default=DEFAULT_PRETRAIN_STEPS)
     args = parser.parse_args(argv)
     out = build_demo_model(args.directory, seed=args.seed, vocab_size=args.vocab_size, hidden_size=args.hidden_size,
-                           num_layers=args.layers, intermediate_size=args.hidden_size * 11 // 4,
+                           num_layers=args.layers, intermediate_size=args.hidden_size * 3,
                            pretrain_steps=args.pretrain_steps)
     print(json.dumps({"directory": str(out), "files": sorted(p.name for p in out.iterdir())}))
     return 0

@@ -18,7 +18,15 @@ from typing import Any
 import pytest
 
 from memwarden.learning.adapter_check import check_adapter, read_safetensors_header
-from memwarden.learning.jobspec import EXIT_DONE, EXIT_PREEMPTED, FULL_FT_LR_RANGE, Ewc, Hyper, JobSpec
+from memwarden.learning.jobspec import (
+    EXIT_DONE,
+    EXIT_PREEMPTED,
+    FULL_FT_LR_RANGE,
+    GENERAL_PROBE_FILE,
+    Ewc,
+    Hyper,
+    JobSpec,
+)
 
 pytestmark = pytest.mark.skipif(
     any(importlib.util.find_spec(m) is None for m in ("torch", "transformers", "peft", "bitsandbytes")),
@@ -76,11 +84,17 @@ def base_spec(demo_base, data) -> JobSpec:
         train_file=str(data["train"]),
         holdout_file=str(data["holdout"]),
         probe_file=str(data["probe"]),
-        hyper=Hyper(lr=2e-2, micro_batch=2, grad_accum=2, max_steps=60, warmup_steps=5, max_seq_len=128,
+        general_file=str(demo_base / GENERAL_PROBE_FILE),
+        hyper=Hyper(lr=1e-2, micro_batch=2, grad_accum=2, max_steps=60, warmup_steps=5, max_seq_len=128,
                     eval_every=20, target_modules=ALL_LINEAR),
         ewc=Ewc(fisher_samples=8),
         checkpoint_every_steps=5,
     )
+
+
+def adapter_tensors(spec: JobSpec) -> int:
+    layers = json.loads((Path(spec.base_model) / "config.json").read_text())["num_hidden_layers"]
+    return len(ALL_LINEAR) * layers * 2
 
 
 def _spec_at(spec: JobSpec, out: Path, **changes: Any) -> tuple[JobSpec, Path]:
@@ -152,8 +166,8 @@ def test_lora_run_learns_and_ships_the_adapter_alone(reference):
     for s in steps:
         assert {"loss", "lr", "grad_norm", "tokens_per_s", "memory_bytes"} <= s.keys()
         assert s["memory_bytes"] > 0 and s["tokens_per_s"] > 0
-    assert max(s["lr"] for s in steps) == pytest.approx(2e-2)
-    assert steps[-1]["lr"] < steps[30]["lr"] < 2e-2  # cosine decay after the warmup
+    assert max(s["lr"] for s in steps) == pytest.approx(1e-2)
+    assert steps[-1]["lr"] < steps[30]["lr"] < 1e-2  # cosine decay after the warmup
     assert [e["step"] for e in of(events, "eval")] == [20, 40]
     assert [c["step"] for c in of(events, "checkpoint")] == list(range(5, 61, 5))
 
@@ -171,7 +185,8 @@ def test_lora_run_learns_and_ships_the_adapter_alone(reference):
     assert type(cfg["lora_alpha"]) is int and cfg["lora_alpha"] == 16 and cfg["r"] == 8
     assert cfg["peft_type"] == "LORA" and not cfg["use_dora"] and not cfg["modules_to_save"]
     names = [k for k in read_safetensors_header(final / "adapter_model.safetensors") if k != "__metadata__"]
-    assert len(names) == 28  # 7 modules × 2 layers × (A, B), named default (no adapter segment in the names)
+    # 7 modules × the base's layers × (A, B), named default (no adapter segment in the names)
+    assert len(names) == adapter_tensors(spec)
     assert all(k.endswith((".lora_A.weight", ".lora_B.weight")) for k in names)
     assert sorted(read_safetensors_header(final / "fisher.safetensors")) == sorted([*names, "__metadata__"])
     assert check_adapter(final, spec.base_model).ok
@@ -254,7 +269,7 @@ def test_preempted_then_killed_run_resumes_to_the_same_result(base_spec, referen
     assert [s["step"] for s in of(events, "step")] == list(range(kept[-1] + 1, 61))
     # the same weights, optimizer, schedule, data order and dropout RNG as the uninterrupted run
     for key, value in reference["done"]["eval"].items():
-        assert done["eval"][key] == pytest.approx(value, rel=1e-5), key
+        assert value is not None and done["eval"][key] == pytest.approx(value, rel=1e-5), key
 
 
 def test_dry_run_stops_after_n_steps_and_an_oom_is_retried_with_half_the_micro_batch(base_spec, tmp_path):
@@ -311,7 +326,7 @@ def test_ewc_continues_the_adapter_holds_it_near_its_start_and_combines_the_fish
     assert of(off["events"], "start")[0]["ewc"]["active"] is False
     assert "ewc_penalty" not in of(off["events"], "step")[0]
     ewc = of(on["events"], "start")[0]["ewc"]
-    assert ewc["active"] is True and ewc["tensors"] == 28 and ewc["unfit"] == 0
+    assert ewc["active"] is True and ewc["tensors"] == adapter_tensors(base_spec) and ewc["unfit"] == 0
     steps = of(on["events"], "step")
     assert steps[0]["ewc_penalty"] == 0.0  # θ* is where this run starts
     assert steps[-1]["ewc_penalty"] > 0.0
