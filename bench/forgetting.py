@@ -2,9 +2,9 @@
 
 Task A and task B are two sets of --facts short facts in chat form (A: "Who is Ines?" → "Ines is your cousin;
 they live in Oslo and play the harp."; B: "Where is the tea tin?" → "The tea tin is under the stairs, since
-May."), drawn from fixed word lists with --seed. On the default demo Llama (`build_demo_model`, hidden 64, 2
-layers), with `python -m memwarden.training` for every run (LoRA r 8, alpha 16 on all seven linear projections,
-lr --lr, micro_batch 4 × grad_accum 2, seed 42, fisher_samples = all of the run's training pairs):
+May."), drawn from fixed word lists with --seed. On the default demo Llama (`build_demo_model`: 128 wide, 4
+layers, pre-trained), with `python -m memwarden.training` for every run (LoRA r 8, alpha 16 on all seven linear
+projections, lr --lr, micro_batch 4 × grad_accum 2, seed 42, fisher_samples = all of the run's training pairs):
   A                    train task A from the base; the adapter and its Fisher (fisher.safetensors) are kept;
   B, plain LoRA (a)    from A's adapter (init_adapter), B's pairs only, EWC off (λ 0), no prior Fisher;
   B, EWC + replay (b)  from A's adapter, B's pairs plus --replay of A's pairs in the train file, EWC with λ --lam

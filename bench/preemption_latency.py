@@ -118,7 +118,8 @@ def main() -> int:
     p.add_argument("--window", type=float, default=2.0, help="seconds of steps watched before each preemption")
     p.add_argument("--poll", type=float, default=0.01, help="lease.list poll interval in seconds (default 0.01)")
     p.add_argument("--max-steps", type=int, default=100_000, help="the run's max_steps (default 100000)")
-    p.add_argument("--hidden", type=int, help="build a demo Llama with this hidden size (default: init-demo's 64)")
+    p.add_argument("--hidden", type=int, help="build a demo Llama with this hidden size, not pre-trained "
+                   "(default: init-demo's own, 128 wide and pre-trained)")
     p.add_argument("--layers", type=int, default=4, help="its layers, with --hidden (default 4)")
     p.add_argument("--micro-batch", type=int, default=2)
     p.add_argument("--grad-accum", type=int, default=1)
@@ -139,7 +140,8 @@ def measure(args: Any, workdir: Path) -> int:
     if args.hidden:
         code = ("import sys\nfrom memwarden.training.demo_model import build_demo_model\n"
                 "h, n = int(sys.argv[2]), int(sys.argv[3])\n"
-                "build_demo_model(sys.argv[1], hidden_size=h, num_layers=n, intermediate_size=h * 43 // 16)\n")
+                "build_demo_model(sys.argv[1], hidden_size=h, num_layers=n, intermediate_size=h * 43 // 16,\n"
+                "                 pretrain_steps=0)\n")
         cmd = [sys.executable, "-c", code, str(base), str(args.hidden), str(args.layers)]
     else:
         cmd = [str(BIN / "memwardenctl"), "model", "init-demo", str(base)]

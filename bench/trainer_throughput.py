@@ -65,8 +65,9 @@ def conversations(n: int, seed: int) -> list[str]:
 def build_model(directory: str, hidden: int, layers: int) -> None:
     from memwarden.training.demo_model import build_demo_model
 
+    # throughput only: the weights as initialised, no pre-training
     build_demo_model(directory, hidden_size=hidden, num_layers=layers, num_heads=4, num_kv_heads=2,
-                     intermediate_size=hidden * 43 // 16)
+                     intermediate_size=hidden * 43 // 16, pretrain_steps=0)
 
 
 def plain_step(model: Any, params: list[Any], optimizer: Any, scheduler: Any, picked: list[Any], micro_batch: int,

@@ -78,7 +78,7 @@ def tiny_learning(base) -> dict:
     return {"enabled": True, "base_model": str(base), "method": "lora", "importance_threshold": 50,
             "min_interval": "0s", "lr": 3e-3, "rank": 4, "alpha": 8, "max_steps": 8, "warmup_steps": 1,
             "micro_batch": 2, "grad_accum": 1, "max_seq_len": 64, "dry_run_steps": 0, "checkpoint_steps": 4,
-            "forgetting_epsilon": 10.0, "device": "cpu"}
+            "min_recall": 0.0, "forgetting_epsilon": 10.0, "general_epsilon": 10.0, "device": "cpu"}
 
 
 def digest(path) -> dict[str, str]:
@@ -128,11 +128,11 @@ def test_checkpoints_onto_a_full_disk_fail_the_run_saying_so_and_the_active_vers
     the same full disk) reaches the run's error, and the version promoted before stays active."""
     d = make_daemon(config={"learning": tiny_learning(demo_base)})
     run_dirs = d.workdir / "state" / "runs"
-    with tmpfs(run_dirs, "1m"):
+    with tmpfs(run_dirs, "8m"):
         d.start()
         d.call("memories.import", {"lines": memories(12)})
         assert wait_for_run(d, 0)["state"] == "promoted"
-        leave_free(fill(run_dirs), 40 * 1024)  # a checkpoint (weights, EWC anchor, optimizer state) is ~70 KiB
+        leave_free(fill(run_dirs), 40 * 1024)  # a checkpoint (weights, EWC anchor, optimizer state) is ~700 KiB
         d.call("memories.import", {"lines": memories(12, start=12)})
         second = wait_for_run(d, 1)
         assert second["state"] == "failed", second

@@ -162,7 +162,7 @@ class Values:
                      "--response": "Black coffee, before eight.", "--created-at": "2024-05-01T10:00:00",
                      "--wait": "5s", "--timeout": "12.5", "--socket": self.socket, "--config": self.config,
                      "--import-id": "nightly-2024-05-01", "--cue": "my morning coffee", "--title": "Coffee",
-                     "--tag": "habits"}
+                     "--tag": "habits", "--pretrain-steps": "150"}
         if before in by_option:
             return [by_option[before]]
         by_name = {"SIZE": ["4GiB"], "ID": ["42"], "NAME": ["assistant"], "ADAPTER": ["alice"],
@@ -229,6 +229,7 @@ CTL_OPTIONS: dict[str, tuple[bool, Check]] = {  # option → (takes a value, whe
     "--cpu": (False, lambda a, r, v: a.build == "cpu"),
     "--cuda": (False, lambda a, r, v: a.build == "cuda"),
     "--dry-run": (False, lambda a, r, v: a.dry_run is True),
+    "--pretrain-steps": (True, lambda a, r, v: a.pretrain_steps == int(v)),
 }
 CTL_PLACEHOLDERS: dict[str, Check] = {  # a placeholder outside an option → where its value lands
     "SIZE": lambda a, r, v: _lease(a).size == v,

@@ -186,13 +186,65 @@ def test_killing_the_trainer_resumes_from_its_checkpoint(learning, tmp_path):
     assert exits == [-9, 0]
 
 
+def conversations_file(path, profile, repeat=2):
+    """Only the exchanges of FACTS (a content-only memory's prompt is generic: no round could recall them all),
+    `repeat` times with numbered questions, importance 5 each."""
+    lines = [json.dumps({"profile": profile, "kind": kind, "content": f"{content} ({i})" if i else content,
+                         "response": response, "importance": 5})
+             for i in range(repeat) for kind, content, response in FACTS if response]
+    path.write_text("\n".join(lines) + "\n")
+    return len(lines)
+
+
+# Settings under which a round of a few exchanges reaches the default recall target in a few dozen steps. So high
+# a learning rate on so few exchanges costs the base much of its general ability (the general-probe loss rises
+# several-fold): these tests are of recall and forgetting, so the general check is off (general_epsilon 10);
+# the gate's general check is tests/unit/learning/test_promotion.py's.
+RECALLING = {"min_recall": 0.9, "lr": 1e-2, "rank": 8, "alpha": 16, "max_steps": 200, "recall_every": 5,
+             "micro_batch": 4, "max_seq_len": 96, "dry_run_steps": 0, "checkpoint_steps": 50,
+             "general_epsilon": 10.0}
+
+
+def test_a_round_that_reaches_its_recall_target_stops_early_and_is_promoted(learning, tmp_path):
+    d, _ = learning({"learning": RECALLING})
+    conversations_file(tmp_path / "a.jsonl", "alice")
+    assert ctl(d, "memories", "import", str(tmp_path / "a.jsonl")).returncode == 0
+    run = wait_for_run(d)
+    ev = run["eval"]
+    assert run["state"] == "promoted", (run["reason"], ev)
+    assert ev["recall"] >= 0.9 and ev["stopped_early"] and ev["step"] < 200 and ev["step"] % 5 == 0
+    assert run["reason"].startswith(f"recalled {ev['recall_recalled']}/{ev['recall_memories']} (")
+    # the base's general probe, measured before and after, shown with the run and judged
+    before, after = ev["general_loss_before"], ev["general_loss_after"]
+    assert before > 0 and after > 0 and "general-probe loss" in run["reason"]
+    assert f"{before:.3f}→{after:.3f}" in ctl(d, "train", "history").stdout
+    checks = [e for e in d.log_events() if e.get("event") == "trainer: recall"]
+    assert checks and checks[-1]["step"] == ev["step"] and checks[-1]["target"] == 0.9
+    [decision] = [e for e in d.log_events() if e.get("decision") == "learning.promote"]
+    assert decision["promote"] and decision["code"] == "promoted" and decision["general_loss_after"] == after
+
+
+def test_a_round_that_cannot_learn_is_rejected_with_its_recall(learning, tmp_path):
+    d, _ = learning({"learning": {**RECALLING, "lr": 1e-8, "max_steps": 10}})
+    n = conversations_file(tmp_path / "a.jsonl", "alice")
+    assert ctl(d, "memories", "import", str(tmp_path / "a.jsonl")).returncode == 0
+    run = wait_for_run(d)
+    ev = run["eval"]
+    assert run["state"] == "rejected", run
+    assert not ev["stopped_early"] and ev["step"] == 10 and ev["recall"] < 0.9
+    assert run["reason"] == (f"recalled {ev['recall_recalled']}/{ev['recall_memories']} ({ev['recall']:.0%}) of "
+                             "this run's memories, below learning.min_recall 90%")
+    assert d.call("train.status")["versions"] == [] and len(consolidated(d)) == 0 < n
+
+
 def test_a_run_that_forgets_too_much_is_not_promoted(learning, tmp_path):
-    d, _ = learning({"learning": {"forgetting_epsilon": 0.0}})
-    memories_file(tmp_path / "a.jsonl", "alice")
+    d, _ = learning({"learning": {**RECALLING, "min_recall": 0.0, "recall_every": 0, "max_steps": 60,
+                                  "forgetting_epsilon": 0.0}})
+    conversations_file(tmp_path / "a.jsonl", "alice")
     assert ctl(d, "memories", "import", str(tmp_path / "a.jsonl")).returncode == 0
     first = wait_for_run(d)
-    assert first["state"] == "promoted"
-    # New memories on unrelated text, learned hard: the loss on the earlier ones must rise, and ε is 0.
+    assert first["state"] == "promoted" and first["eval"]["recall_recalled"] > 0, (first["reason"], first["eval"])
+    # New memories on unrelated text, learned hard: recall of the earlier ones must drop, and ε is 0.
     lines = [json.dumps({"profile": "alice", "kind": "journal", "importance": 10,
                          "content": f"Zebra quartz {i} vortex kelp {i * 7} umbra {i * 13}."}) for i in range(30)]
     (tmp_path / "b.jsonl").write_text("\n".join(lines) + "\n")
@@ -205,7 +257,10 @@ def test_a_run_that_forgets_too_much_is_not_promoted(learning, tmp_path):
                                       and r["state"] in ("promoted", "rejected", "failed")), None),
                         timeout=RUN_TIMEOUT, interval=0.5, message="the second run")
     assert second["state"] == "rejected", second
-    assert "forgot too much" in second["reason"]
+    ev = second["eval"]
+    assert ev["probe_recall_after_recalled"] < ev["probe_recall_before_recalled"]
+    before = ev["probe_recall_before_recalled"]
+    assert second["reason"].startswith(f"forgot too much: earlier rounds recalled {before}/")
     assert [v["version"] for v in d.call("train.status")["versions"] if v["active"]] == [1]
     new_ids = {m["id"] for m in d.call("memories.list", {"limit": 1000})["memories"] if "Zebra" in m["content"]}
     assert not any(m["id"] in new_ids for m in consolidated(d)), "a rejected run consolidates nothing"

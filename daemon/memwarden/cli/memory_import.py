@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from memwarden.cli import render
+from memwarden.cli import render_memories
 from memwarden.cli.usage import fail
 from memwarden.control.client import Client, ConnectError
 from memwarden.control.protocol import MAX_LINE, RpcError
@@ -167,5 +167,5 @@ def _imported(result: dict[str, Any], as_json: bool) -> int:
         print(f"already imported, {n} memor{'y' if n == 1 else 'ies'} (import {result['import_id']}); "
               "nothing imported again")
     else:
-        print(render.imported(result))
+        print(render_memories.imported(result))
     return 0

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from memwarden import __version__, paths
-from memwarden.cli import config_cmds, render, render_containers, setup_training
+from memwarden.cli import config_cmds, render, render_containers, render_memories, setup_training
 from memwarden.cli.memory_import import import_memories
 from memwarden.cli.usage import Parser, fail, run_quietly
 from memwarden.control.client import Client, ConnectError
@@ -43,8 +43,10 @@ CONTAINER_VERBS = {"list": ("containers.list", render_containers.containers),
                    "history": ("containers.history", render_containers.container_history),
                    "restart": ("containers.restart", render_containers.restarted)}
 TRAIN_VERBS = {"start": "train.start", "status": "train.status", "history": "train.history", "cancel": "train.cancel"}
-MEMORY_VERBS = {"add": ("memories.add", render.memory_added), "list": ("memories.list", render.memories),
-                "count": ("memories.count", render.memory_counts), "show": ("memories.show", render.memory)}
+MEMORY_VERBS = {"add": ("memories.add", render_memories.memory_added),
+                "list": ("memories.list", render_memories.memories),
+                "count": ("memories.count", render_memories.memory_counts),
+                "show": ("memories.show", render_memories.memory)}
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     model = sub.add_parser("model", help="model init-demo DIR: build a tiny offline Llama base model to learn on")
     model.add_argument("verb", choices=["init-demo"])
     model.add_argument("dir", type=Path)
+    model.add_argument("--pretrain-steps", type=_steps, default=None, metavar="N",
+                       help="pre-training steps on the generated corpus (default 600, a minute or two of CPU; "
+                            "0: the model as initialised)")
     call = sub.add_parser("call", help="call any RPC method: call METHOD [JSON-PARAMS]")
     call.add_argument("method")
     call.add_argument("params", nargs="?", default=None, help="params as a JSON object")
@@ -238,12 +243,28 @@ def talking_to_daemon(sock: Path, timeout: float, action: Callable[[], Any]) -> 
         return False, fail(f"{sock} answered something that is not memwardend's JSON-RPC ({exc})", 3)
 
 
-def init_demo(directory: Path) -> int:
+def _steps(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number of steps, 0 or more, got {text!r}")
+    return n
+
+
+def init_demo(directory: Path, pretrain_steps: int | None) -> int:
     """Build the demo base model in this process's Python (it needs the `train` extra: torch, tokenizers)."""
     try:
-        from memwarden.training.demo_model import build_demo_model
+        import tokenizers  # noqa: F401 - the train extra is there before anything is said or written
+        import torch  # noqa: F401
 
-        out = build_demo_model(directory)
+        from memwarden.training.demo_model import DEFAULT_PRETRAIN_STEPS, build_demo_model
+
+        steps = DEFAULT_PRETRAIN_STEPS if pretrain_steps is None else pretrain_steps
+        if steps:
+            print(f"pre-training the demo base for {steps} steps (about {steps // 5} s of CPU)", flush=True)
+        out = build_demo_model(directory, pretrain_steps=steps)
     except ImportError as exc:
         return fail(f"model init-demo needs the train extra ({exc}); install it with: "
                     "sudo memwardenctl setup training")
@@ -333,7 +354,7 @@ def _main(argv: list[str] | None) -> int:
 
         return lease.main(sock, args.words)
     if args.command == "model":
-        return init_demo(args.dir)
+        return init_demo(args.dir, args.pretrain_steps)
     if local(args):
         return run_local(args, sock)
     if args.command == "memories" and args.verb == "import":

@@ -181,66 +181,6 @@ def model_result(r: dict[str, Any]) -> str:
     return f"{r['model']}: evicted"
 
 
-def _one_line(text: str | None, width: int = 60) -> str:
-    if not text:
-        return "-"
-    flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
-
-
-def _when(ts: float | None) -> str:
-    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
-
-
-def memory_added(r: dict[str, Any]) -> str:
-    return (f"added memory {r['id']} ({r['profile']}, {r['kind']}, importance {r['importance']}) "
-            f"→ adapter {r['adapter']}")
-
-
-def imported(r: dict[str, Any]) -> str:
-    n = r["imported"]
-    per = ", ".join(f"{a}: {c}" for a, c in sorted(r["by_adapter"].items()))
-    return f"imported {n} memor{'y' if n == 1 else 'ies'}" + (f" ({per})" if per else "")
-
-
-def memories(r: dict[str, Any]) -> str:
-    rows = [[m["id"], m["profile"], m["kind"], m["adapter"], m["importance"], _when(m["created_at"]),
-             m["consolidated_run"] or "-", m.get("superseded_by") or "-", _one_line(m["content"])]
-            for m in r["memories"]]
-    out = table(rows, ["ID", "PROFILE", "KIND", "ADAPTER", "IMP", "CREATED", "CONSOLIDATED BY", "SUPERSEDED BY",
-                       "CONTENT"])
-    return out + (f"\n({len(r['memories'])} of {r['total']})" if r["total"] > len(r["memories"]) else "")
-
-
-def memory_counts(r: dict[str, Any]) -> str:
-    groups = [[g["profile"], g["adapter"], g["kind"], g["memories"], g["unconsolidated"], g["importance"]]
-              for g in r["groups"]]
-    adapters = [[a["adapter"], a["profile"], a["count"], f"{a['importance']:g} / {r['threshold']:g}",
-                 "yes" if a["importance"] >= r["threshold"] else "no"] for a in r["adapters"]]
-    superseded = f", {r['superseded']} superseded by newer ones" if r.get("superseded") else ""
-    return (f"{r['total']} memories, {r['unconsolidated']} not consolidated yet{superseded}\n\n"
-            + table(groups, ["PROFILE", "ADAPTER", "KIND", "MEMORIES", "UNCONSOLIDATED", "IMPORTANCE"])
-            + "\n\nunconsolidated importance per adapter:\n"
-            + table(adapters, ["ADAPTER", "PROFILE", "MEMORIES", "IMPORTANCE / THRESHOLD", "REACHED"]))
-
-
-def memory(r: dict[str, Any]) -> str:
-    pairs = [("id", r["id"]), ("profile", r["profile"]), ("kind", r["kind"]), ("adapter", r["adapter"]),
-             ("importance", r["importance"]), ("created", f"{_when(r['created_at'])} ({ago(r['created_at'])})"),
-             ("consolidated", "no" if r["consolidated_run"] is None else
-              f"by run {r['consolidated_run']}, {_when(r['consolidated_at'])}")]
-    pairs += [(name, r[name]) for name in ("cue", "title") if r.get(name)]
-    if r.get("tags"):
-        pairs.append(("tags", ", ".join(r["tags"])))
-    if r.get("superseded_by") is not None:
-        pairs.append(("superseded", f"by memory {r['superseded_by']} (a newer one with the same cue)"))
-    out = kv(pairs) + "\n\ncontent:\n" + r["content"]
-    for name in ("response", "prompt", "chosen", "rejected"):
-        if r.get(name) is not None:
-            out += f"\n\n{name}:\n" + r[name]
-    return out
-
-
 def run(r: dict[str, Any]) -> str:
     return f"run {r['id']} of {r['adapter']}: {r['state']}" + (f" ({r['reason']})" if r.get("reason") and
                                                                   r["state"] in ("rejected", "promoted") else "")
@@ -263,6 +203,15 @@ def probe_cell(e: dict[str, Any] | None) -> str:
     return "-" if before == after == "-" else f"{before}→{after}"
 
 
+def general_cell(e: dict[str, Any] | None) -> str:
+    """The general-probe loss before → after the run and its relative change, e.g. `1.210→1.228 (+1.5%)`."""
+    e = e or {}
+    before, after = e.get("general_loss_before"), e.get("general_loss_after")
+    if not isinstance(before, int | float) or not isinstance(after, int | float):
+        return "-"
+    return f"{before:.3f}→{after:.3f}" + (f" ({(after - before) / before:+.1%})" if before > 0 else "")
+
+
 def runs(r: list[dict[str, Any]]) -> str:
     def ev(x: dict[str, Any]) -> str:
         e = x.get("eval") or {}
@@ -272,11 +221,11 @@ def runs(r: list[dict[str, Any]]) -> str:
 
     rows = [[x["id"], x["adapter"], x["state"], x["trigger"], ago(x["created_at"]), x["memory_ids"], ev(x),
              recall_cell(x.get("eval")), recall_cell(x.get("eval"), "recall_heldout"), probe_cell(x.get("eval")),
-             "-" if x.get("version") is None else f"v{x['version']}", where_cell(x),
+             general_cell(x.get("eval")), "-" if x.get("version") is None else f"v{x['version']}", where_cell(x),
              (x.get("error") or (x.get("reason") if x["state"] in ("rejected", "promoted") else "") or "")[:60]]
             for x in r]
     return table(rows, ["RUN", "ADAPTER", "STATE", "TRIGGER", "CREATED", "MEMORIES", "HOLDOUT", "RECALL",
-                        "REWORDED", "PROBE", "VERSION", "WHERE", "NOTE"])
+                        "REWORDED", "PROBE", "GENERAL", "VERSION", "WHERE", "NOTE"])
 
 
 def where_cell(x: dict[str, Any]) -> str:
@@ -333,11 +282,11 @@ def train_status(r: dict[str, Any]) -> str:
            for d in r["due"]]
     lines += ["", table(due, ["ADAPTER", "IMPORTANCE", "DUE", "WHY"])]
     versions = [[v["adapter"], f"v{v['version']}", "active" if v["active"] else "", v["ollama_model"] or "-",
-                 ago(v["created_at"]), recall_cell(v), recall_cell(v, "recall_heldout"), probe_cell(v)]
-                for v in r["versions"]]
+                 ago(v["created_at"]), recall_cell(v), recall_cell(v, "recall_heldout"), probe_cell(v),
+                 general_cell(v)] for v in r["versions"]]
     if versions:
         lines += ["", table(versions, ["ADAPTER", "VERSION", "", "OLLAMA MODEL", "CREATED", "RECALL", "REWORDED",
-                                       "PROBE"])]
+                                       "PROBE", "GENERAL"])]
     return "\n".join(lines)
 
 

@@ -91,6 +91,9 @@ def _cross_checks(config: Config, problems: list[str]) -> None:
                         "model that writes the pairs)")
     if config.learning.enabled and not config.learning.base_model:
         problems.append("at 'learning.base_model': required when learning.enabled is true")
+    if config.learning.min_recall > 0 and config.learning.recall_sample == 0:
+        problems.append(f"at 'learning.min_recall': {config.learning.min_recall:g} needs recall measured "
+                        "(learning.recall_sample above 0), or no run could be promoted; 0 turns the check off")
     try:
         parse_keep_alive(config.ollama.keep_alive)
     except ValueError as exc:

@@ -225,23 +225,35 @@ class LearningConfig:
     holdout_fraction: float = setting(0.1, number(0.01, 0.5), "Share of new pairs kept out to evaluate on.")
     replay_fraction: float = setting(
         0.1, number(0, 0.9), "Share of the training set drawn from memories consolidated before (replay).")
+    min_recall: float = setting(
+        0.9, number(0, 1), "Promote only if the run gives back at least this share of its own memories (greedy "
+        "recall); training stops early once it does (learning.recall_every). 0: recall is not required.")
     forgetting_epsilon: float = setting(
-        0.05, number(0, 10), "Promote only if the loss on earlier memories rose by at most this fraction.")
+        0.05, number(0, 10), "Promote only if recall on the earlier rounds' probe dropped by at most this share "
+        "(0.05: 2 of 40 memories; 1 or more: never rejected for forgetting).")
+    general_epsilon: float = setting(
+        0.25, number(0, 10), "Promote only if the loss on the base's general-text probe (general_probe.jsonl "
+        "beside the base model) rose by at most this fraction.")
     ewc_lambda: float = setting(0.4, number(0, 1e6), "Online EWC strength (0: off).")
-    lr: float = setting(2e-4, number(1e-8, 1), "Learning rate (a full fine-tune is clamped to [1e-5, 5e-5]).")
-    rank: int = setting(8, integer(1, 1024), "LoRA rank r.")
-    alpha: int = setting(16, integer(1, 4096), "LoRA alpha (an integer: Ollama reads it as one).")
+    lr: float = setting(1e-3, number(1e-8, 1), "Learning rate (a full fine-tune is clamped to [1e-5, 5e-5]).")
+    rank: int = setting(16, integer(1, 1024), "LoRA rank r (on every attention and MLP projection).")
+    alpha: int = setting(32, integer(1, 4096), "LoRA alpha (an integer: Ollama reads it as one).")
     dropout: float = setting(0.05, number(0, 0.9), "LoRA dropout.")
-    micro_batch: int = setting(4, integer(1, 1024), "Sequences per forward pass (halved on out-of-memory).")
-    grad_accum: int = setting(4, integer(1, 1024), "Micro-batches per optimizer step (doubled on out-of-memory).")
-    max_steps: int = setting(200, integer(1, 10_000_000), "Optimizer steps per run.")
-    warmup_steps: int = setting(20, integer(0, 1_000_000), "Linear warm-up before the cosine decay.")
+    micro_batch: int = setting(8, integer(1, 1024), "Sequences per forward pass (halved on out-of-memory).")
+    grad_accum: int = setting(1, integer(1, 1024), "Micro-batches per optimizer step (doubled on out-of-memory).")
+    max_steps: int = setting(
+        400, integer(1, 10_000_000), "Optimizer steps per run at most (fewer once recall reaches "
+        "learning.min_recall).")
+    warmup_steps: int = setting(10, integer(0, 1_000_000), "Linear warm-up before the cosine decay.")
     max_seq_len: int = setting(512, integer(16, 131072), "Tokens per training sequence.")
     seed: int = setting(42, integer(0, 2**31 - 1), "Random seed of a run.")
     recall_sample: int = setting(
         64, integer(0, 100_000), "Memories greedily decoded per run to measure recall, of this run's memories and "
         "of the earlier rounds' probe (0: recall not measured).")
     recall_max_new_tokens: int = setting(48, integer(1, 4096), "Tokens decoded per memory when measuring recall.")
+    recall_every: int = setting(
+        20, integer(0, 1_000_000), "Every this many steps, recall on a sample of 16 of the run's memories; once it "
+        "reaches learning.min_recall (then on all of them), training stops (0: always train max_steps).")
     checkpoint_steps: int = setting(50, integer(1, 1_000_000), "Checkpoint every this many steps ...")
     checkpoint_interval: float = setting("10m", duration(1), "... or this long, whichever comes first.")
     dry_run_steps: int = setting(10, integer(0, 1000), "Steps of the pre-flight run before a long run (0: none).")

@@ -23,6 +23,8 @@ class Losses:
     holdout_loss_after: float | None = None
     probe_loss_before: float | None = None  # earlier memories: a rise measures forgetting
     probe_loss_after: float | None = None
+    general_loss_before: float | None = None  # the base's general-text probe: a rise measures lost ability
+    general_loss_after: float | None = None
 
 
 @dataclass(frozen=True)
@@ -86,11 +88,13 @@ class EvalReport:
     recall: Recall = field(default_factory=Recall)  # this run's new memories, after training
     probe_recall_before: Recall = field(default_factory=Recall)  # earlier rounds' memories
     probe_recall_after: Recall = field(default_factory=Recall)
+    stopped_early: bool = False  # recall reached hyper.min_recall before max_steps
+
 
     def judged(self) -> dict[str, Any]:
         """What promotion.judge reads and the run's `eval` column keeps: the losses, recall, throughput, the step."""
         return {**asdict(self.eval), **self.recall_fields(), "tokens_per_s": self.tokens_per_s, "step": self.step,
-                "fisher_combined_with_prior": self.fisher_combined_with_prior}
+                "stopped_early": self.stopped_early, "fisher_combined_with_prior": self.fisher_combined_with_prior}
 
     def recall_fields(self) -> dict[str, Any]:
         """recall, recall_recalled, recall_memories, recall_token_accuracy, the same for recall_heldout (this

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from memwarden.config.schema import Config
 from memwarden.learning import curator
-from memwarden.learning.jobspec import Ewc, Hyper, JobSpec, SimGpu
+from memwarden.learning.jobspec import GENERAL_PROBE_FILE, Ewc, Hyper, JobSpec, SimGpu
 from memwarden.learning.leasing import Granted
 from memwarden.learning.runs import RunStore
 from memwarden.learning.store import MemoryStore
@@ -47,15 +47,18 @@ def prepare(config: Config, store: MemoryStore, runs: RunStore, versions: Versio
         probe = str(out / "probe.jsonl")
     active = versions.active(adapter)
     prior_fisher = Path(active.path) / "fisher.safetensors" if active else None
+    general = Path(cfg.base_model) / GENERAL_PROBE_FILE
     spec = JobSpec(
         run_id=run_id, adapter=adapter, base_model=cfg.base_model, method=cfg.method, output_dir=str(out),
         train_file=str(out / "train.jsonl"), holdout_file=str(out / "holdout.jsonl"), probe_file=probe,
         recall_file=str(out / "recall.jsonl") if recall else None,
+        general_file=str(general) if general.is_file() else None,
         init_adapter=active.path if active and cfg.method != "full" else None,
         hyper=Hyper(lr=cfg.lr, rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout, micro_batch=cfg.micro_batch,
                     grad_accum=cfg.grad_accum, max_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
                     max_seq_len=cfg.max_seq_len, seed=cfg.seed,
-                    recall_sample=cfg.recall_sample, recall_max_new_tokens=cfg.recall_max_new_tokens),
+                    recall_sample=cfg.recall_sample, recall_max_new_tokens=cfg.recall_max_new_tokens,
+                    min_recall=cfg.min_recall, recall_every=cfg.recall_every),
         ewc=Ewc(lam=cfg.ewc_lambda, prior_fisher=str(prior_fisher) if prior_fisher and prior_fisher.exists()
                 else None),
         device=device, checkpoint_every_steps=cfg.checkpoint_steps, checkpoint_every_seconds=cfg.checkpoint_interval,

@@ -34,7 +34,9 @@ def ollama_name(adapter: str) -> str:
     return "memwarden/" + re.sub(r"[^a-z0-9._-]+", "-", adapter.lower()).strip("-.")
 
 
-RECALL_SHOWN = ("recall", "recall_token_accuracy", "recall_heldout", "probe_recall_before", "probe_recall_after")
+# The verdict's own fields carry the share recalled ("recall"): these are the counts behind it.
+RECALL_SHOWN = ("recall_recalled", "recall_memories", "recall_token_accuracy", "recall_heldout",
+                "probe_recall_before", "probe_recall_after")
 
 
 class Publisher:
@@ -52,13 +54,11 @@ class Publisher:
     async def finish(self, run_id: str, adapter: str, out: Path) -> bool:
         """Judge the run; promote and export it, or record why not. Whether it was promoted."""
         ev = EvalReport.read(out).judged()
-        epsilon = self.config.learning.forgetting_epsilon
-        verdict = promotion.judge(ev, epsilon)
+        verdict = promotion.judge(ev, promotion.Gate.of(self.config.learning))
         log.info("decision: promote" if verdict.promote else "decision: keep the current version",
-                 decision="learning.promote", run=run_id, adapter=adapter, promote=verdict.promote,
-                 reason=verdict.reason, epsilon=epsilon,
+                 run=run_id, adapter=adapter, reason=verdict.reason, **verdict.log_fields(),
                  **{k: v for k, v in ev.items() if k.endswith(("_loss_before", "_loss_after"))},
-                 **{k: ev.get(k) for k in RECALL_SHOWN})
+                 **{k: ev.get(k) for k in RECALL_SHOWN}, step=ev.get("step"), stopped_early=ev.get("stopped_early"))
         now = self.clock()
         if not verdict.promote:
             self.runs.set_state(run_id, "rejected", eval=json.dumps(ev), reason=verdict.reason, finished_at=now)

@@ -311,7 +311,7 @@ def ship(spec: JobSpec, run_dir: Path, device: str) -> tuple[dict[str, Any], lis
     working directory, the output relative to the node's runs directory, no sim GPU (a daemon-host file)."""
     files: list[tuple[str, Path]] = []
     data = asdict(dataclasses.replace(spec, sim_gpu=None, device=device))
-    for key in ("train_file", "holdout_file", "probe_file", "recall_file"):
+    for key in ("train_file", "holdout_file", "probe_file", "recall_file", "general_file"):
         if data[key]:
             files.append((Path(data[key]).name, Path(data[key])))
             data[key] = Path(data[key]).name

@@ -112,6 +112,9 @@ FAMILIES: tuple[Family, ...] = (
            "memories after that run)."),
     Family("memwarden_training_recall_token_accuracy", "gauge", ("adapter", "set"),
            "Mean teacher-forced token accuracy of the active version on those memories."),
+    Family("memwarden_training_general_probe_loss", "gauge", ("adapter", "when"),
+           "Loss on the base's general-text probe before and after the run that made the active version "
+           "(when: before | after); a rise is general ability the adapter cost."),
     # alerts
     Family("memwarden_alerts_active", "gauge", ("kind", "key", "severity"), "1 for each active alert."),
     Family("memwarden_alerts_raised_total", "counter", ("kind", "severity"),

@@ -183,6 +183,9 @@ def recall_metrics(adapter: str, ev: dict, out: Families) -> None:
         if ev.get(f"{prefix}_token_accuracy") is not None:
             out.add("memwarden_training_recall_token_accuracy", ev[f"{prefix}_token_accuracy"], adapter=adapter,
                     set=set_name)
+    for when in ("before", "after"):
+        if isinstance(ev.get(f"general_loss_{when}"), int | float):
+            out.add("memwarden_training_general_probe_loss", ev[f"general_loss_{when}"], adapter=adapter, when=when)
 
 
 def alert_metrics(d: Services, out: Families) -> None:

@@ -16,7 +16,10 @@ import json
 import os
 import stat
 import sys
+from dataclasses import asdict
 from pathlib import Path
+
+from memwarden.learning.jobspec import GENERAL_PROBE_FILE
 
 BOS = "<|begin_of_text|>"
 EOS = "<|eot|>"  # end of turn: generation stops here
@@ -34,66 +37,56 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|start_header|>assistant<|end_header|>\n\n{% endif %}"
 )
 
-CORPUS = (
-    "The daemon watches host memory, swap and pressure, and the GPU's memory and temperature.",
-    "A training job takes a lease on the GPU; the models that were serving are unloaded and reloaded afterwards.",
-    "Important memories become weights: a small adapter is trained on them and served next to the base model.",
-    "user: What did we talk about yesterday? assistant: We planned the garden and the trip to the coast.",
-    "user: Remind me what I like to drink in the morning. assistant: Black coffee, no sugar, before eight.",
-    "user: Who is Mira? assistant: Mira is your sister; she lives in Lisbon and plays the cello.",
-    "I wrote in my journal that the rain kept me inside, so I read about elastic weight consolidation.",
-    "A reflection: the last run forgot less when old memories were replayed with the new ones.",
-    "In a dream I walked through a library where every book was a conversation I had once.",
-    "The inner dialogue went back and forth: train now, or wait until the GPU is free tonight?",
-    "Checkpoints are written atomically, so a crash in the middle of a write leaves the previous one intact.",
-    "When memory runs out, the micro batch is halved and the accumulation doubled, and the step is tried again.",
-    "The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs.",
-    "One, two, three, four, five, six, seven, eight, nine, ten; 0123456789 and 3.14159 and 2.71828.",
-    "Monday, Tuesday, Wednesday, Thursday, Friday, Saturday and Sunday make a week of memories.",
-    "Hello! How are you today? I am fine, thank you. What would you like to remember?",
-    "Loss went down from three and a half to under two, and the holdout agreed with the training set.",
-    "The adapter is small: a few megabytes of low-rank matrices, named default, with an integer alpha.",
-    "Questions, answers, notes and observations: every kind of memory can become a training pair.",
-    "system: You are a helpful assistant who remembers what matters to the user.",
-)
+PRETRAIN_FILE = "pretrain.json"  # how the base was pre-trained (steps, losses, seconds)
+DEFAULT_PRETRAIN_STEPS = 600
+CORPUS_DOCUMENTS = 20_000
+PROBE_EXCHANGES = 200
 
 
 def build_demo_model(
     directory: str | Path,
     *,
-    vocab_size: int = 512,
-    hidden_size: int = 64,
-    num_layers: int = 2,
+    vocab_size: int = 2048,
+    hidden_size: int = 128,
+    num_layers: int = 4,
     num_heads: int = 4,
     num_kv_heads: int = 2,
-    intermediate_size: int = 128,
+    intermediate_size: int = 384,
     max_positions: int = 1024,
-    initializer_range: float = 0.1,
+    initializer_range: float = 0.02,
+    pretrain_steps: int = DEFAULT_PRETRAIN_STEPS,
     seed: int = 0,
 ) -> Path:
-    """Build the tiny model and its tokenizer into `directory` (created if needed) and return it.
+    """Build the tiny model and its tokenizer into `directory` (created if needed), pre-train it for
+    `pretrain_steps` steps on the generated corpus, write the general probe beside it, and return the directory.
 
-    `initializer_range` is larger than Llama's 0.02: with a 64-wide hidden state after RMSNorm, a 0.02 lm_head
-    caps every logit near ±1.3, and nothing a LoRA does upstream could make the loss fall visibly.
+    0 pre-training steps leave the model as initialised: a base for tests of the machinery, not of learning.
+    Widths are multiples of 64: bitsandbytes quantises each row in blocks of 64, so qlora needs them.
     """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers.utils import logging as hf_logging
 
+    from memwarden.training import demo_corpus
+    from memwarden.training.demo_pretrain import pretrain
+
+    hf_logging.disable_progress_bar()
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
+    docs = demo_corpus.documents(seed, CORPUS_DOCUMENTS)
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        min_frequency=1,
+        min_frequency=2,
         special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    bpe.train_from_iterator(CORPUS, trainer=trainer)
+    bpe.train_from_iterator(demo_corpus.tokenizer_text(docs), trainer=trainer)
     bos_id = bpe.token_to_id(BOS)
     # `tokenizer(text)` prepends BOS, as Llama's does; the chat template writes its own BOS.
     bpe.post_processor = processors.TemplateProcessing(
@@ -128,8 +121,12 @@ def build_demo_model(
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     model.to(torch.float32)
+    done = pretrain(model, tokenizer, docs, pretrain_steps, seed=seed)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    (out / GENERAL_PROBE_FILE).write_text("".join(json.dumps({"messages": m}) + "\n"
+                                          for m in demo_corpus.probe(seed, PROBE_EXCHANGES, docs)))
+    (out / PRETRAIN_FILE).write_text(json.dumps(asdict(done), indent=1))
     share_like_directory(out)
     return out
 
@@ -154,9 +151,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m memwarden.training.demo_model", description=__doc__.split("\n")[0])
     parser.add_argument("directory", help="where to write the model (created if needed)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--vocab-size", type=int, default=512)
+    parser.add_argument("--vocab-size", type=int, default=2048)
+    parser.add_argument("--hidden-size", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--pretrain-steps", type=int, default=DEFAULT_PRETRAIN_STEPS)
     args = parser.parse_args(argv)
-    out = build_demo_model(args.directory, seed=args.seed, vocab_size=args.vocab_size)
+    out = build_demo_model(args.directory, seed=args.seed, vocab_size=args.vocab_size, hidden_size=args.hidden_size,
+                           num_layers=args.layers, intermediate_size=args.hidden_size * 3,
+                           pretrain_steps=args.pretrain_steps)
     print(json.dumps({"directory": str(out), "files": sorted(p.name for p in out.iterdir())}))
     return 0
 

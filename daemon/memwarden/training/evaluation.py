@@ -80,11 +80,13 @@ class Evaluation:
         finally:
             model.train()
 
-    def losses(self, before: Mapping[str, float | None] | None, holdout: Split, probe: Split,
+    def losses(self, before: Mapping[str, float | None] | None, holdout: Split, probe: Split, general: Split,
                batch_size: int) -> Losses:
         """The run's losses: `before` as measured before its first step, after as now."""
         before = before or {}
         return Losses(holdout_loss_before=before.get("holdout_loss"),
                       holdout_loss_after=self.loss(holdout, batch_size),
                       probe_loss_before=before.get("probe_loss"),
-                      probe_loss_after=self.loss(probe, batch_size))
+                      probe_loss_after=self.loss(probe, batch_size),
+                      general_loss_before=before.get("general_loss"),
+                      general_loss_after=self.loss(general, batch_size))

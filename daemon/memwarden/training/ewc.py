@@ -13,8 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
+
+from memwarden.learning.jobspec import Ewc
 
 
 def load_fisher(path: str | Path) -> dict[str, torch.Tensor]:
@@ -115,3 +118,23 @@ def combine(
         else:
             out[k] = f
     return out
+
+
+def setup_ewc(ewc: Ewc, params: dict[str, torch.nn.Parameter], anchor: dict[str, torch.Tensor] | None,
+              resumed_anchor: bool) -> tuple[dict[str, torch.Tensor] | None, dict[str, torch.Tensor] | None,
+                                         EwcPenalty | None, dict[str, Any]]:
+    """(prior Fisher, anchor θ*, the penalty or None, the state the start event reports). A resumed run keeps
+    its checkpoint's anchor; a fresh one anchors at its initial weights."""
+    prior_path = Path(ewc.prior_fisher) if ewc.prior_fisher else None
+    prior = load_fisher(prior_path) if prior_path is not None and prior_path.is_file() else None
+    state: dict[str, Any] = {"lam": ewc.lam, "prior_fisher": str(prior_path) if prior_path else None}
+    if ewc.lam <= 0:
+        return prior, anchor, None, {**state, "active": False, "reason": "lam is 0"}
+    if prior is None:
+        why = "no prior fisher" + (f" at {prior_path}" if prior_path else "")
+        return prior, anchor, None, {**state, "active": False, "reason": why}
+    if anchor is None or not resumed_anchor:
+        anchor = {k: p.detach().clone().float() for k, p in params.items()}
+    penalty = EwcPenalty(ewc.lam, params, prior, anchor)
+    return prior, anchor, penalty, {**state, "active": len(penalty) > 0, "tensors": len(penalty),
+                                    "unfit": len(penalty.unfit)}

@@ -28,7 +28,7 @@ def validate(spec: JobSpec) -> None:
         problems.append(f"method must be one of {list(METHODS)}, got {spec.method!r}")
     if not (Path(spec.base_model) / "config.json").is_file():
         problems.append(f"base_model {spec.base_model} is not a model directory (no config.json)")
-    for name in ("train_file", "holdout_file", "probe_file", "recall_file", "init_adapter"):
+    for name in ("train_file", "holdout_file", "probe_file", "recall_file", "general_file", "init_adapter"):
         value = getattr(spec, name)
         if value is not None and not Path(value).exists():
             problems.append(f"{name} {value} does not exist")
@@ -46,11 +46,15 @@ def validate(spec: JobSpec) -> None:
         ("seed", h.seed, 0),
         ("recall_sample", h.recall_sample, 0),
         ("recall_max_new_tokens", h.recall_max_new_tokens, 1),
+        ("recall_every", h.recall_every, 0),
+        ("recall_check_sample", h.recall_check_sample, 1),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             problems.append(f"hyper.{name} must be an integer ≥ {low}, got {value!r}")
     if not (isinstance(h.lr, int | float) and h.lr > 0 and math.isfinite(h.lr)):
         problems.append(f"hyper.lr must be positive, got {h.lr!r}")
+    if not (isinstance(h.min_recall, int | float) and 0 <= h.min_recall <= 1):
+        problems.append(f"hyper.min_recall must be in [0, 1], got {h.min_recall!r}")
     if not (isinstance(h.dropout, int | float) and 0 <= h.dropout < 1):
         problems.append(f"hyper.dropout must be in [0, 1), got {h.dropout!r}")
     if not h.target_modules and spec.method != "full":

@@ -119,3 +119,32 @@ class RecallMeter:
                 input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=self.max_new_tokens,
                 do_sample=False, num_beams=1, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
         return tok.decode(out[0, len(prompt_ids):], skip_special_tokens=True)
+
+
+class EarlyStop:
+    """Train until recall: every `every` steps, recall on a seeded sample of `check` of this run's memories; when
+    the sample reaches `target`, recall on all of them (the sample the run reports), and stop when that does too.
+    The full measurement of the step training stopped at is the run's final recall (no second decoding)."""
+
+    def __init__(self, meter: RecallMeter, items: list[Item], target: float, every: int, check: int, seed: int):
+        self.meter, self.items, self.target, self.every = meter, items, target, every
+        chosen = sorted(random.Random(f"{seed}:check").sample(range(len(items)), min(check, len(items))))
+        self.sample = [items[i] for i in chosen]
+        self.final: tuple[int, Recall] | None = None
+
+    def due(self, step: int) -> bool:
+        return self.every > 0 and self.target > 0 and bool(self.items) and step % self.every == 0
+
+    def reached(self, step: int) -> tuple[bool, Recall]:
+        """Whether recall reached the target at `step`, and the last measurement made."""
+        quick = self.meter.measure(self.sample)
+        if (quick.fraction or 0.0) < self.target:
+            return False, quick
+        full = quick if len(self.sample) == len(self.items) else self.meter.measure(self.items)
+        self.final = (step, full)
+        return (full.fraction or 0.0) >= self.target, full
+
+    def final_recall(self, step: int) -> Recall:
+        if self.final is not None and self.final[0] == step:
+            return self.final[1]
+        return self.meter.measure(self.items)

@@ -9,7 +9,8 @@ warmup, gradient clipping at 1.0 (the pre-clip norm is reported), online EWC add
 Checkpoints are written every `checkpoint_every_steps` steps or `checkpoint_every_seconds`, and at the end of
 training; a run starts from the newest complete one. SIGTERM/SIGINT: the current micro-step finishes, the step in
 progress is abandoned (or completed, if it was its last micro-step), a checkpoint of the last completed step is
-written and the trainer exits 75. Evaluation before training is done once and kept in the checkpoints.
+written and the trainer exits 75. Evaluation before training is done once and kept in the checkpoints. Training
+stops before max_steps once recall on this run's memories reaches hyper.min_recall (recall.EarlyStop).
 """
 
 from __future__ import annotations
@@ -33,11 +34,11 @@ from memwarden.training import checkpoint
 from memwarden.training.data import DataError, Order, Split, collate, load_split
 from memwarden.training.evaluation import Evaluation, autocast, token_loss_sum
 from memwarden.training.events import Emitter
-from memwarden.training.ewc import EwcPenalty, combine, compute_fisher, load_fisher
+from memwarden.training.ewc import EwcPenalty, combine, compute_fisher, setup_ewc
 from memwarden.training.export import FISHER_FILE, write_final
 from memwarden.training.model import build, is_oom, memory_bytes
 from memwarden.training.preflight import GiveUp, already_done, validate
-from memwarden.training.recall import RecallMeter, load_items
+from memwarden.training.recall import EarlyStop, RecallMeter, load_items
 from memwarden.training.stop import StopFlag
 
 CLIP_NORM = 1.0
@@ -70,6 +71,7 @@ class Trainer:
         self.anchor: dict[str, torch.Tensor] | None = None
         self.prior: dict[str, torch.Tensor] | None = None
         self.ewc: EwcPenalty | None = None
+        self.stopped_early = False
 
     # ------------------------------------------------------------------ entry
 
@@ -119,10 +121,13 @@ class Trainer:
         self.train = load_split("train", spec.train_file, tok, h.max_seq_len)
         self.holdout = load_split("holdout", spec.holdout_file, tok, h.max_seq_len)
         self.probe = load_split("probe", spec.probe_file, tok, h.max_seq_len)
+        self.general = load_split("general", spec.general_file, tok, h.max_seq_len)
         self.recall_meter = RecallMeter(self.built, h.recall_max_new_tokens, self.check_stop)
         sample = 0 if self.dry else h.recall_sample
         self.recall_items = load_items(spec.recall_file, tok, h.max_seq_len, sample, h.seed)
         self.probe_items = load_items(spec.probe_file, tok, h.max_seq_len, sample, h.seed)
+        self.early = EarlyStop(self.recall_meter, self.recall_items, h.min_recall, h.recall_every,
+                               h.recall_check_sample, h.seed)
         if not self.train.examples:
             raise GiveUp(f"no usable training example in {spec.train_file} ({self.train.lines} lines, "
                          f"{self.train.dropped} with no assistant token within max_seq_len {h.max_seq_len})")
@@ -152,8 +157,9 @@ class Trainer:
             trainable_params=sum(p.numel() for p in self.params.values()),
             total_params=sum(p.numel() for p in self.built.model.parameters()),
             examples={"train": len(self.train.examples), "holdout": len(self.holdout.examples),
-                      "probe": len(self.probe.examples), "dropped": self.train.dropped + self.holdout.dropped
-                      + self.probe.dropped, "truncated": self.train.truncated},
+                      "probe": len(self.probe.examples), "general": len(self.general.examples),
+                      "dropped": self.train.dropped + self.holdout.dropped + self.probe.dropped,
+                      "truncated": self.train.truncated},
             ewc=ewc_state,
             quantized_layers=self.built.quantized_layers,
             notes=self.built.notes,
@@ -163,6 +169,7 @@ class Trainer:
         self.check_stop()
         if self.eval_before is None:
             self.eval_before = {"holdout_loss": self._loss(self.holdout), "probe_loss": self._loss(self.probe),
+                                "general_loss": self._loss(self.general),
                                 "probe_recall": asdict(self.recall_meter.measure(self.probe_items))}
         self._loop()
         return self._finish()
@@ -194,6 +201,8 @@ class Trainer:
             self.tokens, self.train_seconds = int(meta["tokens"]), float(meta["train_seconds"])
             self.eval_before = meta["eval_before"]
             self.oom_injected = bool(meta.get("oom_injected"))
+            if meta.get("stopped_early"):
+                self.stopped_early, self.target = True, self.step
             if ck["anchor"] is not None:
                 self.anchor = {k: v.to(self.built.device) for k, v in ck["anchor"].items()}
             self.last_ckpt = (step, path)
@@ -201,19 +210,8 @@ class Trainer:
         return 0
 
     def _setup_ewc(self, resumed_anchor: bool) -> dict[str, Any]:
-        ewc = self.spec.ewc
-        prior_path = Path(ewc.prior_fisher) if ewc.prior_fisher else None
-        if prior_path is not None and prior_path.is_file():
-            self.prior = load_fisher(prior_path)
-        state: dict[str, Any] = {"lam": ewc.lam, "prior_fisher": str(prior_path) if prior_path else None}
-        if ewc.lam <= 0:
-            return {**state, "active": False, "reason": "lam is 0"}
-        if self.prior is None:
-            return {**state, "active": False, "reason": "no prior fisher" + (f" at {prior_path}" if prior_path else "")}
-        if self.anchor is None or not resumed_anchor:
-            self.anchor = {k: p.detach().clone().float() for k, p in self.params.items()}
-        self.ewc = EwcPenalty(ewc.lam, self.params, self.prior, self.anchor)
-        return {**state, "active": len(self.ewc) > 0, "tensors": len(self.ewc), "unfit": len(self.ewc.unfit)}
+        self.prior, self.anchor, self.ewc, state = setup_ewc(self.spec.ewc, self.params, self.anchor, resumed_anchor)
+        return state
 
     # ------------------------------------------------------------------ loop
 
@@ -242,6 +240,11 @@ class Trainer:
             self.emit.emit("step", **fields)
             if h.eval_every and self.step % h.eval_every == 0 and self.step < self.target:
                 self.emit.emit("eval", step=self.step, holdout_loss=self._loss(self.holdout))
+            if self.step < self.target and self.early.due(self.step):
+                reached, measured = self.early.reached(self.step)
+                self.emit.emit("recall", step=self.step, **asdict(measured), target=h.min_recall)
+                if reached:
+                    self.stopped_early, self.target = True, self.step
             if not self.dry and self.step < self.target and self._checkpoint_due():
                 self._checkpoint()
 
@@ -330,7 +333,8 @@ class Trainer:
         meta = {"format": 1, "run_id": self.spec.run_id, "method": self.spec.method, "cursor": self.cursor,
                 "micro_batch": self.micro_batch, "grad_accum": self.grad_accum, "effective_batch": self.effective,
                 "eval_before": self.eval_before, "tokens": self.tokens, "train_seconds": self.train_seconds,
-                "oom_injected": self.oom_injected, "lr": self.built.lr, "keys": sorted(self.params)}
+                "oom_injected": self.oom_injected, "lr": self.built.lr, "keys": sorted(self.params),
+                "stopped_early": self.stopped_early}
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "rng": checkpoint.capture_rng()}
         path = checkpoint.save(self.ckpt_root, self.step, trainable={k: p.detach() for k, p in self.params.items()},
@@ -364,7 +368,7 @@ class Trainer:
         if self.last_ckpt is None or self.last_ckpt[0] != self.step:
             self._checkpoint()  # a crash or preemption from here on resumes straight into this final phase
         losses = self._losses()
-        recall = self.recall_meter.measure(self.recall_items)
+        recall = self.early.final_recall(self.step)
         probe_after = self.recall_meter.measure(self.probe_items)
         fisher, samples = None, 0
         if self.spec.ewc.fisher_samples > 0:
@@ -382,10 +386,12 @@ class Trainer:
             final_dir=str(final), eval=losses, tokens_per_s=tokens_per_s, lr=self.built.lr,
             fisher=str(final / FISHER_FILE) if fisher else None, fisher_samples=samples,
             fisher_combined_with_prior=bool(fisher and self.prior), export=export, recall=recall,
-            probe_recall_before=Recall.from_dict(self.eval_before.get("probe_recall")), probe_recall_after=probe_after)
+            probe_recall_before=Recall.from_dict(self.eval_before.get("probe_recall")), probe_recall_after=probe_after,
+            stopped_early=self.stopped_early)
         report.write(self.out)
         self.emit.emit("done", step=self.step, final_dir=str(final), eval=asdict(losses), tokens_per_s=tokens_per_s,
-                       fisher=report.fisher, export=report.to_dict()["export"], recall=report.recall_fields())
+                       fisher=report.fisher, export=report.to_dict()["export"], recall=report.recall_fields(),
+                       stopped_early=self.stopped_early)
         checkpoint.remove_all(self.ckpt_root)  # the adapter ships alone; checkpoints are for resuming only
         return EXIT_DONE
 
@@ -393,4 +399,4 @@ class Trainer:
         return self.evaluation.loss(split, self.micro_batch)
 
     def _losses(self) -> Losses:
-        return self.evaluation.losses(self.eval_before, self.holdout, self.probe, self.micro_batch)
+        return self.evaluation.losses(self.eval_before, self.holdout, self.probe, self.general, self.micro_batch)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from memwarden.learning.eval_report import EvalReport
-from memwarden.learning.jobspec import EXIT_DONE, Hyper, JobSpec
+from memwarden.learning.jobspec import EXIT_DONE, GENERAL_PROBE_FILE, Hyper, JobSpec
 
 pytestmark = pytest.mark.skipif(
     any(importlib.util.find_spec(m) is None for m in ("torch", "transformers", "peft")),
@@ -33,12 +33,14 @@ def _write(path: Path, pairs) -> str:
     return str(path)
 
 
-def _train(demo_base: Path, tmp_path: Path, recall_file: str | None = None, **hyper) -> EvalReport:
+def _train(demo_base: Path, tmp_path: Path, recall_file: str | None = None, general: bool = False,
+           **hyper) -> EvalReport:
     tmp_path.mkdir(parents=True, exist_ok=True)
     facts = _write(tmp_path / "train.jsonl", FACTS)
     spec = JobSpec(run_id="recall-1", adapter="memories", base_model=str(demo_base), method="lora",
                    output_dir=str(tmp_path / "run"), train_file=facts, holdout_file=facts,
                    probe_file=_write(tmp_path / "probe.jsonl", PROBE), recall_file=recall_file or facts,
+                   general_file=str(demo_base / GENERAL_PROBE_FILE) if general else None,
                    hyper=Hyper(micro_batch=4, grad_accum=1, warmup_steps=0, max_seq_len=96,
                                eval_every=0, target_modules=ALL_LINEAR, recall_max_new_tokens=24, **hyper),
                    checkpoint_every_steps=1000)
@@ -48,15 +50,21 @@ def _train(demo_base: Path, tmp_path: Path, recall_file: str | None = None, **hy
     assert proc.returncode == EXIT_DONE, proc.stderr[-3000:]
     done = [json.loads(line) for line in proc.stdout.splitlines() if '"done"' in line][-1]
     report = EvalReport.read(tmp_path / "run")
-    assert done["recall"] == report.recall_fields()
+    assert done["recall"] == report.recall_fields() and done["stopped_early"] == report.stopped_early
+    (tmp_path / "events.jsonl").write_text(proc.stdout)
     return report
 
 
+def _events(tmp_path: Path, kind: str) -> list[dict]:
+    lines = (tmp_path / "events.jsonl").read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e.get("event") == kind]
+
+
 def test_a_run_reports_recall_on_its_memories_and_the_probe(demo_base, tmp_path):
-    report = _train(demo_base, tmp_path, lr=2e-2, max_steps=40)
+    report = _train(demo_base, tmp_path, lr=1e-2, max_steps=60)
     assert report.recall.memories == len(FACTS)
     assert report.probe_recall_before.memories == report.probe_recall_after.memories == len(PROBE)
-    # forty steps at a high learning rate on four facts: the trained answers come back token by token
+    # sixty steps at a high learning rate on four facts: the trained answers come back token by token
     assert report.recall.token_accuracy > 0.9
     assert report.recall.recalled >= 3
     ev = report.judged()
@@ -86,3 +94,30 @@ def test_a_held_out_wording_is_scored_apart_and_a_memory_is_sampled_with_both_wo
     ev = report.judged()
     assert ev["recall_heldout_memories"] == 3 and ev["recall_memories"] == 3
     assert report.probe_recall_after.memories == 2 and report.probe_recall_after.heldout_memories == 0
+
+
+def test_training_stops_once_recall_reaches_the_target(demo_base, tmp_path):
+    report = _train(demo_base, tmp_path, lr=1e-2, max_steps=200, min_recall=1.0, recall_every=5,
+                    recall_check_sample=2)
+    assert report.stopped_early and report.step < 200 and report.step % 5 == 0
+    assert report.recall.recalled == report.recall.memories == len(FACTS)
+    checks = _events(tmp_path, "recall")
+    assert [c["step"] for c in checks] == list(range(5, report.step + 1, 5))
+    # a check whose sample fell short measured the sample only; the last one measured every memory
+    assert checks[-1]["memories"] == len(FACTS) and checks[-1]["recalled"] == len(FACTS)
+    assert all(c["memories"] == 2 for c in checks[:-1] if c["recalled"] < 2)
+
+
+def test_without_a_target_every_step_is_trained(demo_base, tmp_path):
+    report = _train(demo_base, tmp_path, lr=1e-2, max_steps=12, min_recall=0.0, recall_every=4)
+    assert not report.stopped_early and report.step == 12 and _events(tmp_path, "recall") == []
+
+
+def test_the_general_probe_loss_is_measured_before_and_after(demo_base, tmp_path):
+    report = _train(demo_base, tmp_path, general=True, lr=1e-2, max_steps=10)
+    before, after = report.eval.general_loss_before, report.eval.general_loss_after
+    assert before is not None and after is not None and before > 0
+    assert report.judged()["general_loss_before"] == before
+    assert _events(tmp_path, "start")[0]["examples"]["general"] == 200
+    lazy = _train(demo_base, tmp_path / "lazy", general=True, lr=1e-8, max_steps=2)
+    assert lazy.eval.general_loss_after == pytest.approx(lazy.eval.general_loss_before, rel=1e-4)

@@ -124,3 +124,10 @@ def test_lease_main_refuses_bad_words_before_touching_the_socket(tmp_path, capsy
         lease.main(tmp_path / "absent.sock", ["4GiB", "--wait", "5s"])
     assert stop.value.code == 2
     assert "no command given" in capsys.readouterr().err
+
+
+def test_init_demo_takes_its_pretraining_steps_and_refuses_a_negative_count(capsys):
+    assert parsed("model", "init-demo", "base").pretrain_steps is None  # init-demo's own default
+    assert parsed("model", "init-demo", "base", "--pretrain-steps", "0").pretrain_steps == 0
+    assert "0 or more, got '-3'" in usage_error(capsys, "model", "init-demo", "base", "--pretrain-steps", "-3")
+    assert "got 'many'" in usage_error(capsys, "model", "init-demo", "base", "--pretrain-steps", "many")

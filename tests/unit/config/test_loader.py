@@ -273,6 +273,13 @@ def test_augment_by_ollama_needs_a_served_model(ollama, learning):
     assert problems_of({"learning": {"augment": "openai"}}).problems[0].startswith("at 'learning.augment': ")
 
 
+def test_a_recall_target_without_recall_measured_is_refused_and_zero_turns_it_off():
+    err = problems_of({"learning": {"recall_sample": 0}})
+    assert err.problems == ["at 'learning.min_recall': 0.9 needs recall measured (learning.recall_sample above 0), "
+                            "or no run could be promoted; 0 turns the check off"]
+    assert parse({"learning": {"recall_sample": 0, "min_recall": 0}}).learning.min_recall == 0
+
+
 @pytest.mark.parametrize("key", ["ram_warn_percent", "psi_crit_avg10", "hysteresis_percent"])
 def test_nan_threshold_is_rejected(key):
     # TOML allows `nan`; a NaN threshold compares false with everything, so its alert could never fire.

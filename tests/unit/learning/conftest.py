@@ -14,7 +14,7 @@ import pytest
 
 from memwarden.arbiter.errors import ArbiterError
 from memwarden.config import parse_config
-from memwarden.learning.eval_report import EvalReport, Losses
+from memwarden.learning.eval_report import EvalReport, Losses, Recall
 from memwarden.learning.executor import JobRequest, OnEvent, Placement
 from memwarden.learning.jobspec import EXIT_DONE, EXIT_PREEMPTED
 from memwarden.learning.store import MemoryStore
@@ -86,7 +86,7 @@ class Script:
     events: list[dict[str, Any]] = field(default_factory=list)
     hold: bool = False
     on_stop: list[dict[str, Any]] = field(default_factory=list)  # events of a held job once asked to stop
-    holdout_after: float = 1.0  # the holdout loss it reaches (from 2.0): ≥ 2.0 is not promoted
+    recalled: int = 40  # of the run's 40 memories given back: below learning.min_recall (0.9) is not promoted
 
 
 class FakeJob:
@@ -121,17 +121,17 @@ class FakeJob:
                 self.on_event(event)
             return EXIT_PREEMPTED
         if self.script.code == EXIT_DONE and not self.request.spec.dry_run_steps:
-            finish_like_the_trainer(self.request, after=self.script.holdout_after)
+            finish_like_the_trainer(self.request, recalled=self.script.recalled)
         return self.script.code
 
 
-def finish_like_the_trainer(request: JobRequest, before: float = 2.0, after: float = 1.0) -> None:
+def finish_like_the_trainer(request: JobRequest, before: float = 2.0, after: float = 1.0, recalled: int = 40) -> None:
     """final/ and eval.json, as training/trainer.py leaves them."""
     out = Path(request.spec.output_dir)
     (out / "final").mkdir(parents=True, exist_ok=True)
     (out / "final" / "adapter_model.safetensors").write_bytes(b"weights")
     EvalReport(request.spec.run_id, request.spec.adapter, request.spec.method, 24, str(out / "final"),
-               Losses(before, after, None, None), tokens_per_s=100.0).write(out)
+               Losses(before, after, None, None), tokens_per_s=100.0, recall=Recall(40, recalled, 0.95)).write(out)
 
 
 class FakeExecutor:

@@ -10,11 +10,12 @@ import sys
 import pytest
 
 from memwarden.learning.eval_report import FILE, EvalReport, ExportCheck, Losses, Recall
-from memwarden.learning.promotion import judge
+from memwarden.learning.promotion import Gate, judge
 
 
 def report(**changes) -> EvalReport:
-    base = EvalReport("r1", "alice", "lora", 24, "/runs/r1/final", Losses(2.0, 1.5, 1.0, 1.01), tokens_per_s=812.5,
+    base = EvalReport("r1", "alice", "lora", 24, "/runs/r1/final", Losses(2.0, 1.5, 1.0, 1.01, 1.2, 1.21),
+                      tokens_per_s=812.5, stopped_early=True,
                       lr=3e-3, fisher="/runs/r1/final/fisher.safetensors", fisher_samples=64,
                       fisher_combined_with_prior=True, export=ExportCheck(False, ("no adapter_config.json",)),
                       recall=Recall(40, 36, 0.95, 40, 30, 0.9), probe_recall_before=Recall(20, 18, 0.9),
@@ -36,7 +37,7 @@ def test_an_older_report_with_fewer_keys_still_reads():
     old = {"run_id": "r1", "adapter": "alice", "method": "lora", "step": 8, "final_dir": "/f",
            "eval": {"holdout_loss_before": 2.0, "holdout_loss_after": 1.0}, "unknown_later_key": 1}
     r = EvalReport.from_dict(old)
-    assert r.eval == Losses(2.0, 1.0, None, None) and r.export == ExportCheck() and r.tokens_per_s is None
+    assert r.eval == Losses(2.0, 1.0) and not r.stopped_early and r.export == ExportCheck() and r.tokens_per_s is None
     assert r.recall == Recall() and r.recall.fraction is None and r.judged()["recall"] is None
     assert r.judged()["recall_heldout"] is None and r.judged()["recall_heldout_memories"] == 0
     assert Recall.from_dict({"memories": 4, "recalled": 3, "token_accuracy": 0.5}) == Recall(4, 3, 0.5)
@@ -50,7 +51,8 @@ def test_a_report_without_its_identity_is_refused():
 def test_judged_is_what_promotion_reads():
     ev = report().judged()
     assert ev == {"holdout_loss_before": 2.0, "holdout_loss_after": 1.5, "probe_loss_before": 1.0,
-                  "probe_loss_after": 1.01, "tokens_per_s": 812.5, "step": 24, "fisher_combined_with_prior": True,
+                  "probe_loss_after": 1.01, "general_loss_before": 1.2, "general_loss_after": 1.21,
+                  "tokens_per_s": 812.5, "step": 24, "stopped_early": True, "fisher_combined_with_prior": True,
                   "recall": 0.9, "recall_recalled": 36, "recall_memories": 40, "recall_token_accuracy": 0.95,
                   "recall_heldout": 0.75, "recall_heldout_recalled": 30, "recall_heldout_memories": 40,
                   "recall_heldout_token_accuracy": 0.9,
@@ -58,7 +60,8 @@ def test_judged_is_what_promotion_reads():
                   "probe_recall_before_memories": 20, "probe_recall_before_token_accuracy": 0.9,
                   "probe_recall_after": 0.85, "probe_recall_after_recalled": 17,
                   "probe_recall_after_memories": 20, "probe_recall_after_token_accuracy": 0.88}
-    assert judge(ev, 0.05).promote and not judge(report(eval=Losses(2.0, 2.0)).judged(), 0.05).promote
+    assert judge(ev, Gate()).promote
+    assert not judge(report(recall=Recall(40, 35, 0.9)).judged(), Gate()).promote
 
 
 def test_the_module_needs_no_torch():

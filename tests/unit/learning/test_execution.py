@@ -65,12 +65,13 @@ async def test_the_dry_run_goes_first_once_then_the_real_run(make, store, tmp_pa
     assert (out / "dry_run.ok").exists() and not (out / "dry").exists()
 
 
-async def test_a_run_that_did_not_learn_is_rejected_and_makes_no_version(make, store):
-    sup, _ = make(Script(holdout_after=2.5))
+async def test_a_run_that_did_not_recall_is_rejected_and_makes_no_version(make, store):
+    sup, _ = make(Script(recalled=30))
     remember(store)
     sup.start("alice")
     run = await finished(sup)
-    assert run["state"] == "rejected" and "did not improve" in run["reason"]
+    assert run["state"] == "rejected"
+    assert run["reason"] == "recalled 30/40 (75%) of this run's memories, below learning.min_recall 90%"
     assert sup.status()["versions"] == []
     assert store.unconsolidated_importance()["alice"]["count"] == 10
 

@@ -34,9 +34,9 @@ def test_past_the_wait_with_the_fallback_the_run_goes_to_the_cpu(make_config):
 
 
 def test_a_cpu_run_that_would_cross_the_ram_warning_level_is_held_with_its_reason(make_config):
-    config = make_config({"gpu_wait": "0s", "cpu_fallback": True})
+    config = make_config({"gpu_wait": "0s", "cpu_fallback": True, "micro_batch": 4})
     # 16 GiB host, 85 % warns: 12.6 GiB used + 1 GiB of weights + 1/4 GiB of activations at a micro-batch of 1
-    # (a quarter of the default 4) = 86.6 %.
+    # (a quarter of 4) = 86.6 %.
     d = decide(WAIT, 100.0, config, host(12.6), 2 * GiB)
     assert d.action == "held"
     assert "87%" in d.reason and "85% warning level" in d.reason

@@ -21,11 +21,16 @@ def test_a_valid_spec_passes(spec):
 
 
 def test_recall_settings_and_file_are_checked(spec, tmp_path):
-    bad = replace(spec, recall_file=str(tmp_path / "gone.jsonl"),
-                  hyper=Hyper(recall_sample=-1, recall_max_new_tokens=0))
+    bad = replace(spec, recall_file=str(tmp_path / "gone.jsonl"), general_file=str(tmp_path / "no-probe.jsonl"),
+                  hyper=Hyper(recall_sample=-1, recall_max_new_tokens=0, recall_every=-1, recall_check_sample=0,
+                              min_recall=1.5))
     with pytest.raises(GiveUp) as err:
         validate(bad)
     message = str(err.value)
     assert "recall_file" in message and "gone.jsonl" in message
+    assert "general_file" in message and "no-probe.jsonl" in message
     assert "hyper.recall_sample must be an integer ≥ 0" in message
     assert "hyper.recall_max_new_tokens must be an integer ≥ 1" in message
+    assert "hyper.recall_every must be an integer ≥ 0" in message
+    assert "hyper.recall_check_sample must be an integer ≥ 1" in message
+    assert "hyper.min_recall must be in [0, 1], got 1.5" in message

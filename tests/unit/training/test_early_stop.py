@@ -1,0 +1,67 @@
+"""recall.EarlyStop: when a run checks its recall, what it decodes, and when it stops (a fake meter: no model)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("torch")
+
+from memwarden.learning.eval_report import Recall
+from memwarden.training.recall import EarlyStop
+
+
+class Meter:
+    """Recalls the items in `known`; remembers which sets it was asked to decode."""
+
+    def __init__(self, known: set[str]):
+        self.known = known
+        self.calls: list[list[str]] = []
+
+    def measure(self, items: list[str]) -> Recall:
+        self.calls.append(list(items))
+        return Recall(len(items), sum(i in self.known for i in items), 1.0)
+
+
+ITEMS = [f"m{i}" for i in range(10)]
+
+
+def stop(meter: Meter, target: float = 0.9, every: int = 5, check: int = 4) -> EarlyStop:
+    return EarlyStop(meter, ITEMS, target, every, check, seed=42)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("target, every, items, due", [(0.9, 5, ITEMS, [5, 10]), (0.0, 5, ITEMS, []),
+                                                       (0.9, 0, ITEMS, []), (0.9, 5, [], [])])
+def test_a_check_is_due_every_n_steps_only_with_a_target_and_memories(target, every, items, due):
+    early = EarlyStop(Meter(set()), items, target, every, 4, seed=42)  # type: ignore[arg-type]
+    assert [s for s in range(1, 12) if early.due(s)] == due
+
+
+def test_a_sample_short_of_the_target_decodes_the_sample_alone():
+    meter = Meter(set())
+    early = stop(meter)
+    assert len(early.sample) == 4 and set(early.sample) <= set(ITEMS)
+    reached, measured = early.reached(5)
+    assert not reached and measured == Recall(4, 0, 1.0) and meter.calls == [early.sample]
+
+
+def test_a_sample_at_the_target_then_needs_every_memory():
+    sample = stop(Meter(set())).sample  # the seeded choice is the same for the same seed
+    meter = Meter(set(sample))
+    early = stop(meter)
+    reached, measured = early.reached(5)
+    assert not reached and measured == Recall(10, 4, 1.0) and meter.calls == [sample, ITEMS]
+    assert early.final_recall(6) == Recall(10, 4, 1.0) and len(meter.calls) == 3  # a later step: measured again
+
+
+def test_every_memory_at_the_target_stops_and_is_the_final_recall():
+    meter = Meter(set(ITEMS[:9]) | set(stop(Meter(set())).sample))
+    early = stop(meter)
+    reached, measured = early.reached(10)
+    assert reached and measured.recalled >= 9 and measured.memories == 10
+    assert early.final_recall(10) is measured and len(meter.calls) == 2  # no second decoding of the same step
+
+
+def test_a_sample_as_large_as_the_set_is_decoded_once():
+    meter = Meter(set(ITEMS))
+    early = stop(meter, check=50)
+    assert early.reached(5) == (True, Recall(10, 10, 1.0)) and meter.calls == [ITEMS]
