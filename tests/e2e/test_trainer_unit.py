@@ -70,8 +70,9 @@ def training(machine: Machine) -> Machine:
     why = lend_train_extra(machine)
     if why:
         pytest.skip(why)
-    machine.run_in_unit("/usr/bin/memwardenctl", "model", "init-demo", BASE, env={"HF_HUB_OFFLINE": "1"},
-                        timeout=300)
+    # Unpretrained: these runs test the unit's machinery with the recall gate off (tiny_learning), not recall.
+    machine.run_in_unit("/usr/bin/memwardenctl", "model", "init-demo", BASE, "--pretrain-steps", "0",
+                        env={"HF_HUB_OFFLINE": "1"}, timeout=300)
     return machine
 
 
