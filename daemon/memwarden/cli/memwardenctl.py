@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import math
 import os
@@ -255,10 +256,12 @@ def _steps(text: str) -> int:
 
 def init_demo(directory: Path, pretrain_steps: int | None) -> int:
     """Build the demo base model in this process's Python (it needs the `train` extra: torch, tokenizers)."""
+    # The train extra is checked for before anything is said or written, without importing it here.
+    missing = [name for name in ("torch", "tokenizers", "transformers") if importlib.util.find_spec(name) is None]
+    if missing:
+        return fail(f"model init-demo needs the train extra (no {', '.join(missing)}); install it with: "
+                    "sudo memwardenctl setup training")
     try:
-        import tokenizers  # noqa: F401 - the train extra is there before anything is said or written
-        import torch  # noqa: F401
-
         from memwarden.training.demo_model import DEFAULT_PRETRAIN_STEPS, build_demo_model
 
         steps = DEFAULT_PRETRAIN_STEPS if pretrain_steps is None else pretrain_steps

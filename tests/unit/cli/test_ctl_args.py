@@ -3,6 +3,8 @@ taken verbatim, help that exits 0 and mistakes that exit 2 with one line."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
 from memwarden.cli import lease, memwardenctl
@@ -131,3 +133,12 @@ def test_init_demo_takes_its_pretraining_steps_and_refuses_a_negative_count(caps
     assert parsed("model", "init-demo", "base", "--pretrain-steps", "0").pretrain_steps == 0
     assert "0 or more, got '-3'" in usage_error(capsys, "model", "init-demo", "base", "--pretrain-steps", "-3")
     assert "got 'many'" in usage_error(capsys, "model", "init-demo", "base", "--pretrain-steps", "many")
+
+
+def test_init_demo_without_the_train_extra_says_how_to_get_it_and_writes_nothing(monkeypatch, tmp_path, capsys):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    assert memwardenctl.init_demo(tmp_path / "base", 0) == 1
+    err = capsys.readouterr().err
+    assert "needs the train extra (no torch)" in err and "memwardenctl setup training" in err
+    assert not (tmp_path / "base").exists()
