@@ -31,6 +31,7 @@ class Ticket:
     waited: float = 0.0
     loading: bool = False  # its send started its model's load, until answered
     making_room: bool = False  # ... and its admission (the arbiter evicting for it) is under way
+    started_load: bool = False  # its send started its model's load (kept after the answer)
     _done: bool = field(default=False, repr=False)
 
 
@@ -75,7 +76,7 @@ class RequestQueue:
     def _ticket(self, send: coalesce.Send) -> Ticket:
         loader = send.key in self._loaders
         self._loaders.discard(send.key)
-        return Ticket(send.model, send.reason, send.waited, loading=loader, making_room=loader)
+        return Ticket(send.model, send.reason, send.waited, loading=loader, making_room=loader, started_load=loader)
 
     def admitted(self, ticket: Ticket) -> None:
         """The request's admission is over (room made, or refused): the resident set is true again."""

@@ -256,7 +256,9 @@ class OllamaProxy:
             await error_answer(writer, 502, f"memwarden proxy: Ollama at {self.upstream_url} unreachable: {exc}",
                                close=True)
             return False
-        if model is not None and outcome.status == 200:  # the load time the eviction policy weighs
+        # The load time the eviction policy weighs, from an answer whose request loaded its model: a resident
+        # model's answers report milliseconds, which are no load.
+        if model is not None and outcome.status == 200 and ticket is not None and ticket.started_load:
             ns = reported_load_ns(outcome.tail)
             if ns is not None:
                 self.arbiter.note_answer(model, {"load_duration": ns})

@@ -141,3 +141,14 @@ async def test_answered_ends_a_load_so_the_next_swap_may_start():
     await settle()
     assert sent == ["b", "c"]
     await c.done()
+
+
+async def test_only_the_request_that_started_its_models_load_is_marked_so_after_its_answer_too():
+    queue, _ = make({"hot"})
+    async with queue.slot("cold") as loader:
+        queue.admitted(loader)
+        queue.answered(loader)
+        assert loader.started_load and not loader.loading, "its answer's load_duration is a load time"
+    async with queue.slot("hot") as resident:
+        queue.answered(resident)
+        assert not resident.started_load, "a resident model's answer reports no load"
