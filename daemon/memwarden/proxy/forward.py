@@ -145,6 +145,11 @@ async def forward(upstream: Upstream, method: str, target: str, headers: list[tu
             first = await conn.reader.readexactly(up_length)  # a small whole answer leaves in one write
             pieces = None
             tail = first[-TAIL_BYTES:]
+        elif relay is not None and pieces is not None:
+            # The head leaves with the first piece, as Ollama sends them (Go's net/http writes the head at the
+            # first flush): one write and one wake-up of the client fewer before its first streamed line.
+            first = await anext(pieces, b"")
+            tail = first[-TAIL_BYTES:]
         await _to_client(writer, conn, head + first)
         if pieces is not None:
             async for data in pieces:  # Ollama's side breaking raises here, the client's in _to_client

@@ -18,10 +18,12 @@ class Sink:
 
     def __init__(self) -> None:
         self.data = bytearray()
+        self.writes: list[bytes] = []
         self.wrote = asyncio.Event()
 
     def write(self, data: bytes) -> None:
         self.data += data
+        self.writes.append(bytes(data))
         self.wrote.set()
 
     async def drain(self) -> None:
@@ -81,6 +83,8 @@ async def test_a_chunked_answer_reaches_the_client_chunk_by_chunk():
             sink.wrote.clear()
             await asyncio.wait_for(sink.wrote.wait(), 5)
         assert b'{"b"}' not in sink.data and not task.done()
+        assert sink.writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and sink.writes[0].endswith(b"6\r\n{\"a\"}\n\r\n"), \
+            "the head leaves with the first chunk that came with it, in one write"
         second.set()
         outcome = await asyncio.wait_for(task, 5)
     assert outcome.status == 200 and outcome.keep_alive
