@@ -173,3 +173,19 @@ async def test_a_streamed_answers_tail_holds_its_final_object_however_long_the_a
                                                  True, True), 5)
     assert len(outcome.tail) <= TAIL_BYTES
     assert reported_load_ns(outcome.tail) == 250_000_000
+
+
+async def test_an_answer_that_breaks_before_any_of_it_is_passed_on_is_upstream_failed():
+    """Its head waits for its first piece, so when Ollama breaks off in between the client has been told nothing
+    and can be answered 502, not left with a connection cut after a 200."""
+
+    async def head_then_hang_up(head, body, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async with Upstream1(head_then_hang_up) as up:
+        sink = Sink()
+        with pytest.raises(UpstreamFailed):
+            await forward(Upstream(up.url), "POST", "/api/generate", [], b"{}", 2, sink, True, True)
+        assert sink.data == b""
