@@ -11,6 +11,8 @@ Targets, in the same run, taking turns in blocks so drift hits them alike:
   direct        the double itself (the baseline every ratio is taken against);
   memwarden     memwardend's proxy (the coalescing queue, admission's hit path, then a pooled raw forward);
   aiohttp fwd   a bare aiohttp pass-through proxy (same interpreter, no admission): what the extra hop alone costs;
+  relay         a bare asyncio-streams relay (same interpreter, no checks, heads passed on unchanged): the floor
+                of the design memwarden's proxy is built on;
   (each with the CPU time its server process spent per timed request, read from /proc: a figure the machine's
   load disturbs far less than latency; memwardend's includes its 1 s sample passes)
   BASTION       bastion-broker 0.6.0 (FastAPI) in front of the same double, from a separate venv (--bastion), with
@@ -90,6 +92,51 @@ async def main(port, upstream):
 asyncio.run(main(int(sys.argv[1]), sys.argv[2]))
 """
 
+# The least an asyncio-streams hop can do: the head read to its end, the body by Content-Length, both passed on
+# unchanged over one pooled connection; a chunked answer relayed chunk by chunk. No checks, no filtering: the
+# floor of the design memwarden's proxy is built on, in the same interpreter.
+STREAMS_RELAY = r"""
+import asyncio, sys
+
+def length(head):
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            return int(line[15:])
+    return None
+
+async def main(port, up_port):
+    pool = []
+
+    async def serve(reader, writer):
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                n = length(head)
+                body = await reader.readexactly(n) if n else b""
+                up_r, up_w = pool.pop() if pool else await asyncio.open_connection("127.0.0.1", up_port)
+                up_w.write(head + body)
+                answer = await up_r.readuntil(b"\r\n\r\n")
+                n = length(answer)
+                if n is not None:
+                    writer.write(answer + await up_r.readexactly(n))
+                else:
+                    writer.write(answer)
+                    while True:
+                        size = await up_r.readuntil(b"\r\n")
+                        data = await up_r.readexactly(int(size, 16) + 2)
+                        writer.write(size + data)
+                        if size == b"0\r\n":
+                            break
+                pool.append((up_r, up_w))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    await asyncio.start_server(serve, "127.0.0.1", port)
+    await asyncio.Event().wait()
+
+asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
+"""
+
 # Its default 0.1 s pause between two dispatches of one scheduler tick is what a request waits at its defaults
 # (found by trial: loop_interval_seconds and cooldown_seconds at 0 change nothing, this alone removes it).
 BASTION_TUNED = {"concurrent_dispatch_delay_seconds": 0.0}
@@ -135,14 +182,14 @@ def bastion(binary: str, double_port: int, tuned: bool, stack: contextlib.ExitSt
     yield port
 
 
-def start_forwarder(upstream: str, stack: contextlib.ExitStack, pids: dict[str, int]) -> int:
+def start_forwarder(name: str, source: str, upstream: str, stack: contextlib.ExitStack, pids: dict[str, int]) -> int:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", FORWARDER, str(port), upstream], stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-c", source, str(port), upstream], stdin=subprocess.DEVNULL)
     stack.callback(kill_process, proc)
-    wait_until(lambda: proc.poll() is not None or http_ready(port), 20, "the aiohttp forwarder")
+    wait_until(lambda: proc.poll() is not None or http_ready(port), 20, LABELS[name])
     if proc.poll() is not None:
-        raise RuntimeError(f"the aiohttp forwarder exited with {proc.returncode}")
-    pids["forwarder"] = proc.pid
+        raise RuntimeError(f"{LABELS[name]} exited with {proc.returncode}")
+    pids[name] = proc.pid
     return port
 
 
@@ -228,7 +275,8 @@ def stats(values: list[float]) -> dict[str, Any]:
 
 
 LABELS = {"direct": "direct to the double (baseline)", "memwarden": "memwarden proxy",
-          "forwarder": "bare aiohttp forwarder", "bastion": "BASTION 0.6.0, defaults",
+          "forwarder": "bare aiohttp forwarder", "relay": "bare asyncio-streams relay (no checks)",
+          "bastion": "BASTION 0.6.0, defaults",
           "bastion_tuned": "BASTION 0.6.0, dispatch delay 0"}
 
 
@@ -278,7 +326,8 @@ def main() -> int:
         assert world.proxy_port is not None
         pids = {"direct": world.double.pid, "memwarden": world.daemon.pid}
         targets = {"direct": world.double.port, "memwarden": world.proxy_port,
-                   "forwarder": start_forwarder(world.double.url, stack, pids)}
+                   "forwarder": start_forwarder("forwarder", FORWARDER, world.double.url, stack, pids),
+                   "relay": start_forwarder("relay", STREAMS_RELAY, str(world.double.port), stack, pids)}
         for key, tuned in (("bastion", False), ("bastion_tuned", True)):
             if not args.bastion:
                 results["bastion"][key] = "skipped (--bastion '')"

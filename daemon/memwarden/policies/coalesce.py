@@ -80,6 +80,17 @@ class Plan:
                 "swap": self.swap, "held": self.held, "held_by": self.held_by, "in_flight": self.in_flight}
 
 
+def goes_alone(model: str, in_flight: Mapping[str, int], total: int, resident: bool, loading: Collection[str],
+               limits: Limits, making_room: bool = False) -> bool:
+    """Whether plan() would send a request for `model`, arriving at an empty queue, at once as `resident`: the
+    proxy's common case, answered without building a queue and a plan. `total` is the sum of `in_flight`.
+    False whenever the plan could say anything else (it is then asked)."""
+    if making_room or not resident or model in loading or total >= limits.total or not limits.max_wait > 0:
+        return False
+    # With no load under way nothing can be reordered around it: num_parallel holds nothing back (rule 2).
+    return not loading or in_flight.get(model, 0) < max(1, limits.per_model)
+
+
 def plan(queue: Sequence[Queued], in_flight: Mapping[str, int], resident: Collection[str],
          loading: Collection[str], now: float, limits: Limits, making_room: bool = False,
          free: Collection[str] = ()) -> Plan:

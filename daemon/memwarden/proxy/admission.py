@@ -48,9 +48,14 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"invalid JSON value {name}")  # NaN, Infinity: Python reads them, Go refuses them
 
 
+# One decoder for every request: json.loads given any option builds a new one per call, which cost more than
+# the parse of a prompt.
+_JSON = json.JSONDecoder(parse_constant=_no_constants)
+
+
 def read_request(path: str, raw: bytes | bytearray) -> ModelRequest:
     try:
-        body = json.loads(raw, parse_constant=_no_constants)
+        body = _JSON.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))  # as json.loads reads bytes
     except (ValueError, RecursionError) as exc:
         return ModelRequest(None, refused=f"invalid JSON: {str(exc)[:120]}")
     if not isinstance(body, dict):

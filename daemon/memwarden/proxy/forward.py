@@ -138,13 +138,20 @@ async def forward(upstream: Upstream, method: str, target: str, headers: list[tu
         out.append(("Connection", "close"))
     start = f"HTTP/1.1 {resp.start[1]} {resp.start[2]}".encode("latin-1")
     head = start + http.encode_head("", out)
-    tail = b""
+    first = b""
     try:
-        first = b""
         if up_length is not None and pieces is not None and up_length <= http.READ_SIZE:
             first = await conn.reader.readexactly(up_length)  # a small whole answer leaves in one write
             pieces = None
-            tail = first[-TAIL_BYTES:]
+        elif relay is not None and pieces is not None:
+            # The head leaves with the first piece, as Ollama sends them (Go's net/http writes the head at the
+            # first flush): one write and one wake-up of the client fewer before its first streamed line.
+            first = await anext(pieces, b"")
+    except (OSError, asyncio.IncompleteReadError, http.BadMessage) as exc:  # nothing has reached the client
+        conn.close()
+        raise UpstreamFailed(f"answer broken before it began: {exc!r}"[:200]) from None
+    tail = first[-TAIL_BYTES:]
+    try:
         await _to_client(writer, conn, head + first)
         if pieces is not None:
             async for data in pieces:  # Ollama's side breaking raises here, the client's in _to_client

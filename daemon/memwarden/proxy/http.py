@@ -10,6 +10,7 @@ Transfer-Encoding, a Transfer-Encoding other than chunked, a bad length) is refu
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -142,6 +143,11 @@ async def body(reader: asyncio.StreamReader, length: int | None, chunked: bool,
             yield data
 
 
+# A chunk-size line as Ollama writes it (hex digits, CRLF), read in one match; any other line takes the general
+# path, which reads it the same way when it is valid.
+_PLAIN_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})\r\n")
+
+
 class ChunkedRelay:
     """A chunked body in its own framing, passed on in whatever pieces arrive: each piece is parsed only for
     where its chunks begin and end (to know where the body ends), never split or copied apart. A streamed answer
@@ -170,6 +176,15 @@ class ChunkedRelay:
                     step = min(need, n - i)
                     i += step
                     need -= step
+                    continue
+                if not line and not trailers and (plain := _PLAIN_SIZE.match(data, i)) is not None:
+                    size = int(plain.group(1), 16)
+                    if not size:
+                        i, trailers = plain.end(), True
+                        continue
+                    i = plain.end() + size + 2  # past its data and CRLF, or to the end of what came
+                    if i > n:
+                        need, i = i - n, n
                     continue
                 j = data.find(b"\n", i)
                 if j < 0:

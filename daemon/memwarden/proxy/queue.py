@@ -3,17 +3,16 @@
 `RequestQueue.slot(model)` is an async context manager: it returns once the request may go to Ollama, and its
 exit gives the slot back. Each change (a request queued, one answered or finished, a deadline reached) asks the
 policy for a plan and carries it out; a request the policy sends on its own is woken, and a timer wakes the
-queue when the oldest held request becomes overdue. An uncontended request costs one plan over a queue of one
-and never leaves the loop.
+queue when the oldest held request becomes overdue. A request for a resident model that finds the queue empty
+goes at once on the policy's word for that case (coalesce.goes_alone), with no plan built and no future made.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from memwarden.logs import get_logger
@@ -52,15 +51,22 @@ class RequestQueue:
         self.making_room = 0  # loads whose admission is under way
         self._timer: asyncio.TimerHandle | None = None
 
-    @contextlib.asynccontextmanager
-    async def slot(self, model: str) -> AsyncIterator[Ticket]:
-        ticket = await self._wait(model)
-        try:
-            yield ticket
-        finally:
-            self.finished(ticket)
+    def slot(self, model: str) -> Slot:
+        """`async with queue.slot(model) as ticket`: entered once the request may go, the slot given back on exit."""
+        return Slot(self, model)
 
-    async def _wait(self, model: str) -> Ticket:
+    def at_once(self, model: str) -> Ticket | None:
+        """The ticket of a request sent without queueing, when the policy says it goes alone; else None."""
+        if self.waiting:
+            return None
+        in_flight = self.in_flight
+        if not coalesce.goes_alone(model, in_flight, sum(in_flight.values()), self.resident(model), self.loading,
+                                   self.limits(), self.making_room > 0):
+            return None
+        in_flight[model] = in_flight.get(model, 0) + 1
+        return Ticket(model, coalesce.RESIDENT)
+
+    async def wait(self, model: str) -> Ticket:
         key = next(self._keys)
         future: asyncio.Future[coalesce.Send] = asyncio.get_running_loop().create_future()
         self.waiting[key] = (coalesce.Queued(key, model, self.clock()), future)
@@ -139,3 +145,23 @@ class RequestQueue:
             self._timer = None
         if at is not None:
             self._timer = asyncio.get_running_loop().call_later(max(0.0, at - now), self.decide)
+
+
+class Slot:
+    """A request's place in the queue, as an async context manager (a class: a generator-based one costs more
+    than the whole decision on the hit path)."""
+
+    __slots__ = ("model", "queue", "ticket")
+
+    def __init__(self, queue: RequestQueue, model: str):
+        self.queue = queue
+        self.model = model
+        self.ticket: Ticket | None = None
+
+    async def __aenter__(self) -> Ticket:
+        self.ticket = self.queue.at_once(self.model) or await self.queue.wait(self.model)
+        return self.ticket
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.ticket is not None:
+            self.queue.finished(self.ticket)

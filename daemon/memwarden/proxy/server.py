@@ -85,6 +85,43 @@ async def linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                 pass
 
 
+class IdleWatch:
+    """A client connection's limit on waiting for its next request head (IDLE_S), kept by one timer for the
+    connection's life, since a timeout around each head read would arm and cancel a timer per request. When the
+    limit passes with a head still awaited, the read raises TimeoutError."""
+
+    def __init__(self, limit_s: float):
+        self.loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
+        self.limit_s = limit_s
+        self.since: float | None = None  # when the wait for the next head began; None while a request is handled
+        self.expired = False
+        self._timer = self.loop.call_at(self.loop.time() + limit_s, self._check)
+
+    async def next_head(self, reader: asyncio.StreamReader) -> http.Head | None:
+        self.since = self.loop.time()
+        try:
+            return await http.read_head(reader)
+        except asyncio.CancelledError:
+            if not self.expired or self.task is None:
+                raise
+            self.task.uncancel()
+            raise TimeoutError from None
+        finally:
+            self.since = None
+
+    def _check(self) -> None:
+        now = self.loop.time()
+        if self.since is not None and now - self.since >= self.limit_s and self.task is not None:
+            self.expired = True
+            self.task.cancel()
+            return
+        self._timer = self.loop.call_at((now if self.since is None else self.since) + self.limit_s, self._check)
+
+    def close(self) -> None:
+        self._timer.cancel()
+
+
 class OllamaProxy:
     def __init__(self, arbiter: GpuArbiter, cfg: ProxyConfig, upstream: str):
         self.arbiter = arbiter
@@ -148,11 +185,11 @@ class OllamaProxy:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
+        idle = IdleWatch(IDLE_S)
         try:
             while True:
                 try:
-                    async with asyncio.timeout(IDLE_S):
-                        head = await http.read_head(reader)
+                    head = await idle.next_head(reader)
                 except http.BadMessage as exc:
                     await error_answer(writer, exc.status, f"memwarden proxy: {exc}", close=True)
                     break
@@ -163,6 +200,7 @@ class OllamaProxy:
         except Exception:  # one connection's failure never reaches the daemon
             log.exception("proxy connection failed")
         finally:
+            idle.close()
             self._writers.discard(writer)
             writer.close()
 

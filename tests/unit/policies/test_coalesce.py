@@ -13,6 +13,7 @@ from memwarden.policies.coalesce import (
     SWAP,
     Limits,
     Queued,
+    goes_alone,
     plan,
 )
 
@@ -199,3 +200,26 @@ def test_a_model_that_loads_into_room_to_spare_need_not_wait_for_resident_work()
 
     p = plan(q[2:3], {"hot": 1}, {"hot"}, set(), 1.0, LIMITS)  # a load that may evict waits as before
     assert p.send == () and p.held_by == RESIDENT_WORK
+
+
+def test_goes_alone_says_what_the_plan_says_of_a_lone_request():
+    """The queue's shortcut for a request that finds it empty: sent at once exactly when a plan over that one
+    request would send it as resident, in every state the plan reads."""
+    model = "a:1b"
+    checked = sent_alone = 0
+    for limits in (LIMITS, Limits(10.0, 2, 3), Limits(0.0, 1, 512), Limits(10.0, 0, 512)):
+        for mine in range(4):
+            for others in (0, 2):
+                in_flight = {k: n for k, n in ((model, mine), ("b:1b", others)) if n}
+                for resident in (True, False):
+                    for loading in (set(), {"b:1b"}, {model}):
+                        for making_room in (False, True):
+                            p = plan([Queued(0, model, 50.0)], in_flight, {model, "b:1b"} if resident else {"b:1b"},
+                                     loading, 50.0, limits, making_room)
+                            expected = sent(p) == [(0, model, RESIDENT)]
+                            got = goes_alone(model, in_flight, sum(in_flight.values()), resident, loading, limits,
+                                             making_room)
+                            assert got == expected, (limits, in_flight, resident, loading, making_room)
+                            checked += 1
+                            sent_alone += got
+    assert checked == 384 and 0 < sent_alone < checked

@@ -18,10 +18,12 @@ class Sink:
 
     def __init__(self) -> None:
         self.data = bytearray()
+        self.writes: list[bytes] = []
         self.wrote = asyncio.Event()
 
     def write(self, data: bytes) -> None:
         self.data += data
+        self.writes.append(bytes(data))
         self.wrote.set()
 
     async def drain(self) -> None:
@@ -81,6 +83,8 @@ async def test_a_chunked_answer_reaches_the_client_chunk_by_chunk():
             sink.wrote.clear()
             await asyncio.wait_for(sink.wrote.wait(), 5)
         assert b'{"b"}' not in sink.data and not task.done()
+        assert sink.writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and sink.writes[0].endswith(b"6\r\n{\"a\"}\n\r\n"), \
+            "the head leaves with the first chunk that came with it, in one write"
         second.set()
         outcome = await asyncio.wait_for(task, 5)
     assert outcome.status == 200 and outcome.keep_alive
@@ -169,3 +173,19 @@ async def test_a_streamed_answers_tail_holds_its_final_object_however_long_the_a
                                                  True, True), 5)
     assert len(outcome.tail) <= TAIL_BYTES
     assert reported_load_ns(outcome.tail) == 250_000_000
+
+
+async def test_an_answer_that_breaks_before_any_of_it_is_passed_on_is_upstream_failed():
+    """Its head waits for its first piece, so when Ollama breaks off in between the client has been told nothing
+    and can be answered 502, not left with a connection cut after a 200."""
+
+    async def head_then_hang_up(head, body, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async with Upstream1(head_then_hang_up) as up:
+        sink = Sink()
+        with pytest.raises(UpstreamFailed):
+            await forward(Upstream(up.url), "POST", "/api/generate", [], b"{}", 2, sink, True, True)
+        assert sink.data == b""

@@ -102,6 +102,24 @@ async def test_many_chunks_in_one_read_leave_in_one_piece_and_a_split_size_line_
     assert await anext(pieces) == b"4\r\n" + b"x" * 20 + b"\r\n0\r\n\r\n" and not relay.extra
 
 
+async def test_a_chunked_body_ends_in_the_same_place_however_its_reads_fall():
+    """Plain size lines (Ollama's) and every other valid form (an extension, upper case, leading zeros, a bare
+    LF, trailers): split in two reads at every byte, the relay passes the body whole and stops at its end."""
+    chunks = [b"a" * 20, b"b" * 0x1F, b"{}\n", b"c" * 300]
+    body = (b"%x\r\n%s\r\n" % (len(chunks[0]), chunks[0]) + b"1F\r\n" + chunks[1] + b"\r\n"
+            + b"3;x=y\r\n" + chunks[2] + b"\r\n" + b"0000000000000000012c\n" + chunks[3] + b"\r\n"
+            + b"0\r\nX-T: 1\r\n\r\n")
+    for cut in range(1, len(body)):
+        r = asyncio.StreamReader()
+        relay = http.ChunkedRelay(r)
+        pieces = aiter(relay)
+        r.feed_data(body[:cut])
+        got = [await anext(pieces)]
+        r.feed_data(body[cut:] + b"NEXT")
+        got += [piece async for piece in pieces]
+        assert b"".join(got) == body and relay.extra, cut
+
+
 async def test_an_answer_cut_short_is_an_error_not_an_end():
     with pytest.raises(asyncio.IncompleteReadError):
         await collect(aiter(http.ChunkedRelay(reader_of(b"5\r\nhel"))))
