@@ -225,10 +225,12 @@ class RayJob:
         exited.cancel()
         if self._watch.done():
             info = self._watch.result()
-            try:
-                await asyncio.wait_for(asyncio.shield(self._tail), TAIL_GRACE)
-            except TimeoutError:
-                self._tail.cancel()
+            # The log lags the status: its exit line (every chunk is before it) or, if the job ended without one,
+            # the log's own end.
+            exited = asyncio.get_running_loop().create_task(self._exited.wait())
+            await asyncio.wait({self._tail, exited}, timeout=TAIL_GRACE, return_when=asyncio.FIRST_COMPLETED)
+            exited.cancel()
+            self._tail.cancel()
         else:
             self._watch.cancel()
             info = JobInfo(self.job_id, "EXITED", self.node, self.said, "")
