@@ -3,7 +3,9 @@
 A two-node Ray cluster on this machine (tests/support/ray_cluster.py: a head without the resource, a worker
 with `trainer_gpu`, one CPU each, in a loopback-only network namespace). The same JobSpec (the default demo
 Llama from `memwardenctl model init-demo`, LoRA r 4, micro_batch 2 × grad_accum 1, max_seq_len 64, --steps
-steps, a checkpoint every 4) is run --reps times by each executor, alternating, each rep a fresh run id, timed
+steps, a checkpoint every 4, one torch thread: the worker is a one-CPU node, and a trainer with a thread per core
+on a loaded machine trains several times slower, which would be measured instead of the executor) is run --reps
+times by each executor, alternating, each rep a fresh run id, timed
 from `start()` to `wait()` returning (for Ray: submit, runtime_env set-up, the job, the adapter home and
 verified). Overhead = Ray's median − the subprocess median (goal ≤ +5 s).
 Bytes: the adapter files the daemon received against the run's output directory on the node at its largest
@@ -50,7 +52,7 @@ def spec(run: Path, base: Path, steps: int) -> JobSpec:
     return JobSpec(run.name, "alice", str(base), "lora", str(run), str(run / "train.jsonl"), str(run / "holdout.jsonl"),
                    hyper=Hyper(max_steps=steps, micro_batch=2, grad_accum=1, max_seq_len=64, warmup_steps=2, rank=4,
                                alpha=8, lr=3e-3, recall_sample=0),
-                   checkpoint_every_steps=4)
+                   checkpoint_every_steps=4, cpu_threads=1)
 
 
 async def one(executor, runs: Path, name: str, base: Path, steps: int, preempt: bool = False):
