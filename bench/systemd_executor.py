@@ -3,8 +3,8 @@
 Builds the .deb (`make deb`'s script), boots a Debian 12 container with systemd-nspawn (tests/support/nspawn.py,
 root needed), installs it, lends the package's venv this venv's train extra (tests/support/nspawn.py's
 lend_train_extra: the site-packages bound read-only, a .pth file in the machine only) and builds the demo base
-with the package's memwardenctl. Inside the machine, as root in a transient unit (Machine.run_in_unit), the
-package's interpreter runs the same JobSpec
+with the package's memwardenctl (or binds the one --base names, read-only). Inside the machine, as root in a
+transient unit (Machine.run_in_unit), the package's interpreter runs the same JobSpec
 (the default demo Llama, LoRA r 4, micro_batch 2 × grad_accum 1, max_seq_len 64, --steps steps, a checkpoint
 every 4) --reps times by each executor, alternating, each rep a fresh run id, timed from `start()` to `wait()`
 returning. For systemd that is D-Bus (SetUnitProperties for MemoryMax, StartUnit), the unit's own start and
@@ -125,12 +125,14 @@ def measure(args: Any) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="mwbench-systemd-") as tmp:
         deb = build_deb(REPO, Path(tmp))
-        with installed(deb, train_binds()) as m:
+        binds = [*train_binds(), *([(args.base.resolve(), BASE)] if args.base else [])]
+        with installed(deb, binds) as m:
             why = lend_train_extra(m)
             if why:
                 raise SystemExit(f"cannot run: {why}")
-            m.run_in_unit("/usr/bin/memwardenctl", "model", "init-demo", BASE, env={"HF_HUB_OFFLINE": "1"},
-                          timeout=300)
+            if args.base is None:
+                m.run_in_unit("/usr/bin/memwardenctl", "model", "init-demo", BASE, env={"HF_HUB_OFFLINE": "1"},
+                              timeout=300)
             m.write("/tmp/bench.py", INSIDE)
             before = cpu_pressure()
             out = m.run_in_unit("/opt/memwarden/bin/python", "/tmp/bench.py", BASE, str(args.steps),
@@ -148,6 +150,7 @@ if __name__ == "__main__":
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--steps", type=int, default=24)
+    p.add_argument("--base", type=Path, help="a demo base already built on the host, bound read-only into the machine")
     args = p.parse_args()
     why = missing_means()
     if why:

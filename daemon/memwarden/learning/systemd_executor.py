@@ -263,9 +263,10 @@ class SystemdExecutor:
     async def forget(self, request: JobRequest) -> None:
         """The phase's last unit is taken care of without being watched: not found again, reset if it failed."""
         self._launch_file(request).unlink(missing_ok=True)
-        state = await self.manager.state(unit_name(request.spec.run_id))
+        unit = unit_name(request.spec.run_id)
+        state = await self.manager.state(unit)
         if state is not None and state.active_state == "failed":
-            await self.manager.reset_failed(unit_name(request.spec.run_id))
+            await self.manager.reset_failed(unit)
 
     async def stop_orphans(self) -> None:
         """Nothing to stop: a trainer unit outlives the daemon on purpose and is adopted by its run."""
