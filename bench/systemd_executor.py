@@ -3,15 +3,17 @@
 Builds the .deb (`make deb`'s script), boots a Debian 12 container with systemd-nspawn (tests/support/nspawn.py,
 root needed), installs it, lends the package's venv this venv's train extra (tests/support/nspawn.py's
 lend_train_extra: the site-packages bound read-only, a .pth file in the machine only) and builds the demo base
-with the package's memwardenctl. Inside the machine, as root in a transient unit (Machine.run_in_unit), the
-package's interpreter runs the same JobSpec
+with the package's memwardenctl (or binds the one --base names, read-only). Inside the machine, as root in a
+transient unit (Machine.run_in_unit), the package's interpreter runs the same JobSpec
 (the default demo Llama, LoRA r 4, micro_batch 2 × grad_accum 1, max_seq_len 64, --steps steps, a checkpoint
 every 4) --reps times by each executor, alternating, each rep a fresh run id, timed from `start()` to `wait()`
 returning. For systemd that is D-Bus (SetUnitProperties for MemoryMax, StartUnit), the unit's own start and
 unit_entry's interpreter, the trainer at the unit's Nice=10 and CPUWeight=20, and the executor's poll of the
 unit's state; for subprocess, the trainer as the bench's child, lowering its own priority by 10 (JobSpec.nice)
 so that both trainers run at the same nice (on a host with cgroup v1 the machine's systemd applies no CPUWeight,
-so the nice is all the priority there is). Overhead = systemd's median − the subprocess median (goal ≤ +0.5 s).
+so the nice is all the priority there is). Overhead = systemd's median − the subprocess median (goal ≤ +0.5 s);
+beside it, on a machine whose load swings from run to run, the paired differences (systemd's run − the
+subprocess run just before it: min and median) and the difference of the two fastest runs.
 Preemption latency: a run of 100000 steps, preempted after its first checkpoint; `preempt()` → `wait()`
 returning with 75 (the supervisor releases the lease right after it), for each executor.
 """
@@ -19,6 +21,7 @@ returning with 75 (the supervisor releases the lease right after it), for each e
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -122,19 +125,24 @@ def measure(args: Any) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="mwbench-systemd-") as tmp:
         deb = build_deb(REPO, Path(tmp))
-        with installed(deb, train_binds()) as m:
+        binds = [*train_binds(), *([(args.base.resolve(), BASE)] if args.base else [])]
+        with installed(deb, binds) as m:
             why = lend_train_extra(m)
             if why:
                 raise SystemExit(f"cannot run: {why}")
-            m.run_in_unit("/usr/bin/memwardenctl", "model", "init-demo", BASE, env={"HF_HUB_OFFLINE": "1"},
-                          timeout=300)
+            if args.base is None:
+                m.run_in_unit("/usr/bin/memwardenctl", "model", "init-demo", BASE, env={"HF_HUB_OFFLINE": "1"},
+                              timeout=300)
             m.write("/tmp/bench.py", INSIDE)
             before = cpu_pressure()
             out = m.run_in_unit("/opt/memwarden/bin/python", "/tmp/bench.py", BASE, str(args.steps),
                                 str(args.reps), env={"HF_HUB_OFFLINE": "1"}, timeout=SETUP_TIMEOUT).stdout
             after = cpu_pressure()
     r = json.loads(out.strip().splitlines()[-1])
-    return {**r, "steps": args.steps, "reps": args.reps, "cpu_pressure_before": before, "cpu_pressure_after": after}
+    paired = sorted(b - a for a, b in zip(r["times_s"]["subprocess"], r["times_s"]["systemd"], strict=True))
+    return {**r, "paired_s": paired, "paired_min_s": paired[0], "paired_median_s": statistics.median(paired),
+            "fastest_s": {k: min(v) for k, v in r["times_s"].items()}, "steps": args.steps, "reps": args.reps,
+            "cpu_pressure_before": before, "cpu_pressure_after": after}
 
 
 if __name__ == "__main__":
@@ -142,6 +150,7 @@ if __name__ == "__main__":
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--steps", type=int, default=24)
+    p.add_argument("--base", type=Path, help="a demo base already built on the host, bound read-only into the machine")
     args = p.parse_args()
     why = missing_means()
     if why:
@@ -151,6 +160,10 @@ if __name__ == "__main__":
     r = measure(args)
     rows = [[f"run of {r['steps']} steps, median of {r['reps']} (s)", fmt(r["median_s"]["subprocess"], 2),
              fmt(r["median_s"]["systemd"], 2), f"{r['overhead_s']:+.2f} s"],
+            ["paired differences, min / median (s)", "", "",
+             f"{r['paired_min_s']:+.2f} / {r['paired_median_s']:+.2f} s"],
+            ["fastest run (s)", fmt(r["fastest_s"]["subprocess"], 2), fmt(r["fastest_s"]["systemd"], 2),
+             f"{r['fastest_s']['systemd'] - r['fastest_s']['subprocess']:+.2f} s"],
             ["preempt → trainer exited 75 (s)", fmt(r["preempt_s"]["subprocess"], 2),
              fmt(r["preempt_s"]["systemd"], 2),
              f"{r['preempt_s']['systemd'] - r['preempt_s']['subprocess']:+.2f} s"]]

@@ -129,3 +129,16 @@ class EvalReport:
     @staticmethod
     def read(out_dir: Path) -> EvalReport:
         return EvalReport.from_dict(json.loads((Path(out_dir) / FILE).read_text()))
+
+    @staticmethod
+    def finished(out_dir: Path, run_id: str) -> EvalReport | None:
+        """The report of run `run_id` if it finished in `out_dir` (final/ and its eval.json in place), else None.
+        eval.json is written last, after final/ is renamed into place, so its presence means the run is complete."""
+        out = Path(out_dir)
+        if not ((out / FILE).is_file() and (out / "final").is_dir()):
+            return None
+        try:
+            report = EvalReport.read(out)
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):  # torn or foreign: not a result
+            return None
+        return report if report.run_id == run_id else None

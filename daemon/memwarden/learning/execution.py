@@ -12,6 +12,8 @@ The state machine, recorded in the run's row (runs.py):
 - interrupted: the daemon is stopping (or the task was cancelled); it resumes after the restart;
 - a crash resumes from the last checkpoint, up to MAX_ATTEMPTS times, then the run is failed with the trainer's
   own error line;
+- a trainer an earlier daemon started is re-attached to if it runs, and its exit taken as if watched if it
+  ended unwatched (reattach.py): a finished run is judged, a failed one counts as an attempt;
 - done: `finish` (publisher.py) judges, promotes and exports.
 """
 
@@ -30,7 +32,7 @@ from typing import Any
 
 from memwarden.alerts.model import Condition
 from memwarden.config.schema import Config
-from memwarden.learning import augment, gpu_wait, leasing
+from memwarden.learning import augment, gpu_wait, leasing, reattach
 from memwarden.learning.executor import Executor, JobRequest
 from memwarden.learning.jobspec import EXIT_DONE, EXIT_PREEMPTED, JobSpec
 from memwarden.learning.leasing import Granted, Refused, TrainingLeases
@@ -301,8 +303,18 @@ class RunExecution:
         # The run's size as its lease is sized (weights as the method loads them, with activations) caps its RAM.
         request = JobRequest(phase.spec, phase.spec_file, out, lease.gpu if lease else None,
                              ram_bytes=leasing.lease_size(self.config))
-        # A trainer that outlived a daemon restart (a systemd unit) is re-attached to, never started twice.
-        job = (await self.executor.adopt(request, self._on_event)
+        # A trainer left by an earlier daemon is re-attached to, or its exit taken; never started twice.
+        found = reattach.Found(reattach.DRY if dry else reattach.RUN, await self.executor.find(request),
+                               not dry and reattach.adapter_home(out, run_id))
+        decision = reattach.decide(found)
+        if found.anything:
+            log.info(f"decision: the trainer {decision.action}", run=run_id, **decision.log_fields())
+        if decision.action == reattach.TAKE and decision.code is not None:
+            await self.executor.forget(request)
+            if decision.code != EXIT_DONE:  # the run's failure reason is its trainer's exit, as if watched
+                self._on_event({"event": "error", "message": decision.reason})
+            return decision.code
+        job = ((await self.executor.adopt(request, self._on_event) if decision.action == reattach.WATCH else None)
                or await self.executor.start(request, self._on_event))
         current.job, current.lease = job, lease
         self._record_placement(run_id, job)

@@ -2,8 +2,9 @@
 
 An Executor starts a JobSpec and hands back a Job: its progress arrives as events (jobspec.py) through the
 callback, `preempt()` asks it to checkpoint and stop (exit 75), `cancel()` stops it at once, `wait()` gives its
-exit code, `placement` says where it runs. `adopt()` re-attaches to the job of a request that is still running
-after a daemon restart (None: there is none, or the executor cannot keep a job across restarts).
+exit code, `placement` says where it runs. Before a phase starts, `find()` reports what became of the last job
+started for it and not seen ending (reattach.py decides from that: watch it, take its exit, or start);
+`adopt()` re-attaches to it, `forget()` drops it once its exit is taken.
 `stop_orphans()` runs once before the first job: a job left running by a daemon that died, and that cannot be
 adopted, is stopped (it checkpoints) before its run resumes elsewhere.
 
@@ -28,6 +29,7 @@ from typing import Any, Protocol
 from memwarden.gpu import simfile
 from memwarden.learning.jobspec import JobSpec
 from memwarden.learning.process import TrainerProcess
+from memwarden.learning.reattach import NOTHING, Trace
 
 OnEvent = Callable[[dict[str, Any]], None]
 ORPHAN_GRACE = 30.0  # seconds an orphaned trainer has to checkpoint after SIGTERM before SIGKILL
@@ -66,7 +68,9 @@ class Job(Protocol):
 
 class Executor(Protocol):
     async def start(self, request: JobRequest, on_event: OnEvent) -> Job: ...
+    async def find(self, request: JobRequest) -> Trace: ...
     async def adopt(self, request: JobRequest, on_event: OnEvent) -> Job | None: ...
+    async def forget(self, request: JobRequest) -> None: ...
     async def stop_orphans(self) -> None: ...
 
 
@@ -116,9 +120,17 @@ class SubprocessExecutor:
         pid_file.write_text(str(proc.pid))
         return SubprocessJob(proc, pid_file, request.gpu)
 
+    async def find(self, request: JobRequest) -> Trace:
+        """A child's exit is known only to the daemon that reaped it; what a trainer that finished unwatched
+        left is in the run's directory (reattach.adapter_home)."""
+        return NOTHING
+
     async def adopt(self, request: JobRequest, on_event: OnEvent) -> None:
         """A child trainer does not outlive its daemon: there is never one to adopt."""
         return None
+
+    async def forget(self, request: JobRequest) -> None:
+        """Nothing is kept of a child trainer once it has exited."""
 
     async def stop_orphans(self) -> None:
         """SIGTERM (it checkpoints), then SIGKILL after ORPHAN_GRACE: waited for without blocking the loop."""

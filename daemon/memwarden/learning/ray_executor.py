@@ -29,6 +29,7 @@ from memwarden.config import Config
 from memwarden.learning.executor import JobRequest, OnEvent, Placement
 from memwarden.learning.jobspec import EXIT_DONE, EXIT_FAILED, EXIT_PREEMPTED, JobSpec
 from memwarden.learning.ray_api import JobInfo, RayApiError, RayJobsApi, tree_files, zip_package
+from memwarden.learning.reattach import NOTHING, Trace
 from memwarden.logs import get_logger
 
 log = get_logger()
@@ -224,10 +225,12 @@ class RayJob:
         exited.cancel()
         if self._watch.done():
             info = self._watch.result()
-            try:
-                await asyncio.wait_for(asyncio.shield(self._tail), TAIL_GRACE)
-            except TimeoutError:
-                self._tail.cancel()
+            # The log lags the status: its exit line (every chunk is before it) or, if the job ended without one,
+            # the log's own end.
+            exited = asyncio.get_running_loop().create_task(self._exited.wait())
+            await asyncio.wait({self._tail, exited}, timeout=TAIL_GRACE, return_when=asyncio.FIRST_COMPLETED)
+            exited.cancel()
+            self._tail.cancel()
         else:
             self._watch.cancel()
             info = JobInfo(self.job_id, "EXITED", self.node, self.said, "")
@@ -267,8 +270,29 @@ class RayExecutor:
     async def stop_orphans(self) -> None:
         """Nothing to stop: a job left by the last daemon is re-attached to when its run resumes."""
 
+    async def find(self, request: JobRequest) -> Trace:
+        """The job the last daemon submitted for this phase, by the id kept in the run's directory: running
+        (or waiting for its node), or how it ended. A job that succeeded sends its adapter through its log, which
+        is read again by re-attaching to it."""
+        record = read_record(request.run_dir)
+        if not record or record.get("phase") != request.spec_file.name:
+            return NOTHING
+        info = await self.api.info(record["job_id"])
+        if info is None:
+            return NOTHING  # the cluster forgot it (a new head): the phase starts again
+        if not info.terminal:
+            return Trace("running")
+        detail = f"Ray job {info.job_id} {info.status}" + (f": {info.message[:200]}" if info.message else "")
+        code = EXIT_DONE if info.status == "SUCCEEDED" else info.exit_code
+        return Trace("ended", code, fetchable=not request.spec.dry_run_steps, detail=detail)
+
+    async def forget(self, request: JobRequest) -> None:
+        """The phase's last job is taken care of without being watched: not found again."""
+        (request.run_dir / JOB_FILE).unlink(missing_ok=True)
+
     async def adopt(self, request: JobRequest, on_event: OnEvent) -> RayJob | None:
-        """The job the last daemon submitted for this phase, still running or done: re-attached to by its id."""
+        """The job the last daemon submitted for this phase, still running or succeeded: re-attached to by its id
+        (a succeeded job's log is read again for the adapter)."""
         record = read_record(request.run_dir)
         if not record or record.get("phase") != request.spec_file.name:
             return None

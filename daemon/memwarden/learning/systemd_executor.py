@@ -5,7 +5,9 @@ I/O weight, Nice=10, OOMPolicy=stop on the trainer alone, W+X memory and the NVI
 journal lines tagged with the run id. Per run, the executor sets MemoryMax (runtime only) and writes a launch
 file (/run/memwarden/train/RUN.json: the job spec, the progress file, the GPU); the unit runs unit_entry.py,
 which reads it. Progress is a file in the run's directory, so a restarted daemon re-reads it and re-attaches
-to a unit that is still running (`adopt`) instead of stopping it.
+to a unit that is still running (`adopt`) instead of stopping it. The launch file stays until a daemon has seen
+its unit end: one that ended while no daemon watched is found by `find` (unit_entry's exit record, else
+systemd's result) and its exit taken as if watched (reattach.py).
 
 The D-Bus calls sit behind `UnitManager` (systemd_bus.py talks to the system bus with dbus-fast), so everything
 here is tested without a bus.
@@ -23,6 +25,7 @@ from typing import Any, Protocol
 
 from memwarden.learning.executor import JobRequest, OnEvent, Placement
 from memwarden.learning.jobspec import EXIT_FAILED
+from memwarden.learning.reattach import NOTHING, Trace
 from memwarden.logs import get_logger
 
 log = get_logger()
@@ -128,11 +131,13 @@ class ProgressTail:
 
 
 class SystemdJob:
-    def __init__(self, manager: UnitManager, unit: str, tail: ProgressTail, gpu: int | None, poll: float = POLL):
+    def __init__(self, manager: UnitManager, unit: str, tail: ProgressTail, gpu: int | None, launch: Path,
+                 poll: float = POLL):
         self.manager = manager
         self.unit = unit
         self.tail = tail
         self.gpu = gpu
+        self.launch = launch  # removed once the unit's end is seen: nothing is left for the next daemon to take
         self.poll = poll
         self.main_pid: int | None = None
         self._signals: list[asyncio.Task] = []
@@ -184,6 +189,7 @@ class SystemdJob:
         code = exit_code(state or UnitState("inactive", "success", 0, EXIT_FAILED), self.tail.exit)
         if state is not None and state.active_state == "failed":
             await self.manager.reset_failed(self.unit)  # the next phase or retry starts the unit afresh
+        self.launch.unlink(missing_ok=True)
         return code
 
 
@@ -196,9 +202,12 @@ class SystemdExecutor:
         self.launch_dir = launch_dir
         self.poll = poll
 
+    def _launch_file(self, request: JobRequest) -> Path:
+        return self.launch_dir / f"{request.spec.run_id}.json"
+
     def _launch(self, request: JobRequest) -> Path:
         self.launch_dir.mkdir(parents=True, exist_ok=True)
-        launch = self.launch_dir / f"{request.spec.run_id}.json"
+        launch = self._launch_file(request)
         body = {"spec": str(request.spec_file), "progress": str(request.run_dir / PROGRESS_FILE),
                 "gpu": request.gpu}
         tmp = launch.with_suffix(".tmp")
@@ -211,12 +220,12 @@ class SystemdExecutor:
         request.spec.write(request.spec_file)
         progress = request.run_dir / PROGRESS_FILE
         progress.unlink(missing_ok=True)  # a new phase: the last one's events are not this one's
-        self._launch(request)
+        launch = self._launch(request)
         cap = memory_max(self.mem_total(), self.host_reserve, request.ram_bytes)
         await self.manager.set_memory_max(unit, cap)
         await self.manager.start(unit)
         log.info("trainer unit started", unit=unit, memory_max=cap, gpu=request.gpu)
-        return SystemdJob(self.manager, unit, ProgressTail(progress, on_event), request.gpu, self.poll)
+        return SystemdJob(self.manager, unit, ProgressTail(progress, on_event), request.gpu, launch, self.poll)
 
     async def adopt(self, request: JobRequest, on_event: OnEvent) -> SystemdJob | None:
         """The run's unit still running (a daemon restart): its job, with its progress read from the start of
@@ -227,9 +236,37 @@ class SystemdExecutor:
             return None
         log.info("trainer unit adopted", unit=unit, pid=state.main_pid)
         job = SystemdJob(self.manager, unit, ProgressTail(request.run_dir / PROGRESS_FILE, on_event), request.gpu,
-                         self.poll)
+                         self._launch_file(request), self.poll)
         job.main_pid = state.main_pid
         return job
+
+    async def find(self, request: JobRequest) -> Trace:
+        """The unit last launched for this phase and not seen ending: running, or how it ended (unit_entry's
+        exit record, else systemd's result while the unit is still loaded)."""
+        try:
+            launched = json.loads(self._launch_file(request).read_text()).get("spec")
+        except (OSError, ValueError, AttributeError):
+            return NOTHING
+        if launched != str(request.spec_file):
+            return NOTHING
+        unit = unit_name(request.spec.run_id)
+        state = await self.manager.state(unit)
+        if state is not None and state.running:
+            return Trace("running")
+        tail = ProgressTail(request.run_dir / PROGRESS_FILE, lambda _event: None)
+        tail.read()
+        seen = f"{unit} {state.active_state}, result {state.result}" if state else f"{unit} unloaded"
+        if tail.exit is not None:
+            return Trace("ended", tail.exit, detail=seen)
+        return Trace("ended", exit_code(state, None) if state is not None else None, detail=seen)
+
+    async def forget(self, request: JobRequest) -> None:
+        """The phase's last unit is taken care of without being watched: not found again, reset if it failed."""
+        self._launch_file(request).unlink(missing_ok=True)
+        unit = unit_name(request.spec.run_id)
+        state = await self.manager.state(unit)
+        if state is not None and state.active_state == "failed":
+            await self.manager.reset_failed(unit)
 
     async def stop_orphans(self) -> None:
         """Nothing to stop: a trainer unit outlives the daemon on purpose and is adopted by its run."""

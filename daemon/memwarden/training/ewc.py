@@ -7,6 +7,7 @@ gradient λ·F·(θ − θ*) is added straight into `.grad` once per optimizer s
 At the end of a run, this run's (empirical, diagonal) Fisher is the mean over `fisher_samples` single examples of
 the squared gradient of that example's token-mean loss; the file written beside the adapter holds
 F = γ·F_prior + F_new. Keys are the adapter's tensor names, so the next run finds them whatever PEFT calls them.
+It is stored in bfloat16 (FISHER_DTYPE) and used in float32.
 """
 
 from __future__ import annotations
@@ -19,18 +20,23 @@ import torch
 
 from memwarden.learning.jobspec import Ewc
 
+# An importance weight needs its order of magnitude, not seven digits: bfloat16 keeps float32's exponent range
+# (squared gradients reach 1e-20, which float16 flushes to zero) at half the bytes the Fisher travels and is kept in.
+FISHER_DTYPE = torch.bfloat16
+
 
 def load_fisher(path: str | Path) -> dict[str, torch.Tensor]:
+    """In float32, whatever it was stored in."""
     from safetensors.torch import load_file
 
-    return load_file(str(path))
+    return {k: v.float() for k, v in load_file(str(path)).items()}
 
 
 def save_fisher(fisher: dict[str, torch.Tensor], path: str | Path) -> None:
     from safetensors.torch import save_file
 
     save_file(
-        {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in fisher.items()},
+        {k: v.detach().to("cpu", FISHER_DTYPE).contiguous() for k, v in fisher.items()},
         str(path),
         metadata={"format": "pt", "kind": "ewc-fisher"},
     )

@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from memwarden.learning.eval_report import FILE, EvalReport
+from memwarden.learning.eval_report import EvalReport
 from memwarden.learning.jobspec import JobSpec
 
 METHODS = ("lora", "qlora", "full")
@@ -68,20 +68,9 @@ def validate(spec: JobSpec) -> None:
 
 
 def already_done(spec: JobSpec) -> dict[str, Any] | None:
-    """The "done" fields of a run that already finished (final/ and eval.json in place, same run_id), else None.
-
-    eval.json is written last, after final/ is renamed into place, so its presence means the run is complete.
-    """
-    if spec.dry_run_steps > 0:
-        return None
-    out = Path(spec.output_dir)
-    if not ((out / FILE).is_file() and (out / "final").is_dir()):
-        return None
-    try:
-        report = EvalReport.read(out)
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):  # torn or foreign: train it again
-        return None
-    if report.run_id != spec.run_id:
+    """The "done" fields of a run that already finished (final/ and eval.json in place, same run_id), else None."""
+    report = None if spec.dry_run_steps > 0 else EvalReport.finished(Path(spec.output_dir), spec.run_id)
+    if report is None:
         return None
     return {"step": report.step, "final_dir": report.final_dir, "eval": asdict(report.eval),
             "tokens_per_s": report.tokens_per_s}

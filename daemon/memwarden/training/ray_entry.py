@@ -32,6 +32,9 @@ LEASE_ENV = "MEMWARDEN_RAY_LEASE"
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "fisher.safetensors")
 REPORT_FILE = "eval.json"  # the trainer's report (learning/eval_report.py), beside final/
 CHUNK = 192 * 1024  # raw bytes per chunk line (256 KiB of base64)
+# The Jobs API's log tail hands lines over in batches: a batch of 10 lines at once, a shorter one only after a
+# second's sleep at the log's end. Blank lines after the last record fill its batch, so the record goes at once.
+BATCH_FILL = "\n" * 10
 FILE_KEYS = ("train_file", "holdout_file", "probe_file", "recall_file", "init_adapter")
 
 
@@ -135,6 +138,8 @@ def main(argv: list[str]) -> int:
     if code == 0 and not spec.get("dry_run_steps"):
         send_adapter(out, peak)
     emit({"event": "exit", "code": code})
+    sys.stdout.write(BATCH_FILL)
+    sys.stdout.flush()
     return code
 
 

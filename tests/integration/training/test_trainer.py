@@ -363,9 +363,10 @@ def test_ewc_continues_the_adapter_holds_it_near_its_start_and_combines_the_fish
 
     combined = on["fisher"]
     assert combined.keys() == prior.keys()
+    rounding = 2**-8  # the Fisher is kept in bfloat16: 8 bits of mantissa
     for key, tensor in combined.items():
-        assert torch.all(tensor >= 0.9 * prior[key] - 1e-12), key  # γ·F_prior + F_new, with F_new ≥ 0
-    assert any(torch.any(combined[k] > 0.9 * prior[k] + 1e-12) for k in combined)
+        assert torch.all(tensor >= 0.9 * prior[key] * (1 - rounding)), key  # γ·F_prior + F_new, with F_new ≥ 0
+    assert any(torch.any(combined[k] > 0.9 * prior[k] * (1 + rounding)) for k in combined)
     record = json.loads((Path(on["done"]["final_dir"]).parent / "eval.json").read_text())
     assert record["fisher_combined_with_prior"] is True
 

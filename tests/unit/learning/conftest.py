@@ -17,6 +17,7 @@ from memwarden.config import parse_config
 from memwarden.learning.eval_report import EvalReport, Losses, Recall
 from memwarden.learning.executor import JobRequest, OnEvent, Placement
 from memwarden.learning.jobspec import EXIT_DONE, EXIT_PREEMPTED
+from memwarden.learning.reattach import NOTHING, Trace
 from memwarden.learning.store import MemoryStore
 from memwarden.state.db import open_state
 from support.clock import Clock
@@ -145,6 +146,9 @@ class FakeExecutor:
         self.orphans_stopped = 0
         self.adoptable: Script | None = None
         self.adopted: list[FakeJob] = []
+        self.left: Trace = NOTHING  # what the first phase finds the last daemon left of its job
+        self.left_adapter: int | None = None  # that job finished its real run (final/, eval.json), recalling as many
+        self.forgotten: list[JobRequest] = []
         self.outlives_daemon = False  # the jobs it starts keep running when the daemon stops (systemd units)
 
     async def start(self, request: JobRequest, on_event: OnEvent) -> FakeJob:
@@ -154,6 +158,18 @@ class FakeExecutor:
         self.jobs.append(job)
         self.started.set()
         return job
+
+    async def find(self, request: JobRequest) -> Trace:
+        if self.adoptable is not None:
+            return Trace("running")
+        if self.left_adapter is not None:
+            finish_like_the_trainer(request, recalled=self.left_adapter)
+            self.left_adapter = None
+        left, self.left = self.left, NOTHING
+        return left
+
+    async def forget(self, request: JobRequest) -> None:
+        self.forgotten.append(request)
 
     async def adopt(self, request: JobRequest, on_event: OnEvent) -> FakeJob | None:
         """The `adoptable` script's job, once, as a unit left running by the last daemon would be."""

@@ -1,6 +1,6 @@
 """The Ray executor's own decisions, without a cluster: the exit a run reads from a job, the resources of its
-entrypoint, the spec it ships, and the adapter as it comes home in chunks (tests/integration/test_ray_executor.py
-runs it on a real cluster)."""
+entrypoint, the spec it ships, the adapter as it comes home in chunks, and what a restarted daemon finds of a
+job (tests/integration/test_ray_executor.py runs it on a real cluster)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import json
 
 import pytest
 
+from memwarden.learning.executor import JobRequest
 from memwarden.learning.jobspec import EXIT_DONE, EXIT_PREEMPTED, Ewc, JobSpec, SimGpu
 from memwarden.learning.ray_api import JobInfo, zip_package
-from memwarden.learning.ray_executor import AdapterReceiver, exit_code, ship, split_resources
+from memwarden.learning.ray_executor import JOB_FILE, AdapterReceiver, RayExecutor, exit_code, ship, split_resources
+from memwarden.learning.reattach import Trace
 
 
 def info(status, code=None):
@@ -121,3 +123,33 @@ def test_names_outside_the_run_are_ignored(tmp_path):
     r = AdapterReceiver(tmp_path / "run")
     r.manifest(manifest({"../escape": b"x", "/etc/passwd": b"y", "eval.json": b"{}"}))
     assert [f["name"] for f in r.files] == ["eval.json"]
+
+
+class FakeApi:
+    def __init__(self, job: JobInfo | None):
+        self.job = job
+
+    async def info(self, job_id):
+        return self.job
+
+
+@pytest.mark.parametrize(("job", "dry", "trace"), [
+    (None, 0, Trace("none")),  # the cluster forgot the job
+    (info("RUNNING"), 0, Trace("running")),
+    (info("PENDING"), 0, Trace("running")),  # waiting for a node with the resources
+    (info("SUCCEEDED", 0), 0, Trace("ended", EXIT_DONE, fetchable=True, detail="Ray job j SUCCEEDED")),
+    (info("SUCCEEDED", 0), 2, Trace("ended", EXIT_DONE, fetchable=False, detail="Ray job j SUCCEEDED")),
+    (JobInfo("j", "FAILED", "n", 1, "exit 1"), 0, Trace("ended", 1, fetchable=True, detail="Ray job j FAILED: exit 1")),
+])
+async def test_find_reports_the_phases_job_by_the_id_kept_in_the_run(tmp_path, job, dry, trace):
+    ex = RayExecutor("http://127.0.0.1:1", {}, "cpu", 0, tmp_path)
+    ex.api = FakeApi(job)
+    run, spec = make_spec(tmp_path, dry_run_steps=dry)
+    req = JobRequest(spec, run / "job.run.json", run, None)
+    assert await ex.find(req) == Trace("none")  # no job submitted
+    (run / JOB_FILE).write_text(json.dumps({"job_id": "j", "phase": "dry.json"}))
+    assert await ex.find(req) == Trace("none")  # a job of another phase
+    (run / JOB_FILE).write_text(json.dumps({"job_id": "j", "phase": "job.run.json"}))
+    assert await ex.find(req) == trace
+    await ex.forget(req)
+    assert await ex.find(req) == Trace("none")

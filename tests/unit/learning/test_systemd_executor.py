@@ -1,6 +1,6 @@
 """The systemd executor over a fake UnitManager: units named per run, MemoryMax set before the start, progress
 read from the run's file, exit status from unit_entry's record or from systemd's result, adoption after a
-restart."""
+restart, and what a restarted daemon finds of a unit that ended unwatched."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 
 from memwarden.learning.executor import JobRequest
 from memwarden.learning.jobspec import EXIT_FAILED, EXIT_PREEMPTED, JobSpec
+from memwarden.learning.reattach import Trace
 from memwarden.learning.systemd_executor import (
     EXIT_OOM_KILLED,
     MEMORY_FLOOR,
@@ -180,3 +181,33 @@ async def test_stop_orphans_leaves_trainer_units_running(tmp_path):
     units = FakeUnits()
     await executor(units, tmp_path).stop_orphans()
     assert units.calls == []
+
+
+async def test_find_reports_the_phases_unit_running_or_how_it_ended_and_only_until_its_end_is_seen(tmp_path):
+    units = FakeUnits()
+    ex = executor(units, tmp_path)
+    req = request(tmp_path)
+    assert await ex.find(req) == Trace("none")  # nothing launched
+    job = await ex.start(req, lambda e: None)
+    assert await ex.find(req) == Trace("running")
+    other = JobRequest(req.spec, req.run_dir / "dry.json", req.run_dir, 0)
+    assert await ex.find(other) == Trace("none")  # launched for another phase
+    (req.run_dir / PROGRESS_FILE).write_text(json.dumps({"event": "unit_exit", "code": EXIT_FAILED}) + "\n")
+    units.finish(job.unit, UnitState("failed", "exit-code", 0, EXIT_FAILED))
+    found = await ex.find(req)
+    assert (found.state, found.exit_code) == ("ended", EXIT_FAILED) and "failed, result exit-code" in found.detail
+    await ex.forget(req)
+    assert units.calls[-1] == ("reset_failed", job.unit) and await ex.find(req) == Trace("none")
+
+
+async def test_find_falls_back_on_systemds_result_and_a_watched_end_leaves_nothing_to_find(tmp_path):
+    units = FakeUnits()
+    ex = executor(units, tmp_path)
+    req = request(tmp_path)
+    job = await ex.start(req, lambda e: None)
+    units.finish(job.unit, UnitState("failed", "oom-kill", 0, 9))  # unit_entry itself killed: no exit record
+    assert (await ex.find(req)).exit_code == EXIT_OOM_KILLED
+    units.finish(job.unit, None)  # unloaded, no record: no status known
+    assert (await ex.find(req)).exit_code is None
+    units.finish(job.unit, UnitState("inactive", "success", 0, 0))
+    assert await job.wait() == 0 and await ex.find(req) == Trace("none")

@@ -1,8 +1,11 @@
-"""The Ray job's side of a run: the shipped spec placed on its node, and the adapter's manifest."""
+"""The Ray job's side of a run: the shipped spec placed on its node, the adapter's manifest, and the end of its
+log."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import sys
 
 from memwarden.training import ray_entry
 
@@ -41,3 +44,18 @@ def test_the_trainer_runs_under_the_hosts_lease_only_when_asked(monkeypatch, tmp
     cmd = ray_entry.trainer_command(tmp_path / "j.json", 2**30)
     assert cmd[:3] == ["/usr/bin/memwardenctl", "lease", str(2**30)] and cmd[cmd.index("--") + 2:] == [
         "-m", "memwarden.training", str(tmp_path / "j.json")]
+
+
+def test_the_exit_record_is_the_last_and_blank_lines_fill_its_batch_of_the_log(monkeypatch, tmp_path, capsys):
+    here = tmp_path / "wd"
+    here.mkdir()
+    (here / "job.json").write_text(json.dumps({"run_id": "r1", "output_dir": "r1/dry", "dry_run_steps": 2,
+                                               "device": "cpu", "ewc": {}}))
+    monkeypatch.setenv(ray_entry.RUNS_ENV, str(tmp_path / "node-runs"))
+    monkeypatch.setattr(ray_entry, "trainer_command", lambda spec, size: [
+        sys.executable, "-c", "print('{\"event\": \"done\"}')"])
+    assert ray_entry.main([str(here / "job.json")]) == 0
+    lines = capsys.readouterr().out.split("\n")
+    records = [json.loads(line) for line in lines if line]
+    assert records == [{"event": "done"}, {"event": "exit", "code": 0}]
+    assert lines[-12:] == ['{"event": "exit", "code": 0}', *[""] * 11]  # the record, its 10 blank lines, the end
