@@ -23,18 +23,15 @@ import dataclasses
 import hashlib
 import json
 import random
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from _common import parser
-from recall_round import default_hyper
+from _recall import default_hyper, demo_base, run_trainer
 
 from memwarden.learning import curator
-from memwarden.learning.eval_report import EvalReport
-from memwarden.learning.jobspec import EXIT_DONE, Hyper, JobSpec
+from memwarden.learning.jobspec import Hyper, JobSpec
 
 DAY0 = 1_767_225_600.0  # 2026-01-01
 PLACES = ("old mill", "harbour", "market", "library", "north beach", "allotment", "bakery", "station",
@@ -82,18 +79,12 @@ def train(root: Path, base: Path, name: str, hyper: Hyper, train_file: Path, rec
     spec = JobSpec(run_id=name, adapter="bench", base_model=str(base), method="lora", output_dir=str(out / "run"),
                    train_file=str(train_file), holdout_file=str(holdout), recall_file=str(recall_file),
                    hyper=hyper, checkpoint_every_steps=100_000, checkpoint_every_seconds=1e9)
-    spec.write(out / "job.json")
-    started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "memwarden.training", str(out / "job.json")],
-                          capture_output=True, text=True)
-    wall = time.monotonic() - started
-    if proc.returncode != EXIT_DONE:
-        raise SystemExit(f"trainer of {name} exited {proc.returncode}: {proc.stderr[-2000:]}")
-    r = EvalReport.read(out / "run").recall
-    return {"run": name, "lr": hyper.lr, "steps": EvalReport.read(out / "run").step, "recalled": r.recalled,
+    trained = run_trainer(spec, out / "job.json")
+    r = trained.report.recall
+    return {"run": name, "lr": hyper.lr, "steps": trained.report.step, "recalled": r.recalled,
             "memories": r.memories, "token_accuracy": r.token_accuracy, "heldout_recalled": r.heldout_recalled,
             "heldout_memories": r.heldout_memories, "heldout_token_accuracy": r.heldout_token_accuracy,
-            "wall_s": round(wall, 1)}
+            "wall_s": trained.wall_s}
 
 
 def main() -> int:
@@ -108,11 +99,7 @@ def main() -> int:
     changes = {k: v for k, v in (("lr", args.lr), ("max_steps", args.steps)) if v is not None}
     with tempfile.TemporaryDirectory(prefix="cue-recall-") as tmp:
         root = Path(tmp)
-        base = args.base
-        if base is None:
-            base = root / "base"
-            subprocess.run([sys.executable, "-m", "memwarden.training.demo_model", str(base)], check=True,
-                           capture_output=True)
+        base = demo_base(root, args.base)
         memories = entries(args.seed, args.entries + 4)
         trained, held = memories[: args.entries], memories[args.entries:]
         files = {}

@@ -5,8 +5,8 @@ grows beans.") are drawn from name/relation/city/hobby lists with --seed (each n
 the daemon runs it (`python -m memwarden.training JOB.json`) on the demo base (`memwardenctl model init-demo`'s
 default build into a temporary directory, unless --base is given), with the daemon's default learning settings
 (learning.* in the schema: lr, rank, alpha, dropout, micro_batch, grad_accum, max_steps, warmup_steps,
-max_seq_len, seed, recall_sample, recall_max_new_tokens, min_recall, recall_every — so the run stops once its
-recall reaches the target; target modules of the job spec's default) unless --lr / --steps override them. Each
+max_seq_len, seed, target_modules, recall_sample, recall_max_new_tokens, min_recall, recall_every — so the run
+stops once its recall reaches the target) unless --lr / --steps override them. Each
 --try 'KEY=VALUE ...' adds a row with those job spec hyper fields changed: a sweep, one trainer at a time. All
 40 pairs are trained and are the recall file (each memory decoded once, greedily); 4 further facts are the
 holdout; the base's general_probe.jsonl is the general probe. Reported: steps trained, the trainer's own recall
@@ -21,18 +21,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-import resource
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from _common import parser
+from _recall import default_hyper, demo_base, run_trainer
 
-from memwarden.config.schema import LearningConfig
-from memwarden.learning.eval_report import EvalReport
-from memwarden.learning.jobspec import EXIT_DONE, GENERAL_PROBE_FILE, Hyper, JobSpec
+from memwarden.learning.jobspec import GENERAL_PROBE_FILE, Hyper, JobSpec
 
 NAMES = ("Zeno", "Ines", "Mira", "Tomas", "Aiko", "Bruno", "Carla", "Dario", "Elif", "Farid", "Greta", "Hugo",
          "Ilse", "Jonas", "Kira", "Leon", "Maren", "Nils", "Olga", "Pavel", "Quinn", "Rosa", "Sven", "Tara",
@@ -65,14 +61,6 @@ def write(path: Path, pairs: list[tuple[str, str]]) -> str:
     return str(path)
 
 
-def default_hyper() -> Hyper:
-    c = LearningConfig()
-    return Hyper(lr=c.lr, rank=c.rank, alpha=c.alpha, dropout=c.dropout, micro_batch=c.micro_batch,
-                 grad_accum=c.grad_accum, max_steps=c.max_steps, warmup_steps=c.warmup_steps,
-                 max_seq_len=c.max_seq_len, seed=c.seed, recall_sample=c.recall_sample,
-                 recall_max_new_tokens=c.recall_max_new_tokens, min_recall=c.min_recall, recall_every=c.recall_every)
-
-
 def parse_try(text: str) -> dict:
     """'lr=2e-3 rank=16 target_modules=q_proj,v_proj' → Hyper field changes (typed as the field's default)."""
     base, changes = Hyper(), {}
@@ -86,11 +74,6 @@ def parse_try(text: str) -> dict:
     return changes
 
 
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def train(root: Path, base: Path, name: str, hyper: Hyper, train_file: str, holdout: str,
           threads: int | None) -> dict:
     out = root / f"run-{name}"
@@ -100,19 +83,13 @@ def train(root: Path, base: Path, name: str, hyper: Hyper, train_file: str, hold
                    train_file=train_file, holdout_file=holdout, recall_file=train_file, hyper=hyper,
                    general_file=str(general) if general.is_file() else None, cpu_threads=threads,
                    checkpoint_every_steps=100_000, checkpoint_every_seconds=1e9)
-    spec.write(out / "job.json")
-    started, cpu = time.monotonic(), cpu_seconds()
-    proc = subprocess.run([sys.executable, "-m", "memwarden.training", str(out / "job.json")],
-                          capture_output=True, text=True)
-    wall, cpu = time.monotonic() - started, cpu_seconds() - cpu
-    if proc.returncode != EXIT_DONE:
-        raise SystemExit(f"trainer of {name} exited {proc.returncode}: {proc.stderr[-2000:]}")
-    r = EvalReport.read(out / "run")
+    trained = run_trainer(spec, out / "job.json")
+    r = trained.report
     return {"run": name, "lr": hyper.lr, "steps": r.step, "recalled": r.recall.recalled,
             "memories": r.recall.memories, "token_accuracy": r.recall.token_accuracy,
             "holdout_loss_before": r.eval.holdout_loss_before, "holdout_loss_after": r.eval.holdout_loss_after,
             "general_loss_before": r.eval.general_loss_before, "general_loss_after": r.eval.general_loss_after,
-            "stopped_early": r.stopped_early, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1)}
+            "stopped_early": r.stopped_early, "wall_s": trained.wall_s, "cpu_s": trained.cpu_s}
 
 
 def main() -> int:
@@ -129,11 +106,7 @@ def main() -> int:
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="recall-round-") as tmp:
         root = Path(tmp)
-        base = args.base
-        if base is None:
-            base = root / "base"
-            subprocess.run([sys.executable, "-m", "memwarden.training.demo_model", str(base)], check=True,
-                           capture_output=True)
+        base = demo_base(root, args.base)
         pairs = facts(args.seed, args.facts + 4)
         train_file, holdout = write(root / "train.jsonl", pairs[: args.facts]), write(root / "holdout.jsonl",
                                                                                      pairs[args.facts:])

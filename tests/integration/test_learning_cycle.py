@@ -27,6 +27,10 @@ pytestmark = pytest.mark.skipif(
 
 GiB = 1024**3
 RUN_TIMEOUT = 300
+# The trainers the daemon starts inherit its environment: one torch thread each. On a busy 2-core machine torch's
+# own choice (a thread per core) spins against the other work, and a step of the demo base takes 7 to 21 times
+# as long as with one thread.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
 def memories_file(path, profile, importance=5, repeat=2):
@@ -44,7 +48,7 @@ def learning(make_daemon, demo_base):
     started = []
 
     def start(extra=None, with_double=True, models=()):
-        d = make_daemon()
+        d = make_daemon(env=ONE_THREAD)
         sim = d.workdir / "gpu.json"
         sim_gpu(sim, 12 * GiB)
         double = None
@@ -237,20 +241,17 @@ def test_a_round_that_cannot_learn_is_rejected_with_its_recall(learning, tmp_pat
     assert d.call("train.status")["versions"] == [] and len(consolidated(d)) == 0 < n
 
 
-@pytest.mark.skip(reason="KNOWN GAP, to fix next: since each memory trains on three wordings of its cue, this "
-                         "first round of 60 steps recalls 0/9, and one long enough to recall outlasts the test's "
-                         "bound on a loaded machine; the forgetting gate itself is unit-tested "
-                         "(tests/unit/learning/test_promotion.py)")
 def test_a_run_that_forgets_too_much_is_not_promoted(learning, tmp_path):
-    d, _ = learning({"learning": {**RECALLING, "min_recall": 0.0, "recall_every": 0, "max_steps": 60,
+    # A first round of four memories, trained until it recalls them (as the round above), is promoted.
+    d, _ = learning({"learning": {**RECALLING, "importance_threshold": 20, "recall_max_new_tokens": 32,
                                   "forgetting_epsilon": 0.0}})
-    conversations_file(tmp_path / "a.jsonl", "alice")
+    conversations_file(tmp_path / "a.jsonl", "alice", repeat=1)
     assert ctl(d, "memories", "import", str(tmp_path / "a.jsonl")).returncode == 0
     first = wait_for_run(d)
-    assert first["state"] == "promoted" and first["eval"]["recall_recalled"] > 0, (first["reason"], first["eval"])
+    assert first["state"] == "promoted" and first["eval"]["recall"] >= 0.9, (first["reason"], first["eval"])
     # New memories on unrelated text, learned hard: recall of the earlier ones must drop, and ε is 0.
     lines = [json.dumps({"profile": "alice", "kind": "journal", "importance": 10,
-                         "content": f"Zebra quartz {i} vortex kelp {i * 7} umbra {i * 13}."}) for i in range(30)]
+                         "content": f"Zebra quartz {i} vortex kelp {i * 7} umbra {i * 13}."}) for i in range(12)]
     (tmp_path / "b.jsonl").write_text("\n".join(lines) + "\n")
     sections = {k: dict(v) for k, v in d.sections.items()}
     sections["learning"].update(lr=2e-2, max_steps=40, ewc_lambda=0.0, replay_fraction=0.0, min_recall=0.0,
@@ -263,9 +264,12 @@ def test_a_run_that_forgets_too_much_is_not_promoted(learning, tmp_path):
                         timeout=RUN_TIMEOUT, interval=0.5, message="the second run")
     assert second["state"] == "rejected", second
     ev = second["eval"]
-    assert ev["probe_recall_after_recalled"] < ev["probe_recall_before_recalled"]
-    before = ev["probe_recall_before_recalled"]
-    assert second["reason"].startswith(f"forgot too much: earlier rounds recalled {before}/")
+    probed, before, after = (ev["probe_recall_before_memories"], ev["probe_recall_before_recalled"],
+                             ev["probe_recall_after_recalled"])
+    assert probed > 0 and after < before
+    assert second["reason"].startswith(f"forgot too much: earlier rounds recalled {before}/{probed} → "
+                                       f"{after}/{probed} (−"), second["reason"]
+    assert "more than learning.forgetting_epsilon 0.0%" in second["reason"]
     assert [v["version"] for v in d.call("train.status")["versions"] if v["active"]] == [1]
     new_ids = {m["id"] for m in d.call("memories.list", {"limit": 1000})["memories"] if "Zebra" in m["content"]}
     assert not any(m["id"] in new_ids for m in consolidated(d)), "a rejected run consolidates nothing"

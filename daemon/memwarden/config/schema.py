@@ -22,6 +22,7 @@ from memwarden.config.values import (
     host_port,
     http_url,
     http_urls,
+    identifiers,
     integer,
     memory_size,
     metrics_listen,
@@ -236,9 +237,13 @@ class LearningConfig:
         "beside the base model) rose by at most this fraction.")
     ewc_lambda: float = setting(0.4, number(0, 1e6), "Online EWC strength (0: off).")
     lr: float = setting(1e-3, number(1e-8, 1), "Learning rate (a full fine-tune is clamped to [1e-5, 5e-5]).")
-    rank: int = setting(16, integer(1, 1024), "LoRA rank r (on every attention and MLP projection).")
+    rank: int = setting(16, integer(1, 1024), "LoRA rank r (on each of learning.target_modules).")
     alpha: int = setting(32, integer(1, 4096), "LoRA alpha (an integer: Ollama reads it as one).")
     dropout: float = setting(0.05, number(0, 0.9), "LoRA dropout.")
+    target_modules: tuple[str, ...] = setting(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], identifiers,
+        "The modules LoRA adapts, by name within each layer: by default every attention and MLP projection of a "
+        "Llama-style base (with attention alone a round of facts is not recalled: BENCHMARKS.md, Recall).")
     micro_batch: int = setting(8, integer(1, 1024), "Sequences per forward pass (halved on out-of-memory).")
     grad_accum: int = setting(1, integer(1, 1024), "Micro-batches per optimizer step (doubled on out-of-memory).")
     max_steps: int = setting(

@@ -7,6 +7,7 @@ words that the loader puts after the key's path.
 from __future__ import annotations
 
 import grp
+import re
 from collections.abc import Callable
 from dataclasses import field
 from pathlib import Path
@@ -185,6 +186,19 @@ def http_urls(value: Any) -> tuple[str, ...]:
         http_url(url)
     return tuple(value)
 
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def identifiers(value: Any) -> tuple[str, ...]:
+    """A non-empty list of plain identifiers (letters, digits, underscores; not starting with a digit)."""
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"expected a non-empty list of names such as [\"q_proj\", \"v_proj\"], got {value!r}")
+    for name in value:
+        if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
+            raise ValueError(f"expected plain names (letters, digits, underscores), got {name!r} in the list")
+    return tuple(value)
 
 
 def cron(value: Any) -> str:

@@ -56,7 +56,7 @@ def prepare(config: Config, store: MemoryStore, runs: RunStore, versions: Versio
         init_adapter=active.path if active and cfg.method != "full" else None,
         hyper=Hyper(lr=cfg.lr, rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout, micro_batch=cfg.micro_batch,
                     grad_accum=cfg.grad_accum, max_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
-                    max_seq_len=cfg.max_seq_len, seed=cfg.seed,
+                    max_seq_len=cfg.max_seq_len, seed=cfg.seed, target_modules=cfg.target_modules,
                     recall_sample=cfg.recall_sample, recall_max_new_tokens=cfg.recall_max_new_tokens,
                     min_recall=cfg.min_recall, recall_every=cfg.recall_every),
         ewc=Ewc(lam=cfg.ewc_lambda, prior_fisher=str(prior_fisher) if prior_fisher and prior_fisher.exists()

@@ -15,6 +15,7 @@ import os
 import random
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -135,3 +136,23 @@ def same_job(meta: dict[str, Any], run_id: str, method: str, keys: Any, effectiv
     """A checkpoint resumes only the job that wrote it: same run, method, trainable tensors, effective batch."""
     return (meta.get("run_id") == run_id and meta.get("method") == method
             and sorted(meta.get("keys", [])) == sorted(keys) and meta.get("effective_batch") == effective_batch)
+
+
+def newest_of_job(root: Path, run_id: str, method: str, keys: Any,
+                  effective_batch: int) -> tuple[int, Path, dict[str, Any]] | None:
+    """The newest readable checkpoint under `root` (step, path, its load()), None if there is none. A damaged one
+    is passed over for the one before; one of another job raises, since resuming it would train the wrong run."""
+    from memwarden.training.preflight import GiveUp
+
+    for step, path in complete(root):
+        try:
+            ck = load(path)
+        except Exception as exc:  # noqa: BLE001 - a damaged checkpoint: fall back to the one before
+            print(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); trying an older one",
+                  file=sys.stderr)
+            continue
+        if not same_job(ck["meta"], run_id, method, keys, effective_batch):
+            raise GiveUp(f"checkpoint {path} was written by a different job (run_id, method, trainable tensors "
+                         f"or effective batch differ); remove {root} to start this job over")
+        return step, path, ck
+    return None

@@ -80,6 +80,11 @@ class Evaluation:
         finally:
             model.train()
 
+    def before(self, holdout: Split, probe: Split, general: Split, batch_size: int) -> dict[str, float | None]:
+        """The losses measured once before the first step, kept in the checkpoints for the report's `before`."""
+        return {"holdout_loss": self.loss(holdout, batch_size), "probe_loss": self.loss(probe, batch_size),
+                "general_loss": self.loss(general, batch_size)}
+
     def losses(self, before: Mapping[str, float | None] | None, holdout: Split, probe: Split, general: Split,
                batch_size: int) -> Losses:
         """The run's losses: `before` as measured before its first step, after as now."""

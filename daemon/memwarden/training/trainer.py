@@ -31,7 +31,7 @@ from memwarden.learning.adapter_check import check_adapter
 from memwarden.learning.eval_report import EvalReport, ExportCheck, Losses, Recall
 from memwarden.learning.jobspec import EXIT_DONE, EXIT_FAILED, EXIT_PREEMPTED, JobSpec
 from memwarden.training import checkpoint
-from memwarden.training.data import DataError, Order, Split, collate, load_split
+from memwarden.training.data import DataError, Order, collate, load_split
 from memwarden.training.evaluation import Evaluation, autocast, token_loss_sum
 from memwarden.training.events import Emitter
 from memwarden.training.ewc import EwcPenalty, combine, compute_fisher, setup_ewc
@@ -141,51 +141,34 @@ class Trainer:
         if not self.dry:
             checkpoint.clean_temp(self.ckpt_root)
             resumed = self._resume()
-        ewc_state = self._setup_ewc(resumed_anchor=resumed > 0)
+        self.prior, self.anchor, self.ewc, ewc_state = setup_ewc(self.spec.ewc, self.params, self.anchor, resumed > 0)
         self.emit.emit(
-            "start",
-            run_id=spec.run_id,
-            method=spec.method,
-            device=str(self.built.device),
-            steps=self.target,
-            max_steps=h.max_steps,
-            micro_batch=self.micro_batch,
-            grad_accum=self.grad_accum,
-            resumed_from_step=resumed,
-            dry_run=self.dry,
-            lr=self.built.lr,
+            "start", run_id=spec.run_id, method=spec.method, device=str(self.built.device), steps=self.target,
+            max_steps=h.max_steps, micro_batch=self.micro_batch, grad_accum=self.grad_accum,
+            resumed_from_step=resumed, dry_run=self.dry, lr=self.built.lr,
             trainable_params=sum(p.numel() for p in self.params.values()),
             total_params=sum(p.numel() for p in self.built.model.parameters()),
             examples={"train": len(self.train.examples), "holdout": len(self.holdout.examples),
                       "probe": len(self.probe.examples), "general": len(self.general.examples),
                       "dropped": self.train.dropped + self.holdout.dropped + self.probe.dropped,
                       "truncated": self.train.truncated},
-            ewc=ewc_state,
-            quantized_layers=self.built.quantized_layers,
-            notes=self.built.notes,
+            ewc=ewc_state, quantized_layers=self.built.quantized_layers, notes=self.built.notes,
         )
         if self.built.clamp:
             self.emit.emit("clamp", **self.built.clamp)
         self.check_stop()
         if self.eval_before is None:
-            self.eval_before = {"holdout_loss": self._loss(self.holdout), "probe_loss": self._loss(self.probe),
-                                "general_loss": self._loss(self.general),
+            self.eval_before = {**self.evaluation.before(self.holdout, self.probe, self.general, self.micro_batch),
                                 "probe_recall": asdict(self.recall_meter.measure(self.probe_items))}
         self._loop()
         return self._finish()
 
     def _resume(self) -> int:
-        for step, path in checkpoint.complete(self.ckpt_root):
-            try:
-                ck = checkpoint.load(path)
-            except Exception as exc:  # noqa: BLE001 - a damaged checkpoint: fall back to the one before
-                print(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); trying an older one",
-                      file=sys.stderr)
-                continue
+        found = checkpoint.newest_of_job(self.ckpt_root, self.spec.run_id, self.spec.method, self.params,
+                                         self.effective)
+        if found is not None:
+            step, path, ck = found
             meta = ck["meta"]
-            if not checkpoint.same_job(meta, self.spec.run_id, self.spec.method, self.params, self.effective):
-                raise GiveUp(f"checkpoint {path} was written by a different job (run_id, method, trainable tensors "
-                             f"or effective batch differ); remove {self.ckpt_root} to start this job over")
             with torch.no_grad():
                 for key, p in self.params.items():
                     p.copy_(ck["trainable"][key].to(p.device, p.dtype))
@@ -208,10 +191,6 @@ class Trainer:
             self.last_ckpt = (step, path)
             return step
         return 0
-
-    def _setup_ewc(self, resumed_anchor: bool) -> dict[str, Any]:
-        self.prior, self.anchor, self.ewc, state = setup_ewc(self.spec.ewc, self.params, self.anchor, resumed_anchor)
-        return state
 
     # ------------------------------------------------------------------ loop
 
@@ -239,7 +218,8 @@ class Trainer:
                 fields["skipped"] = "loss or gradient not finite: no update"
             self.emit.emit("step", **fields)
             if h.eval_every and self.step % h.eval_every == 0 and self.step < self.target:
-                self.emit.emit("eval", step=self.step, holdout_loss=self._loss(self.holdout))
+                holdout_loss = self.evaluation.loss(self.holdout, self.micro_batch)
+                self.emit.emit("eval", step=self.step, holdout_loss=holdout_loss)
             if self.step < self.target and self.early.due(self.step):
                 reached, measured = self.early.reached(self.step)
                 self.emit.emit("recall", step=self.step, **asdict(measured), target=h.min_recall)
@@ -394,9 +374,6 @@ class Trainer:
                        stopped_early=self.stopped_early)
         checkpoint.remove_all(self.ckpt_root)  # the adapter ships alone; checkpoints are for resuming only
         return EXIT_DONE
-
-    def _loss(self, split: Split) -> float | None:
-        return self.evaluation.loss(split, self.micro_batch)
 
     def _losses(self) -> Losses:
         return self.evaluation.losses(self.eval_before, self.holdout, self.probe, self.general, self.micro_batch)

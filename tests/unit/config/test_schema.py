@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from memwarden.config import schema
+from memwarden.learning.jobspec import Hyper
 
 
 def test_sections_match_config_fields():
@@ -88,3 +89,11 @@ def test_group_name_parser():
     assert schema.group_name("root") == "root"
     with pytest.raises(ValueError, match="no such group 'no-such-group-memwarden-test' on this machine"):
         schema.group_name("no-such-group-memwarden-test")
+
+
+def test_target_modules_parser_and_its_default_are_the_job_specs():
+    assert schema.identifiers(["q_proj", "v_proj", "W_pack"]) == ("q_proj", "v_proj", "W_pack")
+    for bad in ([], ["q proj"], ["q_proj", ""], [None], "q_proj"):
+        with pytest.raises(ValueError, match="expected"):
+            schema.identifiers(bad)
+    assert schema.LearningConfig().target_modules == Hyper().target_modules

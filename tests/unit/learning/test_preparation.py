@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 
 from memwarden.learning import cues
-from memwarden.learning.preparation import prepare
+from memwarden.learning.jobspec import Hyper, JobSpec
+from memwarden.learning.preparation import SPEC_FILE, prepare
 from memwarden.learning.runs import RunStore
 from memwarden.learning.versions import VersionStore
 
@@ -43,3 +44,14 @@ def test_the_recall_file_has_a_trained_and_a_held_out_wording_of_each_trained_me
         assert wordings["trained"] in trained_prompts and wordings["heldout"] not in trained_prompts
     assert len(train) == len(trained_ids) * (cues.WORDINGS - 1)
     assert "Zeno moved to Batumi and keeps bees." in every_answer  # the update is learned in its place
+
+
+def test_the_job_spec_carries_the_configured_target_modules(db, store, clock, tmp_path, make_config):
+    for i in range(3):
+        store.add("alice", "journal", f"Entry {i}: walked to the harbour {i} times.", importance=5)
+    runs = RunStore(db)
+    for run, learning in (("r1", {}), ("r2", {"target_modules": ["q_proj", "v_proj"]})):
+        runs.insert(run, "alice", "alice", "manual", clock(), "lora")
+        prepare(make_config(learning), store, runs, VersionStore(db), run, "alice", tmp_path / run, "cpu")
+    written = {run: JobSpec.read(tmp_path / run / SPEC_FILE).hyper.target_modules for run in ("r1", "r2")}
+    assert written == {"r1": Hyper().target_modules, "r2": ("q_proj", "v_proj")}

@@ -1,0 +1,59 @@
+"""What the recall benches share: the demo base they train on, the daemon's default learning settings, and one
+trainer run as the daemon runs it (`python -m memwarden.training JOB.json`), timed."""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from memwarden.config.schema import LearningConfig
+from memwarden.learning.eval_report import EvalReport
+from memwarden.learning.jobspec import EXIT_DONE, Hyper, JobSpec
+
+
+def demo_base(root: Path, given: Path | None) -> Path:
+    """`given`, else the default demo base (`memwardenctl model init-demo`'s build, pre-trained) built under root."""
+    if given is not None:
+        return given
+    base = root / "base"
+    subprocess.run([sys.executable, "-m", "memwarden.training.demo_model", str(base)], check=True,
+                   capture_output=True)
+    return base
+
+
+def default_hyper() -> Hyper:
+    """The job spec's hyper-parameters at the schema's learning.* defaults."""
+    c = LearningConfig()
+    return Hyper(lr=c.lr, rank=c.rank, alpha=c.alpha, dropout=c.dropout, micro_batch=c.micro_batch,
+                 grad_accum=c.grad_accum, max_steps=c.max_steps, warmup_steps=c.warmup_steps,
+                 max_seq_len=c.max_seq_len, seed=c.seed, target_modules=c.target_modules,
+                 recall_sample=c.recall_sample, recall_max_new_tokens=c.recall_max_new_tokens,
+                 min_recall=c.min_recall, recall_every=c.recall_every)
+
+
+@dataclass(frozen=True)
+class Trained:
+    report: EvalReport
+    wall_s: float
+    cpu_s: float  # the trainer process's user + system time
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_trainer(spec: JobSpec, job_file: Path) -> Trained:
+    """Write `spec` to `job_file`, run the trainer on it to its end and read its report; a failed run ends the
+    bench with the trainer's last words."""
+    spec.write(job_file)
+    started, cpu = time.monotonic(), _children_cpu_seconds()
+    proc = subprocess.run([sys.executable, "-m", "memwarden.training", str(job_file)], capture_output=True, text=True)
+    wall, cpu = time.monotonic() - started, _children_cpu_seconds() - cpu
+    if proc.returncode != EXIT_DONE:
+        raise SystemExit(f"trainer of {spec.run_id} exited {proc.returncode}: {proc.stderr[-2000:]}")
+    return Trained(EvalReport.read(Path(spec.output_dir)), round(wall, 1), round(cpu, 1))
