@@ -91,15 +91,25 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def train(root: Path, base: Path, name: str, hyper: Hyper, train_file: str, holdout: str,
-          threads: int | None) -> dict:
+def base_or_build(root: Path, base: Path | None) -> Path:
+    """The demo base given, else `model init-demo`'s default build under root."""
+    if base is not None:
+        return base
+    subprocess.run([sys.executable, "-m", "memwarden.training.demo_model", str(root / "base")], check=True,
+                   capture_output=True)
+    return root / "base"
+
+
+def run_trainer(root: Path, base: Path, name: str, hyper: Hyper, train_file: str, holdout: str,
+                threads: int | None = None, **spec_fields) -> tuple[EvalReport, float, float]:
+    """One trainer run as the daemon runs it, with the base's general probe: its report, wall and CPU seconds."""
     out = root / f"run-{name}"
     out.mkdir(parents=True)
     general = base / GENERAL_PROBE_FILE
     spec = JobSpec(run_id=name, adapter="bench", base_model=str(base), method="lora", output_dir=str(out / "run"),
-                   train_file=train_file, holdout_file=holdout, recall_file=train_file, hyper=hyper,
+                   train_file=train_file, holdout_file=holdout, hyper=hyper,
                    general_file=str(general) if general.is_file() else None, cpu_threads=threads,
-                   checkpoint_every_steps=100_000, checkpoint_every_seconds=1e9)
+                   checkpoint_every_steps=100_000, checkpoint_every_seconds=1e9, **spec_fields)
     spec.write(out / "job.json")
     started, cpu = time.monotonic(), cpu_seconds()
     proc = subprocess.run([sys.executable, "-m", "memwarden.training", str(out / "job.json")],
@@ -107,7 +117,12 @@ def train(root: Path, base: Path, name: str, hyper: Hyper, train_file: str, hold
     wall, cpu = time.monotonic() - started, cpu_seconds() - cpu
     if proc.returncode != EXIT_DONE:
         raise SystemExit(f"trainer of {name} exited {proc.returncode}: {proc.stderr[-2000:]}")
-    r = EvalReport.read(out / "run")
+    return EvalReport.read(out / "run"), wall, cpu
+
+
+def train(root: Path, base: Path, name: str, hyper: Hyper, train_file: str, holdout: str,
+          threads: int | None) -> dict:
+    r, wall, cpu = run_trainer(root, base, name, hyper, train_file, holdout, threads, recall_file=train_file)
     return {"run": name, "lr": hyper.lr, "steps": r.step, "recalled": r.recall.recalled,
             "memories": r.recall.memories, "token_accuracy": r.recall.token_accuracy,
             "holdout_loss_before": r.eval.holdout_loss_before, "holdout_loss_after": r.eval.holdout_loss_after,
@@ -129,11 +144,7 @@ def main() -> int:
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="recall-round-") as tmp:
         root = Path(tmp)
-        base = args.base
-        if base is None:
-            base = root / "base"
-            subprocess.run([sys.executable, "-m", "memwarden.training.demo_model", str(base)], check=True,
-                           capture_output=True)
+        base = base_or_build(root, args.base)
         pairs = facts(args.seed, args.facts + 4)
         train_file, holdout = write(root / "train.jsonl", pairs[: args.facts]), write(root / "holdout.jsonl",
                                                                                      pairs[args.facts:])
