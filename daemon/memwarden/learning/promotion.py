@@ -1,8 +1,8 @@
 """Promote a trained version, or keep the current one and say why (pure).
 
 The gate (`Gate`, from `learning.min_recall`, `learning.forgetting_epsilon`, `learning.general_epsilon`) asks of
-the trainer's report (eval_report.EvalReport.judged) three things, in this order; the first that fails is the
-reason the run is rejected, with its numbers:
+the trainer's report (eval_report.EvalReport.judged) three things (five of a run with a DPO stage), in this
+order; the first that fails is the reason the run is rejected, with its numbers:
 
 1. `low_recall`: the run gives back at least `min_recall` of its own memories (greedy recall, recall_score.py).
    Recall that was not measured fails too, unless `min_recall` is 0 (the check is off).
