@@ -12,7 +12,7 @@ from pathlib import Path
 
 from memwarden.config.schema import LearningConfig
 from memwarden.learning.eval_report import EvalReport
-from memwarden.learning.jobspec import EXIT_DONE, Hyper, JobSpec
+from memwarden.learning.jobspec import EXIT_DONE, GENERAL_PROBE_FILE, Hyper, JobSpec
 
 
 def demo_base(root: Path, given: Path | None) -> Path:
@@ -57,3 +57,17 @@ def run_trainer(spec: JobSpec, job_file: Path) -> Trained:
     if proc.returncode != EXIT_DONE:
         raise SystemExit(f"trainer of {spec.run_id} exited {proc.returncode}: {proc.stderr[-2000:]}")
     return Trained(EvalReport.read(Path(spec.output_dir)), round(wall, 1), round(cpu, 1))
+
+
+def train_on(root: Path, base: Path, name: str, hyper: Hyper, *, general: bool = True, **files: str | int | None
+             ) -> Trained:
+    """One bench run named `name` under root on `base` with `hyper` and the job spec's file fields given (train_file,
+    holdout_file, recall_file, preference_file, cpu_threads…), with the base's general probe unless `general` is
+    False; checkpoints never come due, as a bench run is never resumed."""
+    out = root / f"run-{name}"
+    out.mkdir(parents=True)
+    probe = base / GENERAL_PROBE_FILE
+    spec = JobSpec(run_id=name, adapter="bench", base_model=str(base), method="lora", output_dir=str(out / "run"),
+                   hyper=hyper, general_file=str(probe) if general and probe.is_file() else None,
+                   checkpoint_every_steps=100_000, checkpoint_every_seconds=1e9, **files)  # type: ignore[arg-type]
+    return run_trainer(spec, out / "job.json")

@@ -28,10 +28,10 @@ import tempfile
 from pathlib import Path
 
 from _common import parser
-from _recall import default_hyper, demo_base, run_trainer
+from _recall import default_hyper, demo_base, train_on
 
 from memwarden.learning import curator
-from memwarden.learning.jobspec import Hyper, JobSpec
+from memwarden.learning.jobspec import Hyper
 
 DAY0 = 1_767_225_600.0  # 2026-01-01
 PLACES = ("old mill", "harbour", "market", "library", "north beach", "allotment", "bakery", "station",
@@ -74,12 +74,8 @@ def cue_pairs(memories: list[dict], seed: int) -> tuple[list[curator.Pair], list
 
 def train(root: Path, base: Path, name: str, hyper: Hyper, train_file: Path, recall_file: Path,
           holdout: Path) -> dict:
-    out = root / f"run-{name}"
-    out.mkdir(parents=True)
-    spec = JobSpec(run_id=name, adapter="bench", base_model=str(base), method="lora", output_dir=str(out / "run"),
-                   train_file=str(train_file), holdout_file=str(holdout), recall_file=str(recall_file),
-                   hyper=hyper, checkpoint_every_steps=100_000, checkpoint_every_seconds=1e9)
-    trained = run_trainer(spec, out / "job.json")
+    trained = train_on(root, base, name, hyper, general=False, train_file=str(train_file), holdout_file=str(holdout),
+                       recall_file=str(recall_file))
     r = trained.report.recall
     return {"run": name, "lr": hyper.lr, "steps": trained.report.step, "recalled": r.recalled,
             "memories": r.memories, "token_accuracy": r.token_accuracy, "heldout_recalled": r.heldout_recalled,

@@ -26,9 +26,9 @@ import tempfile
 from pathlib import Path
 
 from _common import parser
-from _recall import default_hyper, demo_base, run_trainer
+from _recall import default_hyper, demo_base, train_on
 
-from memwarden.learning.jobspec import GENERAL_PROBE_FILE, Hyper, JobSpec
+from memwarden.learning.jobspec import Hyper
 
 NAMES = ("Zeno", "Ines", "Mira", "Tomas", "Aiko", "Bruno", "Carla", "Dario", "Elif", "Farid", "Greta", "Hugo",
          "Ilse", "Jonas", "Kira", "Leon", "Maren", "Nils", "Olga", "Pavel", "Quinn", "Rosa", "Sven", "Tara",
@@ -76,14 +76,8 @@ def parse_try(text: str) -> dict:
 
 def train(root: Path, base: Path, name: str, hyper: Hyper, train_file: str, holdout: str,
           threads: int | None) -> dict:
-    out = root / f"run-{name}"
-    out.mkdir(parents=True)
-    general = base / GENERAL_PROBE_FILE
-    spec = JobSpec(run_id=name, adapter="bench", base_model=str(base), method="lora", output_dir=str(out / "run"),
-                   train_file=train_file, holdout_file=holdout, recall_file=train_file, hyper=hyper,
-                   general_file=str(general) if general.is_file() else None, cpu_threads=threads,
-                   checkpoint_every_steps=100_000, checkpoint_every_seconds=1e9)
-    trained = run_trainer(spec, out / "job.json")
+    trained = train_on(root, base, name, hyper, train_file=train_file, holdout_file=holdout, recall_file=train_file,
+                       cpu_threads=threads)
     r = trained.report
     return {"run": name, "lr": hyper.lr, "steps": r.step, "recalled": r.recall.recalled,
             "memories": r.recall.memories, "token_accuracy": r.recall.token_accuracy,

@@ -203,6 +203,15 @@ def probe_cell(e: dict[str, Any] | None) -> str:
     return "-" if before == after == "-" else f"{before}→{after}"
 
 
+def preference_cell(e: dict[str, Any] | None) -> str:
+    """Held-out preference accuracy before → after the run's DPO stage and the pairs, e.g. `50%→83% of 6`."""
+    e = e or {}
+    before, after = e.get("preference_accuracy_before"), e.get("preference_accuracy_after")
+    if not e.get("dpo_steps") or not isinstance(before, int | float) or not isinstance(after, int | float):
+        return "-"
+    return f"{before:.0%}→{after:.0%} of {e.get('preference_heldout')}"
+
+
 def general_cell(e: dict[str, Any] | None) -> str:
     """The general-probe loss before → after the run and its relative change, e.g. `1.210→1.228 (+1.5%)`."""
     e = e or {}
@@ -221,11 +230,12 @@ def runs(r: list[dict[str, Any]]) -> str:
 
     rows = [[x["id"], x["adapter"], x["state"], x["trigger"], ago(x["created_at"]), x["memory_ids"], ev(x),
              recall_cell(x.get("eval")), recall_cell(x.get("eval"), "recall_heldout"), probe_cell(x.get("eval")),
-             general_cell(x.get("eval")), "-" if x.get("version") is None else f"v{x['version']}", where_cell(x),
+             general_cell(x.get("eval")), preference_cell(x.get("eval")),
+             "-" if x.get("version") is None else f"v{x['version']}", where_cell(x),
              (x.get("error") or (x.get("reason") if x["state"] in ("rejected", "promoted") else "") or "")[:60]]
             for x in r]
     return table(rows, ["RUN", "ADAPTER", "STATE", "TRIGGER", "CREATED", "MEMORIES", "HOLDOUT", "RECALL",
-                        "REWORDED", "PROBE", "GENERAL", "VERSION", "WHERE", "NOTE"])
+                        "REWORDED", "PROBE", "GENERAL", "PREFERRED", "VERSION", "WHERE", "NOTE"])
 
 
 def where_cell(x: dict[str, Any]) -> str:
@@ -283,10 +293,10 @@ def train_status(r: dict[str, Any]) -> str:
     lines += ["", table(due, ["ADAPTER", "IMPORTANCE", "DUE", "WHY"])]
     versions = [[v["adapter"], f"v{v['version']}", "active" if v["active"] else "", v["ollama_model"] or "-",
                  ago(v["created_at"]), recall_cell(v), recall_cell(v, "recall_heldout"), probe_cell(v),
-                 general_cell(v)] for v in r["versions"]]
+                 general_cell(v), preference_cell(v)] for v in r["versions"]]
     if versions:
         lines += ["", table(versions, ["ADAPTER", "VERSION", "", "OLLAMA MODEL", "CREATED", "RECALL", "REWORDED",
-                                       "PROBE", "GENERAL"])]
+                                       "PROBE", "GENERAL", "PREFERRED"])]
     return "\n".join(lines)
 
 

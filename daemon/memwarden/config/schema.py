@@ -259,6 +259,15 @@ class LearningConfig:
     recall_every: int = setting(
         20, integer(0, 1_000_000), "Every this many steps, recall on a sample of 16 of the run's memories; once it "
         "reaches learning.min_recall (then on all of them), training stops (0: always train max_steps).")
+    dpo_steps: int = setting(
+        40, integer(0, 1_000_000), "Steps of the DPO stage after the supervised one, on the run's preference "
+        "memories (prompt, chosen, rejected), when it has two or more (0: no DPO stage).")
+    dpo_beta: float = setting(
+        0.1, number(0.001, 100), "DPO's β: how far from the supervised stage's policy the preferences may pull it.")
+    dpo_lr: float = setting(5e-4, number(1e-8, 1), "Learning rate of the DPO stage (constant).")
+    dpo_holdout_fraction: float = setting(
+        0.25, number(0.01, 0.5), "Share of the preference pairs the DPO stage never trains: preference accuracy is "
+        "measured on them (at least one).")
     checkpoint_steps: int = setting(50, integer(1, 1_000_000), "Checkpoint every this many steps ...")
     checkpoint_interval: float = setting("10m", duration(1), "... or this long, whichever comes first.")
     dry_run_steps: int = setting(10, integer(0, 1000), "Steps of the pre-flight run before a long run (0: none).")

@@ -290,7 +290,8 @@ def curate(new: Sequence[Memory], previous: Sequence[Memory] = (), *, dual: bool
 
 
 def write_jsonl(path: Path | str, pairs: Iterable[Pair | Mapping[str, Any]], tagged: bool = False) -> int:
-    """Write pairs as JSONL ({"messages": [...]} per line; `tagged`: with memory_id and wording) atomically: a
+    """Write pairs as JSONL ({"messages": [...]} per line; `tagged`: with memory_id and wording; a mapping without
+    messages as it is) atomically: a
     temp file in the same directory, fsynced, then renamed over `path`. Returns the number of lines."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -299,7 +300,8 @@ def write_jsonl(path: Path | str, pairs: Iterable[Pair | Mapping[str, Any]], tag
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             for p in pairs:
-                obj = p.to_json(tagged) if isinstance(p, Pair) else {"messages": list(p["messages"])}
+                obj = (p.to_json(tagged) if isinstance(p, Pair) else
+                       {"messages": list(p["messages"])} if "messages" in p else dict(p))
                 f.write(json.dumps(obj, ensure_ascii=False) + "\n")
                 n += 1
             f.flush()

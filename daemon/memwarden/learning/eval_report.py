@@ -66,6 +66,34 @@ class Recall:
 
 
 @dataclass(frozen=True)
+class Preference:
+    """The DPO stage (training/dpo.py): `pairs` preference pairs trained for `steps` steps at `beta`, and the
+    share of the `heldout` pairs (never trained by DPO) whose chosen reply the model gives a higher log-probability
+    than the rejected one, before and after the stage; `recall_before` is this run's recall as the supervised
+    stage left it (the report's `recall` is after the stage). `steps` 0: no DPO stage."""
+
+    pairs: int = 0
+    heldout: int = 0
+    steps: int = 0
+    beta: float | None = None
+    accuracy_before: float | None = None
+    accuracy_after: float | None = None
+    recall_before: Recall = field(default_factory=Recall)
+
+    def flat(self) -> dict[str, Any]:
+        return {"dpo_steps": self.steps, "preference_pairs": self.pairs, "preference_heldout": self.heldout,
+                "preference_accuracy_before": self.accuracy_before,
+                "preference_accuracy_after": self.accuracy_after, **self.recall_before.flat("recall_before_dpo")}
+
+    @staticmethod
+    def from_dict(data: dict[str, Any] | None) -> Preference:
+        data = dict(data or {})
+        recall = Recall.from_dict(data.pop("recall_before", None))
+        known = {f.name for f in fields(Preference)} - {"recall_before"}
+        return Preference(recall_before=recall, **{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
 class ExportCheck:
     ok: bool | None = None  # None: not checked (a full fine-tune is not an adapter)
     problems: tuple[str, ...] = ()
@@ -89,12 +117,14 @@ class EvalReport:
     probe_recall_before: Recall = field(default_factory=Recall)  # earlier rounds' memories
     probe_recall_after: Recall = field(default_factory=Recall)
     stopped_early: bool = False  # recall reached hyper.min_recall before max_steps
-
+    preference: Preference = field(default_factory=Preference)  # the DPO stage, when the run had one
 
     def judged(self) -> dict[str, Any]:
-        """What promotion.judge reads and the run's `eval` column keeps: the losses, recall, throughput, the step."""
-        return {**asdict(self.eval), **self.recall_fields(), "tokens_per_s": self.tokens_per_s, "step": self.step,
-                "stopped_early": self.stopped_early, "fisher_combined_with_prior": self.fisher_combined_with_prior}
+        """What promotion.judge reads and the run's `eval` column keeps: the losses, recall, the DPO stage's
+        figures, throughput, the step."""
+        return {**asdict(self.eval), **self.recall_fields(), **self.preference.flat(),
+                "tokens_per_s": self.tokens_per_s, "step": self.step, "stopped_early": self.stopped_early,
+                "fisher_combined_with_prior": self.fisher_combined_with_prior}
 
     def recall_fields(self) -> dict[str, Any]:
         """recall, recall_recalled, recall_memories, recall_token_accuracy, the same for recall_heldout (this
@@ -122,9 +152,10 @@ class EvalReport:
         export = data.pop("export", None) or {}
         recalls = {name: Recall.from_dict(data.pop(name, None))
                    for name in ("recall", "probe_recall_before", "probe_recall_after")}
+        preference = Preference.from_dict(data.pop("preference", None))
         known = {f.name for f in fields(EvalReport)} - {"eval", "export"}
         return EvalReport(eval=losses, export=ExportCheck(export.get("ok"), tuple(export.get("problems", ()))),
-                          **recalls, **{k: v for k, v in data.items() if k in known})
+                          preference=preference, **recalls, **{k: v for k, v in data.items() if k in known})
 
     @staticmethod
     def read(out_dir: Path) -> EvalReport:

@@ -51,7 +51,7 @@ log = get_logger()
 MAX_ATTEMPTS = 3  # crashes (not preemptions) of the trainer before a run is failed
 DRY_FAILED = -1000  # a failed dry run's exit, offset so that it never reads as a real run's code
 # trainer events worth a log line
-LOGGED_EVENTS = ("start", "clamp", "oom_retry", "preempted", "error", "checkpoint", "recall")
+LOGGED_EVENTS = ("start", "clamp", "oom_retry", "preempted", "error", "checkpoint", "recall", "stage")
 ERROR_TAIL = 800  # characters of the trainer's log quoted when it died without an error line
 
 Finish = Callable[[str, str, Path], Awaitable[bool]]  # (run, adapter, run dir) → promoted

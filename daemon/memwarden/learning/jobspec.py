@@ -44,6 +44,11 @@ class Hyper:
     min_recall: float = 0.0
     recall_every: int = 0
     recall_check_sample: int = 16
+    # The DPO stage after the supervised one (training/dpo.py), when the job has a preference file: this many
+    # steps (0: none) of the sigmoid DPO loss at temperature dpo_beta, at learning rate dpo_lr.
+    dpo_steps: int = 0
+    dpo_beta: float = 0.1
+    dpo_lr: float = 5e-4
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,9 @@ class JobSpec:
     probe_file: str | None = None  # earlier memories: loss before/after measures forgetting
     recall_file: str | None = None  # this run's new memories, one pair each: recall after training
     general_file: str | None = None  # the base's general-text probe (conversations): loss before/after
+    # JSONL of {"prompt", "chosen", "rejected", "memory_id", "heldout"}: the DPO stage's pairs, the held-out ones
+    # only measured (learning/preferences.py)
+    preference_file: str | None = None
     init_adapter: str | None = None  # the promoted version this run continues from
     hyper: Hyper = field(default_factory=Hyper)
     ewc: Ewc = field(default_factory=Ewc)
@@ -117,7 +125,9 @@ class JobSpec:
 # clock); the others carry what their name says:
 #   start       {run_id, method, device, steps, micro_batch, grad_accum, resumed_from_step}
 #   clamp       {what: "lr", requested, used, range}                   (full fine-tune lr outside the range)
-#   step        {step, loss, lr, grad_norm, tokens_per_s, memory_bytes}
+#   step        {step, loss, lr, grad_norm, tokens_per_s, memory_bytes}  (in the DPO stage also stage: "dpo",
+#                dpo_step, margin: the mean reward margin, accuracy: the step's share of pairs with a positive one)
+#   stage       {stage: "dpo", step, steps, pairs, heldout, beta, lr, accuracy_before, recall_before, resumed}
 #   eval        {step, holdout_loss}
 #   checkpoint  {step, path}
 #   oom_retry   {step, micro_batch, grad_accum}                        (halved / doubled, same effective batch)
@@ -125,6 +135,7 @@ class JobSpec:
 #   recall      {step, recalled, memories, token_accuracy, sample}          (an early-stop check of recall)
 #   done        {step, final_dir, eval: {holdout_loss_before, holdout_loss_after, probe_loss_before,
 #                probe_loss_after, general_loss_before, general_loss_after}, tokens_per_s,
-#                recall: EvalReport.recall_fields(), stopped_early}
+#                recall: EvalReport.recall_fields(), stopped_early, preference: eval_report.Preference}
 #   error       {message}
-EVENTS = ("start", "clamp", "step", "eval", "recall", "checkpoint", "oom_retry", "preempted", "done", "error")
+EVENTS = ("start", "clamp", "step", "eval", "recall", "stage", "checkpoint", "oom_retry", "preempted", "done",
+          "error")

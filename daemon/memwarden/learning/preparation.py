@@ -1,4 +1,5 @@
-"""A run's inputs: its adapter's memories curated into train, holdout and probe files, and its JobSpec.
+"""A run's inputs: its adapter's memories curated into train, holdout and probe files, its preference pairs for
+the DPO stage (preferences.py), and its JobSpec.
 
 The run continues from the adapter's active version (its weights and its EWC Fisher). The spec is written
 beside the files as job.json and recorded in the run's row with the memories it learns, so that a restart
@@ -13,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from memwarden.config.schema import Config
-from memwarden.learning import curator
+from memwarden.learning import curator, preferences
 from memwarden.learning.jobspec import GENERAL_PROBE_FILE, Ewc, Hyper, JobSpec, SimGpu
 from memwarden.learning.leasing import Granted
 from memwarden.learning.runs import RunStore
@@ -31,7 +32,8 @@ def prepare(config: Config, store: MemoryStore, runs: RunStore, versions: Versio
             ) -> JobSpec:
     """`extra`: question/answer pairs written about new memories (learning.augment, augment.py)."""
     cfg = config.learning
-    cur = curator.curate(store.for_adapter(adapter, consolidated=False), store.for_adapter(adapter, consolidated=True),
+    new = store.for_adapter(adapter, consolidated=False)
+    cur = curator.curate(new, store.for_adapter(adapter, consolidated=True),
                          dual=cfg.dual, max_samples=cfg.max_samples, holdout_fraction=cfg.holdout_fraction,
                          replay_fraction=cfg.replay_fraction, seed=cfg.seed, extra=extra)
     if not cur.train:
@@ -45,6 +47,10 @@ def prepare(config: Config, store: MemoryStore, runs: RunStore, versions: Versio
     if cur.probe:
         curator.write_jsonl(out / "probe.jsonl", cur.probe)
         probe = str(out / "probe.jsonl")
+    prefs = preferences.split(new, {*cur.train_ids, *cur.holdout_ids}, cur.holdout_ids, cfg.dpo_holdout_fraction,
+                              cfg.seed)
+    if prefs.train and cfg.dpo_steps:
+        preferences.write(out / preferences.FILE, prefs)
     active = versions.active(adapter)
     prior_fisher = Path(active.path) / "fisher.safetensors" if active else None
     general = Path(cfg.base_model) / GENERAL_PROBE_FILE
@@ -53,12 +59,14 @@ def prepare(config: Config, store: MemoryStore, runs: RunStore, versions: Versio
         train_file=str(out / "train.jsonl"), holdout_file=str(out / "holdout.jsonl"), probe_file=probe,
         recall_file=str(out / "recall.jsonl") if recall else None,
         general_file=str(general) if general.is_file() else None,
+        preference_file=str(out / preferences.FILE) if prefs.train and cfg.dpo_steps else None,
         init_adapter=active.path if active and cfg.method != "full" else None,
         hyper=Hyper(lr=cfg.lr, rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout, micro_batch=cfg.micro_batch,
                     grad_accum=cfg.grad_accum, max_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
                     max_seq_len=cfg.max_seq_len, seed=cfg.seed, target_modules=cfg.target_modules,
                     recall_sample=cfg.recall_sample, recall_max_new_tokens=cfg.recall_max_new_tokens,
-                    min_recall=cfg.min_recall, recall_every=cfg.recall_every),
+                    min_recall=cfg.min_recall, recall_every=cfg.recall_every, dpo_steps=cfg.dpo_steps,
+                    dpo_beta=cfg.dpo_beta, dpo_lr=cfg.dpo_lr),
         ewc=Ewc(lam=cfg.ewc_lambda, prior_fisher=str(prior_fisher) if prior_fisher and prior_fisher.exists()
                 else None),
         device=device, checkpoint_every_steps=cfg.checkpoint_steps, checkpoint_every_seconds=cfg.checkpoint_interval,
@@ -66,7 +74,8 @@ def prepare(config: Config, store: MemoryStore, runs: RunStore, versions: Versio
     spec.write(out / SPEC_FILE)
     runs.update(run_id, spec_path=str(out / SPEC_FILE), output_dir=str(out),
                 memory_ids=json.dumps(cur.consolidate_ids), reason=json.dumps(cur.summary()))
-    log.info("curated", run=run_id, adapter=adapter, **{k: v for k, v in cur.summary().items() if k != "adapter"})
+    log.info("curated", run=run_id, adapter=adapter, preference_pairs=len(prefs.train),
+             preference_heldout=len(prefs.heldout), **{k: v for k, v in cur.summary().items() if k != "adapter"})
     return spec
 
 

@@ -73,6 +73,11 @@ class CurrentRun:
             self.steps.append(event)
         elif kind == "start":
             self.start = event
+        elif kind == "stage" and self.start is not None:
+            # The DPO stage's steps count on from the supervised stage's end, so the phase now ends after them;
+            # a step of the stage does other work than a supervised one, so its throughput is its own baseline.
+            self.start = {**self.start, "steps": event["step"] + event["steps"]}
+            self.steps = StepHistory()
 
     @property
     def dry_run(self) -> bool:

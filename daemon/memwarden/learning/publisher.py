@@ -36,7 +36,8 @@ def ollama_name(adapter: str) -> str:
 
 # The verdict's own fields carry the share recalled ("recall"): these are the counts behind it.
 RECALL_SHOWN = ("recall_recalled", "recall_memories", "recall_token_accuracy", "recall_heldout",
-                "probe_recall_before", "probe_recall_after")
+                "probe_recall_before", "probe_recall_after", "recall_before_dpo", "dpo_steps", "preference_pairs",
+                "preference_heldout", "preference_accuracy_before", "preference_accuracy_after")
 
 
 class Publisher:

@@ -61,11 +61,12 @@ class RunStore:
         return rows
 
     def recall(self, run_id: str | None) -> dict[str, Any]:
-        """The recall fields of a finished run's evaluation (eval_report.EvalReport.recall_fields) and its
-        general-probe losses, {} if none."""
+        """The recall fields of a finished run's evaluation (eval_report.EvalReport.recall_fields), its
+        general-probe losses and its DPO stage's figures (eval_report.Preference.flat), {} if none."""
         rows = list(self.db.query("SELECT eval FROM runs WHERE id = ?", [run_id])) if run_id else []
         ev = json.loads(rows[0]["eval"]) if rows and rows[0]["eval"] else {}
-        return {k: v for k, v in ev.items() if k.startswith(("recall", "probe_recall", "general_loss"))}
+        return {k: v for k, v in ev.items() if k.startswith(("recall", "probe_recall", "general_loss",
+                                                                   "preference_", "dpo_"))}
 
     def pending(self, limit: int | None = None) -> list[str]:
         """Runs to (re)launch, oldest first."""

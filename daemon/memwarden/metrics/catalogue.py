@@ -115,6 +115,9 @@ FAMILIES: tuple[Family, ...] = (
     Family("memwarden_training_general_probe_loss", "gauge", ("adapter", "when"),
            "Loss on the base's general-text probe before and after the run that made the active version "
            "(when: before | after); a rise is general ability the adapter cost."),
+    Family("memwarden_training_preference_accuracy", "gauge", ("adapter", "when"),
+           "Share of held-out preference pairs whose chosen reply the model finds likelier than the rejected one, "
+           "before and after the DPO stage of the run that made the active version (when: before | after)."),
     # alerts
     Family("memwarden_alerts_active", "gauge", ("kind", "key", "severity"), "1 for each active alert."),
     Family("memwarden_alerts_raised_total", "counter", ("kind", "severity"),

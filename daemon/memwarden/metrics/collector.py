@@ -186,6 +186,9 @@ def recall_metrics(adapter: str, ev: dict, out: Families) -> None:
     for when in ("before", "after"):
         if isinstance(ev.get(f"general_loss_{when}"), int | float):
             out.add("memwarden_training_general_probe_loss", ev[f"general_loss_{when}"], adapter=adapter, when=when)
+        if ev.get("dpo_steps") and isinstance(ev.get(f"preference_accuracy_{when}"), int | float):
+            out.add("memwarden_training_preference_accuracy", ev[f"preference_accuracy_{when}"], adapter=adapter,
+                    when=when)
 
 
 def alert_metrics(d: Services, out: Families) -> None:

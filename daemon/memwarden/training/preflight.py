@@ -28,7 +28,8 @@ def validate(spec: JobSpec) -> None:
         problems.append(f"method must be one of {list(METHODS)}, got {spec.method!r}")
     if not (Path(spec.base_model) / "config.json").is_file():
         problems.append(f"base_model {spec.base_model} is not a model directory (no config.json)")
-    for name in ("train_file", "holdout_file", "probe_file", "recall_file", "general_file", "init_adapter"):
+    for name in ("train_file", "holdout_file", "probe_file", "recall_file", "general_file", "preference_file",
+                 "init_adapter"):
         value = getattr(spec, name)
         if value is not None and not Path(value).exists():
             problems.append(f"{name} {value} does not exist")
@@ -48,11 +49,13 @@ def validate(spec: JobSpec) -> None:
         ("recall_max_new_tokens", h.recall_max_new_tokens, 1),
         ("recall_every", h.recall_every, 0),
         ("recall_check_sample", h.recall_check_sample, 1),
+        ("dpo_steps", h.dpo_steps, 0),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             problems.append(f"hyper.{name} must be an integer ≥ {low}, got {value!r}")
-    if not (isinstance(h.lr, int | float) and h.lr > 0 and math.isfinite(h.lr)):
-        problems.append(f"hyper.lr must be positive, got {h.lr!r}")
+    for name, value in (("lr", h.lr), ("dpo_lr", h.dpo_lr), ("dpo_beta", h.dpo_beta)):
+        if not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
+            problems.append(f"hyper.{name} must be positive, got {value!r}")
     if not (isinstance(h.min_recall, int | float) and 0 <= h.min_recall <= 1):
         problems.append(f"hyper.min_recall must be in [0, 1], got {h.min_recall!r}")
     if not (isinstance(h.dropout, int | float) and 0 <= h.dropout < 1):

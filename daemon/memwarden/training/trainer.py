@@ -32,6 +32,7 @@ from memwarden.learning.eval_report import EvalReport, ExportCheck, Losses, Reca
 from memwarden.learning.jobspec import EXIT_DONE, EXIT_FAILED, EXIT_PREEMPTED, JobSpec
 from memwarden.training import checkpoint
 from memwarden.training.data import DataError, Order, collate, load_split
+from memwarden.training.dpo import DpoStage
 from memwarden.training.evaluation import Evaluation, autocast, token_loss_sum
 from memwarden.training.events import Emitter
 from memwarden.training.ewc import EwcPenalty, combine, compute_fisher, setup_ewc
@@ -40,9 +41,7 @@ from memwarden.training.model import build, is_oom, memory_bytes
 from memwarden.training.preflight import GiveUp, already_done, validate
 from memwarden.training.recall import EarlyStop, RecallMeter, load_items
 from memwarden.training.stop import StopFlag
-
-CLIP_NORM = 1.0
-MAX_NONFINITE_STEPS = 5  # consecutive steps with a NaN/inf loss or gradient (skipped) before giving up
+from memwarden.training.update import Updater
 
 
 class Preempted(Exception):
@@ -65,7 +64,7 @@ class Trainer:
         self.train_seconds = 0.0
         self.eval_before: dict[str, float | None] | None = None
         self.oom_injected = False
-        self.nonfinite = 0
+        self.updater = Updater()  # shared with the DPO stage: non-finite steps in a row count across the two
         self.last_ckpt: tuple[int, Path] | None = None
         self.last_ckpt_time = time.monotonic()
         self.anchor: dict[str, torch.Tensor] | None = None
@@ -128,6 +127,7 @@ class Trainer:
         self.probe_items = load_items(spec.probe_file, tok, h.max_seq_len, sample, h.seed)
         self.early = EarlyStop(self.recall_meter, self.recall_items, h.min_recall, h.recall_every,
                                h.recall_check_sample, h.seed)
+        self.dpo = DpoStage(self)
         if not self.train.examples:
             raise GiveUp(f"no usable training example in {spec.train_file} ({self.train.lines} lines, "
                          f"{self.train.dropped} with no assistant token within max_seq_len {h.max_seq_len})")
@@ -161,6 +161,7 @@ class Trainer:
             self.eval_before = {**self.evaluation.before(self.holdout, self.probe, self.general, self.micro_batch),
                                 "probe_recall": asdict(self.recall_meter.measure(self.probe_items))}
         self._loop()
+        self.dpo.run()
         return self._finish()
 
     def _resume(self) -> int:
@@ -188,6 +189,7 @@ class Trainer:
                 self.stopped_early, self.target = True, self.step
             if ck["anchor"] is not None:
                 self.anchor = {k: v.to(self.built.device) for k, v in ck["anchor"].items()}
+            self.dpo.restore(ck)
             self.last_ckpt = (step, path)
             return step
         return 0
@@ -266,19 +268,9 @@ class Trainer:
             )
             checkpoint.restore_rng(rng)
 
-        params = list(self.params.values())
-        penalty = self.ewc.add_to_grad() if self.ewc else None
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, CLIP_NORM))
         loss = loss_sum / targets
-        skipped = not (math.isfinite(loss) and math.isfinite(grad_norm))
-        if skipped:
-            self.nonfinite += 1
-            if self.nonfinite >= MAX_NONFINITE_STEPS:
-                raise GiveUp(f"loss or gradient not finite for {self.nonfinite} steps in a row (step {self.step + 1})")
-        else:
-            self.nonfinite = 0
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        penalty, grad_norm, skipped = self.updater.apply(self.optimizer, list(self.params.values()), self.ewc, loss,
+                                                         self.step + 1)
         self.scheduler.step()
         self.cursor += self.effective
         self.step += 1
@@ -314,9 +306,9 @@ class Trainer:
                 "micro_batch": self.micro_batch, "grad_accum": self.grad_accum, "effective_batch": self.effective,
                 "eval_before": self.eval_before, "tokens": self.tokens, "train_seconds": self.train_seconds,
                 "oom_injected": self.oom_injected, "lr": self.built.lr, "keys": sorted(self.params),
-                "stopped_early": self.stopped_early}
+                "stopped_early": self.stopped_early, **self.dpo.checkpoint_meta()}
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                 "rng": checkpoint.capture_rng()}
+                 "rng": checkpoint.capture_rng(), **self.dpo.checkpoint_state()}
         path = checkpoint.save(self.ckpt_root, self.step, trainable={k: p.detach() for k, p in self.params.items()},
                                anchor=self.anchor if self.ewc else None, state=state, meta=meta)
         self.last_ckpt, self.last_ckpt_time = (self.step, path), time.monotonic()
@@ -367,11 +359,11 @@ class Trainer:
             fisher=str(final / FISHER_FILE) if fisher else None, fisher_samples=samples,
             fisher_combined_with_prior=bool(fisher and self.prior), export=export, recall=recall,
             probe_recall_before=Recall.from_dict(self.eval_before.get("probe_recall")), probe_recall_after=probe_after,
-            stopped_early=self.stopped_early)
+            stopped_early=self.stopped_early, preference=self.dpo.report())
         report.write(self.out)
         self.emit.emit("done", step=self.step, final_dir=str(final), eval=asdict(losses), tokens_per_s=tokens_per_s,
                        fisher=report.fisher, export=report.to_dict()["export"], recall=report.recall_fields(),
-                       stopped_early=self.stopped_early)
+                       stopped_early=self.stopped_early, preference=asdict(report.preference))
         checkpoint.remove_all(self.ckpt_root)  # the adapter ships alone; checkpoints are for resuming only
         return EXIT_DONE
 

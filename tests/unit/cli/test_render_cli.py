@@ -107,7 +107,8 @@ RECALLED = {"recall": 0.9, "recall_recalled": 36, "recall_memories": 40, "recall
             "recall_heldout_token_accuracy": 0.912,
             "probe_recall_before_recalled": 18, "probe_recall_before_memories": 20,
             "probe_recall_after_recalled": 17, "probe_recall_after_memories": 20,
-            "general_loss_before": 0.5, "general_loss_after": 0.51}
+            "general_loss_before": 0.5, "general_loss_after": 0.51, "dpo_steps": 40, "preference_heldout": 6,
+            "preference_accuracy_before": 0.5, "preference_accuracy_after": 0.8333}
 
 
 def test_train_status_shows_the_recall_of_each_version():
@@ -116,6 +117,7 @@ def test_train_status_shows_the_recall_of_each_version():
     out = render.train_status({**STATUS, "current": None, "versions": [version]})
     header, row = out.splitlines()[-2:]
     assert "RECALL" in header and "REWORDED" in header and "PROBE" in header and "GENERAL" in header
+    assert "PREFERRED" in header and "50%→83% of 6" in row
     assert "36/40 (acc 0.95)" in row and "30/40 (acc 0.91)" in row and "18/20→17/20" in row
     assert "0.500→0.510 (+2.0%)" in row
 
@@ -130,6 +132,8 @@ def test_train_history_shows_recall_and_a_dash_for_runs_without_it():
     assert "36/40 (acc 0.95)" in new and "30/40 (acc 0.91)" in new and "18/20→17/20" in new
     assert "0.500→0.510 (+2.0%)" in new
     assert "acc" not in old and old.count("→") == 1  # only the holdout column has an arrow
+    assert "50%→83% of 6" in new
+    assert render.preference_cell({**RECALLED, "dpo_steps": 0}) == "-"  # no DPO stage
     assert render.recall_cell({"recall_memories": 4, "recall_recalled": 0, "recall_token_accuracy": None}) == "0/4"
     assert render.probe_cell({"probe_recall_after_recalled": 1, "probe_recall_after_memories": 2}) == "-→1/2"
     assert render.general_cell({"general_loss_before": None, "general_loss_after": 0.4}) == "-"

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from memwarden.learning.eval_report import FILE, EvalReport, ExportCheck, Losses, Recall
+from memwarden.learning.eval_report import FILE, EvalReport, ExportCheck, Losses, Preference, Recall
 from memwarden.learning.promotion import Gate, judge
 
 
@@ -59,9 +59,25 @@ def test_judged_is_what_promotion_reads():
                   "probe_recall_before": 0.9, "probe_recall_before_recalled": 18,
                   "probe_recall_before_memories": 20, "probe_recall_before_token_accuracy": 0.9,
                   "probe_recall_after": 0.85, "probe_recall_after_recalled": 17,
-                  "probe_recall_after_memories": 20, "probe_recall_after_token_accuracy": 0.88}
+                  "probe_recall_after_memories": 20, "probe_recall_after_token_accuracy": 0.88,
+                  "dpo_steps": 0, "preference_pairs": 0, "preference_heldout": 0, "preference_accuracy_before": None,
+                  "preference_accuracy_after": None, "recall_before_dpo": None, "recall_before_dpo_recalled": 0,
+                  "recall_before_dpo_memories": 0, "recall_before_dpo_token_accuracy": None}
     assert judge(ev, Gate()).promote
     assert not judge(report(recall=Recall(40, 35, 0.9)).judged(), Gate()).promote
+
+
+def test_a_dpo_stages_figures_are_written_read_back_and_judged(tmp_path):
+    stage = Preference(pairs=30, heldout=10, steps=40, beta=0.1, accuracy_before=0.6, accuracy_after=0.9,
+                       recall_before=Recall(40, 37, 0.97))
+    written = report(preference=stage)
+    written.write(tmp_path)
+    assert EvalReport.read(tmp_path) == written
+    ev = written.judged()
+    assert (ev["dpo_steps"], ev["preference_heldout"], ev["preference_accuracy_after"]) == (40, 10, 0.9)
+    assert (ev["recall_before_dpo_recalled"], ev["recall_before_dpo_memories"]) == (37, 40)
+    assert judge(ev, Gate()).reason.endswith("held-out preferences 60% → 90%")
+    assert not judge(report(preference=dataclasses.replace(stage, accuracy_after=0.6)).judged(), Gate()).promote
 
 
 def test_the_module_needs_no_torch():

@@ -68,3 +68,15 @@ def test_the_current_run_keeps_a_bounded_window_and_resets_per_phase():
     assert cur.last["event"] == "checkpoint" and cur.steps.last["step"] == 2000
     cur.new_phase()
     assert cur.start is None and not cur.steps and cur.steps.last is None and not cur.dry_run
+
+
+def test_the_dpo_stage_extends_the_phase_and_is_its_own_throughput_baseline():
+    cur = CurrentRun("r1", "alice")
+    cur.record({"event": "start", "steps": 40, "dry_run": False})
+    for i in range(1, 21):
+        cur.record({"event": "step", "step": i, "loss": 1.0, "tokens_per_s": 1000.0})
+    cur.record({"event": "stage", "stage": "dpo", "step": 20, "steps": 30})
+    assert cur.progress()["steps"] == 50 and not cur.steps
+    for i in range(21, 31):
+        cur.record({"event": "step", "stage": "dpo", "step": i, "loss": 0.6, "tokens_per_s": 500.0})
+    assert cur.progress()["step"] == 30 and kinds(cur.steps) == []  # half the supervised rate: not a drop

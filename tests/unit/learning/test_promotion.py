@@ -8,7 +8,16 @@ import math
 import pytest
 
 from memwarden.config import parse_config
-from memwarden.learning.promotion import FORGOT, GENERAL_DRIFT, LOW_RECALL, PROMOTED, Gate, judge
+from memwarden.learning.promotion import (
+    DPO_FORGOT,
+    FORGOT,
+    GENERAL_DRIFT,
+    LOW_RECALL,
+    NO_PREFERENCE_GAIN,
+    PROMOTED,
+    Gate,
+    judge,
+)
 
 GATE = Gate(min_recall=0.9, forgetting_epsilon=0.05, general_epsilon=0.02)
 
@@ -91,7 +100,7 @@ def test_the_gate_comes_from_the_learning_section_and_logs_its_settings():
     assert gate == Gate(0.8, 0.1, 0.03)
     fields = judge(ev(recalled=20), gate).log_fields()
     assert fields == {"decision": "learning.promote", "promote": False, "code": LOW_RECALL, "recall": 0.5,
-                      "forgetting": None, "general_rise": None, "gate_min_recall": 0.8,
+                      "forgetting": None, "general_rise": None, "preference_accuracy": None, "gate_min_recall": 0.8,
                       "gate_forgetting_epsilon": 0.1, "gate_general_epsilon": 0.03}
 
 
@@ -99,3 +108,42 @@ def test_the_defaults_are_the_documented_ones():
     cfg = parse_config({}, env={}, uid=1000).learning
     assert (cfg.min_recall, cfg.forgetting_epsilon) == (0.9, 0.05)
     assert Gate.of(cfg) == Gate()
+
+
+def dpo(before: float, after: float, recalled_before: int = 38, heldout: int = 10, **kw) -> dict:
+    """A run with a DPO stage: its held-out preference accuracy, and its recall before the stage (after: ev's)."""
+    return {**ev(**kw), "dpo_steps": 40, "preference_heldout": heldout, "preference_accuracy_before": before,
+            "preference_accuracy_after": after, "recall_before_dpo_recalled": recalled_before,
+            "recall_before_dpo_memories": 40}
+
+
+def test_a_dpo_stage_that_raised_preference_accuracy_and_kept_recall_is_promoted():
+    v = judge(dpo(0.5, 0.8, recalled_before=39, recalled=37), GATE)  # 39 → 37 of 40: a drop of exactly ε
+    assert (v.promote, v.code, v.preference) == (True, PROMOTED, (0.5, 0.8))
+    assert v.reason.endswith("; held-out preferences 50% → 80%")
+    assert v.log_fields()["preference_accuracy"] == [0.5, 0.8]
+
+
+@pytest.mark.parametrize("after", [0.5, 0.4])
+def test_a_dpo_stage_that_did_not_raise_preference_accuracy_is_rejected(after):
+    v = judge(dpo(0.5, after), GATE)
+    assert (v.promote, v.code) == (False, NO_PREFERENCE_GAIN)
+    assert v.reason == f"the DPO stage did not raise preference accuracy on 10 held-out pairs: 50% → {after:.0%}"
+
+
+def test_held_out_preferences_all_preferred_before_and_after_are_no_reason_to_reject():
+    assert judge(dpo(1.0, 1.0), GATE).promote
+    assert judge(dpo(1.0, 0.9), GATE).code == NO_PREFERENCE_GAIN
+
+
+def test_a_dpo_stage_that_cost_recall_beyond_epsilon_is_rejected():
+    v = judge(dpo(0.5, 0.9, recalled_before=40, recalled=37), GATE)
+    assert (v.promote, v.code) == (False, DPO_FORGOT)
+    assert v.reason == ("the DPO stage cost recall: 40/40 → 37/40 (−7.5%), more than learning.forgetting_epsilon "
+                        "5.0%")
+
+
+def test_the_supervised_gate_comes_first_and_a_run_without_a_dpo_stage_is_not_judged_on_preferences():
+    assert judge(dpo(0.5, 0.9, recalled=20), GATE).code == LOW_RECALL
+    v = judge({**dpo(0.5, 0.4), "dpo_steps": 0}, GATE)
+    assert (v.promote, v.preference) == (True, None) and "preferences" not in v.reason

@@ -54,7 +54,9 @@ async def busy_daemon(make):
                                                   "recall_heldout_token_accuracy": 0.9, "probe_recall_after": 0.5,
                                                   "probe_recall_after_recalled": 10, "probe_recall_after_memories": 20,
                                                   "probe_recall_after_token_accuracy": None,
-                                                  "general_loss_before": 0.32, "general_loss_after": 0.33}))
+                                                  "general_loss_before": 0.32, "general_loss_after": 0.33,
+                                                  "dpo_steps": 40, "preference_accuracy_before": 0.5,
+                                                  "preference_accuracy_after": 0.8}))
     d.learning.versions.promote("alice", 1, "r1", "/v1", T0)
     d.learning.versions.promote("alice", 2, "r2", "/v2", T0 + 1)
     d.learning.runs.insert("r5", "bob", "bob", "threshold", T0, "lora")
@@ -232,13 +234,16 @@ async def test_recall_of_each_active_version(make):
     assert "memwarden_training_recall_ratio" not in scrape(h.services)
 
 
-async def test_general_probe_loss_of_each_active_version_before_and_after_its_run(make):
+@pytest.mark.parametrize("family, before, after", [("memwarden_training_general_probe_loss", 0.32, 0.33),
+                                                   ("memwarden_training_preference_accuracy", 0.5, 0.8)])
+async def test_general_probe_loss_and_preference_accuracy_of_each_active_version_before_and_after_its_run(
+        make, family, before, after):
     h, _ = await busy_daemon(make)
     m = scrape(h.services)
-    assert value(m, "memwarden_training_general_probe_loss", adapter="alice", when="before") == pytest.approx(0.32)
-    assert value(m, "memwarden_training_general_probe_loss", adapter="alice", when="after") == pytest.approx(0.33)
-    h.services.learning.versions.activate("alice", 1)  # v1's run had no general probe
-    assert "memwarden_training_general_probe_loss" not in scrape(h.services)
+    assert value(m, family, adapter="alice", when="before") == pytest.approx(before)
+    assert value(m, family, adapter="alice", when="after") == pytest.approx(after)
+    h.services.learning.versions.activate("alice", 1)  # v1's run had no general probe and no DPO stage
+    assert family not in scrape(h.services)
 
 
 async def test_a_dry_run_phase_is_labelled_and_reset_between_phases(make):

@@ -20,6 +20,17 @@ def test_a_valid_spec_passes(spec):
     validate(spec)
 
 
+def test_dpo_settings_and_the_preference_file_are_checked(spec, tmp_path):
+    bad = replace(spec, preference_file=str(tmp_path / "no-prefs.jsonl"),
+                  hyper=Hyper(dpo_steps=-1, dpo_beta=0.0, dpo_lr=float("nan")))
+    with pytest.raises(GiveUp) as err:
+        validate(bad)
+    message = str(err.value)
+    assert "preference_file" in message and "no-prefs.jsonl" in message
+    assert "hyper.dpo_steps must be an integer ≥ 0" in message
+    assert "hyper.dpo_beta must be positive, got 0.0" in message and "hyper.dpo_lr must be positive" in message
+
+
 def test_recall_settings_and_file_are_checked(spec, tmp_path):
     bad = replace(spec, recall_file=str(tmp_path / "gone.jsonl"), general_file=str(tmp_path / "no-probe.jsonl"),
                   hyper=Hyper(recall_sample=-1, recall_max_new_tokens=0, recall_every=-1, recall_check_sample=0,
