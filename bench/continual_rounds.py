@@ -30,7 +30,13 @@ the matrix R[r][i] is the share of round i's facts recalled after round r. Repor
 average final recall (mean of the last row), backward transfer BWT (mean over i < last of R[last][i] − R[i][i]),
 the general-probe loss of the base's general_probe.jsonl against the base's own, and wall and CPU seconds per
 round (trainer, and evaluation apart). Results are appended per method as JSON lines to --out, so that methods
-can be run one after another and tabulated together (--table).
+can be run one after another and tabulated together (--table); --only N runs the first N rounds of the same
+memories, whose figures the table sets beside the longer runs' after N rounds.
+
+The gate as the daemon has it may reject every round after the first (BENCHMARKS.md, Recall 4): the rejected
+memories then pile up and nothing more is learned. --promote-always promotes every round and still records what
+the gate said, so the methods can be told apart by what they keep; --general-epsilon opens the general-probe
+check for a base that any round moves by more than learning.general_epsilon (the tests' cached demo base).
 """
 
 from __future__ import annotations
@@ -213,10 +219,11 @@ def hyper_of(cfg: LearningConfig) -> Hyper:
 
 
 def run_method(method: Method, base: Path, root: Path, all_rounds: list[list[dict]], threads: int,
-               max_steps: int | None) -> dict:
+               max_steps: int | None, general_epsilon: float | None, promote_always: bool) -> dict:
     cfg = LearningConfig()
     hyper = hyper_of(cfg) if max_steps is None else dataclasses.replace(hyper_of(cfg), max_steps=max_steps)
-    gate = Gate.of(cfg)
+    gate = Gate.of(cfg) if general_epsilon is None else dataclasses.replace(Gate.of(cfg),
+                                                                            general_epsilon=general_epsilon)
     script = str(Path(__file__).resolve())
     general = base / GENERAL_PROBE_FILE
     pending: list[dict] = []
@@ -252,7 +259,7 @@ def run_method(method: Method, base: Path, root: Path, all_rounds: list[list[dic
         report = EvalReport.read(out / "run")
         verdict = judge(report.judged(), gate)
         stack_wall = stack_cpu = 0.0
-        if verdict.promote:
+        if verdict.promote or promote_always:
             done = set(cur.consolidate_ids)
             consolidated += [m for m in pending if m["id"] in done]
             pending = [m for m in pending if m["id"] not in done]
@@ -275,7 +282,8 @@ def run_method(method: Method, base: Path, root: Path, all_rounds: list[list[dic
         stdout, eval_wall, eval_cpu = run_child([script, "--evaluate", str(request)])
         ev = json_out(stdout)
         matrix.append([x["recalled"] / x["memories"] for x in ev["recall"]])
-        rows.append({"round": r, "promoted": verdict.promote, "code": verdict.code, "reason": verdict.reason,
+        rows.append({"round": r, "promoted": verdict.promote or promote_always, "code": verdict.code,
+                     "reason": verdict.reason,
                      "steps": report.step, "train_recall": verdict.recall, "trained_pairs": len(cur.train),
                      "replayed": len(cur.replay_ids), "general_loss": ev["general_loss"],
                      "train_wall_s": round(train_wall + stack_wall, 1), "train_cpu_s": round(train_cpu + stack_cpu, 1),
@@ -298,15 +306,14 @@ def base_general(base: Path, root: Path, threads: int) -> float:
     return json_out(stdout)["general_loss"]
 
 
-def summary(result: dict, base_loss: float) -> dict[str, Any]:
-    m = result["matrix"]
-    last = m[-1]
-    n = len(m)
+def summary(result: dict, base_loss: float, upto: int | None = None) -> dict[str, Any]:
+    """The figures after `upto` rounds (default: all that ran): a shorter run's rounds are a prefix of a longer's."""
+    m, rows = result["matrix"][:upto], result["rounds"][:upto]
+    last, n = m[-1], len(m)
     bwt = sum(last[i] - m[i][i] for i in range(n - 1)) / (n - 1) if n > 1 else None
-    rows = result["rounds"]
     return {"method": result["method"]["name"], "rounds": n, "avg_final_recall": sum(last) / len(last), "bwt": bwt,
             "general_drift": rows[-1]["general_loss"] / base_loss - 1,
-            "promoted": sum(r["promoted"] for r in rows),
+            "gate_passed": sum(r["code"] == "promoted" for r in rows),
             "train_wall_per_round": sum(r["train_wall_s"] for r in rows) / n,
             "train_cpu_per_round": sum(r["train_cpu_s"] for r in rows) / n,
             "eval_wall_per_round": sum(r["eval_wall_s"] for r in rows) / n}
@@ -321,10 +328,11 @@ def render(results: list[dict], base_loss: float) -> str:
         out.append(table(head, [[r + 1] + [f"{x:.2f}" if i <= r else "" for i, x in enumerate(row + [0] * (
             len(m) - len(row)))] + [res["rounds"][r]["code"]] for r, row in enumerate(m)]))
         out.append("")
-    sums = [summary(r, base_loss) for r in results]
-    out.append(table(["method", "rounds", "promoted", "avg final recall", "BWT", "general drift",
+    sums = [summary(r, base_loss, upto) for upto in sorted({len(r["matrix"]) for r in results}) for r in results
+            if len(r["matrix"]) >= upto]
+    out.append(table(["method", "rounds", "passed the gate", "avg final recall", "BWT", "general drift",
                       "train wall/round", "train CPU/round", "eval wall/round"],
-                     [[s["method"], s["rounds"], s["promoted"], f"{s['avg_final_recall']:.3f}",
+                     [[s["method"], s["rounds"], s["gate_passed"], f"{s['avg_final_recall']:.3f}",
                        fmt(s["bwt"], 3), f"{s['general_drift']:+.1%}", f"{s['train_wall_per_round']:.1f} s",
                        f"{s['train_cpu_per_round']:.1f} s", f"{s['eval_wall_per_round']:.1f} s"] for s in sums]))
     return "\n".join(out)
@@ -340,10 +348,16 @@ def main() -> int:
     p.add_argument("--method", action="append", default=[],
                    help="plain | replay | ewc | ewc_replay | stack | NAME:replay=R,lam=L (repeatable)")
     p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--only", type=int, default=None,
+                   help="run only the first N of the --rounds rounds (the same memories as the full run)")
     p.add_argument("--facts", type=int, default=40)
     p.add_argument("--journal", type=int, default=4)
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--steps", type=int, default=None, help="override learning.max_steps (a quick try)")
+    p.add_argument("--general-epsilon", type=float, default=None,
+                   help="override learning.general_epsilon in the gate (a base whose general probe any round moves)")
+    p.add_argument("--promote-always", action="store_true",
+                   help="promote every round whatever the gate says (its verdict is still recorded)")
     p.add_argument("--threads", type=int, default=1, help="torch's CPU threads in every child")
     p.add_argument("--work", type=Path, required=True, help="directory for the rounds' files (kept)")
     p.add_argument("--out", type=Path, required=True, help="JSON lines, one per method, appended")
@@ -352,15 +366,18 @@ def main() -> int:
     cfg = LearningConfig()
     args.work.mkdir(parents=True, exist_ok=True)
     if not args.table:
-        all_rounds = rounds_of_memories(args.seed, args.rounds, args.facts, args.journal)
+        all_rounds = rounds_of_memories(args.seed, args.rounds, args.facts, args.journal)[: args.only]
         for text in args.method:
             method = methods(text, cfg)
             started = {"date_utc": machine()["date_utc"], "commit": machine()["commit"],
                        "cpu_pressure_start": cpu_pressure()}
-            res = run_method(method, args.base, args.work, all_rounds, args.threads, args.steps)
+            res = run_method(method, args.base, args.work, all_rounds, args.threads, args.steps,
+                             args.general_epsilon, args.promote_always)
             with args.out.open("a") as fh:
                 fh.write(json.dumps({**res, **started, "facts": args.facts, "journal": args.journal,
-                                     "seed": args.seed, "cpu_pressure_end": cpu_pressure()}) + "\n")
+                                     "seed": args.seed, "general_epsilon": args.general_epsilon,
+                                     "promote_always": args.promote_always,
+                                     "cpu_pressure_end": cpu_pressure()}) + "\n")
     results = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
     base_loss = base_general(args.base, args.work, args.threads)
     emit("Ten rounds of memories", render(results, base_loss) + f"\n\nbase general-probe loss {base_loss:.4f}",
