@@ -266,7 +266,7 @@ class LearningConfig:
         "memories (prompt, chosen, rejected), when it has two or more (0: no DPO stage).")
     dpo_beta: float = setting(
         0.1, number(0.001, 100), "DPO's β: how far from the supervised stage's policy the preferences may pull it.")
-    dpo_lr: float = setting(5e-4, number(1e-8, 1), "Learning rate of the DPO stage (constant).")
+    dpo_lr: float = setting(1e-4, number(1e-8, 1), "Learning rate of the DPO stage (constant).")
     dpo_holdout_fraction: float = setting(
         0.25, number(0.01, 0.5), "Share of the preference pairs the DPO stage never trains: preference accuracy is "
         "measured on them (at least one).")

@@ -48,7 +48,7 @@ class Hyper:
     # steps (0: none) of the sigmoid DPO loss at temperature dpo_beta, at learning rate dpo_lr.
     dpo_steps: int = 0
     dpo_beta: float = 0.1
-    dpo_lr: float = 5e-4
+    dpo_lr: float = 1e-4
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,10 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+
+from memwarden.learning.gpu_wait import cpu_threads
 
 # Offline, always: the base model is a local directory and nothing may be fetched. Set before transformers loads.
 _ENV = {
@@ -67,12 +70,25 @@ def main(argv: list[str] | None = None) -> int:
         os.nice(spec.nice)
     from memwarden.training.trainer import Trainer  # torch from here on
 
-    if spec.cpu_threads:
+    threads = torch_threads(spec.cpu_threads, spec.device, os.environ)
+    if threads:
         import torch
 
-        torch.set_num_threads(spec.cpu_threads)
+        torch.set_num_threads(threads)
 
     return Trainer(spec, emit, stop).run()
+
+
+def torch_threads(given: int | None, device: str, environ: Mapping[str, str], cpus: int | None = None) -> int | None:
+    """The threads torch computes with: the job spec's; else, on the CPU, every core but one, left to serving and
+    the daemon (the CPU fallback's rule, gpu_wait.cpu_threads), since torch's default of one thread per core
+    spins against them and a busy host then trains many times slower (BENCHMARKS.md, "Torch threads on a busy
+    host"); an OMP_NUM_THREADS set for the process is the operator's word and is kept. None: torch's default."""
+    if given:
+        return given
+    if device != "cpu" or environ.get("OMP_NUM_THREADS"):
+        return None
+    return cpu_threads(cpus)
 
 
 def exit_now(code: int) -> None:
