@@ -207,7 +207,8 @@ class LearningConfig:
         "", text, "The Ollama model the adapter is served on (FROM in /api/create); empty: no export.")
     method: str = setting("lora", choice("lora", "qlora", "full"), "lora, qlora (4-bit base) or full fine-tune.")
     device: str = setting(
-        "auto", choice("auto", "cpu", "cuda"), "auto: cuda under a VRAM lease when a GPU is visible, else cpu.")
+        "auto", choice("auto", "cpu", "cuda"), "auto: cuda under a VRAM lease when a GPU is visible, else cpu. On the "
+        "CPU a trainer computes on every core but one (an OMP_NUM_THREADS in its environment decides instead).")
     importance_threshold: float = setting(
         150, number(1, 1e9), "A run is due when an adapter's unconsolidated memories sum to this importance.")
     min_interval: float = setting("6h", duration(0), "At least this long between two runs of one adapter.")
