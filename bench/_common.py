@@ -64,6 +64,11 @@ def fmt_ratio(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}×"
 
 
+def difference_row(title: str, values: dict[str, float], baseline: str, other: str) -> list[str]:
+    """A row comparing two timings in seconds: the title, the baseline's, the other's, and their difference."""
+    return [title, fmt(values[baseline], 2), fmt(values[other], 2), f"{values[other] - values[baseline]:+.2f} s"]
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]

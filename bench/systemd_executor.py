@@ -26,7 +26,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from _common import emit, exit_cleanly_on_sigterm, fmt, parser, table
+from _common import difference_row, emit, exit_cleanly_on_sigterm, parser, table
+from _executor_timing import add_run_options
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from support.nspawn import (
@@ -42,11 +43,11 @@ from support.nspawn import (
 REPO = Path(__file__).resolve().parent.parent
 BASE = "/srv/memwarden-demo-base"
 
-# Run inside the machine by the package's interpreter, as root; prints one JSON object.
+# Run inside the machine by the package's interpreter, as root, beside _executor_timing.py; prints one JSON object.
 INSIDE = r"""
-import asyncio, json, os, pathlib, pwd, statistics, sys, time
-from memwarden.learning.executor import JobRequest, SubprocessExecutor
-from memwarden.learning.jobspec import Hyper, JobSpec
+import asyncio, json, os, pathlib, pwd, sys
+from _executor_timing import Contender, time_alternately, write_spec
+from memwarden.learning.executor import SubprocessExecutor
 from memwarden.learning.systemd_bus import BusUnitManager
 from memwarden.learning.systemd_executor import SystemdExecutor
 
@@ -55,58 +56,28 @@ RUNS = pathlib.Path("/var/lib/memwarden/runs")
 USER = pwd.getpwnam("memwarden")
 
 
-def spec(name, steps, nice):
-    run = RUNS / name
-    run.mkdir(parents=True, exist_ok=True)
-    pairs = [{"messages": [{"role": "user", "content": f"What is fact {i}?"},
-                           {"role": "assistant", "content": f"Fact {i} is {i * 7} apples."}]} for i in range(16)]
-    (run / "train.jsonl").write_text("\n".join(json.dumps(p) for p in pairs) + "\n")
-    (run / "holdout.jsonl").write_text(json.dumps(pairs[0]) + "\n")
-    for path in (run, *run.iterdir()):  # the trainer unit runs as memwarden
-        os.chown(path, USER.pw_uid, USER.pw_gid)
-    return JobSpec(name, "alice", BASE, "lora", str(run), str(run / "train.jsonl"), str(run / "holdout.jsonl"),
-                   hyper=Hyper(max_steps=steps, micro_batch=2, grad_accum=1, max_seq_len=64, warmup_steps=2, rank=4,
-                               alpha=8, lr=3e-3, recall_sample=0),
-                   checkpoint_every_steps=4, nice=nice)
+def spec_at_nice(nice):
+    def spec(run, steps):
+        made = write_spec(run, BASE, steps, nice=nice)
+        for path in (run, *run.iterdir()):  # the trainer unit runs as memwarden
+            os.chown(path, USER.pw_uid, USER.pw_gid)
+        return made
+    return spec
 
 
-async def one(executor, nice, name, steps, preempt=False):
-    s = spec(name, steps, nice)
-    run = RUNS / name
-    checkpointed = asyncio.Event()
-    t0 = time.monotonic()
-    job = await executor.start(JobRequest(s, run / "job.run.json", run, None, ram_bytes=2 << 30),
-                               lambda e: e.get("event") == "checkpoint" and checkpointed.set())
-    waiting = asyncio.get_running_loop().create_task(job.wait())  # a systemd job reads its progress as it waits
-    if preempt:
-        await checkpointed.wait()
-        t0 = time.monotonic()
-        job.preempt()
-    code = await waiting
-    return time.monotonic() - t0, code
+def physical_ram():
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 async def main():
     units = BusUnitManager()
-    # (executor, the trainer's own nice): the unit's trainer runs at the unit's Nice=10 already
-    executors = {"subprocess": (SubprocessExecutor(RUNS), 10),
-                 "systemd": (SystemdExecutor(units, lambda: os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
-                                             1 << 30), 0)}
-    times = {label: [] for label in executors}
-    for rep in range(REPS):
-        for label, (ex, nice) in executors.items():
-            took, code = await one(ex, nice, f"{label}-{rep}", STEPS)
-            assert code == 0, (label, rep, code)
-            times[label].append(took)
-    preempt = {}
-    for label, (ex, nice) in executors.items():
-        took, code = await one(ex, nice, f"{label}-preempt", 100_000, preempt=True)
-        assert code == 75, (label, code)
-        preempt[label] = took
+    # the unit's trainer runs at the unit's Nice=10 already; the subprocess one lowers its own priority as much
+    timings = await time_alternately(
+        [Contender("subprocess", SubprocessExecutor(RUNS), RUNS, spec_at_nice(10), ram_bytes=2 << 30),
+         Contender("systemd", SystemdExecutor(units, physical_ram, 1 << 30), RUNS, spec_at_nice(0), ram_bytes=2 << 30)],
+        REPS, STEPS)
     await units.close()
-    med = {k: statistics.median(v) for k, v in times.items()}
-    print(json.dumps({"times_s": times, "median_s": med, "overhead_s": med["systemd"] - med["subprocess"],
-                      "preempt_s": preempt}))
+    print(json.dumps(timings.summary("subprocess", "systemd")))
 
 asyncio.run(main())
 """
@@ -133,6 +104,7 @@ def measure(args: Any) -> dict[str, Any]:
             if args.base is None:
                 m.run_in_unit("/usr/bin/memwardenctl", "model", "init-demo", BASE, env={"HF_HUB_OFFLINE": "1"},
                               timeout=300)
+            m.write("/tmp/_executor_timing.py", (REPO / "bench" / "_executor_timing.py").read_text())
             m.write("/tmp/bench.py", INSIDE)
             before = cpu_pressure()
             out = m.run_in_unit("/opt/memwarden/bin/python", "/tmp/bench.py", BASE, str(args.steps),
@@ -148,9 +120,7 @@ def measure(args: Any) -> dict[str, Any]:
 if __name__ == "__main__":
     exit_cleanly_on_sigterm()
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--steps", type=int, default=24)
-    p.add_argument("--base", type=Path, help="a demo base already built on the host, bound read-only into the machine")
+    add_run_options(p, 5, "a demo base already built on the host, bound read-only into the machine")
     args = p.parse_args()
     why = missing_means()
     if why:
@@ -158,15 +128,12 @@ if __name__ == "__main__":
         sys.exit(2)
     base_rootfs()
     r = measure(args)
-    rows = [[f"run of {r['steps']} steps, median of {r['reps']} (s)", fmt(r["median_s"]["subprocess"], 2),
-             fmt(r["median_s"]["systemd"], 2), f"{r['overhead_s']:+.2f} s"],
+    rows = [difference_row(f"run of {r['steps']} steps, median of {r['reps']} (s)", r["median_s"], "subprocess",
+                           "systemd"),
             ["paired differences, min / median (s)", "", "",
              f"{r['paired_min_s']:+.2f} / {r['paired_median_s']:+.2f} s"],
-            ["fastest run (s)", fmt(r["fastest_s"]["subprocess"], 2), fmt(r["fastest_s"]["systemd"], 2),
-             f"{r['fastest_s']['systemd'] - r['fastest_s']['subprocess']:+.2f} s"],
-            ["preempt → trainer exited 75 (s)", fmt(r["preempt_s"]["subprocess"], 2),
-             fmt(r["preempt_s"]["systemd"], 2),
-             f"{r['preempt_s']['systemd'] - r['preempt_s']['subprocess']:+.2f} s"]]
+            difference_row("fastest run (s)", r["fastest_s"], "subprocess", "systemd"),
+            difference_row("preempt → trainer exited 75 (s)", r["preempt_s"], "subprocess", "systemd")]
     text = table(["", "subprocess", "systemd", "difference"], rows)
     text += f"\n\nCPU pressure before: {r['cpu_pressure_before']}; after: {r['cpu_pressure_after']}"
     emit("systemd executor vs subprocess", text, r, args.json)
