@@ -75,7 +75,7 @@ class BusUnitManager:
         (active,) = await self._call(unit, "Get", "ss", [f"{SYSTEMD}.Unit", "ActiveState"], path, props)
         (service,) = await self._call(unit, "GetAll", "s", [f"{SYSTEMD}.Service"], path, props)
         return UnitState(active.value, service["Result"].value, int(service["MainPID"].value),
-                         int(service["ExecMainStatus"].value))
+                         int(service["ExecMainStatus"].value), int(service["ExecMainStartTimestampMonotonic"].value))
 
     async def close(self) -> None:
         if self._bus is not None:

@@ -41,6 +41,10 @@ TAIL_POLL = 0.05
 MEMORY_FLOOR = 512 * 1024**2  # no trainer is capped below this
 HEADROOM = 1.5  # MemoryMax over the run's RAM estimate: the estimate is of the steady state, not its peaks
 RUNNING = frozenset({"active", "activating", "reloading", "deactivating"})
+# StartUnit returns once the start is queued, while the unit still reads inactive: a started unit that reads
+# inactive has ended only once it is seen to have run. One that never runs (and never fails) is given up on after
+# this long.
+START_TIMEOUT = 300.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class UnitState:
     result: str  # success, exit-code, signal, oom-kill, ...
     main_pid: int
     exec_main_status: int
+    started_at: int = 0  # ExecMainStartTimestampMonotonic (µs): when its main process last started; 0: never
 
     @property
     def running(self) -> bool:
@@ -132,8 +137,12 @@ class ProgressTail:
 
 class SystemdJob:
     def __init__(self, manager: UnitManager, unit: str, tail: ProgressTail, gpu: int | None, launch: Path,
-                 poll: float = POLL):
+                 poll: float = POLL, since: int | None = None):
+        """`since`: the unit's started_at before this start (None: adopted, seen running already)."""
         self.manager = manager
+        self.since = since
+        self.deadline = asyncio.get_running_loop().time() + START_TIMEOUT
+        self.never_ran = False
         self.unit = unit
         self.tail = tail
         self.gpu = gpu
@@ -173,6 +182,19 @@ class SystemdJob:
             if self.tail.exit is not None or loop.time() >= deadline:
                 return
 
+    def _ended(self, state: UnitState | None) -> bool:
+        """Unloaded or failed is an end; inactive is one once the unit is known to have run since its start (seen
+        running, a later start time, or the trainer's exit record)."""
+        if state is not None and (state.running or (self.since is not None and state.started_at > self.since)):
+            self.since = None
+        if state is None or state.active_state == "failed" or self.since is None or self.tail.exit is not None:
+            return state is None or not state.running
+        if asyncio.get_running_loop().time() < self.deadline:
+            return False
+        log.warning("trainer unit never ran after its start", unit=self.unit, waited_s=START_TIMEOUT)
+        self.never_ran = True
+        return True
+
     async def wait(self) -> int:
         """Until the unit is no longer running: its progress read as it goes, then its exit status."""
         while True:
@@ -180,13 +202,14 @@ class SystemdJob:
             self.tail.read()
             if state is not None and state.main_pid:
                 self.main_pid = state.main_pid
-            if state is None or not state.running:
+            if self._ended(state):
                 break
             await self._until_next_look()
         for task in self._signals:
             with contextlib.suppress(Exception):
                 await task
-        code = exit_code(state or UnitState("inactive", "success", 0, EXIT_FAILED), self.tail.exit)
+        code = EXIT_FAILED if self.never_ran else exit_code(state or UnitState("inactive", "success", 0, EXIT_FAILED),
+                                                            self.tail.exit)
         if state is not None and state.active_state == "failed":
             await self.manager.reset_failed(self.unit)  # the next phase or retry starts the unit afresh
         self.launch.unlink(missing_ok=True)
@@ -222,10 +245,12 @@ class SystemdExecutor:
         progress.unlink(missing_ok=True)  # a new phase: the last one's events are not this one's
         launch = self._launch(request)
         cap = memory_max(self.mem_total(), self.host_reserve, request.ram_bytes)
+        before = await self.manager.state(unit)
         await self.manager.set_memory_max(unit, cap)
         await self.manager.start(unit)
         log.info("trainer unit started", unit=unit, memory_max=cap, gpu=request.gpu)
-        return SystemdJob(self.manager, unit, ProgressTail(progress, on_event), request.gpu, launch, self.poll)
+        return SystemdJob(self.manager, unit, ProgressTail(progress, on_event), request.gpu, launch, self.poll,
+                          since=before.started_at if before is not None else 0)
 
     async def adopt(self, request: JobRequest, on_event: OnEvent) -> SystemdJob | None:
         """The run's unit still running (a daemon restart): its job, with its progress read from the start of

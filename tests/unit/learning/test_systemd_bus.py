@@ -58,7 +58,8 @@ async def test_a_refusal_names_the_call_the_unit_and_the_reason():
 async def test_state_reads_the_unit_and_service_properties():
     bus = Bus({"GetUnit": [PATH], "Get": [Variant("s", "failed")],
                "GetAll": [{"Result": Variant("s", "oom-kill"), "MainPID": Variant("u", 0),
-                           "ExecMainStatus": Variant("i", 9)}]})
-    assert await BusUnitManager(bus).state(UNIT) == UnitState("failed", "oom-kill", 0, 9)
+                           "ExecMainStatus": Variant("i", 9),
+                           "ExecMainStartTimestampMonotonic": Variant("t", 123_456_789)}]})
+    assert await BusUnitManager(bus).state(UNIT) == UnitState("failed", "oom-kill", 0, 9, started_at=123_456_789)
     assert bus.sent[1].path == PATH and bus.sent[1].body == ["org.freedesktop.systemd1.Unit", "ActiveState"]
     assert await BusUnitManager(Bus({"GetUnit": (NO_SUCH_UNIT, "not loaded")})).state(UNIT) is None

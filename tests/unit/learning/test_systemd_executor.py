@@ -9,6 +9,7 @@ import json
 
 import pytest
 
+from memwarden.learning import systemd_executor
 from memwarden.learning.executor import JobRequest
 from memwarden.learning.jobspec import EXIT_FAILED, EXIT_PREEMPTED, JobSpec
 from memwarden.learning.reattach import Trace
@@ -209,5 +210,32 @@ async def test_find_falls_back_on_systemds_result_and_a_watched_end_leaves_nothi
     assert (await ex.find(req)).exit_code == EXIT_OOM_KILLED
     units.finish(job.unit, None)  # unloaded, no record: no status known
     assert (await ex.find(req)).exit_code is None
-    units.finish(job.unit, UnitState("inactive", "success", 0, 0))
+    units.finish(job.unit, UnitState("inactive", "success", 0, 0, started_at=1))  # it ran, and ended well
     assert await job.wait() == 0 and await ex.find(req) == Trace("none")
+
+
+async def test_a_unit_that_still_reads_inactive_after_its_start_is_waited_for_not_taken_for_ended(tmp_path):
+    units = FakeUnits()
+    ex = executor(units, tmp_path)
+    req = request(tmp_path)
+    earlier = UnitState("inactive", "success", 0, 0, started_at=500)  # the dry run's invocation, still loaded
+    units.states[unit_name(req.spec.run_id)] = earlier
+    job = await ex.start(req, lambda e: None)
+    units.states[job.unit] = earlier  # StartUnit has only queued the start
+    waiting = asyncio.get_running_loop().create_task(job.wait())
+    for _ in range(2):
+        units.polled.clear()
+        await units.polled.wait()
+    assert not waiting.done() and job.launch.exists()  # the unit still has its launch file to read
+    units.finish(job.unit, UnitState("inactive", "success", 0, 0, started_at=900))  # ran and ended between looks
+    assert await asyncio.wait_for(waiting, 30) == 0 and not job.launch.exists()
+
+
+async def test_a_unit_that_never_runs_after_its_start_is_given_up_on(tmp_path, monkeypatch):
+    monkeypatch.setattr(systemd_executor, "START_TIMEOUT", 0.0)
+    units = FakeUnits()
+    ex = executor(units, tmp_path)
+    req = request(tmp_path)
+    job = await ex.start(req, lambda e: None)
+    units.finish(job.unit, UnitState("inactive", "success", 0, 0))  # queued, and never started
+    assert await asyncio.wait_for(job.wait(), 30) == EXIT_FAILED
