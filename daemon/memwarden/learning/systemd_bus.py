@@ -75,9 +75,16 @@ class BusUnitManager:
         (active,) = await self._call(unit, "Get", "ss", [f"{SYSTEMD}.Unit", "ActiveState"], path, props)
         (service,) = await self._call(unit, "GetAll", "s", [f"{SYSTEMD}.Service"], path, props)
         return UnitState(active.value, service["Result"].value, int(service["MainPID"].value),
-                         int(service["ExecMainStatus"].value), int(service["ExecMainStartTimestampMonotonic"].value))
+                         int(service["ExecMainStatus"].value), started_at(service))
 
     async def close(self) -> None:
         if self._bus is not None:
             self._bus.disconnect()
             self._bus = None
+
+
+def started_at(service: dict[str, Any]) -> int:
+    """When the service's main process last started (µs, monotonic); 0 when never, or when this systemd does not
+    say (the executor then waits for the trainer's exit record instead)."""
+    value = service.get("ExecMainStartTimestampMonotonic")
+    return int(value.value) if value is not None else 0

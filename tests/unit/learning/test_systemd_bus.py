@@ -63,3 +63,7 @@ async def test_state_reads_the_unit_and_service_properties():
     assert await BusUnitManager(bus).state(UNIT) == UnitState("failed", "oom-kill", 0, 9, started_at=123_456_789)
     assert bus.sent[1].path == PATH and bus.sent[1].body == ["org.freedesktop.systemd1.Unit", "ActiveState"]
     assert await BusUnitManager(Bus({"GetUnit": (NO_SUCH_UNIT, "not loaded")})).state(UNIT) is None
+    silent = Bus({"GetUnit": [PATH], "Get": [Variant("s", "inactive")],
+                  "GetAll": [{"Result": Variant("s", "success"), "MainPID": Variant("u", 0),
+                              "ExecMainStatus": Variant("i", 0)}]})  # a systemd that does not say when it started
+    assert (await BusUnitManager(silent).state(UNIT)).started_at == 0
