@@ -96,8 +96,10 @@ def section(text: str, number: str) -> str:
     return match.group(0)
 
 
-def test_the_demo_walks_every_step_exits_0_and_leaves_nothing(tmp_path):
-    run = Run(tmp_path)
+def test_the_demo_walks_every_step_exits_0_and_leaves_nothing(tmp_path, demo_base):
+    """On the tests' cached demo base (--base): building one is init-demo's own test, and on a loaded machine its
+    pre-training alone can outlast this test's bound."""
+    run = Run(tmp_path, "--base", str(demo_base))
     report = run.finish(timeout=420)
     out = run.text
     assert report == {"rc": 0, "left": []}, out
@@ -148,9 +150,10 @@ def test_the_demo_walks_every_step_exits_0_and_leaves_nothing(tmp_path):
     assert commands and all("--socket " in line for line in commands)
 
 
-def test_sigterm_half_way_stops_every_process_and_removes_the_directory(tmp_path):
+def test_sigterm_while_the_base_builds_stops_every_process_and_removes_the_directory(tmp_path):
+    """Half way through the start: the simulator up, the base model's pre-training (torch) under way."""
     run = Run(tmp_path, "--no-docker")
-    run.wait_for_line(r"✓ memwardend answers on", timeout=180)
+    run.wait_for_line(r"building the tiny offline base model", timeout=180)
     run.proc.send_signal(signal.SIGTERM)
     report = run.finish(timeout=90)
     assert report["left"] == [], run.text

@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 from .console import Console, StepFailed, shown_path
 from .learning import learn
@@ -29,6 +30,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true",
                    help="leave everything running at the end, for poking, until Ctrl-C or SIGTERM")
     p.add_argument("--no-docker", action="store_true", help="skip the leaking-container step")
+    p.add_argument("--base", type=Path, default=None, metavar="DIR",
+                   help="a demo base model already built (memwardenctl model init-demo DIR), used as it is "
+                        "instead of building one (the longest part of the start)")
     return p.parse_args(argv)
 
 
@@ -53,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (`cmd &`)
     signal.signal(signal.SIGCHLD, lambda *_: None)  # so that signal.pause() wakes when a part dies
-    stack = Stack(docker=not args.no_docker)
+    stack = Stack(docker=not args.no_docker, base=args.base)
     c = Console(ctl=BIN / "memwardenctl", socket=stack.socket)
     t0 = time.monotonic()
     code = 0

@@ -122,7 +122,7 @@ class Docker:
 
 
 class Stack:
-    def __init__(self, workdir: Path | None = None, docker: bool = True):
+    def __init__(self, workdir: Path | None = None, docker: bool = True, base: Path | None = None):
         self.own_dir = workdir is None
         # A unix socket's path must stay under 108 bytes: a short dir in /tmp, not pytest's or $TMPDIR's.
         self.dir = workdir or Path(tempfile.mkdtemp(prefix="mwdemo-", dir="/tmp"))
@@ -130,7 +130,8 @@ class Stack:
         self.sim_file = self.dir / "gpu.json"
         self.socket = self.dir / "control.sock"
         self.config = self.dir / "memwarden.toml"
-        self.base_model = self.dir / "base-model"
+        self.base_given = base is not None  # read only: the daemon and the trainer never write into a base
+        self.base_model = base.resolve() if base is not None else self.dir / "base-model"
         self.daemon_log = self.dir / "memwardend.log"
         self.proxy_port = 0
         self.ollama: OllamaSim | None = None
@@ -148,6 +149,8 @@ class Stack:
         """What takes longest starts first and in parallel: dockerd, and the demo base model (imports torch)."""
         if self.docker is not None:
             self.docker.start()
+        if self.base_given:
+            return
         log = (self.dir / "init-demo.log").open("wb")
         # A third of init-demo's default pre-training: the tour shows the cycle, not how well the base speaks.
         self._init_demo = subprocess.Popen(
@@ -166,6 +169,11 @@ class Stack:
         return self.ollama
 
     def wait_base_model(self, timeout: float = 300.0) -> None:
+        if self.base_given:
+            if not (self.base_model / "config.json").is_file():
+                raise StepFailed(f"--base {self.base_model}: no model there (build one with `memwardenctl model "
+                                 "init-demo DIR`)")
+            return
         assert self._init_demo is not None
         try:
             rc = self._init_demo.wait(timeout)

@@ -44,7 +44,8 @@ def start(c: Console, stack: Stack) -> None:
     if sorted(placed.values()) != list(range(len(GPUS))):
         raise StepFailed(f"expected one serving model per GPU, the simulator placed {placed}")
     c.ok("resident: " + ", ".join(f"{name} on GPU {gpu}" for name, gpu in sorted(placed.items(), key=lambda x: x[1])))
-    c.note("building the tiny offline base model to learn on (memwardenctl model init-demo DIR)")
+    c.note(f"the tiny offline base model to learn on: {shown_path(stack.base_model)} (--base)" if stack.base_given
+           else "building the tiny offline base model to learn on (memwardenctl model init-demo DIR)")
     stack.wait_base_model()
     stack.wait_docker()
     stack.write_config()
