@@ -219,11 +219,10 @@ def hyper_of(cfg: LearningConfig) -> Hyper:
 
 
 def run_method(method: Method, base: Path, root: Path, all_rounds: list[list[dict]], threads: int,
-               max_steps: int | None, general_epsilon: float | None, promote_always: bool) -> dict:
+               max_steps: int | None, gate_overrides: dict[str, float], promote_always: bool) -> dict:
     cfg = LearningConfig()
     hyper = hyper_of(cfg) if max_steps is None else dataclasses.replace(hyper_of(cfg), max_steps=max_steps)
-    gate = Gate.of(cfg) if general_epsilon is None else dataclasses.replace(Gate.of(cfg),
-                                                                            general_epsilon=general_epsilon)
+    gate = dataclasses.replace(Gate.of(cfg), **gate_overrides)
     script = str(Path(__file__).resolve())
     general = base / GENERAL_PROBE_FILE
     pending: list[dict] = []
@@ -356,6 +355,8 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=None, help="override learning.max_steps (a quick try)")
     p.add_argument("--general-epsilon", type=float, default=None,
                    help="override learning.general_epsilon in the gate (a base whose general probe any round moves)")
+    p.add_argument("--forgetting-epsilon", type=float, default=None,
+                   help="override learning.forgetting_epsilon in the gate")
     p.add_argument("--promote-always", action="store_true",
                    help="promote every round whatever the gate says (its verdict is still recorded)")
     p.add_argument("--threads", type=int, default=1, help="torch's CPU threads in every child")
@@ -367,15 +368,18 @@ def main() -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     if not args.table:
         all_rounds = rounds_of_memories(args.seed, args.rounds, args.facts, args.journal)[: args.only]
+        overrides = {k: v for k, v in (("general_epsilon", args.general_epsilon),
+                                       ("forgetting_epsilon", args.forgetting_epsilon)) if v is not None}
         for text in args.method:
             method = methods(text, cfg)
             started = {"date_utc": machine()["date_utc"], "commit": machine()["commit"],
                        "cpu_pressure_start": cpu_pressure()}
             res = run_method(method, args.base, args.work, all_rounds, args.threads, args.steps,
-                             args.general_epsilon, args.promote_always)
+                             overrides, args.promote_always)
             with args.out.open("a") as fh:
                 fh.write(json.dumps({**res, **started, "facts": args.facts, "journal": args.journal,
                                      "seed": args.seed, "general_epsilon": args.general_epsilon,
+                                     "forgetting_epsilon": args.forgetting_epsilon,
                                      "promote_always": args.promote_always,
                                      "cpu_pressure_end": cpu_pressure()}) + "\n")
     results = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]

@@ -233,8 +233,8 @@ class LearningConfig:
         0.9, number(0, 1), "Promote only if the run gives back at least this share of its own memories (greedy "
         "recall); training stops early once it does (learning.recall_every). 0: recall is not required.")
     forgetting_epsilon: float = setting(
-        0.05, number(0, 10), "Promote only if recall on the earlier rounds' probe dropped by at most this share "
-        "(0.05: 2 of 40 memories; 1 or more: never rejected for forgetting).")
+        0.1, number(0, 10), "Promote only if recall on the earlier rounds' probe dropped by at most this share "
+        "(0.1: 4 of 40 memories, 1 of 12; 1 or more: never rejected for forgetting).")
     general_epsilon: float = setting(
         0.25, number(0, 10), "Promote only if the loss on the base's general-text probe (general_probe.jsonl "
         "beside the base model) rose by at most this fraction.")

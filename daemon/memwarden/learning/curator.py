@@ -24,10 +24,14 @@ I/O but write_jsonl().
 - The holdout is a seeded shuffle of the kept memories, round(holdout_fraction × n) of them (at least one
   when there are two; never all): a memory's pairs, flipped one included, stay on one side of the split. A
   lone memory with a flipped pair holds out the flipped pair.
-- Replay: pairs from memories this adapter learned before, so that they make up replay_fraction of the
-  training set, sampled by seed; never the probe memories.
+- Replay: one pair (its first trained wording) from each of as many memories this adapter learned before as
+  make up replay_fraction of the training set, sampled by seed: rehearsal reaches the most earlier memories
+  a pair each, since each was learned in all its wordings once already.
 - Probe: up to `probe_size` earlier memories chosen by a seeded hash of their id — the same ones from run to
-  run as the adapter grows — to measure forgetting (loss before and after) and never trained on by replay.
+  run as the adapter grows — whose recall before and after the run is the gate's measure of forgetting. They
+  are replayed like any other earlier memory: the probe measures what the adapter keeps of its earlier
+  memories, which is what its user gets, and a memory kept out of replay would be forgotten for the probe's
+  sake.
 
 Every memory must come from one profile and feed one adapter: anything else is a ValueError (profiles never
 mix, see store.py).
@@ -222,7 +226,7 @@ def curate(new: Sequence[Memory], previous: Sequence[Memory] = (), *, dual: bool
     holdout_memories = [kept[i][0] for i in sorted(held)]
     train_memories = [m for i, (m, _) in enumerate(kept) if i not in held]
 
-    # Probe: a stable, seeded choice of earlier memories (at most half of them), never replayed.
+    # Probe: a stable, seeded choice of earlier memories.
     prev_unique: list[Memory] = []
     prev_seen: set[str] = set()
     for m in sorted(previous, key=lambda m: m["id"]):
@@ -230,9 +234,8 @@ def curate(new: Sequence[Memory], previous: Sequence[Memory] = (), *, dual: bool
         if key not in prev_seen:
             prev_seen.add(key)
             prev_unique.append(m)
-    n_probe = min(probe_size, math.ceil(len(prev_unique) / 2))
+    n_probe = min(probe_size, len(prev_unique))
     probe_memories = sorted(sorted(prev_unique, key=lambda m: _probe_rank(seed, m))[:n_probe], key=lambda m: m["id"])
-    probe_set = {m["id"] for m in probe_memories}
     probe = [pairs_of(m, False, seed)[0] for m in probe_memories]
 
     # Replay: earlier memories until they are replay_fraction of the training set (within max_samples).
@@ -240,15 +243,14 @@ def curate(new: Sequence[Memory], previous: Sequence[Memory] = (), *, dual: bool
     if replay_fraction > 0 and train_new:
         target = round(replay_fraction / (1 - replay_fraction) * len(train_new))
         target = max(0, min(target, max_samples - len(train_new)))
-    candidates = [m for m in prev_unique if m["id"] not in probe_set]
+    candidates = list(prev_unique)
     random.Random(f"{seed}:replay").shuffle(candidates)
     replay: list[Pair] = []
     replay_memories: list[Memory] = []
     for m in candidates:
         if len(replay) >= target:
             break
-        ps = pairs_of(m, dual, seed)[: target - len(replay)]
-        replay.extend(ps)
+        replay.extend(pairs_of(m, dual, seed)[:1])
         replay_memories.append(m)
 
     train = train_new + replay

@@ -49,7 +49,7 @@ class GateConfig(Protocol):
 @dataclass(frozen=True)
 class Gate:
     min_recall: float = 0.9
-    forgetting_epsilon: float = 0.05
+    forgetting_epsilon: float = 0.1
     general_epsilon: float = 0.25
 
     @staticmethod

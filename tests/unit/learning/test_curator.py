@@ -205,17 +205,20 @@ def test_no_replay_and_no_probe_on_the_first_run():
     assert c.replay_ids == [] and c.probe == [] and c.stats["replay_pairs"] == 0
 
 
-def test_replay_share_comes_from_earlier_memories_and_spares_the_probe():
+def test_replay_takes_one_wording_of_as_many_earlier_memories_as_its_share_holds_the_probe_among_them():
     previous = [mem(1000 + i, consolidated="run-1") for i in range(300)]
     new = [mem(i) for i in range(100)]
     c = curate(new, previous, replay_fraction=0.1, holdout_fraction=0.1, probe_size=32)
     new_train = len(c.train) - c.stats["replay_pairs"]
     assert new_train == 90 * (cues.WORDINGS - 1)
     assert c.stats["replay_pairs"] == 10 * (cues.WORDINGS - 1)  # 10 % of the training pairs
+    assert len(c.replay_ids) == c.stats["replay_pairs"]  # a pair each: as many earlier memories as can be
     assert set(c.replay_ids) <= {m["id"] for m in previous}
-    assert len(c.probe_ids) == 32 and not set(c.probe_ids) & set(c.replay_ids)
-    assert {p.memory_id for p in c.probe} == set(c.probe_ids)
+    assert len(c.probe_ids) == 32 and {p.memory_id for p in c.probe} == set(c.probe_ids)
     assert not set(c.consolidate_ids) & {m["id"] for m in previous}
+    everyone = curate(new, previous[:20], replay_fraction=0.1, holdout_fraction=0.1, probe_size=8)
+    assert sorted(everyone.replay_ids) == [m["id"] for m in previous[:20]]  # the probe's memories replayed too
+    assert set(everyone.probe_ids) < set(everyone.replay_ids)
 
 
 def test_the_probe_set_is_stable_as_the_adapter_grows():
@@ -224,7 +227,7 @@ def test_the_probe_set_is_stable_as_the_adapter_grows():
     grown = curate([mem(2)], previous + [mem(2000 + i, consolidated="r") for i in range(20)],
                    probe_size=16).probe_ids
     assert len(set(first) & set(grown)) >= 12
-    assert curate([mem(3)], previous[:6], probe_size=16).probe_ids.__len__() == 3  # at most half
+    assert len(curate([mem(3)], previous[:6], probe_size=16).probe_ids) == 6  # all of few earlier memories
 
 
 def test_profiles_never_mix():

@@ -106,7 +106,7 @@ def test_the_gate_comes_from_the_learning_section_and_logs_its_settings():
 
 def test_the_defaults_are_the_documented_ones():
     cfg = parse_config({}, env={}, uid=1000).learning
-    assert (cfg.min_recall, cfg.forgetting_epsilon) == (0.9, 0.05)
+    assert (cfg.min_recall, cfg.forgetting_epsilon) == (0.9, 0.1)
     assert Gate.of(cfg) == Gate()
 
 
