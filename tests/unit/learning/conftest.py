@@ -19,6 +19,7 @@ from memwarden.learning.executor import JobRequest, OnEvent, Placement
 from memwarden.learning.jobspec import EXIT_DONE, EXIT_PREEMPTED
 from memwarden.learning.reattach import NOTHING, Trace
 from memwarden.learning.store import MemoryStore
+from memwarden.learning.supervisor import LearningSupervisor
 from memwarden.state.db import open_state
 from support.clock import Clock
 from support.memories import FACTS
@@ -215,3 +216,20 @@ class FakeArbiter:
 
     def preempt(self) -> None:
         self._preempted.set()
+
+
+@pytest.fixture
+def make(db, store, clock, tmp_path, make_config):
+    def factory(*scripts: Script, arbiter=None, backend="none", **learning) -> tuple[LearningSupervisor, FakeExecutor]:
+        gpu = {"backend": "sim", "sim_file": str(tmp_path / "gpu.json")} if backend == "sim" else None
+        executor = FakeExecutor(*scripts)
+        sup = LearningSupervisor(make_config(learning, gpu), db, store, arbiter or FakeArbiter(), None,
+                                 tmp_path / "state", backend, clock=clock, executor=executor)
+        return sup, executor
+    return factory
+
+
+async def finished(sup: LearningSupervisor) -> dict:
+    assert sup.task is not None
+    await sup.task
+    return sup.history(1)[0]

@@ -7,28 +7,10 @@ import json
 import pytest
 
 from memwarden.learning.jobspec import EXIT_FAILED, EXIT_PREEMPTED, SimGpu
-from memwarden.learning.supervisor import LearningSupervisor
 from memwarden.learning.systemd_executor import EXIT_OOM_KILLED
 from memwarden.snapshots import HostSnapshot
 
-from .conftest import FakeArbiter, FakeExecutor, Script, remember
-
-
-@pytest.fixture
-def make(db, store, clock, tmp_path, make_config):
-    def factory(*scripts: Script, arbiter=None, backend="none", **learning) -> tuple[LearningSupervisor, FakeExecutor]:
-        gpu = {"backend": "sim", "sim_file": str(tmp_path / "gpu.json")} if backend == "sim" else None
-        executor = FakeExecutor(*scripts)
-        sup = LearningSupervisor(make_config(learning, gpu), db, store, arbiter or FakeArbiter(), None,
-                                 tmp_path / "state", backend, clock=clock, executor=executor)
-        return sup, executor
-    return factory
-
-
-async def finished(sup: LearningSupervisor) -> dict:
-    assert sup.task is not None
-    await sup.task
-    return sup.history(1)[0]
+from .conftest import FakeArbiter, Script, finished, remember
 
 
 def crash(message: str) -> Script:

@@ -3,16 +3,13 @@ run's state machine (the supervisor with a fake executor) taking a trainer's unw
 
 from __future__ import annotations
 
-import pytest
-
 from memwarden.learning import execution
 from memwarden.learning.eval_report import EvalReport, Losses
 from memwarden.learning.jobspec import EXIT_DONE, EXIT_FAILED, EXIT_PREEMPTED
 from memwarden.learning.reattach import DRY, NOTHING, RUN, START, TAKE, WATCH, Found, Trace, adapter_home, decide
-from memwarden.learning.supervisor import LearningSupervisor
 from memwarden.learning.systemd_executor import EXIT_OOM_KILLED
 
-from .conftest import FakeArbiter, FakeExecutor, Script, remember
+from .conftest import Script, finished, remember
 
 UNIT = "memwarden-train@r1.service failed, result exit-code"
 
@@ -76,22 +73,6 @@ def test_only_this_runs_complete_report_means_its_adapter_is_home(tmp_path):
 
 
 # ---- the run's state machine -------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def make(db, store, clock, tmp_path, make_config):
-    def factory(*scripts: Script, **learning) -> tuple[LearningSupervisor, FakeExecutor]:
-        executor = FakeExecutor(*scripts)
-        sup = LearningSupervisor(make_config(learning), db, store, FakeArbiter(), None, tmp_path / "state", "none",
-                                 clock=clock, executor=executor)
-        return sup, executor
-    return factory
-
-
-async def finished(sup: LearningSupervisor) -> dict:
-    assert sup.task is not None
-    await sup.task
-    return sup.history(1)[0]
 
 
 async def test_a_run_whose_trainer_finished_unwatched_is_judged_and_promoted_without_a_trainer(make, store):
