@@ -24,7 +24,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +36,12 @@ from memwarden.training.evaluation import autocast
 from memwarden.training.model import memory_bytes
 
 if TYPE_CHECKING:
-    from memwarden.training.trainer import Trainer
+    from memwarden.learning.jobspec import JobSpec
+    from memwarden.training.events import Emitter
+    from memwarden.training.ewc import EwcPenalty
+    from memwarden.training.model import Built
+    from memwarden.training.recall import EarlyStop
+    from memwarden.training.update import Updater
 
 STAGE = "dpo"
 ORDER_SEED = 7_919  # the pairs' order is seeded apart from the supervised examples' order
@@ -92,8 +97,33 @@ def preference_accuracy(chosen: list[float], rejected: list[float]) -> float | N
     return round(sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(chosen), 4)
 
 
+class Supervised(Protocol):
+    """What the stage takes over from the supervised stage (trainer.Trainer): the model and the run's spec, the
+    counters it carries on, and the checkpoint and stop machinery."""
+
+    spec: JobSpec
+    built: Built
+    emit: Emitter
+    params: dict[str, torch.nn.Parameter]
+    ewc: EwcPenalty | None
+    updater: Updater
+    early: EarlyStop
+    dry: bool
+    pad_id: int
+    micro_batch: int
+    effective: int
+    step: int
+    target: int
+    tokens: int
+    train_seconds: float
+
+    def check_stop(self) -> None: ...
+    def _checkpoint(self, emit: bool = True) -> Path: ...
+    def _checkpoint_due(self) -> bool: ...
+
+
 class DpoStage:
-    def __init__(self, trainer: Trainer):
+    def __init__(self, trainer: Supervised):
         self.t = trainer
         h = trainer.spec.hyper
         pairs = load_pairs(trainer.spec.preference_file, trainer.built.tokenizer, h.max_seq_len)
