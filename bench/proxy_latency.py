@@ -12,7 +12,9 @@ Targets, in the same run, taking turns in blocks so drift hits them alike:
   memwarden     memwardend's proxy (the coalescing queue, admission's hit path, then a pooled raw forward);
   aiohttp fwd   a bare aiohttp pass-through proxy (same interpreter, no admission): what the extra hop alone costs;
   relay         a bare asyncio-streams relay (same interpreter, no checks, heads passed on unchanged): the floor
-                of the design memwarden's proxy is built on;
+                of the design memwarden's proxy was first built on;
+  protocol relay  the same on asyncio Protocols (callbacks, no StreamReader, no task per request): the floor of
+                the design memwarden's proxy is built on now;
   (each with the CPU time its server process spent per timed request, read from /proc: a figure the machine's
   load disturbs far less than latency; memwardend's includes its 1 s sample passes)
   BASTION       bastion-broker 0.6.0 (FastAPI) in front of the same double, from a separate venv (--bastion), with
@@ -132,6 +134,93 @@ async def main(port, up_port):
             writer.close()
 
     await asyncio.start_server(serve, "127.0.0.1", port)
+    await asyncio.Event().wait()
+
+asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
+"""
+
+# The least a Protocol-based hop can do, memwarden's proxy's design: the head found in the bytes received, the
+# body by Content-Length, both written in one write to a pooled upstream connection whose protocol writes the
+# answer's bytes straight to the client's transport as they arrive; the answer's end found by its
+# Content-Length, or a chunked one's by its last bytes. No checks, no flow control: the floor of that design.
+PROTOCOL_RELAY = r"""
+import asyncio, sys
+
+def length(head):
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            return int(line[15:])
+    return None
+
+class Up(asyncio.Protocol):
+    def __init__(self, pool):
+        self.pool, self.client, self.left, self.head = pool, None, None, b""
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        client = self.client
+        if self.left is None and self.head is not None:
+            self.head += data
+            end = self.head.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            n = length(self.head[:end])
+            data, self.head = self.head, None
+            self.left = None if n is None else n + end + 4
+        if self.left is not None:
+            self.left -= len(data)
+            done = self.left <= 0
+        else:
+            done = data.endswith(b"0\r\n\r\n")
+        client.transport.write(data)
+        if done:
+            self.client, self.left, self.head = None, None, b""
+            self.pool.append(self)
+            client.answered()
+
+class Client(asyncio.Protocol):
+    def __init__(self, pool, up_port):
+        self.pool, self.up_port, self.buf, self.busy = pool, up_port, b"", False
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.buf += data
+        if not self.busy:
+            self.next()
+
+    def next(self):
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        n = length(self.buf[:end]) or 0
+        if len(self.buf) < end + 4 + n:
+            return
+        request, self.buf = self.buf[:end + 4 + n], self.buf[end + 4 + n:]
+        self.busy = True
+        if self.pool:
+            self.send(self.pool.pop(), request)
+        else:
+            asyncio.get_running_loop().create_task(self.connect(request))
+
+    async def connect(self, request):
+        _, up = await asyncio.get_running_loop().create_connection(lambda: Up(self.pool), "127.0.0.1", self.up_port)
+        self.send(up, request)
+
+    def send(self, up, request):
+        up.client = self
+        up.transport.write(request)
+
+    def answered(self):
+        self.busy = False
+        self.next()
+
+async def main(port, up_port):
+    pool = []
+    await asyncio.get_running_loop().create_server(lambda: Client(pool, up_port), "127.0.0.1", port)
     await asyncio.Event().wait()
 
 asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
@@ -276,6 +365,7 @@ def stats(values: list[float]) -> dict[str, Any]:
 
 LABELS = {"direct": "direct to the double (baseline)", "memwarden": "memwarden proxy",
           "forwarder": "bare aiohttp forwarder", "relay": "bare asyncio-streams relay (no checks)",
+          "protocol_relay": "bare asyncio-Protocol relay (no checks)",
           "bastion": "BASTION 0.6.0, defaults",
           "bastion_tuned": "BASTION 0.6.0, dispatch delay 0"}
 
@@ -327,7 +417,9 @@ def main() -> int:
         pids = {"direct": world.double.pid, "memwarden": world.daemon.pid}
         targets = {"direct": world.double.port, "memwarden": world.proxy_port,
                    "forwarder": start_forwarder("forwarder", FORWARDER, world.double.url, stack, pids),
-                   "relay": start_forwarder("relay", STREAMS_RELAY, str(world.double.port), stack, pids)}
+                   "relay": start_forwarder("relay", STREAMS_RELAY, str(world.double.port), stack, pids),
+                   "protocol_relay": start_forwarder("protocol_relay", PROTOCOL_RELAY, str(world.double.port), stack,
+                                                     pids)}
         for key, tuned in (("bastion", False), ("bastion_tuned", True)):
             if not args.bastion:
                 results["bastion"][key] = "skipped (--bastion '')"
@@ -369,6 +461,12 @@ def main() -> int:
         goal = f"p50 ≤ {goal_p50} µs" + (f", p99 ≤ {goal_p99} µs" if goal_p99 else "")
         notes.append(f"{mode}: memwarden adds {added50:.1f} µs at p50 and {added99:.1f} µs at p99 (goal {goal}): "
                      f"{'met' if met else 'NOT met'}.")
+        for floor in ("protocol_relay", "relay"):
+            f50 = round(results[mode][floor]["p50_us"] - d["p50_us"], 1)
+            results[f"{mode}_added_p50_over_{floor}"] = over = ratio(added50, f50) if f50 > 0 else None
+            notes.append(f"  against the {LABELS[floor]}, which adds {f50:.1f} µs at p50: memwarden's added p50 is "
+                         f"{fmt_ratio(over) if over is not None else 'not comparable (the floor added nothing)'} "
+                         f"its, {added50 - f50:+.1f} µs.")
     pressure = cpu_pressure()
     results["cpu_pressure_some_avg60"] = pressure
     notes.append(f"CPU pressure at the end (/proc/pressure/cpu some avg60): {pressure}.")

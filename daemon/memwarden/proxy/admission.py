@@ -90,16 +90,24 @@ class Admitter:
         self.held = 0
         self.preemptions = 0
 
-    async def admit(self, req: ModelRequest) -> Admission:
+    def admit_hit(self, req: ModelRequest) -> Admission | None:
+        """The admission of a request for a resident model, decided at once; None when it must wait for `admit`."""
         if req.model is None or req.refused is not None or req.unload:
             return Admission()  # Ollama answers it in its own words; nothing to make room for or record
         a = self.arbiter
-        model = req.model
         if self.cfg.preempt:
             a.serving_busy_until = time.monotonic() + self.cfg.resume_after_idle
-        if a.resident(model):
-            a.note_use(model, req.keep_alive)
-            return Admission(model)
+        if a.resident(req.model):
+            a.note_use(req.model, req.keep_alive)
+            return Admission(req.model)
+        return None
+
+    async def admit(self, req: ModelRequest) -> Admission:
+        if (hit := self.admit_hit(req)) is not None:
+            return hit
+        a = self.arbiter
+        model = req.model
+        assert model is not None
         try:
             if await a.installed_size(model) is None:
                 return Admission()  # Ollama's own 404 says it best; the name is not recorded

@@ -51,6 +51,19 @@ class Outcome:
     tail: bytes = b""  # the answer's last TAIL_BYTES, as received
 
 
+def answer_head(resp: http.Head, length: int | None, chunked: bool, keep_alive: bool) -> bytes:
+    """The answer's head for the client: Ollama's end-to-end headers, this hop's framing (the chunks passed on
+    as they are, when `chunked`)."""
+    out = resp.forwarded()
+    if length is not None:
+        out.append(("Content-Length", str(length)))
+    elif chunked:
+        out.append(("Transfer-Encoding", "chunked"))
+    if not keep_alive:
+        out.append(("Connection", "close"))
+    return f"HTTP/1.1 {resp.start[1]} {resp.start[2]}".encode("latin-1") + http.encode_head("", out)
+
+
 async def _send_request(conn: Connection, head: bytes, body: Body, length: int | None) -> None:
     w = conn.writer
     if body is None or isinstance(body, bytes | bytearray | memoryview):
@@ -116,28 +129,20 @@ async def forward(upstream: Upstream, method: str, target: str, headers: list[tu
     except http.BadMessage as exc:
         conn.close()
         raise UpstreamFailed(f"unreadable answer: {exc}") from None
-    out = resp.forwarded()
     no_body = method == "HEAD" or status in (204, 304)
     relay: http.ChunkedRelay | None = None
     if no_body:
-        if up_length is not None:
-            out.append(("Content-Length", str(up_length)))
         pieces: AsyncIterator[bytes] | None = None
     elif up_length is not None:
-        out.append(("Content-Length", str(up_length)))
         pieces = http.body(conn.reader, up_length, False)
     elif up_chunked and http11:
-        out.append(("Transfer-Encoding", "chunked"))
         relay = http.ChunkedRelay(conn.reader)
         pieces = aiter(relay)
     else:  # to an HTTP/1.0 client, or an answer that ends with its connection: the end is the close
         up_keep = up_keep and up_chunked
         keep_alive = False
         pieces = http.body(conn.reader, None, up_chunked, until_eof=not up_chunked)
-    if not keep_alive:
-        out.append(("Connection", "close"))
-    start = f"HTTP/1.1 {resp.start[1]} {resp.start[2]}".encode("latin-1")
-    head = start + http.encode_head("", out)
+    head = answer_head(resp, up_length, relay is not None, keep_alive)
     first = b""
     try:
         if up_length is not None and pieces is not None and up_length <= http.READ_SIZE:

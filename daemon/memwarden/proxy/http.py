@@ -91,7 +91,12 @@ async def read_head(reader: asyncio.StreamReader) -> Head | None:
         raise BadMessage("connection closed mid-head") from None
     except asyncio.LimitOverrunError:
         raise BadMessage("request head too large", 431) from None
-    lines = raw.decode("latin-1").split("\r\n")
+    return parse_head(raw)
+
+
+def parse_head(raw: bytes | bytearray | memoryview) -> Head:
+    """A head from its bytes, up to and including the blank line that ends it."""
+    lines = bytes(raw).decode("latin-1").split("\r\n")
     while lines and not lines[0]:  # RFC 9112 §2.2: empty lines before a request line are ignored
         lines.pop(0)
     parts = lines[0].split(" ", 2) if lines else []
@@ -148,29 +153,23 @@ async def body(reader: asyncio.StreamReader, length: int | None, chunked: bool,
 _PLAIN_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})\r\n")
 
 
-class ChunkedRelay:
-    """A chunked body in its own framing, passed on in whatever pieces arrive: each piece is parsed only for
-    where its chunks begin and end (to know where the body ends), never split or copied apart. A streamed answer
-    costs one read and one write per arrival, however many chunks it holds.
-
-    `extra` says bytes followed the body in the last read (a peer that does not wait for the next request):
-    the connection cannot be reused then."""
+class ChunkScanner:
+    """Where a chunked body ends, found in whatever pieces it arrives in: each piece is parsed only for where its
+    chunks begin and end, never split or copied apart, so a streamed answer costs one read and one write per
+    arrival, however many chunks it holds."""
 
     MAX_LINE = 4096  # a chunk-size line or a trailer; Ollama's are a few bytes
 
-    def __init__(self, reader: asyncio.StreamReader):
-        self.reader = reader
-        self.extra = False
+    def __init__(self) -> None:
+        self.need = 0  # bytes left of the current chunk's data and its CRLF
+        self.line = b""  # a size line or trailer split across pieces
+        self.trailers = False
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        need = 0  # bytes left of the current chunk's data and its CRLF
-        line = b""  # a size line or trailer split across reads
-        trailers = False
-        while True:
-            data = await self.reader.read(READ_SIZE)
-            if not data:
-                raise asyncio.IncompleteReadError(line, None)
-            i, n = 0, len(data)
+    def scan(self, data: bytes | bytearray) -> int | None:
+        """The offset just past the body's end when it ends in `data`, else None (all of it is body)."""
+        i, n = 0, len(data)
+        need, line, trailers = self.need, self.line, self.trailers
+        try:
             while i < n:
                 if need:
                     step = min(need, n - i)
@@ -191,18 +190,42 @@ class ChunkedRelay:
                     line += data[i:]
                     if len(line) > self.MAX_LINE:
                         raise BadMessage("chunk-size line too long")
-                    break
+                    return None
                 line, i = line + data[i:j + 1], j + 1
                 if trailers:
                     if line in (CRLF, b"\n"):
-                        self.extra = i < n
-                        yield data[:i]
-                        return
+                        return i
                 elif (size := _size(line)) == 0:
                     trailers = True
                 else:
                     need = size + 2
                 line = b""
+            return None
+        finally:
+            self.need, self.line, self.trailers = need, line, trailers
+
+
+class ChunkedRelay:
+    """A chunked body from a stream in its own framing (ChunkScanner), passed on in whatever pieces arrive.
+
+    `extra` says bytes followed the body in the last read (a peer that does not wait for the next request):
+    the connection cannot be reused then."""
+
+    def __init__(self, reader: asyncio.StreamReader):
+        self.reader = reader
+        self.extra = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        scanner = ChunkScanner()
+        while True:
+            data = await self.reader.read(READ_SIZE)
+            if not data:
+                raise asyncio.IncompleteReadError(scanner.line, None)
+            end = scanner.scan(data)
+            if end is not None:
+                self.extra = end < len(data)
+                yield data[:end]
+                return
             yield data
 
 

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 from memwarden.logs import get_logger
@@ -30,7 +29,10 @@ from memwarden.proxy.bodies import (
     read_small,
     too_large,
 )
-from memwarden.proxy.forward import Body, ClientGone, UpstreamFailed, forward, reported_load_ns
+from memwarden.proxy.client import ClientConnection, error_bytes
+from memwarden.proxy.forward import Body, ClientGone, Outcome, UpstreamFailed, forward, reported_load_ns
+from memwarden.proxy.hop import Pool
+from memwarden.proxy.inbox import Inbox
 from memwarden.proxy.queue import RequestQueue, Ticket
 from memwarden.proxy.upstream import Upstream
 from memwarden.units import format_size
@@ -62,19 +64,13 @@ class _Chunks:
             raise ClientGone(repr(exc)[:200]) from None
 
 
-async def error_answer(writer: asyncio.StreamWriter, status: int, message: str, retry_after: int | None = None,
+async def error_answer(writer: ClientConnection, status: int, message: str, retry_after: int | None = None,
                        close: bool = False) -> None:
-    body = json.dumps({"error": message}).encode()
-    headers = [("Content-Type", "application/json; charset=utf-8"), ("Content-Length", str(len(body)))]
-    if retry_after:
-        headers.append(("Retry-After", str(retry_after)))
-    if close:
-        headers.append(("Connection", "close"))
-    writer.write(http.encode_head(f"HTTP/1.1 {status} {http.REASONS.get(status, 'Error')}", headers) + body)
+    writer.write(error_bytes(status, message, retry_after, close))
     await writer.drain()
 
 
-async def linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def linger(reader: Inbox, writer: ClientConnection) -> None:
     """After an answer sent while the client was still sending: end our side, then read and drop what it still
     sends (briefly), so that closing does not reset the connection before the client has read the answer."""
     with contextlib.suppress(OSError, RuntimeError, TimeoutError):
@@ -85,47 +81,11 @@ async def linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                 pass
 
 
-class IdleWatch:
-    """A client connection's limit on waiting for its next request head (IDLE_S), kept by one timer for the
-    connection's life, since a timeout around each head read would arm and cancel a timer per request. When the
-    limit passes with a head still awaited, the read raises TimeoutError."""
-
-    def __init__(self, limit_s: float):
-        self.loop = asyncio.get_running_loop()
-        self.task = asyncio.current_task()
-        self.limit_s = limit_s
-        self.since: float | None = None  # when the wait for the next head began; None while a request is handled
-        self.expired = False
-        self._timer = self.loop.call_at(self.loop.time() + limit_s, self._check)
-
-    async def next_head(self, reader: asyncio.StreamReader) -> http.Head | None:
-        self.since = self.loop.time()
-        try:
-            return await http.read_head(reader)
-        except asyncio.CancelledError:
-            if not self.expired or self.task is None:
-                raise
-            self.task.uncancel()
-            raise TimeoutError from None
-        finally:
-            self.since = None
-
-    def _check(self) -> None:
-        now = self.loop.time()
-        if self.since is not None and now - self.since >= self.limit_s and self.task is not None:
-            self.expired = True
-            self.task.cancel()
-            return
-        self._timer = self.loop.call_at((now if self.since is None else self.since) + self.limit_s, self._check)
-
-    def close(self) -> None:
-        self._timer.cancel()
-
-
 class OllamaProxy:
     def __init__(self, arbiter: GpuArbiter, cfg: ProxyConfig, upstream: str):
         self.arbiter = arbiter
-        self.upstream = Upstream(upstream.rstrip("/"))
+        self.upstream = Upstream(upstream.rstrip("/"))  # for streamed request bodies and HTTP/1.0 clients
+        self.pool = Pool(self.upstream.host, self.upstream.port, ssl=self.upstream.ssl)  # for all the others
         self.upstream_url = upstream.rstrip("/")
         self.admitter = Admitter(arbiter, cfg)
         self.queue = RequestQueue(self.limits, lambda model: self.arbiter.resident(model),
@@ -133,7 +93,7 @@ class OllamaProxy:
         self.budget = BodyBudget(BUFFERED_BODIES * cfg.max_request_body)
         self._cfg = cfg
         self.server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
+        self.connections: set[ClientConnection] = set()
         self.requests = 0
         self.refused_bodies = 0
 
@@ -168,43 +128,38 @@ class OllamaProxy:
 
     async def start(self) -> None:
         host, _, port = self.cfg.listen.rpartition(":")
-        self.server = await asyncio.start_server(self._serve, host.strip("[]"), int(port), limit=http.MAX_HEAD)
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(lambda: ClientConnection(self, IDLE_S), host.strip("[]"), int(port))
         log.info("Ollama proxy listening", listen=self.cfg.listen, upstream=self.upstream_url,
                  max_request_body=self.cfg.max_request_body, max_wait=self.cfg.max_wait)
 
     async def close(self) -> None:
         if self.server is not None:
             self.server.close()
-        for writer in list(self._writers):
-            writer.close()
+        for conn in list(self.connections):
+            conn.close()
         self.upstream.close()
+        self.pool.close()
         if self.server is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5):
                     await self.server.wait_closed()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
-        idle = IdleWatch(IDLE_S)
-        try:
-            while True:
-                try:
-                    head = await idle.next_head(reader)
-                except http.BadMessage as exc:
-                    await error_answer(writer, exc.status, f"memwarden proxy: {exc}", close=True)
-                    break
-                if head is None or not await self.handle(head, reader, writer):
-                    break
-        except (TimeoutError, ConnectionError, ClientGone):
-            pass  # idle too long, or gone: nothing to answer
-        except Exception:  # one connection's failure never reaches the daemon
-            log.exception("proxy connection failed")
-        finally:
-            idle.close()
-            self._writers.discard(writer)
-            writer.close()
+    def on_answer(self, ticket: Ticket | None, model: str | None) -> Callable[[int], None]:
+        """What Ollama's answer head tells, by its status: the model is resident, a load it started is over."""
 
-    async def handle(self, head: http.Head, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        def answered(status: int) -> None:
+            if model is not None and status == 200:
+                self.arbiter.mark_resident(model)
+            if ticket is not None:
+                self.queue.answered(ticket)
+
+        return answered
+
+    def unreachable(self, exc: UpstreamFailed) -> str:
+        return f"Ollama at {self.upstream_url} unreachable: {exc}"
+
+    async def handle(self, head: http.Head, reader: Inbox, writer: ClientConnection) -> bool:
         """Answer one request; whether the connection may carry another."""
         self.requests += 1
         method, target, version = head.start
@@ -228,8 +183,8 @@ class OllamaProxy:
         body = _Chunks(http.body(reader, length, chunked)).iter_any() if has_body else None
         return await self._forward(head, writer, body, None if chunked else length, http11, keep)
 
-    async def _admitted(self, head: http.Head, path: str, reader: asyncio.StreamReader,
-                        writer: asyncio.StreamWriter, length: int | None, chunked: bool, expects: bool,
+    async def _admitted(self, head: http.Head, path: str, reader: Inbox,
+                        writer: ClientConnection, length: int | None, chunked: bool, expects: bool,
                         http11: bool, keep: bool) -> bool:
         cap = self.cfg.max_request_body
         if length is not None and length > cap:  # refused before a byte is read (or sent, with Expect)
@@ -267,7 +222,7 @@ class OllamaProxy:
         finally:
             body.release()
 
-    async def _refuse_body(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str,
+    async def _refuse_body(self, reader: Inbox, writer: ClientConnection, path: str,
                            declared: int | None, refusal: Refusal) -> bool:
         self.refused_bodies += 1
         log.info("decision: proxy refuses a request body", decision="proxy.body", path=path,
@@ -278,21 +233,24 @@ class OllamaProxy:
         await linger(reader, writer)
         return False
 
-    async def _forward(self, head: http.Head, writer: asyncio.StreamWriter, body: Body, length: int | None,
+    async def _forward(self, head: http.Head, writer: ClientConnection, body: Body, length: int | None,
                        http11: bool, keep: bool, ticket: Ticket | None = None, model: str | None = None) -> bool:
-        def answered(status: int) -> None:
-            if model is not None and status == 200:
-                self.arbiter.mark_resident(model)
-            if ticket is not None:
-                self.queue.answered(ticket)
-
+        answered = self.on_answer(ticket, model)
         method, target, _ = head.start
         try:
-            outcome = await forward(self.upstream, method, target, head.forwarded(), body, length, writer, http11,
-                                    keep, answered)
+            if http11 and (body is None or isinstance(body, bytes | bytearray | memoryview)):
+                sent: asyncio.Future[Outcome | UpstreamFailed] = asyncio.get_running_loop().create_future()
+                writer.send(head, body, keep, answered, outcome=sent,
+                            want_tail=ticket is not None and ticket.started_load)
+                got = await sent
+                if isinstance(got, UpstreamFailed):
+                    raise got
+                outcome = got
+            else:
+                outcome = await forward(self.upstream, method, target, head.forwarded(), body, length, writer,
+                                        http11, keep, answered)
         except UpstreamFailed as exc:
-            await error_answer(writer, 502, f"memwarden proxy: Ollama at {self.upstream_url} unreachable: {exc}",
-                               close=True)
+            await error_answer(writer, 502, f"memwarden proxy: {self.unreachable(exc)}", close=True)
             return False
         # The load time the eviction policy weighs, from an answer whose request loaded its model: a resident
         # model's answers report milliseconds, which are no load.
