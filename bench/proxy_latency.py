@@ -463,10 +463,10 @@ def main() -> int:
                      f"{'met' if met else 'NOT met'}.")
         for floor in ("protocol_relay", "relay"):
             f50 = round(results[mode][floor]["p50_us"] - d["p50_us"], 1)
-            results[f"{mode}_added_p50_over_{floor}"] = over = ratio(added50, f50) if f50 > 0 else None
-            notes.append(f"  against the {LABELS[floor]}, which adds {f50:.1f} µs at p50: memwarden's added p50 is "
-                         f"{fmt_ratio(over) if over is not None else 'not comparable (the floor added nothing)'} "
-                         f"its, {added50 - f50:+.1f} µs.")
+            # A ratio of two added latencies says something only when both hops added some.
+            results[f"{mode}_added_p50_over_{floor}"] = over = ratio(added50, f50) if min(f50, added50) > 0 else None
+            notes.append(f"  against the {LABELS[floor]}, which adds {f50:.1f} µs at p50: memwarden adds "
+                         f"{added50 - f50:+.1f} µs more" + (f", {fmt_ratio(over)} the floor's." if over else "."))
     pressure = cpu_pressure()
     results["cpu_pressure_some_avg60"] = pressure
     notes.append(f"CPU pressure at the end (/proc/pressure/cpu some avg60): {pressure}.")
