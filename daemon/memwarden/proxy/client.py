@@ -223,13 +223,13 @@ class ClientConnection(asyncio.Protocol):
             return False
         raw = bytes(self.inbox.buffer[:length])
         req = read_request(path, raw)
-        ticket: Ticket | None = None
-        if req.model is not None and req.refused is None and not req.unload:
-            ticket = proxy.queue.at_once(req.model)
-            if ticket is None:
-                return False
-        admission = proxy.admitter.admit_hit(req)
-        if admission is None or not proxy.budget.take(length):
+        if not proxy.budget.take(length):
+            return False  # the coroutines refuse it
+        queued = req.model is not None and req.refused is None and not req.unload  # not left to Ollama's words
+        ticket = proxy.queue.at_once(req.model) if queued and req.model is not None else None
+        admission = None if queued and ticket is None else proxy.admitter.admit_hit(req)
+        if admission is None:
+            proxy.budget.give(length)
             if ticket is not None:
                 proxy.queue.finished(ticket)
             return False
@@ -253,6 +253,8 @@ class ClientConnection(asyncio.Protocol):
                 release()
             if outcome is not None:
                 self.exchange = None
+                if outcome.done():  # the coroutine awaiting it was cancelled
+                    return
                 if isinstance(result, ClientGone):
                     outcome.set_exception(result)
                 else:

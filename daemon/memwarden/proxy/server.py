@@ -1,11 +1,13 @@
 """The drop-in Ollama proxy: point clients at proxy.listen instead of Ollama.
 
-HTTP/1.1 on asyncio streams (http.py), forwarded over pooled raw connections to Ollama (forward.py,
-upstream.py): no HTTP library in the daemon, and no body gathered that need not be. Requests to the model
-endpoints have their JSON body read whole but capped (bodies.py), wait in the queue for the coalescing policy's
-word (queue.py) and go through admission (admission.py); every other request, blob uploads included, streams
-through with its body never held. Answers stream back as they come, so NDJSON reaches the client line by line.
-Errors are Ollama-shaped: {"error": "..."}.
+HTTP/1.1 of its own (http.py) on asyncio Protocols: a client connection (client.py) sends the common request, a
+hit, through the thin hop (hop.py) from the callback that received it; this module's coroutines answer the
+others. Forwarded over pooled raw connections to Ollama (hop.py; forward.py and upstream.py for a streamed
+request body or an HTTP/1.0 client): no HTTP library in the daemon, and no body gathered that need not be.
+Requests to the model endpoints have their JSON body read whole but capped (bodies.py), wait in the queue for
+the coalescing policy's word (queue.py) and go through admission (admission.py); every other request, blob
+uploads included, streams through with its body never held. Answers stream back as they come, so NDJSON
+reaches the client line by line. Errors are Ollama-shaped: {"error": "..."}.
 """
 
 from __future__ import annotations

@@ -193,3 +193,15 @@ async def test_a_client_that_does_not_read_stops_the_proxy_reading_ollama_and_lo
         sock.close()
         head_bytes = received - size
         assert 0 < head_bytes < 200, "every byte of the answer came through"
+
+
+async def test_a_request_refused_for_want_of_body_budget_counts_no_use_of_its_model():
+    arbiter = Arbiter()
+    async with Upstream1(ok) as up, proxy_before(up.url, arbiter) as (proxy, port):
+        proxy.budget.used = proxy.budget.limit  # every capped body the proxy may hold is held
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(REQUEST)
+        (head, body), = await answers(reader, 1)
+        assert head.start[1] == "503" and "busy" in json.loads(body)["error"]
+        assert arbiter.used == [] and up.heads == [] and proxy.queue.in_flight == {}
+        writer.close()
