@@ -15,6 +15,7 @@ Targets, in the same run, taking turns in blocks so drift hits them alike:
                 of the design memwarden's proxy was first built on;
   protocol relay  the same on asyncio Protocols (callbacks, no StreamReader, no task per request): the floor of
                 the design memwarden's proxy is built on now;
+  proxy alone   memwarden's proxy code in a process of its own, every model resident: the hop without the daemon;
   (each with the CPU time its server process spent per timed request, read from /proc: a figure the machine's
   load disturbs far less than latency; memwardend's includes its 1 s sample passes)
   BASTION       bastion-broker 0.6.0 (FastAPI) in front of the same double, from a separate venv (--bastion), with
@@ -226,6 +227,30 @@ async def main(port, up_port):
 asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
 """
 
+# memwarden's proxy code alone, in a process of its own, over an arbiter that holds every model resident: the
+# same hop, queue and admission as memwardend's, without the daemon around them (its scheduler, its sample
+# passes, its other connections), so that the two can be told apart.
+PROXY_ALONE = r"""
+import asyncio, dataclasses, sys, types
+from memwarden.config.schema import ProxyConfig
+from memwarden.proxy.server import OllamaProxy
+
+class Resident:
+    serving_busy_until = 0.0
+    config = types.SimpleNamespace(ollama=types.SimpleNamespace(num_parallel=8, max_queue=512))
+    def resident(self, model): return True
+    def loads_freely(self, model): return False
+    def note_use(self, model, keep_alive): pass
+    def mark_resident(self, model): pass
+
+async def main(port, upstream):
+    cfg = dataclasses.replace(ProxyConfig(), enabled=True, listen=f"127.0.0.1:{port}")
+    await OllamaProxy(Resident(), cfg, upstream).start()
+    await asyncio.Event().wait()
+
+asyncio.run(main(int(sys.argv[1]), sys.argv[2]))
+"""
+
 # Its default 0.1 s pause between two dispatches of one scheduler tick is what a request waits at its defaults
 # (found by trial: loop_interval_seconds and cooldown_seconds at 0 change nothing, this alone removes it).
 BASTION_TUNED = {"concurrent_dispatch_delay_seconds": 0.0}
@@ -366,6 +391,7 @@ def stats(values: list[float]) -> dict[str, Any]:
 LABELS = {"direct": "direct to the double (baseline)", "memwarden": "memwarden proxy",
           "forwarder": "bare aiohttp forwarder", "relay": "bare asyncio-streams relay (no checks)",
           "protocol_relay": "bare asyncio-Protocol relay (no checks)",
+          "proxy_alone": "memwarden's proxy alone (no daemon, every model resident)",
           "bastion": "BASTION 0.6.0, defaults",
           "bastion_tuned": "BASTION 0.6.0, dispatch delay 0"}
 
@@ -419,7 +445,8 @@ def main() -> int:
                    "forwarder": start_forwarder("forwarder", FORWARDER, world.double.url, stack, pids),
                    "relay": start_forwarder("relay", STREAMS_RELAY, str(world.double.port), stack, pids),
                    "protocol_relay": start_forwarder("protocol_relay", PROTOCOL_RELAY, str(world.double.port), stack,
-                                                     pids)}
+                                                     pids),
+                   "proxy_alone": start_forwarder("proxy_alone", PROXY_ALONE, world.double.url, stack, pids)}
         for key, tuned in (("bastion", False), ("bastion_tuned", True)):
             if not args.bastion:
                 results["bastion"][key] = "skipped (--bastion '')"

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 log = get_logger()
 
+BODY_WAIT_S = 0.05
+
 
 def error_bytes(status: int, message: str, retry_after: int | None = None, close: bool = False) -> bytes:
     """An Ollama-shaped error answer: {"error": message}."""
@@ -65,6 +67,8 @@ class ClientConnection(asyncio.Protocol):
         self.since: float | None = None  # when the wait for the next head began
         self._drained: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._pending: http.Head | None = None  # a hit-path request whose body is still on its way
+        self._body_timer: asyncio.TimerHandle | None = None
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -77,19 +81,25 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.inbox.feed(data)
-        if not self.busy:
+        if self._pending is not None:
+            self._dispatch_pending()
+        elif not self.busy:
             self._next()
 
     def eof_received(self) -> bool:
         self.inbox.feed_eof()
-        if not self.busy:
+        if self._pending is not None:
+            self._dispatch_pending()
+        elif not self.busy:
             self._next()
         return True  # an answer under way still goes out; the connection closes after it
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.proxy.connections.discard(self)
-        if self._timer is not None:
-            self._timer.cancel()
+        for timer in (self._timer, self._body_timer):
+            if timer is not None:
+                timer.cancel()
+        self._pending = None
         self.inbox.feed_eof()
         if self.exchange is not None:
             self.exchange.client_gone()
@@ -161,14 +171,30 @@ class ClientConnection(asyncio.Protocol):
             return
         self.since = None
         self.busy = True
+        self._dispatch(head, may_wait=True)
+
+    def _dispatch(self, head: http.Head, may_wait: bool) -> None:
         try:
-            hit = self._hit(head)
+            hit = self._hit(head, may_wait)
         except Exception:  # one connection's failure never reaches the daemon
             log.exception("proxy connection failed")
             self.transport.close()
             return
-        if not hit:
+        if hit is None:
+            # http.client, among others, sends a body in a write of its own right behind its head: it is given
+            # a moment to arrive for the hit path before the coroutines read it, with their deadline.
+            self._pending = head
+            self._body_timer = self.loop.call_later(BODY_WAIT_S, self._dispatch_pending)
+        elif not hit:
             self.loop.create_task(self._handled(head))
+
+    def _dispatch_pending(self) -> None:
+        head, self._pending = self._pending, None
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        if head is not None and not self.transport.is_closing():
+            self._dispatch(head, may_wait=False)
 
     def _refuse(self, exc: http.BadMessage) -> None:
         self.transport.write(error_bytes(exc.status, f"memwarden proxy: {exc}", close=True))
@@ -199,8 +225,9 @@ class ClientConnection(asyncio.Protocol):
         else:
             self.transport.close()
 
-    def _hit(self, head: http.Head) -> bool:
-        """Send the request on at once if it takes the hit path; False leaves it to the proxy's coroutines."""
+    def _hit(self, head: http.Head, may_wait: bool) -> bool | None:
+        """Send the request on at once if it takes the hit path; False leaves it to the proxy's coroutines, None
+        (only when `may_wait`) waits for the rest of its body."""
         method, target, version = head.start
         if version != "HTTP/1.1" or "expect" in head.fields:
             return False
@@ -219,8 +246,10 @@ class ClientConnection(asyncio.Protocol):
             proxy.requests += 1
             self.send(head, None, keep)
             return True
-        if length is None or length > min(SMALL_BODY, proxy.cfg.max_request_body) or len(self.inbox.buffer) < length:
+        if length is None or length > min(SMALL_BODY, proxy.cfg.max_request_body):
             return False
+        if len(self.inbox.buffer) < length:
+            return None if may_wait else False
         raw = bytes(self.inbox.buffer[:length])
         req = read_request(path, raw)
         if not proxy.budget.take(length):

@@ -205,3 +205,19 @@ async def test_a_request_refused_for_want_of_body_budget_counts_no_use_of_its_mo
         assert head.start[1] == "503" and "busy" in json.loads(body)["error"]
         assert arbiter.used == [] and up.heads == [] and proxy.queue.in_flight == {}
         writer.close()
+
+
+async def test_a_body_sent_in_its_own_write_right_behind_its_head_still_takes_the_hit_path(coroutine_requests):
+    """As http.client sends a request: the head in one write, the body in the next."""
+    async with Upstream1(ok) as up, proxy_before(up.url) as (proxy, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        head, _, body = REQUEST.partition(b"\r\n\r\n")
+        writer.write(head + b"\r\n\r\n")
+        await writer.drain()
+        while not proxy.connections or next(iter(proxy.connections))._pending is None:
+            await asyncio.sleep(0)  # until the proxy has read the head alone
+        writer.write(body)
+        (answer, _), = await answers(reader, 1)
+        assert answer.start[1] == "200" and up.bodies == [BODY]
+        assert coroutine_requests == [], "no task for it"
+        writer.close()
