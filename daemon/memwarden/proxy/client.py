@@ -1,13 +1,13 @@
 """A client's connection to the proxy, as an asyncio Protocol: request heads parsed as their bytes arrive, and
 the common request sent on at once from the callback that completed it.
 
-The hit path: a model request whose whole body came with its head (the usual prompt), for a resident model the
-queue would send at once (coalesce.goes_alone) and admission admits at once (Admitter.admit_hit), or a request
-with no body; it goes to Ollama through hop.Exchange without a task, a coroutine or a StreamReader, and the
-answer's bytes are written to this transport by the upstream connection's protocol. Every other request (one
-that waits in the queue or for room, a body still arriving or too large, a streamed upload, an HTTP/1.0 client,
-a refusal) is handled by the proxy's coroutines (server.py) in a task, reading from the same Inbox and writing
-through this object as its writer; once it is answered, the next request takes the hit path again.
+The hit path: a model request whose whole body came with its head or right behind it (the usual prompt), for a
+resident model the queue would send at once (coalesce.goes_alone) and admission admits at once (Admitter.admit_hit),
+or a request with no body; it goes to Ollama through hop.Exchange without a task, a coroutine or a StreamReader, and
+the answer's bytes are written to this transport by the upstream connection's protocol. Every other request (one
+that waits in the queue or for room, a body still arriving or too large, a streamed upload, an HTTP/1.0 client, a
+refusal) is handled by the proxy's coroutines (server.py) in a task, reading from the same Inbox and writing through
+this object as its writer; once it is answered, the next request takes the hit path again.
 """
 
 from __future__ import annotations

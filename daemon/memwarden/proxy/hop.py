@@ -99,9 +99,10 @@ class Pool:
 
     def give(self, conn: UpstreamConnection) -> None:
         conn.exchange = None
-        if conn.closed or len(self.idle) >= self.max_idle:
+        if conn.closed or len(self.idle) >= self.max_idle or conn.transport is None:
             conn.close()
             return
+        conn.transport.resume_reading()  # a slow client may have paused it as its answer's last bytes went out
         conn.idle_since = time.monotonic()
         self.idle.append(conn)
 

@@ -221,3 +221,28 @@ async def test_while_the_client_is_over_its_high_water_mark_ollamas_connection_i
         outcome = await asyncio.wait_for(result, 30)
         assert isinstance(outcome, Outcome) and sent_all.is_set()
         assert len(client.transport.data) > size
+
+
+async def test_a_connection_whose_reading_a_slow_client_paused_reads_again_for_the_next_request():
+    async with Upstream1(ok_answer) as up:
+        pool = pool_for(up.url)
+        slow = Client()
+        ex, result = exchange(pool, slow, GENERATE)
+        write = slow.transport.write
+
+        def over_the_high_water_mark(data: bytes) -> None:  # what the client's protocol does on pause_writing
+            write(data)
+            slow.paused = True
+            ex.pause()
+
+        slow.transport.write = over_the_high_water_mark  # type: ignore[method-assign]
+        assert isinstance(await asyncio.wait_for(result, 5), Outcome) and len(pool.idle) == 1
+        _, again = exchange(pool, Client(), GENERATE)
+        assert isinstance(await asyncio.wait_for(again, 5), Outcome), "the pooled connection is read again"
+        assert pool.opened == 1
+        pool.close()
+
+
+async def ok_answer(head, body, writer):
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    await writer.drain()
