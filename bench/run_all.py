@@ -29,7 +29,8 @@ from _common import exit_cleanly_on_sigterm, machine, parser
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-SCRIPTS = ("daemon_footprint.py", "status_latency.py", "startup.py", "proxy_latency.py", "scheduler_hitrate.py",
+SCRIPTS = ("daemon_footprint.py", "status_latency.py", "startup.py", "proxy_latency.py", "proxy_hit_path.py",
+           "scheduler_hitrate.py",
            "decision_time.py", "lease_latency.py", "memory_ingest.py", "container_sample_cost.py",
            "leak_detection.py", "trainer_throughput.py", "forgetting.py", "preemption_latency.py",
            "rss_24h.py", "fuzz_counts.py", "systemd_start.py", "proxy_body_memory.py", "socket_fairness.py",
