@@ -17,6 +17,7 @@ import pytest
 from memwarden.learning.eval_report import EvalReport
 from memwarden.learning.jobspec import Hyper, JobSpec
 from memwarden.learning.promotion import PROMOTED, Gate, judge
+from support.memories import REQUESTS, preference
 
 from .test_recall import ALL_LINEAR, FACTS
 from .test_trainer import Trainer, assert_done, of, run
@@ -26,19 +27,13 @@ pytestmark = pytest.mark.skipif(
     reason="the train extra (torch, transformers, peft) is not installed",
 )
 
-PEOPLE = [("Zeno", "water the plants"), ("Ines", "feed the cat"), ("Tomas", "lend a ladder"),
-          ("Aiko", "fix the bike"), ("Bruno", "carry the boxes"), ("Carla", "check the mail"),
-          ("Dario", "walk the dog"), ("Elif", "bake a cake"), ("Farid", "paint the fence"),
-          ("Greta", "mend the coat"), ("Hugo", "wash the car"), ("Ilse", "sweep the yard")]
 HELD_OUT = 4  # the last four people: never trained by the stage
 SFT_STEPS, DPO_STEPS = 8, 16
 
 
 def preference_lines() -> list[dict]:
-    return [{"memory_id": i, "prompt": f"{name} asked me to {req}. How should I answer?",
-             "chosen": f"Tell {name} you will gladly {req}, and thank them for asking.",
-             "rejected": f"Tell {name} no, you are far too busy to {req}.", "heldout": i >= len(PEOPLE) - HELD_OUT}
-            for i, (name, req) in enumerate(PEOPLE)]
+    return [{"memory_id": i, **preference(name, req), "heldout": i >= len(REQUESTS) - HELD_OUT}
+            for i, (name, req) in enumerate(REQUESTS)]
 
 
 def job(demo_base: Path, tmp_path: Path, **changes) -> Path:
