@@ -27,13 +27,13 @@ PREFERENCE_ROUND = {"importance_threshold": 10_000, "max_steps": 8, "lr": 1e-2, 
                     "dpo_lr": 5e-3, "dpo_holdout_fraction": 0.5}
 
 
-def memories(path, profile: str) -> int:
+def memories(path, profile: str) -> None:
+    """The exchanges of FACTS and a preference memory per request of REQUESTS."""
     lines = [{"profile": profile, "kind": kind, "content": content, "response": response, "importance": 5}
              for kind, content, response in FACTS if response]
     lines += [{"profile": profile, "kind": "preference", "importance": 5, **preference(name, request)}
               for name, request in REQUESTS]
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return len(lines)
 
 
 def test_a_preference_round_trains_its_dpo_stage_and_shows_the_preference_gain(learning, tmp_path):
@@ -48,7 +48,8 @@ def test_a_preference_round_trains_its_dpo_stage_and_shows_the_preference_gain(l
     ev = run["eval"]
     before, after = ev["preference_accuracy_before"], ev["preference_accuracy_after"]
     assert run["state"] == "promoted", (run["reason"], ev)
-    assert (ev["dpo_steps"], ev["preference_pairs"], ev["preference_heldout"]) == (DPO_STEPS, 12 - HELD_OUT, HELD_OUT)
+    assert (ev["dpo_steps"], ev["preference_pairs"], ev["preference_heldout"]) == (
+        DPO_STEPS, len(REQUESTS) - HELD_OUT, HELD_OUT)
     assert after > before, ev  # pairs the stage never trained
     assert ev["step"] == PREFERENCE_ROUND["max_steps"] + DPO_STEPS
     assert ev["recall_before_dpo_memories"] == ev["recall_memories"] > 0
