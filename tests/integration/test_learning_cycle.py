@@ -15,22 +15,14 @@ import subprocess
 import pytest
 
 from support.daemon import BIN
+from support.learning_daemon import RUN_TIMEOUT, GiB, ctl, runs, wait_for_run
 from support.memories import FACTS
-from support.ollama_double import OllamaDouble
-from support.ollama_double.manager import sim_gpu, wait_until
-from support.tiny_run import BASE, tiny_learning
+from support.ollama_double.manager import wait_until
 
 pytestmark = pytest.mark.skipif(
     any(importlib.util.find_spec(m) is None for m in ("torch", "transformers", "peft", "bitsandbytes")),
     reason="the train extra (torch, transformers, peft, bitsandbytes) is not installed",
 )
-
-GiB = 1024**3
-RUN_TIMEOUT = 300
-# The trainers the daemon starts inherit its environment: one torch thread each. On a busy 2-core machine torch's
-# own choice (a thread per core) spins against the other work, and a step of the demo base takes 7 to 21 times
-# as long as with one thread.
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
 def memories_file(path, profile, importance=5, repeat=2):
@@ -41,45 +33,6 @@ def memories_file(path, profile, importance=5, repeat=2):
                                      "response": response, "importance": importance}))
     path.write_text("\n".join(lines) + "\n")
     return len(lines)
-
-
-@pytest.fixture
-def learning(make_daemon, demo_base):
-    started = []
-
-    def start(extra=None, with_double=True, models=()):
-        d = make_daemon(env=ONE_THREAD)
-        sim = d.workdir / "gpu.json"
-        sim_gpu(sim, 12 * GiB)
-        double = None
-        if with_double:
-            double = OllamaDouble(sim, [{"name": BASE, "size": GiB, "family": "llama"}, *models], unload_linger=0.2,
-                                  workdir=d.workdir / "od").start()
-            started.append(double)
-        sections = {k: dict(v) for k, v in d.sections.items()}
-        sections["daemon"]["sample_interval"] = "300ms"
-        sections["gpu"] = {"backend": "sim", "sim_file": str(sim), "reserve": "512MiB"}
-        sections["ollama"] = {"url": double.url if double else ""}
-        sections["learning"] = tiny_learning(demo_base)
-        return d.start_with(sections, extra), double
-
-    yield start
-    for double in started:
-        double.cleanup()
-
-
-def ctl(d, *args):
-    return subprocess.run([BIN / "memwardenctl", "--socket", d.socket_path, *args], capture_output=True, text=True,
-                          timeout=120)
-
-
-def runs(d):
-    return d.call("train.history", {"limit": 50})
-
-
-def wait_for_run(d, states=("promoted", "rejected", "failed"), timeout=RUN_TIMEOUT):
-    return wait_until(lambda: next((r for r in runs(d) if r["state"] in states), None), timeout=timeout,
-                      interval=0.5, message=lambda: f"a run in {states}; runs: {runs(d)}; log tail: {d.log()[-3000:]}")
 
 
 def consolidated(d):

@@ -130,7 +130,8 @@ class JobSpec:
 #   stage       {stage: "dpo", step, steps, pairs, heldout, beta, lr, accuracy_before, recall_before, resumed}
 #   eval        {step, holdout_loss}
 #   checkpoint  {step, path}
-#   oom_retry   {step, micro_batch, grad_accum}                        (halved / doubled, same effective batch)
+#   oom_retry   {step, micro_batch, grad_accum, error}                 (halved / doubled, same effective batch;
+#                in the DPO stage also stage: "dpo")
 #   preempted   {step, checkpoint}                                      (then exit 75)
 #   recall      {step, recalled, memories, token_accuracy, sample}          (an early-stop check of recall)
 #   done        {step, final_dir, eval: {holdout_loss_before, holdout_loss_after, probe_loss_before,

@@ -30,16 +30,13 @@ import torch
 import torch.nn.functional as F
 
 from memwarden.learning.eval_report import Preference, Recall
-from memwarden.training import checkpoint
 from memwarden.training.data import IGNORE, DataError, Example, Order, collate, encode
 from memwarden.training.evaluation import autocast
 from memwarden.training.model import memory_bytes
+from memwarden.training.oom_retry import Splitting, accumulate_step
 
 if TYPE_CHECKING:
-    from memwarden.learning.jobspec import JobSpec
-    from memwarden.training.events import Emitter
     from memwarden.training.ewc import EwcPenalty
-    from memwarden.training.model import Built
     from memwarden.training.recall import EarlyStop
     from memwarden.training.update import Updater
 
@@ -97,22 +94,17 @@ def preference_accuracy(chosen: list[float], rejected: list[float]) -> float | N
     return round(sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(chosen), 4)
 
 
-class Supervised(Protocol):
+class Supervised(Splitting, Protocol):
     """What the stage takes over from the supervised stage (trainer.Trainer): the model and the run's spec, the
-    counters it carries on, and the checkpoint and stop machinery."""
+    counters it carries on (the micro-batch among them, which an out-of-memory error in either stage halves), and
+    the checkpoint and stop machinery."""
 
-    spec: JobSpec
-    built: Built
-    emit: Emitter
     params: dict[str, torch.nn.Parameter]
     ewc: EwcPenalty | None
     updater: Updater
     early: EarlyStop
     dry: bool
     pad_id: int
-    micro_batch: int
-    effective: int
-    step: int
     target: int
     tokens: int
     train_seconds: float
@@ -246,33 +238,35 @@ class DpoStage:
         return logps[: len(pairs)], logps[len(pairs) :]
 
     def _step(self, order: Order) -> tuple[float, float, float, float, int]:
-        t, h = self.t, self.t.spec.hyper
+        t = self.t
         indices = order.indices(self.done * self.batch, self.batch)
-        rng = checkpoint.capture_rng()
-        loss_sum = margin_sum = 0.0
-        positive, tokens = 0, 0
-        try:
-            for n in range(0, len(indices), max(1, t.micro_batch)):
-                chunk = indices[n : n + max(1, t.micro_batch)]
-                pc, pr = self._forward([self.train[i] for i in chunk])
-                ref = torch.tensor([self.ref_train[i] for i in chunk], device=pc.device)
-                losses, margins = dpo_losses(pc, pr, ref[:, 0], ref[:, 1], h.dpo_beta)
-                (losses.sum() / len(indices)).backward()
-                loss_sum += float(losses.detach().sum())
-                margin_sum += float(margins.detach().sum())
-                positive += int((margins > 0).sum())
-                tokens += sum(len(self.train[i].chosen) + len(self.train[i].rejected) for i in chunk)
-                if n + t.micro_batch < len(indices):
-                    t.check_stop()  # after the step's last micro-step the step is completed first
-        except BaseException:
-            self.optimizer.zero_grad(set_to_none=True)
-            checkpoint.restore_rng(rng)  # a checkpoint is of the last completed step
-            raise
+        loss_sum, margin_sum, positive, tokens = accumulate_step(t, self.optimizer, lambda: self._accumulate(indices),
+                                                                 stage=STAGE)
         loss = loss_sum / len(indices)
         _, grad_norm, _ = t.updater.apply(self.optimizer, list(t.params.values()), t.ewc, loss, t.step + 1)
         self.done += 1
         t.step += 1
         return loss, margin_sum / len(indices), positive / len(indices), grad_norm, tokens
+
+    def _accumulate(self, indices: list[int]) -> tuple[float, float, int, int]:
+        """The step's gradient over its pairs in micro-batches of the trainer's micro_batch pairs: summed loss,
+        summed margin, pairs with a positive margin, tokens."""
+        t = self.t
+        loss_sum = margin_sum = 0.0
+        positive = tokens = 0
+        for n in range(0, len(indices), t.micro_batch):
+            chunk = indices[n : n + t.micro_batch]
+            pc, pr = self._forward([self.train[i] for i in chunk])
+            ref = torch.tensor([self.ref_train[i] for i in chunk], device=pc.device)
+            losses, margins = dpo_losses(pc, pr, ref[:, 0], ref[:, 1], t.spec.hyper.dpo_beta)
+            (losses.sum() / len(indices)).backward()
+            loss_sum += float(losses.detach().sum())
+            margin_sum += float(margins.detach().sum())
+            positive += int((margins > 0).sum())
+            tokens += sum(len(self.train[i].chosen) + len(self.train[i].rejected) for i in chunk)
+            if n + t.micro_batch < len(indices):
+                t.check_stop()  # after the step's last micro-step the step is completed first
+        return loss_sum, margin_sum, positive, tokens
 
     def report(self) -> Preference:
         if not self.active:

@@ -3,8 +3,9 @@
 One optimizer step consumes `effective batch = micro_batch × grad_accum` examples, in micro-batches of
 `micro_batch`. The loss is the sum of token losses over the whole step divided by the step's assistant-token
 count, so the gradient does not depend on how the step is split: after an OOM the micro-batch is halved and the
-accumulation doubled and the very same step is retried with the same gradient. AdamW, cosine schedule with linear
-warmup, gradient clipping at 1.0 (the pre-clip norm is reported), online EWC added into the gradient.
+accumulation doubled and the very same step is retried with the same gradient (oom_retry.py, shared with the DPO
+stage). AdamW, cosine schedule with linear warmup, gradient clipping at 1.0 (the pre-clip norm is reported),
+online EWC added into the gradient.
 
 Checkpoints are written every `checkpoint_every_steps` steps or `checkpoint_every_seconds`, and at the end of
 training; a run starts from the newest complete one. SIGTERM/SIGINT: the current micro-step finishes, the step in
@@ -16,8 +17,6 @@ stops before max_steps once recall on this run's memories reaches hyper.min_reca
 from __future__ import annotations
 
 import contextlib
-import gc
-import math
 import sys
 import time
 import traceback
@@ -38,6 +37,7 @@ from memwarden.training.events import Emitter
 from memwarden.training.ewc import EwcPenalty, combine, compute_fisher, setup_ewc
 from memwarden.training.export import FISHER_FILE, write_final
 from memwarden.training.model import build, is_oom, memory_bytes
+from memwarden.training.oom_retry import accumulate_step
 from memwarden.training.preflight import GiveUp, already_done, validate
 from memwarden.training.recall import EarlyStop, RecallMeter, load_items
 from memwarden.training.stop import StopFlag
@@ -240,34 +240,7 @@ class Trainer:
     def _train_step(self) -> tuple[float, int, float | None, float, bool]:
         examples = [self.train.examples[i] for i in self.order.indices(self.cursor, self.effective)]
         targets = sum(e.n_targets for e in examples)
-        rng = checkpoint.capture_rng()
-        while True:
-            oom = None
-            try:
-                loss_sum, tokens = self._accumulate(examples, targets)
-                break
-            except Preempted:
-                self.optimizer.zero_grad(set_to_none=True)
-                checkpoint.restore_rng(rng)  # the checkpoint is of the last completed step
-                raise
-            except Exception as exc:
-                if not is_oom(exc):
-                    raise
-                oom = f"{type(exc).__name__}: {exc}"
-            # outside the except block, so the traceback's frames (and their tensors) are already released
-            self.optimizer.zero_grad(set_to_none=True)
-            gc.collect()
-            if self.built.device.type == "cuda":
-                torch.cuda.empty_cache()
-            if self.micro_batch <= 1:
-                raise GiveUp(f"out of memory at step {self.step + 1} even with micro_batch 1: {oom}")
-            self.micro_batch //= 2
-            self.grad_accum = math.ceil(self.effective / self.micro_batch)
-            self.emit.emit(
-                "oom_retry", step=self.step + 1, micro_batch=self.micro_batch, grad_accum=self.grad_accum, error=oom
-            )
-            checkpoint.restore_rng(rng)
-
+        loss_sum, tokens = accumulate_step(self, self.optimizer, lambda: self._accumulate(examples, targets))
         loss = loss_sum / targets
         penalty, grad_norm, skipped = self.updater.apply(self.optimizer, list(self.params.values()), self.ewc, loss,
                                                          self.step + 1)
@@ -282,11 +255,6 @@ class Trainer:
         tokens = 0
         chunks = [examples[i : i + self.micro_batch] for i in range(0, len(examples), self.micro_batch)]
         for n, chunk in enumerate(chunks):
-            if self.spec.inject_oom_at_step == self.step + 1 and not self.oom_injected:
-                self.oom_injected = True
-                raise torch.OutOfMemoryError(
-                    f"CUDA out of memory (synthetic, inject_oom_at_step={self.spec.inject_oom_at_step})"
-                )
             batch = collate(chunk, self.pad_id, device)
             with autocast(self.built):
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits

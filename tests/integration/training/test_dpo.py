@@ -17,6 +17,7 @@ import pytest
 from memwarden.learning.eval_report import EvalReport
 from memwarden.learning.jobspec import Hyper, JobSpec
 from memwarden.learning.promotion import PROMOTED, Gate, judge
+from support.memories import REQUESTS, preference
 
 from .test_recall import ALL_LINEAR, FACTS
 from .test_trainer import Trainer, assert_done, of, run
@@ -26,19 +27,13 @@ pytestmark = pytest.mark.skipif(
     reason="the train extra (torch, transformers, peft) is not installed",
 )
 
-PEOPLE = [("Zeno", "water the plants"), ("Ines", "feed the cat"), ("Tomas", "lend a ladder"),
-          ("Aiko", "fix the bike"), ("Bruno", "carry the boxes"), ("Carla", "check the mail"),
-          ("Dario", "walk the dog"), ("Elif", "bake a cake"), ("Farid", "paint the fence"),
-          ("Greta", "mend the coat"), ("Hugo", "wash the car"), ("Ilse", "sweep the yard")]
 HELD_OUT = 4  # the last four people: never trained by the stage
 SFT_STEPS, DPO_STEPS = 8, 16
 
 
 def preference_lines() -> list[dict]:
-    return [{"memory_id": i, "prompt": f"{name} asked me to {req}. How should I answer?",
-             "chosen": f"Tell {name} you will gladly {req}, and thank them for asking.",
-             "rejected": f"Tell {name} no, you are far too busy to {req}.", "heldout": i >= len(PEOPLE) - HELD_OUT}
-            for i, (name, req) in enumerate(PEOPLE)]
+    return [{"memory_id": i, **preference(name, req), "heldout": i >= len(REQUESTS) - HELD_OUT}
+            for i, (name, req) in enumerate(REQUESTS)]
 
 
 def job(demo_base: Path, tmp_path: Path, **changes) -> Path:
@@ -115,3 +110,19 @@ def test_a_trainer_killed_in_the_dpo_stage_resumes_in_it_with_its_saved_referenc
     report = EvalReport.read(tmp_path / "run")
     assert report.preference.steps == DPO_STEPS and report.step == SFT_STEPS + DPO_STEPS
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_an_oom_in_a_dpo_step_retries_the_same_step_at_half_the_micro_batch(demo_base, tmp_path, preference_round):
+    oom_step = SFT_STEPS + 2  # the stage's second step
+    rc, events, err = run(job(demo_base, tmp_path, checkpoint_every_steps=1000, inject_oom_at_step=oom_step))
+    done = assert_done(rc, events, err)
+    (oom,) = of(events, "oom_retry")
+    assert (oom["stage"], oom["step"], oom["micro_batch"], oom["grad_accum"]) == ("dpo", oom_step, 2, 2)
+    steps = of(events, "step")
+    assert events.index(steps[oom_step - 2]) < events.index(oom) < events.index(steps[oom_step - 1])
+    assert [s["step"] for s in steps] == list(range(1, SFT_STEPS + DPO_STEPS + 1))  # retried, not skipped
+    # The same pairs and the same gradient in smaller pieces: the stage goes on as the uninterrupted run did.
+    uninterrupted = of(preference_round["events"], "step")
+    assert [s["loss"] for s in steps[SFT_STEPS:]] == pytest.approx([s["loss"] for s in uninterrupted[SFT_STEPS:]],
+                                                                   rel=1e-3, abs=1e-4)
+    assert done["preference"] == preference_round["done"]["preference"]
