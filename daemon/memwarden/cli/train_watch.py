@@ -26,9 +26,10 @@ BAR_WIDTH = 24
 
 
 def pick(status: dict[str, Any], adapter: str | None) -> tuple[str, str] | None:
-    """(run id, adapter) of the run to follow: the one in progress, else the oldest pending one."""
+    """(run id, adapter) of the run to follow: the one in progress, else the oldest pending one. A current run
+    already judged is only exporting its adapter: the run to follow is the next one."""
     cur = status.get("current")
-    if cur and adapter in (None, cur["adapter"]):
+    if cur and cur.get("state") not in FINAL and adapter in (None, cur["adapter"]):
         return cur["run_id"], cur["adapter"]
     for p in status.get("pending_runs") or ():
         if adapter in (None, p["adapter"]):

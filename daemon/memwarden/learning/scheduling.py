@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from memwarden.config.schema import Config
 from memwarden.learning import trigger
-from memwarden.learning.runs import RunStore
+from memwarden.learning.runs import FINAL, RunStore
 from memwarden.learning.store import MemoryStore
 from memwarden.logs import get_logger
 
@@ -36,6 +36,7 @@ class RunScheduler:
         self.execute = execute
         self.clock = clock
         self.task: asyncio.Task | None = None
+        self.task_run: str | None = None  # the run self.task executes
         self.closing = False
         self._window_logged: set[str] = set()
 
@@ -74,8 +75,10 @@ class RunScheduler:
 
     def start(self, adapter: str, trigger_name: str = "manual", running: str = "?") -> str:
         """Queue a run of `adapter` now and launch it (the trigger and window are for automatic runs). Its id.
-        `running`: the run in progress, for the refusal's message."""
-        if self.busy:
+        `running`: the run in progress, for the refusal's message. A run whose verdict is already recorded may
+        still be exporting its adapter to Ollama: the new run is queued, and the next tick launches it."""
+        publishing = self.busy and self.task_run is not None and self.runs.state(self.task_run) in FINAL
+        if self.busy and not publishing:
             raise RuntimeError(f"a run is in progress ({running}); one at a time")
         if not self.config.learning.base_model:
             raise RuntimeError("learning.base_model is not set")
@@ -85,8 +88,10 @@ class RunScheduler:
         now = self.clock()
         run_id = new_run_id(now)
         self.runs.insert(run_id, adapter, profile, trigger_name, now, self.config.learning.method)
-        self.launch(run_id)
+        if not publishing:
+            self.launch(run_id)
         return run_id
 
     def launch(self, run_id: str) -> None:
+        self.task_run = run_id
         self.task = asyncio.get_running_loop().create_task(self.execute(run_id), name=f"run-{run_id}")

@@ -58,6 +58,13 @@ def test_watch_follows_the_run_in_progress_else_the_next_pending_one():
     assert train_watch.pick(STATUS, "carol") is None
 
 
+def test_watch_passes_over_a_run_that_has_ended_while_its_adapter_is_still_exported():
+    publishing = {**STATUS, "current": {**CURRENT, "state": "promoted"},
+                  "pending_runs": [{"id": "r3", "adapter": "alice", "state": "queued"}]}
+    assert train_watch.pick(publishing, "alice") == ("r3", "alice")
+    assert train_watch.pick({**publishing, "pending_runs": []}, None) is None
+
+
 def test_status_shows_a_refused_reload_and_when():
     base = {"version": "0.2.0", "pid": 1, "uptime_s": 5, "config": None, "state_dir": "/s", "dry_run": False,
             "summary": "ok", "degraded": {}, "active_alerts": [],

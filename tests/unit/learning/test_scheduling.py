@@ -113,3 +113,30 @@ async def test_a_manual_start_needs_memories_and_a_base_model(make, store):
     run_id = scheduler.start("alice")
     await asyncio.wait_for(settle(scheduler), 5)
     assert launched == [run_id] and scheduler.runs.get(run_id)["trigger"] == "manual"
+
+
+async def test_a_manual_start_while_the_last_run_is_only_being_published_is_queued_and_launched_next(
+        db, store, clock, make_config):
+    runs = RunStore(db)
+    launched: list[str] = []
+    judged, exported = asyncio.Event(), asyncio.Event()
+
+    async def execute(run_id: str) -> None:
+        launched.append(run_id)
+        runs.set_state(run_id, "promoted")  # judged and recorded: `train history` shows the run ended ...
+        judged.set()
+        await exported.wait()  # ... while its adapter is still being exported to Ollama
+
+    scheduler = RunScheduler(make_config({}), runs, store, execute, clock)
+    remember(store)
+    first = scheduler.start("alice")
+    with pytest.raises(RuntimeError, match=rf"a run is in progress \({first}\); one at a time"):
+        scheduler.start("alice", running=first)  # not yet judged: one at a time
+    await asyncio.wait_for(judged.wait(), 5)
+    second = scheduler.start("alice", running=first)
+    assert runs.state(second) == "queued" and runs.pending() == [second] and launched == [first]
+    exported.set()
+    await asyncio.wait_for(settle(scheduler), 5)
+    await scheduler.tick()
+    await asyncio.wait_for(settle(scheduler), 5)
+    assert launched == [first, second]
