@@ -231,10 +231,10 @@ class ClientConnection(asyncio.Protocol):
         method, target, version = head.start
         if version != "HTTP/1.1" or "expect" in head.fields:
             return False
+        if "transfer-encoding" in head.fields:
+            return False  # streamed up, or framing the coroutines refuse
         try:
             length = head.length
-            if head.chunked:
-                return False
         except http.BadMessage:
             return False
         keep = "close" not in head.tokens("connection")
@@ -262,10 +262,13 @@ class ClientConnection(asyncio.Protocol):
             if ticket is not None:
                 proxy.queue.finished(ticket)
             return False
-        proxy.requests += 1
         self.inbox.drop(length)
         self.send(head, raw, keep, proxy.on_answer(ticket, admission.model), ticket,
                   lambda: proxy.budget.give(length))
+        # What does not change what is sent is done once the request is on its way, before this callback
+        # returns: nothing else runs on the loop in between, so no eviction is planned without this use.
+        proxy.requests += 1
+        proxy.admitter.noted(req, admission)
         return True
 
     def send(self, head: http.Head, body: bytes | bytearray | memoryview | None, keep: bool,

@@ -103,14 +103,20 @@ def parse_head(raw: bytes | bytearray | memoryview) -> Head:
     if len(parts) != 3 or not parts[0] or not parts[2]:
         raise BadMessage("malformed start line")
     headers = []
+    fields: dict[str, list[str]] = {}  # built here, in the one pass over the lines, rather than by Head
     for line in lines[1:]:
         if not line:
             continue
         name, sep, value = line.partition(":")
         if not sep or not name or " " in name or "\t" in name:
             raise BadMessage("malformed header line")
-        headers.append((name, value.strip()))
-    return Head((parts[0], parts[1], parts[2]), tuple(headers))
+        value = value.strip()
+        headers.append((name, value))
+        if (key := name.lower()) in fields:
+            fields[key].append(value)
+        else:
+            fields[key] = [value]
+    return Head((parts[0], parts[1], parts[2]), tuple(headers), fields)
 
 
 async def _chunk_size(reader: asyncio.StreamReader) -> int:
