@@ -6,8 +6,8 @@ callbacks would be, in a hot loop (timeit): non-streamed, one answer of 508 byte
 and 17 NDJSON chunks and the last chunk, each in a piece of its own, as the double sends them. The arbiter's
 note_use does the scheduler's in-memory touch over 20 resident models. Beside the whole, the part a client waits
 for: from the request's arrival to its write to Ollama, plus from the answer's first piece to its write to the
-client (the median exchange's). What this leaves out (system calls, wake-ups, caches a loaded machine has cooled) is what proxy_latency.py
-measures with it.
+client (the median exchange's). What this leaves out (system calls, wake-ups, caches a loaded machine has
+cooled) is what proxy_latency.py measures with it.
 """
 
 from __future__ import annotations
