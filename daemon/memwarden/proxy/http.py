@@ -41,6 +41,7 @@ class Head:
     start: tuple[str, str, str]  # (method, target, version) or (version, status, reason)
     headers: tuple[tuple[str, str], ...]
     fields: dict[str, list[str]] = field(default_factory=dict, compare=False, repr=False)  # lower-case name
+    raw: bytes = field(default=b"", compare=False, repr=False)  # as received, when parsed from bytes
 
     def __post_init__(self) -> None:
         if not self.fields:
@@ -96,7 +97,8 @@ async def read_head(reader: asyncio.StreamReader) -> Head | None:
 
 def parse_head(raw: bytes | bytearray | memoryview) -> Head:
     """A head from its bytes, up to and including the blank line that ends it."""
-    lines = bytes(raw).decode("latin-1").split("\r\n")
+    raw = bytes(raw)
+    lines = raw.decode("latin-1").split("\r\n")
     while lines and not lines[0]:  # RFC 9112 §2.2: empty lines before a request line are ignored
         lines.pop(0)
     parts = lines[0].split(" ", 2) if lines else []
@@ -116,7 +118,7 @@ def parse_head(raw: bytes | bytearray | memoryview) -> Head:
             fields[key].append(value)
         else:
             fields[key] = [value]
-    return Head((parts[0], parts[1], parts[2]), tuple(headers), fields)
+    return Head((parts[0], parts[1], parts[2]), tuple(headers), fields, raw)
 
 
 async def _chunk_size(reader: asyncio.StreamReader) -> int:

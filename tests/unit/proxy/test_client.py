@@ -15,7 +15,7 @@ import pytest
 
 from memwarden.config.schema import ProxyConfig
 from memwarden.proxy import http
-from memwarden.proxy.client import ClientConnection
+from memwarden.proxy.client import ClientConnection, request_bytes
 from memwarden.proxy.hop import UpstreamConnection
 from memwarden.proxy.server import OllamaProxy
 
@@ -282,3 +282,18 @@ async def test_a_hits_use_is_noted_once_its_request_is_on_its_way_and_before_any
     await asyncio.sleep(0)
     assert victims == ["other:1b"], "the model whose request is on its way is not the one evicted"
     client.connection_lost(None)
+
+
+@pytest.mark.parametrize("extra", [b"", b"Connection: keep-alive\r\n", b"Host: y\r\n"],
+                         ids=["as curl sends it", "with a hop-by-hop header", "two hosts"])
+def test_a_request_goes_to_ollama_as_sent_but_for_its_host_and_what_this_hop_must_not_pass_on(extra):
+    sent = REQUEST.replace(b"Host: x\r\n", b"Host: x\r\nAccept: */*\r\n" + extra)
+    head_bytes, _, body = sent.partition(b"\r\n\r\n")
+    head = http.parse_head(head_bytes + b"\r\n\r\n")
+    out = request_bytes(head, "127.0.0.1:11434", body)
+    out_head = http.parse_head(out.partition(b"\r\n\r\n")[0] + b"\r\n\r\n")
+    assert out.endswith(b"\r\n\r\n" + body) and out_head.start == ("POST", "/api/generate", "HTTP/1.1")
+    assert out_head.fields["host"] == ["127.0.0.1:11434"] and out_head.fields["content-length"] == [str(len(body))]
+    assert out_head.get("accept") == "*/*" and "connection" not in out_head.fields
+    if not extra:
+        assert out == sent.replace(b"Host: x", b"Host: 127.0.0.1:11434"), "passed on as it came, its Host changed"
