@@ -3,15 +3,20 @@
 memwarden's proxy (over an arbiter that holds every model resident) and the bare asyncio-Protocol relay of
 proxy_latency.py are each handed the bench's /api/generate request and the double's answer, as the protocols'
 callbacks would be, in a hot loop (timeit): non-streamed, one answer of 508 bytes in one piece; streamed, the head
-and 17 NDJSON chunks and the last chunk, each in a piece of its own, as the double sends them. What this leaves out
-(system calls, wake-ups, caches a loaded machine has cooled) is what proxy_latency.py measures with it.
+and 17 NDJSON chunks and the last chunk, each in a piece of its own, as the double sends them. The arbiter's
+note_use does the scheduler's in-memory touch over 20 resident models. Beside the whole, the part a client waits
+for: from the request's arrival to its write to Ollama, plus from the answer's first piece to its write to the
+client (the median exchange's). What this leaves out (system calls, wake-ups, caches a loaded machine has
+cooled) is what proxy_latency.py measures with it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import statistics
 import sys
+import time
 import timeit
 import types
 from collections.abc import Callable
@@ -21,6 +26,7 @@ from _common import emit, fmt, parser, table
 from proxy_latency import PROTOCOL_RELAY
 
 from memwarden.config.schema import ProxyConfig
+from memwarden.policies import cache
 from memwarden.proxy.client import ClientConnection
 from memwarden.proxy.hop import UpstreamConnection
 from memwarden.proxy.server import OllamaProxy
@@ -30,14 +36,17 @@ DATE = b"Date: Sun, 06 Dec 2026 14:00:00 GMT\r\n"
 
 
 class Transport(asyncio.Transport):
-    """Takes what is written and keeps the last of it."""
+    """Takes what is written, keeps the last of it and when the first write since `at` was cleared came."""
 
     def __init__(self) -> None:
         super().__init__()
         self.last = b""
+        self.at: float | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.last = bytes(data)
+        if self.at is None:
+            self.at = time.perf_counter()
 
     def is_closing(self) -> bool:
         return False
@@ -59,8 +68,14 @@ class Resident:
     def loads_freely(self, model: str) -> bool:
         return False
 
-    def note_use(self, model: str, keep_alive: str | None) -> None:
-        pass
+    def __init__(self) -> None:
+        self.cache = cache.CacheState.of(cache.Entry(f"m{i}:1b", 2 << 30, resident=True) for i in range(19))
+        self.cache = cache.set_resident(self.cache, "m:1b", True, 2 << 30)
+        self.dirty: set[str] = set()
+
+    def note_use(self, model: str, keep_alive: str | None) -> None:  # as the scheduler's
+        self.cache = cache.touch(self.cache, model, time.monotonic())
+        self.dirty.add(model)
 
     def mark_resident(self, model: str) -> None:
         pass
@@ -80,53 +95,72 @@ def exchange(stream: bool) -> tuple[bytes, list[bytes]]:
                      b"Content-Length: %d\r\n\r\n%s" % (len(answer), answer)]
 
 
-def memwarden_cycle(request: bytes, pieces: list[bytes]) -> Callable[[], None]:
-    proxy = OllamaProxy(Resident(), ProxyConfig(), "http://127.0.0.1:1")  # type: ignore[arg-type]
-    client = ClientConnection(proxy, 300.0)
-    client.connection_made(Transport())
-    upstream = UpstreamConnection()
-    upstream.connection_made(Transport())
-    proxy.pool.give(upstream)
+Cycle = Callable[[], None]
+Cycles = tuple[Cycle, Cycle]  # the whole exchange; the same, returning the seconds a client waits on the Python
+
+
+def cycles(client: asyncio.Protocol, upstream: asyncio.Protocol, request: bytes, pieces: list[bytes]) -> Cycles:
+    client.connection_made(client_transport := Transport())
+    upstream.connection_made(upstream_transport := Transport())
 
     def cycle() -> None:
         client.data_received(request)
         for piece in pieces:
             upstream.data_received(piece)
 
-    cycle()
+    def waited() -> float:  # type: ignore[return]
+        upstream_transport.at = client_transport.at = None
+        began = time.perf_counter()
+        client.data_received(request)
+        answer = time.perf_counter()
+        upstream.data_received(pieces[0])
+        for piece in pieces[1:]:
+            upstream.data_received(piece)
+        assert upstream_transport.at is not None and client_transport.at is not None
+        return upstream_transport.at - began + client_transport.at - answer
+
+    return cycle, waited  # type: ignore[return-value]
+
+
+def memwarden_cycles(request: bytes, pieces: list[bytes]) -> Cycles:
+    proxy = OllamaProxy(Resident(), ProxyConfig(), "http://127.0.0.1:1")  # type: ignore[arg-type]
+    upstream = UpstreamConnection()
+    made = cycles(ClientConnection(proxy, 300.0), upstream, request, pieces)
+    proxy.pool.give(upstream)
+    made[0]()
     if proxy.pool.idle != [upstream] or proxy.queue.in_flight:
         raise RuntimeError("the request did not go through the hit path and back to the pool")
-    return cycle
+    return made
 
 
-def relay_cycle(request: bytes, pieces: list[bytes]) -> Callable[[], None]:
+def relay_cycles(request: bytes, pieces: list[bytes]) -> Cycles:
     relay: dict[str, Any] = {}
     exec(PROTOCOL_RELAY.rpartition("asyncio.run(")[0], relay)  # its protocols, without its server
     pool: list[Any] = []
-    client = relay["Client"](pool, 1)
-    client.connection_made(Transport())
     upstream = relay["Up"](pool)
-    upstream.connection_made(Transport())
+    made = cycles(relay["Client"](pool, 1), upstream, request, pieces)
     pool.append(upstream)
-
-    def cycle() -> None:
-        client.data_received(request)
-        for piece in pieces:
-            upstream.data_received(piece)
-
-    cycle()
+    made[0]()
     if pool != [upstream]:
         raise RuntimeError("the relay did not finish the answer")
-    return cycle
+    return made
+
+
+def median_waited(waited: Callable[[], float], number: int) -> float:
+    """µs: the median over 5 × `number` exchanges (a median, as a mean of a few µs is swayed by each preemption
+    on a loaded machine)."""
+    return round(statistics.median(waited() for _ in range(5 * number)) * 1e6, 1)
 
 
 async def measure(number: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for mode, stream in (("generate", False), ("ttfc", True)):
         request, pieces = exchange(stream)
-        results[mode] = {name: round(min(timeit.repeat(make(request, pieces), number=number, repeat=5))
-                                     / number * 1e6, 1)
-                         for name, make in (("memwarden", memwarden_cycle), ("protocol_relay", relay_cycle))}
+        for name, make in (("memwarden", memwarden_cycles), ("protocol_relay", relay_cycles)):
+            cycle, waited = make(request, pieces)
+            results[mode] = {**results.get(mode, {}),
+                             name: round(min(timeit.repeat(cycle, number=number, repeat=5)) / number * 1e6, 1),
+                             f"{name}_waited": median_waited(waited, number)}
     return results
 
 
@@ -135,9 +169,11 @@ def main() -> int:
     p.add_argument("--number", type=int, default=5000, help="requests per timing (the best of 5; default 5000)")
     args = p.parse_args()
     results = asyncio.run(measure(args.number))
-    rows = [[title, fmt(results[mode]["memwarden"]), fmt(results[mode]["protocol_relay"]),
-             fmt(round(results[mode]["memwarden"] - results[mode]["protocol_relay"], 1))]
-            for mode, title in (("generate", "stream:false, one piece"), ("ttfc", "stream:true, 19 pieces"))]
+    rows = [[f"{title}{part}", fmt(r[f"memwarden{key}"]), fmt(r[f"protocol_relay{key}"]),
+             fmt(round(r[f"memwarden{key}"] - r[f"protocol_relay{key}"], 1))]
+            for mode, title in (("generate", "stream:false, one piece"), ("ttfc", "stream:true, 19 pieces"))
+            for r in [results[mode]]
+            for key, part in (("", ", all of it"), ("_waited", ", before the writes up and down"))]
     text = table(["µs of Python per request", "memwarden's proxy", "bare Protocol relay", "difference"], rows)
     emit("proxy hit path", text, {"number": args.number, **results}, args.json)
     return 0

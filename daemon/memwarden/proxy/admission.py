@@ -91,19 +91,25 @@ class Admitter:
         self.preemptions = 0
 
     def admit_hit(self, req: ModelRequest) -> Admission | None:
-        """The admission of a request for a resident model, decided at once; None when it must wait for `admit`."""
+        """The admission of a request for a resident model, decided at once; None when it must wait for `admit`.
+        The use is not yet recorded: `noted` records it, in the same callback, once the request is on its way."""
         if req.model is None or req.refused is not None or req.unload:
             return Admission()  # Ollama answers it in its own words; nothing to make room for or record
         a = self.arbiter
         if self.cfg.preempt:
             a.serving_busy_until = time.monotonic() + self.cfg.resume_after_idle
-        if a.resident(req.model):
-            a.note_use(req.model, req.keep_alive)
-            return Admission(req.model)
-        return None
+        return Admission(req.model) if a.resident(req.model) else None
+
+    def noted(self, req: ModelRequest, admission: Admission) -> None:
+        """Record an admitted hit's use (the scheduler's recency, its keep_alive). Eviction is planned only by
+        other callbacks, so recording it after the request's write, before the loop runs anything else, keeps the
+        model as safe as recording it first, and the scheduler's work overlaps with Ollama's."""
+        if admission.model is not None:
+            self.arbiter.note_use(admission.model, req.keep_alive)
 
     async def admit(self, req: ModelRequest) -> Admission:
         if (hit := self.admit_hit(req)) is not None:
+            self.noted(req, hit)
             return hit
         a = self.arbiter
         model = req.model

@@ -45,13 +45,33 @@ def error_bytes(status: int, message: str, retry_after: int | None = None, close
     return http.encode_head(f"HTTP/1.1 {status} {http.REASONS.get(status, 'Error')}", headers) + body
 
 
+_KEPT_AS_SENT = frozenset({"host", "content-length"})
+
+
 def request_bytes(head: http.Head, authority: str, body: bytes | bytearray | memoryview | None) -> bytes:
-    """The request as Ollama gets it: its end-to-end headers, this hop's Host and framing, the body held whole."""
+    """The request as Ollama gets it: its end-to-end headers, this hop's Host and framing, the body held whole.
+    A head whose only hop-by-hop headers are one Host and, with a body, its one Content-Length (as curl, Go and
+    http.client send one) goes as it came with its Host's value changed, instead of being written anew."""
+    if (passed := _passed_on(head, authority, body)) is not None:
+        return passed
     method, target, _ = head.start
     headers = [*head.forwarded(), ("Host", authority)]
     if body is not None:
         headers.append(("Content-Length", str(len(body))))
     return http.encode_head(f"{method} {target} HTTP/1.1", headers) + bytes(body or b"")
+
+
+def _passed_on(head: http.Head, authority: str, body: bytes | bytearray | memoryview | None) -> bytes | None:
+    fields, raw = head.fields, head.raw
+    hop = fields.keys() & http.HOP_BY_HOP
+    if not raw or hop != (_KEPT_AS_SENT if body is not None else {"host"}) or len(fields["host"]) > 1 or \
+            not raw.startswith(head.start[0].encode("latin-1") + b" "):
+        return None
+    if body is not None and (len(fields["content-length"]) > 1 or fields["content-length"][0] != str(len(body))):
+        return None
+    start = raw.lower().find(b"\r\nhost:") + 2
+    end = raw.find(b"\r\n", start)
+    return raw[:start] + b"Host: " + authority.encode("latin-1") + raw[end:] + bytes(body or b"")
 
 
 class ClientConnection(asyncio.Protocol):
@@ -231,10 +251,10 @@ class ClientConnection(asyncio.Protocol):
         method, target, version = head.start
         if version != "HTTP/1.1" or "expect" in head.fields:
             return False
+        if "transfer-encoding" in head.fields:
+            return False  # streamed up, or framing the coroutines refuse
         try:
             length = head.length
-            if head.chunked:
-                return False
         except http.BadMessage:
             return False
         keep = "close" not in head.tokens("connection")
@@ -262,10 +282,13 @@ class ClientConnection(asyncio.Protocol):
             if ticket is not None:
                 proxy.queue.finished(ticket)
             return False
-        proxy.requests += 1
         self.inbox.drop(length)
         self.send(head, raw, keep, proxy.on_answer(ticket, admission.model), ticket,
                   lambda: proxy.budget.give(length))
+        # What does not change what is sent is done once the request is on its way, before this callback
+        # returns: nothing else runs on the loop in between, so no eviction is planned without this use.
+        proxy.requests += 1
+        proxy.admitter.noted(req, admission)
         return True
 
     def send(self, head: http.Head, body: bytes | bytearray | memoryview | None, keep: bool,

@@ -64,6 +64,20 @@ def answer_head(resp: http.Head, length: int | None, chunked: bool, keep_alive: 
     return f"HTTP/1.1 {resp.start[1]} {resp.start[2]}".encode("latin-1") + http.encode_head("", out)
 
 
+_FRAMING = frozenset({"content-length", "transfer-encoding"})
+
+
+def passed_on(resp: http.Head, raw: bytes, keep_alive: bool) -> bytes | None:
+    """The answer's head for the client as Ollama sent it, when that is what answer_head would say: an HTTP/1.1
+    head whose only hop-by-hop headers are one framing header this hop keeps as it is (Go's net/http sends no
+    other). A Connection: close is added when the client's connection ends with the answer. None: not so."""
+    hop = resp.fields.keys() & http.HOP_BY_HOP
+    if not raw.startswith(b"HTTP/1.1 ") or not hop <= _FRAMING or len(hop) > 1 or \
+            any(len(resp.fields[name]) > 1 for name in hop):
+        return None
+    return raw if keep_alive else raw[:-2] + b"Connection: close\r\n\r\n"
+
+
 async def _send_request(conn: Connection, head: bytes, body: Body, length: int | None) -> None:
     w = conn.writer
     if body is None or isinstance(body, bytes | bytearray | memoryview):

@@ -21,7 +21,7 @@ from typing import Protocol
 
 from memwarden.logs import get_logger
 from memwarden.proxy import http
-from memwarden.proxy.forward import TAIL_BYTES, ClientGone, Outcome, UpstreamFailed, answer_head
+from memwarden.proxy.forward import TAIL_BYTES, ClientGone, Outcome, UpstreamFailed, answer_head, passed_on
 from memwarden.proxy.upstream import CONNECT_TIMEOUT_S, IDLE_S, MAX_IDLE
 
 log = get_logger()
@@ -189,8 +189,9 @@ class Exchange:
                 if len(self.received) > http.MAX_HEAD:
                     self._broken_early("answer head too large")
                 return False
+            head = bytes(self.received[:end + 4])
             try:
-                resp = http.parse_head(self.received[:end + 4])
+                resp = http.parse_head(head)
             except http.BadMessage as exc:
                 self._broken_early(f"unreadable answer: {exc}")
                 return False
@@ -198,8 +199,6 @@ class Exchange:
             if not resp.start[1].startswith("1"):  # an interim 1xx: the answer follows
                 break
         self.status = int(resp.start[1]) if resp.start[1].isdigit() else 502
-        if self.answered is not None:
-            self.answered(self.status)
         self.up_keep = resp.start[0] == "HTTP/1.1" and "close" not in resp.tokens("connection")
         try:
             length, chunked = resp.length, resp.chunked
@@ -214,9 +213,17 @@ class Exchange:
             self.scanner = http.ChunkScanner()
         else:  # the end is the close
             self.up_keep = self.keep_alive = False
-        self.out_head = answer_head(resp, length, self.scanner is not None, self.keep_alive)
+        self.out_head = passed_on(resp, head, self.keep_alive) or \
+            answer_head(resp, length, self.scanner is not None, self.keep_alive)
         self.framed = True
         return True
+
+    def _tell_answered(self) -> None:
+        """What the answer's head tells the proxy (the model resident, a load over), told once: after the
+        answer's first bytes are on their way to the client, or when it ends without them."""
+        answered, self.answered = self.answered, None
+        if answered is not None and self.framed:
+            answered(self.status)
 
     def _relay(self, data: bytes) -> None:
         ended = False
@@ -245,6 +252,8 @@ class Exchange:
             self.client_gone()
             return
         transport.write(data)
+        if self.answered is not None:
+            self._tell_answered()
         if ended:
             self._finish(self.up_keep and not extra)
 
@@ -301,4 +310,5 @@ class Exchange:
     def _end(self, result: Outcome | UpstreamFailed | ClientGone) -> None:
         if not self.over:
             self.over = True
+            self._tell_answered()
             self.done(result)

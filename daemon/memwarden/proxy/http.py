@@ -41,6 +41,7 @@ class Head:
     start: tuple[str, str, str]  # (method, target, version) or (version, status, reason)
     headers: tuple[tuple[str, str], ...]
     fields: dict[str, list[str]] = field(default_factory=dict, compare=False, repr=False)  # lower-case name
+    raw: bytes = field(default=b"", compare=False, repr=False)  # as received, when parsed from bytes
 
     def __post_init__(self) -> None:
         if not self.fields:
@@ -96,21 +97,28 @@ async def read_head(reader: asyncio.StreamReader) -> Head | None:
 
 def parse_head(raw: bytes | bytearray | memoryview) -> Head:
     """A head from its bytes, up to and including the blank line that ends it."""
-    lines = bytes(raw).decode("latin-1").split("\r\n")
+    raw = bytes(raw)
+    lines = raw.decode("latin-1").split("\r\n")
     while lines and not lines[0]:  # RFC 9112 §2.2: empty lines before a request line are ignored
         lines.pop(0)
     parts = lines[0].split(" ", 2) if lines else []
     if len(parts) != 3 or not parts[0] or not parts[2]:
         raise BadMessage("malformed start line")
     headers = []
+    fields: dict[str, list[str]] = {}  # built here, in the one pass over the lines, rather than by Head
     for line in lines[1:]:
         if not line:
             continue
         name, sep, value = line.partition(":")
         if not sep or not name or " " in name or "\t" in name:
             raise BadMessage("malformed header line")
-        headers.append((name, value.strip()))
-    return Head((parts[0], parts[1], parts[2]), tuple(headers))
+        value = value.strip()
+        headers.append((name, value))
+        if (key := name.lower()) in fields:
+            fields[key].append(value)
+        else:
+            fields[key] = [value]
+    return Head((parts[0], parts[1], parts[2]), tuple(headers), fields, raw)
 
 
 async def _chunk_size(reader: asyncio.StreamReader) -> int:

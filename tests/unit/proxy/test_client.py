@@ -15,7 +15,8 @@ import pytest
 
 from memwarden.config.schema import ProxyConfig
 from memwarden.proxy import http
-from memwarden.proxy.client import ClientConnection
+from memwarden.proxy.client import ClientConnection, request_bytes
+from memwarden.proxy.hop import UpstreamConnection
 from memwarden.proxy.server import OllamaProxy
 
 from .test_forward import Upstream1
@@ -221,3 +222,78 @@ async def test_a_body_sent_in_its_own_write_right_behind_its_head_still_takes_th
         assert answer.start[1] == "200" and up.bodies == [BODY]
         assert coroutine_requests == [], "no task for it"
         writer.close()
+
+
+class Written(asyncio.Transport):
+    """A transport that keeps what is written, in place of a socket."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data = bytearray()
+
+    def write(self, data) -> None:
+        self.data += data
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class Recency(Arbiter):
+    """Two resident models, least recently used first; each use noted with whether the request had gone up."""
+
+    def __init__(self, upstream: Written) -> None:
+        super().__init__()
+        self.order = ["m:1b", "other:1b"]
+        self.upstream = upstream
+        self.sent_before_use: list[bool] = []
+
+    def note_use(self, model: str, keep_alive: str | None) -> None:
+        super().note_use(model, keep_alive)
+        self.sent_before_use.append(bytes(self.upstream.data).startswith(b"POST /api/generate "))
+        self.order.remove(model)
+        self.order.append(model)
+
+
+async def test_a_hits_use_is_noted_once_its_request_is_on_its_way_and_before_any_other_callback_plans_an_eviction():
+    upstream_transport = Written()
+    arbiter = Recency(upstream_transport)
+    proxy = OllamaProxy(arbiter, ProxyConfig(), "http://127.0.0.1:1")  # type: ignore[arg-type]
+    client = ClientConnection(proxy, 300.0)
+    client.connection_made(Written())
+    upstream = UpstreamConnection()
+    upstream.connection_made(upstream_transport)
+    proxy.pool.give(upstream)
+    victims: list[str] = []
+    # An eviction planned by a callback already waiting on the loop when the request arrives: it takes the least
+    # recently used model, and must see the use of the model whose request was just sent.
+    asyncio.get_running_loop().call_soon(lambda: victims.append(arbiter.order[0]))
+    client.data_received(REQUEST)
+    assert arbiter.sent_before_use == [True], "the use is noted after the request's write, in the same callback"
+    assert proxy.requests == 1 and proxy.queue.in_flight == {"m:1b": 1}
+    await asyncio.sleep(0)
+    assert victims == ["other:1b"], "the model whose request is on its way is not the one evicted"
+    client.connection_lost(None)
+
+
+@pytest.mark.parametrize("extra", [b"", b"Connection: keep-alive\r\n", b"Host: y\r\n"],
+                         ids=["as curl sends it", "with a hop-by-hop header", "two hosts"])
+def test_a_request_goes_to_ollama_as_sent_but_for_its_host_and_what_this_hop_must_not_pass_on(extra):
+    sent = REQUEST.replace(b"Host: x\r\n", b"Host: x\r\nAccept: */*\r\n" + extra)
+    head_bytes, _, body = sent.partition(b"\r\n\r\n")
+    head = http.parse_head(head_bytes + b"\r\n\r\n")
+    out = request_bytes(head, "127.0.0.1:11434", body)
+    out_head = http.parse_head(out.partition(b"\r\n\r\n")[0] + b"\r\n\r\n")
+    assert out.endswith(b"\r\n\r\n" + body) and out_head.start == ("POST", "/api/generate", "HTTP/1.1")
+    assert out_head.fields["host"] == ["127.0.0.1:11434"] and out_head.fields["content-length"] == [str(len(body))]
+    assert out_head.get("accept") == "*/*" and "connection" not in out_head.fields
+    if not extra:
+        assert out == sent.replace(b"Host: x", b"Host: 127.0.0.1:11434"), "passed on as it came, its Host changed"

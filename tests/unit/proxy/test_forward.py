@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from memwarden.proxy import http
-from memwarden.proxy.forward import TAIL_BYTES, UpstreamFailed, forward, reported_load_ns
+from memwarden.proxy.forward import TAIL_BYTES, UpstreamFailed, answer_head, forward, passed_on, reported_load_ns
 from memwarden.proxy.upstream import Connection, Upstream
 
 
@@ -189,3 +189,27 @@ async def test_an_answer_that_breaks_before_any_of_it_is_passed_on_is_upstream_f
         with pytest.raises(UpstreamFailed):
             await forward(Upstream(up.url), "POST", "/api/generate", [], b"{}", 2, sink, True, True)
         assert sink.data == b""
+
+
+OLLAMAS_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nDate: Sun, 06 Dec 2026 14:00:00 GMT\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n")
+
+
+@pytest.mark.parametrize("keep_alive", [True, False])
+def test_ollamas_answer_head_is_passed_on_as_it_came_and_says_exactly_what_answer_head_would(keep_alive):
+    resp = http.parse_head(OLLAMAS_HEAD)
+    passed = passed_on(resp, OLLAMAS_HEAD, keep_alive)
+    assert passed is not None and passed.startswith(OLLAMAS_HEAD[:-2])
+    assert passed == OLLAMAS_HEAD if keep_alive else passed.endswith(b"\r\nConnection: close\r\n\r\n")
+    rebuilt = answer_head(resp, None, True, keep_alive)
+    assert http.parse_head(passed).headers == http.parse_head(rebuilt).headers
+
+
+@pytest.mark.parametrize("head", [
+    b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n",
+    b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n",
+], ids=["connection", "keep-alive", "two lengths", "HTTP/1.0"])
+def test_an_answer_head_with_what_this_hop_must_not_pass_on_is_written_anew(head):
+    assert passed_on(http.parse_head(head), head, True) is None

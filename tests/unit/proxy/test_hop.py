@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import socket
 
+import pytest
+
 from memwarden.proxy import http
 from memwarden.proxy.forward import TAIL_BYTES, ClientGone, Outcome, UpstreamFailed, reported_load_ns
 from memwarden.proxy.hop import Exchange, Pool
@@ -246,3 +248,22 @@ async def test_a_connection_whose_reading_a_slow_client_paused_reads_again_for_t
 async def ok_answer(head, body, writer):
     writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
     await writer.drain()
+
+
+@pytest.mark.parametrize("rest", [b"2\r\nok\r\n0\r\n\r\n", b""], ids=["whole", "broken after its head"])
+async def test_what_the_answers_head_tells_is_told_once_after_its_first_bytes_left_for_the_client(rest):
+    async def answer(head, body, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + rest)
+        await writer.drain()
+        writer.close()
+
+    async with Upstream1(answer) as up:
+        client = Client()
+        told: list[tuple[int, bytes]] = []
+        result: asyncio.Future[Outcome | UpstreamFailed | ClientGone] = asyncio.get_running_loop().create_future()
+        Exchange(pool_for(up.url), client, "POST", GENERATE, True, result.set_result,  # type: ignore[arg-type]
+                 lambda status: told.append((status, bytes(client.transport.data)))).start()
+        await asyncio.wait_for(result, 5)
+        assert told == [(200, bytes(client.transport.data))], \
+            "told once, with the answer's bytes already written (none, when it broke before any)"
+        assert rest == b"" or client.transport.data.endswith(rest)
