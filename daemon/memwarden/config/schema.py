@@ -231,7 +231,8 @@ class LearningConfig:
         0.5, number(0, 0.9), "Share of the training set drawn from memories consolidated before (replay): at least "
         "this share (their other wordings fill it when they are few), and what replay keeps when "
         "learning.max_samples binds.")
-    # Rounds whose earlier memories outnumber the share forget what replay skips (BENCHMARKS.md, Recall 5b, 5c).
+    # Rounds whose earlier memories outnumber the share forgot what replay skipped (BENCHMARKS.md, Recall 5b); with
+    # all of them replayed ten rounds keep 0.975 of their facts (Recall 5c).
     replay_all: bool = setting(
         True, boolean, "Replay one wording of every memory consolidated before, not only replay_fraction's share, "
         "as long as learning.max_samples holds them beside the new memories.")
@@ -245,6 +246,8 @@ class LearningConfig:
     general_epsilon: float = setting(
         0.25, number(0, 10), "Promote only if the loss on the base's general-text probe (general_probe.jsonl "
         "beside the base model) rose by at most this fraction.")
+    # A tenth: over ten rounds of twelve facts no run drifted past general_epsilon, where without it the fourth did
+    # (BENCHMARKS.md, Recall 5c).
     general_rehearsal_fraction: float = setting(
         0.1, number(0, 0.9), "Share of the training set drawn from general_rehearsal.jsonl beside the base model "
         "(general-text conversations, none of them in general_probe.jsonl), against drift of the base's general "

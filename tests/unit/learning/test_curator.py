@@ -8,8 +8,7 @@ import os
 import pytest
 
 from memwarden.learning import cues
-from memwarden.learning.curator import (Pair, content_key, curate, heldout_pair, pairs_of, with_general,
-                                        write_jsonl)
+from memwarden.learning.curator import Pair, content_key, curate, heldout_pair, pairs_of, with_general, write_jsonl
 
 KINDS = ("conversation", "inner_dialogue", "reflection", "dream", "journal", "observation")
 
