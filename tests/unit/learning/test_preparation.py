@@ -46,7 +46,8 @@ def test_the_recall_file_has_a_trained_and_a_held_out_wording_of_each_trained_me
     assert "Zeno moved to Batumi and keeps bees." in every_answer  # the update is learned in its place
 
 
-def test_the_job_spec_carries_the_configured_target_modules(db, store, clock, tmp_path, make_config):
+def test_the_job_spec_carries_the_configured_target_modules_and_forgetting_epsilon(db, store, clock, tmp_path,
+                                                                                       make_config):
     for i in range(3):
         store.add("alice", "journal", f"Entry {i}: walked to the harbour {i} times.", importance=5)
     runs = RunStore(db)
@@ -55,6 +56,7 @@ def test_the_job_spec_carries_the_configured_target_modules(db, store, clock, tm
         prepare(make_config(learning), store, runs, VersionStore(db), run, "alice", tmp_path / run, "cpu")
     written = {run: JobSpec.read(tmp_path / run / SPEC_FILE).hyper.target_modules for run in ("r1", "r2")}
     assert written == {"r1": Hyper().target_modules, "r2": ("q_proj", "v_proj")}
+    assert JobSpec.read(tmp_path / "r1" / SPEC_FILE).hyper.forgetting_epsilon == 0.1  # the early stop waits on it
 
 
 def test_a_base_with_a_general_rehearsal_file_has_its_share_trained_and_one_without_none(db, store, clock, tmp_path,
