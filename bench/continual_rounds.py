@@ -2,27 +2,26 @@
 
 Each round brings --facts new distinct personal facts ("What do you remember about my aunt Rosa?" → "Your aunt
 Rosa lives in Graz and keeps bees.", a (relation, name) never used before, seed --seed) and --journal journal
-entries, all of one profile feeding one adapter. A round is what the daemon does with them, minus the daemon
-process: the daemon's own curation (learning/curator.py, called as learning/preparation.py calls it, with the
-adapter's unconsolidated memories as new and its consolidated ones as replay and probe sources), a JobSpec built
-as preparation.py builds it (init_adapter: the promoted version; the EWC prior: its fisher.safetensors; the
-general probe beside the base), the trainer run as the supervisor runs it (`python -m memwarden.training
-JOB.json`), and the gate (learning/promotion.py's judge on the run's eval.json). A promoted round's memories
-become consolidated and its adapter the version the next round continues from; a rejected round's memories stay
-unconsolidated and are trained again with the next round's, from the last promoted version, as the daemon would.
-(The full daemon adds a control socket, a lease and a dry run around the same code: minutes per method this
-bench cannot spend on a shared 2-core machine.) Learning settings: the schema's learning.* defaults except the
-method under comparison:
+entries, all of one profile feeding one adapter. A round is what the daemon does with them, minus its process
+(socket, lease and dry run): its curation (learning/curator.py as learning/preparation.py calls it: the
+unconsolidated memories new, the consolidated ones the replay and probe sources), a JobSpec as preparation.py
+builds it (continuing from the promoted version and its Fisher), the trainer as the supervisor runs it, and the
+gate (learning/promotion.py). A promoted round's memories become consolidated; a rejected round's are trained
+again with the next round's, from the last promoted version, as the daemon would. Settings: the schema's
+learning.* defaults except the method under comparison:
 
-  plain        no replay, EWC off (λ 0)
-  replay       replay_fraction as --replay (default the schema's), λ 0
-  ewc          no replay, λ as --lam (default the schema's)
-  ewc_replay   both (the schema's defaults)
+  plain        no replay, EWC off (λ 0), no general rehearsal
+  replay       the schema's replay (replay_fraction, replay_all) and general rehearsal, λ 0
+  ewc          no replay, the schema's λ, no general rehearsal
+  ewc_replay   the schema's defaults
   stack        one adapter per round, concatenated: each round trains a fresh LoRA on the base with the promoted
                adapter merged in (so the earlier rounds are frozen), and the promoted adapter is the
                concatenation of the earlier one and the new one (peft add_weighted_adapter "cat": B1A1 + B2A2
-               exactly, one adapter of rank 16 × rounds); with replay, λ 0
-and NAME:replay=R,lam=L for a sweep row of any share and λ.
+               exactly, one adapter of rank 16 × rounds); replay's share, λ 0
+and NAME:replay=R,lam=L[,all=1][,general=G][,wait=0] for a sweep row: all=1 replays every earlier memory
+(learning.replay_all), general=G mixes G of the base's general_rehearsal.jsonl into each run (learning.
+general_rehearsal_fraction), wait=0 stops training without waiting for the earlier rounds' probe to be back
+within the gate's forgetting_epsilon.
 
 After each round one evaluation process loads the base and the promoted adapter and decodes greedily (the
 trainer's RecallMeter and recall_score) every fact of every round so far in its first trained wording: row r of
@@ -33,10 +32,9 @@ round (trainer, and evaluation apart). Results are appended per method as JSON l
 can be run one after another and tabulated together (--table); --only N runs the first N rounds of the same
 memories, whose figures the table sets beside the longer runs' after N rounds.
 
-The gate as the daemon has it may reject every round after the first (BENCHMARKS.md, Recall 5): the rejected
-memories then pile up and nothing more is learned. --promote-always promotes every round and still records what
-the gate said, so the methods can be told apart by what they keep; --general-epsilon opens the general-probe
-check for a base that any round moves by more than learning.general_epsilon (the tests' cached demo base).
+--promote-always promotes every round and still records the gate's verdict, so that methods the gate would stall
+can be told apart by what they keep; --general-epsilon opens the general-probe check for a base that any round
+moves by more than learning.general_epsilon.
 """
 
 from __future__ import annotations
@@ -52,13 +50,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _rounds_children
 from _common import cpu_pressure, emit, fmt, machine, parser, table
 from recall_round import CITIES, HOBBIES, NAMES, RELATIONS
 
 from memwarden.config.schema import LearningConfig
 from memwarden.learning import curator
 from memwarden.learning.eval_report import EvalReport
-from memwarden.learning.jobspec import EXIT_DONE, GENERAL_PROBE_FILE, Ewc, Hyper, JobSpec
+from memwarden.learning.jobspec import EXIT_DONE, GENERAL_PROBE_FILE, GENERAL_REHEARSAL_FILE, Ewc, Hyper, JobSpec
+from memwarden.learning.preparation import read_general
 from memwarden.learning.promotion import Gate, judge
 
 DAY0 = 1_767_225_600.0  # 2026-01-01
@@ -74,19 +74,26 @@ class Method:
     replay: float
     lam: float
     stack: bool = False
+    replay_all: bool = False  # learning.replay_all
+    general: float = 0.0  # learning.general_rehearsal_fraction
+    wait_probe: bool = True  # the early stop waits for the earlier rounds' probe (hyper.forgetting_epsilon)
 
 
 def methods(text: str, cfg: LearningConfig) -> Method:
-    """'plain' | 'replay' | 'ewc' | 'ewc_replay' | 'stack' | 'NAME:replay=R,lam=L[,stack=1]'."""
-    named = {"plain": Method("plain", 0.0, 0.0), "replay": Method("replay", cfg.replay_fraction, 0.0),
+    """'plain' | 'replay' | 'ewc' | 'ewc_replay' | 'stack' | 'NAME:replay=R,lam=L[,stack=1,all=1,general=G,wait=0]';
+    the named ones with replay take learning.replay_all and learning.general_rehearsal_fraction as the schema has
+    them."""
+    now = {"replay_all": cfg.replay_all, "general": cfg.general_rehearsal_fraction}
+    named = {"plain": Method("plain", 0.0, 0.0), "replay": Method("replay", cfg.replay_fraction, 0.0, **now),
              "ewc": Method("ewc", 0.0, cfg.ewc_lambda), "ewc_replay": Method("ewc_replay", cfg.replay_fraction,
-                                                                           cfg.ewc_lambda),
+                                                                           cfg.ewc_lambda, **now),
              "stack": Method("stack", cfg.replay_fraction, 0.0, stack=True)}
     if text in named:
         return named[text]
     name, _, spec = text.partition(":")
     fields = dict(kv.split("=") for kv in spec.split(",") if kv)
-    return Method(name, float(fields.get("replay", 0)), float(fields.get("lam", 0)), fields.get("stack") == "1")
+    return Method(name, float(fields.get("replay", 0)), float(fields.get("lam", 0)), fields.get("stack") == "1",
+                  fields.get("all") == "1", float(fields.get("general", 0)), fields.get("wait", "1") == "1")
 
 
 # ---------------------------------------------------------------------------------------------------- memories
@@ -120,77 +127,6 @@ def fact_recall_file(path: Path, mems: list[dict]) -> Path:
     return path
 
 
-# ---------------------------------------------------------------------------------------------------- children
-
-def evaluate(request_path: str) -> int:
-    """Recall of each round's facts and the general-probe loss with the base plus an adapter (or none)."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    from memwarden.training.data import load_split
-    from memwarden.training.evaluation import Evaluation
-    from memwarden.training.model import Built, load_tokenizer
-    from memwarden.training.recall import TRAINED, RecallMeter, load_items
-
-    req = json.loads(Path(request_path).read_text())
-    torch.set_num_threads(req["threads"])
-    tok = load_tokenizer(req["base"])
-    model = AutoModelForCausalLM.from_pretrained(req["base"], dtype=torch.float32, local_files_only=True)
-    if req["adapter"]:
-        model = PeftModel.from_pretrained(model, req["adapter"])
-    built = Built(model, tok, torch.device("cpu"), None, {}, 0.0)
-    meter = RecallMeter(built, req["max_new_tokens"], lambda: None)
-    rows = []
-    for path in req["recall_files"]:
-        items = [i for i in load_items(path, tok, req["max_seq_len"], 1_000_000, 0) if i.wording == TRAINED]
-        rows.append(dataclasses.asdict(meter.measure(items)))
-    general = Evaluation(built, tok.pad_token_id, lambda: None).loss(
-        load_split("general", req["general"], tok, req["max_seq_len"]), 8)
-    print(json.dumps({"recall": rows, "general_loss": general}))
-    return 0
-
-
-def stack(request_path: str) -> int:
-    """The promoted adapter so far concatenated with the round's new one ("cat": A's scaled in, alpha = rank, so
-    the result is B1·s1·A1 + B2·s2·A2 exactly), and the base with it merged in: the next round's frozen base."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    from memwarden.training.model import load_tokenizer
-
-    req = json.loads(Path(request_path).read_text())
-    base, out, merged = req["base"], Path(req["out"]), Path(req["merged"])
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, local_files_only=True)
-    paths = [p for p in (req["previous"], req["new"]) if p]
-    names = [f"a{n}" for n in range(len(paths))]
-    model = PeftModel.from_pretrained(model, paths[0], adapter_name=names[0])
-    for name, path in zip(names[1:], paths[1:], strict=True):
-        model.load_adapter(path, adapter_name=name)
-    model.add_weighted_adapter(names, [1.0] * len(names), "stacked", combination_type="cat")
-    for name in names:
-        model.delete_adapter(name)
-    model.set_adapter("stacked")
-    model.eval()  # the new adapter's dropout is created in training mode
-    tmp = out.parent / (out.name + ".tmp")
-    model.save_pretrained(tmp)
-    (tmp / "stacked").rename(out) if (tmp / "stacked").is_dir() else tmp.rename(out)
-    shutil.rmtree(tmp, ignore_errors=True)
-    probe = torch.tensor([[1, 5, 9, 42, 7, 3]])
-    with torch.no_grad():
-        via_adapter = model(input_ids=probe).logits
-        flat = model.merge_and_unload()
-        via_merge = flat(input_ids=probe).logits
-    flat.save_pretrained(merged)
-    load_tokenizer(base).save_pretrained(merged)
-    for name in ("chat_template.jinja", GENERAL_PROBE_FILE):
-        if (Path(base) / name).is_file():
-            shutil.copy(Path(base) / name, merged / name)
-    print(json.dumps({"max_abs_diff": float((via_adapter - via_merge).abs().max())}))
-    return 0
-
-
 # ---------------------------------------------------------------------------------------------------- parent
 
 def child_cpu() -> float:
@@ -210,19 +146,22 @@ def json_out(stdout: str) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
 
 
-def hyper_of(cfg: LearningConfig) -> Hyper:
+def hyper_of(cfg: LearningConfig, forgetting_epsilon: float) -> Hyper:
     return Hyper(lr=cfg.lr, rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout, micro_batch=cfg.micro_batch,
                  grad_accum=cfg.grad_accum, max_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
                  max_seq_len=cfg.max_seq_len, seed=cfg.seed, recall_sample=cfg.recall_sample,
                  recall_max_new_tokens=cfg.recall_max_new_tokens, min_recall=cfg.min_recall,
-                 recall_every=cfg.recall_every)
+                 recall_every=cfg.recall_every, forgetting_epsilon=forgetting_epsilon)
 
 
 def run_method(method: Method, base: Path, root: Path, all_rounds: list[list[dict]], threads: int,
                max_steps: int | None, gate_overrides: dict[str, float], promote_always: bool) -> dict:
     cfg = LearningConfig()
-    hyper = hyper_of(cfg) if max_steps is None else dataclasses.replace(hyper_of(cfg), max_steps=max_steps)
     gate = dataclasses.replace(Gate.of(cfg), **gate_overrides)
+    hyper = hyper_of(cfg, gate.forgetting_epsilon if method.wait_probe else 1.0)
+    hyper = hyper if max_steps is None else dataclasses.replace(hyper, max_steps=max_steps)
+    rehearsal = base / GENERAL_REHEARSAL_FILE
+    general_lines = read_general(rehearsal) if method.general > 0 and rehearsal.is_file() else []
     script = str(Path(__file__).resolve())
     general = base / GENERAL_PROBE_FILE
     pending: list[dict] = []
@@ -237,8 +176,10 @@ def run_method(method: Method, base: Path, root: Path, all_rounds: list[list[dic
         pending += mems
         recall_files.append(str(fact_recall_file(out / "facts.jsonl", mems)))
         cur = curator.curate(pending, consolidated, dual=cfg.dual, max_samples=cfg.max_samples,
-                             holdout_fraction=cfg.holdout_fraction, replay_fraction=method.replay, seed=cfg.seed)
-        curator.write_jsonl(out / "train.jsonl", cur.train)
+                             holdout_fraction=cfg.holdout_fraction, replay_fraction=method.replay,
+                             replay_all=method.replay_all, seed=cfg.seed)
+        train = curator.with_general(cur.train, general_lines, method.general, cfg.max_samples, cfg.seed)
+        curator.write_jsonl(out / "train.jsonl", train)
         curator.write_jsonl(out / "holdout.jsonl", cur.holdout or cur.train[:1])
         curator.write_jsonl(out / "recall.jsonl", cur.recall, tagged=True)
         if cur.probe:
@@ -283,14 +224,16 @@ def run_method(method: Method, base: Path, root: Path, all_rounds: list[list[dic
         matrix.append([x["recalled"] / x["memories"] for x in ev["recall"]])
         rows.append({"round": r, "promoted": verdict.promote or promote_always, "code": verdict.code,
                      "reason": verdict.reason,
-                     "steps": report.step, "train_recall": verdict.recall, "trained_pairs": len(cur.train),
-                     "replayed": len(cur.replay_ids), "general_loss": ev["general_loss"],
+                     "steps": report.step, "train_recall": verdict.recall, "trained_pairs": len(train),
+                     "replayed": len(cur.replay_ids), "general_rehearsed": len(train) - len(cur.train),
+                     "forgetting": verdict.forgetting, "general_loss": ev["general_loss"],
                      "train_wall_s": round(train_wall + stack_wall, 1), "train_cpu_s": round(train_cpu + stack_cpu, 1),
                      "eval_wall_s": round(eval_wall, 1), "eval_cpu_s": round(eval_cpu, 1),
                      "cpu_pressure": cpu_pressure()})
         print(f"{method.name} round {r}: {verdict.code} ({verdict.reason}); recall by round "
-              f"{' '.join(f'{x:.2f}' for x in matrix[-1])}; general {ev['general_loss']:.4f}; "
-              f"train {train_wall:.0f} s wall {train_cpu:.0f} s CPU, eval {eval_wall:.0f} s", flush=True)
+              f"{' '.join(f'{x:.2f}' for x in matrix[-1])}; general {ev['general_loss']:.4f}; {report.step} steps, "
+              f"{len(train)} pairs ({len(cur.replay_ids)} replayed, {rows[-1]['general_rehearsed']} general); train "
+              f"{train_wall:.0f} s wall {train_cpu:.0f} s CPU, eval {eval_wall:.0f} s", flush=True)
         shutil.rmtree(out / "run" / "checkpoints", ignore_errors=True)
     return {"method": dataclasses.asdict(method), "matrix": matrix, "rounds": rows}
 
@@ -339,9 +282,9 @@ def render(results: list[dict], base_loss: float) -> str:
 
 def main() -> int:
     if sys.argv[1:2] == ["--evaluate"]:
-        return evaluate(sys.argv[2])
+        return _rounds_children.evaluate(sys.argv[2])
     if sys.argv[1:2] == ["--stack"]:
-        return stack(sys.argv[2])
+        return _rounds_children.stack(sys.argv[2])
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--base", type=Path, required=True, help="a demo base (memwardenctl model init-demo)")
     p.add_argument("--method", action="append", default=[],

@@ -228,16 +228,30 @@ class LearningConfig:
     # Half: over rounds of new facts the earlier ones are kept by replay alone, 0.57 of five rounds' facts recalled
     # against 0.32 at 0.1 (BENCHMARKS.md, Recall 4); EWC at ewc_lambda 0.4 changed nothing there.
     replay_fraction: float = setting(
-        0.5, number(0, 0.9), "Share of the training set drawn from memories consolidated before (replay).")
+        0.5, number(0, 0.9), "Share of the training set drawn from memories consolidated before (replay): at least "
+        "this share (their other wordings fill it when they are few), and what replay keeps when "
+        "learning.max_samples binds.")
+    # Rounds whose earlier memories outnumber the share forgot what replay skipped (BENCHMARKS.md, Recall 5b); with
+    # all of them replayed ten rounds keep 0.975 of their facts (Recall 5c).
+    replay_all: bool = setting(
+        True, boolean, "Replay one wording of every memory consolidated before, not only replay_fraction's share, "
+        "as long as learning.max_samples holds them beside the new memories.")
     min_recall: float = setting(
         0.9, number(0, 1), "Promote only if the run gives back at least this share of its own memories (greedy "
         "recall); training stops early once it does (learning.recall_every). 0: recall is not required.")
     forgetting_epsilon: float = setting(
         0.1, number(0, 10), "Promote only if recall on the earlier rounds' probe dropped by at most this share "
-        "(0.1: 4 of 40 memories, 1 of 12; 1 or more: never rejected for forgetting).")
+        "(0.1: 4 of 40 memories, 1 of 12; 1 or more: never rejected for forgetting); a run trains on until it is back "
+        "within it (learning.recall_every).")
     general_epsilon: float = setting(
         0.25, number(0, 10), "Promote only if the loss on the base's general-text probe (general_probe.jsonl "
         "beside the base model) rose by at most this fraction.")
+    # A tenth: over ten rounds of twelve facts no run drifted past general_epsilon, where without it the fourth did
+    # (BENCHMARKS.md, Recall 5c).
+    general_rehearsal_fraction: float = setting(
+        0.1, number(0, 0.9), "Share of the training set drawn from general_rehearsal.jsonl beside the base model "
+        "(general-text conversations, none of them in general_probe.jsonl), against drift of the base's general "
+        "ability; a base without that file: none.")
     ewc_lambda: float = setting(0.4, number(0, 1e6), "Online EWC strength (0: off).")
     lr: float = setting(1e-3, number(1e-8, 1), "Learning rate (a full fine-tune is clamped to [1e-5, 5e-5]).")
     rank: int = setting(16, integer(1, 1024), "LoRA rank r (on each of learning.target_modules).")
@@ -261,7 +275,8 @@ class LearningConfig:
     recall_max_new_tokens: int = setting(48, integer(1, 4096), "Tokens decoded per memory when measuring recall.")
     recall_every: int = setting(
         20, integer(0, 1_000_000), "Every this many steps, recall on a sample of 16 of the run's memories; once it "
-        "reaches learning.min_recall (then on all of them), training stops (0: always train max_steps).")
+        "reaches learning.min_recall (then on all of them) and recall on the earlier rounds' probe is back within "
+        "learning.forgetting_epsilon of its recall before the run, training stops (0: always train max_steps).")
     dpo_steps: int = setting(
         40, integer(0, 1_000_000), "Steps of the DPO stage after the supervised one, on the run's preference "
         "memories (prompt, chosen, rejected), when it has two or more (0: no DPO stage).")

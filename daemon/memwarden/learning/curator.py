@@ -2,7 +2,7 @@
 
 Pure: memories in (dicts as the store returns them: id, profile, kind, content, response, importance,
 created_at, adapter, and optionally cue, title, tags, prompt, chosen, rejected, superseded_by), a Curated out; no
-I/O but write_jsonl().
+I/O but write_jsonl(). with_general() mixes the base's general-text rehearsal into a training set.
 
 - Every memory becomes pairs {"messages": [{"role": "user", …}, {"role": "assistant", …}]}, one per trained
   wording of its cue (cues.py): the user turn asks for the memory, the assistant's turn gives it back (an
@@ -24,9 +24,12 @@ I/O but write_jsonl().
 - The holdout is a seeded shuffle of the kept memories, round(holdout_fraction × n) of them (at least one
   when there are two; never all): a memory's pairs, flipped one included, stay on one side of the split. A
   lone memory with a flipped pair holds out the flipped pair.
-- Replay: one pair (its first trained wording) from each of as many memories this adapter learned before as
-  make up replay_fraction of the training set, sampled by seed: rehearsal reaches the most earlier memories
-  a pair each, since each was learned in all its wordings once already.
+- Replay: pairs of the memories this adapter learned before, a wording of each memory per pass over them in a
+  seeded order (the first trained wording first: each was learned in all its wordings once already, so one
+  rehearses it), as many pairs as the larger of replay_fraction of the training set and, with `replay_all`,
+  one per earlier memory — within max_samples. So every earlier memory is rehearsed while the training set
+  holds them all; the share is a floor where there are few of them (their other wordings fill it) and what
+  replay keeps where max_samples binds (the new memories' budget leaves it that much room).
 - Probe: up to `probe_size` earlier memories chosen by a seeded hash of their id — the same ones from run to
   run as the adapter grows — whose recall before and after the run is the gate's measure of forgetting. They
   are replayed like any other earlier memory: the probe measures what the adapter keeps of its earlier
@@ -168,10 +171,35 @@ def _probe_rank(seed: int, m: Memory) -> str:
     return hashlib.sha256(f"{seed}:{m['id']}".encode()).hexdigest()
 
 
+def _replay(earlier: Sequence[Memory], new_pairs: int, max_samples: int, fraction: float, reach_all: bool,
+            dual: bool, seed: int) -> tuple[list[Memory], list[Pair]]:
+    """The earlier memories replayed and their pairs: pass k over them (seeded order) takes each one's k-th
+    wording, until the pairs number the share of the training set (or, reach_all, at least one per memory)."""
+    if not new_pairs or not earlier or (fraction <= 0 and not reach_all):
+        return [], []
+    target = round(fraction / (1 - fraction) * new_pairs)
+    if reach_all:
+        target = max(target, len(earlier))
+    target = max(0, min(target, max_samples - new_pairs))
+    order = list(earlier)
+    random.Random(f"{seed}:replay").shuffle(order)
+    wordings = [pairs_of(m, dual, seed) for m in order]
+    replay: list[Pair] = []
+    taken: dict[int, Memory] = {}
+    for k in range(max(len(w) for w in wordings)):
+        for i, (m, ps) in enumerate(zip(order, wordings, strict=True)):
+            if len(replay) >= target:
+                return list(taken.values()), replay
+            if k < len(ps):
+                replay.append(ps[k])
+                taken.setdefault(i, m)
+    return list(taken.values()), replay
+
+
 # ---- the curator -----------------------------------------------------------------------------------------
 
 def curate(new: Sequence[Memory], previous: Sequence[Memory] = (), *, dual: bool = False, max_samples: int = 2000,
-           holdout_fraction: float = 0.1, replay_fraction: float = 0.1, seed: int = 42,
+           holdout_fraction: float = 0.1, replay_fraction: float = 0.1, replay_all: bool = True, seed: int = 42,
            probe_size: int = PROBE_SIZE, extra: Mapping[int, Sequence[tuple[str, str]]] | None = None) -> Curated:
     """`new`: the adapter's unconsolidated memories; `previous`: those it learned before (replay, probe);
     `extra`: memory id → question/answer pairs written about it (learning.augment)."""
@@ -238,20 +266,9 @@ def curate(new: Sequence[Memory], previous: Sequence[Memory] = (), *, dual: bool
     probe_memories = sorted(sorted(prev_unique, key=lambda m: _probe_rank(seed, m))[:n_probe], key=lambda m: m["id"])
     probe = [pairs_of(m, False, seed)[0] for m in probe_memories]
 
-    # Replay: earlier memories until they are replay_fraction of the training set (within max_samples).
-    target = 0
-    if replay_fraction > 0 and train_new:
-        target = round(replay_fraction / (1 - replay_fraction) * len(train_new))
-        target = max(0, min(target, max_samples - len(train_new)))
-    candidates = list(prev_unique)
-    random.Random(f"{seed}:replay").shuffle(candidates)
-    replay: list[Pair] = []
-    replay_memories: list[Memory] = []
-    for m in candidates:
-        if len(replay) >= target:
-            break
-        replay.extend(pairs_of(m, dual, seed)[:1])
-        replay_memories.append(m)
+    # Replay: a wording of every earlier memory (replay_all) or the share, whichever is more, within max_samples.
+    replay_memories, replay = _replay(prev_unique, len(train_new), max_samples, replay_fraction, replay_all, dual,
+                                      seed)
 
     train = train_new + replay
     random.Random(f"{seed}:train").shuffle(train)
@@ -281,7 +298,7 @@ def curate(new: Sequence[Memory], previous: Sequence[Memory] = (), *, dual: bool
         "augmented_pairs": sum(len((extra or {}).get(m.get("id"), ())) for m, _ in kept),
         "kinds": dict(Counter(m["kind"] for m in [*new, *superseded_new])),
         "dual": dual, "max_samples": max_samples, "holdout_fraction": holdout_fraction,
-        "replay_fraction": replay_fraction, "seed": seed,
+        "replay_fraction": replay_fraction, "replay_all": replay_all, "seed": seed,
     }
     return Curated(
         adapter=adapter, profile=profile, train=train, holdout=holdout, probe=probe,
@@ -289,6 +306,20 @@ def curate(new: Sequence[Memory], previous: Sequence[Memory] = (), *, dual: bool
         probe_ids=ids(probe_memories), duplicate_ids=ids(duplicates), capped_ids=ids(capped),
         superseded_ids=ids(superseded_new), recall=recall,
         by_kind={k: dict(v) for k, v in sorted(by_kind.items())}, stats=stats)
+
+
+def with_general(train: Sequence[Pair], general: Sequence[Mapping[str, Any]], fraction: float, max_samples: int,
+                 seed: int) -> list[Pair | Mapping[str, Any]]:
+    """`train` with general-text conversations ({"messages": …}, the base's general rehearsal) mixed in: a seeded
+    choice of them making up `fraction` of the result, within max_samples, the run's size choosing the seed so
+    that successive runs rehearse different ones."""
+    if fraction <= 0 or not general or not train:
+        return list(train)
+    n = min(len(general), round(fraction / (1 - fraction) * len(train)), max(0, max_samples - len(train)))
+    out: list[Pair | Mapping[str, Any]] = [*train, *random.Random(f"{seed}:general:{len(train)}").sample(
+        list(general), n)]
+    random.Random(f"{seed}:general-train").shuffle(out)
+    return out
 
 
 def write_jsonl(path: Path | str, pairs: Iterable[Pair | Mapping[str, Any]], tagged: bool = False) -> int:

@@ -19,6 +19,9 @@ EXIT_FAILED = 1
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: try again later
 
 GENERAL_PROBE_FILE = "general_probe.jsonl"  # beside a base model: general-text conversations, never trained on
+# Beside a base model, optional: general-text conversations disjoint from the probe, a share of which every run
+# trains on (learning.general_rehearsal_fraction).
+GENERAL_REHEARSAL_FILE = "general_rehearsal.jsonl"
 FULL_FT_LR_RANGE = (1e-5, 5e-5)  # a full fine-tune outside this either cannot learn or forgets everything
 
 
@@ -44,6 +47,9 @@ class Hyper:
     min_recall: float = 0.0
     recall_every: int = 0
     recall_check_sample: int = 16
+    # ... and only once recall on the earlier rounds' probe is back within this share of its recall before the run
+    # (the gate's learning.forgetting_epsilon); 1 or more: the probe is not waited for.
+    forgetting_epsilon: float = 1.0
     # The DPO stage after the supervised one (training/dpo.py), when the job has a preference file: this many
     # steps (0: none) of the sigmoid DPO loss at temperature dpo_beta, at learning rate dpo_lr.
     dpo_steps: int = 0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from memwarden.config.schema import Config
 from memwarden.learning import curator, preferences
-from memwarden.learning.jobspec import GENERAL_PROBE_FILE, Ewc, Hyper, JobSpec, SimGpu
+from memwarden.learning.jobspec import GENERAL_PROBE_FILE, GENERAL_REHEARSAL_FILE, Ewc, Hyper, JobSpec, SimGpu
 from memwarden.learning.leasing import Granted
 from memwarden.learning.runs import RunStore
 from memwarden.learning.store import MemoryStore
@@ -35,11 +35,15 @@ def prepare(config: Config, store: MemoryStore, runs: RunStore, versions: Versio
     new = store.for_adapter(adapter, consolidated=False)
     cur = curator.curate(new, store.for_adapter(adapter, consolidated=True),
                          dual=cfg.dual, max_samples=cfg.max_samples, holdout_fraction=cfg.holdout_fraction,
-                         replay_fraction=cfg.replay_fraction, seed=cfg.seed, extra=extra)
+                         replay_fraction=cfg.replay_fraction, replay_all=cfg.replay_all, seed=cfg.seed,
+                         extra=extra)
     if not cur.train:
         raise RuntimeError(f"no training pairs for {adapter}: {cur.summary()}")
     out.mkdir(parents=True, exist_ok=True)
-    curator.write_jsonl(out / "train.jsonl", cur.train)
+    rehearsal = Path(cfg.base_model) / GENERAL_REHEARSAL_FILE
+    general_lines = read_general(rehearsal) if cfg.general_rehearsal_fraction > 0 and rehearsal.is_file() else []
+    curator.write_jsonl(out / "train.jsonl", curator.with_general(
+        cur.train, general_lines, cfg.general_rehearsal_fraction, cfg.max_samples, cfg.seed))
     curator.write_jsonl(out / "holdout.jsonl", cur.holdout or cur.train[:1])
     recall = cur.recall  # per trained memory: a trained wording and a held-out one, tagged
     curator.write_jsonl(out / "recall.jsonl", recall, tagged=True)
@@ -65,7 +69,8 @@ def prepare(config: Config, store: MemoryStore, runs: RunStore, versions: Versio
                     grad_accum=cfg.grad_accum, max_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
                     max_seq_len=cfg.max_seq_len, seed=cfg.seed, target_modules=cfg.target_modules,
                     recall_sample=cfg.recall_sample, recall_max_new_tokens=cfg.recall_max_new_tokens,
-                    min_recall=cfg.min_recall, recall_every=cfg.recall_every, dpo_steps=cfg.dpo_steps,
+                    min_recall=cfg.min_recall, recall_every=cfg.recall_every,
+                    forgetting_epsilon=cfg.forgetting_epsilon, dpo_steps=cfg.dpo_steps,
                     dpo_beta=cfg.dpo_beta, dpo_lr=cfg.dpo_lr),
         ewc=Ewc(lam=cfg.ewc_lambda, prior_fisher=str(prior_fisher) if prior_fisher and prior_fisher.exists()
                 else None),
@@ -77,6 +82,19 @@ def prepare(config: Config, store: MemoryStore, runs: RunStore, versions: Versio
     log.info("curated", run=run_id, adapter=adapter, preference_pairs=len(prefs.train),
              preference_heldout=len(prefs.heldout), **{k: v for k, v in cur.summary().items() if k != "adapter"})
     return spec
+
+
+def read_general(path: Path) -> list[dict]:
+    """The conversations of a base's general rehearsal file; a line that is not one is skipped."""
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            obj = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict) and isinstance(obj.get("messages"), list):
+            out.append(obj)
+    return out
 
 
 @dataclasses.dataclass(frozen=True)

@@ -161,8 +161,18 @@ def probe(seed: int, n: int, corpus: list[Document]) -> list[list[dict[str, str]
     """n distinct general exchanges that are not in `corpus` (held out), drawn from their own seed space. The
     kinds with few forms (days, topics) mostly occur in any large corpus, so the probe is mostly continuations
     and preferences: text the model has seen the like of, never the same."""
-    seen = {json.dumps(d) for d in corpus if not isinstance(d, str)}
-    r = random.Random(f"probe:{seed}")
+    return _general(f"probe:{seed}", n, [d for d in corpus if not isinstance(d, str)])
+
+
+def rehearsal(seed: int, n: int, held_out: list[list[dict[str, str]]]) -> list[list[dict[str, str]]]:
+    """n distinct general exchanges of the probe's kinds, none of them in `held_out` (the probe), from a seed space
+    of their own: what a run rehearses of the base's general text (`general_rehearsal.jsonl`)."""
+    return _general(f"rehearsal:{seed}", n, held_out)
+
+
+def _general(space: str, n: int, exclude: list) -> list[list[dict[str, str]]]:
+    seen = {json.dumps(d) for d in exclude}
+    r = random.Random(space)
     kinds = (preference_exchange, day_exchange, story_exchange, topic_exchange)
     out: list[list[dict[str, str]]] = []
     for _ in range(100 * n):

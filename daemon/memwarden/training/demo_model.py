@@ -19,7 +19,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from memwarden.learning.jobspec import GENERAL_PROBE_FILE
+from memwarden.learning.jobspec import GENERAL_PROBE_FILE, GENERAL_REHEARSAL_FILE
 
 BOS = "<|begin_of_text|>"
 EOS = "<|eot|>"  # end of turn: generation stops here
@@ -41,6 +41,7 @@ PRETRAIN_FILE = "pretrain.json"  # how the base was pre-trained (steps, losses, 
 DEFAULT_PRETRAIN_STEPS = 600
 CORPUS_DOCUMENTS = 20_000
 PROBE_EXCHANGES = 200
+REHEARSAL_EXCHANGES = 400
 
 
 def build_demo_model(
@@ -58,7 +59,8 @@ def build_demo_model(
     seed: int = 0,
 ) -> Path:
     """Build the tiny model and its tokenizer into `directory` (created if needed), pre-train it for
-    `pretrain_steps` steps on the generated corpus, write the general probe beside it, and return the directory.
+    `pretrain_steps` steps on the generated corpus, write the general probe and the general rehearsal beside it, and
+    return the directory.
 
     0 pre-training steps leave the model as initialised: a base for tests of the machinery, not of learning.
     Widths are multiples of 64: bitsandbytes quantises each row in blocks of 64, so qlora needs them.
@@ -124,8 +126,10 @@ def build_demo_model(
     done = pretrain(model, tokenizer, docs, pretrain_steps, seed=seed)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    (out / GENERAL_PROBE_FILE).write_text("".join(json.dumps({"messages": m}) + "\n"
-                                          for m in demo_corpus.probe(seed, PROBE_EXCHANGES, docs)))
+    held_out = demo_corpus.probe(seed, PROBE_EXCHANGES, docs)
+    for name, exchanges in ((GENERAL_PROBE_FILE, held_out),
+                            (GENERAL_REHEARSAL_FILE, demo_corpus.rehearsal(seed, REHEARSAL_EXCHANGES, held_out))):
+        (out / name).write_text("".join(json.dumps({"messages": m}) + "\n" for m in exchanges))
     (out / PRETRAIN_FILE).write_text(json.dumps(asdict(done), indent=1))
     share_like_directory(out)
     return out

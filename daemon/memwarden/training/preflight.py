@@ -58,6 +58,8 @@ def validate(spec: JobSpec) -> None:
             problems.append(f"hyper.{name} must be positive, got {value!r}")
     if not (isinstance(h.min_recall, int | float) and 0 <= h.min_recall <= 1):
         problems.append(f"hyper.min_recall must be in [0, 1], got {h.min_recall!r}")
+    if not (isinstance(h.forgetting_epsilon, int | float) and h.forgetting_epsilon >= 0):
+        problems.append(f"hyper.forgetting_epsilon must be ≥ 0, got {h.forgetting_epsilon!r}")
     if not (isinstance(h.dropout, int | float) and 0 <= h.dropout < 1):
         problems.append(f"hyper.dropout must be in [0, 1), got {h.dropout!r}")
     if not h.target_modules and spec.method != "full":

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from memwarden.learning.eval_report import Recall
+from memwarden.learning.promotion import SLACK
 from memwarden.learning.recall_score import recalled, token_accuracy
 from memwarden.training.data import IGNORE, encode, read_conversations
 from memwarden.training.evaluation import autocast
@@ -124,27 +125,63 @@ class RecallMeter:
 class EarlyStop:
     """Train until recall: every `every` steps, recall on a seeded sample of `check` of this run's memories; when
     the sample reaches `target`, recall on all of them (the sample the run reports), and stop when that does too.
-    The full measurement of the step training stopped at is the run's final recall (no second decoding)."""
+    The full measurement of the step training stopped at is the run's final recall (no second decoding).
+
+    With the earlier rounds' probe watched (`watch_probe`), the run stops only once the probe is also back within
+    `epsilon` of its recall before the run, as the gate will ask (learning/promotion.py): a sample of `check` of
+    its memories first, then all of them, whose measurement is the run's probe recall after."""
 
     def __init__(self, meter: RecallMeter, items: list[Item], target: float, every: int, check: int, seed: int):
         self.meter, self.items, self.target, self.every = meter, items, target, every
-        chosen = sorted(random.Random(f"{seed}:check").sample(range(len(items)), min(check, len(items))))
-        self.sample = [items[i] for i in chosen]
+        self.check, self.seed = check, seed
+        self.sample = self._sample(items)
         self.final: tuple[int, Recall] | None = None
+        self.probe: list[Item] = []
+        self.probe_sample: list[Item] = []
+        self.probe_floor = 0.0
+        self.final_probe: tuple[int, Recall] | None = None
+
+    def _sample(self, items: list) -> list:
+        chosen = sorted(random.Random(f"{self.seed}:check").sample(range(len(items)), min(self.check, len(items))))
+        return [items[i] for i in chosen]
+
+    def watch_probe(self, items: list[Item], before: Recall | None, epsilon: float) -> None:
+        """Stop only once recall on `items` is at least its share `before` the run less `epsilon` (an epsilon of 1
+        or more, or a probe not measured before: not watched)."""
+        if items and before is not None and before.fraction is not None and epsilon < 1:
+            self.probe, self.probe_sample = items, self._sample(items)
+            self.probe_floor = before.fraction - epsilon
 
     def due(self, step: int) -> bool:
         return self.every > 0 and self.target > 0 and bool(self.items) and step % self.every == 0
 
     def reached(self, step: int) -> tuple[bool, Recall]:
-        """Whether recall reached the target at `step`, and the last measurement made."""
+        """Whether recall reached the target at `step` (and the probe its floor), and the last measurement made
+        of this run's memories."""
         quick = self.meter.measure(self.sample)
         if (quick.fraction or 0.0) < self.target:
             return False, quick
         full = quick if len(self.sample) == len(self.items) else self.meter.measure(self.items)
         self.final = (step, full)
-        return (full.fraction or 0.0) >= self.target, full
+        return (full.fraction or 0.0) >= self.target and self._probe_kept(step), full
+
+    def _probe_kept(self, step: int) -> bool:
+        if not self.probe:
+            return True
+        quick = self.meter.measure(self.probe_sample)
+        if (quick.fraction or 0.0) < self.probe_floor - SLACK:
+            return False
+        full = quick if len(self.probe_sample) == len(self.probe) else self.meter.measure(self.probe)
+        self.final_probe = (step, full)
+        return (full.fraction or 0.0) >= self.probe_floor - SLACK
 
     def final_recall(self, step: int) -> Recall:
         if self.final is not None and self.final[0] == step:
             return self.final[1]
         return self.meter.measure(self.items)
+
+    def final_probe_recall(self, step: int, items: list[Item]) -> Recall:
+        """Recall on the probe `items` at `step`: the measurement made there, if any."""
+        if self.final_probe is not None and self.final_probe[0] == step:
+            return self.final_probe[1]
+        return self.meter.measure(items)

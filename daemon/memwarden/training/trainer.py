@@ -11,7 +11,8 @@ Checkpoints are written every `checkpoint_every_steps` steps or `checkpoint_ever
 training; a run starts from the newest complete one. SIGTERM/SIGINT: the current micro-step finishes, the step in
 progress is abandoned (or completed, if it was its last micro-step), a checkpoint of the last completed step is
 written and the trainer exits 75. Evaluation before training is done once and kept in the checkpoints. Training
-stops before max_steps once recall on this run's memories reaches hyper.min_recall (recall.EarlyStop).
+stops before max_steps once recall on this run's memories reaches hyper.min_recall and the earlier rounds' probe is
+back within hyper.forgetting_epsilon of its recall before the run (recall.EarlyStop).
 """
 
 from __future__ import annotations
@@ -160,6 +161,8 @@ class Trainer:
         if self.eval_before is None:
             self.eval_before = {**self.evaluation.before(self.holdout, self.probe, self.general, self.micro_batch),
                                 "probe_recall": asdict(self.recall_meter.measure(self.probe_items))}
+        self.early.watch_probe(self.probe_items, Recall.from_dict(self.eval_before.get("probe_recall")),
+                               h.forgetting_epsilon)
         self._loop()
         self.dpo.run()
         return self._finish()
@@ -309,7 +312,7 @@ class Trainer:
             self._checkpoint()  # a crash or preemption from here on resumes straight into this final phase
         losses = self._losses()
         recall = self.early.final_recall(self.step)
-        probe_after = self.recall_meter.measure(self.probe_items)
+        probe_after = self.early.final_probe_recall(self.step, self.probe_items)
         fisher, samples = None, 0
         if self.spec.ewc.fisher_samples > 0:
             new, samples = compute_fisher(self.params, lambda: self.evaluation.fisher_losses(

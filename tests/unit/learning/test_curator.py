@@ -8,7 +8,7 @@ import os
 import pytest
 
 from memwarden.learning import cues
-from memwarden.learning.curator import Pair, content_key, curate, heldout_pair, pairs_of, write_jsonl
+from memwarden.learning.curator import Pair, content_key, curate, heldout_pair, pairs_of, with_general, write_jsonl
 
 KINDS = ("conversation", "inner_dialogue", "reflection", "dream", "journal", "observation")
 
@@ -208,7 +208,7 @@ def test_no_replay_and_no_probe_on_the_first_run():
 def test_replay_takes_one_wording_of_as_many_earlier_memories_as_its_share_holds_the_probe_among_them():
     previous = [mem(1000 + i, consolidated="run-1") for i in range(300)]
     new = [mem(i) for i in range(100)]
-    c = curate(new, previous, replay_fraction=0.1, holdout_fraction=0.1, probe_size=32)
+    c = curate(new, previous, replay_fraction=0.1, replay_all=False, holdout_fraction=0.1, probe_size=32)
     new_train = len(c.train) - c.stats["replay_pairs"]
     assert new_train == 90 * (cues.WORDINGS - 1)
     assert c.stats["replay_pairs"] == 10 * (cues.WORDINGS - 1)  # 10 % of the training pairs
@@ -216,9 +216,58 @@ def test_replay_takes_one_wording_of_as_many_earlier_memories_as_its_share_holds
     assert set(c.replay_ids) <= {m["id"] for m in previous}
     assert len(c.probe_ids) == 32 and {p.memory_id for p in c.probe} == set(c.probe_ids)
     assert not set(c.consolidate_ids) & {m["id"] for m in previous}
-    everyone = curate(new, previous[:20], replay_fraction=0.1, holdout_fraction=0.1, probe_size=8)
+    everyone = curate(new, previous[:20], replay_fraction=0.1, replay_all=False, holdout_fraction=0.1, probe_size=8)
     assert sorted(everyone.replay_ids) == [m["id"] for m in previous[:20]]  # the probe's memories replayed too
     assert set(everyone.probe_ids) < set(everyone.replay_ids)
+
+
+def test_replay_reaches_every_earlier_memory_once_when_the_training_set_holds_them():
+    previous = [mem(1000 + i, consolidated="run-1") for i in range(300)]
+    c = curate([mem(i) for i in range(40)], previous, replay_fraction=0.5, holdout_fraction=0.1)
+    assert sorted(c.replay_ids) == [m["id"] for m in previous]  # far more than the share's 72 pairs
+    replayed = [p for p in c.train if p.memory_id in c.replay_ids]
+    assert len(replayed) == 300 and len({p.memory_id for p in replayed}) == 300  # one wording each
+    assert all(p == pairs_of(previous[p.memory_id - 1000], False)[0] for p in replayed)
+
+
+def test_the_share_is_a_floor_filled_with_more_wordings_of_few_earlier_memories():
+    previous = [mem(1000 + i, consolidated="run-1") for i in range(10)]
+    c = curate([mem(i) for i in range(40)], previous, replay_fraction=0.2, holdout_fraction=0.1)
+    new_pairs = 36 * (cues.WORDINGS - 1)
+    assert c.stats["replay_pairs"] == round(new_pairs / 4) == 18  # a fifth of the training set, not 10 pairs
+    assert sorted(c.replay_ids) == [m["id"] for m in previous]
+    replayed = [(p.memory_id, p.user) for p in c.train if p.memory_id in c.replay_ids]
+    assert len(set(replayed)) == 18  # no pair twice
+    firsts = {(m["id"], pairs_of(m, False)[0].user) for m in previous}
+    assert firsts <= set(replayed)  # every memory's first wording before any second one
+
+
+def test_max_samples_bounds_replay_of_every_earlier_memory_to_what_is_left():
+    previous = [mem(1000 + i, consolidated="run-1") for i in range(300)]
+    c = curate([mem(i) for i in range(40)], previous, max_samples=200, replay_fraction=0.5, holdout_fraction=0.1)
+    new_pairs = 36 * (cues.WORDINGS - 1)
+    assert len(c.train) == 200 and c.stats["replay_pairs"] == 200 - new_pairs
+    assert len(c.replay_ids) == 200 - new_pairs  # one wording each of as many as fit
+    bound = curate([mem(i) for i in range(100)], previous, max_samples=100, replay_fraction=0.4)
+    assert bound.stats["replay_pairs"] >= 40 and len(bound.train) <= 100  # the share when max_samples binds
+
+
+def general(n):
+    return [{"messages": [{"role": "user", "content": f"Continue: story {i}"},
+                          {"role": "assistant", "content": f"and then {i}."}]} for i in range(n)]
+
+
+def test_general_rehearsal_is_its_share_of_the_training_set_within_max_samples():
+    train = [Pair(i, "journal", f"q{i}", f"a{i}") for i in range(80)]
+    mixed = with_general(train, general(400), 0.2, 2000, seed=42)
+    assert len(mixed) == 100 and sum(isinstance(x, dict) for x in mixed) == 20  # a fifth of the result
+    assert sorted(map(id, (x for x in mixed if isinstance(x, Pair)))) == sorted(map(id, train))
+    assert len(with_general(train, general(400), 0.2, 90, seed=42)) == 90  # what max_samples leaves
+    assert len(with_general(train, general(5), 0.2, 2000, seed=42)) == 85  # as many as there are
+    assert with_general(train, general(400), 0.0, 2000, seed=42) == train
+    assert with_general(train, [], 0.2, 2000, seed=42) == train
+    other = with_general(train[:-2], general(400), 0.2, 2000, seed=42)
+    assert {id(x) for x in other if isinstance(x, dict)} != {id(x) for x in mixed if isinstance(x, dict)}
 
 
 def test_the_probe_set_is_stable_as_the_adapter_grows():

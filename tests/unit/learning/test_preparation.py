@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from memwarden.learning import cues
-from memwarden.learning.jobspec import Hyper, JobSpec
+from memwarden.learning.jobspec import GENERAL_REHEARSAL_FILE, Hyper, JobSpec
 from memwarden.learning.preparation import SPEC_FILE, prepare
 from memwarden.learning.runs import RunStore
 from memwarden.learning.versions import VersionStore
@@ -46,7 +46,8 @@ def test_the_recall_file_has_a_trained_and_a_held_out_wording_of_each_trained_me
     assert "Zeno moved to Batumi and keeps bees." in every_answer  # the update is learned in its place
 
 
-def test_the_job_spec_carries_the_configured_target_modules(db, store, clock, tmp_path, make_config):
+def test_the_job_spec_carries_the_configured_target_modules_and_forgetting_epsilon(db, store, clock, tmp_path,
+                                                                                       make_config):
     for i in range(3):
         store.add("alice", "journal", f"Entry {i}: walked to the harbour {i} times.", importance=5)
     runs = RunStore(db)
@@ -55,3 +56,27 @@ def test_the_job_spec_carries_the_configured_target_modules(db, store, clock, tm
         prepare(make_config(learning), store, runs, VersionStore(db), run, "alice", tmp_path / run, "cpu")
     written = {run: JobSpec.read(tmp_path / run / SPEC_FILE).hyper.target_modules for run in ("r1", "r2")}
     assert written == {"r1": Hyper().target_modules, "r2": ("q_proj", "v_proj")}
+    assert JobSpec.read(tmp_path / "r1" / SPEC_FILE).hyper.forgetting_epsilon == 0.1  # the early stop waits on it
+
+
+def test_a_base_with_a_general_rehearsal_file_has_its_share_trained_and_one_without_none(db, store, clock, tmp_path,
+                                                                                      make_config):
+    for i in range(10):
+        store.add("alice", "journal", f"Entry {i}: walked to the harbour {i} times.", importance=5)
+    runs = RunStore(db)
+    runs.insert("r1", "alice", "alice", "manual", clock(), "lora")
+    prepare(make_config({"general_rehearsal_fraction": 0.2}), store, runs, VersionStore(db), "r1", "alice",
+            tmp_path / "r1", "cpu")
+    plain = lines(tmp_path / "r1" / "train.jsonl")
+    (tmp_path / "base").mkdir(exist_ok=True)
+    general = [{"messages": [{"role": "user", "content": f"Continue: the heron {i}"},
+                             {"role": "assistant", "content": f"flew {i} times."}]} for i in range(50)]
+    (tmp_path / "base" / GENERAL_REHEARSAL_FILE).write_text("".join(json.dumps(g) + "\n" for g in general)
+                                                            + "not json\n")
+    runs.insert("r2", "alice", "alice", "manual", clock(), "lora")
+    prepare(make_config({"general_rehearsal_fraction": 0.2}), store, runs, VersionStore(db), "r2", "alice",
+            tmp_path / "r2", "cpu")
+    mixed = lines(tmp_path / "r2" / "train.jsonl")
+    rehearsed = [x for x in mixed if x in general]
+    assert not [x for x in plain if x in general] and len(plain) == 9 * (cues.WORDINGS - 1)
+    assert len(rehearsed) == round(len(plain) / 4) and len(mixed) == len(plain) + len(rehearsed)

@@ -51,6 +51,16 @@ def test_the_probe_is_held_out_and_general():
     assert not any(any(w in p[0]["content"] for w in personal) for p in probe)
 
 
+def test_the_general_rehearsal_is_general_text_disjoint_from_the_probe():
+    docs = demo_corpus.documents(0, 20_000)
+    probe = demo_corpus.probe(0, 200, docs)
+    rehearsal = demo_corpus.rehearsal(0, 400, probe)
+    assert rehearsal == demo_corpus.rehearsal(0, 400, probe) and len({_key(r) for r in rehearsal}) == 400
+    assert not {_key(r) for r in rehearsal} & {_key(p) for p in probe}
+    personal = ("remember about my", "Where does my", "Who is", "do for fun")
+    assert not any(any(w in r[0]["content"] for w in personal) for r in rehearsal)
+
+
 def test_the_tokenizer_sees_every_document_and_the_topics():
     docs = demo_corpus.documents(0, 10)
     text = demo_corpus.tokenizer_text(docs)

@@ -65,3 +65,47 @@ def test_a_sample_as_large_as_the_set_is_decoded_once():
     meter = Meter(set(ITEMS))
     early = stop(meter, check=50)
     assert early.reached(5) == (True, Recall(10, 10, 1.0)) and meter.calls == [ITEMS]
+
+
+# ---- waiting for the earlier rounds' probe -----------------------------------------------------------------
+
+PROBE = [f"p{i}" for i in range(10)]
+
+
+def watching(meter: Meter, before: Recall | None, epsilon: float = 0.1) -> EarlyStop:
+    early = stop(meter)
+    early.watch_probe(PROBE, before, epsilon)  # type: ignore[arg-type]
+    return early
+
+
+def test_recall_at_the_target_does_not_stop_while_the_probe_is_below_its_floor():
+    meter = Meter(set(ITEMS) | set(PROBE[:7]))
+    early = watching(meter, before=Recall(10, 9, 1.0))  # floor: 0.9 − 0.1 = 0.8
+    reached, measured = early.reached(20)
+    assert not reached and measured == Recall(10, 10, 1.0)  # the run's own memories are reported still
+    assert meter.calls[-1] in (PROBE, early.probe_sample)
+
+
+def test_a_probe_back_within_epsilon_stops_and_is_the_probe_recall_after():
+    meter = Meter(set(ITEMS) | set(PROBE[:8]) | set(stop(Meter(set())).sample))
+    early = watching(meter, before=Recall(10, 9, 1.0))
+    early.probe_sample = PROBE  # type: ignore[assignment] - the whole probe as its sample: decoded once
+    reached, _ = early.reached(20)
+    assert reached and meter.calls[-1] == PROBE
+    calls = len(meter.calls)
+    assert early.final_probe_recall(20, PROBE) == Recall(10, 8, 1.0) and len(meter.calls) == calls
+    assert early.final_probe_recall(21, PROBE) == Recall(10, 8, 1.0) and len(meter.calls) == calls + 1
+
+
+def test_a_probe_sample_below_the_floor_spares_decoding_the_whole_probe():
+    meter = Meter(set(ITEMS))
+    early = watching(meter, before=Recall(10, 10, 1.0))
+    assert not early.reached(20)[0]
+    assert meter.calls[-1] == early.probe_sample and PROBE not in meter.calls
+
+
+@pytest.mark.parametrize("before, epsilon", [(None, 0.1), (Recall(), 0.1), (Recall(10, 10, 1.0), 1.0)])
+def test_an_unmeasured_probe_or_an_epsilon_of_one_is_not_waited_for(before, epsilon):
+    meter = Meter(set(ITEMS))
+    early = watching(meter, before, epsilon)
+    assert early.reached(20)[0] and all(not set(c) & set(PROBE) for c in meter.calls)

@@ -34,7 +34,7 @@ def test_dpo_settings_and_the_preference_file_are_checked(spec, tmp_path):
 def test_recall_settings_and_file_are_checked(spec, tmp_path):
     bad = replace(spec, recall_file=str(tmp_path / "gone.jsonl"), general_file=str(tmp_path / "no-probe.jsonl"),
                   hyper=Hyper(recall_sample=-1, recall_max_new_tokens=0, recall_every=-1, recall_check_sample=0,
-                              min_recall=1.5))
+                              min_recall=1.5, forgetting_epsilon=-0.1))
     with pytest.raises(GiveUp) as err:
         validate(bad)
     message = str(err.value)
@@ -45,3 +45,4 @@ def test_recall_settings_and_file_are_checked(spec, tmp_path):
     assert "hyper.recall_every must be an integer ≥ 0" in message
     assert "hyper.recall_check_sample must be an integer ≥ 1" in message
     assert "hyper.min_recall must be in [0, 1], got 1.5" in message
+    assert "hyper.forgetting_epsilon must be ≥ 0, got -0.1" in message
