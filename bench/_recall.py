@@ -48,12 +48,13 @@ def _children_cpu_seconds() -> float:
 
 
 def run_trainer(spec: JobSpec, job_file: Path) -> Trained:
-    """Write `spec` to `job_file`, run the trainer on it to its end and read its report; a failed run ends the
-    bench with the trainer's last words."""
+    """Write `spec` to `job_file`, run the trainer on it to its end and read its report; its progress events are
+    kept beside the job as events.jsonl; a failed run ends the bench with the trainer's last words."""
     spec.write(job_file)
     started, cpu = time.monotonic(), _children_cpu_seconds()
     proc = subprocess.run([sys.executable, "-m", "memwarden.training", str(job_file)], capture_output=True, text=True)
     wall, cpu = time.monotonic() - started, _children_cpu_seconds() - cpu
+    job_file.with_name("events.jsonl").write_text(proc.stdout)
     if proc.returncode != EXIT_DONE:
         raise SystemExit(f"trainer of {spec.run_id} exited {proc.returncode}: {proc.stderr[-2000:]}")
     return Trained(EvalReport.read(Path(spec.output_dir)), round(wall, 1), round(cpu, 1))

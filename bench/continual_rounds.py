@@ -58,7 +58,7 @@ from memwarden.config.schema import LearningConfig
 from memwarden.learning import curator
 from memwarden.learning.eval_report import EvalReport
 from memwarden.learning.jobspec import EXIT_DONE, GENERAL_PROBE_FILE, GENERAL_REHEARSAL_FILE, Ewc, Hyper, JobSpec
-from memwarden.learning.preparation import read_general
+from memwarden.learning.preparation import read_general, step_budget
 from memwarden.learning.promotion import Gate, judge
 
 DAY0 = 1_767_225_600.0  # 2026-01-01
@@ -159,7 +159,6 @@ def run_method(method: Method, base: Path, root: Path, all_rounds: list[list[dic
     cfg = LearningConfig()
     gate = dataclasses.replace(Gate.of(cfg), **gate_overrides)
     hyper = hyper_of(cfg, gate.forgetting_epsilon if method.wait_probe else 1.0)
-    hyper = hyper if max_steps is None else dataclasses.replace(hyper, max_steps=max_steps)
     rehearsal = base / GENERAL_REHEARSAL_FILE
     general_lines = read_general(rehearsal) if method.general > 0 and rehearsal.is_file() else []
     script = str(Path(__file__).resolve())
@@ -180,6 +179,7 @@ def run_method(method: Method, base: Path, root: Path, all_rounds: list[list[dic
                              replay_all=method.replay_all, seed=cfg.seed)
         train = curator.with_general(cur.train, general_lines, method.general, cfg.max_samples, cfg.seed)
         curator.write_jsonl(out / "train.jsonl", train)
+        steps = step_budget(cfg, len(train)) if max_steps is None else max_steps
         curator.write_jsonl(out / "holdout.jsonl", cur.holdout or cur.train[:1])
         curator.write_jsonl(out / "recall.jsonl", cur.recall, tagged=True)
         if cur.probe:
@@ -191,8 +191,8 @@ def run_method(method: Method, base: Path, root: Path, all_rounds: list[list[dic
             holdout_file=str(out / "holdout.jsonl"), probe_file=str(out / "probe.jsonl") if cur.probe else None,
             recall_file=str(out / "recall.jsonl"), general_file=str(general),
             init_adapter=str(promoted) if promoted is not None and not method.stack else None,
-            hyper=hyper, ewc=Ewc(lam=method.lam, prior_fisher=str(fisher) if fisher and fisher.exists()
-                                         else None),
+            hyper=dataclasses.replace(hyper, max_steps=steps),
+            ewc=Ewc(lam=method.lam, prior_fisher=str(fisher) if fisher and fisher.exists() else None),
             cpu_threads=threads, checkpoint_every_steps=100_000, checkpoint_every_seconds=1e9)
         spec.write(out / "job.json")
         _, train_wall, train_cpu = run_child(["-m", "memwarden.training", str(out / "job.json")])
@@ -295,7 +295,8 @@ def main() -> int:
     p.add_argument("--facts", type=int, default=40)
     p.add_argument("--journal", type=int, default=4)
     p.add_argument("--seed", type=int, default=11)
-    p.add_argument("--steps", type=int, default=None, help="override learning.max_steps (a quick try)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="train this many steps at most, not the daemon's step budget (a quick try)")
     p.add_argument("--general-epsilon", type=float, default=None,
                    help="override learning.general_epsilon in the gate (a base whose general probe any round moves)")
     p.add_argument("--forgetting-epsilon", type=float, default=None,

@@ -76,9 +76,10 @@ def wait_for_run(d, index: int) -> dict:
 def tiny_learning(base) -> dict:
     """A run of 8 steps on the demo model, checkpointing every 4, that always promotes."""
     return {"enabled": True, "base_model": str(base), "method": "lora", "importance_threshold": 50,
-            "min_interval": "0s", "lr": 3e-3, "rank": 4, "alpha": 8, "max_steps": 8, "warmup_steps": 1,
-            "micro_batch": 2, "grad_accum": 1, "max_seq_len": 64, "dry_run_steps": 0, "checkpoint_steps": 4,
-            "min_recall": 0.0, "forgetting_epsilon": 10.0, "general_epsilon": 10.0, "device": "cpu"}
+            "min_interval": "0s", "lr": 3e-3, "rank": 4, "alpha": 8, "max_steps": 8, "max_epochs": 0,
+            "warmup_steps": 1, "micro_batch": 2, "grad_accum": 1, "max_seq_len": 64, "dry_run_steps": 0,
+            "checkpoint_steps": 4, "min_recall": 0.0, "forgetting_epsilon": 10.0, "general_epsilon": 10.0,
+            "device": "cpu"}
 
 
 def digest(path) -> dict[str, str]:

@@ -22,9 +22,9 @@ DPO_STEPS = 16
 HELD_OUT = 6  # of the 12 preference memories: learning.dpo_holdout_fraction 0.5
 # A short supervised stage, so that the held-out pairs are not all preferred before the DPO stage, and a DPO
 # stage strong enough to move them in a few steps; no dry run, no checkpoint due: the smallest whole round.
-PREFERENCE_ROUND = {"importance_threshold": 10_000, "max_steps": 8, "lr": 1e-2, "micro_batch": 4,
-                    "max_seq_len": 96, "dry_run_steps": 0, "checkpoint_steps": 1000, "dpo_steps": DPO_STEPS,
-                    "dpo_lr": 5e-3, "dpo_holdout_fraction": 0.5}
+PREFERENCE_ROUND = {"importance_threshold": 10_000, "max_steps": 8, "max_epochs": 0, "lr": 1e-2,
+                    "micro_batch": 4, "max_seq_len": 96, "dry_run_steps": 0, "checkpoint_steps": 1000,
+                    "dpo_steps": DPO_STEPS, "dpo_lr": 5e-3, "dpo_holdout_fraction": 0.5}
 
 
 def memories(path, profile: str) -> None:

@@ -264,8 +264,14 @@ class LearningConfig:
     micro_batch: int = setting(8, integer(1, 1024), "Sequences per forward pass (halved on out-of-memory).")
     grad_accum: int = setting(1, integer(1, 1024), "Micro-batches per optimizer step (doubled on out-of-memory).")
     max_steps: int = setting(
-        400, integer(1, 10_000_000), "Optimizer steps per run at most (fewer once recall reaches "
-        "learning.min_recall).")
+        400, integer(1, 10_000_000), "Optimizer steps per run at most, unless learning.max_epochs takes "
+        "more (fewer once recall reaches learning.min_recall).")
+    # 400 steps are 80 passes over a round of 40 facts in one wording; in its cue wordings, with general
+    # rehearsal, the same round is 129 pairs, and 400 steps recalled 7 of its 40 facts (BENCHMARKS.md, Recall 5e).
+    max_epochs: float = setting(
+        80, number(0, 1_000_000), "A run may train past learning.max_steps until it has been through its training "
+        "pairs this many times (learning.micro_batch × learning.grad_accum of them a step): its step budget is the "
+        "larger of the two, and the cosine decay spans it (0: learning.max_steps alone).")
     warmup_steps: int = setting(10, integer(0, 1_000_000), "Linear warm-up before the cosine decay.")
     max_seq_len: int = setting(512, integer(16, 131072), "Tokens per training sequence.")
     seed: int = setting(42, integer(0, 2**31 - 1), "Random seed of a run.")

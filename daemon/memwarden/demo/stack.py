@@ -204,8 +204,8 @@ class Stack:
             "learning": {
                 "enabled": True, "base_model": str(self.base_model), "ollama_base": BASE.name, "method": "lora",
                 "importance_threshold": 50, "min_interval": "0s", "lr": 3e-3, "rank": 4, "alpha": 8,
-                "max_steps": 16, "warmup_steps": 2, "micro_batch": 2, "grad_accum": 1, "max_seq_len": 64,
-                "dry_run_steps": 0, "checkpoint_steps": 8, "lease_size": "2GiB",
+                "max_steps": 16, "max_epochs": 0, "warmup_steps": 2, "micro_batch": 2, "grad_accum": 1,
+                "max_seq_len": 64, "dry_run_steps": 0, "checkpoint_steps": 8, "lease_size": "2GiB",
                 # the tour shows the cycle in 16 steps, too few to recall: the gate is open
                 "min_recall": 0.0, "forgetting_epsilon": 10.0, "general_epsilon": 10.0},
         }

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from memwarden.config.schema import Config
+from memwarden.config.schema import Config, LearningConfig
 from memwarden.learning import curator, preferences
 from memwarden.learning.jobspec import GENERAL_PROBE_FILE, GENERAL_REHEARSAL_FILE, Ewc, Hyper, JobSpec, SimGpu
 from memwarden.learning.leasing import Granted
@@ -42,7 +43,7 @@ def prepare(config: Config, store: MemoryStore, runs: RunStore, versions: Versio
     out.mkdir(parents=True, exist_ok=True)
     rehearsal = Path(cfg.base_model) / GENERAL_REHEARSAL_FILE
     general_lines = read_general(rehearsal) if cfg.general_rehearsal_fraction > 0 and rehearsal.is_file() else []
-    curator.write_jsonl(out / "train.jsonl", curator.with_general(
+    pairs = curator.write_jsonl(out / "train.jsonl", curator.with_general(
         cur.train, general_lines, cfg.general_rehearsal_fraction, cfg.max_samples, cfg.seed))
     curator.write_jsonl(out / "holdout.jsonl", cur.holdout or cur.train[:1])
     recall = cur.recall  # per trained memory: a trained wording and a held-out one, tagged
@@ -66,7 +67,7 @@ def prepare(config: Config, store: MemoryStore, runs: RunStore, versions: Versio
         preference_file=str(out / preferences.FILE) if prefs.train and cfg.dpo_steps else None,
         init_adapter=active.path if active and cfg.method != "full" else None,
         hyper=Hyper(lr=cfg.lr, rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout, micro_batch=cfg.micro_batch,
-                    grad_accum=cfg.grad_accum, max_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
+                    grad_accum=cfg.grad_accum, max_steps=step_budget(cfg, pairs), warmup_steps=cfg.warmup_steps,
                     max_seq_len=cfg.max_seq_len, seed=cfg.seed, target_modules=cfg.target_modules,
                     recall_sample=cfg.recall_sample, recall_max_new_tokens=cfg.recall_max_new_tokens,
                     min_recall=cfg.min_recall, recall_every=cfg.recall_every,
@@ -82,6 +83,13 @@ def prepare(config: Config, store: MemoryStore, runs: RunStore, versions: Versio
     log.info("curated", run=run_id, adapter=adapter, preference_pairs=len(prefs.train),
              preference_heldout=len(prefs.heldout), **{k: v for k, v in cur.summary().items() if k != "adapter"})
     return spec
+
+
+def step_budget(cfg: LearningConfig, pairs: int) -> int:
+    """A run's max_steps: learning.max_steps, or learning.max_epochs passes over its `pairs` training pairs when
+    that takes more steps. A memory trained in three wordings is three pairs, and replay and general rehearsal
+    add theirs: a fixed step count would be fewer passes the more a round holds."""
+    return max(cfg.max_steps, math.ceil(cfg.max_epochs * pairs / (cfg.micro_batch * cfg.grad_accum)))
 
 
 def read_general(path: Path) -> list[dict]:

@@ -141,9 +141,13 @@ class EarlyStop:
         self.probe_floor = 0.0
         self.final_probe: tuple[int, Recall] | None = None
 
-    def _sample(self, items: list) -> list:
-        chosen = sorted(random.Random(f"{self.seed}:check").sample(range(len(items)), min(self.check, len(items))))
-        return [items[i] for i in chosen]
+    def _sample(self, items: list[Item]) -> list[Item]:
+        """`check` memories in their trained wording: a held-out wording counts toward no target, so a sample of
+        the file's lines would rest the check on half as many memories."""
+        trained = [i for i in items if i.wording == TRAINED]
+        chosen = sorted(random.Random(f"{self.seed}:check").sample(range(len(trained)), min(self.check,
+                                                                                          len(trained))))
+        return [trained[i] for i in chosen]
 
     def watch_probe(self, items: list[Item], before: Recall | None, epsilon: float) -> None:
         """Stop only once recall on `items` is at least its share `before` the run less `epsilon` (an epsilon of 1

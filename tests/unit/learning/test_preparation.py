@@ -80,3 +80,18 @@ def test_a_base_with_a_general_rehearsal_file_has_its_share_trained_and_one_with
     rehearsed = [x for x in mixed if x in general]
     assert not [x for x in plain if x in general] and len(plain) == 9 * (cues.WORDINGS - 1)
     assert len(rehearsed) == round(len(plain) / 4) and len(mixed) == len(plain) + len(rehearsed)
+
+
+def test_a_round_of_many_pairs_gets_max_epochs_passes_over_them_and_a_small_one_max_steps(db, store, clock, tmp_path,
+                                                                                         make_config):
+    for i in range(40):
+        store.add("alice", "journal", f"Entry {i}: walked to the harbour {i} times.", importance=5)
+    runs = RunStore(db)
+    budgets = {}
+    for run, learning in (("r1", {}), ("r2", {"max_epochs": 0}), ("r3", {"max_epochs": 10})):
+        runs.insert(run, "alice", "alice", "manual", clock(), "lora")
+        budgets[run] = prepare(make_config(learning), store, runs, VersionStore(db), run, "alice", tmp_path / run,
+                               "cpu").hyper.max_steps
+    pairs = len(lines(tmp_path / "r1" / "train.jsonl"))
+    assert pairs == 36 * (cues.WORDINGS - 1)
+    assert budgets == {"r1": 80 * pairs // 8, "r2": 400, "r3": 400}  # 720 steps: 80 passes of 8 pairs a step

@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("torch")
 
 from memwarden.learning.eval_report import Recall
-from memwarden.training.recall import EarlyStop
+from memwarden.training.recall import HELDOUT, EarlyStop, Item
 
 
 class Meter:
@@ -22,7 +22,11 @@ class Meter:
         return Recall(len(items), sum(i in self.known for i in items), 1.0)
 
 
-ITEMS = [f"m{i}" for i in range(10)]
+def items(prefix: str, n: int, wording: str = "trained") -> list[Item]:
+    return [Item((i,), f"{prefix}{i}", None, wording) for i in range(n)]
+
+
+ITEMS = items("m", 10)
 
 
 def stop(meter: Meter, target: float = 0.9, every: int = 5, check: int = 4) -> EarlyStop:
@@ -67,9 +71,18 @@ def test_a_sample_as_large_as_the_set_is_decoded_once():
     assert early.reached(5) == (True, Recall(10, 10, 1.0)) and meter.calls == [ITEMS]
 
 
+def test_the_sample_is_of_memories_in_a_trained_wording_not_of_the_recall_files_lines():
+    # The recall file holds each memory in a trained wording and in its held-out one; only the trained wording
+    # counts toward the target, so a sample of lines would rest the check on half as many memories.
+    heldout = items("h", 10, HELDOUT)
+    lines = [line for pair in zip(ITEMS, heldout, strict=True) for line in pair]
+    early = EarlyStop(Meter(set()), lines, 0.9, 5, 4, seed=42)  # type: ignore[arg-type]
+    assert len(early.sample) == 4 and set(early.sample) <= set(ITEMS)
+
+
 # ---- waiting for the earlier rounds' probe -----------------------------------------------------------------
 
-PROBE = [f"p{i}" for i in range(10)]
+PROBE = items("p", 10)
 
 
 def watching(meter: Meter, before: Recall | None, epsilon: float = 0.1) -> EarlyStop:
