@@ -15,21 +15,42 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from memwarden.logs import get_logger
 from memwarden.proxy import http
-from memwarden.proxy.admission import read_request
-from memwarden.proxy.bodies import CAPPED_ENDPOINTS, SMALL_BODY
+from memwarden.proxy.admission import Admitter, read_request
+from memwarden.proxy.bodies import CAPPED_ENDPOINTS, SMALL_BODY, BodyBudget
 from memwarden.proxy.forward import ClientGone, Outcome, UpstreamFailed
-from memwarden.proxy.hop import Exchange
+from memwarden.proxy.hop import Exchange, Pool
 from memwarden.proxy.inbox import Inbox
-from memwarden.proxy.queue import Ticket
+from memwarden.proxy.queue import RequestQueue, Ticket
+from memwarden.proxy.upstream import Upstream
 
 if TYPE_CHECKING:
-    from memwarden.proxy.server import OllamaProxy
+    from memwarden.config.schema import ProxyConfig
 
 log = get_logger()
+
+
+class Proxy(Protocol):
+    """What a connection takes from the proxy that accepted it (server.OllamaProxy): its limits and counts, the
+    queue, admission and pool a hit goes through, and the coroutines that answer every other request."""
+
+    cfg: ProxyConfig
+    connections: set[ClientConnection]
+    requests: int
+    budget: BodyBudget
+    queue: RequestQueue
+    admitter: Admitter
+    pool: Pool
+    upstream: Upstream
+
+    async def handle(self, head: http.Head, reader: Inbox, writer: ClientConnection) -> bool: ...
+
+    def on_answer(self, ticket: Ticket | None, model: str | None) -> Callable[[int], None]: ...
+
+    def unreachable(self, exc: UpstreamFailed) -> str: ...
 
 BODY_WAIT_S = 0.05
 
@@ -75,7 +96,7 @@ def _passed_on(head: http.Head, authority: str, body: bytes | bytearray | memory
 
 
 class ClientConnection(asyncio.Protocol):
-    def __init__(self, proxy: OllamaProxy, idle_s: float):
+    def __init__(self, proxy: Proxy, idle_s: float):
         self.proxy = proxy
         self.idle_s = idle_s  # the limit on waiting for a request's head, kept by one timer for the connection
         self.loop = asyncio.get_running_loop()
