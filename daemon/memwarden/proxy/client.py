@@ -110,6 +110,7 @@ class ClientConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._pending: http.Head | None = None  # a hit-path request whose body is still on its way
         self._body_timer: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task[None] | None = None  # the coroutines answering the current request, if they do
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -227,7 +228,7 @@ class ClientConnection(asyncio.Protocol):
             self._pending = head
             self._body_timer = self.loop.call_later(BODY_WAIT_S, self._dispatch_pending)
         elif not hit:
-            self.loop.create_task(self._handled(head))
+            self.task = self.loop.create_task(self._handled(head))  # held here: the loop holds tasks weakly
 
     def _dispatch_pending(self) -> None:
         head, self._pending = self._pending, None

@@ -136,13 +136,18 @@ class Exchange:
         self.up_keep = False
         self.tail = b""
         self.over = False
+        self.connect_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         conn = self.pool.take()
         if conn is None:
-            asyncio.get_running_loop().create_task(self._connect())
+            self._connecting()
         else:
             self._send(conn)
+
+    def _connecting(self) -> None:
+        # The loop holds tasks weakly: the exchange keeps its own connecting task until it is done.
+        self.connect_task = asyncio.get_running_loop().create_task(self._connect())
 
     async def _connect(self) -> None:
         try:
@@ -273,7 +278,7 @@ class Exchange:
         conn, self.conn = self.conn, None
         if not self.framed:
             if conn is not None and conn.pooled and not self.received:  # Ollama closed it while pooled
-                asyncio.get_running_loop().create_task(self._connect())
+                self._connecting()
                 return
             self._end(UpstreamFailed("closed before answering" if exc is None else repr(exc)[:200]))
         elif self.remaining is None and self.scanner is None:  # an answer that ends with its connection
