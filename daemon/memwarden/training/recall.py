@@ -25,7 +25,7 @@ import torch
 from memwarden.learning.eval_report import Recall
 from memwarden.learning.promotion import SLACK
 from memwarden.learning.recall_score import recalled, token_accuracy
-from memwarden.training.data import IGNORE, encode, read_conversations
+from memwarden.training.data import IGNORE, collate, encode, read_conversations
 from memwarden.training.evaluation import autocast
 from memwarden.training.model import Built
 
@@ -76,10 +76,15 @@ def load_items(path: str | Path | None, tokenizer: Any, max_seq_len: int, sample
 
 
 class RecallMeter:
-    def __init__(self, built: Built, max_new_tokens: int, check_stop: Callable[[], None]):
+    """Recall of items, `batch` of them decoded at a time: one forward pass a token for the whole batch costs little
+    more than for one item on a small model, and decoding one at a time made recall checks two fifths of a run's
+    time (BENCHMARKS.md, Recall 5f)."""
+
+    def __init__(self, built: Built, max_new_tokens: int, check_stop: Callable[[], None], batch: int = 16):
         self.built = built
         self.max_new_tokens = max_new_tokens
         self.check_stop = check_stop
+        self.batch = batch
 
     @torch.no_grad()
     def measure(self, items: list[Item]) -> Recall:
@@ -97,29 +102,44 @@ class RecallMeter:
 
     def _score(self, items: list[Item]) -> tuple[int, int, float | None]:
         hits, accs = 0, []
-        for item in items:
+        for start in range(0, len(items), self.batch):
             self.check_stop()
-            accs.append(self._accuracy(item.example))
-            hits += recalled(item.response, self._greedy(item.prompt_ids))
+            chunk = items[start : start + self.batch]
+            accs += self._accuracies([item.example for item in chunk])
+            for item, text in zip(chunk, self._greedy([item.prompt_ids for item in chunk]), strict=True):
+                hits += recalled(item.response, text)
         return len(items), hits, round(sum(accs) / len(accs), 4) if accs else None
 
-    def _accuracy(self, example: Any) -> float:
-        ids = torch.tensor([example.input_ids], device=self.built.device)
+    def _accuracies(self, examples: list[Any]) -> list[float]:
+        """Teacher-forced token accuracy of each example's labelled tokens, in one right-padded forward pass: a
+        causal model's logits at a token do not depend on the padding after it."""
+        batch = collate(examples, self.built.tokenizer.pad_token_id, self.built.device)
         with autocast(self.built):
-            logits = self.built.model(input_ids=ids).logits[0, :-1]
-        labels = example.labels[1:]
-        pos = [i for i, lab in enumerate(labels) if lab != IGNORE]
-        predicted = logits[pos].argmax(-1).tolist()
-        return token_accuracy(predicted, [labels[i] for i in pos])
+            logits = self.built.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        out = []
+        for row, example in enumerate(examples):
+            labels = example.labels[1:]
+            pos = [i for i, lab in enumerate(labels) if lab != IGNORE]
+            predicted = logits[row, :-1][pos].argmax(-1).tolist()
+            out.append(token_accuracy(predicted, [labels[i] for i in pos]))
+        return out
 
-    def _greedy(self, prompt_ids: tuple[int, ...]) -> str:
+    def _greedy(self, prompts: list[tuple[int, ...]]) -> list[str]:
+        """Each prompt's greedy continuation, decoded together: left-padded, so that every row's next token is the
+        last column, with the attention mask (and from it the positions) leaving the padding out."""
         tok = self.built.tokenizer
-        ids = torch.tensor([prompt_ids], device=self.built.device)
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            mask[row, width - len(prompt) :] = 1
         with autocast(self.built):
             out = self.built.model.generate(
-                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=self.max_new_tokens,
-                do_sample=False, num_beams=1, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-        return tok.decode(out[0, len(prompt_ids):], skip_special_tokens=True)
+                input_ids=ids.to(self.built.device), attention_mask=mask.to(self.built.device),
+                max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1, pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id)
+        return [tok.decode(row[width:], skip_special_tokens=True) for row in out]
 
 
 class EarlyStop:

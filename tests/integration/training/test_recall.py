@@ -121,3 +121,25 @@ def test_the_general_probe_loss_is_measured_before_and_after(demo_base, tmp_path
     assert _events(tmp_path, "start")[0]["examples"]["general"] == 200
     lazy = _train(demo_base, tmp_path / "lazy", general=True, lr=1e-8, max_steps=2)
     assert lazy.eval.general_loss_after == pytest.approx(lazy.eval.general_loss_before, rel=1e-4)
+
+
+def test_memories_decoded_together_give_back_what_each_gives_alone(demo_base, tmp_path):
+    """Recall measured a batch at a time (greedy decoding left-padded, token accuracy right-padded) is the same
+    measurement as one memory at a time: prompts of several lengths, so that the padding shows if it leaks."""
+    from memwarden.training.model import build
+    from memwarden.training.recall import RecallMeter, load_items
+
+    pairs = _write(tmp_path / "pairs.jsonl", FACTS + PROBE)
+    spec = JobSpec(run_id="recall-batch", adapter="memories", base_model=str(demo_base), method="lora",
+                   output_dir=str(tmp_path / "run"), train_file=pairs, holdout_file=pairs,
+                   hyper=Hyper(max_seq_len=96, target_modules=ALL_LINEAR))
+    built = build(spec)
+    items = load_items(pairs, built.tokenizer, 96, 100, 0)
+    assert len({len(i.prompt_ids) for i in items}) > 1
+    alone = RecallMeter(built, 24, lambda: None, batch=1)
+    together = RecallMeter(built, 24, lambda: None)
+    texts = together._greedy([i.prompt_ids for i in items])
+    assert texts == [alone._greedy([i.prompt_ids])[0] for i in items]
+    assert any(texts)
+    assert together._accuracies([i.example for i in items]) == [alone._accuracies([i.example])[0] for i in items]
+    assert together.measure(items) == alone.measure(items)
