@@ -32,7 +32,7 @@ def default_hyper() -> Hyper:
                  grad_accum=c.grad_accum, max_steps=c.max_steps, warmup_steps=c.warmup_steps,
                  max_seq_len=c.max_seq_len, seed=c.seed, target_modules=c.target_modules,
                  recall_sample=c.recall_sample, recall_max_new_tokens=c.recall_max_new_tokens,
-                 min_recall=c.min_recall, recall_every=c.recall_every)
+                 min_recall=c.min_recall, recall_every=c.recall_every, general_loss=c.general_rehearsal_loss)
 
 
 @dataclass(frozen=True)

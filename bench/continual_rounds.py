@@ -151,7 +151,8 @@ def hyper_of(cfg: LearningConfig, forgetting_epsilon: float) -> Hyper:
                  grad_accum=cfg.grad_accum, max_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
                  max_seq_len=cfg.max_seq_len, seed=cfg.seed, recall_sample=cfg.recall_sample,
                  recall_max_new_tokens=cfg.recall_max_new_tokens, min_recall=cfg.min_recall,
-                 recall_every=cfg.recall_every, forgetting_epsilon=forgetting_epsilon)
+                 recall_every=cfg.recall_every, forgetting_epsilon=forgetting_epsilon,
+                 general_loss=cfg.general_rehearsal_loss)
 
 
 def run_method(method: Method, base: Path, root: Path, all_rounds: list[list[dict]], threads: int,

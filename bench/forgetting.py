@@ -85,8 +85,8 @@ def evaluate(request_path: str) -> int:
     from transformers import AutoModelForCausalLM
 
     from memwarden.training.data import collate, load_split
+    from memwarden.training.evaluation import token_loss_sum
     from memwarden.training.model import load_tokenizer
-    from memwarden.training.trainer import token_loss_sum
 
     req = json.loads(Path(request_path).read_text())
     tok = load_tokenizer(req["base"])

@@ -13,12 +13,14 @@ on the demo base as the daemon trains it, with one of these training sets:
   general  the curated set with learning.general_rehearsal_fraction of the base's general_rehearsal.jsonl mixed
            in: what a first round through the daemon trains
 
-Recall is scored in every row the daemon's way, on the curation's recall file (each trained memory's first
-wording and its held-out wording, learning/recall_score.py), with the early stop at the schema's defaults
-(min_recall, recall_every, recall_check_sample) and --steps as max_steps. A row is FACTS:SET, e.g. `rounds:one`;
---row is repeatable, one trainer at a time. Besides the run's final recall, each row reports the first step at
-which the early stop's sample (recall_check_sample memories) reached min_recall, and its best share: how far a
-row that trained to max_steps was from its target.
+Recall is scored in every row the daemon's way, on the curation's recall file (each trained memory's first wording
+and its held-out wording, learning/recall_score.py), with the early stop at the schema's defaults (min_recall,
+recall_every, recall_check_sample) and --steps as max_steps (--budget: the daemon's step budget, learning.max_epochs
+passes over the row's pairs when that is more). --general-fraction, --general-loss and --general-draw set
+learning.general_rehearsal_fraction, _loss and _draw for the `general` set. A row is FACTS:SET, e.g. `rounds:one`;
+--row is repeatable, one trainer at a time. Besides the run's final recall, each row reports the first step at which
+the early stop's sample (recall_check_sample memories) reached min_recall, and its best share: how far a row that
+trained to max_steps was from its target.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from recall_round import facts
 from memwarden.config.schema import LearningConfig
 from memwarden.learning import curator
 from memwarden.learning.jobspec import GENERAL_REHEARSAL_FILE
-from memwarden.learning.preparation import read_general
+from memwarden.learning.preparation import read_general, step_budget
 
 SETS = ("one", "cues", "general")
 
@@ -46,29 +48,39 @@ def unique_name_memories(n: int) -> list[dict]:
              "created_at": DAY0 + i, "content": q, "response": a} for i, (q, a) in enumerate(facts(7, n), 1)]
 
 
-def training_set(cur: curator.Curated, which: str, base: Path, cfg: LearningConfig) -> list:
+def training_set(cur: curator.Curated, which: str, base: Path, cfg: LearningConfig) -> tuple[list, int]:
+    """The row's training lines and the general conversations a pass draws from them (0: all of them)."""
     if which == "one":
-        return [p for p in cur.recall if not p.heldout]
+        return [p for p in cur.recall if not p.heldout], 0
     if which == "cues":
-        return cur.train
-    return curator.with_general(cur.train, read_general(base / GENERAL_REHEARSAL_FILE),
-                                cfg.general_rehearsal_fraction, cfg.max_samples, cfg.seed)
+        return cur.train, 0
+    general = read_general(base / GENERAL_REHEARSAL_FILE)
+    every_pass = cfg.general_rehearsal_draw == "pass"
+    per_pass = curator.general_share(len(cur.train), len(general), cfg.general_rehearsal_fraction, cfg.max_samples)
+    return (curator.with_general(cur.train, general, cfg.general_rehearsal_fraction, cfg.max_samples, cfg.seed,
+                                 every_pass), per_pass if every_pass else 0)
 
 
 def run_row(row: str, base: Path, root: Path, args) -> dict:
     fact_set, _, which = row.partition(":")
     if which not in SETS or fact_set not in ("unique", "rounds"):
         raise SystemExit(f"--row {row!r}: FACTS is unique or rounds, SET one of {', '.join(SETS)}")
-    cfg = LearningConfig()
+    cfg = dataclasses.replace(LearningConfig(), **{k: v for k, v in (
+        ("general_rehearsal_fraction", args.general_fraction), ("general_rehearsal_loss", args.general_loss),
+        ("general_rehearsal_draw", args.general_draw)) if v is not None})
     memories = (unique_name_memories(44) if fact_set == "unique"
                 else rounds_of_memories(11, 1, args.facts, args.journal)[0])
     cur = curator.curate(memories, [], dual=cfg.dual, max_samples=cfg.max_samples,
                          holdout_fraction=cfg.holdout_fraction, replay_fraction=cfg.replay_fraction,
                          replay_all=cfg.replay_all, seed=cfg.seed)
-    hyper = default_hyper() if args.steps is None else dataclasses.replace(default_hyper(), max_steps=args.steps)
-    work = root / f"{row.replace(':', '-')}-{hyper.max_steps}"
+    train, per_pass = training_set(cur, which, base, cfg)
+    pairs = len(train) - (sum(isinstance(x, dict) for x in train) - per_pass if per_pass else 0)  # in a pass
+    steps = step_budget(cfg, pairs) if args.budget else args.steps
+    hyper = dataclasses.replace(default_hyper(), general_loss=cfg.general_rehearsal_loss, general_per_pass=per_pass,
+                                **({} if steps is None else {"max_steps": steps}))
+    work = root / (f"{row.replace(':', '-')}-{hyper.max_steps}-{cfg.general_rehearsal_fraction}-{hyper.general_loss}"
+                   f"-{cfg.general_rehearsal_draw}")
     work.mkdir(parents=True)
-    train = training_set(cur, which, base, cfg)
     curator.write_jsonl(work / "train.jsonl", train)
     curator.write_jsonl(work / "holdout.jsonl", cur.holdout)
     curator.write_jsonl(work / "recall.jsonl", cur.recall, tagged=True)
@@ -82,7 +94,9 @@ def run_row(row: str, base: Path, root: Path, args) -> dict:
     shares = [(c["step"], c["recalled"] / c["memories"]) for c in checks if c.get("memories")]
     return {"sample_reached_at": next((s for s, f in shares if f >= hyper.min_recall), None),
             "sample_best": max((f for _, f in shares), default=None), "sample_trajectory": shares,
-            "row": row, "pairs": len(train), "memories": len(cur.train_ids), "max_steps": hyper.max_steps,
+            "row": row, "general_fraction": cfg.general_rehearsal_fraction, "general_loss": hyper.general_loss,
+            "general_draw": cfg.general_rehearsal_draw, "pairs": pairs, "memories": len(cur.train_ids),
+            "max_steps": hyper.max_steps,
             "steps": r.step, "stopped_early": r.stopped_early, "recalled": r.recall.recalled,
             "recall_memories": r.recall.memories, "heldout_recalled": r.recall.heldout_recalled,
             "token_accuracy": r.recall.token_accuracy, "general_before": r.eval.general_loss_before,
@@ -98,6 +112,10 @@ def main() -> int:
     p.add_argument("--facts", type=int, default=40, help="facts in the rounds set")
     p.add_argument("--journal", type=int, default=4, help="journal entries in the rounds set")
     p.add_argument("--steps", type=int, default=None, help="override learning.max_steps")
+    p.add_argument("--budget", action="store_true", help="max_steps as the daemon's step budget for the row")
+    p.add_argument("--general-fraction", type=float, default=None, help="learning.general_rehearsal_fraction")
+    p.add_argument("--general-loss", choices=("ce", "distill"), default=None, help="learning.general_rehearsal_loss")
+    p.add_argument("--general-draw", choices=("run", "pass"), default=None, help="learning.general_rehearsal_draw")
     p.add_argument("--threads", type=int, default=1, help="torch's CPU threads in the trainer")
     p.add_argument("--work", type=Path, required=True, help="directory for the rows' files (kept)")
     p.add_argument("--out", type=Path, default=None, help="append each row as a JSON line")
@@ -112,7 +130,8 @@ def main() -> int:
     emit("One round, one difference at a time", table(
         ["row", "pairs", "steps (max)", "sample reached", "recalled", "held-out wording", "token acc.",
          "general probe", "CPU", "wall"],
-        [[r["row"], r["pairs"], f"{r['steps']} ({r['max_steps']})",
+        [[f"{r['row']} {r['general_loss']} {r['general_fraction']} {r['general_draw']}", r["pairs"],
+          f"{r['steps']} ({r['max_steps']})",
           r["sample_reached_at"] or f"no (best {r['sample_best'] or 0:.2f})", f"{r['recalled']}/{r['recall_memories']}",
           f"{r['heldout_recalled']}/{r['recall_memories']}", f"{r['token_accuracy']:.3f}",
           f"{r['general_before']:.3f}→{r['general_after']:.3f}", f"{r['cpu_s']:.0f} s", f"{r['wall_s']:.0f} s"]

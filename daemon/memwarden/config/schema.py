@@ -253,6 +253,15 @@ class LearningConfig:
         0.25, number(0, 0.9), "Share of the training set drawn from general_rehearsal.jsonl beside the base model "
         "(general-text conversations, none of them in general_probe.jsonl), against drift of the base's general "
         "ability; a base without that file: none.")
+    general_rehearsal_loss: str = setting(
+        "ce", choice("ce", "distill"), "How general rehearsal is learnt: ce, its text by cross-entropy like any "
+        "pair; distill, the base's own next-token distribution on it (KL divergence from the base, read from the "
+        "same model with the adapter disabled). A full fine-tune has no adapter to disable and learns it by "
+        "cross-entropy either way.")
+    general_rehearsal_draw: str = setting(
+        "run", choice("run", "pass"), "Which general-rehearsal conversations a run trains on: run, one seeded draw "
+        "of learning.general_rehearsal_fraction's share, trained at every pass over the training pairs; pass, all "
+        "of general_rehearsal.jsonl (within learning.max_samples), of which every pass draws that share afresh.")
     ewc_lambda: float = setting(0.4, number(0, 1e6), "Online EWC strength (0: off).")
     lr: float = setting(1e-3, number(1e-8, 1), "Learning rate (a full fine-tune is clamped to [1e-5, 5e-5]).")
     rank: int = setting(16, integer(1, 1024), "LoRA rank r (on each of learning.target_modules).")

@@ -308,23 +308,34 @@ def curate(new: Sequence[Memory], previous: Sequence[Memory] = (), *, dual: bool
         by_kind={k: dict(v) for k, v in sorted(by_kind.items())}, stats=stats)
 
 
+def general_share(pairs: int, available: int, fraction: float, max_samples: int) -> int:
+    """How many general-text conversations make up `fraction` of a training set of `pairs` pairs and them, within
+    max_samples and the `available` ones."""
+    if fraction <= 0 or not available or not pairs:
+        return 0
+    return min(available, round(fraction / (1 - fraction) * pairs), max(0, max_samples - pairs))
+
+
 def with_general(train: Sequence[Pair], general: Sequence[Mapping[str, Any]], fraction: float, max_samples: int,
-                 seed: int) -> list[Pair | Mapping[str, Any]]:
-    """`train` with general-text conversations ({"messages": …}, the base's general rehearsal) mixed in: a seeded
-    choice of them making up `fraction` of the result, within max_samples, the run's size choosing the seed so
-    that successive runs rehearse different ones."""
+                 seed: int, every_pass: bool = False) -> list[Pair | Mapping[str, Any]]:
+    """`train` with general-text conversations ({"messages": …}, the base's general rehearsal) mixed in, each
+    tagged {"general": true} for the trainer (learning.general_rehearsal_loss): a seeded choice of them making up
+    `fraction` of the result, within max_samples, the run's size choosing the seed so that successive runs
+    rehearse different ones. `every_pass`: all of them within max_samples, of which the trainer draws that share
+    afresh at every pass (learning.general_rehearsal_draw, hyper.general_per_pass)."""
     if fraction <= 0 or not general or not train:
         return list(train)
-    n = min(len(general), round(fraction / (1 - fraction) * len(train)), max(0, max_samples - len(train)))
-    out: list[Pair | Mapping[str, Any]] = [*train, *random.Random(f"{seed}:general:{len(train)}").sample(
-        list(general), n)]
+    n = general_share(len(train), len(general), fraction, max_samples)
+    chosen = (list(general)[: max_samples - len(train)] if every_pass
+              else random.Random(f"{seed}:general:{len(train)}").sample(list(general), n))
+    out: list[Pair | Mapping[str, Any]] = [*train, *({"messages": g["messages"], "general": True} for g in chosen)]
     random.Random(f"{seed}:general-train").shuffle(out)
     return out
 
 
 def write_jsonl(path: Path | str, pairs: Iterable[Pair | Mapping[str, Any]], tagged: bool = False) -> int:
-    """Write pairs as JSONL ({"messages": [...]} per line; `tagged`: with memory_id and wording; a mapping without
-    messages as it is) atomically: a
+    """Write pairs as JSONL ({"messages": [...]} per line; `tagged`: with memory_id and wording; a general-rehearsal
+    conversation with its tag; a mapping without messages as it is) atomically: a
     temp file in the same directory, fsynced, then renamed over `path`. Returns the number of lines."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -334,7 +345,8 @@ def write_jsonl(path: Path | str, pairs: Iterable[Pair | Mapping[str, Any]], tag
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             for p in pairs:
                 obj = (p.to_json(tagged) if isinstance(p, Pair) else
-                       {"messages": list(p["messages"])} if "messages" in p else dict(p))
+                       {"messages": list(p["messages"]), **({"general": True} if p.get("general") else {})}
+                       if "messages" in p else dict(p))
                 f.write(json.dumps(obj, ensure_ascii=False) + "\n")
                 n += 1
             f.flush()

@@ -55,6 +55,13 @@ class Hyper:
     dpo_steps: int = 0
     dpo_beta: float = 0.1
     dpo_lr: float = 1e-4
+    # How the training file's general-rehearsal lines (tagged "general") are learnt: "ce", their text by
+    # cross-entropy as any pair's; "distill", the base's next-token distribution on their assistant tokens, read
+    # from the same model with its adapter disabled (training/distill.py).
+    general_loss: str = "ce"
+    # > 0: the training file holds a pool of general-rehearsal lines, of which each pass over the training pairs
+    # draws this many afresh (training/data.Order); 0: every general line is trained at every pass.
+    general_per_pass: int = 0
 
 
 @dataclass(frozen=True)

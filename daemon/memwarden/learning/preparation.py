@@ -43,8 +43,12 @@ def prepare(config: Config, store: MemoryStore, runs: RunStore, versions: Versio
     out.mkdir(parents=True, exist_ok=True)
     rehearsal = Path(cfg.base_model) / GENERAL_REHEARSAL_FILE
     general_lines = read_general(rehearsal) if cfg.general_rehearsal_fraction > 0 and rehearsal.is_file() else []
-    pairs = curator.write_jsonl(out / "train.jsonl", curator.with_general(
-        cur.train, general_lines, cfg.general_rehearsal_fraction, cfg.max_samples, cfg.seed))
+    every_pass = cfg.general_rehearsal_draw == "pass"
+    curator.write_jsonl(out / "train.jsonl", curator.with_general(
+        cur.train, general_lines, cfg.general_rehearsal_fraction, cfg.max_samples, cfg.seed, every_pass))
+    per_pass = curator.general_share(len(cur.train), len(general_lines), cfg.general_rehearsal_fraction,
+                                     cfg.max_samples)
+    pairs = len(cur.train) + per_pass  # a pass over the training pairs, as the trainer's order makes one
     curator.write_jsonl(out / "holdout.jsonl", cur.holdout or cur.train[:1])
     recall = cur.recall  # per trained memory: a trained wording and a held-out one, tagged
     curator.write_jsonl(out / "recall.jsonl", recall, tagged=True)
@@ -72,7 +76,8 @@ def prepare(config: Config, store: MemoryStore, runs: RunStore, versions: Versio
                     recall_sample=cfg.recall_sample, recall_max_new_tokens=cfg.recall_max_new_tokens,
                     min_recall=cfg.min_recall, recall_every=cfg.recall_every,
                     forgetting_epsilon=cfg.forgetting_epsilon, dpo_steps=cfg.dpo_steps,
-                    dpo_beta=cfg.dpo_beta, dpo_lr=cfg.dpo_lr),
+                    dpo_beta=cfg.dpo_beta, dpo_lr=cfg.dpo_lr, general_loss=cfg.general_rehearsal_loss,
+                    general_per_pass=per_pass if every_pass else 0),
         ewc=Ewc(lam=cfg.ewc_lambda, prior_fisher=str(prior_fisher) if prior_fisher and prior_fisher.exists()
                 else None),
         device=device, checkpoint_every_steps=cfg.checkpoint_steps, checkpoint_every_seconds=cfg.checkpoint_interval,

@@ -1,6 +1,7 @@
 """Training data: JSONL conversations → the base model's chat template → token ids, loss on assistant tokens only.
 
-Each line is {"messages": [{"role": "user"|"assistant"|"system", "content": "..."}, ...]}. A conversation is
+Each line is {"messages": [{"role": "user"|"assistant"|"system", "content": "..."}, ...]}, in a training file
+optionally with "general": true (the base's general rehearsal, learnt as hyper.general_loss says). A conversation is
 rendered whole with `tokenizer.apply_chat_template`; the characters that belong to each assistant turn are found
 by rendering the conversation up to that turn (with and without the generation prompt), so the turn's own
 end-of-turn marker is learnt too and the headers are not. Tokens are mapped to those characters through the fast
@@ -8,13 +9,15 @@ tokenizer's offsets. Sequences are cut to max_seq_len; a conversation whose assi
 dropped (and counted).
 
 The order is a pure function of (seed, epoch): sample k of the run is `order(k // n)[k % n]`, so a resumed run,
-or one whose micro-batch was halved after an OOM, sees exactly the same examples at the same step.
+or one whose micro-batch was halved after an OOM, sees exactly the same examples at the same step (a fresh draw
+of general rehearsal per pass included).
 """
 
 from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,7 @@ class Example:
     input_ids: tuple[int, ...]
     labels: tuple[int, ...]  # IGNORE where the token is not an assistant token
     n_targets: int  # assistant tokens that are predicted (every labelled position but the first)
+    general: bool = False  # general rehearsal, not a memory
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -52,6 +56,11 @@ class Split:
 
 def read_conversations(path: str | Path) -> list[list[dict[str, str]]]:
     """Every line's messages, validated; a bad line raises DataError naming file and line number."""
+    return [messages for messages, _ in read_tagged(path)]
+
+
+def read_tagged(path: str | Path) -> list[tuple[list[dict[str, str]], bool]]:
+    """Every line's messages and whether it is tagged general, validated as read_conversations validates."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -76,7 +85,10 @@ def read_conversations(path: str | Path) -> list[list[dict[str, str]]]:
             clean.append({"role": m["role"], "content": m["content"]})
         if not any(m["role"] == "assistant" for m in clean):
             raise DataError(f"{where}: no assistant message: nothing to learn")
-        out.append(clean)
+        general = obj.get("general", False)
+        if not isinstance(general, bool):
+            raise DataError(f"{where}: 'general' must be true or false")
+        out.append((clean, general))
     return out
 
 
@@ -117,7 +129,8 @@ def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str
     return full, spans
 
 
-def encode(tokenizer: Any, messages: list[dict[str, str]], max_seq_len: int) -> tuple[Example | None, bool]:
+def encode(tokenizer: Any, messages: list[dict[str, str]], max_seq_len: int, general: bool = False
+           ) -> tuple[Example | None, bool]:
     """(example, truncated); the example is None when no assistant token survives truncation."""
     text, spans = assistant_spans(tokenizer, messages)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -131,7 +144,7 @@ def encode(tokenizer: Any, messages: list[dict[str, str]], max_seq_len: int) -> 
     n_targets = sum(1 for lab in labels[1:] if lab != IGNORE)
     if n_targets == 0:
         return None, truncated
-    return Example(tuple(ids), tuple(labels), n_targets), truncated
+    return Example(tuple(ids), tuple(labels), n_targets, general), truncated
 
 
 def load_split(name: str, path: str | Path | None, tokenizer: Any, max_seq_len: int) -> Split:
@@ -142,10 +155,10 @@ def load_split(name: str, path: str | Path | None, tokenizer: Any, max_seq_len: 
         raise DataError("the base model's tokenizer is not a fast tokenizer (no offsets to mask the loss with)")
     if not getattr(tokenizer, "chat_template", None):
         raise DataError("the base model's tokenizer has no chat template: conversations cannot be rendered")
-    for lineno, messages in enumerate(read_conversations(path), 1):
+    for lineno, (messages, general) in enumerate(read_tagged(path), 1):
         split.lines += 1
         try:
-            example, truncated = encode(tokenizer, messages, max_seq_len)
+            example, truncated = encode(tokenizer, messages, max_seq_len, general)
         except DataError as exc:
             raise DataError(f"{path}: conversation {lineno}: {exc}") from exc
         split.truncated += truncated
@@ -157,19 +170,30 @@ def load_split(name: str, path: str | Path | None, tokenizer: Any, max_seq_len: 
 
 
 class Order:
-    """Sample k of the run (k counts over epochs) → an example index; a fresh seeded permutation per epoch."""
+    """Sample k of the run (k counts over epochs) → an example index; a fresh seeded permutation per epoch.
 
-    def __init__(self, n: int, seed: int):
+    With a `pool` (the indices of the general-rehearsal examples) and `per_pass`, an epoch is every other example
+    and a fresh seeded draw of `per_pass` of the pool's, so that a long run rehearses the whole pool a few times
+    rather than the same few conversations at every pass."""
+
+    def __init__(self, n: int, seed: int, pool: Sequence[int] = (), per_pass: int = 0):
         if n <= 0:
             raise DataError("no training examples")
-        self.n, self.seed = n, seed
+        self.seed = seed
+        drawn = set(pool) if per_pass > 0 else set()
+        self.fixed = [i for i in range(n) if i not in drawn]
+        self.pool, self.per_pass = sorted(drawn), min(per_pass, len(drawn))
+        self.n = len(self.fixed) + self.per_pass
+        if self.n <= 0:
+            raise DataError("no training examples")
         self._perms: dict[int, list[int]] = {}
 
     def _perm(self, epoch: int) -> list[int]:
         perm = self._perms.get(epoch)
         if perm is None:
-            perm = list(range(self.n))
-            random.Random(self.seed * 1_000_003 + epoch).shuffle(perm)
+            rng = random.Random(self.seed * 1_000_003 + epoch)
+            perm = self.fixed + (rng.sample(self.pool, self.per_pass) if self.per_pass else [])
+            rng.shuffle(perm)
             self._perms = {epoch: perm}  # only the current epoch is needed
         return perm
 

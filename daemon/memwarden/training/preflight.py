@@ -15,6 +15,7 @@ from memwarden.learning.eval_report import EvalReport
 from memwarden.learning.jobspec import JobSpec
 
 METHODS = ("lora", "qlora", "full")
+GENERAL_LOSSES = ("ce", "distill")
 
 
 class GiveUp(Exception):
@@ -50,6 +51,7 @@ def validate(spec: JobSpec) -> None:
         ("recall_every", h.recall_every, 0),
         ("recall_check_sample", h.recall_check_sample, 1),
         ("dpo_steps", h.dpo_steps, 0),
+        ("general_per_pass", h.general_per_pass, 0),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             problems.append(f"hyper.{name} must be an integer ≥ {low}, got {value!r}")
@@ -62,6 +64,8 @@ def validate(spec: JobSpec) -> None:
         problems.append(f"hyper.forgetting_epsilon must be ≥ 0, got {h.forgetting_epsilon!r}")
     if not (isinstance(h.dropout, int | float) and 0 <= h.dropout < 1):
         problems.append(f"hyper.dropout must be in [0, 1), got {h.dropout!r}")
+    if h.general_loss not in GENERAL_LOSSES:
+        problems.append(f"hyper.general_loss must be one of {list(GENERAL_LOSSES)}, got {h.general_loss!r}")
     if not h.target_modules and spec.method != "full":
         problems.append("hyper.target_modules is empty")
     if spec.ewc.lam < 0 or not 0 <= spec.ewc.decay <= 1 or spec.ewc.fisher_samples < 0:

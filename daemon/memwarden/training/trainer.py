@@ -4,8 +4,9 @@ One optimizer step consumes `effective batch = micro_batch × grad_accum` exampl
 `micro_batch`. The loss is the sum of token losses over the whole step divided by the step's assistant-token
 count, so the gradient does not depend on how the step is split: after an OOM the micro-batch is halved and the
 accumulation doubled and the very same step is retried with the same gradient (oom_retry.py, shared with the DPO
-stage). AdamW, cosine schedule with linear warmup, gradient clipping at 1.0 (the pre-clip norm is reported),
-online EWC added into the gradient.
+stage). General rehearsal is learnt by cross-entropy or by distillation from the base (distill.py). AdamW,
+cosine schedule with linear warmup, gradient clipping at 1.0 (the pre-clip norm is reported), online EWC added
+into the gradient.
 
 Checkpoints are written every `checkpoint_every_steps` steps or `checkpoint_every_seconds`, and at the end of
 training; a run starts from the newest complete one. SIGTERM/SIGINT: the current micro-step finishes, the step in
@@ -32,8 +33,9 @@ from memwarden.learning.eval_report import EvalReport, ExportCheck, Losses, Reca
 from memwarden.learning.jobspec import EXIT_DONE, EXIT_FAILED, EXIT_PREEMPTED, JobSpec
 from memwarden.training import checkpoint
 from memwarden.training.data import DataError, Order, collate, load_split
+from memwarden.training.distill import SupervisedLoss
 from memwarden.training.dpo import DpoStage
-from memwarden.training.evaluation import Evaluation, autocast, token_loss_sum
+from memwarden.training.evaluation import Evaluation, autocast
 from memwarden.training.events import Emitter
 from memwarden.training.ewc import EwcPenalty, combine, compute_fisher, setup_ewc
 from memwarden.training.export import FISHER_FILE, write_final
@@ -118,6 +120,7 @@ class Trainer:
         tok = self.built.tokenizer
         self.pad_id = tok.pad_token_id
         self.evaluation = Evaluation(self.built, self.pad_id, self.check_stop)
+        self.loss = SupervisedLoss(self.built, h.general_loss, lambda: autocast(self.built))
         self.train = load_split("train", spec.train_file, tok, h.max_seq_len)
         self.holdout = load_split("holdout", spec.holdout_file, tok, h.max_seq_len)
         self.probe = load_split("probe", spec.probe_file, tok, h.max_seq_len)
@@ -132,7 +135,8 @@ class Trainer:
         if not self.train.examples:
             raise GiveUp(f"no usable training example in {spec.train_file} ({self.train.lines} lines, "
                          f"{self.train.dropped} with no assistant token within max_seq_len {h.max_seq_len})")
-        self.order = Order(len(self.train.examples), h.seed)
+        self.order = Order(len(self.train.examples), h.seed,
+                           [i for i, e in enumerate(self.train.examples) if e.general], h.general_per_pass)
         self.params = self.built.params
         self.optimizer = torch.optim.AdamW(list(self.params.values()), lr=self.built.lr, weight_decay=0.0)
         self.scheduler = get_cosine_schedule_with_warmup(
@@ -261,7 +265,7 @@ class Trainer:
             batch = collate(chunk, self.pad_id, device)
             with autocast(self.built):
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            s = token_loss_sum(logits, batch["labels"])
+            s = self.loss.loss_sum(chunk, batch, logits)
             (s / targets).backward()
             loss_sum += s.detach()
             tokens += batch["tokens"]

@@ -267,7 +267,19 @@ def test_general_rehearsal_is_its_share_of_the_training_set_within_max_samples()
     assert with_general(train, general(400), 0.0, 2000, seed=42) == train
     assert with_general(train, [], 0.2, 2000, seed=42) == train
     other = with_general(train[:-2], general(400), 0.2, 2000, seed=42)
-    assert {id(x) for x in other if isinstance(x, dict)} != {id(x) for x in mixed if isinstance(x, dict)}
+    assert ({json.dumps(x["messages"]) for x in other if isinstance(x, dict)}
+            != {json.dumps(x["messages"]) for x in mixed if isinstance(x, dict)})
+
+
+def test_general_rehearsal_is_tagged_for_the_trainer_and_the_memories_are_not(tmp_path):
+    train = [Pair(i, "journal", f"q{i}", f"a{i}") for i in range(30)]
+    mixed = with_general(train, general(400), 0.25, 2000, seed=42)
+    assert all(x["general"] is True for x in mixed if isinstance(x, dict))
+    write_jsonl(tmp_path / "train.jsonl", mixed)
+    rows = [json.loads(x) for x in (tmp_path / "train.jsonl").read_text().splitlines()]
+    tagged = [r for r in rows if r.get("general")]
+    assert len(tagged) == 10 and all(r["messages"][0]["content"].startswith("Continue: story") for r in tagged)
+    assert all("general" not in r and r["messages"][0]["content"].startswith("q") for r in rows if r not in tagged)
 
 
 def test_the_probe_set_is_stable_as_the_adapter_grows():

@@ -74,12 +74,41 @@ def test_a_base_with_a_general_rehearsal_file_has_its_share_trained_and_one_with
     (tmp_path / "base" / GENERAL_REHEARSAL_FILE).write_text("".join(json.dumps(g) + "\n" for g in general)
                                                             + "not json\n")
     runs.insert("r2", "alice", "alice", "manual", clock(), "lora")
-    prepare(make_config({"general_rehearsal_fraction": 0.2}), store, runs, VersionStore(db), "r2", "alice",
-            tmp_path / "r2", "cpu")
+    spec = prepare(make_config({"general_rehearsal_fraction": 0.2, "general_rehearsal_loss": "distill"}), store,
+                   runs, VersionStore(db), "r2", "alice", tmp_path / "r2", "cpu")
     mixed = lines(tmp_path / "r2" / "train.jsonl")
-    rehearsed = [x for x in mixed if x in general]
-    assert not [x for x in plain if x in general] and len(plain) == 9 * (cues.WORDINGS - 1)
+    rehearsed = [x for x in mixed if {"messages": x["messages"]} in general]
+    assert not [x for x in plain if {"messages": x["messages"]} in general] and len(plain) == 9 * (cues.WORDINGS - 1)
     assert len(rehearsed) == round(len(plain) / 4) and len(mixed) == len(plain) + len(rehearsed)
+    assert all(x.get("general") is True for x in rehearsed)  # tagged for the trainer, the memories' pairs not
+    assert not [x for x in mixed if x not in rehearsed and "general" in x]
+    assert spec.hyper.general_loss == "distill" and JobSpec.read(tmp_path / "r2" / SPEC_FILE).hyper.general_loss \
+        == "distill"
+
+
+def test_drawn_every_pass_the_whole_general_rehearsal_is_written_and_a_pass_takes_its_share(db, store, clock, tmp_path,
+                                                                                            make_config):
+    for i in range(10):
+        store.add("alice", "journal", f"Entry {i}: walked to the harbour {i} times.", importance=5)
+    (tmp_path / "base").mkdir(exist_ok=True)
+    general = [{"messages": [{"role": "user", "content": f"Continue: the heron {i}"},
+                             {"role": "assistant", "content": f"flew {i} times."}]} for i in range(50)]
+    (tmp_path / "base" / GENERAL_REHEARSAL_FILE).write_text("".join(json.dumps(g) + "\n" for g in general))
+    runs = RunStore(db)
+    specs = {}
+    for run, draw in (("r1", "run"), ("r2", "pass")):
+        runs.insert(run, "alice", "alice", "manual", clock(), "lora")
+        specs[draw] = prepare(make_config({"general_rehearsal_fraction": 0.2, "general_rehearsal_draw": draw,
+                                           "max_epochs": 200}), store, runs, VersionStore(db), run, "alice",
+                              tmp_path / run, "cpu")
+    once, pool = lines(tmp_path / "r1" / "train.jsonl"), lines(tmp_path / "r2" / "train.jsonl")
+    memories = [x for x in once if "general" not in x]
+    share = len(once) - len(memories)
+    assert share == round(len(memories) / 4) and specs["run"].hyper.general_per_pass == 0
+    assert sorted(x["messages"][0]["content"] for x in pool if x.get("general")) == sorted(
+        g["messages"][0]["content"] for g in general)
+    assert specs["pass"].hyper.general_per_pass == share
+    assert specs["pass"].hyper.max_steps == specs["run"].hyper.max_steps  # the budget counts a pass, not the pool
 
 
 def test_a_round_of_many_pairs_gets_max_epochs_passes_over_them_and_a_small_one_max_steps(db, store, clock, tmp_path,

@@ -46,3 +46,9 @@ def test_recall_settings_and_file_are_checked(spec, tmp_path):
     assert "hyper.recall_check_sample must be an integer ≥ 1" in message
     assert "hyper.min_recall must be in [0, 1], got 1.5" in message
     assert "hyper.forgetting_epsilon must be ≥ 0, got -0.1" in message
+
+
+def test_the_general_rehearsal_loss_is_ce_or_distill(spec):
+    validate(replace(spec, hyper=Hyper(general_loss="distill")))
+    with pytest.raises(GiveUp, match=r"hyper.general_loss must be one of \['ce', 'distill'\], got 'kl'"):
+        validate(replace(spec, hyper=Hyper(general_loss="kl")))
