@@ -67,7 +67,9 @@ class Connection:
         self.idle_since = 0.0
 
     def usable(self) -> bool:
-        return not self.writer.is_closing() and not self.reader.at_eof()
+        # Bytes no request asked for (past an answer's end, or sent while idle) would be read as the next answer:
+        # the connection cannot be trusted with it. StreamReader tells its buffered bytes to no public method.
+        return not self.writer.is_closing() and not self.reader.at_eof() and not self.reader._buffer
 
     def close(self) -> None:
         self.writer.close()

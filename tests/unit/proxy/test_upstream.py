@@ -1,4 +1,5 @@
-"""The pool both kinds of connection to Ollama are kept in, with connections that only say whether they are open."""
+"""The pool both kinds of connection to Ollama are kept in: its bookkeeping, with connections that only say whether
+they are open, then what each kind says over a loopback upstream."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ import asyncio
 import pytest
 
 from memwarden.proxy import upstream
+from memwarden.proxy.forward import Connection, Outcome, forward
+from memwarden.proxy.hop import UpstreamConnection
 from memwarden.proxy.upstream import Origin, Pool
+
+from .test_forward import Sink, Upstream1, streams
+from .test_hop import GENERATE, Client, exchange, pool_for
 
 
 class Conn:
@@ -92,3 +98,46 @@ async def test_a_connection_that_does_not_open_in_time_is_a_timeout_and_is_not_c
     with pytest.raises(TimeoutError):
         await p.connect()
     assert p.opened == 0
+
+
+STALE = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale"
+
+
+def answering_with_more(answer: bytes):
+    """An upstream that sends an answer no request asked for right behind each answer, in the same write."""
+
+    async def answer_and_more(head, body, writer):
+        writer.write(answer + STALE)
+
+    return answer_and_more
+
+
+async def by_hop(pool: Pool[UpstreamConnection]) -> bytes:
+    client = Client()
+    _, result = exchange(pool, client, GENERATE)
+    assert isinstance(await asyncio.wait_for(result, 5), Outcome)
+    return bytes(client.transport.data)
+
+
+async def by_streams(pool: Pool[Connection]) -> bytes:
+    sink = Sink()
+    await asyncio.wait_for(forward(pool, "GET", "/api/tags", [], None, None, sink, True, True), 5)  # type: ignore[arg-type]
+    return bytes(sink.data)
+
+
+KINDS = {"hop": (pool_for, by_hop), "streams": (streams, by_streams)}
+
+
+@pytest.mark.parametrize("answer", [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"],
+                         ids=["content-length", "chunked"])
+@pytest.mark.parametrize("kind", KINDS)
+async def test_neither_kind_of_connection_carries_a_request_after_bytes_no_request_asked_for(kind, answer):
+    pooled, send = KINDS[kind]
+    async with Upstream1(answering_with_more(answer)) as up:
+        pool = pooled(up.url)
+        for _ in range(2):
+            got = await send(pool)
+            assert b"ok" in got and b"stale" not in got
+        assert up.connections == 2, "the second request went on a new connection"
+        pool.close()
