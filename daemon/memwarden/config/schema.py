@@ -224,7 +224,12 @@ class LearningConfig:
         "question/answer pairs about each new memory, trained beside its cue wordings (bounded in time and size; "
         "on any failure the cue wordings alone). Empty: cue wordings only.")
     max_samples: int = setting(2000, integer(10, 10_000_000), "At most this many training pairs per run.")
-    holdout_fraction: float = setting(0.1, number(0.01, 0.5), "Share of new pairs kept out to evaluate on.")
+    # None by default: a memory held out is consolidated with the run, yet absent from the weights it promotes
+    # until a later round happens to replay it.
+    holdout_fraction: float = setting(
+        0.0, number(0, 0.5), "Share of the new memories kept out of training to measure the loss on memories never "
+        "seen (at least one when there are two). 0: every memory is trained, and the holdout loss is measured on "
+        "each one's held-out wording.")
     # Half: over rounds of new facts the earlier ones are kept by replay alone, 0.57 of five rounds' facts recalled
     # against 0.32 at 0.1 (BENCHMARKS.md, Recall 4); EWC at ewc_lambda 0.4 changed nothing there.
     replay_fraction: float = setting(

@@ -21,9 +21,12 @@ I/O but write_jsonl(). with_general() mixes the base's general-text rehearsal in
 - `max_samples` caps the training set (new pairs + replay): new memories are kept by importance, then
   recency, then id, until their pairs fill max_samples × (1 − replay_fraction); the rest (`capped_ids`) wait
   for the next run. The holdout pairs are set aside from those kept.
-- The holdout is a seeded shuffle of the kept memories, round(holdout_fraction × n) of them (at least one
-  when there are two; never all): a memory's pairs, flipped one included, stay on one side of the split. A
-  lone memory with a flipped pair holds out the flipped pair.
+- The holdout. By default (holdout_fraction 0) every kept memory is trained, and the holdout is each trained
+  memory's held-out wording: its loss says whether what was learned answers a question never trained, and a
+  memory the run consolidates is in the weights the run promotes. With holdout_fraction > 0 it is instead a
+  seeded shuffle of the kept memories, round(holdout_fraction × n) of them (at least one when there are two;
+  never all), kept out of training to measure the loss on memories never seen: a memory's pairs, flipped one
+  included, stay on one side of the split, and a lone memory with a flipped pair holds out the flipped pair.
 - Replay: pairs of the memories this adapter learned before, a wording of each memory per pass over them in a
   seeded order (the first trained wording first: each was learned in all its wordings once already, so one
   rehearses it), as many pairs as the larger of replay_fraction of the training set and, with `replay_all`,
@@ -199,7 +202,7 @@ def _replay(earlier: Sequence[Memory], new_pairs: int, max_samples: int, fractio
 # ---- the curator -----------------------------------------------------------------------------------------
 
 def curate(new: Sequence[Memory], previous: Sequence[Memory] = (), *, dual: bool = False, max_samples: int = 2000,
-           holdout_fraction: float = 0.1, replay_fraction: float = 0.1, replay_all: bool = True, seed: int = 42,
+           holdout_fraction: float = 0.0, replay_fraction: float = 0.1, replay_all: bool = True, seed: int = 42,
            probe_size: int = PROBE_SIZE, extra: Mapping[int, Sequence[tuple[str, str]]] | None = None) -> Curated:
     """`new`: the adapter's unconsolidated memories; `previous`: those it learned before (replay, probe);
     `extra`: memory id → question/answer pairs written about it (learning.augment)."""
@@ -253,6 +256,9 @@ def curate(new: Sequence[Memory], previous: Sequence[Memory] = (), *, dual: bool
         train_new, holdout = kept[0][1][:-1], kept[0][1][-1:]  # a lone memory: hold out its flipped pair
     holdout_memories = [kept[i][0] for i in sorted(held)]
     train_memories = [m for i, (m, _) in enumerate(kept) if i not in held]
+    if not holdout and holdout_fraction == 0:
+        holdout = [p for m in train_memories for p in (heldout_pair(m, seed),) if p is not None]
+    held_pairs = [p for p in holdout if not p.heldout]  # a held-out memory's own pairs, not a trained one's rewording
 
     # Probe: a stable, seeded choice of earlier memories.
     prev_unique: list[Memory] = []
@@ -284,7 +290,7 @@ def curate(new: Sequence[Memory], previous: Sequence[Memory] = (), *, dual: bool
                         ("holdout", holdout_memories)):
         for m in group:
             by_kind[m["kind"]][name] += 1
-    for p in train_new + holdout:
+    for p in train_new + held_pairs:
         by_kind[p.kind]["pairs"] += 1
         by_kind[p.kind]["synthetic"] += p.synthetic
     stats = {
@@ -292,8 +298,8 @@ def curate(new: Sequence[Memory], previous: Sequence[Memory] = (), *, dual: bool
         "duplicates": len(duplicates), "capped": len(capped),
         "previous": len(previous), "train_pairs": len(train), "new_train_pairs": len(train_new),
         "holdout_pairs": len(holdout), "replay_pairs": len(replay), "probe_pairs": len(probe),
-        "flipped_pairs": sum(p.flipped for p in train_new + holdout),
-        "synthetic_pairs": sum(p.synthetic for p in train_new + holdout),
+        "flipped_pairs": sum(p.flipped for p in train_new + held_pairs),
+        "synthetic_pairs": sum(p.synthetic for p in train_new + held_pairs),
         "heldout_wordings": sum(p.heldout for p in recall),
         "augmented_pairs": sum(len((extra or {}).get(m.get("id"), ())) for m, _ in kept),
         "kinds": dict(Counter(m["kind"] for m in [*new, *superseded_new])),

@@ -17,7 +17,7 @@ A run with a DPO stage (training/dpo.py) must also have
 5. `dpo_forgot`: kept recall on this run's memories, after the stage, within `forgetting_epsilon` of what the
    supervised stage left.
 
-The holdout loss on unseen memories measures style, not remembering: it is reported, never gated. Memories are
+The holdout loss (on held-out wordings, or on memories kept out of training) is reported, never gated. Memories are
 marked consolidated in the same transaction that records the promotion — never before, never twice
 (publisher.py).
 """

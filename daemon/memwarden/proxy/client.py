@@ -21,11 +21,11 @@ from memwarden.logs import get_logger
 from memwarden.proxy import http
 from memwarden.proxy.admission import Admitter, read_request
 from memwarden.proxy.bodies import CAPPED_ENDPOINTS, SMALL_BODY, BodyBudget
-from memwarden.proxy.forward import ClientGone, Outcome, UpstreamFailed
-from memwarden.proxy.hop import Exchange, Pool
+from memwarden.proxy.forward import ClientGone, Connection, Outcome, UpstreamFailed
+from memwarden.proxy.hop import Exchange, UpstreamConnection
 from memwarden.proxy.inbox import Inbox
 from memwarden.proxy.queue import RequestQueue, Ticket
-from memwarden.proxy.upstream import Upstream
+from memwarden.proxy.upstream import Pool
 
 if TYPE_CHECKING:
     from memwarden.config.schema import ProxyConfig
@@ -43,8 +43,8 @@ class Proxy(Protocol):
     budget: BodyBudget
     queue: RequestQueue
     admitter: Admitter
-    pool: Pool
-    upstream: Upstream
+    pool: Pool[UpstreamConnection]
+    upstream: Pool[Connection]
 
     async def handle(self, head: http.Head, reader: Inbox, writer: ClientConnection) -> bool: ...
 
@@ -340,6 +340,6 @@ class ClientConnection(asyncio.Protocol):
                 self.transport.write(error_bytes(502, f"memwarden proxy: {proxy.unreachable(result)}", close=True))
             self._answered(isinstance(result, Outcome) and result.keep_alive)
 
-        self.exchange = Exchange(proxy.pool, self, head.start[0], request_bytes(head, proxy.upstream.authority, body),
-                                 keep, done, answered, want_tail)
+        request = request_bytes(head, proxy.pool.origin.authority, body)
+        self.exchange = Exchange(proxy.pool, self, head.start[0], request, keep, done, answered, want_tail)
         self.exchange.start()

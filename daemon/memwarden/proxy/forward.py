@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from memwarden.logs import get_logger
 from memwarden.proxy import http
-from memwarden.proxy.upstream import Connection, Upstream
+from memwarden.proxy.upstream import Origin, Pool
 
 log = get_logger()
 
@@ -49,6 +49,30 @@ class Outcome:
     status: int
     keep_alive: bool  # the client connection may carry another request
     tail: bytes = b""  # the answer's last TAIL_BYTES, as received
+
+
+class Connection:
+    """A pooled connection to Ollama as a pair of streams, read and written by forward's coroutine."""
+
+    @classmethod
+    async def open(cls, origin: Origin) -> Connection:
+        reader, writer = await asyncio.open_connection(origin.host, origin.port, ssl=origin.ssl or None,
+                                                       limit=http.MAX_HEAD)
+        return cls(reader, writer)
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader = reader
+        self.writer = writer
+        self.pooled = False  # taken from the pool: Ollama may have closed it meanwhile
+        self.idle_since = 0.0
+
+    def usable(self) -> bool:
+        # Bytes no request asked for (past an answer's end, or sent while idle) would be read as the next answer:
+        # the connection cannot be trusted with it. StreamReader tells its buffered bytes to no public method.
+        return not self.writer.is_closing() and not self.reader.at_eof() and not self.reader._buffer
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 def answer_head(resp: http.Head, length: int | None, chunked: bool, keep_alive: bool) -> bytes:
@@ -92,13 +116,13 @@ async def _send_request(conn: Connection, head: bytes, body: Body, length: int |
     await w.drain()
 
 
-async def _open(upstream: Upstream, head: bytes, body: Body, length: int | None) -> tuple[Connection, http.Head]:
+async def _open(pool: Pool[Connection], head: bytes, body: Body, length: int | None) -> tuple[Connection, http.Head]:
     replayable = body is None or isinstance(body, bytes | bytearray | memoryview)
-    conn = upstream.take() if replayable else None
+    conn = pool.take() if replayable else None
     while True:
         if conn is None:
             try:
-                conn = await upstream.connect()
+                conn = await pool.connect()
             except (OSError, TimeoutError) as exc:
                 raise UpstreamFailed(str(exc) or type(exc).__name__) from None
         try:
@@ -125,15 +149,15 @@ async def _to_client(writer: asyncio.StreamWriter, conn: Connection, data: bytes
         raise ClientGone(str(exc)) from None
 
 
-async def forward(upstream: Upstream, method: str, target: str, headers: list[tuple[str, str]], body: Body,
+async def forward(pool: Pool[Connection], method: str, target: str, headers: list[tuple[str, str]], body: Body,
                   length: int | None, writer: asyncio.StreamWriter, http11: bool, keep_alive: bool,
                   answered: Callable[[int], None] | None = None) -> Outcome:
     """Send the request and stream the answer to `writer`. UpstreamFailed when no answer began (the caller
     answers 502); once the answer's head is sent, a break cuts the client connection instead."""
-    headers = [*headers, ("Host", upstream.authority)]
+    headers = [*headers, ("Host", pool.origin.authority)]
     if body is not None:
         headers.append(("Content-Length", str(length)) if length is not None else ("Transfer-Encoding", "chunked"))
-    conn, resp = await _open(upstream, http.encode_head(f"{method} {target} HTTP/1.1", headers), body, length)
+    conn, resp = await _open(pool, http.encode_head(f"{method} {target} HTTP/1.1", headers), body, length)
     status = int(resp.start[1]) if resp.start[1].isdigit() else 502
     if answered is not None:
         answered(status)
@@ -182,7 +206,7 @@ async def forward(upstream: Upstream, method: str, target: str, headers: list[tu
         conn.close()
         return Outcome(status, False)
     if up_keep and not (relay is not None and relay.extra):
-        upstream.give(conn)
+        pool.give(conn)
     else:
         conn.close()
     return Outcome(status, keep_alive, tail)

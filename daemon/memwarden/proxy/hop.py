@@ -15,14 +15,13 @@ caller to give; one broken later cuts the client's connection, which is all that
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from typing import Protocol
 
 from memwarden.logs import get_logger
 from memwarden.proxy import http
 from memwarden.proxy.forward import TAIL_BYTES, ClientGone, Outcome, UpstreamFailed, answer_head, passed_on
-from memwarden.proxy.upstream import CONNECT_TIMEOUT_S, IDLE_S, MAX_IDLE
+from memwarden.proxy.upstream import Origin, Pool
 
 log = get_logger()
 
@@ -37,6 +36,14 @@ class Client(Protocol):
 
 
 class UpstreamConnection(asyncio.Protocol):
+    """A pooled connection to Ollama whose protocol hands what arrives to the exchange it carries."""
+
+    @classmethod
+    async def open(cls, origin: Origin) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        _, conn = await loop.create_connection(cls, origin.host, origin.port, ssl=origin.ssl or None)
+        return conn
+
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.exchange: Exchange | None = None
@@ -62,62 +69,21 @@ class UpstreamConnection(asyncio.Protocol):
         if self.exchange is not None:
             self.exchange.upstream_lost(exc)
 
+    def usable(self) -> bool:
+        return not self.closed and self.transport is not None
+
     def close(self) -> None:
         self.closed = True
         if self.transport is not None:
             self.transport.close()
 
 
-class Pool:
-    """Raw keep-alive connections to Ollama, most recently used first (see upstream.py for why raw)."""
-
-    def __init__(self, host: str, port: int, ssl: bool = False, max_idle: int = MAX_IDLE, idle_s: float = IDLE_S):
-        self.host = host
-        self.port = port
-        self.ssl = ssl
-        self.max_idle = max_idle
-        self.idle_s = idle_s
-        self.idle: list[UpstreamConnection] = []
-        self.opened = 0
-
-    def take(self) -> UpstreamConnection | None:
-        now = time.monotonic()
-        while self.idle:
-            conn = self.idle.pop()
-            if not conn.closed and now - conn.idle_since < self.idle_s:
-                conn.pooled = True
-                return conn
-            conn.close()
-        return None
-
-    async def connect(self) -> UpstreamConnection:
-        loop = asyncio.get_running_loop()
-        async with asyncio.timeout(CONNECT_TIMEOUT_S):
-            _, conn = await loop.create_connection(UpstreamConnection, self.host, self.port, ssl=self.ssl or None)
-        self.opened += 1
-        return conn
-
-    def give(self, conn: UpstreamConnection) -> None:
-        conn.exchange = None
-        if conn.closed or len(self.idle) >= self.max_idle or conn.transport is None:
-            conn.close()
-            return
-        conn.transport.resume_reading()  # a slow client may have paused it as its answer's last bytes went out
-        conn.idle_since = time.monotonic()
-        self.idle.append(conn)
-
-    def close(self) -> None:
-        for conn in self.idle:
-            conn.close()
-        self.idle.clear()
-
-
 class Exchange:
     """A request sent and its answer relayed; `done` gets the Outcome, UpstreamFailed (nothing reached the
     client: answer 502) or ClientGone, exactly once."""
 
-    def __init__(self, pool: Pool, client: Client, method: str, request: bytes, keep_alive: bool, done: Done,
-                 answered: Callable[[int], None] | None = None, want_tail: bool = False):
+    def __init__(self, pool: Pool[UpstreamConnection], client: Client, method: str, request: bytes, keep_alive: bool,
+                 done: Done, answered: Callable[[int], None] | None = None, want_tail: bool = False):
         self.pool = pool
         self.client = client
         self.method = method
@@ -267,6 +233,8 @@ class Exchange:
         if conn is not None:
             conn.exchange = None
             if reuse:
+                if conn.transport is not None:  # a slow client may have paused it as the answer's last bytes went out
+                    conn.transport.resume_reading()
                 self.pool.give(conn)
             else:
                 conn.close()

@@ -1,12 +1,12 @@
 """The drop-in Ollama proxy: point clients at proxy.listen instead of Ollama.
 
 HTTP/1.1 of its own (http.py) on asyncio Protocols: a client connection (client.py) sends the common request, a
-hit, through the thin hop (hop.py) from the callback that received it; this module's coroutines answer the
-others. Forwarded over pooled raw connections to Ollama (hop.py; forward.py and upstream.py for a streamed
-request body or an HTTP/1.0 client): no HTTP library in the daemon, and no body gathered that need not be.
-Requests to the model endpoints have their JSON body read whole but capped (bodies.py), wait in the queue for
-the coalescing policy's word (queue.py) and go through admission (admission.py); every other request, blob
-uploads included, streams through with its body never held. Answers stream back as they come, so NDJSON
+hit, through the thin hop (hop.py) from the callback that received it; this module's coroutines answer the others.
+Forwarded over raw connections to Ollama kept between requests (upstream.py): hop.py's Protocols, or forward.py's
+streams for a streamed request body or an HTTP/1.0 client; no HTTP library in the daemon, and no body gathered that
+need not be. Requests to the model endpoints have their JSON body read whole but capped (bodies.py), wait in the
+queue for the coalescing policy's word (queue.py) and go through admission (admission.py); every other request,
+blob uploads included, streams through with its body never held. Answers stream back as they come, so NDJSON
 reaches the client line by line. Errors are Ollama-shaped: {"error": "..."}.
 """
 
@@ -32,11 +32,11 @@ from memwarden.proxy.bodies import (
     too_large,
 )
 from memwarden.proxy.client import ClientConnection, error_bytes
-from memwarden.proxy.forward import Body, ClientGone, Outcome, UpstreamFailed, forward, reported_load_ns
-from memwarden.proxy.hop import Pool
+from memwarden.proxy.forward import Body, ClientGone, Connection, Outcome, UpstreamFailed, forward, reported_load_ns
+from memwarden.proxy.hop import UpstreamConnection
 from memwarden.proxy.inbox import Inbox
 from memwarden.proxy.queue import RequestQueue, Ticket
-from memwarden.proxy.upstream import Upstream
+from memwarden.proxy.upstream import Origin, Pool
 from memwarden.units import format_size
 
 if TYPE_CHECKING:
@@ -86,9 +86,10 @@ async def linger(reader: Inbox, writer: ClientConnection) -> None:
 class OllamaProxy:
     def __init__(self, arbiter: GpuArbiter, cfg: ProxyConfig, upstream: str):
         self.arbiter = arbiter
-        self.upstream = Upstream(upstream.rstrip("/"))  # for streamed request bodies and HTTP/1.0 clients
-        self.pool = Pool(self.upstream.host, self.upstream.port, ssl=self.upstream.ssl)  # for all the others
         self.upstream_url = upstream.rstrip("/")
+        origin = Origin.of(self.upstream_url)
+        self.upstream = Pool(origin, Connection.open)  # for streamed request bodies and HTTP/1.0 clients
+        self.pool = Pool(origin, UpstreamConnection.open)  # for all the others
         self.admitter = Admitter(arbiter, cfg)
         self.queue = RequestQueue(self.limits, lambda model: self.arbiter.resident(model),
                                   loads_freely=lambda model: self.arbiter.loads_freely(model))

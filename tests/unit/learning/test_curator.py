@@ -22,7 +22,8 @@ def mem(i, kind="journal", content=None, response=None, importance=5, created_at
 
 
 def all_pairs(c):
-    return c.train + c.holdout
+    """The memories' own pairs, trained or held out (not the held-out wordings of trained memories)."""
+    return c.train + [p for p in c.holdout if not p.heldout]
 
 
 # ---- pairs -----------------------------------------------------------------------------------------------
@@ -160,7 +161,7 @@ def test_max_samples_keeps_the_most_important_then_newest():
     assert kept == expected
     assert len(c.capped_ids) == 80 and not set(c.capped_ids) & set(kept)
     assert curate(list(reversed(memories)), max_samples=20 * (cues.WORDINGS - 1),
-                  replay_fraction=0).train_ids == c.train_ids
+                  replay_fraction=0, holdout_fraction=0.1).train_ids == c.train_ids
 
 
 def test_max_samples_leaves_room_for_replay():
@@ -192,8 +193,21 @@ def test_at_least_one_holdout_and_never_all(n, holdout):
     assert len(c.holdout) == holdout * (cues.WORDINGS - 1)
 
 
+def test_by_default_every_memory_is_trained_and_the_holdout_is_their_held_out_wordings():
+    memories = [mem(i, "conversation", response=f"r{i}") for i in range(40)] + [mem(40, "journal")]
+    c = curate(memories, dual=True, replay_fraction=0)
+    assert c.train_ids == list(range(41)) and c.holdout_ids == []
+    assert sorted(c.holdout, key=lambda p: p.memory_id) == [heldout_pair(m) for m in memories]
+    trained = {(p.memory_id, p.user) for p in c.train}
+    assert not {(p.memory_id, p.user) for p in c.holdout} & trained  # a held-out wording is never trained
+    own = [p for m in memories for p in pairs_of(m, True)]
+    assert c.stats["holdout_pairs"] == 41 and len(c.train) == len(own)
+    assert c.by_kind["conversation"]["pairs"] == len(own) - len(pairs_of(memories[-1], True))  # wordings not counted
+    assert c.stats["synthetic_pairs"] == sum(p.synthetic for p in own)
+
+
 def test_a_lone_exchange_in_dual_mode_holds_out_its_flipped_pair():
-    c = curate([mem(1, "conversation", "q", "a")], dual=True, replay_fraction=0)
+    c = curate([mem(1, "conversation", "q", "a")], dual=True, replay_fraction=0, holdout_fraction=0.1)
     assert not any(p.flipped for p in c.train) and [p.flipped for p in c.holdout] == [True]
     assert c.train_ids == [1] and c.holdout_ids == []
 

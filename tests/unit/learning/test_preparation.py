@@ -78,7 +78,7 @@ def test_a_base_with_a_general_rehearsal_file_has_its_share_trained_and_one_with
                    runs, VersionStore(db), "r2", "alice", tmp_path / "r2", "cpu")
     mixed = lines(tmp_path / "r2" / "train.jsonl")
     rehearsed = [x for x in mixed if {"messages": x["messages"]} in general]
-    assert not [x for x in plain if {"messages": x["messages"]} in general] and len(plain) == 9 * (cues.WORDINGS - 1)
+    assert not [x for x in plain if {"messages": x["messages"]} in general] and len(plain) == 10 * (cues.WORDINGS - 1)
     assert len(rehearsed) == round(len(plain) / 4) and len(mixed) == len(plain) + len(rehearsed)
     assert all(x.get("general") is True for x in rehearsed)  # tagged for the trainer, the memories' pairs not
     assert not [x for x in mixed if x not in rehearsed and "general" in x]
@@ -122,5 +122,5 @@ def test_a_round_of_many_pairs_gets_max_epochs_passes_over_them_and_a_small_one_
         budgets[run] = prepare(make_config(learning), store, runs, VersionStore(db), run, "alice", tmp_path / run,
                                "cpu").hyper.max_steps
     pairs = len(lines(tmp_path / "r1" / "train.jsonl"))
-    assert pairs == 36 * (cues.WORDINGS - 1)
-    assert budgets == {"r1": 80 * pairs // 8, "r2": 400, "r3": 400}  # 720 steps: 80 passes of 8 pairs a step
+    assert pairs == 40 * (cues.WORDINGS - 1)
+    assert budgets == {"r1": 80 * pairs // 8, "r2": 400, "r3": 400}  # 800 steps: 80 passes of 8 pairs a step

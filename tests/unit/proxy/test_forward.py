@@ -9,8 +9,20 @@ import socket
 import pytest
 
 from memwarden.proxy import http
-from memwarden.proxy.forward import TAIL_BYTES, UpstreamFailed, answer_head, forward, passed_on, reported_load_ns
-from memwarden.proxy.upstream import Connection, Upstream
+from memwarden.proxy.forward import (
+    TAIL_BYTES,
+    Connection,
+    UpstreamFailed,
+    answer_head,
+    forward,
+    passed_on,
+    reported_load_ns,
+)
+from memwarden.proxy.upstream import Origin, Pool
+
+
+def streams(url: str) -> Pool[Connection]:
+    return Pool(Origin.of(url), Connection.open)
 
 
 class Sink:
@@ -76,7 +88,7 @@ async def test_a_chunked_answer_reaches_the_client_chunk_by_chunk():
         await writer.drain()
 
     async with Upstream1(answer) as up:
-        pool, sink, url = Upstream(up.url), Sink(), up.url
+        pool, sink, url = streams(up.url), Sink(), up.url
         task = asyncio.create_task(forward(pool, "POST", "/api/generate", [("Content-Type", "application/json")],
                                            b'{"model":"m"}', 13, sink, True, True))
         while b'{"a"}' not in sink.data:  # the first line is out while Ollama still holds the second
@@ -106,7 +118,7 @@ async def test_the_connection_is_reused_and_a_stale_one_is_retried_on_a_new_one(
             closed.set()
 
     async with Upstream1(answer) as up:
-        pool = Upstream(up.url)
+        pool = streams(up.url)
         for last in ("0", "1"):
             sink = Sink()
             outcome = await forward(pool, "GET", "/api/tags", [("X-Last", last)], None, None, sink, True, True)
@@ -127,7 +139,7 @@ async def test_ollama_unreachable_is_upstream_failed_for_the_caller_to_answer_50
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # bound, never listening: connections are refused
         with pytest.raises(UpstreamFailed):
-            await forward(Upstream(f"http://127.0.0.1:{port}"), "GET", "/api/tags", [], None, None, Sink(), True,
+            await forward(streams(f"http://127.0.0.1:{port}"), "GET", "/api/tags", [], None, None, Sink(), True,
                           True)
 
 
@@ -142,7 +154,7 @@ async def test_a_streamed_body_goes_up_chunked_and_an_answer_to_http10_ends_with
 
     async with Upstream1(answer) as up:
         sink = Sink()
-        outcome = await forward(Upstream(up.url), "POST", "/api/blobs/x", [], stream(), None, sink, False, True)
+        outcome = await forward(streams(up.url), "POST", "/api/blobs/x", [], stream(), None, sink, False, True)
     assert up.heads[0].chunked and up.bodies == [b"one two"]
     assert outcome.status == 201 and not outcome.keep_alive
     head, _, rest = bytes(sink.data).partition(b"\r\n\r\n")
@@ -169,7 +181,7 @@ async def test_a_streamed_answers_tail_holds_its_final_object_however_long_the_a
         await writer.drain()
 
     async with Upstream1(answer) as up:
-        outcome = await asyncio.wait_for(forward(Upstream(up.url), "POST", "/api/generate", [], b"{}", 2, Sink(),
+        outcome = await asyncio.wait_for(forward(streams(up.url), "POST", "/api/generate", [], b"{}", 2, Sink(),
                                                  True, True), 5)
     assert len(outcome.tail) <= TAIL_BYTES
     assert reported_load_ns(outcome.tail) == 250_000_000
@@ -187,7 +199,7 @@ async def test_an_answer_that_breaks_before_any_of_it_is_passed_on_is_upstream_f
     async with Upstream1(head_then_hang_up) as up:
         sink = Sink()
         with pytest.raises(UpstreamFailed):
-            await forward(Upstream(up.url), "POST", "/api/generate", [], b"{}", 2, sink, True, True)
+            await forward(streams(up.url), "POST", "/api/generate", [], b"{}", 2, sink, True, True)
         assert sink.data == b""
 
 

@@ -10,7 +10,8 @@ import pytest
 
 from memwarden.proxy import http
 from memwarden.proxy.forward import TAIL_BYTES, ClientGone, Outcome, UpstreamFailed, reported_load_ns
-from memwarden.proxy.hop import Exchange, Pool
+from memwarden.proxy.hop import Exchange, UpstreamConnection
+from memwarden.proxy.upstream import Origin, Pool
 
 from .test_forward import Upstream1
 
@@ -39,14 +40,16 @@ class Client:
         self.paused = False
 
 
-def pool_for(url: str) -> Pool:
-    host, _, port = url.removeprefix("http://").rpartition(":")
-    return Pool(host, int(port))
+def pool_for(url: str) -> Pool[UpstreamConnection]:
+    return Pool(Origin.of(url), UpstreamConnection.open)
 
 
-def exchange(pool: Pool, client: Client, request: bytes, method: str = "POST", keep_alive: bool = True,
-             want_tail: bool = False) -> tuple[Exchange, asyncio.Future[Outcome | UpstreamFailed | ClientGone]]:
-    result: asyncio.Future[Outcome | UpstreamFailed | ClientGone] = asyncio.get_running_loop().create_future()
+Result = asyncio.Future[Outcome | UpstreamFailed | ClientGone]
+
+
+def exchange(pool: Pool[UpstreamConnection], client: Client, request: bytes, method: str = "POST",
+             keep_alive: bool = True, want_tail: bool = False) -> tuple[Exchange, Result]:
+    result: Result = asyncio.get_running_loop().create_future()
     ex = Exchange(pool, client, method, request, keep_alive, result.set_result, want_tail=want_tail)  # type: ignore[arg-type]
     ex.start()
     return ex, result
@@ -117,7 +120,7 @@ async def test_ollama_unreachable_is_upstream_failed_with_nothing_sent():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # bound, never listening: connections are refused
         client = Client()
-        _, result = exchange(Pool("127.0.0.1", port), client, GENERATE)
+        _, result = exchange(pool_for(f"http://127.0.0.1:{port}"), client, GENERATE)
         assert isinstance(await asyncio.wait_for(result, 5), UpstreamFailed) and not client.transport.data
 
 
@@ -260,7 +263,7 @@ async def test_what_the_answers_head_tells_is_told_once_after_its_first_bytes_le
     async with Upstream1(answer) as up:
         client = Client()
         told: list[tuple[int, bytes]] = []
-        result: asyncio.Future[Outcome | UpstreamFailed | ClientGone] = asyncio.get_running_loop().create_future()
+        result: Result = asyncio.get_running_loop().create_future()
         Exchange(pool_for(up.url), client, "POST", GENERATE, True, result.set_result,  # type: ignore[arg-type]
                  lambda status: told.append((status, bytes(client.transport.data)))).start()
         await asyncio.wait_for(result, 5)
