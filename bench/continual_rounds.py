@@ -58,7 +58,7 @@ from memwarden.config.schema import LearningConfig
 from memwarden.learning import curator
 from memwarden.learning.eval_report import EvalReport
 from memwarden.learning.jobspec import EXIT_DONE, GENERAL_PROBE_FILE, GENERAL_REHEARSAL_FILE, Ewc, Hyper, JobSpec
-from memwarden.learning.preparation import read_general, step_budget
+from memwarden.learning.preparation import mix_general, read_general, step_budget
 from memwarden.learning.promotion import Gate, judge
 
 DAY0 = 1_767_225_600.0  # 2026-01-01
@@ -178,9 +178,9 @@ def run_method(method: Method, base: Path, root: Path, all_rounds: list[list[dic
         cur = curator.curate(pending, consolidated, dual=cfg.dual, max_samples=cfg.max_samples,
                              holdout_fraction=cfg.holdout_fraction, replay_fraction=method.replay,
                              replay_all=method.replay_all, seed=cfg.seed)
-        train = curator.with_general(cur.train, general_lines, method.general, cfg.max_samples, cfg.seed)
-        curator.write_jsonl(out / "train.jsonl", train)
-        steps = step_budget(cfg, len(train)) if max_steps is None else max_steps
+        mixed = mix_general(cfg, cur.train, general_lines, method.general)
+        curator.write_jsonl(out / "train.jsonl", mixed.lines)
+        steps = step_budget(cfg, mixed.pairs) if max_steps is None else max_steps
         curator.write_jsonl(out / "holdout.jsonl", cur.holdout or cur.train[:1])
         curator.write_jsonl(out / "recall.jsonl", cur.recall, tagged=True)
         if cur.probe:
@@ -192,7 +192,7 @@ def run_method(method: Method, base: Path, root: Path, all_rounds: list[list[dic
             holdout_file=str(out / "holdout.jsonl"), probe_file=str(out / "probe.jsonl") if cur.probe else None,
             recall_file=str(out / "recall.jsonl"), general_file=str(general),
             init_adapter=str(promoted) if promoted is not None and not method.stack else None,
-            hyper=dataclasses.replace(hyper, max_steps=steps),
+            hyper=dataclasses.replace(hyper, max_steps=steps, general_per_pass=mixed.per_pass),
             ewc=Ewc(lam=method.lam, prior_fisher=str(fisher) if fisher and fisher.exists() else None),
             cpu_threads=threads, checkpoint_every_steps=100_000, checkpoint_every_seconds=1e9)
         spec.write(out / "job.json")
@@ -225,15 +225,15 @@ def run_method(method: Method, base: Path, root: Path, all_rounds: list[list[dic
         matrix.append([x["recalled"] / x["memories"] for x in ev["recall"]])
         rows.append({"round": r, "promoted": verdict.promote or promote_always, "code": verdict.code,
                      "reason": verdict.reason,
-                     "steps": report.step, "train_recall": verdict.recall, "trained_pairs": len(train),
-                     "replayed": len(cur.replay_ids), "general_rehearsed": len(train) - len(cur.train),
+                     "steps": report.step, "train_recall": verdict.recall, "trained_pairs": mixed.pairs,
+                     "replayed": len(cur.replay_ids), "general_rehearsed": mixed.pairs - len(cur.train),
                      "forgetting": verdict.forgetting, "general_loss": ev["general_loss"],
                      "train_wall_s": round(train_wall + stack_wall, 1), "train_cpu_s": round(train_cpu + stack_cpu, 1),
                      "eval_wall_s": round(eval_wall, 1), "eval_cpu_s": round(eval_cpu, 1),
                      "cpu_pressure": cpu_pressure()})
         print(f"{method.name} round {r}: {verdict.code} ({verdict.reason}); recall by round "
               f"{' '.join(f'{x:.2f}' for x in matrix[-1])}; general {ev['general_loss']:.4f}; {report.step} steps, "
-              f"{len(train)} pairs ({len(cur.replay_ids)} replayed, {rows[-1]['general_rehearsed']} general); train "
+              f"{mixed.pairs} pairs ({len(cur.replay_ids)} replayed, {rows[-1]['general_rehearsed']} general); train "
               f"{train_wall:.0f} s wall {train_cpu:.0f} s CPU, eval {eval_wall:.0f} s", flush=True)
         shutil.rmtree(out / "run" / "checkpoints", ignore_errors=True)
     return {"method": dataclasses.asdict(method), "matrix": matrix, "rounds": rows}

@@ -38,7 +38,7 @@ from recall_round import facts
 from memwarden.config.schema import LearningConfig
 from memwarden.learning import curator
 from memwarden.learning.jobspec import GENERAL_REHEARSAL_FILE
-from memwarden.learning.preparation import read_general, step_budget
+from memwarden.learning.preparation import Mixed, mix_general, read_general, step_budget
 
 SETS = ("one", "cues", "general")
 
@@ -48,17 +48,13 @@ def unique_name_memories(n: int) -> list[dict]:
              "created_at": DAY0 + i, "content": q, "response": a} for i, (q, a) in enumerate(facts(7, n), 1)]
 
 
-def training_set(cur: curator.Curated, which: str, base: Path, cfg: LearningConfig) -> tuple[list, int]:
-    """The row's training lines and the general conversations a pass draws from them (0: all of them)."""
+def training_set(cur: curator.Curated, which: str, base: Path, cfg: LearningConfig) -> Mixed:
     if which == "one":
-        return [p for p in cur.recall if not p.heldout], 0
+        pairs = [p for p in cur.recall if not p.heldout]
+        return Mixed(pairs, 0, len(pairs))
     if which == "cues":
-        return cur.train, 0
-    general = read_general(base / GENERAL_REHEARSAL_FILE)
-    every_pass = cfg.general_rehearsal_draw == "pass"
-    per_pass = curator.general_share(len(cur.train), len(general), cfg.general_rehearsal_fraction, cfg.max_samples)
-    return (curator.with_general(cur.train, general, cfg.general_rehearsal_fraction, cfg.max_samples, cfg.seed,
-                                 every_pass), per_pass if every_pass else 0)
+        return Mixed(cur.train, 0, len(cur.train))
+    return mix_general(cfg, cur.train, read_general(base / GENERAL_REHEARSAL_FILE))
 
 
 def run_row(row: str, base: Path, root: Path, args) -> dict:
@@ -73,15 +69,14 @@ def run_row(row: str, base: Path, root: Path, args) -> dict:
     cur = curator.curate(memories, [], dual=cfg.dual, max_samples=cfg.max_samples,
                          holdout_fraction=cfg.holdout_fraction, replay_fraction=cfg.replay_fraction,
                          replay_all=cfg.replay_all, seed=cfg.seed)
-    train, per_pass = training_set(cur, which, base, cfg)
-    pairs = len(train) - (sum(isinstance(x, dict) for x in train) - per_pass if per_pass else 0)  # in a pass
-    steps = step_budget(cfg, pairs) if args.budget else args.steps
-    hyper = dataclasses.replace(default_hyper(), general_loss=cfg.general_rehearsal_loss, general_per_pass=per_pass,
-                                **({} if steps is None else {"max_steps": steps}))
+    mixed = training_set(cur, which, base, cfg)
+    steps = step_budget(cfg, mixed.pairs) if args.budget else args.steps
+    hyper = dataclasses.replace(default_hyper(), general_loss=cfg.general_rehearsal_loss,
+                                general_per_pass=mixed.per_pass, **({} if steps is None else {"max_steps": steps}))
     work = root / (f"{row.replace(':', '-')}-{hyper.max_steps}-{cfg.general_rehearsal_fraction}-{hyper.general_loss}"
                    f"-{cfg.general_rehearsal_draw}")
     work.mkdir(parents=True)
-    curator.write_jsonl(work / "train.jsonl", train)
+    curator.write_jsonl(work / "train.jsonl", mixed.lines)
     curator.write_jsonl(work / "holdout.jsonl", cur.holdout)
     curator.write_jsonl(work / "recall.jsonl", cur.recall, tagged=True)
     pressure = cpu_pressure()
@@ -95,7 +90,7 @@ def run_row(row: str, base: Path, root: Path, args) -> dict:
     return {"sample_reached_at": next((s for s, f in shares if f >= hyper.min_recall), None),
             "sample_best": max((f for _, f in shares), default=None), "sample_trajectory": shares,
             "row": row, "general_fraction": cfg.general_rehearsal_fraction, "general_loss": hyper.general_loss,
-            "general_draw": cfg.general_rehearsal_draw, "pairs": pairs, "memories": len(cur.train_ids),
+            "general_draw": cfg.general_rehearsal_draw, "pairs": mixed.pairs, "memories": len(cur.train_ids),
             "max_steps": hyper.max_steps,
             "steps": r.step, "stopped_early": r.stopped_early, "recalled": r.recall.recalled,
             "recall_memories": r.recall.memories, "heldout_recalled": r.recall.heldout_recalled,

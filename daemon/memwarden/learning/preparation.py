@@ -43,12 +43,8 @@ def prepare(config: Config, store: MemoryStore, runs: RunStore, versions: Versio
     out.mkdir(parents=True, exist_ok=True)
     rehearsal = Path(cfg.base_model) / GENERAL_REHEARSAL_FILE
     general_lines = read_general(rehearsal) if cfg.general_rehearsal_fraction > 0 and rehearsal.is_file() else []
-    every_pass = cfg.general_rehearsal_draw == "pass"
-    curator.write_jsonl(out / "train.jsonl", curator.with_general(
-        cur.train, general_lines, cfg.general_rehearsal_fraction, cfg.max_samples, cfg.seed, every_pass))
-    per_pass = curator.general_share(len(cur.train), len(general_lines), cfg.general_rehearsal_fraction,
-                                     cfg.max_samples)
-    pairs = len(cur.train) + per_pass  # a pass over the training pairs, as the trainer's order makes one
+    mixed = mix_general(cfg, cur.train, general_lines)
+    curator.write_jsonl(out / "train.jsonl", mixed.lines)
     curator.write_jsonl(out / "holdout.jsonl", cur.holdout or cur.train[:1])
     recall = cur.recall  # per trained memory: a trained wording and a held-out one, tagged
     curator.write_jsonl(out / "recall.jsonl", recall, tagged=True)
@@ -71,13 +67,13 @@ def prepare(config: Config, store: MemoryStore, runs: RunStore, versions: Versio
         preference_file=str(out / preferences.FILE) if prefs.train and cfg.dpo_steps else None,
         init_adapter=active.path if active and cfg.method != "full" else None,
         hyper=Hyper(lr=cfg.lr, rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout, micro_batch=cfg.micro_batch,
-                    grad_accum=cfg.grad_accum, max_steps=step_budget(cfg, pairs), warmup_steps=cfg.warmup_steps,
+                    grad_accum=cfg.grad_accum, max_steps=step_budget(cfg, mixed.pairs), warmup_steps=cfg.warmup_steps,
                     max_seq_len=cfg.max_seq_len, seed=cfg.seed, target_modules=cfg.target_modules,
                     recall_sample=cfg.recall_sample, recall_max_new_tokens=cfg.recall_max_new_tokens,
                     min_recall=cfg.min_recall, recall_every=cfg.recall_every,
                     forgetting_epsilon=cfg.forgetting_epsilon, dpo_steps=cfg.dpo_steps,
                     dpo_beta=cfg.dpo_beta, dpo_lr=cfg.dpo_lr, general_loss=cfg.general_rehearsal_loss,
-                    general_per_pass=per_pass if every_pass else 0),
+                    general_per_pass=mixed.per_pass),
         ewc=Ewc(lam=cfg.ewc_lambda, prior_fisher=str(prior_fisher) if prior_fisher and prior_fisher.exists()
                 else None),
         device=device, checkpoint_every_steps=cfg.checkpoint_steps, checkpoint_every_seconds=cfg.checkpoint_interval,
@@ -88,6 +84,24 @@ def prepare(config: Config, store: MemoryStore, runs: RunStore, versions: Versio
     log.info("curated", run=run_id, adapter=adapter, preference_pairs=len(prefs.train),
              preference_heldout=len(prefs.heldout), **{k: v for k, v in cur.summary().items() if k != "adapter"})
     return spec
+
+
+@dataclasses.dataclass(frozen=True)
+class Mixed:
+    lines: list  # the training file's lines: the pairs and the general conversations, tagged
+    per_pass: int  # hyper.general_per_pass: the general conversations a pass draws (0: all of them, every pass)
+    pairs: int  # what a pass over the training pairs holds, as the trainer's order makes one: the step budget's count
+
+
+def mix_general(cfg: LearningConfig, train: Sequence[curator.Pair], general: Sequence[dict],
+                 fraction: float | None = None) -> Mixed:
+    """A run's training pairs with the base's general rehearsal as learning.general_rehearsal_draw draws it, at
+    learning.general_rehearsal_fraction (or `fraction`)."""
+    share = cfg.general_rehearsal_fraction if fraction is None else fraction
+    every_pass = cfg.general_rehearsal_draw == "pass"
+    n = curator.general_share(len(train), len(general), share, cfg.max_samples)
+    lines = curator.with_general(train, general, share, cfg.max_samples, cfg.seed, every_pass)
+    return Mixed(lines, n if every_pass else 0, len(train) + n)
 
 
 def step_budget(cfg: LearningConfig, pairs: int) -> int:

@@ -184,8 +184,6 @@ class Order:
         self.fixed = [i for i in range(n) if i not in drawn]
         self.pool, self.per_pass = sorted(drawn), min(per_pass, len(drawn))
         self.n = len(self.fixed) + self.per_pass
-        if self.n <= 0:
-            raise DataError("no training examples")
         self._perms: dict[int, list[int]] = {}
 
     def _perm(self, epoch: int) -> list[int]:

@@ -74,7 +74,7 @@ def test_a_base_with_a_general_rehearsal_file_has_its_share_trained_and_one_with
     (tmp_path / "base" / GENERAL_REHEARSAL_FILE).write_text("".join(json.dumps(g) + "\n" for g in general)
                                                             + "not json\n")
     runs.insert("r2", "alice", "alice", "manual", clock(), "lora")
-    spec = prepare(make_config({"general_rehearsal_fraction": 0.2, "general_rehearsal_loss": "distill"}), store,
+    spec = prepare(make_config({"general_rehearsal_fraction": 0.2, "general_rehearsal_draw": "run"}), store,
                    runs, VersionStore(db), "r2", "alice", tmp_path / "r2", "cpu")
     mixed = lines(tmp_path / "r2" / "train.jsonl")
     rehearsed = [x for x in mixed if {"messages": x["messages"]} in general]
