@@ -60,3 +60,12 @@ def test_a_full_fine_tune_learns_general_rehearsal_as_text_and_says_so(demo_base
     assert_done(rc, events, err)
     assert FULL_NOTE in of(events, "start")[0]["notes"]
     assert min(s["loss"] for s in of(events, "step")) > 0.01  # cross-entropy on the general text
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes is not installed")
+def test_on_a_4bit_base_the_adapter_is_disabled_for_the_base_s_distribution_too(demo_base, tmp_path):
+    rc, events, err = run(general_only_job(demo_base, tmp_path, "qlora", "distill", steps=2))
+    assert_done(rc, events, err)
+    start = of(events, "start")[0]
+    assert start["quantized_layers"] > 0 and start["notes"] == []
+    assert of(events, "step")[0]["loss"] < 1e-4  # the 4-bit base against itself: nothing to distil yet
