@@ -99,10 +99,7 @@ def simulate(seeds: list[int], length: int, n_models: int, budget: int) -> dict[
 
 def main() -> int:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--models", type=int, default=20)
-    p.add_argument("--budget-gb", type=float, default=12.0)
-    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    p.add_argument("--length", type=int, default=20000)
+    sh.add_trace_options(p)
     args = p.parse_args()
     exit_cleanly_on_sigterm()
     started = time.monotonic()

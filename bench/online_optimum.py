@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from _common import emit, exit_cleanly_on_sigterm, parser, table
 from _yardsticks import run_known_popularity
-from scheduler_hitrate import FAMILIES, GB, load_seconds, make_models, run_belady, run_memwarden
+from scheduler_hitrate import FAMILIES, GB, add_trace_options, load_seconds, make_models, run_belady, run_memwarden
 
 SKIPPED = {"sessions": "requests are not drawn independently (runs of one model)"}
 
@@ -150,10 +150,7 @@ def family_figures(family: str, seed: int, n: int, length: int, budget: int, dra
 
 def main() -> int:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--models", type=int, default=20, help="number of models (default 20)")
-    p.add_argument("--budget-gb", type=float, default=12.0, help="VRAM budget in GB (default 12)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="random seeds (default 1 2 3)")
-    p.add_argument("--length", type=int, default=20000, help="requests per trace (default 20000)")
+    add_trace_options(p)
     p.add_argument("--draws", type=int, default=3, help="traces drawn per law for Belady's mean (default 3)")
     p.add_argument("--families", nargs="+", default=[f for f in FAMILIES if f not in SKIPPED],
                    help="families to solve (default: every one whose requests are independent)")
