@@ -69,9 +69,9 @@ def variants() -> dict[str, Variant]:
         "no staleness bound": (run_demand(), {"DEMAND_STALE": float("inf")}),
         "cost = 1": (run_demand(), {"load_time": lambda entry: 1.0}),
     }
-    for h in (100.0, 600.0):
+    for h in (100.0, 150.0, 400.0, 600.0):
         out[f"half-life {h:g}"] = (run_demand(), {"DEMAND_HALF_LIFE": h})
-    for c in (1.0, 4.0):
+    for c in (1.0, 3.0, 4.0):
         out[f"staleness bound {c:g}"] = (run_demand(), {"DEMAND_STALE": c})
     out[sh.KNOWN] = (sh.POLICIES[sh.KNOWN], {})
     return out
