@@ -97,9 +97,11 @@ def over_horizon(d: Decisions, laws: Sequence[np.ndarray], hit: float, miss: np.
     return float(value[d.empty]) / len(laws)
 
 
-def long_run(d: Decisions, law: np.ndarray, hit: float, miss: np.ndarray, tol: float = 1e-9) -> float:
-    """The best long-run reward per request under one law (relative value iteration, averaged with the last
-    value so that the iteration converges whatever the chain's period)."""
+def long_run(d: Decisions, law: np.ndarray, hit: float, miss: np.ndarray,
+             tol: float = 1e-9) -> tuple[float, np.ndarray]:
+    """The best long-run reward per request under one law, and each resident set's value relative to an empty
+    VRAM's (relative value iteration, averaged with the last value so that the iteration converges whatever the
+    chain's period)."""
     value = np.zeros(len(d.member))
     for _ in range(100_000):
         step = bellman(d, value, law, hit, miss) - value
@@ -107,7 +109,7 @@ def long_run(d: Decisions, law: np.ndarray, hit: float, miss: np.ndarray, tol: f
         value = value + step / 2
         value -= value[d.empty]
         if hi - lo < tol:
-            return (lo + hi) / 2
+            return (lo + hi) / 2, value
     raise RuntimeError("relative value iteration did not converge")
 
 
@@ -126,8 +128,8 @@ def family_figures(family: str, seed: int, n: int, length: int, budget: int, dra
     d = decisions(sizes, budget)
     cost = np.array([load_seconds(s) for s in sizes])
     if stationary:
-        hit_rate = long_run(d, laws[0], 1.0, np.zeros(n))
-        stall = -long_run(d, laws[0], 0.0, -cost)
+        hit_rate = long_run(d, laws[0], 1.0, np.zeros(n))[0]
+        stall = -long_run(d, laws[0], 0.0, -cost)[0]
     else:
         hit_rate = over_horizon(d, laws, 1.0, np.zeros(n))
         stall = -over_horizon(d, laws, 0.0, -cost)

@@ -21,24 +21,12 @@ from collections.abc import Sequence
 
 import numpy as np
 from _common import emit, exit_cleanly_on_sigterm, parser, table
-from online_optimum import Decisions, bellman, decisions
+from online_optimum import decisions, long_run
 from scheduler_hitrate import FAMILIES, GB, add_trace_options, load_seconds, make_models, memwarden_step
 
 from memwarden.policies import cache
 
 EARLY = 1000  # requests after a change of law counted as learning it
-
-
-def relative_values(d: Decisions, law: np.ndarray, hit: float, miss: np.ndarray, tol: float = 1e-9) -> np.ndarray:
-    """The optimum's relative value of each resident set under one law (relative value iteration)."""
-    value = np.zeros(len(d.member))
-    for _ in range(100_000):
-        step = bellman(d, value, law, hit, miss) - value
-        value = value + step / 2
-        value -= value[d.empty]
-        if float(step.max() - step.min()) < tol:
-            return value
-    raise RuntimeError("relative value iteration did not converge")
 
 
 def known_popularity_set(resident: set[int], m: int, law: np.ndarray, sizes: Sequence[int], budget: int) -> int:
@@ -70,7 +58,7 @@ def family_partings(family: str, seed: int, n: int, length: int, budget: int, ob
             last_law, changed_at = law.tobytes(), t
         value = solved.get(last_law)
         if value is None:
-            value = solved[last_law] = relative_values(d, law, hit, miss)
+            value = solved[last_law] = long_run(d, law, hit, miss)[1]
         before = set(resident)
         state, was_hit = memwarden_step(state, "demand", names[m], sizes[m], float(t), budget)
         resident = {names.index(e.name) for e in state.resident()}
