@@ -96,7 +96,7 @@ def torch_threads(given: int | None, device: str, environ: Mapping[str, str], cp
 def leave_out_bitsandbytes(method: str, modules: dict[str, Any]) -> None:
     """A job that quantizes nothing (every method but qlora) runs without bitsandbytes: peft imports it whenever
     it is installed, and with it torch's inductor and a look-up of a kernel hub, 1.8 s of CPU in each trainer
-    process, two a run (BENCHMARKS.md, Recall 5h). None in sys.modules makes `import bitsandbytes` fail and
+    process, two a run (BENCHMARKS.md, Recall 5j). None in sys.modules makes `import bitsandbytes` fail and
     find_spec answer None, as if it were not installed, which peft and transformers allow for."""
     if method != "qlora":
         modules.setdefault("bitsandbytes", None)
