@@ -1,11 +1,12 @@
 """Where a run's CPU goes: the dry run and the run of one kept round, each in a trainer process of its own.
 
 A round's run directory as bench/daemon_rounds.py keeps it (WORK/NAME/roundNN/run: the curated files, dry.json and
-job.run.json) is copied to --work with its paths rewritten there, and each phase is trained as the daemon trains it
-(`python -m memwarden.training`'s main()), in a child that adds up the process's CPU time (user + system) spent in
-each part of the trainer: the imports (torch, then transformers and peft), the model's build, the data, the
-evaluations before and after, the training steps, the early stop's recall checks, the checkpoints, the EWC Fisher
-and the export; what is left is the interpreter and the parts between. The children run one after the other.
+job.run.json; a later round's also the version it continues from, --init) is copied to --work with its paths
+rewritten there, and each phase is trained as the daemon trains it (`python -m memwarden.training`'s main()), in a
+child that adds up the process's CPU time (user + system) spent in each part of the trainer: the imports (torch,
+then transformers and peft), the model's build, the data, the evaluations before and after, the training steps, the
+early stop's recall checks, the checkpoints, the EWC Fisher and the export; what is left is the interpreter and the
+parts between. The children run one after the other.
 """
 
 from __future__ import annotations
@@ -55,8 +56,7 @@ def child(spec_path: str) -> None:
             started = time.process_time()
             inside.append(part)
             try:
-                out = wrapped(*args, **kwargs)
-                return list(out) if hasattr(out, "__next__") else out
+                return wrapped(*args, **kwargs)
             finally:
                 inside.pop()
                 if not inside:  # a part called within another is that one's (a recall within a check)
