@@ -18,7 +18,7 @@ then the promoted version in the state directory (state/adapters/bench/vN) is sc
 evaluation child on every round's facts so far and the general probe: the same matrix, average final recall,
 BWT, general drift and wall per round as that bench, tabulated by its own code. Wall per round is from the import
 to the verdict (the daemon's trigger, lease, dry run, trainer and promotion); CPU per round is the daemon's and
-its reaped children's (the trainer's) user + system time.
+its reaped children's (the dry run's and the trainer's) user + system time, the daemon's own beside it.
 """
 
 from __future__ import annotations
@@ -72,9 +72,10 @@ def ctl(d: DaemonProcess, *args: str, timeout: float = 120.0) -> subprocess.Comp
                           text=True, timeout=timeout)
 
 
-def daemon_cpu(pid: int) -> float:
+def daemon_cpu(pid: int) -> tuple[float, float]:
+    """(the daemon's own CPU seconds, with its reaped children's: the dry run's and the trainer's)"""
     t = psutil.Process(pid).cpu_times()
-    return t.user + t.system + t.children_user + t.children_system
+    return t.user + t.system, t.user + t.system + t.children_user + t.children_system
 
 
 def import_memories(d: DaemonProcess, path: Path, mems: list[dict]) -> None:
@@ -118,8 +119,8 @@ def score(work: Path, base: Path, adapter: Path | None, recall_files: list[str],
     return continual_rounds.json_out(stdout), wall
 
 
-def row_of(r: int, run: dict[str, Any], ev: dict[str, Any], wall: float, cpu: float, eval_wall: float
-           ) -> dict[str, Any]:
+def row_of(r: int, run: dict[str, Any], ev: dict[str, Any], wall: float, cpu: tuple[float, float],
+           eval_wall: float) -> dict[str, Any]:
     """One round as continual_rounds.py records it, with the run's own figures from `train history`."""
     e = run.get("eval") or {}
     return {"round": r, "run": run["id"], "trigger": run["trigger"], "promoted": run["state"] == "promoted",
@@ -130,7 +131,8 @@ def row_of(r: int, run: dict[str, Any], ev: dict[str, Any], wall: float, cpu: fl
             "probe": f"{e.get('probe_recall_before_recalled')}→{e.get('probe_recall_after_recalled')}"
                      f"/{e.get('probe_recall_before_memories')}",
             "run_general_loss": [e.get("general_loss_before"), e.get("general_loss_after")],
-            "general_loss": ev["general_loss"], "train_wall_s": round(wall, 1), "train_cpu_s": round(cpu, 1),
+            "general_loss": ev["general_loss"], "train_wall_s": round(wall, 1), "train_cpu_s": round(cpu[1], 1),
+            "daemon_own_cpu_s": round(cpu[0], 1),
             "eval_wall_s": round(eval_wall, 1), "cpu_pressure": cpu_pressure()}
 
 
@@ -143,10 +145,11 @@ def run_rounds(d: DaemonProcess, base: Path, work: Path, all_rounds: list[list[d
         out = work / f"round{r:02d}"
         out.mkdir(parents=True)
         recall_files.append(str(continual_rounds.fact_recall_file(out / "facts.jsonl", mems)))
-        started, cpu = time.monotonic(), daemon_cpu(d.pid)
+        started, cpu_at_import = time.monotonic(), daemon_cpu(d.pid)
         import_memories(d, out / "memories.jsonl", mems)
         run = run_round(d, timeout)
-        wall, cpu = time.monotonic() - started, daemon_cpu(d.pid) - cpu
+        wall, cpu_now = time.monotonic() - started, daemon_cpu(d.pid)
+        cpu = (cpu_now[0] - cpu_at_import[0], cpu_now[1] - cpu_at_import[1])
         # the daemon's state directory goes with it: its run (curated sets, job spec, trainer log, eval) stays here
         shutil.copytree(d.workdir / "state" / "runs" / run["id"], out / "run",
                         ignore=shutil.ignore_patterns("checkpoints"))
@@ -157,7 +160,8 @@ def run_rounds(d: DaemonProcess, base: Path, work: Path, all_rounds: list[list[d
         rows.append(row_of(r, run, ev, wall, cpu, eval_wall))
         print(f"round {r}: {run['state']} ({rows[-1]['reason']}); {rows[-1]['steps']} steps; recall by round "
               f"{' '.join(f'{x:.2f}' for x in matrix[-1])}; general {ev['general_loss']:.4f}; "
-              f"{wall:.0f} s wall {cpu:.0f} s CPU, eval {eval_wall:.0f} s", flush=True)
+              f"{wall:.0f} s wall {cpu[1]:.1f} s CPU ({cpu[0]:.1f} s the daemon's own), eval {eval_wall:.0f} s",
+              flush=True)
     return {"matrix": matrix, "rounds": rows}
 
 

@@ -69,9 +69,9 @@ def variants() -> dict[str, Variant]:
         "no staleness bound": (run_demand(), {"DEMAND_STALE": float("inf")}),
         "cost = 1": (run_demand(), {"load_time": lambda entry: 1.0}),
     }
-    for h in (100.0, 600.0):
+    for h in (100.0, 150.0, 400.0, 600.0):
         out[f"half-life {h:g}"] = (run_demand(), {"DEMAND_HALF_LIFE": h})
-    for c in (1.0, 4.0):
+    for c in (1.0, 3.0, 4.0):
         out[f"staleness bound {c:g}"] = (run_demand(), {"DEMAND_STALE": c})
     out[sh.KNOWN] = (sh.POLICIES[sh.KNOWN], {})
     return out
@@ -99,10 +99,7 @@ def simulate(seeds: list[int], length: int, n_models: int, budget: int) -> dict[
 
 def main() -> int:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--models", type=int, default=20)
-    p.add_argument("--budget-gb", type=float, default=12.0)
-    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    p.add_argument("--length", type=int, default=20000)
+    sh.add_trace_options(p)
     args = p.parse_args()
     exit_cleanly_on_sigterm()
     started = time.monotonic()

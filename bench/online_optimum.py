@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from _common import emit, exit_cleanly_on_sigterm, parser, table
 from _yardsticks import run_known_popularity
-from scheduler_hitrate import FAMILIES, GB, load_seconds, make_models, run_belady, run_memwarden
+from scheduler_hitrate import FAMILIES, GB, add_trace_options, load_seconds, make_models, run_belady, run_memwarden
 
 SKIPPED = {"sessions": "requests are not drawn independently (runs of one model)"}
 
@@ -97,9 +97,11 @@ def over_horizon(d: Decisions, laws: Sequence[np.ndarray], hit: float, miss: np.
     return float(value[d.empty]) / len(laws)
 
 
-def long_run(d: Decisions, law: np.ndarray, hit: float, miss: np.ndarray, tol: float = 1e-9) -> float:
-    """The best long-run reward per request under one law (relative value iteration, averaged with the last
-    value so that the iteration converges whatever the chain's period)."""
+def long_run(d: Decisions, law: np.ndarray, hit: float, miss: np.ndarray,
+             tol: float = 1e-9) -> tuple[float, np.ndarray]:
+    """The best long-run reward per request under one law, and each resident set's value relative to an empty
+    VRAM's (relative value iteration, averaged with the last value so that the iteration converges whatever the
+    chain's period)."""
     value = np.zeros(len(d.member))
     for _ in range(100_000):
         step = bellman(d, value, law, hit, miss) - value
@@ -107,7 +109,7 @@ def long_run(d: Decisions, law: np.ndarray, hit: float, miss: np.ndarray, tol: f
         value = value + step / 2
         value -= value[d.empty]
         if hi - lo < tol:
-            return (lo + hi) / 2
+            return (lo + hi) / 2, value
     raise RuntimeError("relative value iteration did not converge")
 
 
@@ -126,8 +128,8 @@ def family_figures(family: str, seed: int, n: int, length: int, budget: int, dra
     d = decisions(sizes, budget)
     cost = np.array([load_seconds(s) for s in sizes])
     if stationary:
-        hit_rate = long_run(d, laws[0], 1.0, np.zeros(n))
-        stall = -long_run(d, laws[0], 0.0, -cost)
+        hit_rate = long_run(d, laws[0], 1.0, np.zeros(n))[0]
+        stall = -long_run(d, laws[0], 0.0, -cost)[0]
     else:
         hit_rate = over_horizon(d, laws, 1.0, np.zeros(n))
         stall = -over_horizon(d, laws, 0.0, -cost)
@@ -150,10 +152,7 @@ def family_figures(family: str, seed: int, n: int, length: int, budget: int, dra
 
 def main() -> int:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--models", type=int, default=20, help="number of models (default 20)")
-    p.add_argument("--budget-gb", type=float, default=12.0, help="VRAM budget in GB (default 12)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="random seeds (default 1 2 3)")
-    p.add_argument("--length", type=int, default=20000, help="requests per trace (default 20000)")
+    add_trace_options(p)
     p.add_argument("--draws", type=int, default=3, help="traces drawn per law for Belady's mean (default 3)")
     p.add_argument("--families", nargs="+", default=[f for f in FAMILIES if f not in SKIPPED],
                    help="families to solve (default: every one whose requests are independent)")

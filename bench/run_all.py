@@ -11,7 +11,8 @@ container) add about 10 minutes more, the systemd executor against the subproces
 the same container, runs of the demo model in it) about 5, and the control-socket ones (status under a connection
 flood from another uid, the loop stall under pages nobody reads) about 2 minutes.
 proxy_latency.py also measures BASTION when its executable is at $BASTION_BIN (default
-/tmp/bastion-venv/bin/bastion), and reports it as unavailable otherwise.
+/tmp/bastion-venv/bin/bastion), and reports it as unavailable otherwise; proxy_wire.py (about 15 s) reads packets
+with a raw socket, and says it skipped without root.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from _common import exit_cleanly_on_sigterm, machine, parser
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 SCRIPTS = ("daemon_footprint.py", "status_latency.py", "startup.py", "proxy_latency.py", "proxy_hit_path.py",
-           "scheduler_hitrate.py",
+           "proxy_wire.py", "scheduler_hitrate.py",
            "decision_time.py", "lease_latency.py", "memory_ingest.py", "container_sample_cost.py",
            "leak_detection.py", "trainer_throughput.py", "forgetting.py", "preemption_latency.py",
            "rss_24h.py", "fuzz_counts.py", "systemd_start.py", "proxy_body_memory.py", "socket_fairness.py",

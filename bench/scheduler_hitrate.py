@@ -31,6 +31,7 @@ Decision time: memwarden's state work per request (the steps above) with 10,000 
 
 from __future__ import annotations
 
+import argparse
 import bisect
 import random
 import sys
@@ -263,6 +264,14 @@ def simulate(seeds: Sequence[int], length: int, n_models: int, budget: int) -> d
     return out
 
 
+def add_trace_options(p: argparse.ArgumentParser) -> None:
+    """The options that choose the traces, shared by every bench that replays them."""
+    p.add_argument("--models", type=int, default=20, help="number of models (default 20)")
+    p.add_argument("--budget-gb", type=float, default=12.0, help="VRAM budget in GB (default 12)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="random seeds (default 1 2 3)")
+    p.add_argument("--length", type=int, default=20000, help="requests per trace (default 20000)")
+
+
 def decision_times(n_models: int, budget: int, requests: int, warmup: int) -> dict[str, dict[str, float]]:
     """Per-request state work (µs) with `n_models` tracked, for each memwarden policy."""
     rng = random.Random("decision")
@@ -285,10 +294,7 @@ def decision_times(n_models: int, budget: int, requests: int, warmup: int) -> di
 
 def main() -> int:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--models", type=int, default=20, help="number of models (default 20)")
-    p.add_argument("--budget-gb", type=float, default=12.0, help="VRAM budget in GB (default 12)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="random seeds (default 1 2 3)")
-    p.add_argument("--length", type=int, default=20000, help="requests per trace (default 20000)")
+    add_trace_options(p)
     p.add_argument("--decision-models", type=int, default=10000, help="models for the decision time (10000)")
     p.add_argument("--decision-requests", type=int, default=2000, help="timed requests (default 2000)")
     args = p.parse_args()

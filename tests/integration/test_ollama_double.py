@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -549,6 +551,37 @@ def test_every_connection_sends_without_nagles_delay(od):
     od.generate("alpha", "hi")
     od.get("/api/tags")
     assert [r["nodelay"] for r in od.state()["requests"]] == [True, True]
+
+
+def streamed_generate(od: OllamaDouble, model: str) -> socket.socket:
+    """A streamed /api/generate sent on a socket of its own, its answer left to read."""
+    body = json.dumps({"model": model, "prompt": "hi"}).encode()
+    sock = socket.create_connection(("127.0.0.1", od.port), timeout=20)
+    sock.sendall(b"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    return sock
+
+
+def streamed_generate_after(od: OllamaDouble, busy: socket.socket) -> socket.socket:
+    """A second streamed request, sent once the first has its first line (and so holds the model's slot)."""
+    seen = b""
+    while b'"response"' not in seen:
+        data = busy.recv(65536)
+        assert data, "the busy answer ended before its first line"
+        seen += data
+    return streamed_generate(od, "alpha")
+
+
+def test_a_streamed_answers_head_leaves_with_its_first_line_as_ollamas_does(make_double):
+    od = make_double(chunk_delay=0.05)  # one request at a time per model; the canned answer takes ~1 s
+    od.load("alpha", "1h")
+    with contextlib.closing(streamed_generate(od, "alpha")) as busy, \
+            contextlib.closing(streamed_generate_after(od, busy)) as waiting:
+        first = waiting.recv(65536)  # sent while the busy answer holds alpha's only slot
+    head, _, rest = first.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n"), first[:200]
+    assert b'"response"' in rest and rest.endswith(b"\n\r\n"), \
+        f"the head came without the first line (Go's net/http writes them in one piece): {first[:300]!r}"
 
 
 def test_pending_requests_are_served_in_arrival_order_so_a_burst_swaps_on_each_change_of_model(make_double):

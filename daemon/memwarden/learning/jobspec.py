@@ -148,7 +148,7 @@ class JobSpec:
 #   preempted   {step, checkpoint}                                      (then exit 75)
 #   recall      {step, recalled, memories, token_accuracy, sample}          (an early-stop check of recall)
 #   done        {step, final_dir, eval: {holdout_loss_before, holdout_loss_after, probe_loss_before,
-#                probe_loss_after, general_loss_before, general_loss_after}, tokens_per_s,
+#                probe_loss_after, general_loss_before, general_loss_after} (None after a dry run), tokens_per_s,
 #                recall: EvalReport.recall_fields(), stopped_early, preference: eval_report.Preference}
 #   error       {message}
 EVENTS = ("start", "clamp", "step", "eval", "recall", "stage", "checkpoint", "oom_retry", "preempted", "done",

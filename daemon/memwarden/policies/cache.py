@@ -243,21 +243,31 @@ def plan_room(state: CacheState, name: str, need: int, budget: int, policy: str,
               max_resident: int = 0) -> RoomPlan:
     """Victims to evict so `need` more bytes fit under `budget` next to what stays resident — and, with
     max_resident (Ollama's OLLAMA_MAX_LOADED_MODELS), so the count stays under the cap, or Ollama would pick a
-    victim itself, by its own order."""
+    victim itself, by its own order. Taken in the policy's order, and none whose room the others already make."""
     others = [e for e in state.resident() if e.name != name]
     used, count = sum(e.size for e in others), len(others)
 
     def fits() -> bool:
         return used + need <= budget and (max_resident <= 0 or count + 1 <= max_resident)
 
-    victims: list[str] = []
+    victims: list[Entry] = []
     for entry in eviction_order(state, policy, exclude=[name]):
         if fits():
             break
-        victims.append(entry.name)
+        victims.append(entry)
         used -= entry.size
         count -= 1
-    return RoomPlan(tuple(victims), fits(), used, budget)
+    if not fits():
+        return RoomPlan(tuple(e.name for e in victims), False, used, budget)
+    # A victim taken early may be one whose room the later, larger ones already make: it stays (the most valuable
+    # tried first), as an eviction that no room needs loses that model's next hit for nothing.
+    needed: list[str] = []
+    for entry in reversed(victims):
+        used, count = used + entry.size, count + 1
+        if not fits():
+            used, count = used - entry.size, count - 1
+            needed.append(entry.name)
+    return RoomPlan(tuple(reversed(needed)), True, used, budget)
 
 
 def estimate_size(entry: Entry | None, installed_size: int | None) -> int:

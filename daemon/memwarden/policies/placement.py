@@ -103,18 +103,26 @@ def holders_on(gpu: Gpu, residents: Sequence[Resident], leases: Sequence[Held]) 
 def _plan_on(gpu: Gpu, size: int, residents: Sequence[Resident], leases: Sequence[Held],
              reserve: int) -> Plan | None:
     avail = available(gpu, leases, reserve)
-    evict: list[str] = []
+    taken: list[Resident] = []
     freed = 0
     for r in residents:  # already in eviction order
         if avail + freed >= size:
             break
         if r.pinned or r.gpu not in (gpu.index, None):
             continue
-        evict.append(r.name)
+        taken.append(r)
         freed += r.size_vram
     if avail + freed < size:
         return None
-    return Plan(gpu.index, tuple(evict), avail, avail + freed, freed)
+    # A model taken early whose room the later, larger victims already make stays loaded (the most valuable tried
+    # first): unloading it would cost its next request a load for nothing.
+    evict: list[str] = []
+    for r in reversed(taken):
+        if avail + freed - r.size_vram >= size:
+            freed -= r.size_vram
+        else:
+            evict.append(r.name)
+    return Plan(gpu.index, tuple(reversed(evict)), avail, avail + freed, freed)
 
 
 def plan_lease(size: int, gpus: Sequence[Gpu], residents: Sequence[Resident], leases: Sequence[Held],

@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from memwarden.learning.gpu_wait import cpu_threads
 
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if spec.nice:
         os.nice(spec.nice)
+    leave_out_bitsandbytes(spec.method, sys.modules)
     from memwarden.training.trainer import Trainer  # torch from here on
 
     threads = torch_threads(spec.cpu_threads, spec.device, os.environ)
@@ -89,6 +91,15 @@ def torch_threads(given: int | None, device: str, environ: Mapping[str, str], cp
     if device != "cpu" or environ.get("OMP_NUM_THREADS"):
         return None
     return cpu_threads(cpus)
+
+
+def leave_out_bitsandbytes(method: str, modules: dict[str, Any]) -> None:
+    """A job that quantizes nothing (every method but qlora) runs without bitsandbytes: peft imports it whenever
+    it is installed, and with it torch's inductor and a look-up of a kernel hub, 1.8 s of CPU in each trainer
+    process, two a run (BENCHMARKS.md, Recall 5j). None in sys.modules makes `import bitsandbytes` fail and
+    find_spec answer None, as if it were not installed, which peft and transformers allow for."""
+    if method != "qlora":
+        modules.setdefault("bitsandbytes", None)
 
 
 def exit_now(code: int) -> None:

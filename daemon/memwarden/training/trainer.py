@@ -11,7 +11,8 @@ into the gradient.
 Checkpoints are written every `checkpoint_every_steps` steps or `checkpoint_every_seconds`, and at the end of
 training; a run starts from the newest complete one. SIGTERM/SIGINT: the current micro-step finishes, the step in
 progress is abandoned (or completed, if it was its last micro-step), a checkpoint of the last completed step is
-written and the trainer exits 75. Evaluation before training is done once and kept in the checkpoints. Training
+written and the trainer exits 75. Evaluation before training is done once and kept in the checkpoints; a dry run
+evaluates nothing, since no report is made of it (it tries the steps, their memory and the data). Training
 stops before max_steps once recall on this run's memories reaches hyper.min_recall and the earlier rounds' probe is
 back within hyper.forgetting_epsilon of its recall before the run (recall.EarlyStop).
 """
@@ -162,10 +163,10 @@ class Trainer:
         if self.built.clamp:
             self.emit.emit("clamp", **self.built.clamp)
         self.check_stop()
-        if self.eval_before is None:
+        if self.eval_before is None and not self.dry:
             self.eval_before = {**self.evaluation.before(self.holdout, self.probe, self.general, self.micro_batch),
                                 "probe_recall": asdict(self.recall_meter.measure(self.probe_items))}
-        self.early.watch_probe(self.probe_items, Recall.from_dict(self.eval_before.get("probe_recall")),
+        self.early.watch_probe(self.probe_items, Recall.from_dict((self.eval_before or {}).get("probe_recall")),
                                h.forgetting_epsilon)
         self._loop()
         self.dpo.run()
@@ -308,8 +309,7 @@ class Trainer:
     def _finish(self) -> int:
         tokens_per_s = round(self.tokens / self.train_seconds, 1) if self.train_seconds > 0 else None
         if self.dry:
-            result = asdict(self._losses())
-            self.emit.emit("done", step=self.step, final_dir=None, eval=result, tokens_per_s=tokens_per_s,
+            self.emit.emit("done", step=self.step, final_dir=None, eval=None, tokens_per_s=tokens_per_s,
                            dry_run=True)
             return EXIT_DONE
         if self.last_ckpt is None or self.last_ckpt[0] != self.step:

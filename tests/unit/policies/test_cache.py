@@ -193,6 +193,35 @@ def test_plan_room_evicts_in_policy_order_until_it_fits():
     assert room.used_after == 4 * GiB
 
 
+def test_plan_room_keeps_an_early_victim_whose_room_a_later_one_already_makes():
+    # LRU takes "small" first, but 2 GiB is not enough; once "big" goes, "small" fits beside the new model.
+    state = resident_state(("small", 2 * GiB, 1.0), ("big", 8 * GiB, 2.0), ("keep", 4 * GiB, 3.0))
+    room = plan_room(state, "new", 8 * GiB, 14 * GiB, "lru")
+    assert room.victims == ("big",)
+    assert room.fits is True
+    assert room.used_after == 6 * GiB
+
+
+def test_plan_room_keeps_no_victim_the_resident_cap_needs_gone():
+    state = resident_state(("small", 2 * GiB, 1.0), ("big", 8 * GiB, 2.0), ("keep", 4 * GiB, 3.0))
+    room = plan_room(state, "new", 8 * GiB, 14 * GiB, "lru", max_resident=2)
+    assert room.victims == ("small", "big")
+    assert room.used_after == 4 * GiB
+
+
+@settings(max_examples=200, deadline=None)
+@given(sizes=st.lists(st.integers(1, 8), min_size=1, max_size=8), need=st.integers(1, 8),
+       budget=st.integers(8, 24), cap=st.integers(0, 5))
+def test_plan_room_evicts_no_model_it_could_keep(sizes, need, budget, cap):
+    state = resident_state(*((f"m{i}", size * GiB, float(i)) for i, size in enumerate(sizes)))
+    room = plan_room(state, "new", need * GiB, budget * GiB, "lru", max_resident=cap)
+    staying = len(sizes) - len(room.victims)
+    if room.fits:
+        for victim in room.victims:
+            kept_bytes = room.used_after + state.entries[victim].size + need * GiB
+            assert kept_bytes > budget * GiB or 0 < cap < staying + 2, f"{victim} need not go"
+
+
 def test_plan_room_does_not_count_or_evict_the_model_itself():
     state = resident_state(("self", 6 * GiB, 0.0), ("other", 4 * GiB, 1.0))
     room = plan_room(state, "self", 6 * GiB, 10 * GiB, "lru")

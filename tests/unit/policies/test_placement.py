@@ -89,6 +89,16 @@ def test_eviction_follows_the_given_order_and_stops_once_it_fits():
     assert plan.available_after == 8 * GiB
 
 
+def test_a_model_whose_room_the_later_larger_victims_already_make_stays_loaded():
+    g = gpu(0, total=16 * GiB, used=16 * GiB)
+    residents = [Resident("small", 2 * GiB, gpu=0), Resident("big", 8 * GiB, gpu=0), Resident("kept", 6 * GiB, gpu=0)]
+    plan = plan_lease(7 * GiB, [g], residents, [], reserve=0)
+    assert isinstance(plan, Plan)
+    assert plan.evict == ("big",) and plan.evicted_bytes == 8 * GiB and plan.available_after == 8 * GiB
+    two = plan_lease(9 * GiB, [g], residents, [], reserve=0)  # now the small one is needed beside the big one
+    assert isinstance(two, Plan) and two.evict == ("small", "big")
+
+
 def test_pinned_models_are_never_evicted():
     g = gpu(0, total=16 * GiB, used=16 * GiB)
     residents = [Resident("pinned", 10 * GiB, gpu=0, pinned=True), Resident("small", 6 * GiB, gpu=0)]

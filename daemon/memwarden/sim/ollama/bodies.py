@@ -74,6 +74,13 @@ def note(request: web.Request, body: dict[str, Any]) -> None:
         entry["keep_alive_given"] = body["keep_alive"] is not None
 
 
+class NDJSONStream(web.StreamResponse):
+    """A streamed answer whose head leaves with its first line, as Ollama's does (Go's net/http holds a head
+    until the handler's first flush, and Ollama flushes after each line): a client reads both in one piece."""
+
+    _send_headers_immediately = False  # aiohttp's own switch, set by web.Response, for a head sent with the body
+
+
 async def send_json(request: web.Request, obj: Any, status: int = 200) -> web.StreamResponse:
     """Write the whole answer now, so that whatever the handler does next happens AFTER the client has it."""
     resp = web.json_response(obj, status=status)

@@ -10,7 +10,18 @@ from typing import Any
 
 from aiohttp import web
 
-from .bodies import NDJSON, BadRequest, error, field, keep_alive_of, note, read_body, send_json, write_line
+from .bodies import (
+    NDJSON,
+    BadRequest,
+    NDJSONStream,
+    error,
+    field,
+    keep_alive_of,
+    note,
+    read_body,
+    send_json,
+    write_line,
+)
 from .goformat import rfc3339
 from .models import Registry
 from .runners import Busy, LoadError, Runner, Settings
@@ -93,7 +104,7 @@ class CompletionRoutes:
         prompt_tokens = max(1, len(prompt.split()))
         resp: web.StreamResponse | None = None
         if stream:
-            resp = web.StreamResponse(headers={"Content-Type": NDJSON})
+            resp = NDJSONStream(headers={"Content-Type": NDJSON})
             await resp.prepare(request)
         async with runner.slots:  # OLLAMA_NUM_PARALLEL requests at a time per runner
             t_eval = time.monotonic_ns()

@@ -10,7 +10,7 @@ import tempfile
 
 from aiohttp import web
 
-from .bodies import NDJSON, error, field, note, read_body, write_line
+from .bodies import NDJSON, NDJSONStream, error, field, note, read_body, write_line
 from .goformat import normalize_name
 from .models import Registry, parse_digest
 
@@ -110,7 +110,7 @@ class LibraryRoutes:
         statuses += ["writing manifest", "success"]
         if not stream:
             return web.json_response({"status": "success"})
-        resp = web.StreamResponse(headers={"Content-Type": NDJSON})
+        resp = NDJSONStream(headers={"Content-Type": NDJSON})
         await resp.prepare(request)
         for status in statuses:
             await write_line(resp, {"status": status})
