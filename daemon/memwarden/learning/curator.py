@@ -332,7 +332,7 @@ def with_general(train: Sequence[Pair], general: Sequence[Mapping[str, Any]], fr
     if fraction <= 0 or not general or not train:
         return list(train)
     n = general_share(len(train), len(general), fraction, max_samples)
-    chosen = (list(general)[: max_samples - len(train)] if every_pass
+    chosen = (list(general)[: max(0, max_samples - len(train))] if every_pass
               else random.Random(f"{seed}:general:{len(train)}").sample(list(general), n))
     out: list[Pair | Mapping[str, Any]] = [*train, *({"messages": g["messages"], "general": True} for g in chosen)]
     random.Random(f"{seed}:general-train").shuffle(out)

@@ -285,6 +285,13 @@ def test_general_rehearsal_is_its_share_of_the_training_set_within_max_samples()
             != {json.dumps(x["messages"]) for x in mixed if isinstance(x, dict)})
 
 
+def test_a_pool_drawn_every_pass_stays_within_max_samples():
+    train = [Pair(i, "journal", f"q{i}", f"a{i}") for i in range(80)]
+    assert len(with_general(train, general(400), 0.2, 2000, seed=42, every_pass=True)) == 480
+    assert len(with_general(train, general(400), 0.2, 90, seed=42, every_pass=True)) == 90
+    assert not [x for x in with_general(train, general(400), 0.2, 60, seed=42, every_pass=True) if isinstance(x, dict)]
+
+
 def test_general_rehearsal_is_tagged_for_the_trainer_and_the_memories_are_not(tmp_path):
     train = [Pair(i, "journal", f"q{i}", f"a{i}") for i in range(30)]
     mixed = with_general(train, general(400), 0.25, 2000, seed=42)
