@@ -39,7 +39,7 @@ from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
 
-from _arbitration import GiB, arbitration_world, free_port, http_ready, wait_until
+from _arbitration import GiB, World, arbitration_world, free_port, http_ready, wait_until
 from _common import (
     cpu_pressure,
     emit,
@@ -103,6 +103,17 @@ def bastion(binary: str, double_port: int, tuned: bool, stack: contextlib.ExitSt
         yield f"BASTION did not start (exit {proc.poll()}): {' / '.join(tail)[:300]}"
         return
     yield port
+
+
+def hop_world(stack: contextlib.ExitStack) -> World:
+    """The double serving MODEL with eight slots and a memwardend proxying it (ollama.num_parallel 8 too), so that
+    concurrent clients measure the hop, not a queue; closed with `stack`."""
+    double_kw = {"unload_linger": 0.05, "load_seconds": 0.01, "chunk_delay": 0.0, "keep_alive": "1h",
+                 "num_parallel": 8}
+    world = stack.enter_context(arbitration_world(MODELS, [MODEL], total_bytes=24 * GiB, double_kw=double_kw,
+                                                  proxy=True, ollama={"num_parallel": 8}))
+    assert world.proxy_port is not None
+    return world
 
 
 def start_forwarder(name: str, source: str, upstream: str, stack: contextlib.ExitStack, pids: dict[str, int]) -> int:
@@ -243,12 +254,8 @@ def main() -> int:
 
     results: dict[str, Any] = {"requests": args.requests, "bastion_requests": args.bastion_requests,
                                "warmup": args.warmup, "blocks": args.blocks, "bastion": {}}
-    double_kw = {"unload_linger": 0.05, "load_seconds": 0.01, "chunk_delay": 0.0, "keep_alive": "1h",
-                 "num_parallel": 8}
     with contextlib.ExitStack() as stack:
-        world = stack.enter_context(arbitration_world(MODELS, [MODEL], total_bytes=24 * GiB, double_kw=double_kw,
-                                                      proxy=True, ollama={"num_parallel": 8}))
-        assert world.proxy_port is not None
+        world = hop_world(stack)
         pids = {"direct": world.double.pid, "memwarden": world.daemon.pid}
         targets = {"direct": world.double.port, "memwarden": world.proxy_port,
                    "forwarder": start_forwarder("forwarder", FORWARDER, world.double.url, stack, pids),

@@ -26,10 +26,9 @@ import sys
 import threading
 from typing import Any
 
-from _arbitration import GiB, arbitration_world
 from _common import cpu_pressure, emit, exit_cleanly_on_sigterm, fmt, parser, table
 from _forwarders import PROTOCOL_RELAY, PROXY_ALONE
-from proxy_latency import LABELS, MODEL, MODELS, PROMPT, start_forwarder
+from proxy_latency import LABELS, MODEL, PROMPT, hop_world, start_forwarder
 
 SO_TIMESTAMPNS = 35
 PACKET_OUTGOING = 4  # on lo each segment is seen going out and coming in: the first is kept
@@ -173,12 +172,8 @@ def main() -> int:
         emit("proxy wire", f"Skipped: {why}\n", {"skipped": why}, args.json)
         return 0
     results: dict[str, Any] = {"requests": args.requests, "warmup": args.warmup}
-    double_kw = {"unload_linger": 0.05, "load_seconds": 0.01, "chunk_delay": 0.0, "keep_alive": "1h",
-                 "num_parallel": 8}
     with contextlib.ExitStack() as stack:
-        world = stack.enter_context(arbitration_world(MODELS, [MODEL], total_bytes=24 * GiB, double_kw=double_kw,
-                                                      proxy=True, ollama={"num_parallel": 8}))
-        assert world.proxy_port is not None
+        world = hop_world(stack)
         pids: dict[str, int] = {}
         double = world.double.port
         targets = {"direct": double, "memwarden": world.proxy_port,
