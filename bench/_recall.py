@@ -13,6 +13,7 @@ from pathlib import Path
 from memwarden.config.schema import LearningConfig
 from memwarden.learning.eval_report import EvalReport
 from memwarden.learning.jobspec import EXIT_DONE, GENERAL_PROBE_FILE, Hyper, JobSpec
+from memwarden.learning.preparation import hyper_of
 
 
 def demo_base(root: Path, given: Path | None) -> Path:
@@ -27,12 +28,7 @@ def demo_base(root: Path, given: Path | None) -> Path:
 
 def default_hyper() -> Hyper:
     """The job spec's hyper-parameters at the schema's learning.* defaults."""
-    c = LearningConfig()
-    return Hyper(lr=c.lr, rank=c.rank, alpha=c.alpha, dropout=c.dropout, micro_batch=c.micro_batch,
-                 grad_accum=c.grad_accum, max_steps=c.max_steps, warmup_steps=c.warmup_steps,
-                 max_seq_len=c.max_seq_len, seed=c.seed, target_modules=c.target_modules,
-                 recall_sample=c.recall_sample, recall_max_new_tokens=c.recall_max_new_tokens,
-                 min_recall=c.min_recall, recall_every=c.recall_every, general_loss=c.general_rehearsal_loss)
+    return hyper_of(LearningConfig())
 
 
 @dataclass(frozen=True)

@@ -57,8 +57,8 @@ from recall_round import CITIES, HOBBIES, NAMES, RELATIONS
 from memwarden.config.schema import LearningConfig
 from memwarden.learning import curator
 from memwarden.learning.eval_report import EvalReport
-from memwarden.learning.jobspec import EXIT_DONE, GENERAL_PROBE_FILE, GENERAL_REHEARSAL_FILE, Ewc, Hyper, JobSpec
-from memwarden.learning.preparation import mix_general, read_general, step_budget
+from memwarden.learning.jobspec import EXIT_DONE, GENERAL_PROBE_FILE, GENERAL_REHEARSAL_FILE, Ewc, JobSpec
+from memwarden.learning.preparation import hyper_of, mix_general, read_general, step_budget
 from memwarden.learning.promotion import Gate, judge
 
 DAY0 = 1_767_225_600.0  # 2026-01-01
@@ -146,20 +146,11 @@ def json_out(stdout: str) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
 
 
-def hyper_of(cfg: LearningConfig, forgetting_epsilon: float) -> Hyper:
-    return Hyper(lr=cfg.lr, rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout, micro_batch=cfg.micro_batch,
-                 grad_accum=cfg.grad_accum, max_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
-                 max_seq_len=cfg.max_seq_len, seed=cfg.seed, recall_sample=cfg.recall_sample,
-                 recall_max_new_tokens=cfg.recall_max_new_tokens, min_recall=cfg.min_recall,
-                 recall_every=cfg.recall_every, forgetting_epsilon=forgetting_epsilon,
-                 general_loss=cfg.general_rehearsal_loss)
-
-
 def run_method(method: Method, base: Path, root: Path, all_rounds: list[list[dict]], threads: int,
                max_steps: int | None, gate_overrides: dict[str, float], promote_always: bool) -> dict:
     cfg = LearningConfig()
     gate = dataclasses.replace(Gate.of(cfg), **gate_overrides)
-    hyper = hyper_of(cfg, gate.forgetting_epsilon if method.wait_probe else 1.0)
+    hyper = hyper_of(cfg, forgetting_epsilon=gate.forgetting_epsilon if method.wait_probe else 1.0)
     rehearsal = base / GENERAL_REHEARSAL_FILE
     general_lines = read_general(rehearsal) if method.general > 0 and rehearsal.is_file() else []
     script = str(Path(__file__).resolve())

@@ -66,14 +66,7 @@ def prepare(config: Config, store: MemoryStore, runs: RunStore, versions: Versio
         general_file=str(general) if general.is_file() else None,
         preference_file=str(out / preferences.FILE) if prefs.train and cfg.dpo_steps else None,
         init_adapter=active.path if active and cfg.method != "full" else None,
-        hyper=Hyper(lr=cfg.lr, rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout, micro_batch=cfg.micro_batch,
-                    grad_accum=cfg.grad_accum, max_steps=step_budget(cfg, mixed.pairs), warmup_steps=cfg.warmup_steps,
-                    max_seq_len=cfg.max_seq_len, seed=cfg.seed, target_modules=cfg.target_modules,
-                    recall_sample=cfg.recall_sample, recall_max_new_tokens=cfg.recall_max_new_tokens,
-                    min_recall=cfg.min_recall, recall_every=cfg.recall_every,
-                    forgetting_epsilon=cfg.forgetting_epsilon, dpo_steps=cfg.dpo_steps,
-                    dpo_beta=cfg.dpo_beta, dpo_lr=cfg.dpo_lr, general_loss=cfg.general_rehearsal_loss,
-                    general_per_pass=mixed.per_pass),
+        hyper=hyper_of(cfg, max_steps=step_budget(cfg, mixed.pairs), general_per_pass=mixed.per_pass),
         ewc=Ewc(lam=cfg.ewc_lambda, prior_fisher=str(prior_fisher) if prior_fisher and prior_fisher.exists()
                 else None),
         device=device, checkpoint_every_steps=cfg.checkpoint_steps, checkpoint_every_seconds=cfg.checkpoint_interval,
@@ -84,6 +77,18 @@ def prepare(config: Config, store: MemoryStore, runs: RunStore, versions: Versio
     log.info("curated", run=run_id, adapter=adapter, preference_pairs=len(prefs.train),
              preference_heldout=len(prefs.heldout), **{k: v for k, v in cur.summary().items() if k != "adapter"})
     return spec
+
+
+def hyper_of(cfg: LearningConfig, **run: object) -> Hyper:
+    """The trainer's hyper-parameters as learning.* sets them, with `run`'s own (its step budget, its general
+    draw) over them: one mapping for the daemon and the benches that train as it does."""
+    return dataclasses.replace(Hyper(
+        lr=cfg.lr, rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout, micro_batch=cfg.micro_batch,
+        grad_accum=cfg.grad_accum, max_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
+        max_seq_len=cfg.max_seq_len, seed=cfg.seed, target_modules=cfg.target_modules,
+        recall_sample=cfg.recall_sample, recall_max_new_tokens=cfg.recall_max_new_tokens, min_recall=cfg.min_recall,
+        recall_every=cfg.recall_every, forgetting_epsilon=cfg.forgetting_epsilon, dpo_steps=cfg.dpo_steps,
+        dpo_beta=cfg.dpo_beta, dpo_lr=cfg.dpo_lr, general_loss=cfg.general_rehearsal_loss), **run)
 
 
 @dataclasses.dataclass(frozen=True)
