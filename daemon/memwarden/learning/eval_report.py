@@ -30,7 +30,8 @@ class Losses:
 @dataclass(frozen=True)
 class Recall:
     """Greedy recall of a set of memories (learning/recall_score.py): how many were decoded and given back, and
-    the mean teacher-forced token accuracy of their responses; `memories` 0 where nothing was measured. The
+    the mean teacher-forced token accuracy of their responses; `memories` 0 where nothing was decoded (an
+    early-stop check whose token accuracy was too low to decode, training/recall.py, keeps its accuracy). The
     memories are asked for in a wording they were trained on; `heldout_*` is the same measure on a wording of
     their cue that was never trained (learning/cues.py), where the recall file has one."""
 

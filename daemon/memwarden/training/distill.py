@@ -11,6 +11,12 @@ fine-tune has no adapter to disable: it learns general rehearsal by cross-entrop
 
 Both terms are sums over the same positions in nats, so the step's loss stays the sum over its assistant tokens
 divided by their count (trainer.py), however the step is split.
+
+The base never changes during a run, so its distribution on the general pool is read once, before the first step
+(`remember_base`), when it fits in BASE_CACHE_BYTES: a pool drawn afresh every pass shows each general example
+about three times in a round, and a second forward pass in every step cost some 4 s of a round's 60 on the CPU
+(BENCHMARKS.md, Recall 5l). It is read in fixed chunks of the pool in file order, so a resumed run reads the
+same numbers. A pool whose distributions do not fit (a large vocabulary) is read from the base in each step.
 """
 
 from __future__ import annotations
@@ -21,10 +27,12 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from memwarden.training.data import IGNORE, Example
+from memwarden.training.data import IGNORE, Example, collate
 from memwarden.training.evaluation import token_loss_sum
 from memwarden.training.model import Built
 
+BASE_CACHE_BYTES = 256 * 2**20  # float32 log-probabilities: assistant tokens × vocabulary × 4
+BASE_CHUNK = 16  # general examples a forward pass reads the base's distribution of, in remember_base
 FULL_NOTE = ("hyper.general_loss distill: a full fine-tune has no adapter to disable for the base's distribution; "
              "general rehearsal is learnt by cross-entropy")
 
@@ -32,8 +40,14 @@ FULL_NOTE = ("hyper.general_loss distill: a full fine-tune has no adapter to dis
 def kl_from_base_sum(logits: torch.Tensor, base_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Σ over the labelled next-token positions of KL(base ‖ adapted): Σ_v p_base(v) (log p_base(v) − log p(v))."""
     mask = labels[:, 1:] != IGNORE
+    return kl_sum(logits, F.log_softmax(base_logits[:, :-1, :][mask].float(), dim=-1), labels)
+
+
+def kl_sum(logits: torch.Tensor, log_p: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The same sum with the base's log-probabilities given, one row per labelled next-token position in the
+    order a boolean mask reads them (row by row, position by position)."""
+    mask = labels[:, 1:] != IGNORE
     log_q = F.log_softmax(logits[:, :-1, :][mask].float(), dim=-1)
-    log_p = F.log_softmax(base_logits[:, :-1, :][mask].float(), dim=-1)
     return (log_p.exp() * (log_p - log_q)).sum()
 
 
@@ -45,6 +59,36 @@ class SupervisedLoss:
         self.distill = general_loss == "distill" and built.is_peft
         if general_loss == "distill" and not built.is_peft:
             built.notes.append(FULL_NOTE)
+        # the base's log-probs at the labelled positions of every general example, one row each, in one tensor
+        # (thousands of small ones made the allocator return and take back memory at every step), and where each
+        # example's rows start and end in it, by id(example) with the example itself, so that an id reused by
+        # another object never reads them
+        self.base = torch.empty(0)
+        self.base_rows: dict[int, tuple[Example, int, int]] = {}
+
+    def remember_base(self, examples: Sequence[Example], pad_id: int) -> bool:
+        """Read the base's distribution on every general example of `examples` (the train split's own objects,
+        which loss_sum is then given) once, if distilling and if they fit in BASE_CACHE_BYTES."""
+        general = [e for e in examples if e.general]
+        vocab = int(self.built.model.config.vocab_size)
+        rows = sum(e.n_targets for e in general)
+        if not self.distill or not general or rows * vocab * 4 > BASE_CACHE_BYTES:
+            return False
+        model, device = self.built.model, self.built.device
+        self.base = torch.empty((rows, vocab), dtype=torch.float32)
+        at = 0
+        for start in range(0, len(general), BASE_CHUNK):
+            part = general[start : start + BASE_CHUNK]
+            batch = collate(part, pad_id, device)
+            with torch.no_grad(), model.disable_adapter(), self.autocast():
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            mask = batch["labels"][:, 1:] != IGNORE
+            for row, example in enumerate(part):
+                n = example.n_targets
+                self.base[at : at + n] = F.log_softmax(logits[row, :-1][mask[row]].float(), dim=-1).cpu()
+                self.base_rows[id(example)] = (example, at, at + n)
+                at += n
+        return True
 
     def loss_sum(self, chunk: Sequence[Example], batch: dict, logits: torch.Tensor) -> torch.Tensor:
         labels = batch["labels"]
@@ -55,6 +99,10 @@ class SupervisedLoss:
         general[rows] = True
         memories = token_loss_sum(logits, labels.masked_fill(general[:, None], IGNORE))
         index = torch.tensor(rows, device=labels.device)
+        spans = [self.base_rows.get(id(chunk[i]), (None, 0, 0)) for i in rows]
+        if all(kept is chunk[i] for i, (kept, _, _) in zip(rows, spans, strict=True)):
+            log_p = torch.cat([self.base[start:end] for _, start, end in spans]).to(logits.device)
+            return memories + kl_sum(logits[index], log_p, labels[index])
         with torch.no_grad(), self.built.model.disable_adapter(), self.autocast():
             base_logits = self.built.model(input_ids=batch["input_ids"][index],
                                            attention_mask=batch["attention_mask"][index]).logits

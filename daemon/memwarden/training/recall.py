@@ -30,6 +30,11 @@ from memwarden.training.evaluation import autocast
 from memwarden.training.model import Built
 
 TRAINED, HELDOUT = "trained", "heldout"
+# An early-stop check decodes its sample only when the sample's teacher-forced token accuracy is at least the
+# recall target less this: greedy decoding feeds the model its own tokens, and a share of memories recalled above
+# the share of their tokens predicted from the true prefix was never seen (in 618 checks of 25 runs the recalled
+# share stayed under the token accuracy, BENCHMARKS.md, Recall 5l), while the decoding is most of a check's cost.
+DECODE_MARGIN = 0.05
 
 
 @dataclass(frozen=True)
@@ -87,28 +92,36 @@ class RecallMeter:
         self.batch = batch
 
     @torch.no_grad()
-    def measure(self, items: list[Item]) -> Recall:
+    def measure(self, items: list[Item], decode_from: float | None = None) -> Recall:
+        """Recall of `items`; with `decode_from`, nothing is decoded (memories 0, the token accuracy kept) when the
+        trained wordings' mean token accuracy is under it."""
         if not items:
             return Recall()
         model = self.built.model
         model.eval()
         try:
-            n, hits, acc = self._score([i for i in items if i.wording == TRAINED])
+            n, hits, acc = self._score([i for i in items if i.wording == TRAINED], decode_from)
             held_n, held_hits, held_acc = self._score([i for i in items if i.wording == HELDOUT])
             return Recall(memories=n, recalled=hits, token_accuracy=acc, heldout_memories=held_n,
                           heldout_recalled=held_hits, heldout_token_accuracy=held_acc)
         finally:
             model.train()
 
-    def _score(self, items: list[Item]) -> tuple[int, int, float | None]:
-        hits, accs = 0, []
-        for start in range(0, len(items), self.batch):
+    def _score(self, items: list[Item], decode_from: float | None = None) -> tuple[int, int, float | None]:
+        chunks = [items[start : start + self.batch] for start in range(0, len(items), self.batch)]
+        accs = []
+        for chunk in chunks:
             self.check_stop()
-            chunk = items[start : start + self.batch]
             accs += self._accuracies([item.example for item in chunk])
+        acc = round(sum(accs) / len(accs), 4) if accs else None
+        if decode_from is not None and acc is not None and acc < decode_from:
+            return 0, 0, acc
+        hits = 0
+        for chunk in chunks:
+            self.check_stop()
             for item, text in zip(chunk, self._greedy([item.prompt_ids for item in chunk]), strict=True):
                 hits += recalled(item.response, text)
-        return len(items), hits, round(sum(accs) / len(accs), 4) if accs else None
+        return len(items), hits, acc
 
     def _accuracies(self, examples: list[Any]) -> list[float]:
         """Teacher-forced token accuracy of each example's labelled tokens, in one right-padded forward pass: a
@@ -181,8 +194,9 @@ class EarlyStop:
 
     def reached(self, step: int) -> tuple[bool, Recall]:
         """Whether recall reached the target at `step` (and the probe its floor), and the last measurement made
-        of this run's memories."""
-        quick = self.meter.measure(self.sample)
+        of this run's memories. The sample is decoded only once its token accuracy is within DECODE_MARGIN of
+        the target."""
+        quick = self.meter.measure(self.sample, decode_from=self.target - DECODE_MARGIN)
         if (quick.fraction or 0.0) < self.target:
             return False, quick
         full = quick if len(self.sample) == len(self.items) else self.meter.measure(self.items)

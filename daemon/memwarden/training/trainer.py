@@ -136,6 +136,7 @@ class Trainer:
         if not self.train.examples:
             raise GiveUp(f"no usable training example in {spec.train_file} ({self.train.lines} lines, "
                          f"{self.train.dropped} with no assistant token within max_seq_len {h.max_seq_len})")
+        self.loss.remember_base(self.train.examples, self.pad_id)
         self.order = Order(len(self.train.examples), h.seed,
                            [i for i, e in enumerate(self.train.examples) if e.general], h.general_per_pass)
         self.params = self.built.params

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from memwarden.learning.eval_report import EvalReport
+from memwarden.learning.eval_report import EvalReport, Recall
 from memwarden.learning.jobspec import EXIT_DONE, GENERAL_PROBE_FILE, Hyper, JobSpec
 
 pytestmark = pytest.mark.skipif(
@@ -97,15 +97,19 @@ def test_a_held_out_wording_is_scored_apart_and_a_memory_is_sampled_with_both_wo
 
 
 def test_training_stops_once_recall_reaches_the_target(demo_base, tmp_path):
+    from memwarden.training.recall import DECODE_MARGIN
+
     report = _train(demo_base, tmp_path, lr=1e-2, max_steps=200, min_recall=1.0, recall_every=5,
                     recall_check_sample=2)
     assert report.stopped_early and report.step < 200 and report.step % 5 == 0
     assert report.recall.recalled == report.recall.memories == len(FACTS)
     checks = _events(tmp_path, "recall")
     assert [c["step"] for c in checks] == list(range(5, report.step + 1, 5))
-    # a check whose sample fell short measured the sample only; the last one measured every memory
+    # a check whose sample fell short measured the sample only (or decoded nothing, its token accuracy too far
+    # below the target); the last one measured every memory
     assert checks[-1]["memories"] == len(FACTS) and checks[-1]["recalled"] == len(FACTS)
-    assert all(c["memories"] == 2 for c in checks[:-1] if c["recalled"] < 2)
+    assert all(c["memories"] == 2 or (c["memories"] == 0 and c["token_accuracy"] < 1.0 - DECODE_MARGIN)
+               for c in checks[:-1] if c["recalled"] < 2)
 
 
 def test_without_a_target_every_step_is_trained(demo_base, tmp_path):
@@ -143,3 +147,25 @@ def test_memories_decoded_together_give_back_what_each_gives_alone(demo_base, tm
     assert any(texts)
     assert together._accuracies([i.example for i in items]) == [alone._accuracies([i.example])[0] for i in items]
     assert together.measure(items) == alone.measure(items)
+
+
+def test_a_floor_above_the_token_accuracy_decodes_nothing_and_keeps_the_accuracy(demo_base, tmp_path):
+    """The early stop's quick check: under its floor nothing is decoded (memories 0), at or above it the
+    measurement is the same as without one."""
+    from memwarden.training.model import build
+    from memwarden.training.recall import RecallMeter, load_items
+
+    pairs = _write(tmp_path / "pairs.jsonl", FACTS)
+    spec = JobSpec(run_id="recall-floor", adapter="memories", base_model=str(demo_base), method="lora",
+                   output_dir=str(tmp_path / "run"), train_file=pairs, holdout_file=pairs,
+                   hyper=Hyper(max_seq_len=96, target_modules=ALL_LINEAR))
+    meter = RecallMeter(build(spec), 24, lambda: None)
+    items = load_items(pairs, meter.built.tokenizer, 96, 100, 0)
+    full = meter.measure(items)
+    assert full.memories == len(FACTS) and full.token_accuracy is not None
+    decoded: list[int] = []
+    greedy = meter._greedy
+    meter._greedy = lambda prompts: decoded.append(len(prompts)) or greedy(prompts)  # type: ignore[method-assign]
+    assert meter.measure(items, decode_from=full.token_accuracy + 0.01) == Recall(0, 0, full.token_accuracy)
+    assert decoded == []
+    assert meter.measure(items, decode_from=full.token_accuracy) == full and decoded == [len(FACTS)]

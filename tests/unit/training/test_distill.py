@@ -12,6 +12,7 @@ pytest.importorskip("peft")
 
 import torch
 
+from memwarden.training import distill
 from memwarden.training.data import IGNORE, DataError, Example, collate, read_tagged
 from memwarden.training.distill import FULL_NOTE, SupervisedLoss, kl_from_base_sum
 from memwarden.training.evaluation import token_loss_sum
@@ -112,6 +113,61 @@ def test_memories_keep_cross_entropy_beside_distilled_general_examples():
         untagged = [Example(e.input_ids, e.labels, e.n_targets) for e in CHUNK]
         assert (distilled.loss_sum(untagged, batch, logits).item()
                 == pytest.approx(token_loss_sum(logits, labels).item()))
+
+
+class Counted:
+    """Counts the model's forward passes with its adapter disabled (the base's)."""
+
+    def __init__(self, model):
+        self.model, self.base_passes = model, 0
+        inner = model.disable_adapter
+
+        def disable_adapter():
+            self.base_passes += 1
+            return inner()
+
+        model.disable_adapter = disable_adapter
+
+
+def test_the_base_read_once_before_the_steps_gives_the_loss_and_gradient_read_in_each_step():
+    model = tiny_model()
+    perturb(model)
+    counted = Counted(model)
+    fresh = SupervisedLoss(built(model), "distill", lambda: torch.autocast("cpu", enabled=False))
+    batch, logits = forward(model, CHUNK)
+    expected = fresh.loss_sum(CHUNK, batch, logits)
+    expected.backward()
+    expected_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert counted.base_passes == 1
+    model.zero_grad()
+    remembered = SupervisedLoss(built(model), "distill", lambda: torch.autocast("cpu", enabled=False))
+    assert remembered.remember_base([*CHUNK, example([1, 3, 2], 1)], pad_id=0)
+    assert counted.base_passes == 2  # the two general examples, in one chunk
+    for _ in range(3):  # the steps read no base
+        batch, logits = forward(model, CHUNK)
+        s = remembered.loss_sum(CHUNK, batch, logits)
+    assert counted.base_passes == 2
+    assert s.item() == pytest.approx(expected.item(), rel=1e-5)
+    s.backward()
+    for name, grad in expected_grads.items():
+        assert torch.allclose(dict(model.named_parameters())[name].grad, grad, rtol=1e-4, atol=1e-6), name
+    other = [example([1, 5, 7, 9, 11, 2], 3, general=True)]  # equal to CHUNK[0], but not the split's own
+    batch, logits = forward(model, other)
+    remembered.loss_sum(other, batch, logits)
+    assert counted.base_passes == 3
+
+
+def test_the_base_is_not_remembered_past_its_budget_for_cross_entropy_or_without_general_examples(monkeypatch):
+    model = tiny_model()
+    assert not SupervisedLoss(built(model), "ce", lambda: torch.autocast("cpu", enabled=False)).remember_base(
+        CHUNK, pad_id=0)
+    loss = SupervisedLoss(built(model), "distill", lambda: torch.autocast("cpu", enabled=False))
+    assert not loss.remember_base([e for e in CHUNK if not e.general], pad_id=0)
+    tokens = sum(e.n_targets for e in CHUNK if e.general)
+    monkeypatch.setattr(distill, "BASE_CACHE_BYTES", tokens * VOCAB * 4 - 1)
+    assert not loss.remember_base(CHUNK, pad_id=0) and not loss.base_rows
+    monkeypatch.setattr(distill, "BASE_CACHE_BYTES", tokens * VOCAB * 4)
+    assert loss.remember_base(CHUNK, pad_id=0) and len(loss.base_rows) == 2
 
 
 def test_a_full_fine_tune_has_no_adapter_to_disable_and_learns_general_text_by_cross_entropy():

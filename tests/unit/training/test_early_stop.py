@@ -7,19 +7,24 @@ import pytest
 pytest.importorskip("torch")
 
 from memwarden.learning.eval_report import Recall
-from memwarden.training.recall import HELDOUT, EarlyStop, Item
+from memwarden.training.recall import DECODE_MARGIN, HELDOUT, EarlyStop, Item
 
 
 class Meter:
-    """Recalls the items in `known`; remembers which sets it was asked to decode."""
+    """Recalls the items in `known` with token accuracy `accuracy`; remembers which sets it was asked to decode
+    (and from which accuracy), and decodes nothing under that floor, as recall.RecallMeter does."""
 
-    def __init__(self, known: set[str]):
-        self.known = known
+    def __init__(self, known: set[str], accuracy: float = 1.0):
+        self.known, self.accuracy = known, accuracy
         self.calls: list[list[str]] = []
+        self.floors: list[float | None] = []
 
-    def measure(self, items: list[str]) -> Recall:
+    def measure(self, items: list[str], decode_from: float | None = None) -> Recall:
+        self.floors.append(decode_from)
+        if decode_from is not None and self.accuracy < decode_from:
+            return Recall(0, 0, self.accuracy)
         self.calls.append(list(items))
-        return Recall(len(items), sum(i in self.known for i in items), 1.0)
+        return Recall(len(items), sum(i in self.known for i in items), self.accuracy)
 
 
 def items(prefix: str, n: int, wording: str = "trained") -> list[Item]:
@@ -46,6 +51,18 @@ def test_a_sample_short_of_the_target_decodes_the_sample_alone():
     assert len(early.sample) == 4 and set(early.sample) <= set(ITEMS)
     reached, measured = early.reached(5)
     assert not reached and measured == Recall(4, 0, 1.0) and meter.calls == [early.sample]
+
+
+def test_a_sample_is_decoded_only_once_its_token_accuracy_is_within_the_margin_of_the_target():
+    sample = stop(Meter(set())).sample
+    low = Meter(set(ITEMS), accuracy=0.9 - DECODE_MARGIN - 0.01)
+    reached, measured = stop(low).reached(5)
+    assert not reached and measured == Recall(0, 0, low.accuracy) and low.calls == []
+    assert low.floors == [pytest.approx(0.9 - DECODE_MARGIN)]
+    near = Meter(set(ITEMS), accuracy=0.9 - DECODE_MARGIN)
+    reached, _ = stop(near).reached(5)
+    # the whole set, once the sample passed, is decoded whatever its accuracy: its measure is the run's recall
+    assert reached and near.calls == [sample, ITEMS] and near.floors[1] is None
 
 
 def test_a_sample_at_the_target_then_needs_every_memory():

@@ -1,4 +1,16 @@
-from memwarden.training.__main__ import leave_out_bitsandbytes, torch_threads
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from memwarden.training.__main__ import (
+    M_MMAP_THRESHOLD,
+    M_TRIM_THRESHOLD,
+    keep_freed_memory,
+    leave_out_bitsandbytes,
+    torch_threads,
+)
 
 
 def test_a_cpu_run_leaves_one_core_to_serving_and_the_daemon():
@@ -29,3 +41,41 @@ def test_a_qlora_job_keeps_bitsandbytes():
     modules: dict = {}
     leave_out_bitsandbytes("qlora", modules)
     assert modules == {}
+
+
+FAULTS = """
+import resource, sys
+from memwarden.training.__main__ import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+bytearray(40 * 2**20)  # the first: faulted in either way
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    bytearray(40 * 2**20)  # zero-filled: every page touched
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt's parameters are glibc's")
+def test_memory_a_step_frees_is_kept_for_the_next_instead_of_faulted_in_again():
+    def faults(mode: str) -> int:
+        proc = subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return int(proc.stdout)
+
+    pages = 40 * 2**20 // 4096
+    assert faults("default") >= 4 * pages  # each block given back when freed and faulted in again
+    assert faults("keep") < pages
+
+
+def test_the_thresholds_are_set_through_mallopt_and_a_libc_without_it_is_left_alone():
+    calls = []
+
+    class Libc:
+        def mallopt(self, param: int, value: int) -> int:
+            calls.append((param, value))
+            return 1
+
+    assert keep_freed_memory(Libc())
+    assert calls == [(M_MMAP_THRESHOLD, 64 * 2**20), (M_TRIM_THRESHOLD, 256 * 2**20)]
+    assert not keep_freed_memory(object())
