@@ -105,10 +105,11 @@ def bastion(binary: str, double_port: int, tuned: bool, stack: contextlib.ExitSt
     yield port
 
 
-def hop_world(stack: contextlib.ExitStack) -> World:
+def hop_world(stack: contextlib.ExitStack, chunk_delay: float = 0.0) -> World:
     """The double serving MODEL with eight slots and a memwardend proxying it (ollama.num_parallel 8 too), so that
-    concurrent clients measure the hop, not a queue; closed with `stack`."""
-    double_kw = {"unload_linger": 0.05, "load_seconds": 0.01, "chunk_delay": 0.0, "keep_alive": "1h",
+    concurrent clients measure the hop, not a queue; closed with `stack`. `chunk_delay`: the double's pause before
+    each streamed line after the first (0: the lines back to back)."""
+    double_kw = {"unload_linger": 0.05, "load_seconds": 0.01, "chunk_delay": chunk_delay, "keep_alive": "1h",
                  "num_parallel": 8}
     world = stack.enter_context(arbitration_world(MODELS, [MODEL], total_bytes=24 * GiB, double_kw=double_kw,
                                                   proxy=True, ollama={"num_parallel": 8}))
@@ -246,16 +247,20 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=50, help="untimed requests per target and mode (default 50)")
     p.add_argument("--blocks", type=int, default=10, help="interleaving blocks (default 10)")
     p.add_argument("--clients", type=int, default=8, help="concurrent clients in the concurrent rows (default 8)")
+    p.add_argument("--chunk-delay", type=float, default=0.0, metavar="S",
+                   help="the double's pause between streamed lines (default 0: back to back; Ollama writes one a "
+                        "token, 5-50 ms apart on local hardware)")
     p.add_argument("--bastion", default=DEFAULT_BASTION,
                    help=f"BASTION's executable, in its own venv (default $BASTION_BIN or {DEFAULT_BASTION}); "
                         "'' to skip it")
     args = p.parse_args()
     exit_cleanly_on_sigterm()
 
-    results: dict[str, Any] = {"requests": args.requests, "bastion_requests": args.bastion_requests,
+    results: dict[str, Any] = {"requests": args.requests, "chunk_delay": args.chunk_delay,
+                               "bastion_requests": args.bastion_requests,
                                "warmup": args.warmup, "blocks": args.blocks, "bastion": {}}
     with contextlib.ExitStack() as stack:
-        world = hop_world(stack)
+        world = hop_world(stack, args.chunk_delay)
         pids = {"direct": world.double.pid, "memwarden": world.daemon.pid}
         targets = {"direct": world.double.port, "memwarden": world.proxy_port,
                    "forwarder": start_forwarder("forwarder", FORWARDER, world.double.url, stack, pids),
@@ -318,7 +323,8 @@ def main() -> int:
             notes.append(f"{LABELS[key]}: unavailable: {status}.")
     notes.append(f"{args.requests} timed requests per mode and concurrency (BASTION: {args.bastion_requests}) after "
                  f"{args.warmup} warm-up requests (BASTION: {min(args.warmup, 20)}), targets interleaved in "
-                 f"{args.blocks} blocks, one persistent http.client connection per client. Double: chunk_delay 0, "
+                 f"{args.blocks} blocks, one persistent http.client connection per client. "
+                 f"Double: chunk_delay {args.chunk_delay:g} s, "
                  f"model {MODEL} resident throughout (loads during the run: {results['double_loads']}); "
                  f"memwardend sample_interval 1s, log_level info; scheduler hits it counted: "
                  f"{results['daemon_hits']}.")
