@@ -11,6 +11,9 @@ Variants (memwarden.policies.cache driven as scheduler_hitrate drives it; consta
   cost = 1                   load seconds taken as 1 for every model: hits per byte, not seconds
   half-life H                DEMAND_HALF_LIFE = H switches
   staleness bound c          DEMAND_STALE = c
+  one memory (replay)        bench/_demand_memory.py's replay of demand, no second memory: equals "demand"
+  likelihood / change /      a second, short memory (half-life S switches) beside DEMAND_HALF_LIFE, and a rule
+  shadow, short S            choosing between them online (bench/_demand_memory.py; lead half-life G switches)
   known popularity (A0)      the mark (bench/_yardsticks.py)
 """
 
@@ -25,6 +28,7 @@ from typing import Any
 
 import scheduler_hitrate as sh
 from _common import emit, exit_cleanly_on_sigterm, fmt_ratio, parser, table
+from _demand_memory import MemoryRule, runner
 
 from memwarden.policies import cache
 
@@ -73,6 +77,10 @@ def variants() -> dict[str, Variant]:
         out[f"half-life {h:g}"] = (run_demand(), {"DEMAND_HALF_LIFE": h})
     for c in (1.0, 3.0, 4.0):
         out[f"staleness bound {c:g}"] = (run_demand(), {"DEMAND_STALE": c})
+    out["one memory (replay)"] = (runner(MemoryRule("one")), {})
+    for rule in (MemoryRule("likelihood", 50.0), MemoryRule("likelihood", 80.0), MemoryRule("change", 50.0),
+                 MemoryRule("change", 50.0, lead_half_life=20.0), MemoryRule("shadow", 80.0, lead_half_life=250.0)):
+        out[f"{rule.kind}, short {rule.short:g}, G {rule.lead_half_life:g}"] = (runner(rule), {})
     out[sh.KNOWN] = (sh.POLICIES[sh.KNOWN], {})
     return out
 
