@@ -2,16 +2,22 @@
 
 A replay of memwarden.policies.cache's demand in plain lists (switches counted, the staleness bound, cost = load
 seconds, plans that keep every victim whose room the others make, ties by last use then name): with one memory it
-gives demand's figures to the request. Beside the long memory (demand's DEMAND_HALF_LIFE) each model has a count
-with a short half-life, and a rule chooses, at every switch, which of the two ranks the residents:
-  likelihood  the memory that predicted the switches that came better: a decayed sum of log(p_short / p_long)
-              of each switch's model (add-½ estimates over the models seen), the short one while it exceeds
-              `threshold` nats
-  change      the same lead read as change detection: once it exceeds `threshold`, the law is taken to have
-              changed and the long memory restarts from the short one (counts and mass), so it grows its window
-              from the change on; the long memory always ranks
-  shadow      set dueling: a shadow cache per memory, each run by its memory's ranking under the same budget;
-              the one whose shadow stalled fewer decayed seconds ranks the real cache
+gives demand's figures to the request. Beside demand's count (half-life DEMAND_HALF_LIFE, the "long" memory) each
+model has a count with a short half-life, and a rule chooses, at every switch, which memory ranks the residents.
+The lead is a decayed sum, over switches, of log(p_short / p_long) of the model switched to (add-½ estimates over
+the models seen, each memory's counts over its decayed number of switches): how much better the short memory
+predicted the switches that came.
+  likelihood         the short memory ranks while the lead exceeds `threshold` nats
+  change             the lead read as change detection: once it exceeds `threshold`, the law is taken to have
+                     changed and the long memory restarts from the short one (counts and switches), then grows its
+                     window from the change on; the long memory, so restarted, always ranks
+  shadow             set dueling: a shadow cache per memory (long, short), each run by its memory's ranking
+                     under the same budget; the one whose shadow stalled fewer seconds (decayed, half-life
+                     `duel_half_life` switches) ranks the real cache
+  change by shadows  the same duel between demand's long memory as it is and the one change detection restarts
+  change by disputes the same two, dueled on the real cache alone: at each miss where their plans differ, the first
+                     request for a model only one of them evicts blames that one its load seconds (decayed); the
+                     less blamed ranks
 """
 
 from __future__ import annotations
@@ -24,105 +30,134 @@ import scheduler_hitrate as sh
 from memwarden.policies import cache
 
 PRIOR = 0.5  # the add-½ (Krichevsky–Trofimov) estimate: a model never asked for is not impossible
+LONG, SHORT, RESTARTED = "long", "short", "restarted"  # RESTARTED: the long memory, restarted at each change
 
 
 @dataclass(frozen=True)
 class MemoryRule:
-    kind: str  # "one", "likelihood", "change" or "shadow"
+    kind: str  # "one", "likelihood", "change", "shadow", "change by shadows" or "change by disputes"
     short: float = 50.0  # the short memory's half-life, switches
     lead_half_life: float = 50.0  # switches: how long the evidence for one memory over the other counts
     threshold: float = 5.0  # nats of evidence before the short memory ranks (likelihood) or the law is new (change)
+    duel_half_life: float = 1000.0  # switches: how long a duel's stall or blame counts
+
+    @property
+    def dueled(self) -> tuple[str, str]:
+        """The two memories a duel chooses between (the first wins ties)."""
+        return (LONG, SHORT) if self.kind == "shadow" else (LONG, RESTARTED)
 
 
 class _Replay:
     def __init__(self, rule: MemoryRule, sizes: sh.Sizes, names: list[str], budget: int):
         self.rule, self.sizes, self.names, self.budget = rule, sizes, names, budget
-        self.long = cache.DEMAND_HALF_LIFE
+        self.half_life = {LONG: cache.DEMAND_HALF_LIFE, SHORT: rule.short, RESTARTED: cache.DEMAND_HALF_LIFE}
         n = len(sizes)
-        self.counts = {self.long: [0.0] * n, rule.short: [0.0] * n}
-        self.mass = {self.long: 0.0, rule.short: 0.0}  # decayed switches to any model
+        self.counts = {memory: [0.0] * n for memory in self.half_life}
+        self.mass = dict.fromkeys(self.half_life, 0.0)  # decayed switches to any model
         self.counted_at, self.last_used, self.seen = [0] * n, [0.0] * n, [False] * n
         self.switches, self.last, self.lead, self.changed_at = 0, -1, 0.0, 0
-        self.shadow_stall = {self.long: 0.0, rule.short: 0.0}
+        self.stall = dict.fromkeys(rule.dueled, 0.0)  # a duel's decayed seconds: shadows' stall, or blame
+        self.disputed: dict[int, tuple[str, set[int]]] = {}  # model → the memory that evicted it, its dispute
 
-    def count(self, m: int, half_life: float) -> float:
-        """Model m's count under one memory, decayed to now; the long one restarted from the short at a change."""
-        if half_life == self.long and self.counted_at[m] < self.changed_at:
+    def count(self, m: int, memory: str) -> float:
+        """Model m's count under `memory`, decayed to now (the restarted one taken from the short at a change)."""
+        if memory == RESTARTED and self.counted_at[m] < self.changed_at:
             short = self.rule.short
-            at_change = self.counts[short][m] * 0.5 ** ((self.changed_at - self.counted_at[m]) / short)
-            return at_change * 0.5 ** ((self.switches - self.changed_at) / half_life)
-        return self.counts[half_life][m] * 0.5 ** ((self.switches - self.counted_at[m]) / half_life)
+            at_change = self.counts[SHORT][m] * 0.5 ** ((self.changed_at - self.counted_at[m]) / short)
+            return at_change * 0.5 ** ((self.switches - self.changed_at) / cache.DEMAND_HALF_LIFE)
+        return self.counts[memory][m] * 0.5 ** ((self.switches - self.counted_at[m]) / self.half_life[memory])
 
     def switch(self, m: int) -> None:
-        short, long = self.rule.short, self.long
-        if self.rule.kind in ("likelihood", "change"):
-            known = sum(self.seen) + (not self.seen[m])
-            p = {h: (self.count(m, h) + PRIOR) / (self.mass[h] + PRIOR * known) for h in (short, long)}
-            self.lead = self.lead * 0.5 ** (1 / self.rule.lead_half_life) + math.log(p[short] / p[long])
-        if self.rule.kind == "shadow":
-            for h in (short, long):
-                self.shadow_stall[h] *= 0.5 ** (1 / self.rule.lead_half_life)
-        counted = {h: self.count(m, h) for h in (short, long)}
+        known = sum(self.seen) + (not self.seen[m])
+        p = {mem: (self.count(m, mem) + PRIOR) / (self.mass[mem] + PRIOR * known) for mem in (SHORT, RESTARTED)}
+        self.lead = self.lead * 0.5 ** (1 / self.rule.lead_half_life) + math.log(p[SHORT] / p[RESTARTED])
+        for memory in self.stall:
+            self.stall[memory] *= 0.5 ** (1 / self.rule.duel_half_life)
+        counted = {memory: self.count(m, memory) for memory in self.half_life}
         self.switches += 1
-        for h in (short, long):
-            self.mass[h] = self.mass[h] * 0.5 ** (1 / h) + 1.0
-            self.counts[h][m] = counted[h] * 0.5 ** (1 / h) + 1.0
+        for memory, half_life in self.half_life.items():
+            self.mass[memory] = self.mass[memory] * 0.5 ** (1 / half_life) + 1.0
+            self.counts[memory][m] = counted[memory] * 0.5 ** (1 / half_life) + 1.0
         self.counted_at[m] = self.switches
-        if self.rule.kind == "change" and self.lead > self.rule.threshold:
-            self.changed_at, self.mass[long], self.lead = self.switches, self.mass[short], 0.0
-            self.counts[long][m] = self.counts[short][m]
+        if self.rule.kind.startswith("change") and self.lead > self.rule.threshold:
+            self.changed_at, self.mass[RESTARTED], self.lead = self.switches, self.mass[SHORT], 0.0
+            self.counts[RESTARTED][m] = self.counts[SHORT][m]
 
-    def value(self, e: int, half_life: float) -> float:
+    def value(self, e: int, memory: str) -> float:
         age = self.switches - self.counted_at[e]
-        rate = self.count(e, half_life) / half_life
+        rate = self.count(e, memory) / self.half_life[memory]
         if age > 0:
             rate = min(rate, cache.DEMAND_STALE / age)
         return rate * sh.load_seconds(self.sizes[e]) / self.sizes[e]
 
-    def load(self, resident: set[int], m: int, half_life: float) -> None:
-        """m made resident: victims in the memory's order, then every one whose room the others make kept."""
+    def victims(self, resident: set[int], m: int, memory: str) -> set[int]:
+        """What loading m evicts: victims in the memory's order, then every one whose room the others make kept."""
         others = sorted(resident, key=lambda e: self.names[e])
         free = self.budget - self.sizes[m] - sum(self.sizes[e] for e in others)
-        victims = []
-        for e in sorted(others, key=lambda e: (self.value(e, half_life), self.last_used[e], self.names[e])):
+        taken = []
+        for e in sorted(others, key=lambda e: (self.value(e, memory), self.last_used[e], self.names[e])):
             if free >= 0:
                 break
-            victims.append(e)
+            taken.append(e)
             free += self.sizes[e]
-        for e in reversed(victims):
+        out = set()
+        for e in reversed(taken):
             if free - self.sizes[e] >= 0:
                 free -= self.sizes[e]
             else:
-                resident.discard(e)
-        resident.add(m)
+                out.add(e)
+        return out
 
-    def ranking_memory(self) -> float:
-        if self.rule.kind == "likelihood" and self.lead > self.rule.threshold:
-            return self.rule.short
-        if self.rule.kind == "shadow" and self.shadow_stall[self.rule.short] < self.shadow_stall[self.long]:
-            return self.rule.short
-        return self.long
+    def ranking_memory(self) -> str:
+        kind = self.rule.kind
+        if kind == "likelihood":
+            return SHORT if self.lead > self.rule.threshold else LONG
+        if kind == "change":
+            return RESTARTED
+        if kind in ("shadow", "change by shadows", "change by disputes"):
+            first, second = self.rule.dueled
+            return second if self.stall[second] < self.stall[first] else first
+        return LONG
+
+    def request(self, m: int, now: float, resident: set[int], shadows: dict[str, set[int]]) -> bool:
+        """One request: the counts, the duel's evidence, then a hit, or the load with its victims. True: a hit."""
+        if m != self.last or not self.seen[m]:
+            self.switch(m)
+        self.seen[m], self.last, self.last_used[m] = True, m, now
+        for memory, shadow in shadows.items():
+            if m not in shadow:
+                self.stall[memory] += sh.load_seconds(self.sizes[m])
+                shadow -= self.victims(shadow, m, memory)
+                shadow.add(m)
+        if m in self.disputed:
+            memory, dispute = self.disputed[m]
+            self.stall[memory] += sh.load_seconds(self.sizes[m])
+            for e in dispute:
+                self.disputed.pop(e, None)
+        if m in resident:
+            return True
+        chosen = self.ranking_memory()
+        victims = self.victims(resident, m, chosen)
+        if self.rule.kind == "change by disputes":
+            other = next(memory for memory in self.rule.dueled if memory != chosen)
+            theirs = self.victims(resident, m, other)
+            dispute = victims ^ theirs
+            self.disputed |= {e: (chosen if e in victims else other, dispute) for e in dispute}
+        resident -= victims
+        resident.add(m)
+        return False
 
 
 def runner(rule: MemoryRule) -> sh.Runner:
     def run(trace: sh.Trace, sizes: sh.Sizes, names: list[str], budget: int, popularity: sh.Popularity
             ) -> sh.Result:
         replay, resident = _Replay(rule, sizes, names, budget), set()
-        shadows: dict[float, set[int]] = {replay.long: set(), rule.short: set()}
+        shadows: dict[str, set[int]] = {m: set() for m in rule.dueled} if "shadow" in rule.kind else {}
         hits, stall = 0, 0.0
         for t, m in enumerate(trace):
-            if m != replay.last or not replay.seen[m]:
-                replay.switch(m)
-            replay.seen[m], replay.last, replay.last_used[m] = True, m, float(t)
-            if rule.kind == "shadow":
-                for h, shadow in shadows.items():
-                    if m not in shadow:
-                        replay.shadow_stall[h] += sh.load_seconds(sizes[m])
-                        replay.load(shadow, m, h)
-            if m in resident:
+            if replay.request(m, float(t), resident, shadows):
                 hits += 1
-                continue
-            replay.load(resident, m, replay.ranking_memory())
-            stall += sh.load_seconds(sizes[m])
+            else:
+                stall += sh.load_seconds(sizes[m])
         return hits, stall
     return run

@@ -12,8 +12,9 @@ Variants (memwarden.policies.cache driven as scheduler_hitrate drives it; consta
   half-life H                DEMAND_HALF_LIFE = H switches
   staleness bound c          DEMAND_STALE = c
   one memory (replay)        bench/_demand_memory.py's replay of demand, no second memory: equals "demand"
-  likelihood / change /      a second, short memory (half-life S switches) beside DEMAND_HALF_LIFE, and a rule
-  shadow, short S            choosing between them online (bench/_demand_memory.py; lead half-life G switches)
+  likelihood, change,        a second, short memory (half-life 50 switches) beside DEMAND_HALF_LIFE, and a rule
+  shadow, change by …        choosing online which one ranks, or restarting the long one at a change of law
+                             (bench/_demand_memory.py)
   known popularity (A0)      the mark (bench/_yardsticks.py)
 """
 
@@ -78,9 +79,8 @@ def variants() -> dict[str, Variant]:
     for c in (1.0, 3.0, 4.0):
         out[f"staleness bound {c:g}"] = (run_demand(), {"DEMAND_STALE": c})
     out["one memory (replay)"] = (runner(MemoryRule("one")), {})
-    for rule in (MemoryRule("likelihood", 50.0), MemoryRule("likelihood", 80.0), MemoryRule("change", 50.0),
-                 MemoryRule("change", 50.0, lead_half_life=20.0), MemoryRule("shadow", 80.0, lead_half_life=250.0)):
-        out[f"{rule.kind}, short {rule.short:g}, G {rule.lead_half_life:g}"] = (runner(rule), {})
+    for kind in ("likelihood", "change", "shadow", "change by shadows", "change by disputes"):
+        out[f"{kind}, short 50"] = (runner(MemoryRule(kind)), {})
     out[sh.KNOWN] = (sh.POLICIES[sh.KNOWN], {})
     return out
 
