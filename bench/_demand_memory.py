@@ -18,6 +18,8 @@ predicted the switches that came.
   change by disputes the same two, dueled on the real cache alone: at each miss where their plans differ, the first
                      request for a model only one of them evicts blames that one its load seconds (decayed); the
                      less blamed ranks
+  … room as made     the same, with the other plan made without the budget, as a state that never sees the budget
+                     could: it must free as many bytes as the victims chosen freed
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ LONG, SHORT, RESTARTED = "long", "short", "restarted"  # RESTARTED: the long mem
 
 @dataclass(frozen=True)
 class MemoryRule:
-    kind: str  # "one", "likelihood", "change", "shadow", "change by shadows" or "change by disputes"
+    kind: str  # "one", "likelihood", "change", "shadow", "change by shadows", "change by disputes" (… room as made)
     short: float = 50.0  # the short memory's half-life, switches
     lead_half_life: float = 50.0  # switches: how long the evidence for one memory over the other counts
     threshold: float = 5.0  # nats of evidence before the short memory ranks (likelihood) or the law is new (change)
@@ -90,10 +92,10 @@ class _Replay:
             rate = min(rate, cache.DEMAND_STALE / age)
         return rate * sh.load_seconds(self.sizes[e]) / self.sizes[e]
 
-    def victims(self, resident: set[int], m: int, memory: str) -> set[int]:
+    def victims(self, resident: set[int], m: int, memory: str, budget: int | None = None) -> set[int]:
         """What loading m evicts: victims in the memory's order, then every one whose room the others make kept."""
         others = sorted(resident, key=lambda e: self.names[e])
-        free = self.budget - self.sizes[m] - sum(self.sizes[e] for e in others)
+        free = (self.budget if budget is None else budget) - self.sizes[m] - sum(self.sizes[e] for e in others)
         taken = []
         for e in sorted(others, key=lambda e: (self.value(e, memory), self.last_used[e], self.names[e])):
             if free >= 0:
@@ -114,7 +116,7 @@ class _Replay:
             return SHORT if self.lead > self.rule.threshold else LONG
         if kind == "change":
             return RESTARTED
-        if kind in ("shadow", "change by shadows", "change by disputes"):
+        if kind == "shadow" or kind.startswith(("change by shadows", "change by disputes")):
             first, second = self.rule.dueled
             return second if self.stall[second] < self.stall[first] else first
         return LONG
@@ -138,9 +140,12 @@ class _Replay:
             return True
         chosen = self.ranking_memory()
         victims = self.victims(resident, m, chosen)
-        if self.rule.kind == "change by disputes":
+        if self.rule.kind.startswith("change by disputes"):
             other = next(memory for memory in self.rule.dueled if memory != chosen)
-            theirs = self.victims(resident, m, other)
+            budget = None  # the budget plans are made with, or the room the chosen victims make
+            if self.rule.kind.endswith("room as made"):
+                budget = sum(self.sizes[e] for e in resident - victims) + self.sizes[m]
+            theirs = self.victims(resident, m, other, budget)
             dispute = victims ^ theirs
             self.disputed |= {e: (chosen if e in victims else other, dispute) for e in dispute}
         resident -= victims

@@ -79,7 +79,8 @@ def variants() -> dict[str, Variant]:
     for c in (1.0, 3.0, 4.0):
         out[f"staleness bound {c:g}"] = (run_demand(), {"DEMAND_STALE": c})
     out["one memory (replay)"] = (runner(MemoryRule("one")), {})
-    for kind in ("likelihood", "change", "shadow", "change by shadows", "change by disputes"):
+    for kind in ("likelihood", "change", "shadow", "change by shadows", "change by disputes",
+                 "change by disputes, room as made"):
         out[f"{kind}, short 50"] = (runner(MemoryRule(kind)), {})
     out[sh.KNOWN] = (sh.POLICIES[sh.KNOWN], {})
     return out
