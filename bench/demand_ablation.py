@@ -86,8 +86,9 @@ def variants() -> dict[str, Variant]:
     return out
 
 
-def simulate(seeds: list[int], length: int, n_models: int, budget: int) -> dict[str, dict[str, Any]]:
-    runs = variants()
+def simulate(seeds: list[int], length: int, n_models: int, budget: int, only: list[str] | None = None
+             ) -> dict[str, dict[str, Any]]:
+    runs = {label: v for label, v in variants().items() if not only or label in only}
     out: dict[str, dict[str, Any]] = {}
     for family, (make, low, high) in sh.FAMILIES.items():
         sums: dict[str, list[float]] = {label: [0.0, 0.0] for label in [sh.BELADY, *runs]}
@@ -109,10 +110,12 @@ def simulate(seeds: list[int], length: int, n_models: int, budget: int) -> dict[
 def main() -> int:
     p = parser(__doc__.splitlines()[0])
     sh.add_trace_options(p)
+    p.add_argument("--only", nargs="+", metavar="VARIANT", choices=list(variants()),
+                   help="these variants alone (default: all)")
     args = p.parse_args()
     exit_cleanly_on_sigterm()
     started = time.monotonic()
-    results = simulate(args.seeds, args.length, args.models, int(args.budget_gb * sh.GB))
+    results = simulate(args.seeds, args.length, args.models, int(args.budget_gb * sh.GB), args.only)
     labels = list(next(iter(results.values())))
 
     def cell(r: dict[str, float]) -> str:
