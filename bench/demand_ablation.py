@@ -14,7 +14,7 @@ Variants (memwarden.policies.cache driven as scheduler_hitrate drives it; consta
   one memory (replay)        bench/_demand_memory.py's replay of demand, no second memory: equals "demand"
   likelihood, change,        a second, short memory (half-life 50 switches) beside DEMAND_HALF_LIFE, and a rule
   shadow, change by …        choosing online which one ranks, or restarting the long one at a change of law
-                             (bench/_demand_memory.py)
+                             (bench/_demand_memory.py); "duel D": the duel's half-life, D switches (else 1,000)
   known popularity (A0)      the mark (bench/_yardsticks.py)
 """
 
@@ -82,6 +82,8 @@ def variants() -> dict[str, Variant]:
     for kind in ("likelihood", "change", "shadow", "change by shadows", "change by disputes",
                  "change by disputes, room as made"):
         out[f"{kind}, short 50"] = (runner(MemoryRule(kind)), {})
+    for kind in ("change by shadows", "change by disputes", "change by disputes, room as made"):
+        out[f"{kind}, short 50, duel 3000"] = (runner(MemoryRule(kind, duel_half_life=3000.0)), {})
     out[sh.KNOWN] = (sh.POLICIES[sh.KNOWN], {})
     return out
 
