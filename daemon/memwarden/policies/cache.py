@@ -39,9 +39,9 @@ POLICIES = ("demand", "lru", "gdsf", "gdsf-decay")
 DEFAULT_POLICY = "demand"
 # demand: a switch to a model counts half after this many switches (to any model). Chosen on
 # bench/scheduler_hitrate.py's families: long enough that a Zipf rate is estimated from a few hundred switches,
-# short enough that a reshuffle of popularity is followed within a phase. A second, shorter memory chosen from
-# evidence follows reshuffles and bursts sooner but costs a sliding working set (BENCHMARKS.md, section 5, "Issue
-# 15: one half-life or two").
+# short enough that a reshuffle of popularity is followed within a phase: a compromise between stationary and
+# shifting laws. A memory restarted at each detected change, dueled against this one, follows reshuffles and bursts
+# sooner on the replay (BENCHMARKS.md, section 5, "Issue 15: one half-life or two").
 DEMAND_HALF_LIFE = 250.0
 # demand: a model not asked for in `a` switches is taken to be asked for at most DEMAND_STALE / a times per
 # switch. A model still in use at rate r goes a ≫ 1/r switches without a request rarely; one whose demand moved
