@@ -4,11 +4,11 @@ A replay of memwarden.policies.cache's demand in plain lists (switches counted, 
 seconds, plans that keep every victim whose room the others make, ties by last use then name): with one memory it
 gives demand's figures to the request. Beside demand's count (half-life DEMAND_HALF_LIFE, the "long" memory) each
 model has a count with a short half-life, and a rule chooses, at every switch, which memory ranks the residents.
-The lead is a decayed sum, over switches, of log(p_short / p_long) of the model switched to (add-½ estimates over
+The evidence is a decayed sum, over switches, of log(p_short / p_long) of the model switched to (add-½ estimates over
 the models seen, each memory's counts over its decayed number of switches): how much better the short memory
 predicted the switches that came.
-  likelihood         the short memory ranks while the lead exceeds `threshold` nats
-  change             the lead read as change detection: once it exceeds `threshold`, the law is taken to have
+  likelihood         the short memory ranks while the evidence exceeds `threshold` nats
+  change             the evidence read as change detection: once it exceeds `threshold`, the law is taken to have
                      changed and the long memory restarts from the short one (counts and switches), then grows its
                      window from the change on; the long memory, so restarted, always ranks
   shadow             set dueling: a shadow cache per memory (long, short), each run by its memory's ranking
@@ -39,7 +39,7 @@ LONG, SHORT, RESTARTED = "long", "short", "restarted"  # RESTARTED: the long mem
 class MemoryRule:
     kind: str  # "one", "likelihood", "change", "shadow", "change by shadows", "change by disputes" (… room as made)
     short: float = 50.0  # the short memory's half-life, switches
-    lead_half_life: float = 50.0  # switches: how long the evidence for one memory over the other counts
+    evidence_half_life: float = 50.0  # switches: how long the evidence for one memory over the other counts
     threshold: float = 5.0  # nats of evidence before the short memory ranks (likelihood) or the law is new (change)
     duel_half_life: float = 1000.0  # switches: how long a duel's stall or blame counts
 
@@ -57,7 +57,7 @@ class _Replay:
         self.counts = {memory: [0.0] * n for memory in self.half_life}
         self.mass = dict.fromkeys(self.half_life, 0.0)  # decayed switches to any model
         self.counted_at, self.last_used, self.seen = [0] * n, [0.0] * n, [False] * n
-        self.switches, self.last, self.lead, self.changed_at = 0, -1, 0.0, 0
+        self.switches, self.last, self.evidence, self.changed_at = 0, -1, 0.0, 0
         self.stall = dict.fromkeys(rule.dueled, 0.0)  # a duel's decayed seconds: shadows' stall, or blame
         self.disputed: dict[int, tuple[str, set[int]]] = {}  # model → the memory that evicted it, its dispute
 
@@ -72,7 +72,7 @@ class _Replay:
     def switch(self, m: int) -> None:
         known = sum(self.seen) + (not self.seen[m])
         p = {mem: (self.count(m, mem) + PRIOR) / (self.mass[mem] + PRIOR * known) for mem in (SHORT, RESTARTED)}
-        self.lead = self.lead * 0.5 ** (1 / self.rule.lead_half_life) + math.log(p[SHORT] / p[RESTARTED])
+        self.evidence = self.evidence * 0.5 ** (1 / self.rule.evidence_half_life) + math.log(p[SHORT] / p[RESTARTED])
         for memory in self.stall:
             self.stall[memory] *= 0.5 ** (1 / self.rule.duel_half_life)
         counted = {memory: self.count(m, memory) for memory in self.half_life}
@@ -81,8 +81,8 @@ class _Replay:
             self.mass[memory] = self.mass[memory] * 0.5 ** (1 / half_life) + 1.0
             self.counts[memory][m] = counted[memory] * 0.5 ** (1 / half_life) + 1.0
         self.counted_at[m] = self.switches
-        if self.rule.kind.startswith("change") and self.lead > self.rule.threshold:
-            self.changed_at, self.mass[RESTARTED], self.lead = self.switches, self.mass[SHORT], 0.0
+        if self.rule.kind.startswith("change") and self.evidence > self.rule.threshold:
+            self.changed_at, self.mass[RESTARTED], self.evidence = self.switches, self.mass[SHORT], 0.0
             self.counts[RESTARTED][m] = self.counts[SHORT][m]
 
     def value(self, e: int, memory: str) -> float:
@@ -113,7 +113,7 @@ class _Replay:
     def ranking_memory(self) -> str:
         kind = self.rule.kind
         if kind == "likelihood":
-            return SHORT if self.lead > self.rule.threshold else LONG
+            return SHORT if self.evidence > self.rule.threshold else LONG
         if kind == "change":
             return RESTARTED
         if kind == "shadow" or kind.startswith(("change by shadows", "change by disputes")):
