@@ -6,10 +6,8 @@ which it is asked for now × the seconds a load of it takes ÷ its size, and the
 - Only a switch counts: a request for a model other than the one requested just before. A run of requests for
   one model can cost at most one load, so it counts once; the decay's clock (`switches`) counts switches too,
   so a long session does not age every other model.
-- The rate is the decayed count of a model's switches ÷ DEMAND_HALF_LIFE (switches to it per switch, up to a
-  constant factor the same for all), and it is never taken above DEMAND_STALE / (switches since the model's last
-  use): a model whose requests stopped loses its place within a few switches however popular it was, which no
-  decayed count alone does.
+- The rate is the decayed count of a model's switches, never taken above DEMAND_STALE / (switches since its last
+  use), and restarted when the law of the requests changes if that ranks better (policies/demand.py).
 - The cost is `load_time`: Ollama's load time as measured, the size-based estimate until then.
 No inflation value (GDSF's L): the staleness bound ages a model out, and L would let a newcomer's one use outrank
 a steady favourite's many (BENCHMARKS.md, section 5, compares them).
@@ -35,18 +33,13 @@ from dataclasses import dataclass, field, replace
 
 from pyrsistent import PMap, pmap
 
+from memwarden.policies import demand
+from memwarden.policies.demand import DEMAND_HALF_LIFE, DEMAND_STALE, Memory
+
+__all__ = ["DEMAND_HALF_LIFE", "DEMAND_STALE"]  # demand's, named here as before
+
 POLICIES = ("demand", "lru", "gdsf", "gdsf-decay")
 DEFAULT_POLICY = "demand"
-# demand: a switch to a model counts half after this many switches (to any model). Chosen on
-# bench/scheduler_hitrate.py's families: long enough that a Zipf rate is estimated from a few hundred switches,
-# short enough that a reshuffle of popularity is followed within a phase: a compromise between stationary and
-# shifting laws. A memory restarted at each detected change, dueled against this one, follows reshuffles and bursts
-# sooner on the replay (BENCHMARKS.md, section 5, "Issue 15: one half-life or two").
-DEMAND_HALF_LIFE = 250.0
-# demand: a model not asked for in `a` switches is taken to be asked for at most DEMAND_STALE / a times per
-# switch. A model still in use at rate r goes a ≫ 1/r switches without a request rarely; one whose demand moved
-# away does so at once, and this lets it go after a few switches instead of a few half-lives.
-DEMAND_STALE = 2.0
 # gdsf-decay: a use counts half after this many requests (to any model), a quarter after twice as many. Chosen
 # on bench/scheduler_hitrate.py's trace families (BENCHMARKS.md): long enough that a Zipf favourite keeps its
 # lead, short enough that a reshuffle of popularity is followed within a few hundred requests.
@@ -79,6 +72,8 @@ class Entry:
     load_seconds: float = 0.0  # measured load time (seconds); 0 until one is measured
     visits: float = 0.0  # demand: switches to this model, decayed to switch number `visit_switch`
     visit_switch: int = 0  # demand: the state's switch count at the model's last switch (its last use)
+    visits_short: float = 0.0  # demand: switches, decayed as `visits` with demand.SHORT_HALF_LIFE
+    visits_restarted: float = 0.0  # demand: `visits`, restarted at each change of law (demand.py)
 
 
 @dataclass(frozen=True)
@@ -90,6 +85,7 @@ class CacheState:
     residents: PMap = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
     switches: int = 0  # requests for another model than the one before: demand's clock
     last_name: str = ""  # the model of the last request
+    memory: Memory = field(default_factory=Memory)  # demand's, beside the entries' counts
 
     def __post_init__(self) -> None:
         if not isinstance(self.entries, PMap):
@@ -105,7 +101,7 @@ class CacheState:
         elif entry.name in residents:
             residents = residents.remove(entry.name)
         return CacheState(entries.set(entry.name, entry), self.inflation, self.ticks, residents, self.switches,
-                          self.last_name)
+                          self.last_name, self.memory)
 
     def without(self, names: Iterable[str]) -> CacheState:
         entries, residents = self.entries.evolver(), self.residents.evolver()  # type: ignore[attr-defined]
@@ -114,13 +110,18 @@ class CacheState:
             if name in residents:
                 residents.remove(name)
         return CacheState(entries.persistent(), self.inflation, self.ticks, residents.persistent(), self.switches,
-                          self.last_name)
+                          self.last_name, self.memory)
 
     @staticmethod
     def of(entries: Iterable[Entry], inflation: float = 0.0, ticks: int = 0, switches: int = 0,
-           last_name: str = "") -> CacheState:
-        return CacheState(pmap({e.name: e for e in entries}), inflation, ticks, None, switches,  # type: ignore[arg-type]
-                          last_name)
+           last_name: str = "", memory: Memory | None = None) -> CacheState:
+        """A state of `entries`; without `memory`, demand's is taken from their counts (as after a restart)."""
+        table = pmap({e.name: e for e in entries})
+        if memory is None:
+            counted = [e for e in table.values() if e.visit_switch > 0]
+            memory = Memory(counted=len(counted), restarted_switches=sum(
+                demand.decayed(e.visits, switches - e.visit_switch, DEMAND_HALF_LIFE) for e in counted))
+        return CacheState(table, inflation, ticks, None, switches, last_name, memory)  # type: ignore[arg-type]
 
     def resident(self) -> list[Entry]:
         return [self.entries[n] for n in sorted(self.residents)]
@@ -147,17 +148,16 @@ def decay_priority(state: CacheState, entry: Entry) -> float:
     return entry.inflation_at_use + decayed_uses(entry, state.ticks) * load_time(entry) / max(entry.size, 1)
 
 
-def demand_rate(entry: Entry, switches: int) -> float:
+def demand_rate(entry: Entry, switches: int, memory: Memory | None = None) -> float:
     """demand's estimate of how often `entry` is switched to, per switch, at switch number `switches`: its
     decayed switches ÷ the half-life, bounded by DEMAND_STALE / the switches since its last use."""
-    age = switches - entry.visit_switch
-    rate = entry.visits * 0.5 ** (age / DEMAND_HALF_LIFE) / DEMAND_HALF_LIFE
-    return min(rate, DEMAND_STALE / age) if age > 0 else rate
+    return demand.rate(entry, switches, memory or Memory())
 
 
-def demand_value(state: CacheState, entry: Entry) -> float:
-    """demand's value of keeping `entry` resident: load seconds a switch to it would cost, per switch, per byte."""
-    return demand_rate(entry, state.switches) * load_time(entry) / max(entry.size, 1)
+def demand_value(state: CacheState, entry: Entry, which: str | None = None) -> float:
+    """demand's value of keeping `entry` resident: load seconds a switch to it would cost, per switch, per byte
+    (by the memory that ranks, or `which`)."""
+    return demand.rate(entry, state.switches, state.memory, which) * load_time(entry) / max(entry.size, 1)
 
 
 def touch(state: CacheState, name: str, now: float, size: int | None = None) -> CacheState:
@@ -166,18 +166,21 @@ def touch(state: CacheState, name: str, now: float, size: int | None = None) -> 
     hits = prior.hits + 1
     new_size = prior.size if size is None else size
     ticks, switches = state.ticks + 1, state.switches
-    visits, visit_switch = prior.visits, prior.visit_switch
+    memory = replace(state.memory, evicting=()) if state.memory.evicting else state.memory
+    counts = {}
     if name != state.last_name or name not in state.entries:
         switches += 1
-        visits = (visits * 0.5 ** ((switches - visit_switch) / DEMAND_HALF_LIFE) if visits else 0.0) + 1.0
-        visit_switch = switches
+        sized = replace(prior, size=new_size)
+        counted = demand.switched(sized, switches, memory, prior.visit_switch > 0, load_time(sized))
+        memory = counted.memory
+        counts = {"visits": counted.visits, "visits_short": counted.visits_short,
+                  "visits_restarted": counted.visits_restarted, "visit_switch": switches}
     entry = replace(prior, size=new_size, last_used=now, hits=hits,
                     priority=_gdsf_priority(state, hits, new_size),
-                    freq=decayed_uses(prior, ticks) + 1.0, tick=ticks, inflation_at_use=state.inflation,
-                    visits=visits, visit_switch=visit_switch)
+                    freq=decayed_uses(prior, ticks) + 1.0, tick=ticks, inflation_at_use=state.inflation, **counts)
     # A use leaves residency as it was: the resident index stays.
     return CacheState(state.entries.set(name, entry), state.inflation, ticks,  # type: ignore[attr-defined]
-                      state.residents, switches, name)
+                      state.residents, switches, name, memory)
 
 
 def note_load_time(state: CacheState, name: str, seconds: float) -> CacheState:
@@ -199,6 +202,11 @@ def set_resident(state: CacheState, name: str, resident: bool, size: int | None 
         priority = prior.priority - prior.hits / max(prior.size, 1) + prior.hits / max(size, 1)
         entry = replace(entry, size=size, size_measured=measured or prior.size_measured,
                         priority=priority if prior.hits else prior.priority)
+    if resident and state.memory.evicting and name == state.last_name:  # the model asked for last, loaded
+        candidates = [state.entries[n] for n in state.memory.evicting if n in state.entries]
+        candidates += [e for e in state.resident() if not e.pinned and e.name != name]
+        state = replace(state, memory=demand.settled(state.memory, candidates,
+                                                     lambda e, which: demand_value(state, e, which)))
     return state.with_entry(entry)
 
 
@@ -226,7 +234,9 @@ def evicted(state: CacheState, name: str, policy: str) -> CacheState:
     """Mark `name` gone; under GDSF the inflation value rises to its priority."""
     entry = state.entries[name]
     new = set_resident(state, name, False)
-    if policy == "gdsf":
+    if policy == "demand":
+        new = replace(new, memory=replace(new.memory, evicting=(*new.memory.evicting, name)))
+    elif policy == "gdsf":
         new = replace(new, inflation=max(state.inflation, entry.priority))
     elif policy == "gdsf-decay":
         new = replace(new, inflation=max(state.inflation, decay_priority(state, entry)))
@@ -289,7 +299,7 @@ def plan_room_on(state: CacheState, name: str, need: int, budgets: Mapping[int, 
         return plan_room(state, name, need, sum(budgets.values()), policy, max_resident)
     # Only the resident entries bear on a plan: each GPU's are taken from the index, not the whole table.
     plans = [plan_room(CacheState.of((e for e in state.resident() if e.gpu == index), state.inflation,
-                                     state.ticks, state.switches, state.last_name),
+                                     state.ticks, state.switches, state.last_name, state.memory),
                        name, need, budget, policy, max_resident)
              for index, budget in budgets.items()]
     return min(plans, key=lambda p: (not p.fits, len(p.victims)))
@@ -362,7 +372,7 @@ def commit(current: CacheState, base: CacheState, planned: CacheState) -> CacheS
     latest = planned if planned.switches > current.switches else current
     return CacheState(entries.persistent(), max(current.inflation, planned.inflation),
                       max(current.ticks, planned.ticks), None, latest.switches,  # type: ignore[arg-type]
-                      latest.last_name)
+                      latest.last_name, latest.memory)
 
 
 @dataclass(frozen=True)
