@@ -2,11 +2,12 @@
 
 A replay of memwarden.policies.cache's demand in plain lists (switches counted, the staleness bound, cost = load
 seconds, plans that keep every victim whose room the others make, ties by last use then name): with one memory it
-gives demand's figures to the request. Beside demand's count (half-life DEMAND_HALF_LIFE, the "long" memory) each
-model has a count with a short half-life, and a rule chooses, at every switch, which memory ranks the residents.
-The evidence is a decayed sum, over switches, of log(p_short / p_long) of the model switched to (add-½ estimates over
-the models seen, each memory's counts over its decayed number of switches): how much better the short memory
-predicted the switches that came.
+gives the figures of demand with one half-life ("no change detection") to the request, and "change by disputes, room
+as made" with a duel half-life of 3,000 switches those of demand as shipped (policies/demand.py). Beside the count
+of one half-life (DEMAND_HALF_LIFE, the "long" memory) each model has a count with a short half-life, and a rule
+chooses, at every switch, which memory ranks the residents. The evidence is a decayed sum, over switches, of
+log(p_short / p_long) of the model switched to (add-½ estimates over the models seen, each memory's counts over its
+decayed number of switches): how much better the short memory predicted the switches that came.
   likelihood         the short memory ranks while the evidence exceeds `threshold` nats
   change             the evidence read as change detection: once it exceeds `threshold`, the law is taken to have
                      changed and the long memory restarts from the short one (counts and switches), then grows its
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 
 import scheduler_hitrate as sh
 
-from memwarden.policies import cache
+from memwarden.policies import demand as policy
 
 PRIOR = 0.5  # the add-½ (Krichevsky–Trofimov) estimate: a model never asked for is not impossible
 LONG, SHORT, RESTARTED = "long", "short", "restarted"  # RESTARTED: the long memory, restarted at each change
@@ -52,7 +53,7 @@ class MemoryRule:
 class _Replay:
     def __init__(self, rule: MemoryRule, sizes: sh.Sizes, names: list[str], budget: int):
         self.rule, self.sizes, self.names, self.budget = rule, sizes, names, budget
-        self.half_life = {LONG: cache.DEMAND_HALF_LIFE, SHORT: rule.short, RESTARTED: cache.DEMAND_HALF_LIFE}
+        self.half_life = {LONG: policy.DEMAND_HALF_LIFE, SHORT: rule.short, RESTARTED: policy.DEMAND_HALF_LIFE}
         n = len(sizes)
         self.counts = {memory: [0.0] * n for memory in self.half_life}
         self.mass = dict.fromkeys(self.half_life, 0.0)  # decayed switches to any model
@@ -66,7 +67,7 @@ class _Replay:
         if memory == RESTARTED and self.counted_at[m] < self.changed_at:
             short = self.rule.short
             at_change = self.counts[SHORT][m] * 0.5 ** ((self.changed_at - self.counted_at[m]) / short)
-            return at_change * 0.5 ** ((self.switches - self.changed_at) / cache.DEMAND_HALF_LIFE)
+            return at_change * 0.5 ** ((self.switches - self.changed_at) / policy.DEMAND_HALF_LIFE)
         return self.counts[memory][m] * 0.5 ** ((self.switches - self.counted_at[m]) / self.half_life[memory])
 
     def switch(self, m: int) -> None:
@@ -89,7 +90,7 @@ class _Replay:
         age = self.switches - self.counted_at[e]
         rate = self.count(e, memory) / self.half_life[memory]
         if age > 0:
-            rate = min(rate, cache.DEMAND_STALE / age)
+            rate = min(rate, policy.DEMAND_STALE / age)
         return rate * sh.load_seconds(self.sizes[e]) / self.sizes[e]
 
     def victims(self, resident: set[int], m: int, memory: str, budget: int | None = None) -> set[int]:
