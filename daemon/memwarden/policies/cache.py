@@ -34,9 +34,7 @@ from dataclasses import dataclass, field, replace
 from pyrsistent import PMap, pmap
 
 from memwarden.policies import demand
-from memwarden.policies.demand import DEMAND_HALF_LIFE, DEMAND_STALE, Memory
-
-__all__ = ["DEMAND_HALF_LIFE", "DEMAND_STALE"]  # demand's, named here as before
+from memwarden.policies.demand import Memory
 
 POLICIES = ("demand", "lru", "gdsf", "gdsf-decay")
 DEFAULT_POLICY = "demand"
@@ -103,6 +101,10 @@ class CacheState:
         return CacheState(entries.set(entry.name, entry), self.inflation, self.ticks, residents, self.switches,
                           self.last_name, self.memory)
 
+    def remembering(self, memory: Memory) -> CacheState:
+        return CacheState(self.entries, self.inflation, self.ticks, self.residents, self.switches, self.last_name,
+                          memory)
+
     def without(self, names: Iterable[str]) -> CacheState:
         entries, residents = self.entries.evolver(), self.residents.evolver()  # type: ignore[attr-defined]
         for name in names:
@@ -117,10 +119,7 @@ class CacheState:
            last_name: str = "", memory: Memory | None = None) -> CacheState:
         """A state of `entries`; without `memory`, demand's is taken from their counts (as after a restart)."""
         table = pmap({e.name: e for e in entries})
-        if memory is None:
-            counted = [e for e in table.values() if e.visit_switch > 0]
-            memory = Memory(counted=len(counted), restarted_switches=sum(
-                demand.decayed(e.visits, switches - e.visit_switch, DEMAND_HALF_LIFE) for e in counted))
+        memory = memory or demand.recalled(table.values(), switches)
         return CacheState(table, inflation, ticks, None, switches, last_name, memory)  # type: ignore[arg-type]
 
     def resident(self) -> list[Entry]:
@@ -166,18 +165,21 @@ def touch(state: CacheState, name: str, now: float, size: int | None = None) -> 
     hits = prior.hits + 1
     new_size = prior.size if size is None else size
     ticks, switches = state.ticks + 1, state.switches
-    memory = replace(state.memory, evicting=()) if state.memory.evicting else state.memory
-    counts = {}
+    memory = state.memory.evicted(()) if state.memory.evicting else state.memory
+    visits, visits_short, visits_restarted, visit_switch = (prior.visits, prior.visits_short, prior.visits_restarted,
+                                                            prior.visit_switch)
     if name != state.last_name or name not in state.entries:
         switches += 1
-        sized = replace(prior, size=new_size)
-        counted = demand.switched(sized, switches, memory, prior.visit_switch > 0, load_time(sized))
-        memory = counted.memory
-        counts = {"visits": counted.visits, "visits_short": counted.visits_short,
-                  "visits_restarted": counted.visits_restarted, "visit_switch": switches}
+        # Load seconds only blame a memory when the model is disputed: the size-based estimate needs the new size.
+        seconds = load_time(replace(prior, size=new_size)) if name in memory.disputed else 0.0
+        counted = demand.switched(prior, switches, memory, prior.visit_switch > 0, seconds)
+        memory, visits, visits_short, visits_restarted, visit_switch = (
+            counted.memory, counted.visits, counted.visits_short, counted.visits_restarted, switches)
     entry = replace(prior, size=new_size, last_used=now, hits=hits,
                     priority=_gdsf_priority(state, hits, new_size),
-                    freq=decayed_uses(prior, ticks) + 1.0, tick=ticks, inflation_at_use=state.inflation, **counts)
+                    freq=decayed_uses(prior, ticks) + 1.0, tick=ticks, inflation_at_use=state.inflation,
+                    visits=visits, visits_short=visits_short, visits_restarted=visits_restarted,
+                    visit_switch=visit_switch)
     # A use leaves residency as it was: the resident index stays.
     return CacheState(state.entries.set(name, entry), state.inflation, ticks,  # type: ignore[attr-defined]
                       state.residents, switches, name, memory)
@@ -203,10 +205,10 @@ def set_resident(state: CacheState, name: str, resident: bool, size: int | None 
         entry = replace(entry, size=size, size_measured=measured or prior.size_measured,
                         priority=priority if prior.hits else prior.priority)
     if resident and state.memory.evicting and name == state.last_name:  # the model asked for last, loaded
-        candidates = [state.entries[n] for n in state.memory.evicting if n in state.entries]
-        candidates += [e for e in state.resident() if not e.pinned and e.name != name]
-        state = replace(state, memory=demand.settled(state.memory, candidates,
-                                                     lambda e, which: demand_value(state, e, which)))
+        candidates = [state.entries[n] for n in (*state.memory.evicting, *state.residents) if n in state.entries]
+        candidates = [e for e in candidates if not e.pinned and e.name != name]
+        state = state.remembering(demand.settled(state.memory, candidates,
+                                                 lambda e, which: demand_value(state, e, which)))
     return state.with_entry(entry)
 
 
@@ -235,7 +237,7 @@ def evicted(state: CacheState, name: str, policy: str) -> CacheState:
     entry = state.entries[name]
     new = set_resident(state, name, False)
     if policy == "demand":
-        new = replace(new, memory=replace(new.memory, evicting=(*new.memory.evicting, name)))
+        new = new.remembering(new.memory.evicted((*new.memory.evicting, name)))
     elif policy == "gdsf":
         new = replace(new, inflation=max(state.inflation, entry.priority))
     elif policy == "gdsf-decay":

@@ -19,8 +19,8 @@ BENCHMARKS.md, section 5, "Issue 15: one half-life or two", measures each part.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from pyrsistent import PMap, pmap
@@ -73,6 +73,18 @@ class Memory:
     def ranking(self) -> str:
         return RESTARTED if self.blame_restarted < self.blame_long else LONG
 
+    def evicted(self, names: tuple[str, ...], disputed: PMap | None = None) -> Memory:
+        """The same, with the victims of the load under way (and the disputes) given."""
+        return Memory(self.evidence, self.changed_at, self.short_switches, self.restarted_switches, self.counted,
+                      self.blame_long, self.blame_restarted, self.disputed if disputed is None else disputed, names)
+
+
+def recalled(entries: Iterable[Counted], switches: int) -> Memory:
+    """The memory of a table of stored counts (as after a restart): no change seen, the short memory empty."""
+    counted = [e for e in entries if e.visit_switch > 0]
+    return Memory(counted=len(counted), restarted_switches=sum(
+        decayed(e.visits, switches - e.visit_switch, DEMAND_HALF_LIFE) for e in counted))
+
 
 def decayed(count: float, switches: int, half_life: float) -> float:
     return count * 0.5 ** (switches / half_life) if count else 0.0
@@ -115,7 +127,7 @@ def switched(entry: Counted, switches: int, memory: Memory, known: bool, load_se
     p_short = (short_before + PRIOR) / (memory.short_switches + PRIOR * counted)
     p_restarted = (restarted_before + PRIOR) / (memory.restarted_switches + PRIOR * counted)
     evidence = memory.evidence * 0.5 ** (1 / EVIDENCE_HALF_LIFE) + math.log(p_short / p_restarted)
-    fade = 0.5 ** (1 / DUEL_HALF_LIFE)
+    fade = 0.5 ** (1 / DUEL_HALF_LIFE)  # a power each: the half-lives are read here so that benches may set them
     blame = {LONG: memory.blame_long * fade, RESTARTED: memory.blame_restarted * fade}
     disputed = memory.disputed
     if entry.name in disputed:
@@ -143,7 +155,7 @@ def settled(memory: Memory, candidates: Sequence[Counted], value: Callable[[Coun
     one of the two evicts, each blaming its memory if it is the first of them asked for again. Before a first change
     of law both memories choose alike: nothing to weigh."""
     if not memory.changed_at:
-        return replace(memory, evicting=())
+        return memory.evicted(())
     chosen = memory.ranking
     other = LONG if chosen == RESTARTED else RESTARTED
     victims = set(memory.evicting)
@@ -161,4 +173,4 @@ def settled(memory: Memory, candidates: Sequence[Counted], value: Callable[[Coun
             kept.add(entry.name)
     dispute = tuple(sorted(victims ^ ({e.name for e in theirs} - kept)))
     disputed = memory.disputed.update({n: (chosen if n in victims else other, dispute) for n in dispute})
-    return replace(memory, disputed=disputed, evicting=())
+    return memory.evicted((), disputed)
