@@ -123,7 +123,7 @@ def switched(entry: Counted, switches: int, memory: Memory, known: bool, load_se
     before = switches - 1
     short_before = decayed(entry.visits_short, before - entry.visit_switch, SHORT_HALF_LIFE)
     restarted_before = restarted_count(entry, before, memory)
-    counted = memory.counted + (not known)
+    counted = max(memory.counted + (not known), 1)  # a state built from counted entries may not know of them
     p_short = (short_before + PRIOR) / (memory.short_switches + PRIOR * counted)
     p_restarted = (restarted_before + PRIOR) / (memory.restarted_switches + PRIOR * counted)
     evidence = memory.evidence * 0.5 ** (1 / EVIDENCE_HALF_LIFE) + math.log(p_short / p_restarted)

@@ -90,3 +90,9 @@ def test_a_load_after_no_change_weighs_nothing():
     for name in ["a", "b", "c", "a", "d"]:
         state = step(state, name, budget=6 * GB)
     assert state.memory.changed_at == 0 and not state.memory.disputed and state.memory.evicting == ()
+
+
+def test_a_state_built_from_counted_entries_takes_a_switch():
+    entries = {"a": Entry("a", GB, visits=3.0, visit_switch=5), "b": Entry("b", GB, visits=1.0, visit_switch=6)}
+    state = touch(touch(CacheState(entries, switches=6), "a", 1.0), "b", 2.0)  # its memory knows of no model
+    assert state.switches == 8 and state.entries["a"].visits > 3.0 and state.memory.counted == 1
