@@ -172,9 +172,9 @@ def touch(state: CacheState, name: str, now: float, size: int | None = None) -> 
         switches += 1
         # Load seconds only blame a memory when the model is disputed: the size-based estimate needs the new size.
         seconds = load_time(replace(prior, size=new_size)) if name in memory.disputed else 0.0
-        counted = demand.switched(prior, switches, memory, prior.visit_switch > 0, seconds)
-        memory, visits, visits_short, visits_restarted, visit_switch = (
-            counted.memory, counted.visits, counted.visits_short, counted.visits_restarted, switches)
+        visits, visits_short, visits_restarted, memory = demand.switched(prior, switches, memory,
+                                                                         prior.visit_switch > 0, seconds)
+        visit_switch = switches
     entry = replace(prior, size=new_size, last_used=now, hits=hits,
                     priority=_gdsf_priority(state, hits, new_size),
                     freq=decayed_uses(prior, ticks) + 1.0, tick=ticks, inflation_at_use=state.inflation,
@@ -236,7 +236,7 @@ def evicted(state: CacheState, name: str, policy: str) -> CacheState:
     """Mark `name` gone; under GDSF the inflation value rises to its priority."""
     entry = state.entries[name]
     new = set_resident(state, name, False)
-    if policy == "demand":
+    if policy == "demand" and state.memory.changed_at:  # until a first change both memories evict alike
         new = new.remembering(new.memory.evicted((*new.memory.evicting, name)))
     elif policy == "gdsf":
         new = replace(new, inflation=max(state.inflation, entry.priority))

@@ -110,43 +110,40 @@ def rate(entry: Counted, switches: int, memory: Memory, which: str | None = None
     return min(value, DEMAND_STALE / age) if age > 0 else value
 
 
-@dataclass(frozen=True)
-class Switched:
-    visits: float
-    visits_short: float
-    visits_restarted: float
-    memory: Memory
-
-
-def switched(entry: Counted, switches: int, memory: Memory, known: bool, load_seconds: float) -> Switched:
-    """A switch to `entry`, number `switches`: the evidence and the duel's blame weighed, then the counts."""
-    before = switches - 1
-    short_before = decayed(entry.visits_short, before - entry.visit_switch, SHORT_HALF_LIFE)
-    restarted_before = restarted_count(entry, before, memory)
+def switched(entry: Counted, switches: int, memory: Memory, known: bool, load_seconds: float
+             ) -> tuple[float, float, float, Memory]:
+    """A switch to `entry`, number `switches`: the evidence and the duel's blame weighed, then its counts (visits,
+    visits_short, visits_restarted) and the memory after."""
+    age = switches - entry.visit_switch
+    short_fade, long_fade = 0.5 ** (1 / SHORT_HALF_LIFE), 0.5 ** (1 / DEMAND_HALF_LIFE)
+    short_before = entry.visits_short * 0.5 ** ((age - 1) / SHORT_HALF_LIFE) if entry.visits_short else 0.0
+    restarted_before = restarted_count(entry, switches - 1, memory)
     counted = max(memory.counted + (not known), 1)  # a state built from counted entries may not know of them
-    p_short = (short_before + PRIOR) / (memory.short_switches + PRIOR * counted)
-    p_restarted = (restarted_before + PRIOR) / (memory.restarted_switches + PRIOR * counted)
-    evidence = memory.evidence * 0.5 ** (1 / EVIDENCE_HALF_LIFE) + math.log(p_short / p_restarted)
-    fade = 0.5 ** (1 / DUEL_HALF_LIFE)  # a power each: the half-lives are read here so that benches may set them
-    blame = {LONG: memory.blame_long * fade, RESTARTED: memory.blame_restarted * fade}
+    evidence = memory.evidence * 0.5 ** (1 / EVIDENCE_HALF_LIFE) + math.log(
+        (short_before + PRIOR) / (memory.short_switches + PRIOR * counted)
+        * (memory.restarted_switches + PRIOR * counted) / (restarted_before + PRIOR))
+    duel_fade = 0.5 ** (1 / DUEL_HALF_LIFE)
+    blame_long, blame_restarted = memory.blame_long * duel_fade, memory.blame_restarted * duel_fade
     disputed = memory.disputed
     if entry.name in disputed:
         blamed, names = disputed[entry.name]
-        blame[blamed] += load_seconds
+        if blamed == LONG:
+            blame_long += load_seconds
+        else:
+            blame_restarted += load_seconds
         disputed = disputed.discard(entry.name)
         for other in names:
             disputed = disputed.discard(other)
-    visits_short = short_before * 0.5 ** (1 / SHORT_HALF_LIFE) + 1.0
-    visits_restarted = restarted_before * 0.5 ** (1 / DEMAND_HALF_LIFE) + 1.0
-    short_switches = memory.short_switches * 0.5 ** (1 / SHORT_HALF_LIFE) + 1.0
-    restarted_switches = memory.restarted_switches * 0.5 ** (1 / DEMAND_HALF_LIFE) + 1.0
+    visits_short = short_before * short_fade + 1.0
+    visits_restarted = restarted_before * long_fade + 1.0
+    short_switches = memory.short_switches * short_fade + 1.0
+    restarted_switches = memory.restarted_switches * long_fade + 1.0
     changed_at = memory.changed_at
     if evidence > CHANGE_NATS:
         changed_at, restarted_switches, evidence, visits_restarted = switches, short_switches, 0.0, visits_short
-    visits = decayed(entry.visits, switches - entry.visit_switch, DEMAND_HALF_LIFE) + 1.0
-    return Switched(visits, visits_short, visits_restarted,
-                    Memory(evidence, changed_at, short_switches, restarted_switches, counted, blame[LONG],
-                           blame[RESTARTED], disputed, ()))
+    visits = (entry.visits * 0.5 ** (age / DEMAND_HALF_LIFE) if entry.visits else 0.0) + 1.0
+    return visits, visits_short, visits_restarted, Memory(evidence, changed_at, short_switches, restarted_switches,
+                                                          counted, blame_long, blame_restarted, disputed, ())
 
 
 def settled(memory: Memory, candidates: Sequence[Counted], value: Callable[[Counted, str], float]) -> Memory:
