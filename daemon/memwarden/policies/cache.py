@@ -175,11 +175,10 @@ def touch(state: CacheState, name: str, now: float, size: int | None = None) -> 
         visits, visits_short, visits_restarted, memory = demand.switched(prior, switches, memory,
                                                                          prior.visit_switch > 0, seconds)
         visit_switch = switches
-    entry = replace(prior, size=new_size, last_used=now, hits=hits,
-                    priority=_gdsf_priority(state, hits, new_size),
-                    freq=decayed_uses(prior, ticks) + 1.0, tick=ticks, inflation_at_use=state.inflation,
-                    visits=visits, visits_short=visits_short, visits_restarted=visits_restarted,
-                    visit_switch=visit_switch)
+    # Built field by field, not by `replace`, which costs a third of a request's state work at 17 fields.
+    entry = Entry(name, new_size, prior.size_measured, prior.resident, prior.pinned, now, hits,
+                  _gdsf_priority(state, hits, new_size), prior.gpu, decayed_uses(prior, ticks) + 1.0, ticks,
+                  state.inflation, prior.load_seconds, visits, visit_switch, visits_short, visits_restarted)
     # A use leaves residency as it was: the resident index stays.
     return CacheState(state.entries.set(name, entry), state.inflation, ticks,  # type: ignore[attr-defined]
                       state.residents, switches, name, memory)
@@ -228,7 +227,8 @@ def eviction_order(state: CacheState, policy: str, exclude: Iterable[str] = ()) 
     if policy == "gdsf-decay":
         return sorted(candidates, key=lambda e: (decay_priority(state, e), e.last_used, e.name))
     if policy == "demand":
-        return sorted(candidates, key=lambda e: (demand_value(state, e), e.last_used, e.name))
+        ranking = state.memory.ranking
+        return sorted(candidates, key=lambda e: (demand_value(state, e, ranking), e.last_used, e.name))
     raise ValueError(f"unknown scheduler policy {policy!r}; expected one of {POLICIES}")
 
 

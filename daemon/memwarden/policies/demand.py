@@ -107,7 +107,7 @@ def rate(entry: Counted, switches: int, memory: Memory, which: str | None = None
     if (which or memory.ranking) == RESTARTED:
         count = restarted_count(entry, switches, memory)
     else:
-        count = decayed(entry.visits, age, DEMAND_HALF_LIFE)
+        count = entry.visits * 0.5 ** (age / DEMAND_HALF_LIFE) if entry.visits else 0.0
     value = count / DEMAND_HALF_LIFE
     return min(value, DEMAND_STALE / age) if age > 0 else value
 
