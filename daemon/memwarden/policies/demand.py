@@ -12,7 +12,7 @@ and `visits_restarted`, the long count restarted at each detected change of law.
   slide, and there a count restarted that often ranks worse. At each miss where the two plans would evict
   differently, the first request for a model only one of them evicts blames that one its load seconds (decayed,
   half-life DUEL_HALF_LIFE switches); the less blamed ranks. Until a first change both memories hold the same
-  counts, so a steady law never pays for any of this.
+  counts and no dispute is weighed.
 BENCHMARKS.md, section 5, "Issue 15: one half-life or two", measures each part.
 """
 
