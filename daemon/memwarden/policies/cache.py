@@ -105,14 +105,14 @@ class CacheState:
         return CacheState(self.entries, self.inflation, self.ticks, self.residents, self.switches, self.last_name,
                           memory)
 
-    def without(self, names: Iterable[str]) -> CacheState:
+    def without(self, names: Collection[str]) -> CacheState:
         entries, residents = self.entries.evolver(), self.residents.evolver()  # type: ignore[attr-defined]
         for name in names:
             entries.remove(name)
             if name in residents:
                 residents.remove(name)
         return CacheState(entries.persistent(), self.inflation, self.ticks, residents.persistent(), self.switches,
-                          self.last_name, self.memory)
+                          self.last_name, self.memory.forgetting(names))
 
     @staticmethod
     def of(entries: Iterable[Entry], inflation: float = 0.0, ticks: int = 0, switches: int = 0,

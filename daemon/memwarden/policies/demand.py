@@ -19,7 +19,7 @@ BENCHMARKS.md, section 5, "Issue 15: one half-life or two", measures each part.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -79,6 +79,16 @@ class Memory:
         """The same, with the victims of the load under way (and the disputes) given."""
         return Memory(self.evidence, self.changed_at, self.short_switches, self.restarted_switches, self.counted,
                       self.blame_long, self.blame_restarted, self.disputed if disputed is None else disputed, names)
+
+    def forgetting(self, names: Collection[str]) -> Memory:
+        """The same without the disputes of models the table forgets."""
+        if not any(n in self.disputed for n in names):
+            return self
+        disputed = self.disputed.evolver()
+        for name in names:
+            if name in disputed:
+                del disputed[name]
+        return self.evicted(self.evicting, disputed.persistent())
 
 
 def recalled(entries: Iterable[Counted], switches: int) -> Memory:

@@ -4,8 +4,10 @@ import bisect
 import random
 from dataclasses import replace
 
+from pyrsistent import pmap
+
 from memwarden.policies import demand
-from memwarden.policies.cache import CacheState, Entry, demand_value, evicted, plan_room, set_resident, touch
+from memwarden.policies.cache import CacheState, Entry, demand_value, evicted, plan_room, prune, set_resident, touch
 
 GB = 10**9
 MODELS = [f"m{i}" for i in range(10)]
@@ -96,3 +98,11 @@ def test_a_state_built_from_counted_entries_takes_a_switch():
     entries = {"a": Entry("a", GB, visits=3.0, visit_switch=5), "b": Entry("b", GB, visits=1.0, visit_switch=6)}
     state = touch(touch(CacheState(entries, switches=6), "a", 1.0), "b", 2.0)  # its memory knows of no model
     assert state.switches == 8 and state.entries["a"].visits > 3.0 and state.memory.counted == 1
+
+
+def test_a_model_the_table_forgets_leaves_no_dispute_behind():
+    disputed = {"gone": (demand.LONG, ("gone", "kept")), "kept": (demand.RESTARTED, ("gone", "kept"))}
+    state = CacheState.of([Entry("gone", GB, last_used=1.0), Entry("kept", GB, last_used=2.0)],
+                          memory=demand.Memory(changed_at=3, disputed=pmap(disputed)))
+    pruned = prune(state, installed={"kept"})
+    assert pruned.forgotten == ("gone",) and set(pruned.state.memory.disputed) == {"kept"}
