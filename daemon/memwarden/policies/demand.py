@@ -131,9 +131,12 @@ def switched(entry: Counted, switches: int, memory: Memory, known: bool, load_se
     short_before = entry.visits_short * 0.5 ** ((age - 1) / SHORT_HALF_LIFE) if entry.visits_short else 0.0
     restarted_before = restarted_count(entry, switches - 1, memory)
     counted = max(memory.counted + (not known), 1)  # a state built from counted entries may not know of them
-    evidence = memory.evidence * 0.5 ** (1 / EVIDENCE_HALF_LIFE) + math.log(
-        (short_before + PRIOR) / (memory.short_switches + PRIOR * counted)
-        * (memory.restarted_switches + PRIOR * counted) / (restarted_before + PRIOR))
+    evidence = memory.evidence * 0.5 ** (1 / EVIDENCE_HALF_LIFE)
+    if short_before >= 1.0 or restarted_before >= 1.0:
+        # Only a model one memory knows bears on which predicts better: over thousands of models the short one, with
+        # less of its mass on the models it has seen, predicts every model seen by neither a little better.
+        evidence += math.log((short_before + PRIOR) / (memory.short_switches + PRIOR * counted)
+                             * (memory.restarted_switches + PRIOR * counted) / (restarted_before + PRIOR))
     duel_fade = 0.5 ** (1 / DUEL_HALF_LIFE)
     blame_long, blame_restarted = memory.blame_long * duel_fade, memory.blame_restarted * duel_fade
     disputed = memory.disputed
