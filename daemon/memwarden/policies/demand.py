@@ -3,11 +3,11 @@
 One half-life is a compromise: a long one estimates a steady law well, a short one follows a reshuffle. So each
 model has three counts of its switches: `visits` (half-life DEMAND_HALF_LIFE), `visits_short` (SHORT_HALF_LIFE)
 and `visits_restarted`, the long count restarted at each detected change of law.
-- Change detection: the evidence is a decayed sum, over switches, of log(p_short / p_restarted) for the model each
-  switch goes to (add-½ estimates over the models counted): how much better the short memory predicted the
-  switches that came. Past CHANGE_NATS the law is taken to have changed: the restarted memory starts over from the
-  short one (lazily: a model not switched to since takes its short count at the change) and widens its window from
-  there, as an estimate of a law should after it changes.
+- Change detection: the evidence is a decayed sum, over switches to a model either memory has counted, of
+  log(p_short / p_restarted) for that model (add-½ estimates over the models counted): how much better the short
+  memory predicted the switches that came. Past CHANGE_NATS the law is taken to have changed: the restarted memory
+  starts over from the short one (lazily: a model not switched to since takes its short count at the change) and
+  widens its window from there, as an estimate of a law should after it changes.
 - A duel decides whether the restarted memory or `visits` ranks: a sliding working set is a change of law at every
   slide, and there a count restarted that often ranks worse. At each miss where the two plans would evict
   differently, the first request for a model only one of them evicts blames that one its load seconds (decayed,
