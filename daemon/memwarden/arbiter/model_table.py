@@ -42,10 +42,13 @@ class ModelTable:
         """The stored entries, and their keep_alives that still parse (one that does not is dropped, logged)."""
         entries, keep_alive = [], {}
         for row in self.table.rows:
+            # demand's short and restarted counts are not stored: the short one relearns within tens of switches,
+            # and until a change of law is seen again the restarted one is the count itself.
+            visits = _finite(row.get("visits"))
             entries.append(cache.Entry(row["name"], row["size"] or 0, bool(row["size_measured"]), False,
                                        bool(row["pinned"]), row["last_used"] or 0.0, row["hits"] or 0,
-                                       load_seconds=_finite(row.get("load_seconds")),
-                                       visits=_finite(row.get("visits")), visit_switch=row.get("visit_switch") or 0))
+                                       load_seconds=_finite(row.get("load_seconds")), visits=visits,
+                                       visit_switch=row.get("visit_switch") or 0, visits_restarted=visits))
             if row["keep_alive"] is not None:
                 try:
                     keep_alive[row["name"]] = keep_alive_text(row["keep_alive"])

@@ -6,10 +6,8 @@ which it is asked for now × the seconds a load of it takes ÷ its size, and the
 - Only a switch counts: a request for a model other than the one requested just before. A run of requests for
   one model can cost at most one load, so it counts once; the decay's clock (`switches`) counts switches too,
   so a long session does not age every other model.
-- The rate is the decayed count of a model's switches ÷ DEMAND_HALF_LIFE (switches to it per switch, up to a
-  constant factor the same for all), and it is never taken above DEMAND_STALE / (switches since the model's last
-  use): a model whose requests stopped loses its place within a few switches however popular it was, which no
-  decayed count alone does.
+- The rate is the decayed count of a model's switches, never taken above DEMAND_STALE / (switches since its last
+  use), and restarted when the law of the requests changes if that ranks better (policies/demand.py).
 - The cost is `load_time`: Ollama's load time as measured, the size-based estimate until then.
 No inflation value (GDSF's L): the staleness bound ages a model out, and L would let a newcomer's one use outrank
 a steady favourite's many (BENCHMARKS.md, section 5, compares them).
@@ -35,16 +33,11 @@ from dataclasses import dataclass, field, replace
 
 from pyrsistent import PMap, pmap
 
+from memwarden.policies import demand
+from memwarden.policies.demand import Memory
+
 POLICIES = ("demand", "lru", "gdsf", "gdsf-decay")
 DEFAULT_POLICY = "demand"
-# demand: a switch to a model counts half after this many switches (to any model). Chosen on
-# bench/scheduler_hitrate.py's families: long enough that a Zipf rate is estimated from a few hundred switches,
-# short enough that a reshuffle of popularity is followed within a phase.
-DEMAND_HALF_LIFE = 250.0
-# demand: a model not asked for in `a` switches is taken to be asked for at most DEMAND_STALE / a times per
-# switch. A model still in use at rate r goes a ≫ 1/r switches without a request rarely; one whose demand moved
-# away does so at once, and this lets it go after a few switches instead of a few half-lives.
-DEMAND_STALE = 2.0
 # gdsf-decay: a use counts half after this many requests (to any model), a quarter after twice as many. Chosen
 # on bench/scheduler_hitrate.py's trace families (BENCHMARKS.md): long enough that a Zipf favourite keeps its
 # lead, short enough that a reshuffle of popularity is followed within a few hundred requests.
@@ -77,6 +70,8 @@ class Entry:
     load_seconds: float = 0.0  # measured load time (seconds); 0 until one is measured
     visits: float = 0.0  # demand: switches to this model, decayed to switch number `visit_switch`
     visit_switch: int = 0  # demand: the state's switch count at the model's last switch (its last use)
+    visits_short: float = 0.0  # demand: switches, decayed as `visits` with demand.SHORT_HALF_LIFE
+    visits_restarted: float = 0.0  # demand: `visits`, restarted at each change of law (demand.py)
 
 
 @dataclass(frozen=True)
@@ -88,6 +83,7 @@ class CacheState:
     residents: PMap = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
     switches: int = 0  # requests for another model than the one before: demand's clock
     last_name: str = ""  # the model of the last request
+    memory: Memory = field(default_factory=Memory)  # demand's, beside the entries' counts
 
     def __post_init__(self) -> None:
         if not isinstance(self.entries, PMap):
@@ -103,22 +99,28 @@ class CacheState:
         elif entry.name in residents:
             residents = residents.remove(entry.name)
         return CacheState(entries.set(entry.name, entry), self.inflation, self.ticks, residents, self.switches,
-                          self.last_name)
+                          self.last_name, self.memory)
 
-    def without(self, names: Iterable[str]) -> CacheState:
+    def remembering(self, memory: Memory) -> CacheState:
+        return CacheState(self.entries, self.inflation, self.ticks, self.residents, self.switches, self.last_name,
+                          memory)
+
+    def without(self, names: Collection[str]) -> CacheState:
         entries, residents = self.entries.evolver(), self.residents.evolver()  # type: ignore[attr-defined]
         for name in names:
             entries.remove(name)
             if name in residents:
                 residents.remove(name)
         return CacheState(entries.persistent(), self.inflation, self.ticks, residents.persistent(), self.switches,
-                          self.last_name)
+                          self.last_name, self.memory.forgetting(names))
 
     @staticmethod
     def of(entries: Iterable[Entry], inflation: float = 0.0, ticks: int = 0, switches: int = 0,
-           last_name: str = "") -> CacheState:
-        return CacheState(pmap({e.name: e for e in entries}), inflation, ticks, None, switches,  # type: ignore[arg-type]
-                          last_name)
+           last_name: str = "", memory: Memory | None = None) -> CacheState:
+        """A state of `entries`; without `memory`, demand's is taken from their counts (as after a restart)."""
+        table = pmap({e.name: e for e in entries})
+        memory = memory or demand.recalled(table.values(), switches)
+        return CacheState(table, inflation, ticks, None, switches, last_name, memory)  # type: ignore[arg-type]
 
     def resident(self) -> list[Entry]:
         return [self.entries[n] for n in sorted(self.residents)]
@@ -145,17 +147,16 @@ def decay_priority(state: CacheState, entry: Entry) -> float:
     return entry.inflation_at_use + decayed_uses(entry, state.ticks) * load_time(entry) / max(entry.size, 1)
 
 
-def demand_rate(entry: Entry, switches: int) -> float:
+def demand_rate(entry: Entry, switches: int, memory: Memory | None = None) -> float:
     """demand's estimate of how often `entry` is switched to, per switch, at switch number `switches`: its
     decayed switches ÷ the half-life, bounded by DEMAND_STALE / the switches since its last use."""
-    age = switches - entry.visit_switch
-    rate = entry.visits * 0.5 ** (age / DEMAND_HALF_LIFE) / DEMAND_HALF_LIFE
-    return min(rate, DEMAND_STALE / age) if age > 0 else rate
+    return demand.rate(entry, switches, memory or Memory())
 
 
-def demand_value(state: CacheState, entry: Entry) -> float:
-    """demand's value of keeping `entry` resident: load seconds a switch to it would cost, per switch, per byte."""
-    return demand_rate(entry, state.switches) * load_time(entry) / max(entry.size, 1)
+def demand_value(state: CacheState, entry: Entry, which: str | None = None) -> float:
+    """demand's value of keeping `entry` resident: load seconds a switch to it would cost, per switch, per byte
+    (by the memory that ranks, or `which`)."""
+    return demand.rate(entry, state.switches, state.memory, which) * load_time(entry) / max(entry.size, 1)
 
 
 def touch(state: CacheState, name: str, now: float, size: int | None = None) -> CacheState:
@@ -164,18 +165,23 @@ def touch(state: CacheState, name: str, now: float, size: int | None = None) -> 
     hits = prior.hits + 1
     new_size = prior.size if size is None else size
     ticks, switches = state.ticks + 1, state.switches
-    visits, visit_switch = prior.visits, prior.visit_switch
+    memory = state.memory.evicted(()) if state.memory.evicting else state.memory
+    visits, visits_short, visits_restarted, visit_switch = (prior.visits, prior.visits_short, prior.visits_restarted,
+                                                            prior.visit_switch)
     if name != state.last_name or name not in state.entries:
         switches += 1
-        visits = (visits * 0.5 ** ((switches - visit_switch) / DEMAND_HALF_LIFE) if visits else 0.0) + 1.0
+        # Load seconds only blame a memory when the model is disputed: the size-based estimate needs the new size.
+        seconds = load_time(replace(prior, size=new_size)) if name in memory.disputed else 0.0
+        visits, visits_short, visits_restarted, memory = demand.switched(prior, switches, memory,
+                                                                         prior.visit_switch > 0, seconds)
         visit_switch = switches
-    entry = replace(prior, size=new_size, last_used=now, hits=hits,
-                    priority=_gdsf_priority(state, hits, new_size),
-                    freq=decayed_uses(prior, ticks) + 1.0, tick=ticks, inflation_at_use=state.inflation,
-                    visits=visits, visit_switch=visit_switch)
+    # Built field by field, not by `replace`, which costs a third of a request's state work at 17 fields.
+    entry = Entry(name, new_size, prior.size_measured, prior.resident, prior.pinned, now, hits,
+                  _gdsf_priority(state, hits, new_size), prior.gpu, decayed_uses(prior, ticks) + 1.0, ticks,
+                  state.inflation, prior.load_seconds, visits, visit_switch, visits_short, visits_restarted)
     # A use leaves residency as it was: the resident index stays.
     return CacheState(state.entries.set(name, entry), state.inflation, ticks,  # type: ignore[attr-defined]
-                      state.residents, switches, name)
+                      state.residents, switches, name, memory)
 
 
 def note_load_time(state: CacheState, name: str, seconds: float) -> CacheState:
@@ -197,6 +203,11 @@ def set_resident(state: CacheState, name: str, resident: bool, size: int | None 
         priority = prior.priority - prior.hits / max(prior.size, 1) + prior.hits / max(size, 1)
         entry = replace(entry, size=size, size_measured=measured or prior.size_measured,
                         priority=priority if prior.hits else prior.priority)
+    if resident and state.memory.evicting and name == state.last_name:  # the model asked for last, loaded
+        candidates = [state.entries[n] for n in (*state.memory.evicting, *state.residents) if n in state.entries]
+        candidates = [e for e in candidates if not e.pinned and e.name != name]
+        state = state.remembering(demand.settled(state.memory, candidates,
+                                                 lambda e, which: demand_value(state, e, which)))
     return state.with_entry(entry)
 
 
@@ -216,7 +227,8 @@ def eviction_order(state: CacheState, policy: str, exclude: Iterable[str] = ()) 
     if policy == "gdsf-decay":
         return sorted(candidates, key=lambda e: (decay_priority(state, e), e.last_used, e.name))
     if policy == "demand":
-        return sorted(candidates, key=lambda e: (demand_value(state, e), e.last_used, e.name))
+        ranking = state.memory.ranking
+        return sorted(candidates, key=lambda e: (demand_value(state, e, ranking), e.last_used, e.name))
     raise ValueError(f"unknown scheduler policy {policy!r}; expected one of {POLICIES}")
 
 
@@ -224,7 +236,9 @@ def evicted(state: CacheState, name: str, policy: str) -> CacheState:
     """Mark `name` gone; under GDSF the inflation value rises to its priority."""
     entry = state.entries[name]
     new = set_resident(state, name, False)
-    if policy == "gdsf":
+    if policy == "demand" and state.memory.changed_at:  # until a first change both memories evict alike
+        new = new.remembering(new.memory.evicted((*new.memory.evicting, name)))
+    elif policy == "gdsf":
         new = replace(new, inflation=max(state.inflation, entry.priority))
     elif policy == "gdsf-decay":
         new = replace(new, inflation=max(state.inflation, decay_priority(state, entry)))
@@ -287,7 +301,7 @@ def plan_room_on(state: CacheState, name: str, need: int, budgets: Mapping[int, 
         return plan_room(state, name, need, sum(budgets.values()), policy, max_resident)
     # Only the resident entries bear on a plan: each GPU's are taken from the index, not the whole table.
     plans = [plan_room(CacheState.of((e for e in state.resident() if e.gpu == index), state.inflation,
-                                     state.ticks, state.switches, state.last_name),
+                                     state.ticks, state.switches, state.last_name, state.memory),
                        name, need, budget, policy, max_resident)
              for index, budget in budgets.items()]
     return min(plans, key=lambda p: (not p.fits, len(p.victims)))
@@ -360,7 +374,7 @@ def commit(current: CacheState, base: CacheState, planned: CacheState) -> CacheS
     latest = planned if planned.switches > current.switches else current
     return CacheState(entries.persistent(), max(current.inflation, planned.inflation),
                       max(current.ticks, planned.ticks), None, latest.switches,  # type: ignore[arg-type]
-                      latest.last_name)
+                      latest.last_name, latest.memory)
 
 
 @dataclass(frozen=True)

@@ -191,6 +191,8 @@ async def test_what_the_policy_learned_of_a_model_outlives_a_restart(world, db):
     for name in (A, B, C):
         assert (again[name].visits, again[name].visit_switch) == (learned.entries[name].visits,
                                                                   learned.entries[name].visit_switch)
+        # demand's other counts are not stored: the restarted one starts as the count, the short one empty.
+        assert (again[name].visits_restarted, again[name].visits_short) == (again[name].visits, 0.0)
     assert switch_clock(entries) == learned.switches, "the counts decay on from the switch they were left at"
 
 

@@ -3,7 +3,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memwarden.policies import cache
+from memwarden.policies import cache, demand
 from memwarden.policies.cache import (
     CacheState,
     commit,
@@ -63,8 +63,8 @@ def test_a_long_run_does_not_age_the_other_models():
 def test_counts_halve_every_half_life_of_switches():
     state = asked(CacheState(), "a", "a", "b", "a")  # a: two switches (the repeat is not one)
     rate = demand_rate(state.entries["a"], state.switches)
-    assert abs(rate - 2 / cache.DEMAND_HALF_LIFE) < 0.01 / cache.DEMAND_HALF_LIFE
-    half_life = int(cache.DEMAND_HALF_LIFE)
+    assert abs(rate - 2 / demand.DEMAND_HALF_LIFE) < 0.01 / demand.DEMAND_HALF_LIFE
+    half_life = int(demand.DEMAND_HALF_LIFE)
     state = asked(state, *[f"o{i % 2}" for i in range(half_life)])  # each request a switch, to other models
     aged = state.entries["a"].visits * 0.5 ** ((state.switches - state.entries["a"].visit_switch) / half_life)
     assert abs(aged - 2 * 0.5) < 0.01
@@ -82,7 +82,7 @@ def test_a_favourite_whose_requests_stopped_goes_within_a_few_switches():
         state = asked(state, "steady" if switches % 5 == 4 else f"x{switches % 7}")
         switches += 1
     # Its bound, DEMAND_STALE / switches since its last use, fell under steady's rate (about 1/10 a switch).
-    assert switches <= 2 * cache.DEMAND_STALE * 10
+    assert switches <= 2 * demand.DEMAND_STALE * 10
     assert eviction_order(state, "gdsf-decay")[0].name == "steady", "decayed counts alone still keep it"
 
 
@@ -145,10 +145,10 @@ def test_the_eviction_order_is_the_value_from_the_whole_history(runs, pinned, ne
 
     def recount(name: str) -> float:
         ks = [k + 1 for k, i in enumerate(switches_at) if history[i] == name]  # switch numbers, from 1
-        rate = sum(0.5 ** ((ks[-1] - k) / cache.DEMAND_HALF_LIFE) for k in ks) \
-            * 0.5 ** ((clock - ks[-1]) / cache.DEMAND_HALF_LIFE) / cache.DEMAND_HALF_LIFE
+        rate = sum(0.5 ** ((ks[-1] - k) / demand.DEMAND_HALF_LIFE) for k in ks) \
+            * 0.5 ** ((clock - ks[-1]) / demand.DEMAND_HALF_LIFE) / demand.DEMAND_HALF_LIFE
         age = clock - ks[-1]
-        rate = min(rate, cache.DEMAND_STALE / age) if age else rate
+        rate = min(rate, demand.DEMAND_STALE / age) if age else rate
         return rate * (cache.LOAD_FIXED_SECONDS + sizes[name] / cache.LOAD_BYTES_PER_SECOND) / sizes[name]
 
     expected = sorted((n for n in state.residents if n not in pinned),
