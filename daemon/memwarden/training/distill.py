@@ -74,21 +74,24 @@ class SupervisedLoss:
         rows = sum(e.n_targets for e in general)
         if not self.distill or not general or rows * vocab * 4 > BASE_CACHE_BYTES:
             return False
-        model, device = self.built.model, self.built.device
         self.base = torch.empty((rows, vocab), dtype=torch.float32)
         at = 0
         for start in range(0, len(general), BASE_CHUNK):
             part = general[start : start + BASE_CHUNK]
-            batch = collate(part, pad_id, device)
-            with torch.no_grad(), model.disable_adapter(), self.autocast():
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            batch = collate(part, pad_id, self.built.device)
             mask = batch["labels"][:, 1:] != IGNORE
-            for row, example in enumerate(part):
-                n = example.n_targets
-                self.base[at : at + n] = F.log_softmax(logits[row, :-1][mask[row]].float(), dim=-1).cpu()
-                self.base_rows[id(example)] = (example, at, at + n)
-                at += n
+            read = F.log_softmax(self._base_logits(batch["input_ids"], batch["attention_mask"])[:, :-1][mask].float(),
+                                 dim=-1)
+            self.base[at : at + len(read)] = read.cpu()  # the mask reads row by row: each example's rows in turn
+            for example in part:
+                self.base_rows[id(example)] = (example, at, at + example.n_targets)
+                at += example.n_targets
         return True
+
+    def _base_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The base's logits: the same model with its adapter disabled, no gradient."""
+        with torch.no_grad(), self.built.model.disable_adapter(), self.autocast():
+            return self.built.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
     def loss_sum(self, chunk: Sequence[Example], batch: dict, logits: torch.Tensor) -> torch.Tensor:
         labels = batch["labels"]
@@ -103,7 +106,5 @@ class SupervisedLoss:
         if all(kept is chunk[i] for i, (kept, _, _) in zip(rows, spans, strict=True)):
             log_p = torch.cat([self.base[start:end] for _, start, end in spans]).to(logits.device)
             return memories + kl_sum(logits[index], log_p, labels[index])
-        with torch.no_grad(), self.built.model.disable_adapter(), self.autocast():
-            base_logits = self.built.model(input_ids=batch["input_ids"][index],
-                                           attention_mask=batch["attention_mask"][index]).logits
+        base_logits = self._base_logits(batch["input_ids"][index], batch["attention_mask"][index])
         return memories + kl_from_base_sum(logits[index], base_logits, labels[index])
