@@ -18,6 +18,7 @@ from typing import Any
 
 from memwarden.alerts.model import Condition
 from memwarden.logs import get_logger
+from memwarden.malloc import give_back
 from memwarden.policies import gpu_health, host_trend
 from memwarden.policies.host_memory import evaluate
 from memwarden.services import Services
@@ -60,6 +61,7 @@ class SamplePass:
             readings.ready = True
             s.notifier.ready(status)
             log.info("ready", status=status, first_sample_ms=round(readings.last_ms, 2))
+            give_back()  # start-up's garbage is freed by now
         else:
             s.notifier.status(status)
         # Only a pass with no probe stuck feeds the watchdog: a call hung in the kernel gets us restarted.

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from memwarden.learning.gpu_wait import cpu_threads
+from memwarden.malloc import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, mallopt
 
 # Offline, always: the base model is a local directory and nothing may be fetched. Set before transformers loads.
 _ENV = {
@@ -103,7 +104,6 @@ def leave_out_bitsandbytes(method: str, modules: dict[str, Any]) -> None:
         modules.setdefault("bitsandbytes", None)
 
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameters (glibc's malloc.h)
 MMAP_THRESHOLD = 64 * 2**20
 TRIM_THRESHOLD = 256 * 2**20
 
@@ -115,15 +115,7 @@ def keep_freed_memory(libc: Any = None) -> bool:
     page faults and 1.5–2.6 s of system time in a round of 620 steps, BENCHMARKS.md, Recall 5l). Blocks under
     64 MiB now come from the heap, which keeps up to 256 MiB free at its top: the process's peak is the same,
     it holds on to it between steps. False where the C library has no mallopt (not glibc)."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = libc or ctypes.CDLL(ctypes.util.find_library("c"))
-        mallopt = libc.mallopt
-    except (OSError, AttributeError, TypeError):
-        return False
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return mallopt({M_MMAP_THRESHOLD: MMAP_THRESHOLD, M_TRIM_THRESHOLD: TRIM_THRESHOLD}, libc)
 
 
 def exit_now(code: int) -> None:

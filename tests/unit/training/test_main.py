@@ -4,9 +4,8 @@ import sys
 
 import pytest
 
+from memwarden.malloc import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
 from memwarden.training.__main__ import (
-    M_MMAP_THRESHOLD,
-    M_TRIM_THRESHOLD,
     keep_freed_memory,
     leave_out_bitsandbytes,
     torch_threads,
