@@ -235,8 +235,9 @@ def drawn_figures(traces: Sequence[Trace], extra: dict[str, Runner], names: list
     out: dict[str, float] = {}
     for label, run in runners.items():
         results = [run(trace, list(sizes), names, budget, popularity) for trace in traces]
-        out[f"{label}_hit_rate"] = float(np.mean([hits / len(t) for (hits, _), t in zip(results, traces, strict=True)]))
+        hit_rates = [hits / len(t) for (hits, _), t in zip(results, traces, strict=True)]
         stalls = [s / len(t) * 1000 for (_, s), t in zip(results, traces, strict=True)]
+        out[f"{label}_hit_rate"] = float(np.mean(hit_rates))
         out[f"{label}_stall_per_1k"] = float(np.mean(stalls))
         if label == "belady" and len(traces) > 1:
             out["belady_stall_mean_variance"] = float(np.var(stalls, ddof=1)) / len(traces)
@@ -244,13 +245,13 @@ def drawn_figures(traces: Sequence[Trace], extra: dict[str, Runner], names: list
 
 
 def sessions_figures(seed: int, names: list[str], sizes: Sequence[int], popularity: Any, length: int,
-                     budget: int, draws: int) -> dict[str, Any]:
+                     budget: int, draws: int) -> dict[str, float]:
     """The optimum over sessions' run starts (module docstring), and the runners on traces drawn afresh."""
     law = np.array([popularity(0, m) for m in range(len(sizes))])
     runs = run_count_law(run_length_law(MEAN_RUN), length)
     mean_runs = float(runs @ np.arange(len(runs)))
     d = decisions(sizes, budget)
-    out: dict[str, Any] = {"states": float(len(d.member)), "mean_runs": mean_runs}
+    out = {"states": float(len(d.member)), "mean_runs": mean_runs}
     choices = {}
     for key, hit, miss in (("hit", 1.0, np.zeros(len(sizes))), ("stall", 0.0, -np.array(
             [load_seconds(s) for s in sizes]))):
@@ -261,7 +262,7 @@ def sessions_figures(seed: int, names: list[str], sizes: Sequence[int], populari
                 out[f"{label}_hit_rate"] = (length - mean_runs + expected) / length
             else:
                 out[f"{label}_stall_per_1k"] = -expected / length * 1000
-    ranking = sorted(range(len(sizes)), key=lambda m: -law[m])
+    ranking = sorted(range(len(sizes)), key=lambda m: -law[m])  # Zipf's probabilities fall with the rank
     traces = [sessions_of(ranking, length, random.Random(f"draw-{SESSIONS}-{seed}-{k}"))[0] for k in range(draws)]
     return out | drawn_figures(traces, {f"played_for_{key}": play(d, choice) for key, choice in choices.items()},
                                names, sizes, popularity, budget)
