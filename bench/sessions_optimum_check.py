@@ -1,6 +1,7 @@
 """bench/online_optimum.py's sessions optimum checked against brute force, where brute force is cheap.
 
-1. The run length's law (`run_length_law`) against 1,000,000 lengths drawn by scheduler_hitrate.run_length.
+1. The run length's law (`run_length_law`) against 1,000,000 lengths drawn by scheduler_hitrate.run_length,
+   where each length is expected at least 5 times (a rarer one drawn once is many standard errors off by chance).
 2. The run count's law (`run_count_law`) against the run counts of --traces traces drawn the same way, at the
    bench's trace length and mean run.
 3. A tiny instance: 4 models of which at most 2 fit, short runs, a few requests, each objective (hits, and minus
@@ -12,8 +13,6 @@
      posterior over the current run's remaining length: the best online policy, exactly. It must lie between
      the long-run optimal policy's exact figure (`stationary_choice`, evaluated by `over_runs`) and the optimum
      told the runs.
-Lengths are compared where each is expected at least 5 times (a rarer one drawn once is many standard errors
-off by chance).
 Needs numpy (brought by the train extra). Pure and deterministic.
 """
 
