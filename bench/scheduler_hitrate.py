@@ -119,13 +119,26 @@ def reshuffle_trace(n: int, length: int, rng: random.Random, phase: int = 3000) 
     return out, lambda t, m: z.p(places[t // phase][m])
 
 
-def sessions_trace(n: int, length: int, rng: random.Random, mean_run: int = 30) -> Workload:
-    """Runs of one model; the popularity is that of a run's model, as a run's first request is drawn."""
-    z, ranking, out = Zipf(n, 1.0), list(range(n)), []
+MEAN_RUN = 30  # sessions' mean run length, in requests
+
+
+def run_length(rng: random.Random, mean_run: float = MEAN_RUN) -> int:
+    """A session's run length: an exponential of mean `mean_run`, rounded, at least 1."""
+    return max(1, round(rng.expovariate(1 / mean_run)))
+
+
+def sessions_trace(n: int, length: int, rng: random.Random, mean_run: float = MEAN_RUN) -> Workload:
+    ranking = list(range(n))
     rng.shuffle(ranking)
-    place = positions(ranking)
+    return sessions_of(ranking, length, rng, mean_run)
+
+
+def sessions_of(ranking: list[int], length: int, rng: random.Random, mean_run: float = MEAN_RUN) -> Workload:
+    """Runs of one model, each run's model drawn from Zipf 1.0 over `ranking`; the popularity is that of a run's
+    model, as a run's first request is drawn."""
+    z, place, out = Zipf(len(ranking), 1.0), positions(ranking), []
     while len(out) < length:
-        out += [ranking[z.draw(rng)]] * max(1, round(rng.expovariate(1 / mean_run)))
+        out += [ranking[z.draw(rng)]] * run_length(rng, mean_run)
     return out[:length], lambda t, m: z.p(place[m])
 
 
