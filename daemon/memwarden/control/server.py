@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import socket
 import sqlite3
@@ -30,13 +29,13 @@ from memwarden.control.protocol import (
 )
 from memwarden.control.registry import Registry
 from memwarden.logs import get_logger
+from memwarden.malloc import M_MMAP_THRESHOLD, mallopt
 
 log = get_logger()
 
 ACCEPT_BATCH = 64  # connections accepted per turn of the loop
 REFUSAL_LOG_EVERY = 60.0  # seconds: one warning per uid and reason, then a count of the refusals in between
 MMAP_THRESHOLD = 128 * 1024  # bytes: glibc's default, held fixed (see release_large_buffers)
-_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 
 
 def release_large_buffers() -> None:
@@ -46,9 +45,7 @@ def release_large_buffers() -> None:
     raises its mmap threshold to the largest block freed, after which such blocks come from the heap and their
     memory stays with the process once freed: the daemon's RSS would keep the high-water mark of every burst.
     Elsewhere than glibc this does nothing."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    mallopt({M_MMAP_THRESHOLD: MMAP_THRESHOLD})
 
 
 class ControlServer:
