@@ -14,11 +14,13 @@ Popularity = Callable[[int, int], float]  # (request number, model) → the prob
 
 
 def run_known_popularity(requests: Sequence[int], popularity: Popularity, sizes: Sequence[int],
-                         load_seconds: Callable[[int], float], budget: int) -> tuple[int, float]:
+                         load_seconds: Callable[[int], float], budget: int,
+                         on_miss: Callable[[int], None] | None = None) -> tuple[int, float]:
     """Evict the resident model of least popularity now × load seconds ÷ size, the popularity being the one the
     trace was drawn from (the future is not known, only the law of the next request). For requests drawn
     independently this is A0 (Aho, Denning, Ullman 1971), the best an online policy can do up to sizes: the
-    mark a policy that learns the popularity from the requests alone can approach, not pass, in expectation."""
+    mark a policy that learns the popularity from the requests alone can approach, not pass, in expectation.
+    `on_miss` is told the position of each request that loads its model."""
     resident: set[int] = set()
     used, hits, stall = 0, 0, 0.0
     for t, m in enumerate(requests):
@@ -32,6 +34,8 @@ def run_known_popularity(requests: Sequence[int], popularity: Popularity, sizes:
         resident.add(m)
         used += sizes[m]
         stall += load_seconds(sizes[m])
+        if on_miss is not None:
+            on_miss(t)
     return hits, stall
 
 
