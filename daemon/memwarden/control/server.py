@@ -29,23 +29,31 @@ from memwarden.control.protocol import (
 )
 from memwarden.control.registry import Registry
 from memwarden.logs import get_logger
-from memwarden.malloc import M_MMAP_THRESHOLD, mallopt
+from memwarden.malloc import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, mallopt
 
 log = get_logger()
 
 ACCEPT_BATCH = 64  # connections accepted per turn of the loop
 REFUSAL_LOG_EVERY = 60.0  # seconds: one warning per uid and reason, then a count of the refusals in between
-MMAP_THRESHOLD = 128 * 1024  # bytes: glibc's default, held fixed (see release_large_buffers)
+# asyncio's transports read into a fresh buffer of up to this many bytes on each wake-up (max_size), then shrink it.
+READ_BUFFER = 256 * 1024
+# Blocks over this are mapped on their own and unmapped when freed: larger than a read buffer, which then comes from
+# the heap, with room above it kept there between reads.
+MMAP_THRESHOLD = READ_BUFFER + 16 * 1024
+TRIM_THRESHOLD = 2 * MMAP_THRESHOLD
 
 
 def release_large_buffers() -> None:
-    """Have glibc map every allocation over MMAP_THRESHOLD on its own and unmap it when freed.
+    """Have glibc map every allocation over MMAP_THRESHOLD on its own and unmap it when freed, and keep up to
+    TRIM_THRESHOLD free at the heap's top.
 
     Replies of megabytes come and go (pages of memories, kept while a slow client reads them). By default glibc
     raises its mmap threshold to the largest block freed, after which such blocks come from the heap and their
     memory stays with the process once freed: the daemon's RSS would keep the high-water mark of every burst.
-    Elsewhere than glibc this does nothing."""
-    mallopt({M_MMAP_THRESHOLD: MMAP_THRESHOLD})
+    A threshold under the loop's read buffer would map, remap and unmap that buffer at every read (three system
+    calls and a page fault per wake-up, BENCHMARKS.md section 4); a trim threshold under it would give the heap's
+    top back and take it again at every read. Elsewhere than glibc this does nothing."""
+    mallopt({M_MMAP_THRESHOLD: MMAP_THRESHOLD, M_TRIM_THRESHOLD: TRIM_THRESHOLD})
 
 
 class ControlServer:
