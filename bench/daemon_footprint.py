@@ -101,8 +101,6 @@ def main() -> int:
     p.add_argument("--everything", action="store_true",
                    help="--with-ollama, and the proxy, the container watch (the local dockerd), /metrics and "
                         "learning (idle: no memories) on")
-    p.add_argument("--event-loop", choices=("asyncio", "uvloop"), default="asyncio",
-                   help="the daemon's daemon.event_loop (default asyncio, the daemon's default)")
     args = p.parse_args()
     args.with_ollama = args.with_ollama or args.everything
     exit_cleanly_on_sigterm()
@@ -111,7 +109,7 @@ def main() -> int:
         # The baseline starts first so that it has long finished starting up when the window opens.
         sleeper = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({args.seconds + 600:.0f})"])
         stack.callback(kill_process, sleeper)
-        config: dict = {"daemon": {"sample_interval": "1s", "log_level": "info", "event_loop": args.event_loop}}
+        config: dict = {"daemon": {"sample_interval": "1s", "log_level": "info"}}
         workdir = short_tmpdir("mwbench")
         if args.with_ollama:
             from support.ollama_double import OllamaDouble
@@ -184,7 +182,7 @@ def main() -> int:
         "diagnostics": diag,
     }
     on = "everything on" if args.everything else "with the Ollama double" if args.with_ollama else "defaults"
-    emit(f"Daemon footprint (sample_interval 1s, {on}, {args.event_loop} event loop)", text, results, args.json)
+    emit(f"Daemon footprint (sample_interval 1s, {on})", text, results, args.json)
     return 0
 
 

@@ -105,15 +105,14 @@ def bastion(binary: str, double_port: int, tuned: bool, stack: contextlib.ExitSt
     yield port
 
 
-def hop_world(stack: contextlib.ExitStack, chunk_delay: float = 0.0, event_loop: str = "asyncio") -> World:
+def hop_world(stack: contextlib.ExitStack, chunk_delay: float = 0.0) -> World:
     """The double serving MODEL with eight slots and a memwardend proxying it (ollama.num_parallel 8 too), so that
     concurrent clients measure the hop, not a queue; closed with `stack`. `chunk_delay`: the double's pause before
-    each streamed line after the first (0: the lines back to back); `event_loop`: memwardend's daemon.event_loop."""
+    each streamed line after the first (0: the lines back to back)."""
     double_kw = {"unload_linger": 0.05, "load_seconds": 0.01, "chunk_delay": chunk_delay, "keep_alive": "1h",
                  "num_parallel": 8}
     world = stack.enter_context(arbitration_world(MODELS, [MODEL], total_bytes=24 * GiB, double_kw=double_kw,
-                                                  proxy=True, ollama={"num_parallel": 8},
-                                                  daemon={"event_loop": event_loop}))
+                                                  proxy=True, ollama={"num_parallel": 8}))
     assert world.proxy_port is not None
     return world
 
@@ -251,8 +250,6 @@ def main() -> int:
     p.add_argument("--chunk-delay", type=float, default=0.0, metavar="S",
                    help="the double's pause between streamed lines (default 0: back to back; Ollama writes one a "
                         "token, 5-50 ms apart on local hardware)")
-    p.add_argument("--event-loop", choices=("asyncio", "uvloop"), default="asyncio",
-                   help="memwardend's daemon.event_loop (default asyncio, the daemon's default)")
     p.add_argument("--bastion", default=DEFAULT_BASTION,
                    help=f"BASTION's executable, in its own venv (default $BASTION_BIN or {DEFAULT_BASTION}); "
                         "'' to skip it")
@@ -260,11 +257,10 @@ def main() -> int:
     exit_cleanly_on_sigterm()
 
     results: dict[str, Any] = {"requests": args.requests, "chunk_delay": args.chunk_delay,
-                               "event_loop": args.event_loop,
                                "bastion_requests": args.bastion_requests,
                                "warmup": args.warmup, "blocks": args.blocks, "bastion": {}}
     with contextlib.ExitStack() as stack:
-        world = hop_world(stack, args.chunk_delay, args.event_loop)
+        world = hop_world(stack, args.chunk_delay)
         pids = {"direct": world.double.pid, "memwarden": world.daemon.pid}
         targets = {"direct": world.double.port, "memwarden": world.proxy_port,
                    "forwarder": start_forwarder("forwarder", FORWARDER, world.double.url, stack, pids),
@@ -330,8 +326,7 @@ def main() -> int:
                  f"{args.blocks} blocks, one persistent http.client connection per client. "
                  f"Double: chunk_delay {args.chunk_delay:g} s, "
                  f"model {MODEL} resident throughout (loads during the run: {results['double_loads']}); "
-                 f"memwardend event_loop {args.event_loop}, sample_interval 1s, log_level info; scheduler hits it "
-                 f"counted: "
+                 f"memwardend sample_interval 1s, log_level info; scheduler hits it counted: "
                  f"{results['daemon_hits']}.")
     emit("proxy latency", text + "\n\n" + "\n".join(notes), results, args.json)
     return 0

@@ -20,7 +20,7 @@ from memwarden import __version__
 from memwarden.config import Config
 from memwarden.config.redact import remember, secret_values
 from memwarden.control.admission import ClientLimits
-from memwarden.control.methods import event_loop_name, register_all
+from memwarden.control.methods import register_all
 from memwarden.control.registry import Registry
 from memwarden.control.server import ControlServer, bind_unix
 from memwarden.logs import get_logger
@@ -94,8 +94,7 @@ class Daemon:
                  config=str(cfg.source or "embedded defaults"), socket=socket_desc,
                  state_dir=str(cfg.daemon.state_dir), sample_interval_s=interval, dry_run=cfg.daemon.dry_run,
                  watchdog_usec=s.notifier.watchdog_usec, gpu_backend=s.gpu_backend,
-                 ollama=cfg.ollama.url or None, leases=len(s.arbiter.leases),
-                 event_loop=event_loop_name(loop))
+                 ollama=cfg.ollama.url or None, leases=len(s.arbiter.leases))
         passes = SamplePass(s, self.metrics.check if self.metrics is not None else None)
         self._sampler = loop.create_task(self._sample_loop(passes), name="sample passes")
         await self._stop.wait()

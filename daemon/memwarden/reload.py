@@ -20,8 +20,8 @@ from memwarden.services import Services
 log = get_logger()
 
 # Keys that are read once at start: a reload reports them as needing a restart instead of applying them.
-RESTART_KEYS = ("daemon.state_dir", "daemon.socket", "daemon.socket_group", "daemon.event_loop", "gpu.backend",
-                "gpu.sim_file", "ollama.url", "ollama.service", "proxy.enabled", "proxy.listen", "proxy.upstream",
+RESTART_KEYS = ("daemon.state_dir", "daemon.socket", "daemon.socket_group", "gpu.backend", "gpu.sim_file",
+                "ollama.url", "ollama.service", "proxy.enabled", "proxy.listen", "proxy.upstream",
                 "containers.enabled", "containers.docker_url", "metrics.enabled", "metrics.listen")
 
 

@@ -134,7 +134,7 @@ def test_a_trainer_killed_as_the_oom_killer_kills_is_retried_with_a_halved_micro
     trainer = int(m.run("pgrep", "-P", str(entry), "-f", "memwarden.training").stdout.split()[0])
     m.run("kill", "-KILL", str(trainer))
     run = eventually(lambda: ended(m, run_id), RUN_TIMEOUT, f"run {run_id} to end")
-    assert run["state"] == "promoted", run
+    assert run["state"] == "promoted", ended_why(m, run)
     assert any("exited with status 137" in line for line in journal_tagged(m, run_id).splitlines())
     assert_retried_halved(m, run_id, killed=(4, 1), retried=(2, 2))
     (start,) = [e for e in progress(m, run_id) if e["event"] == "start"]
@@ -154,7 +154,7 @@ def test_a_daemon_restart_leaves_the_trainer_running_and_the_next_daemon_adopts_
     assert m.main_pid() != daemon
     assert (m.is_active(unit), m.main_pid(unit)) == ("active", trainer)  # the same trainer, still running
     run = eventually(lambda: ended(m, run_id), RUN_TIMEOUT, f"run {run_id} to end")
-    assert run["state"] == "promoted", run
+    assert run["state"] == "promoted", ended_why(m, run)
     adopted = [e for e in own_entries(m, "trainer unit adopted") if e.get("UNIT") == unit]
     assert [int(str(e["_PID"])) for e in adopted] == [m.main_pid()]
     # One trainer from step 0 to the end: nothing restarted from scratch, no step lost or done twice.
@@ -187,6 +187,12 @@ def start_run(m: Machine, adapter: str, memories: list[tuple[str, str, str | Non
     m.write(f"/tmp/{adapter}.jsonl", "\n".join(lines) + "\n")
     m.run("memwardenctl", "memories", "import", f"/tmp/{adapter}.jsonl", timeout=120)
     return str(ctl(m, "train", "start", adapter)["id"])
+
+
+def ended_why(m: Machine, run: dict[str, Any]) -> str:
+    """A run that did not end as expected, whole, with what the daemon logged of it: the state alone says little."""
+    logged = m.run("journalctl", "--no-pager", "-b", "-u", "memwarden.service", "-n", "60", "-o", "cat").stdout
+    return f"{json.dumps(run, indent=1)}\n--- the daemon's last lines:\n{logged}"
 
 
 def ended(m: Machine, run_id: str) -> dict[str, Any] | None:

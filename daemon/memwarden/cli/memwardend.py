@@ -17,7 +17,6 @@ import asyncio
 import os
 import socket
 import sqlite3
-from collections.abc import Callable
 from pathlib import Path
 
 from memwarden import __version__
@@ -79,19 +78,6 @@ def socket_in_use(path: Path) -> int:
     return EX_CANTCREAT
 
 
-def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
-    """The event loop `daemon.event_loop` names: uvloop's, where it can be imported (it is a dependency), else
-    asyncio's own, with a warning saying why."""
-    if name == "uvloop":
-        try:
-            import uvloop
-        except ImportError as exc:
-            get_logger().warning("uvloop cannot be imported; running on asyncio's own event loop", error=str(exc))
-        else:
-            return uvloop.new_event_loop
-    return asyncio.new_event_loop
-
-
 def main(argv: list[str] | None = None) -> int:
     return run_quietly(lambda: _main(argv))
 
@@ -122,8 +108,7 @@ def _main(argv: list[str] | None) -> int:
 
     try:
         mallopt({M_ARENA_MAX: ARENAS})  # before the first thread
-        with asyncio.Runner(loop_factory=loop_factory(config.daemon.event_loop)) as runner:
-            return runner.run(Daemon(config, config_arg=args.config).run())
+        return asyncio.run(Daemon(config, config_arg=args.config).run())
     except PathError as exc:
         get_logger().error("cannot start", error=str(exc))
         return EX_NOPERM if isinstance(exc, UnsafeDirectory) else EX_CANTCREAT

@@ -338,7 +338,7 @@ def diagnostics(r: dict[str, Any]) -> str:
         ("threads", r["threads"]),
         ("open fds", r["open_fds"]),
         ("clients", f"{r['clients']} connected, {r['requests_served']} requests served"),
-        ("python", r["python"] + (f", {r['event_loop']} event loop" if "event_loop" in r else "")),
+        ("python", r["python"]),
         ("heavy modules", ", ".join(r["heavy_modules_loaded"]) or "none loaded (as it should be)"),
         ("optional modules", ", ".join(r["optional_modules_loaded"]) or "none loaded"),
     ])

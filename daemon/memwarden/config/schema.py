@@ -53,10 +53,6 @@ class DaemonConfig:
     log_format: str = setting(
         "auto", choice("auto", "console", "json", "journal"),
         "auto: native journald entries when stderr is the journal, else readable console lines.")
-    event_loop: str = setting(
-        "asyncio", choice("asyncio", "uvloop"),
-        "The event loop the daemon runs on, read at start. asyncio: the standard library's. uvloop: libuv's, on "
-        "which the proxy adds about half the latency to a streamed answer's first line, for ~2.3 MB more RSS.")
     socket_group: str = setting(
         "", group_name, "Group that owns the control socket and may call read methods (empty: the daemon's).")
     admin_group: str = setting(

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import select
 from collections import deque
-from typing import Protocol, cast
+from typing import Protocol
 
 from memwarden.control.admission import Admission, ClientLimits
 from memwarden.control.peer import Peer, peer_of
@@ -94,7 +94,8 @@ class Connection(asyncio.Protocol):
     # ---- asyncio.Protocol --------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's has the methods, not the base class
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
         try:
             self.peer = peer_of(transport.get_extra_info("socket"))
         except OSError:

@@ -3,7 +3,6 @@ of root, the daemon's own user or the admin group."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
@@ -35,11 +34,6 @@ def _jsonable_config(services: Services, secrets: bool = False) -> dict[str, Any
     shown = {section: {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in values.items()}
              for section, values in data.items()}
     return shown if secrets else redact_config(shown, secret_keys())
-
-
-def event_loop_name(loop: asyncio.AbstractEventLoop) -> str:
-    """Whose loop the daemon runs on (`daemon.event_loop`): "uvloop" or "asyncio"."""
-    return type(loop).__module__.split(".")[0]
 
 
 def register_all(reg: Registry, s: Services, reload: Callable[[str], Awaitable[dict[str, Any]]]) -> None:
@@ -126,7 +120,6 @@ def register_all(reg: Registry, s: Services, reload: Callable[[str], Awaitable[d
             "clients": s.server.clients if s.server else 0,
             "requests_served": s.server.served if s.server else 0,
             "python": sys.version.split()[0],
-            "event_loop": event_loop_name(asyncio.get_running_loop()),
             "heavy_modules_loaded": sorted(m for m in HEAVY_MODULES if sys.modules.get(m) is not None),
             "optional_modules_loaded": sorted(m for m in OPTIONAL_MODULES if sys.modules.get(m) is not None),
         }

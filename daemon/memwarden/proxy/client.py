@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Protocol
 
 from memwarden.logs import get_logger
 from memwarden.proxy import http
@@ -114,7 +114,8 @@ class ClientConnection(asyncio.Protocol):
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's has the methods, not the base class
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
         self.inbox = Inbox(transport, http.MAX_HEAD)
         self.proxy.connections.add(self)
         self.since = self.loop.time()

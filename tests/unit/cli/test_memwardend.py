@@ -1,14 +1,11 @@
-"""memwardend's start: the event loop `daemon.event_loop` names, and glibc held to one arena before any thread."""
+"""memwardend's start: glibc held to one malloc arena before the daemon, and with it any thread, starts."""
 
 from __future__ import annotations
 
 import asyncio
-import sys
 
 import pytest
 import structlog
-import uvloop
-from structlog.testing import capture_logs
 
 import memwarden.daemon
 from memwarden.cli import memwardend
@@ -23,21 +20,7 @@ def logging_kept():
     structlog.configure(**saved)
 
 
-def test_each_name_gives_its_loop():
-    assert memwardend.loop_factory("uvloop") is uvloop.new_event_loop
-    assert memwardend.loop_factory("asyncio") is asyncio.new_event_loop
-
-
-def test_without_uvloop_the_daemon_runs_on_asyncio_and_says_why(monkeypatch):
-    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if it were not installed
-    with capture_logs() as logs:
-        assert memwardend.loop_factory("uvloop") is asyncio.new_event_loop
-    assert [e["log_level"] for e in logs] == ["warning"]
-    assert "uvloop cannot be imported" in logs[0]["event"] and logs[0]["error"]
-
-
-@pytest.mark.parametrize("name", ["uvloop", "asyncio"])
-def test_the_daemon_runs_on_the_configured_loop_after_one_arena_is_set(name, tmp_path, monkeypatch):
+def test_one_arena_is_set_before_the_daemon_runs(tmp_path, monkeypatch):
     seen: list[tuple[str, object]] = []
 
     class Daemon:
@@ -45,21 +28,21 @@ def test_the_daemon_runs_on_the_configured_loop_after_one_arena_is_set(name, tmp
             self.config = config
 
         async def run(self) -> int:
-            seen.append(("loop", type(asyncio.get_running_loop()).__module__.split(".")[0]))
+            seen.append(("daemon", asyncio.get_running_loop() is not None))
             return 7
 
     monkeypatch.setattr(memwarden.daemon, "Daemon", Daemon)
     monkeypatch.setattr(memwardend, "mallopt", lambda settings: seen.append(("mallopt", dict(settings))) or True)
     config = tmp_path / "memwarden.toml"
-    config.write_text(f'[daemon]\nevent_loop = "{name}"\nsocket = "{tmp_path / "s.sock"}"\n'
-                      f'state_dir = "{tmp_path / "state"}"\n')
+    config.write_text(f'[daemon]\nsocket = "{tmp_path / "s.sock"}"\nstate_dir = "{tmp_path / "state"}"\n')
     assert memwardend.main(["--config", str(config)]) == 7
-    assert seen == [("mallopt", {M_ARENA_MAX: 1}), ("loop", name)]
+    assert seen == [("mallopt", {M_ARENA_MAX: 1}), ("daemon", True)]
 
 
-def test_an_unknown_loop_is_refused_naming_the_key(tmp_path, capsys):
+def test_checking_the_config_changes_no_malloc_setting(tmp_path, monkeypatch):
+    called = []
+    monkeypatch.setattr(memwardend, "mallopt", lambda settings: called.append(settings) or True)
     config = tmp_path / "memwarden.toml"
-    config.write_text('[daemon]\nevent_loop = "trio"\n')
-    assert memwardend.main(["--config", str(config)]) == memwardend.EX_CONFIG
-    err = capsys.readouterr().err
-    assert "daemon.event_loop" in err and "trio" in err
+    config.write_text("[daemon]\n")
+    assert memwardend.main(["--config", str(config), "--check-config"]) == 0
+    assert called == []

@@ -83,11 +83,6 @@ def test_diagnostics_and_config_show_are_readable():
                               "open_fds": 12, "clients": 1, "requests_served": 9, "python": "3.11.2",
                               "heavy_modules_loaded": [], "optional_modules_loaded": ["aiohttp"]})
     assert "RSS:" in out and "50.0 MiB" in out and "none loaded (as it should be)" in out and "aiohttp" in out
-    assert "3.11.2" in out and "event loop" not in out  # a daemon from before daemon.event_loop
-    on_uvloop = render.diagnostics({"rss_bytes": 1, "cpu_user_s": 0, "cpu_system_s": 0, "threads": 1, "open_fds": 1,
-                                    "clients": 0, "requests_served": 0, "python": "3.11.2", "event_loop": "uvloop",
-                                    "heavy_modules_loaded": [], "optional_modules_loaded": []})
-    assert "3.11.2, uvloop event loop" in on_uvloop
     shown = render.config_show({"source": "/etc/m.toml", "redacted": True,
                                 "config": {"alerts": {"webhook_url": "<redacted>", "hold": 30}}})
     assert shown.splitlines() == ["# /etc/m.toml, secrets redacted", "", "[alerts]",
