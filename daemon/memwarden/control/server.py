@@ -51,7 +51,7 @@ def release_large_buffers() -> None:
     raises its mmap threshold to the largest block freed, after which such blocks come from the heap and their
     memory stays with the process once freed: the daemon's RSS would keep the high-water mark of every burst.
     A threshold under the loop's read buffer would map, remap and unmap that buffer at every read (three system
-    calls and a page fault per wake-up, BENCHMARKS.md section 4); a trim threshold under it would give the heap's
+    calls and two page faults a read, BENCHMARKS.md section 4); a trim threshold under it would give the heap's
     top back and take it again at every read. Elsewhere than glibc this does nothing."""
     mallopt({M_MMAP_THRESHOLD: MMAP_THRESHOLD, M_TRIM_THRESHOLD: TRIM_THRESHOLD})
 
