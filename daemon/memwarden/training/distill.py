@@ -39,16 +39,20 @@ FULL_NOTE = ("hyper.general_loss distill: a full fine-tune has no adapter to dis
 
 def kl_from_base_sum(logits: torch.Tensor, base_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Σ over the labelled next-token positions of KL(base ‖ adapted): Σ_v p_base(v) (log p_base(v) − log p(v))."""
-    mask = labels[:, 1:] != IGNORE
-    return kl_sum(logits, F.log_softmax(base_logits[:, :-1, :][mask].float(), dim=-1), labels)
+    return kl_sum(logits, labelled_log_probs(base_logits, labels), labels)
 
 
 def kl_sum(logits: torch.Tensor, log_p: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The same sum with the base's log-probabilities given, one row per labelled next-token position in the
-    order a boolean mask reads them (row by row, position by position)."""
-    mask = labels[:, 1:] != IGNORE
-    log_q = F.log_softmax(logits[:, :-1, :][mask].float(), dim=-1)
+    """The same sum with the base's log-probabilities given, as labelled_log_probs gives them."""
+    log_q = labelled_log_probs(logits, labels)
     return (log_p.exp() * (log_p - log_q)).sum()
+
+
+def labelled_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The log-probabilities at each labelled next-token position, one row each in the order a boolean mask reads
+    them (row by row, position by position)."""
+    mask = labels[:, 1:] != IGNORE
+    return F.log_softmax(logits[:, :-1, :][mask].float(), dim=-1)
 
 
 class SupervisedLoss:
@@ -79,9 +83,7 @@ class SupervisedLoss:
         for start in range(0, len(general), BASE_CHUNK):
             part = general[start : start + BASE_CHUNK]
             batch = collate(part, pad_id, self.built.device)
-            mask = batch["labels"][:, 1:] != IGNORE
-            read = F.log_softmax(self._base_logits(batch["input_ids"], batch["attention_mask"])[:, :-1][mask].float(),
-                                 dim=-1)
+            read = labelled_log_probs(self._base_logits(batch["input_ids"], batch["attention_mask"]), batch["labels"])
             self.base[at : at + len(read)] = read.cpu()  # the mask reads row by row: each example's rows in turn
             for example in part:
                 self.base_rows[id(example)] = (example, at, at + example.n_targets)
