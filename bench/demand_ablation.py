@@ -5,9 +5,13 @@ budget, so the "demand" rows equal that benchmark's).
 Variants (memwarden.policies.cache driven as scheduler_hitrate drives it; constants set for the variant's run):
   demand                     as shipped: switches counted, half-life DEMAND_HALF_LIFE switches, staleness
                              bound DEMAND_STALE / age, cost = load seconds, the count restarted at a change of
-                             law while a duel says it ranks better (policies/demand.py)
+                             law while a duel says it ranks better, from a kept law when one is back
+                             (policies/demand.py)
   no change detection        CHANGE_NATS = ∞: one half-life, as demand was before the restarted count
   duel half-life D           DUEL_HALF_LIFE = D switches
+  no kept laws               KEPT_LAWS = 0: a change always restarts the count from the short memory
+  law back at N nats         LAW_BACK_NATS = N
+  law back worth M switches  LAW_BACK_MASS = M
   every request counts       a phantom request between any two, so each request is a switch (half-life doubled:
                              the same number of requests)
   no staleness bound         DEMAND_STALE = ∞: decayed counts alone
@@ -84,6 +88,10 @@ def variants() -> dict[str, Variant]:
         "cost = 1": (run_demand(), {"load_time": lambda entry: 1.0}),
         "no change detection": (run_demand(), {"CHANGE_NATS": float("inf")}),
         "duel half-life 1000": (run_demand(), {"DUEL_HALF_LIFE": 1000.0}),
+        "no kept laws": (run_demand(), {"KEPT_LAWS": 0}),
+        "law back at 6 nats": (run_demand(), {"LAW_BACK_NATS": 6.0}),
+        "law back at 10 nats": (run_demand(), {"LAW_BACK_NATS": 10.0}),
+        "law back worth 150 switches": (run_demand(), {"LAW_BACK_MASS": 150.0}),
     }
     for h in (100.0, 150.0, 400.0, 600.0):
         out[f"half-life {h:g}"] = (run_demand(), {"DEMAND_HALF_LIFE": h})

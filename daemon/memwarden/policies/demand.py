@@ -13,7 +13,12 @@ and `visits_restarted`, the long count restarted at each detected change of law.
   differently, the first request for a model only one of them evicts blames that one its load seconds (decayed,
   half-life DUEL_HALF_LIFE switches); the less blamed ranks. Until a first change both memories hold the same
   counts and no dispute is weighed.
-BENCHMARKS.md, section 5, "Issue 15: one half-life or two", measures each part.
+- Laws that come back: the switches between two changes are a law, and the last KEPT_LAWS of them are kept. A
+  kept law whose evidence over the restarted memory passes LAW_BACK_NATS (a CUSUM: a decayed sum of log(p_law /
+  p_restarted) over switches, never below 0) is taken to be back: the restarted memory starts over from it, worth
+  LAW_BACK_MASS switches, instead of from the short memory. A law whose models fall silent (a tenant's burst ends)
+  is slow to show in the short memory's evidence and quick in a kept law's.
+BENCHMARKS.md, section 5, "Issue 15: one half-life or two" and "laws that come back", measures each part.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from pyrsistent import PMap, pmap
+from pyrsistent import PMap, PVector, pmap, pvector
 
 # A switch to a model counts half after this many switches (to any model): long enough that a Zipf rate is
 # estimated from a few hundred switches, short enough that a reshuffle is followed within a phase.
@@ -43,8 +48,19 @@ CHANGE_NATS = 5.0
 # on little hands that family the restarted memory (1,000 switches cost it 0.001–0.003 of Belady's stall, 3,000 at
 # most 0.004 on one seed of six).
 DUEL_HALF_LIFE = 3000.0
+# The laws kept in case they come back; the switches a law is counted over (its last ones), and the most models it
+# counts (those past it are its tail, left out): bounded whatever the table holds.
+KEPT_LAWS = 4
+LAW_SWITCHES = 1024
+LAW_NAMES = 256
+# Evidence (nats) that a kept law is back. Higher than CHANGE_NATS: the CUSUM restarts at 0 whenever the law falls
+# behind, so on a mixture of two laws a run of switches the kept law favours would pass a low bound by chance.
+LAW_BACK_NATS = 8.0
+# A law that is back counts as this many switches: about what the restarted memory holds once its law has lasted.
+LAW_BACK_MASS = 300.0
 PRIOR = 0.5  # the add-½ (Krichevsky–Trofimov) estimate: a model never asked for is not impossible
 LONG, RESTARTED = "long", "restarted"
+EMPTY_RING: PVector = pvector([""] * LAW_SWITCHES)
 
 
 class Counted(Protocol):
@@ -55,6 +71,18 @@ class Counted(Protocol):
     visits_short: float
     visits_restarted: float
     visit_switch: int
+
+
+@dataclass(frozen=True)
+class Law:
+    """A law kept in case it comes back: switches to each model between two changes, and its evidence of being back."""
+
+    counts: PMap
+    switches: float
+    evidence: float = 0.0  # nats for this law over the restarted memory (a CUSUM)
+
+    def p(self, name: str, counted: int) -> float:
+        return (self.counts.get(name, 0.0) + PRIOR) / (self.switches + PRIOR * counted)
 
 
 @dataclass(frozen=True)
@@ -70,6 +98,12 @@ class Memory:
     blame_restarted: float = 0.0  # … on the restarted memory's
     disputed: PMap = field(default_factory=pmap)  # name → (the memory it blames, the names of its dispute)
     evicting: tuple[str, ...] = ()  # the victims of the load under way, in order
+    # The models of the last LAW_SWITCHES switches, switch number n at n % LAW_SWITCHES: a ring, as a count per model
+    # updated at every switch (a map's set) would add a third to a request's state work.
+    recent: PVector = field(default_factory=lambda: EMPTY_RING, compare=False, repr=False)
+    regime_switches: int = 0  # switches since the last change
+    laws: tuple[Law, ...] = ()  # the kept laws, the last to end first
+    restarted_from: Law | None = None  # the kept law the restarted memory started over from at the last change, if one
 
     @property
     def ranking(self) -> str:
@@ -78,7 +112,8 @@ class Memory:
     def evicted(self, names: tuple[str, ...], disputed: PMap | None = None) -> Memory:
         """The same, with the victims of the load under way (and the disputes) given."""
         return Memory(self.evidence, self.changed_at, self.short_switches, self.restarted_switches, self.counted,
-                      self.blame_long, self.blame_restarted, self.disputed if disputed is None else disputed, names)
+                      self.blame_long, self.blame_restarted, self.disputed if disputed is None else disputed, names,
+                      self.recent, self.regime_switches, self.laws, self.restarted_from)
 
     def forgetting(self, names: Collection[str]) -> Memory:
         """The same without the disputes of models the table forgets."""
@@ -104,6 +139,10 @@ def decayed(count: float, switches: int, half_life: float) -> float:
 
 def restarted_count(entry: Counted, switches: int, memory: Memory) -> float:
     """The restarted memory's count of `entry` at switch number `switches`."""
+    if entry.visit_switch < memory.changed_at and memory.restarted_from is not None:
+        law = memory.restarted_from
+        return decayed(law.counts.get(entry.name, 0.0) * LAW_BACK_MASS / law.switches, switches - memory.changed_at,
+                       DEMAND_HALF_LIFE)
     if entry.visit_switch < memory.changed_at:
         at_change = decayed(entry.visits_short, memory.changed_at - entry.visit_switch, SHORT_HALF_LIFE)
         return decayed(at_change, switches - memory.changed_at, DEMAND_HALF_LIFE)
@@ -128,15 +167,22 @@ def switched(entry: Counted, switches: int, memory: Memory, known: bool, load_se
     visits_short, visits_restarted) and the memory after."""
     age = switches - entry.visit_switch
     short_fade, long_fade = 0.5 ** (1 / SHORT_HALF_LIFE), 0.5 ** (1 / DEMAND_HALF_LIFE)
+    evidence_fade = 0.5 ** (1 / EVIDENCE_HALF_LIFE)
     short_before = entry.visits_short * 0.5 ** ((age - 1) / SHORT_HALF_LIFE) if entry.visits_short else 0.0
     restarted_before = restarted_count(entry, switches - 1, memory)
     counted = max(memory.counted + (not known), 1)  # a state built from counted entries may not know of them
-    evidence = memory.evidence * 0.5 ** (1 / EVIDENCE_HALF_LIFE)
+    p_restarted = (restarted_before + PRIOR) / (memory.restarted_switches + PRIOR * counted)
+    evidence = memory.evidence * evidence_fade
     if short_before >= 1.0 or restarted_before >= 1.0:
         # Only a model one memory knows bears on which predicts better: over thousands of models the short one, with
         # less of its mass on the models it has seen, predicts every model seen by neither a little better.
-        evidence += math.log((short_before + PRIOR) / (memory.short_switches + PRIOR * counted)
-                             * (memory.restarted_switches + PRIOR * counted) / (restarted_before + PRIOR))
+        evidence += math.log((short_before + PRIOR) / (memory.short_switches + PRIOR * counted) / p_restarted)
+    laws, back = memory.laws, None
+    if laws:
+        laws = tuple(Law(law.counts, law.switches,
+                         max(0.0, law.evidence * evidence_fade + math.log(law.p(entry.name, counted) / p_restarted)))
+                     for law in laws)
+        back = max(laws, key=lambda law: law.evidence)
     duel_fade = 0.5 ** (1 / DUEL_HALF_LIFE)
     blame_long, blame_restarted = memory.blame_long * duel_fade, memory.blame_restarted * duel_fade
     disputed = memory.disputed
@@ -153,12 +199,43 @@ def switched(entry: Counted, switches: int, memory: Memory, known: bool, load_se
     visits_restarted = restarted_before * long_fade + 1.0
     short_switches = memory.short_switches * short_fade + 1.0
     restarted_switches = memory.restarted_switches * long_fade + 1.0
-    changed_at = memory.changed_at
-    if evidence > CHANGE_NATS:
+    changed_at, restarted_from, regime_switches = memory.changed_at, memory.restarted_from, memory.regime_switches
+    if back is not None and back.evidence > LAW_BACK_NATS:
+        # The restarted memory starts over from the law that is back.
+        laws = _kept(_ended(memory, switches), [law for law in laws if law is not back])
+        changed_at, evidence, restarted_from, regime_switches = switches, 0.0, back, 0
+        restarted_switches = LAW_BACK_MASS + 1.0
+        visits_restarted = back.counts.get(entry.name, 0.0) * LAW_BACK_MASS / back.switches + 1.0
+    elif evidence > CHANGE_NATS:
+        laws = _kept(_ended(memory, switches), laws)
         changed_at, restarted_switches, evidence, visits_restarted = switches, short_switches, 0.0, visits_short
+        restarted_from, regime_switches = None, 0
     visits = (entry.visits * 0.5 ** (age / DEMAND_HALF_LIFE) if entry.visits else 0.0) + 1.0
-    return visits, visits_short, visits_restarted, Memory(evidence, changed_at, short_switches, restarted_switches,
-                                                          counted, blame_long, blame_restarted, disputed, ())
+    return visits, visits_short, visits_restarted, Memory(
+        evidence, changed_at, short_switches, restarted_switches, counted, blame_long, blame_restarted, disputed, (),
+        memory.recent.set(switches % LAW_SWITCHES, entry.name), regime_switches + 1, laws, restarted_from)
+
+
+def _ended(memory: Memory, switches: int) -> Law:
+    """The law of the switches since the last change, up to switch number `switches` (not counted): over its last
+    LAW_SWITCHES switches, its LAW_NAMES most switched-to models. A law that came back goes on counting its own."""
+    counts: dict[str, float] = dict(memory.restarted_from.counts) if memory.restarted_from else {}
+    total = memory.restarted_from.switches if memory.restarted_from else 0.0
+    for back in range(1, min(memory.regime_switches, LAW_SWITCHES) + 1):
+        name = memory.recent[(switches - back) % LAW_SWITCHES]
+        counts[name] = counts.get(name, 0.0) + 1.0
+        total += 1.0
+    if len(counts) > LAW_NAMES:
+        counts = dict(sorted(counts.items(), key=lambda kv: kv[1], reverse=True)[:LAW_NAMES])
+    return Law(pmap(counts), total)
+
+
+def _kept(ended: Law, laws: list[Law] | tuple[Law, ...]) -> tuple[Law, ...]:
+    """The laws kept once `ended` has ended: it first, the oldest dropped past KEPT_LAWS; each one's evidence starts
+    over, as the restarted memory it is weighed against has. A law of fewer than SHORT_HALF_LIFE switches is not
+    kept: the short memory knew it as well."""
+    kept = [ended, *laws] if ended.switches >= SHORT_HALF_LIFE else list(laws)
+    return tuple(Law(law.counts, law.switches) for law in kept[:KEPT_LAWS])
 
 
 def settled(memory: Memory, candidates: Sequence[Counted], value: Callable[[Counted, str], float]) -> Memory:

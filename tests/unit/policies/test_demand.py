@@ -120,3 +120,58 @@ def test_a_model_the_table_forgets_leaves_no_dispute_behind():
                           memory=demand.Memory(changed_at=3, disputed=pmap(disputed)))
     pruned = prune(state, installed={"kept"})
     assert pruned.forgotten == ("gone",) and set(pruned.state.memory.disputed) == {"kept"}
+
+
+def bursts(rng: random.Random, state: CacheState, cycles: int) -> CacheState:
+    """A steady tenant (Zipf over m0–m4) and a bursty one (m5–m9): 700 requests of the steady one alone, then 300
+    shared half and half."""
+    for _ in range(cycles):
+        for t in range(1000):
+            bursting = t >= 700 and rng.random() < 0.5
+            state = step(state, zipf(rng, MODELS[5:] if bursting else MODELS[:5]), budget=12 * GB)
+    return state
+
+
+def test_when_a_burst_ends_the_law_before_it_is_back_within_tens_of_switches():
+    rng = random.Random(3)
+    state = bursts(rng, CacheState(), 4)
+    assert len(state.memory.laws) >= 1, "the law before the burst is kept"
+    start, behind = state.switches, 0  # the last switch at which the steady tail ranked under the bursty favourite
+    for _ in range(200):
+        state = step(state, zipf(rng, MODELS[:5]), budget=12 * GB)
+        tail, favourite = (demand_value(state, state.entries[n], demand.RESTARTED) for n in ("m4", "m5"))
+        if tail <= favourite:
+            behind = state.switches - start
+    assert state.memory.restarted_from is not None, "the steady law came back"
+    # 11 switches here; starting over from the short memory alone (KEPT_LAWS = 0) takes 42.
+    assert behind <= 25, behind
+
+
+def test_kept_laws_and_their_names_are_bounded(monkeypatch):
+    monkeypatch.setattr(demand, "KEPT_LAWS", 2)
+    monkeypatch.setattr(demand, "LAW_NAMES", 5)
+    rng, state, ranking = random.Random(4), CacheState(), [f"m{i}" for i in range(20)]
+    for _ in range(6):  # six laws, each over the same 20 models ranked anew
+        rng.shuffle(ranking)
+        for _ in range(2000):
+            state = touch(state, zipf(rng, ranking), float(state.ticks), GB)
+    assert len(state.memory.laws) == 2
+    assert all(len(law.counts) <= 5 for law in state.memory.laws)
+    assert len(state.memory.recent) == demand.LAW_SWITCHES
+
+
+def test_a_law_of_fewer_switches_than_the_short_memory_holds_is_not_kept():
+    brief = demand.Law(pmap({"a": 3.0}), 3.0)
+    lasting = demand.Law(pmap({"a": 30.0, "b": 40.0}), 70.0, evidence=4.0)
+    assert demand._kept(brief, (lasting,)) == (demand.Law(lasting.counts, lasting.switches),)
+
+
+def test_the_law_that_ends_counts_the_switches_since_the_change_and_goes_on_from_one_that_came_back():
+    recent = demand.EMPTY_RING
+    for switch, name in enumerate(["a", "b", "a", "c", "a"], start=1):
+        recent = recent.set(switch % demand.LAW_SWITCHES, name)
+    memory = demand.Memory(recent=recent, regime_switches=3)  # switches 3, 4 and 5 were since the change
+    assert demand._ended(memory, 6) == demand.Law(pmap({"a": 2.0, "c": 1.0}), 3.0)
+    back = demand.Law(pmap({"a": 10.0, "d": 5.0}), 15.0)
+    assert demand._ended(replace(memory, restarted_from=back), 6) == demand.Law(
+        pmap({"a": 12.0, "c": 1.0, "d": 5.0}), 18.0)
