@@ -4,10 +4,11 @@ A replay of memwarden.policies.cache's demand in plain lists (switches counted, 
 seconds, plans that keep every victim whose room the others make, ties by last use then name): with one memory it
 gives the figures of demand with one half-life ("no change detection") to the request, and "change by disputes, room
 as made" with a duel half-life of 3,000 switches those of demand without kept laws ("no kept laws") within 0.002.
-Beside the count of one half-life (DEMAND_HALF_LIFE, the "long" memory) each model has a count with a short half-
-life, and a rule chooses, at every switch, which memory ranks the residents. The evidence is a decayed sum, over
-switches, of log(p_short / p_long) of the model switched to (add-½ estimates over the models seen, each memory's
-counts over its decayed number of switches): how much better the short memory predicted the switches that came.
+Beside the count of one half-life (DEMAND_HALF_LIFE, the "long" memory) each model has a count with a short
+half-life, and a rule chooses, at every switch, which memory ranks the residents. The evidence is a decayed sum,
+over switches, of log(p_short / p_long) of the model switched to (add-½ estimates over the models seen, each
+memory's counts over its decayed number of switches): how much better the short memory predicted the switches that
+came.
   likelihood         the short memory ranks while the evidence exceeds `threshold` nats
   change             the evidence read as change detection: once it exceeds `threshold`, the law is taken to have
                      changed and the long memory restarts from the short one (counts and switches), then grows its
