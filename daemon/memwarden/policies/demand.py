@@ -30,9 +30,11 @@ from typing import Protocol
 
 from pyrsistent import PMap, PVector, pmap, pvector
 
-# A switch to a model counts half after this many switches (to any model): long enough that a Zipf rate is
-# estimated from a few hundred switches, short enough that a reshuffle is followed within a phase.
-DEMAND_HALF_LIFE = 250.0
+# A switch to a model counts half after this many switches (to any model): long, so that a steady law's rates are
+# estimated from several hundred switches; a change of law is followed by the restarted count and the kept laws,
+# not by this one. Longer still (500, 600) loses more on a sliding working set, where the duel leaves this count
+# ranking, than it gains elsewhere (BENCHMARKS.md, section 5, "laws that come back").
+DEMAND_HALF_LIFE = 400.0
 # A model not asked for in `a` switches is taken to be asked for at most DEMAND_STALE / a times per switch. A model
 # still in use at rate r goes a ≫ 1/r switches without a request rarely; one whose demand moved away does so at
 # once, and this lets it go after a few switches instead of a few half-lives.
@@ -56,7 +58,9 @@ LAW_NAMES = 256
 # Evidence (nats) that a kept law is back. Higher than CHANGE_NATS: the CUSUM restarts at 0 whenever the law falls
 # behind, so on a mixture of two laws a run of switches the kept law favours would pass a low bound by chance.
 LAW_BACK_NATS = 8.0
-# A law that is back counts as this many switches: about what the restarted memory holds once its law has lasted.
+# A law that is back counts as this many switches, about half what a lasting law's count holds (DEMAND_HALF_LIFE /
+# ln 2), so that the switches after it soon correct a law that came back changed (500 lost tenants 0.002–0.003 of
+# hit rate; 200 moved nothing beyond ±0.001).
 LAW_BACK_MASS = 300.0
 PRIOR = 0.5  # the add-½ (Krichevsky–Trofimov) estimate: a model never asked for is not impossible
 LONG, RESTARTED = "long", "restarted"

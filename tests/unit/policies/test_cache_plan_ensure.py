@@ -139,8 +139,8 @@ def test_each_gpus_plan_judges_demand_by_the_whole_states_clock():
     state = CacheState()
     for i in range(40):  # "fav" was asked for in half of 80 switches, then not for 60
         state = touch(touch(state, "fav", float(i), 4 * GiB), f"x{i % 3}", float(i), GiB)
-    for i in range(60):
-        state = touch(state, "fresh" if i % 6 == 0 else f"x{i % 3}", 100.0 + i, 4 * GiB)
+    for i in range(60):  # "fresh" in a third of the 60 since
+        state = touch(state, "fresh" if i % 3 == 0 else f"x{i % 3}", 100.0 + i, 4 * GiB)
     for name in ("fav", "fresh"):  # GPU 0, full
         state = set_resident(state, name, True, 4 * GiB, measured=True, gpu=0)
     for name in ("g1a", "g1b"):  # GPU 1, where 4 GiB more would take both
