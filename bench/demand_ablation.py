@@ -93,7 +93,7 @@ def variants() -> dict[str, Variant]:
         "law back at 10 nats": (run_demand(), {"LAW_BACK_NATS": 10.0}),
         "law back worth 150 switches": (run_demand(), {"LAW_BACK_MASS": 150.0}),
     }
-    for h in (100.0, 150.0, 400.0, 600.0):
+    for h in (150.0, 250.0, 500.0, 600.0):
         out[f"half-life {h:g}"] = (run_demand(), {"DEMAND_HALF_LIFE": h})
     for c in (1.0, 3.0, 4.0):
         out[f"staleness bound {c:g}"] = (run_demand(), {"DEMAND_STALE": c})
