@@ -17,7 +17,8 @@ and `visits_restarted`, the long count restarted at each detected change of law.
   kept law whose evidence over the restarted memory passes LAW_BACK_NATS (a CUSUM: a decayed sum of log(p_law /
   p_restarted) over switches, never below 0) is taken to be back: the restarted memory starts over from it, worth
   LAW_BACK_MASS switches, instead of from the short memory. A law whose models fall silent (a tenant's burst ends)
-  is slow to show in the short memory's evidence and quick in a kept law's.
+  is slow to show in the short memory's evidence and quick in a kept law's. A law back for the second time or more
+  ranks without the duel.
 BENCHMARKS.md, section 5, "Issue 15: one half-life or two" and "laws that come back", measures each part.
 """
 
@@ -84,6 +85,7 @@ class Law:
     counts: PMap
     switches: float
     evidence: float = 0.0  # nats for this law over the restarted memory (a CUSUM)
+    returns: int = 0  # times it came back before
 
     def p(self, name: str, counted: int) -> float:
         return (self.counts.get(name, 0.0) + PRIOR) / (self.switches + PRIOR * counted)
@@ -111,6 +113,11 @@ class Memory:
 
     @property
     def ranking(self) -> str:
+        # A law back for the second time or more is a pattern, and ranks while it holds: the duel's blame, weighed
+        # over thousands of switches, mixes the laws it has seen. A law back for the first time may be a new one
+        # that resembles it (a reshuffle), and waits for the duel.
+        if self.restarted_from is not None and self.restarted_from.returns:
+            return RESTARTED
         return RESTARTED if self.blame_restarted < self.blame_long else LONG
 
     def evicted(self, names: tuple[str, ...], disputed: PMap | None = None) -> Memory:
@@ -184,7 +191,8 @@ def switched(entry: Counted, switches: int, memory: Memory, known: bool, load_se
     laws, back = memory.laws, None
     if laws:
         laws = tuple(Law(law.counts, law.switches,
-                         max(0.0, law.evidence * evidence_fade + math.log(law.p(entry.name, counted) / p_restarted)))
+                         max(0.0, law.evidence * evidence_fade + math.log(law.p(entry.name, counted) / p_restarted)),
+                         law.returns)
                      for law in laws)
         back = max(laws, key=lambda law: law.evidence)
     duel_fade = 0.5 ** (1 / DUEL_HALF_LIFE)
@@ -222,7 +230,8 @@ def switched(entry: Counted, switches: int, memory: Memory, known: bool, load_se
 
 def _ended(memory: Memory, switches: int) -> Law:
     """The law of the switches since the last change, up to switch number `switches` (not counted): over its last
-    LAW_SWITCHES switches, its LAW_NAMES most switched-to models. A law that came back goes on counting its own."""
+    LAW_SWITCHES switches, its LAW_NAMES most switched-to models. A law that came back goes on counting its own, and
+    has come back once more."""
     counts: dict[str, float] = dict(memory.restarted_from.counts) if memory.restarted_from else {}
     total = memory.restarted_from.switches if memory.restarted_from else 0.0
     for back in range(1, min(memory.regime_switches, LAW_SWITCHES) + 1):
@@ -231,7 +240,7 @@ def _ended(memory: Memory, switches: int) -> Law:
         total += 1.0
     if len(counts) > LAW_NAMES:
         counts = dict(sorted(counts.items(), key=lambda kv: kv[1], reverse=True)[:LAW_NAMES])
-    return Law(pmap(counts), total)
+    return Law(pmap(counts), total, 0.0, memory.restarted_from.returns + 1 if memory.restarted_from else 0)
 
 
 def _kept(ended: Law, laws: list[Law] | tuple[Law, ...]) -> tuple[Law, ...]:
@@ -239,7 +248,7 @@ def _kept(ended: Law, laws: list[Law] | tuple[Law, ...]) -> tuple[Law, ...]:
     over, as the restarted memory it is weighed against has. A law of fewer than SHORT_HALF_LIFE switches is not
     kept: the short memory knew it as well."""
     kept = [ended, *laws] if ended.switches >= SHORT_HALF_LIFE else list(laws)
-    return tuple(Law(law.counts, law.switches) for law in kept[:KEPT_LAWS])
+    return tuple(Law(law.counts, law.switches, 0.0, law.returns) for law in kept[:KEPT_LAWS])
 
 
 def settled(memory: Memory, candidates: Sequence[Counted], value: Callable[[Counted, str], float]) -> Memory:

@@ -174,4 +174,18 @@ def test_the_law_that_ends_counts_the_switches_since_the_change_and_goes_on_from
     assert demand._ended(memory, 6) == demand.Law(pmap({"a": 2.0, "c": 1.0}), 3.0)
     back = demand.Law(pmap({"a": 10.0, "d": 5.0}), 15.0)
     assert demand._ended(replace(memory, restarted_from=back), 6) == demand.Law(
-        pmap({"a": 12.0, "c": 1.0, "d": 5.0}), 18.0)
+        pmap({"a": 12.0, "c": 1.0, "d": 5.0}), 18.0, returns=1)
+
+
+def test_a_law_back_for_the_second_time_ranks_without_the_duel():
+    blamed = demand.Memory(changed_at=10, blame_long=1.0, blame_restarted=5.0)  # the duel says the long memory
+    first = demand.Law(pmap({"a": 10.0}), 10.0)
+    again = demand.Law(pmap({"a": 10.0}), 10.0, returns=1)
+    assert replace(blamed, restarted_from=first).ranking == demand.LONG, "back once: it may be a new law"
+    assert replace(blamed, restarted_from=again).ranking == demand.RESTARTED
+
+
+def test_in_bursts_the_laws_that_come_back_rank():
+    state = bursts(random.Random(5), CacheState(), 5)
+    assert state.memory.restarted_from is not None and state.memory.restarted_from.returns >= 1
+    assert state.memory.ranking == demand.RESTARTED
