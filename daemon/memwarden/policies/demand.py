@@ -60,8 +60,8 @@ LAW_NAMES = 256
 # behind, so on a mixture of two laws a run of switches the kept law favours would pass a low bound by chance.
 LAW_BACK_NATS = 8.0
 # A law that is back counts as this many switches, about half what a lasting law's count holds (DEMAND_HALF_LIFE /
-# ln 2), so that the switches after it soon correct a law that came back changed (500 lost tenants 0.002–0.003 of
-# hit rate; 200 moved nothing beyond ±0.001).
+# ln 2), so that the switches after it soon correct a law that came back changed (150 cost reshuffle its held-out
+# goal, 500 cost tenants 0.002–0.003 of hit rate).
 LAW_BACK_MASS = 300.0
 PRIOR = 0.5  # the add-½ (Krichevsky–Trofimov) estimate: a model never asked for is not impossible
 LONG, RESTARTED = "long", "restarted"
