@@ -90,6 +90,10 @@ class Law:
     def p(self, name: str, counted: int) -> float:
         return (self.counts.get(name, 0.0) + PRIOR) / (self.switches + PRIOR * counted)
 
+    def back_count(self, name: str) -> float:
+        """`name`'s count in the restarted memory when it starts over from this law, worth LAW_BACK_MASS switches."""
+        return self.counts.get(name, 0.0) * LAW_BACK_MASS / self.switches
+
 
 @dataclass(frozen=True)
 class Memory:
@@ -151,9 +155,7 @@ def decayed(count: float, switches: int, half_life: float) -> float:
 def restarted_count(entry: Counted, switches: int, memory: Memory) -> float:
     """The restarted memory's count of `entry` at switch number `switches`."""
     if entry.visit_switch < memory.changed_at and memory.restarted_from is not None:
-        law = memory.restarted_from
-        return decayed(law.counts.get(entry.name, 0.0) * LAW_BACK_MASS / law.switches, switches - memory.changed_at,
-                       DEMAND_HALF_LIFE)
+        return decayed(memory.restarted_from.back_count(entry.name), switches - memory.changed_at, DEMAND_HALF_LIFE)
     if entry.visit_switch < memory.changed_at:
         at_change = decayed(entry.visits_short, memory.changed_at - entry.visit_switch, SHORT_HALF_LIFE)
         return decayed(at_change, switches - memory.changed_at, DEMAND_HALF_LIFE)
@@ -217,7 +219,7 @@ def switched(entry: Counted, switches: int, memory: Memory, known: bool, load_se
         laws = _kept(_ended(memory, switches), [law for law in laws if law is not back])
         changed_at, evidence, restarted_from, regime_switches = switches, 0.0, back, 0
         restarted_switches = LAW_BACK_MASS + 1.0
-        visits_restarted = back.counts.get(entry.name, 0.0) * LAW_BACK_MASS / back.switches + 1.0
+        visits_restarted = back.back_count(entry.name) + 1.0
     elif evidence > CHANGE_NATS:
         laws = _kept(_ended(memory, switches), laws)
         changed_at, restarted_switches, evidence, visits_restarted = switches, short_switches, 0.0, visits_short
@@ -232,15 +234,15 @@ def _ended(memory: Memory, switches: int) -> Law:
     """The law of the switches since the last change, up to switch number `switches` (not counted): over its last
     LAW_SWITCHES switches, its LAW_NAMES most switched-to models. A law that came back goes on counting its own, and
     has come back once more."""
-    counts: dict[str, float] = dict(memory.restarted_from.counts) if memory.restarted_from else {}
-    total = memory.restarted_from.switches if memory.restarted_from else 0.0
-    for back in range(1, min(memory.regime_switches, LAW_SWITCHES) + 1):
+    start = memory.restarted_from
+    counts: dict[str, float] = dict(start.counts) if start else {}
+    counted = min(memory.regime_switches, LAW_SWITCHES)
+    for back in range(1, counted + 1):
         name = memory.recent[(switches - back) % LAW_SWITCHES]
         counts[name] = counts.get(name, 0.0) + 1.0
-        total += 1.0
     if len(counts) > LAW_NAMES:
         counts = dict(sorted(counts.items(), key=lambda kv: kv[1], reverse=True)[:LAW_NAMES])
-    return Law(pmap(counts), total, 0.0, memory.restarted_from.returns + 1 if memory.restarted_from else 0)
+    return Law(pmap(counts), (start.switches if start else 0.0) + counted, 0.0, start.returns + 1 if start else 0)
 
 
 def _kept(ended: Law, laws: list[Law] | tuple[Law, ...]) -> tuple[Law, ...]:
